@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Starts the demo: berth serving two tenants on 127.0.0.1:8080 (HTTP) and :8443 (TLS).
+# Works as root (tenants get their own Unix users, the front end runs as www-data)
+# and as a normal user (everything runs as you). Ctrl-C stops it.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+
+cargo build --release --manifest-path "$repo/Cargo.toml"
+berth="$repo/target/release/berth"
+
+# A copy of the demo tree that the front end's user can read wherever the
+# repository is checked out (e.g. under /root).
+run=${BERTH_DEMO_DIR:-/tmp/berth-demo-$(id -u)}
+rm -rf "$run/sites"
+mkdir -p "$run"
+cp -r "$here/berth.toml" "$here/tenants.d" "$here/sites" "$here/tls" "$here/alice.htpasswd" "$run/"
+chmod -R go+rX "$run"
+chmod 755 "$run"
+
+if [ "$(id -u)" = 0 ]; then
+  for u in berth-demo-alice berth-demo-bob; do
+    id "$u" >/dev/null 2>&1 || useradd --no-create-home --shell /usr/sbin/nologin "$u"
+  done
+  chown -R berth-demo-alice: "$run/sites/alice"
+  chown -R berth-demo-bob: "$run/sites/bob"
+  chmod 600 "$run"/tls/*.key "$run/alice.htpasswd"
+else
+  me=$(id -un)
+  sed -i "s/\"berth-demo-alice\"/\"$me\"/; s/\"berth-demo-bob\"/\"$me\"/" "$run/berth.toml" "$run/tenants.d/bob.toml"
+fi
+
+cat <<MSG
+berth demo: try
+  curl -H 'Host: alice.test' http://127.0.0.1:8080/
+  curl -H 'Host: bob.test' http://127.0.0.1:8080/
+  curl -u demo:demo -H 'Host: alice.test' http://127.0.0.1:8080/private/
+  curl -k --http2 --resolve alice.test:8443:127.0.0.1 https://alice.test:8443/
+Logs: $run/run/log/  Config: $run/berth.toml  Stop: Ctrl-C
+MSG
+exec "$berth" serve --config "$run/berth.toml"

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it. Needs root: the isolation tests create Unix
+# users (berth-t*), switch to them and check what the kernel enforces.
+# Installs what the tests need from Debian's packages first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  if command -v sudo >/dev/null; then exec sudo -E env "PATH=$PATH" bash "$0" "$@"; fi
+  echo "scripts/test.sh: run as root (the tests create users and drop privileges)" >&2
+  exit 1
+fi
+
+# Debian packages the tests use: htpasswd (apache2-utils) to write real htpasswd
+# files, useradd (passwd), runuser/setpriv (util-linux), mkfifo (coreutils).
+need=()
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+command -v useradd >/dev/null || need+=(passwd)
+command -v runuser >/dev/null || need+=(util-linux)
+command -v setpriv >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# The front end runs tests as this user; the demo config names these users.
+for u in berth-tfront berth-demo-alice berth-demo-bob; do
+  id "$u" >/dev/null 2>&1 || useradd --no-create-home --shell /usr/sbin/nologin "$u"
+done
+
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked

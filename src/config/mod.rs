@@ -1,0 +1,818 @@
+//! Configuration: what users write, and the validated form berth runs on.
+//!
+//! Two stages. [`reader`] walks the TOML files (the main file, then each `include`
+//! glob in order) keeping every key's line, and reports every problem as
+//! `file:line: key: why` — all of them, not just the first. This module turns what
+//! it read into a [`Config`] that holds only valid, resolved values: addresses are
+//! parsed, host names lowercased, users looked up, certificates and htpasswd files
+//! read and checked. A `Config` is never written back out.
+//!
+//! Layering, last wins: built-in defaults → `[server]` of the main file → each
+//! tenant's block (from the main file or an included file; a tenant may be defined
+//! only once).
+//!
+//! Disk checks (roots, certificates, htpasswd files, users) happen here too, so
+//! `berth check` and `berth serve` agree on what is valid.
+
+mod problem;
+mod reader;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use problem::{Problem, Problems};
+use reader::{At, Source, TableReader, Walk};
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub tenants: Vec<Tenant>,
+    /// Every file that was read, the main file first.
+    pub files: Vec<PathBuf>,
+}
+
+/// `[server]`: process-wide settings.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: Vec<SocketAddr>,
+    pub tls_listen: Vec<SocketAddr>,
+    /// The front end runs as this user when berth is started as root.
+    pub user: String,
+    pub state_dir: PathBuf,
+    pub log_dir: PathBuf,
+    /// No tenant runs as a uid or gid below this.
+    pub min_uid: u32,
+    pub limits: ClientLimits,
+}
+
+/// Limits that protect the front end from hostile or broken clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientLimits {
+    /// Time allowed for a new connection's TLS handshake and first request headers.
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub keepalive_timeout: Duration,
+    /// On SIGTERM, requests in flight get this long to finish.
+    pub drain_timeout: Duration,
+    /// Largest request head (request line + headers) in bytes.
+    pub max_header_bytes: usize,
+    /// Most request header fields.
+    pub max_headers: usize,
+    /// Most client connections open at once; further ones wait in the backlog.
+    pub max_connections: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(75),
+            drain_timeout: Duration::from_secs(30),
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_connections: 4096,
+        }
+    }
+}
+
+/// A tenant: one Unix user owning sites.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub name: String,
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+    /// Whether `user` was found (uid, gid and home are meaningful).
+    pub resolved: bool,
+    pub sites: Vec<Site>,
+    /// Where the tenant was defined, for messages.
+    pub origin: Origin,
+    /// The line of its `user` key.
+    pub user_line: usize,
+}
+
+/// A name-based virtual host.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// Lowercase; the first is canonical.
+    pub hosts: Vec<String>,
+    pub root: PathBuf,
+    pub tls: Option<Tls>,
+    /// Sorted longest path first, so the first match is the longest prefix.
+    pub routes: Vec<Route>,
+    /// Where `root` was written, for problems found later.
+    pub root_origin: Origin,
+}
+
+/// A certificate chain and key, read and checked to match.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+/// A path prefix of a site and what serves it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    /// Starts with '/', no trailing '/' except for the root route.
+    pub path: String,
+    pub action: Action,
+    pub auth: Option<Auth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Action {
+    /// Static files from the site root.
+    Static,
+    /// Redirect to `to`, with the rest of the path after the prefix appended.
+    Redirect { to: String, status: u16 },
+}
+
+/// Basic authentication in front of a route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Auth {
+    pub realm: String,
+    pub htpasswd: PathBuf,
+    /// The file's text, read (as root) and validated at load time.
+    pub users: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+const SERVER_DEFAULT_USER: &str = "www-data";
+
+/// Loads, layers and validates the configuration rooted at `path`, including
+/// checks on disk. Returns every problem found.
+pub fn load(path: &Path) -> Result<Config, Problems> {
+    let problems = RefCell::new(Problems::default());
+    let mut files = Vec::new();
+    let mut tenants: Vec<Tenant> = Vec::new();
+    let mut server = None;
+
+    match read_source(path) {
+        Ok(src) => {
+            files.push(src.path.clone());
+            if let Some(doc) = parse(&src, &problems) {
+                let walk = Walk {
+                    src: &src,
+                    problems: &problems,
+                };
+                let mut top = TableReader::new(&walk, doc.as_table(), String::new(), 1);
+                let mut includes = Vec::new();
+                if let Some(t) = top.table("server") {
+                    let (s, inc) = read_server(t);
+                    server = Some(s);
+                    includes = inc;
+                }
+                if let Some(t) = top.table("tenant") {
+                    read_tenants(t, &mut tenants);
+                }
+                top.finish();
+                for inc in includes {
+                    load_include(&inc, &problems, &mut files, &mut tenants);
+                }
+            }
+        }
+        Err(p) => problems.borrow_mut().0.push(p),
+    }
+
+    let server = server.unwrap_or_else(|| Server {
+        listen: Vec::new(),
+        tls_listen: Vec::new(),
+        user: SERVER_DEFAULT_USER.into(),
+        state_dir: "/var/lib/berth".into(),
+        log_dir: "/var/log/berth".into(),
+        min_uid: 1000,
+        limits: ClientLimits::default(),
+    });
+    let mut problems = problems.into_inner();
+    validate(&server, &mut tenants, &mut problems, path);
+    // Report in reading order: file by file, line by line.
+    problems.0.sort_by_key(|p| {
+        let file = files.iter().position(|f| *f == p.file).unwrap_or(usize::MAX);
+        (file, p.line)
+    });
+    if problems.is_empty() {
+        Ok(Config {
+            server,
+            tenants,
+            files,
+        })
+    } else {
+        Err(problems)
+    }
+}
+
+fn read_source(path: &Path) -> Result<Source, Problem> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Source::new(path.to_path_buf(), text)),
+        Err(e) => Err(Problem {
+            file: path.to_path_buf(),
+            line: 0,
+            key: "(file)".into(),
+            why: format!("cannot read: {e}"),
+        }),
+    }
+}
+
+fn parse(src: &Source, problems: &RefCell<Problems>) -> Option<toml_edit::Document<String>> {
+    match toml_edit::Document::parse(src.text().to_string()) {
+        Ok(doc) => Some(doc),
+        Err(e) => {
+            let line = e.span().map(|s| src.line_of(s.start)).unwrap_or(0);
+            let msg = e.message().trim().replace('\n', " ");
+            problems
+                .borrow_mut()
+                .push(&src.path, line, "(syntax)", format!("invalid TOML: {msg}"));
+            None
+        }
+    }
+}
+
+/// An included file may only define tenants.
+fn load_include(
+    path: &Path,
+    problems: &RefCell<Problems>,
+    files: &mut Vec<PathBuf>,
+    tenants: &mut Vec<Tenant>,
+) {
+    let src = match read_source(path) {
+        Ok(src) => src,
+        Err(p) => {
+            problems.borrow_mut().0.push(p);
+            return;
+        }
+    };
+    files.push(src.path.clone());
+    let Some(doc) = parse(&src, problems) else {
+        return;
+    };
+    let walk = Walk {
+        src: &src,
+        problems,
+    };
+    let mut top = TableReader::new(&walk, doc.as_table(), String::new(), 1);
+    if let Some(t) = top.table("tenant") {
+        read_tenants(t, tenants);
+    }
+    for (key, _) in doc.as_table().iter() {
+        if key != "tenant" {
+            top.problem(key, "an included file may only define tenants ([tenant.NAME])");
+        }
+    }
+}
+
+fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
+    let mut s = Server {
+        listen: Vec::new(),
+        tls_listen: Vec::new(),
+        user: SERVER_DEFAULT_USER.into(),
+        state_dir: "/var/lib/berth".into(),
+        log_dir: "/var/log/berth".into(),
+        min_uid: 1000,
+        limits: ClientLimits::default(),
+    };
+    let walk = t.walk();
+    let base = walk
+        .file()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let addrs = |at: Option<At<Vec<String>>>| -> Vec<SocketAddr> {
+        let Some(at) = at else { return Vec::new() };
+        let mut out = Vec::new();
+        for a in &at.value {
+            match a.parse::<SocketAddr>() {
+                Ok(addr) if out.contains(&addr) => walk.problem(
+                    at.line,
+                    &at.key,
+                    format!("{a} is listed twice"),
+                ),
+                Ok(addr) => out.push(addr),
+                Err(_) => walk.problem(
+                    at.line,
+                    &at.key,
+                    format!("{a:?} is not an address:port such as \"127.0.0.1:8080\" or \"[::1]:443\""),
+                ),
+            }
+        }
+        out
+    };
+    s.listen = addrs(t.strings("listen"));
+    s.tls_listen = addrs(t.strings("tls_listen"));
+    for a in &s.tls_listen {
+        if s.listen.contains(a) {
+            t.problem("tls_listen", format!("{a} is also in listen"));
+        }
+    }
+    if let Some(u) = t.string("user") {
+        if u.value.is_empty() {
+            walk.problem(u.line, &u.key, "must not be empty");
+        }
+        s.user = u.value;
+    }
+    if let Some(d) = t.string("state_dir") {
+        s.state_dir = resolve_path(walk, &d);
+    }
+    if let Some(d) = t.string("log_dir") {
+        s.log_dir = resolve_path(walk, &d);
+    }
+    if let Some(n) = t.integer("min_uid") {
+        match u32::try_from(n.value) {
+            Ok(v) if v >= 1 => s.min_uid = v,
+            _ => walk.problem(n.line, &n.key, "must be between 1 and 4294967295"),
+        }
+    }
+    let l = &mut s.limits;
+    if let Some(d) = duration(walk, t.string("header_timeout")) {
+        l.header_timeout = d;
+    }
+    if let Some(d) = duration(walk, t.string("keepalive_timeout")) {
+        l.keepalive_timeout = d;
+    }
+    if let Some(d) = duration(walk, t.string("drain_timeout")) {
+        l.drain_timeout = d;
+    }
+    if let Some(n) = bounded(walk, t.integer("max_header_bytes"), 8192, 1 << 20) {
+        l.max_header_bytes = n;
+    }
+    if let Some(n) = bounded(walk, t.integer("max_headers"), 8, 10_000) {
+        l.max_headers = n;
+    }
+    if let Some(n) = bounded(walk, t.integer("max_connections"), 1, 1_000_000) {
+        l.max_connections = n;
+    }
+    let mut includes = Vec::new();
+    if let Some(globs) = t.strings("include") {
+        for g in &globs.value {
+            let pattern = base.join(g);
+            match glob::glob(&pattern.to_string_lossy()) {
+                Ok(paths) => {
+                    let mut found: Vec<PathBuf> = paths.filter_map(Result::ok).collect();
+                    found.sort();
+                    includes.extend(found);
+                }
+                Err(e) => walk.problem(
+                    globs.line,
+                    &globs.key,
+                    format!("{g:?} is not a valid glob: {e}"),
+                ),
+            }
+        }
+    }
+    t.finish();
+    (s, includes)
+}
+
+/// A path as written; a relative one is relative to the directory of the file
+/// it is written in (so example trees work wherever they are checked out).
+fn resolve_path(walk: &Walk<'_>, d: &At<String>) -> PathBuf {
+    if d.value.is_empty() {
+        walk.problem(d.line, &d.key, "must not be empty");
+    }
+    let p = PathBuf::from(&d.value);
+    if p.is_absolute() {
+        return p;
+    }
+    let base = walk.file().parent().unwrap_or(Path::new("."));
+    let joined = base.join(p);
+    std::path::absolute(&joined).unwrap_or(joined)
+}
+
+fn bounded(walk: &Walk<'_>, n: Option<At<i64>>, min: i64, max: i64) -> Option<usize> {
+    let n = n?;
+    if n.value < min || n.value > max {
+        walk.problem(n.line, &n.key, format!("must be between {min} and {max}"));
+        return None;
+    }
+    usize::try_from(n.value).ok()
+}
+
+/// Parses "500ms", "10s", "5m", "1h".
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
+        _ => None,
+    }
+}
+
+fn duration(walk: &Walk<'_>, at: Option<At<String>>) -> Option<Duration> {
+    let at = at?;
+    match parse_duration(&at.value) {
+        Some(d) if !d.is_zero() => Some(d),
+        _ => {
+            walk.problem(
+                at.line,
+                &at.key,
+                format!("{:?} is not a duration such as \"500ms\", \"10s\", \"5m\" or \"1h\"", at.value),
+            );
+            None
+        }
+    }
+}
+
+fn read_tenants(t: TableReader<'_>, tenants: &mut Vec<Tenant>) {
+    for (name, mut tt) in t.into_named_tables() {
+        let walk = tt.walk();
+        if !valid_name(&name) {
+            walk.problem(
+                tt.line(),
+                tt.key(),
+                "tenant names use a-z, 0-9, '-' and '_', start with a letter, at most 32 characters",
+            );
+        }
+        if let Some(prev) = tenants.iter().find(|x| x.name == name) {
+            walk.problem(
+                tt.line(),
+                tt.key(),
+                format!("tenant {name:?} is defined twice: first at {}", prev.origin),
+            );
+            continue;
+        }
+        let origin = Origin {
+            file: walk.file().to_path_buf(),
+            line: tt.line(),
+        };
+        let user = tt.string("user");
+        let home = tt.string("home");
+        let sites = tt
+            .tables("site")
+            .into_iter()
+            .filter_map(read_site)
+            .collect();
+        tt.finish();
+        let Some(user) = user else {
+            walk.problem(tt.line(), &format!("{}.user", tt.key()), "is required");
+            continue;
+        };
+        let home = home.map(|h| resolve_path(walk, &h));
+        let mut tenant = Tenant {
+            name,
+            user: user.value.clone(),
+            uid: 0,
+            gid: 0,
+            home: home.clone().unwrap_or_default(),
+            resolved: false,
+            sites,
+            origin,
+            user_line: 0,
+        };
+        match nix::unistd::User::from_name(&user.value) {
+            Ok(Some(u)) => {
+                tenant.uid = u.uid.as_raw();
+                tenant.gid = u.gid.as_raw();
+                tenant.resolved = true;
+                if home.is_none() {
+                    tenant.home = u.dir;
+                }
+            }
+            Ok(None) => walk.problem(
+                user.line,
+                &user.key,
+                format!("no such user {:?}", user.value),
+            ),
+            Err(e) => walk.problem(
+                user.line,
+                &user.key,
+                format!("cannot look up user {:?}: {e}", user.value),
+            ),
+        }
+        tenant.user_line = user.line;
+        tenants.push(tenant);
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    name.len() <= 32
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+fn read_site(mut t: TableReader<'_>) -> Option<Site> {
+    let walk = t.walk();
+    let hosts = t.strings("hosts");
+    let root = t.string("root");
+    let tls = t.table("tls").and_then(read_tls);
+    let mut routes: Vec<Route> = Vec::new();
+    for r in t.tables("route") {
+        let line = r.line();
+        let key = r.key().to_string();
+        if let Some(route) = read_route(r) {
+            if routes.iter().any(|x| x.path == route.path) {
+                walk.problem(line, &key, format!("path {:?} is routed twice", route.path));
+            } else {
+                routes.push(route);
+            }
+        }
+    }
+    t.finish();
+    let Some(hosts) = hosts else {
+        t_problem(walk, &t, "hosts", "is required: a list of host names");
+        return None;
+    };
+    let mut clean = Vec::new();
+    for h in &hosts.value {
+        let lower = h.to_ascii_lowercase();
+        if !valid_host(&lower) {
+            walk.problem(
+                hosts.line,
+                &hosts.key,
+                format!("{h:?} is not a host name (letters, digits, '-', '.', no port)"),
+            );
+        } else if clean.contains(&lower) {
+            walk.problem(hosts.line, &hosts.key, format!("{h:?} is listed twice"));
+        } else {
+            clean.push(lower);
+        }
+    }
+    if hosts.value.is_empty() {
+        walk.problem(hosts.line, &hosts.key, "needs at least one host name");
+    }
+    let Some(root) = root else {
+        t_problem(walk, &t, "root", "is required: the directory of static files");
+        return None;
+    };
+    let root_path = resolve_path(walk, &root);
+    match std::fs::metadata(&root_path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => walk.problem(root.line, &root.key, format!("{} is not a directory", root_path.display())),
+        Err(e) => walk.problem(root.line, &root.key, format!("{}: {e}", root_path.display())),
+    }
+    // Longest prefix first: route lookup takes the first match.
+    routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+    Some(Site {
+        hosts: clean,
+        root: root_path,
+        tls: tls.flatten(),
+        routes,
+        root_origin: Origin {
+            file: walk.file().to_path_buf(),
+            line: root.line,
+        },
+    })
+}
+
+fn t_problem(walk: &Walk<'_>, t: &TableReader<'_>, k: &str, why: &str) {
+    walk.problem(t.line(), &format!("{}.{k}", t.key()), why);
+}
+
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+/// `tls = { cert, key }`. Returns Some(None) when the table was present but bad.
+fn read_tls(mut t: TableReader<'_>) -> Option<Option<Tls>> {
+    let walk = t.walk();
+    let cert = t.string("cert");
+    let key = t.string("key");
+    t.finish();
+    let (Some(cert), Some(key)) = (cert, key) else {
+        t_problem(walk, &t, "cert", "tls needs both `cert` and `key`");
+        return Some(None);
+    };
+    let read = |at: &At<String>| match std::fs::read(resolve_path(walk, at)) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            walk.problem(at.line, &at.key, format!("{}: {e}", at.value));
+            None
+        }
+    };
+    let (Some(cert_pem), Some(key_pem)) = (read(&cert), read(&key)) else {
+        return Some(None);
+    };
+    if let Err(why) = crate::front::tls::certified_key(&cert_pem, &key_pem) {
+        walk.problem(cert.line, &cert.key, why);
+        return Some(None);
+    }
+    Some(Some(Tls {
+        cert: resolve_path(walk, &cert),
+        key: resolve_path(walk, &key),
+        cert_pem,
+        key_pem,
+    }))
+}
+
+fn read_route(mut t: TableReader<'_>) -> Option<Route> {
+    let walk = t.walk();
+    let path = t.string("path");
+    let redirect = t.string("redirect");
+    let status = t.integer("status");
+    let auth = t.table("auth").map(read_auth);
+    t.finish();
+    let Some(path) = path else {
+        t_problem(walk, &t, "path", "is required: the URL path prefix, such as \"/blog/\"");
+        return None;
+    };
+    let clean = route_path(&path.value)
+        .map_err(|why| walk.problem(path.line, &path.key, why))
+        .ok();
+    let action = match redirect {
+        Some(to) => {
+            let valid = to.value.starts_with('/')
+                || to.value.starts_with("https://")
+                || to.value.starts_with("http://");
+            if !valid || to.value.chars().any(|c| c.is_ascii_control() || c == ' ') {
+                walk.problem(
+                    to.line,
+                    &to.key,
+                    "must be an absolute URL (http:// or https://) or a path starting with '/'",
+                );
+            }
+            let code = match status {
+                None => 308,
+                Some(s) if [301, 302, 303, 307, 308].contains(&s.value) => s.value as u16,
+                Some(s) => {
+                    walk.problem(s.line, &s.key, "must be one of 301, 302, 303, 307, 308");
+                    308
+                }
+            };
+            Action::Redirect {
+                to: to.value,
+                status: code,
+            }
+        }
+        None => {
+            if let Some(s) = status {
+                walk.problem(s.line, &s.key, "`status` only applies to a route with `redirect`");
+            }
+            Action::Static
+        }
+    };
+    Some(Route {
+        path: clean?,
+        action,
+        auth: auth.flatten(),
+    })
+}
+
+/// Validates a route path and returns it without a trailing slash ("/" stays "/").
+fn route_path(p: &str) -> Result<String, String> {
+    if !p.starts_with('/') {
+        return Err(format!("{p:?} must start with '/'"));
+    }
+    if p.contains("//") || p.chars().any(|c| c.is_ascii_control() || c == '%' || c == '\\' || c == '?' || c == '#') {
+        return Err(format!(
+            "{p:?} must be a plain path: no '//', '%', '\\\\', '?', '#' or control characters"
+        ));
+    }
+    if p.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(format!("{p:?} must not contain '.' or '..' segments"));
+    }
+    let trimmed = p.trim_end_matches('/');
+    Ok(if trimmed.is_empty() { "/".into() } else { trimmed.into() })
+}
+
+fn read_auth(mut t: TableReader<'_>) -> Option<Auth> {
+    let walk = t.walk();
+    let realm = t.string("realm");
+    let htpasswd = t.string("htpasswd");
+    t.finish();
+    let Some(htpasswd) = htpasswd else {
+        t_problem(walk, &t, "htpasswd", "is required: the path of an htpasswd file");
+        return None;
+    };
+    let realm = realm.map(|r| r.value).unwrap_or_else(|| "restricted".into());
+    if realm.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
+        t_problem(walk, &t, "realm", "must not contain quotes, backslashes or control characters");
+    }
+    let htpasswd_path = resolve_path(walk, &htpasswd);
+    let text = match std::fs::read_to_string(&htpasswd_path) {
+        Ok(text) => text,
+        Err(e) => {
+            walk.problem(htpasswd.line, &htpasswd.key, format!("{}: {e}", htpasswd.value));
+            return None;
+        }
+    };
+    if let Err(errors) = crate::front::auth::Htpasswd::parse(&text) {
+        for e in errors {
+            walk.problem(
+                htpasswd.line,
+                &htpasswd.key,
+                format!("{}:{}: {}", htpasswd.value, e.line, e.why),
+            );
+        }
+        return None;
+    }
+    Some(Auth {
+        realm,
+        htpasswd: htpasswd_path,
+        users: text,
+    })
+}
+
+/// Checks that need the whole configuration: unique hosts, uids, root owners.
+fn validate(server: &Server, tenants: &mut [Tenant], problems: &mut Problems, main: &Path) {
+    let mut hosts: HashMap<String, String> = HashMap::new();
+    for tenant in tenants.iter() {
+        if !tenant.resolved {
+            continue;
+        }
+        if tenant.uid == 0 {
+            problems.push(
+                &tenant.origin.file,
+                tenant.user_line,
+                format!("tenant.{}.user", tenant.name),
+                "a tenant may not run as root",
+            );
+        } else if tenant.uid < server.min_uid || tenant.gid < server.min_uid {
+            {
+                problems.push(
+                    &tenant.origin.file,
+                    tenant.user_line,
+                    format!("tenant.{}.user", tenant.name),
+                    format!(
+                        "user {:?} has uid {} and gid {}; tenants need both >= min_uid ({})",
+                        tenant.user, tenant.uid, tenant.gid, server.min_uid
+                    ),
+                );
+            }
+        }
+        for (i, site) in tenant.sites.iter().enumerate() {
+            let here = format!("tenant.{}.site[{i}]", tenant.name);
+            for h in &site.hosts {
+                if let Some(prev) = hosts.get(h) {
+                    problems.push(
+                        &tenant.origin.file,
+                        tenant.origin.line,
+                        format!("{here}.hosts"),
+                        format!("host {h:?} is already served by {prev}"),
+                    );
+                } else {
+                    hosts.insert(h.clone(), here.clone());
+                }
+            }
+            // A tenant may only publish its own files (or root's, e.g. a shared
+            // default page): a root owned by someone else would let one tenant
+            // serve another's directory.
+            if let Ok(meta) = std::fs::metadata(&site.root)
+                && tenant.resolved
+                && meta.uid() != 0
+                && meta.uid() != tenant.uid
+            {
+                {
+                    problems.push(
+                        &site.root_origin.file,
+                        site.root_origin.line,
+                        format!("{here}.root"),
+                        format!(
+                            "{} is owned by uid {}, not by the tenant's user {:?} (uid {}) or root",
+                            site.root.display(),
+                            meta.uid(),
+                            tenant.user,
+                            tenant.uid
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if server.listen.is_empty() && server.tls_listen.is_empty() {
+        problems.push(main, 0, "server.listen", "no listener: set `listen` or `tls_listen`");
+    }
+    if let Ok(None) = nix::unistd::User::from_name(&server.user) {
+        problems.push(
+            main,
+            0,
+            "server.user",
+            format!("no such user {:?} (the front end runs as it)", server.user),
+        );
+    }
+}

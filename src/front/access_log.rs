@@ -1,0 +1,210 @@
+//! Access logs: one per tenant, Combined Log Format plus the virtual host and
+//! the request duration. The last step of the request flow.
+//!
+//! A line is written when the response body has been sent (or the client went
+//! away), so the byte count is what was really sent. The files were opened by
+//! the supervisor (as root, `O_NOFOLLOW`); the front end only appends to the fds.
+//!
+//! Line format (Apache's `%v %h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-agent}i" %D`):
+//! `alice.test 127.0.0.1 - bob [21/Nov/2026:20:51:49 +0000] "GET / HTTP/1.1" 200 512 "-" "curl/8" 153`
+//! with the duration in microseconds.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+
+use super::body::Body;
+
+/// What is known of a request when its response starts.
+#[derive(Debug)]
+pub struct Entry {
+    pub vhost: String,
+    pub remote: IpAddr,
+    pub user: Option<String>,
+    pub time: SystemTime,
+    pub started: Instant,
+    pub request_line: String,
+    pub status: u16,
+    pub referer: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl Entry {
+    /// Formats the line; `bytes` is the number of body bytes sent.
+    pub fn format(&self, bytes: u64) -> String {
+        let mut line = String::with_capacity(160);
+        let _ = write!(
+            line,
+            "{} {} - {} [{}] \"{}\" {} {} \"{}\" \"{}\" {}\n",
+            escape(&self.vhost),
+            self.remote,
+            self.user.as_deref().map(escape).unwrap_or_else(|| "-".into()),
+            clf_time(self.time),
+            escape(&self.request_line),
+            self.status,
+            if bytes == 0 { "-".to_string() } else { bytes.to_string() },
+            self.referer.as_deref().map(escape).unwrap_or_else(|| "-".into()),
+            self.user_agent.as_deref().map(escape).unwrap_or_else(|| "-".into()),
+            self.started.elapsed().as_micros(),
+        );
+        line
+    }
+
+    /// Appends the line to `file` in one write (O_APPEND keeps lines whole).
+    pub fn write(&self, file: &File, bytes: u64) {
+        let line = self.format(bytes);
+        let _ = (&*file).write_all(line.as_bytes());
+    }
+}
+
+/// Escapes quotes, backslashes and non-printable bytes the way Apache does, so a
+/// client cannot forge log lines.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `21/Nov/2026:20:51:49 +0000` (always UTC).
+pub fn clf_time(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{d:02}/{}/{y}:{:02}:{:02}:{:02} +0000",
+        MONTHS[(m - 1) as usize],
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Wraps a response body, counts the bytes sent and runs `done(bytes)` exactly
+/// once: when the body ends, fails, or is dropped (client gone).
+pub struct Counted {
+    inner: Body,
+    bytes: u64,
+    done: Option<Box<dyn FnOnce(u64) + Send>>,
+}
+
+impl Counted {
+    pub fn new(inner: Body, done: Box<dyn FnOnce(u64) + Send>) -> Counted {
+        Counted {
+            inner,
+            bytes: 0,
+            done: Some(done),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(self.bytes);
+        }
+    }
+}
+
+impl HttpBody for Counted {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.finish();
+                }
+            }
+            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => self.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clf_time_formats_utc() {
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_795_294_309);
+        assert_eq!(clf_time(t), "21/Nov/2026:20:51:49 +0000");
+        assert_eq!(clf_time(UNIX_EPOCH), "01/Jan/1970:00:00:00 +0000");
+        let leap = UNIX_EPOCH + std::time::Duration::from_secs(951_782_400);
+        assert_eq!(clf_time(leap), "29/Feb/2000:00:00:00 +0000");
+    }
+
+    #[test]
+    fn lines_cannot_be_forged() {
+        let e = Entry {
+            vhost: "a.test".into(),
+            remote: "127.0.0.1".parse().unwrap(),
+            user: None,
+            time: UNIX_EPOCH,
+            started: Instant::now(),
+            request_line: "GET /\"\n127.0.0.1 fake HTTP/1.1".into(),
+            status: 200,
+            referer: None,
+            user_agent: Some("ua\\\"x".into()),
+        };
+        let line = e.format(5);
+        assert_eq!(line.matches('\n').count(), 1);
+        assert!(line.contains(r#""GET /\"\x0a127.0.0.1 fake HTTP/1.1" 200 5 "-" "ua\\\"x""#), "{line}");
+    }
+}

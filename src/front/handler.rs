@@ -1,0 +1,206 @@
+//! One request, from host lookup to the response: virtual host → route → auth →
+//! handler (static files or redirect) → access log. Everything that is not a normal
+//! answer is a [`Reject`], turned into a response in `respond`.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::{HeaderValue, Request, Response, StatusCode, header, request::Parts};
+use hyper::body::Incoming;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+
+use super::access_log::{Counted, Entry};
+use super::body::{self, Body};
+use super::conn::{Activity, ConnInfo};
+use super::respond::Reject;
+use super::{Generation, RouteRt, Shared, SiteRt, path, static_files, vhost};
+use crate::config::Action;
+
+/// Answers one request. Never fails: errors are responses.
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    shared: &Shared,
+    activity: Arc<Activity>,
+) -> Response<Counted> {
+    let started = Instant::now();
+    let time = SystemTime::now();
+    activity.begin();
+    let generation = shared.current.load_full();
+    let (parts, _body) = req.into_parts();
+    let (site, user, result) = route(&parts, conn, &generation).await;
+    let response = result.unwrap_or_else(Reject::into_response);
+    let (head, body) = response.into_parts();
+
+    let log = site.and_then(|i| {
+        let site = &generation.router.sites()[i];
+        let file = shared.logs.load().get(&site.tenant).cloned()?;
+        let entry = Entry {
+            vhost: site.canonical.clone(),
+            remote: conn.peer.ip(),
+            user,
+            time,
+            started,
+            request_line: request_line(&parts),
+            status: head.status.as_u16(),
+            referer: header_string(&parts, header::REFERER),
+            user_agent: header_string(&parts, header::USER_AGENT),
+        };
+        Some((file, entry))
+    });
+    let done = Box::new(move |bytes: u64| {
+        if let Some((file, entry)) = log {
+            entry.write(&file, bytes);
+        }
+        activity.end();
+    });
+    Response::from_parts(head, Counted::new(body, done))
+}
+
+/// Finds the site and route and runs the handler. Returns the site's index (for
+/// the access log, once the host is known) and the authenticated user.
+async fn route(
+    parts: &Parts,
+    conn: &ConnInfo,
+    generation: &Generation,
+) -> (Option<usize>, Option<String>, Result<Response<Body>, Reject>) {
+    // HTTP/2 carries the host in :authority (in the URI); HTTP/1.1 in Host.
+    let raw_host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()));
+    let Some(host) = raw_host.and_then(vhost::normalize_host) else {
+        return (None, None, Err(Reject::BadRequest("missing or invalid Host")));
+    };
+    let Some((index, site)) = generation.router.site(&host) else {
+        return (None, None, Err(Reject::Misdirected));
+    };
+    // On TLS the certificate was chosen by SNI: a Host of another site on the
+    // same connection would be answered under the wrong certificate.
+    if conn.tls {
+        let sni_site = conn
+            .sni
+            .as_deref()
+            .and_then(|sni| generation.router.site(sni))
+            .map(|(i, _)| i);
+        if sni_site != Some(index) {
+            return (Some(index), None, Err(Reject::Misdirected));
+        }
+    }
+    let path = match path::normalize(parts.uri.path()) {
+        Ok(p) => p,
+        Err(e) => return (Some(index), None, Err(e)),
+    };
+    let route = site_route(site, &path);
+    let mut user = None;
+    if let Some((realm, users)) = route.and_then(|r| r.auth.as_ref()) {
+        let authorization = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes().to_vec());
+        let users = users.clone();
+        // Password hashes are deliberately slow: keep them off the reactor.
+        let checked = tokio::task::spawn_blocking(move || users.check(authorization.as_deref()))
+            .await
+            .ok()
+            .flatten();
+        match checked {
+            Some(u) => user = Some(u),
+            None => {
+                let realm = realm.clone();
+                return (Some(index), None, Err(Reject::Unauthorized { realm }));
+            }
+        }
+    }
+    let action = route.map(|r| &r.action).unwrap_or(&Action::Static);
+    let result = match action {
+        Action::Static => match &site.root {
+            Ok(root) => static_files::serve(root, &path, parts),
+            Err(why) => Err(Reject::Internal(format!("site {}: {why}", site.canonical))),
+        },
+        Action::Redirect { to, status } => {
+            let prefix = route.map(|r| r.path.as_str()).unwrap_or("/");
+            Ok(redirect(to, *status, prefix, &path, parts.uri.query()))
+        }
+    };
+    (Some(index), user, result)
+}
+
+fn site_route<'a>(site: &'a SiteRt, path: &str) -> Option<&'a RouteRt> {
+    let i = vhost::route(site.routes.iter().map(|r| r.path.as_str()), path)?;
+    Some(&site.routes[i])
+}
+
+/// Characters that must be escaped when a decoded path goes back into a URL.
+const PATH_ESCAPE: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
+/// Like Apache's `Redirect`: the part of the path after the route prefix is
+/// appended to the target, and the query string is kept.
+fn redirect(to: &str, status: u16, prefix: &str, path: &str, query: Option<&str>) -> Response<Body> {
+    let rest = if prefix == "/" { path } else { &path[prefix.len()..] };
+    let mut location = to.to_string();
+    if !rest.is_empty() {
+        let rest = rest.strip_prefix('/').unwrap_or(rest);
+        if !location.ends_with('/') {
+            location.push('/');
+        }
+        location.extend(utf8_percent_encode(rest, PATH_ESCAPE));
+    }
+    if let Some(q) = query {
+        location.push(if location.contains('?') { '&' } else { '?' });
+        location.push_str(q);
+    }
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::PERMANENT_REDIRECT);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+fn request_line(parts: &Parts) -> String {
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    format!("{} {} {:?}", parts.method, target, parts.version)
+}
+
+fn header_string(parts: &Parts, name: header::HeaderName) -> Option<String> {
+    parts
+        .headers
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(r: &Response<Body>) -> &str {
+        r.headers()[header::LOCATION].to_str().unwrap()
+    }
+
+    #[test]
+    fn redirects_append_the_rest_and_the_query() {
+        let r = redirect("https://new.test/", 308, "/old", "/old/a b.html", Some("x=1"));
+        assert_eq!(location(&r), "https://new.test/a%20b.html?x=1");
+        assert_eq!(r.status(), 308);
+        let r = redirect("https://new.test", 301, "/old", "/old", None);
+        assert_eq!(location(&r), "https://new.test");
+        let r = redirect("/elsewhere", 302, "/", "/x/y", None);
+        assert_eq!(location(&r), "/elsewhere/x/y");
+    }
+}

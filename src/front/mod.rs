@@ -1,0 +1,355 @@
+//! The front end: the unprivileged process that handles every client byte.
+//!
+//! Request flow, one file per step: [`conn`] (accept, TLS handshake, HTTP/1.1 and
+//! HTTP/2, timeouts) → [`tls`] (certificate by SNI) → [`vhost`] (host → site,
+//! path → route) → [`handler`] (auth, then static files, redirect) →
+//! [`static_files`] → [`access_log`]. Errors become responses in [`respond`].
+//!
+//! Lifecycle ([`run`]): adopt the IPC socket (fd 3) → wait for the first
+//! [`Plan`] → serve. Each new plan becomes a new [`Generation`], swapped in
+//! atomically: requests already running finish with the generation they started
+//! with, the next request on the same connection sees the new one. When the
+//! supervisor says `Shutdown` (or goes away), stop accepting and drain.
+
+pub mod access_log;
+pub mod auth;
+pub mod body;
+mod conn;
+mod handler;
+pub mod path;
+pub mod respond;
+pub mod static_files;
+pub mod tls;
+pub mod vhost;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::config::{Action, ClientLimits};
+use crate::ipc::{self, ListenerSpec, Plan, ToFront, ToSupervisor};
+use auth::Htpasswd;
+use static_files::Root;
+use vhost::Router;
+
+/// Everything one configuration generation needs to answer requests.
+pub struct Generation {
+    pub number: u64,
+    pub limits: ClientLimits,
+    pub router: Router<SiteRt>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub http: auto::Builder<TokioExecutor>,
+}
+
+/// A site as the front end serves it.
+pub struct SiteRt {
+    pub tenant: String,
+    /// The first host name, used in the access log.
+    pub canonical: String,
+    /// The open root, or why it could not be opened (then static requests get 500).
+    pub root: Result<Root, String>,
+    /// Longest prefix first.
+    pub routes: Vec<RouteRt>,
+}
+
+pub struct RouteRt {
+    pub path: String,
+    pub action: Action,
+    pub auth: Option<(String, Arc<Htpasswd>)>,
+}
+
+/// State shared by every connection.
+pub struct Shared {
+    pub current: ArcSwap<Generation>,
+    /// Tenant → access log.
+    pub logs: ArcSwap<HashMap<String, Arc<File>>>,
+    pub conn_limit: Arc<Semaphore>,
+    pub max_connections: std::sync::atomic::AtomicUsize,
+    pub drain: watch::Receiver<bool>,
+}
+
+/// Runs the front end until told to stop.
+pub fn run() -> anyhow::Result<()> {
+    let sock = crate::sys::inherited_fd(crate::supervisor::FRONT_IPC_FD)
+        .context("no IPC socket at fd 3 (the front end is started by `berth serve`)")?;
+    let sock = Arc::new(sock);
+    let (first, fds) = ipc::recv::<ToFront>(sock.as_fd()).context("waiting for the first plan")?;
+    let ToFront::Plan(plan) = first else {
+        bail!("the supervisor's first message was not a plan");
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("front")
+        .build()?;
+    rt.block_on(serve(sock, plan, fds))
+}
+
+enum Control {
+    Msg(ToFront, Vec<OwnedFd>),
+    Gone,
+}
+
+async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // The supervisor handles these; the front end only must not die of them
+    // (a terminal sends them to the whole process group).
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+
+    let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel();
+    let reader = sock.clone();
+    std::thread::Builder::new()
+        .name("supervisor-channel".into())
+        .spawn(move || {
+            loop {
+                match ipc::recv::<ToFront>(reader.as_fd()) {
+                    Ok((msg, fds)) => {
+                        if ctl_tx.send(Control::Msg(msg, fds)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        if !matches!(e, ipc::IpcError::Closed) {
+                            error!("supervisor channel: {e}");
+                        }
+                        let _ = ctl_tx.send(Control::Gone);
+                        return;
+                    }
+                }
+            }
+        })?;
+
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let max = plan.limits.max_connections;
+    let mut listeners: HashMap<ListenerSpec, JoinHandle<()>> = HashMap::new();
+    let (generation, listener_fds, logs) = build(plan, fds)?;
+    let shared = Arc::new(Shared {
+        current: ArcSwap::from_pointee(generation),
+        logs: ArcSwap::from_pointee(logs),
+        conn_limit: Arc::new(Semaphore::new(max)),
+        max_connections: max.into(),
+        drain: drain_rx,
+    });
+    sync_listeners(&mut listeners, listener_fds, &shared);
+    applied(&sock, &shared);
+
+    loop {
+        tokio::select! {
+            ctl = ctl_rx.recv() => match ctl {
+                Some(Control::Msg(ToFront::Plan(plan), fds)) => match build(plan, fds) {
+                    Ok((generation, listener_fds, logs)) => {
+                        resize_limit(&shared, generation.limits.max_connections);
+                        shared.current.store(Arc::new(generation));
+                        shared.logs.store(Arc::new(logs));
+                        sync_listeners(&mut listeners, listener_fds, &shared);
+                        applied(&sock, &shared);
+                    }
+                    Err(e) => error!("new configuration not applied: {e:#}"),
+                },
+                Some(Control::Msg(ToFront::Logs { tenants }, fds)) => match take_logs(&tenants, fds) {
+                    Ok(logs) => {
+                        shared.logs.store(Arc::new(logs));
+                        info!("log files reopened");
+                    }
+                    Err(e) => error!("reopened logs not applied: {e:#}"),
+                },
+                Some(Control::Msg(ToFront::Shutdown, _)) => break,
+                Some(Control::Gone) | None => {
+                    warn!("supervisor is gone; stopping");
+                    break;
+                }
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {}
+            _ = usr1.recv() => {}
+        }
+    }
+
+    // Drain: stop accepting, ask every connection to finish, wait for them.
+    for (_, task) in listeners.drain() {
+        task.abort();
+    }
+    let _ = drain_tx.send(true);
+    let limit = shared.current.load().limits.drain_timeout;
+    let total = shared.max_connections.load(std::sync::atomic::Ordering::Relaxed) as u32;
+    match tokio::time::timeout(limit, shared.conn_limit.acquire_many(total)).await {
+        Ok(_) => info!("drained; exiting"),
+        Err(_) => warn!("drain timeout ({limit:?}) reached; closing remaining connections"),
+    }
+    Ok(())
+}
+
+fn applied(sock: &OwnedFd, shared: &Shared) {
+    let generation = shared.current.load().number;
+    if let Err(e) = ipc::send(sock.as_fd(), &ToSupervisor::Applied { generation }, &[]) {
+        warn!("cannot report to the supervisor: {e}");
+    }
+}
+
+/// Adjusts the connection cap after a reload.
+fn resize_limit(shared: &Shared, max: usize) {
+    use std::sync::atomic::Ordering;
+    let old = shared.max_connections.swap(max, Ordering::Relaxed);
+    if max > old {
+        shared.conn_limit.add_permits(max - old);
+    } else if max < old {
+        // Permits in use come back later; take what is free now and the cap
+        // converges as connections close.
+        shared.conn_limit.forget_permits(old - max);
+    }
+}
+
+type Built = (
+    Generation,
+    Vec<(ListenerSpec, OwnedFd)>,
+    HashMap<String, Arc<File>>,
+);
+
+/// Turns a plan and its fds into a generation, the listeners and the logs.
+fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
+    let expected = plan.listeners.len() + plan.logs.len() + 1;
+    if fds.len() != expected {
+        bail!("plan came with {} fds, expected {expected}", fds.len());
+    }
+    let mut fds = fds.into_iter();
+    let listeners: Vec<(ListenerSpec, OwnedFd)> = plan
+        .listeners
+        .iter()
+        .map(|spec| (*spec, fds.next().expect("counted above")))
+        .collect();
+    let logs = take_logs(&plan.logs, fds.collect())?;
+
+    let mut resolver = tls::SniResolver::default();
+    let mut sites = Vec::with_capacity(plan.sites.len());
+    for site in plan.sites {
+        if let Some((cert, key)) = &site.tls {
+            match tls::certified_key(cert, key) {
+                Ok(ck) => {
+                    let ck = Arc::new(ck);
+                    for h in &site.hosts {
+                        resolver.insert(h, ck.clone());
+                    }
+                }
+                Err(e) => error!("site {}: certificate: {e}", site.hosts[0]),
+            }
+        }
+        let root = Root::open(&site.root).map_err(|e| {
+            let why = format!("cannot open root {}: {e}", site.root.display());
+            error!("site {}: {why}", site.hosts[0]);
+            why
+        });
+        let routes = site
+            .routes
+            .into_iter()
+            .map(|r| {
+                let auth = r.auth.as_ref().map(|a| {
+                    // The supervisor validated the file; should it still fail, an
+                    // empty user list locks the route rather than opening it.
+                    let users = Htpasswd::parse(&a.users).unwrap_or_default();
+                    (a.realm.clone(), Arc::new(users))
+                });
+                RouteRt {
+                    path: r.path,
+                    action: r.action,
+                    auth,
+                }
+            })
+            .collect();
+        let canonical = site.hosts[0].clone();
+        sites.push((
+            site.hosts,
+            SiteRt {
+                tenant: site.tenant,
+                canonical,
+                root,
+                routes,
+            },
+        ));
+    }
+    let tls = (!resolver.is_empty())
+        .then(|| tokio_rustls::TlsAcceptor::from(tls::server_config(resolver)));
+    let generation = Generation {
+        number: plan.generation,
+        http: http_builder(&plan.limits),
+        limits: plan.limits,
+        router: Router::new(sites),
+        tls,
+    };
+    Ok((generation, listeners, logs))
+}
+
+fn take_logs(tenants: &[String], fds: Vec<OwnedFd>) -> anyhow::Result<HashMap<String, Arc<File>>> {
+    if fds.len() != tenants.len() + 1 {
+        bail!("{} log fds for {} tenants", fds.len(), tenants.len());
+    }
+    let mut fds = fds.into_iter();
+    let mut logs = HashMap::new();
+    for t in tenants {
+        logs.insert(t.clone(), Arc::new(File::from(fds.next().expect("counted"))));
+    }
+    crate::logging::set_file(File::from(fds.next().expect("counted")));
+    Ok(logs)
+}
+
+fn http_builder(limits: &ClientLimits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_concurrent_streams(128)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+/// Starts accept loops for new listeners and stops those no longer wanted.
+fn sync_listeners(
+    running: &mut HashMap<ListenerSpec, JoinHandle<()>>,
+    fds: Vec<(ListenerSpec, OwnedFd)>,
+    shared: &Arc<Shared>,
+) {
+    let wanted: Vec<ListenerSpec> = fds.iter().map(|(s, _)| *s).collect();
+    running.retain(|spec, task| {
+        let keep = wanted.contains(spec);
+        if !keep {
+            task.abort();
+            info!("stopped listening on {}", spec.addr);
+        }
+        keep
+    });
+    for (spec, fd) in fds {
+        if running.contains_key(&spec) {
+            continue;
+        }
+        match conn::listener(fd) {
+            Ok(listener) => {
+                info!(
+                    "listening on {}{}",
+                    spec.addr,
+                    if spec.tls { " (TLS)" } else { "" }
+                );
+                running.insert(spec, tokio::spawn(conn::accept_loop(listener, spec, shared.clone())));
+            }
+            Err(e) => error!("listener {}: {e}", spec.addr),
+        }
+    }
+}
