@@ -140,7 +140,11 @@ pub fn recv<T: for<'de> Deserialize<'de>>(
     Ok((serde_json::from_slice(&payload)?, fds))
 }
 
-fn read_exact(sock: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Result<(), IpcError> {
+fn read_exact(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> Result<(), IpcError> {
     let mut off = 0;
     while off < buf.len() {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253))];

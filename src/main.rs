@@ -62,7 +62,10 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(berth::supervisor::Error::Config(problems)) => {
                     eprint!("{problems}");
-                    eprintln!("berth: configuration has {} problem(s); not started", problems.len());
+                    eprintln!(
+                        "berth: configuration has {} problem(s); not started",
+                        problems.len()
+                    );
                     ExitCode::from(1)
                 }
                 Err(e) => {

@@ -253,7 +253,11 @@ impl Supervisor {
         }))
     }
 
-    fn spawn_front(&mut self, logs: &Logs, events: mpsc::UnboundedSender<Event>) -> Result<Front, Error> {
+    fn spawn_front(
+        &mut self,
+        logs: &Logs,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Result<Front, Error> {
         let identity = self.front_identity()?;
         let (ours, theirs) = ipc::pair()?;
         // Exec through an fd opened now: the front user may not be able to reach
@@ -333,7 +337,10 @@ impl Supervisor {
                     tenant: t.name.clone(),
                     hosts: s.hosts.clone(),
                     root: s.root.clone(),
-                    tls: s.tls.as_ref().map(|t| (t.cert_pem.clone(), t.key_pem.clone())),
+                    tls: s
+                        .tls
+                        .as_ref()
+                        .map(|t| (t.cert_pem.clone(), t.key_pem.clone())),
                     routes: s.routes.clone(),
                 })
             })
@@ -444,13 +451,19 @@ fn open_log(dir: &Path, name: &str, group: Option<u32>) -> Result<OwnedFd, Error
         return Err(fail(io::Error::other("not a regular file")));
     }
     if st.st_nlink > 1 {
-        return Err(fail(io::Error::other("has more than one hard link; refusing to write to it")));
+        return Err(fail(io::Error::other(
+            "has more than one hard link; refusing to write to it",
+        )));
     }
     // Back to blocking writes (NONBLOCK only guarded the open against FIFOs).
     rustix::fs::fcntl_setfl(&fd, OFlags::APPEND).map_err(|e| fail(e.into()))?;
     if let Some(gid) = group {
-        rustix::fs::fchown(&fd, Some(rustix::fs::Uid::ROOT), Some(rustix::fs::Gid::from_raw(gid)))
-            .map_err(|e| fail(e.into()))?;
+        rustix::fs::fchown(
+            &fd,
+            Some(rustix::fs::Uid::ROOT),
+            Some(rustix::fs::Gid::from_raw(gid)),
+        )
+        .map_err(|e| fail(e.into()))?;
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o640)).map_err(|e| fail(e.into()))?;
     }
     Ok(fd)
@@ -472,7 +485,12 @@ impl Listeners {
             .listen
             .iter()
             .map(|&addr| ListenerSpec { addr, tls: false })
-            .chain(cfg.server.tls_listen.iter().map(|&addr| ListenerSpec { addr, tls: true }))
+            .chain(
+                cfg.server
+                    .tls_listen
+                    .iter()
+                    .map(|&addr| ListenerSpec { addr, tls: true }),
+            )
             .collect();
         let mut next = BTreeMap::new();
         for spec in &wanted {

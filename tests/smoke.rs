@@ -55,9 +55,15 @@ tls = {{ cert = "{cb}", key = "{kb}" }}
     assert_eq!(resp.text().unwrap(), "site A\n");
 
     let tls = client(false, Some(&pki.ca_pem), &["a.test", "b.test"], tls_port);
-    let resp = tls.get(format!("https://b.test:{tls_port}/")).send().unwrap();
+    let resp = tls
+        .get(format!("https://b.test:{tls_port}/"))
+        .send()
+        .unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.text().unwrap(), "site B\n");
-    let resp = tls.get(format!("https://a.test:{tls_port}/")).send().unwrap();
+    let resp = tls
+        .get(format!("https://a.test:{tls_port}/"))
+        .send()
+        .unwrap();
     assert_eq!(resp.text().unwrap(), "site A\n");
 }

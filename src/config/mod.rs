@@ -209,7 +209,10 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
     validate(&server, &mut tenants, &mut problems, path);
     // Report in reading order: file by file, line by line.
     problems.0.sort_by_key(|p| {
-        let file = files.iter().position(|f| *f == p.file).unwrap_or(usize::MAX);
+        let file = files
+            .iter()
+            .position(|f| *f == p.file)
+            .unwrap_or(usize::MAX);
         (file, p.line)
     });
     if problems.is_empty() {
@@ -277,7 +280,10 @@ fn load_include(
     }
     for (key, _) in doc.as_table().iter() {
         if key != "tenant" {
-            top.problem(key, "an included file may only define tenants ([tenant.NAME])");
+            top.problem(
+                key,
+                "an included file may only define tenants ([tenant.NAME])",
+            );
         }
     }
 }
@@ -303,16 +309,16 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
         let mut out = Vec::new();
         for a in &at.value {
             match a.parse::<SocketAddr>() {
-                Ok(addr) if out.contains(&addr) => walk.problem(
-                    at.line,
-                    &at.key,
-                    format!("{a} is listed twice"),
-                ),
+                Ok(addr) if out.contains(&addr) => {
+                    walk.problem(at.line, &at.key, format!("{a} is listed twice"))
+                }
                 Ok(addr) => out.push(addr),
                 Err(_) => walk.problem(
                     at.line,
                     &at.key,
-                    format!("{a:?} is not an address:port such as \"127.0.0.1:8080\" or \"[::1]:443\""),
+                    format!(
+                        "{a:?} is not an address:port such as \"127.0.0.1:8080\" or \"[::1]:443\""
+                    ),
                 ),
             }
         }
@@ -431,7 +437,10 @@ fn duration(walk: &Walk<'_>, at: Option<At<String>>) -> Option<Duration> {
             walk.problem(
                 at.line,
                 &at.key,
-                format!("{:?} is not a duration such as \"500ms\", \"10s\", \"5m\" or \"1h\"", at.value),
+                format!(
+                    "{:?} is not a duration such as \"500ms\", \"10s\", \"5m\" or \"1h\"",
+                    at.value
+                ),
             );
             None
         }
@@ -558,17 +567,30 @@ fn read_site(mut t: TableReader<'_>) -> Option<Site> {
         walk.problem(hosts.line, &hosts.key, "needs at least one host name");
     }
     let Some(root) = root else {
-        t_problem(walk, &t, "root", "is required: the directory of static files");
+        t_problem(
+            walk,
+            &t,
+            "root",
+            "is required: the directory of static files",
+        );
         return None;
     };
     let root_path = resolve_path(walk, &root);
     match std::fs::metadata(&root_path) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => walk.problem(root.line, &root.key, format!("{} is not a directory", root_path.display())),
-        Err(e) => walk.problem(root.line, &root.key, format!("{}: {e}", root_path.display())),
+        Ok(_) => walk.problem(
+            root.line,
+            &root.key,
+            format!("{} is not a directory", root_path.display()),
+        ),
+        Err(e) => walk.problem(
+            root.line,
+            &root.key,
+            format!("{}: {e}", root_path.display()),
+        ),
     }
     // Longest prefix first: route lookup takes the first match.
-    routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+    routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
     Some(Site {
         hosts: clean,
         root: root_path,
@@ -638,7 +660,12 @@ fn read_route(mut t: TableReader<'_>) -> Option<Route> {
     let auth = t.table("auth").map(read_auth);
     t.finish();
     let Some(path) = path else {
-        t_problem(walk, &t, "path", "is required: the URL path prefix, such as \"/blog/\"");
+        t_problem(
+            walk,
+            &t,
+            "path",
+            "is required: the URL path prefix, such as \"/blog/\"",
+        );
         return None;
     };
     let clean = route_path(&path.value)
@@ -671,7 +698,11 @@ fn read_route(mut t: TableReader<'_>) -> Option<Route> {
         }
         None => {
             if let Some(s) = status {
-                walk.problem(s.line, &s.key, "`status` only applies to a route with `redirect`");
+                walk.problem(
+                    s.line,
+                    &s.key,
+                    "`status` only applies to a route with `redirect`",
+                );
             }
             Action::Static
         }
@@ -688,7 +719,10 @@ fn route_path(p: &str) -> Result<String, String> {
     if !p.starts_with('/') {
         return Err(format!("{p:?} must start with '/'"));
     }
-    if p.contains("//") || p.chars().any(|c| c.is_ascii_control() || c == '%' || c == '\\' || c == '?' || c == '#') {
+    if p.contains("//")
+        || p.chars()
+            .any(|c| c.is_ascii_control() || c == '%' || c == '\\' || c == '?' || c == '#')
+    {
         return Err(format!(
             "{p:?} must be a plain path: no '//', '%', '\\\\', '?', '#' or control characters"
         ));
@@ -697,7 +731,11 @@ fn route_path(p: &str) -> Result<String, String> {
         return Err(format!("{p:?} must not contain '.' or '..' segments"));
     }
     let trimmed = p.trim_end_matches('/');
-    Ok(if trimmed.is_empty() { "/".into() } else { trimmed.into() })
+    Ok(if trimmed.is_empty() {
+        "/".into()
+    } else {
+        trimmed.into()
+    })
 }
 
 fn read_auth(mut t: TableReader<'_>) -> Option<Auth> {
@@ -706,18 +744,37 @@ fn read_auth(mut t: TableReader<'_>) -> Option<Auth> {
     let htpasswd = t.string("htpasswd");
     t.finish();
     let Some(htpasswd) = htpasswd else {
-        t_problem(walk, &t, "htpasswd", "is required: the path of an htpasswd file");
+        t_problem(
+            walk,
+            &t,
+            "htpasswd",
+            "is required: the path of an htpasswd file",
+        );
         return None;
     };
-    let realm = realm.map(|r| r.value).unwrap_or_else(|| "restricted".into());
-    if realm.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
-        t_problem(walk, &t, "realm", "must not contain quotes, backslashes or control characters");
+    let realm = realm
+        .map(|r| r.value)
+        .unwrap_or_else(|| "restricted".into());
+    if realm
+        .chars()
+        .any(|c| c == '"' || c == '\\' || c.is_control())
+    {
+        t_problem(
+            walk,
+            &t,
+            "realm",
+            "must not contain quotes, backslashes or control characters",
+        );
     }
     let htpasswd_path = resolve_path(walk, &htpasswd);
     let text = match std::fs::read_to_string(&htpasswd_path) {
         Ok(text) => text,
         Err(e) => {
-            walk.problem(htpasswd.line, &htpasswd.key, format!("{}: {e}", htpasswd.value));
+            walk.problem(
+                htpasswd.line,
+                &htpasswd.key,
+                format!("{}: {e}", htpasswd.value),
+            );
             return None;
         }
     };
@@ -805,7 +862,12 @@ fn validate(server: &Server, tenants: &mut [Tenant], problems: &mut Problems, ma
         }
     }
     if server.listen.is_empty() && server.tls_listen.is_empty() {
-        problems.push(main, 0, "server.listen", "no listener: set `listen` or `tls_listen`");
+        problems.push(
+            main,
+            0,
+            "server.listen",
+            "no listener: set `listen` or `tls_listen`",
+        );
     }
     if let Ok(None) = nix::unistd::User::from_name(&server.user) {
         problems.push(

@@ -40,18 +40,31 @@ impl Entry {
     /// Formats the line; `bytes` is the number of body bytes sent.
     pub fn format(&self, bytes: u64) -> String {
         let mut line = String::with_capacity(160);
-        let _ = write!(
+        let _ = writeln!(
             line,
-            "{} {} - {} [{}] \"{}\" {} {} \"{}\" \"{}\" {}\n",
+            "{} {} - {} [{}] \"{}\" {} {} \"{}\" \"{}\" {}",
             escape(&self.vhost),
             self.remote,
-            self.user.as_deref().map(escape).unwrap_or_else(|| "-".into()),
+            self.user
+                .as_deref()
+                .map(escape)
+                .unwrap_or_else(|| "-".into()),
             clf_time(self.time),
             escape(&self.request_line),
             self.status,
-            if bytes == 0 { "-".to_string() } else { bytes.to_string() },
-            self.referer.as_deref().map(escape).unwrap_or_else(|| "-".into()),
-            self.user_agent.as_deref().map(escape).unwrap_or_else(|| "-".into()),
+            if bytes == 0 {
+                "-".to_string()
+            } else {
+                bytes.to_string()
+            },
+            self.referer
+                .as_deref()
+                .map(escape)
+                .unwrap_or_else(|| "-".into()),
+            self.user_agent
+                .as_deref()
+                .map(escape)
+                .unwrap_or_else(|| "-".into()),
             self.started.elapsed().as_micros(),
         );
         line
@@ -83,7 +96,10 @@ fn escape(s: &str) -> String {
 
 /// `21/Nov/2026:20:51:49 +0000` (always UTC).
 pub fn clf_time(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
@@ -205,6 +221,9 @@ mod tests {
         };
         let line = e.format(5);
         assert_eq!(line.matches('\n').count(), 1);
-        assert!(line.contains(r#""GET /\"\x0a127.0.0.1 fake HTTP/1.1" 200 5 "-" "ua\\\"x""#), "{line}");
+        assert!(
+            line.contains(r#""GET /\"\x0a127.0.0.1 fake HTTP/1.1" 200 5 "-" "ua\\\"x""#),
+            "{line}"
+        );
     }
 }

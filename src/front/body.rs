@@ -10,7 +10,9 @@ pub type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// A body holding `bytes` in memory.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// A body with no bytes (HEAD, 304, redirects).

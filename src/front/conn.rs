@@ -93,7 +93,11 @@ async fn connection(stream: TcpStream, peer: SocketAddr, spec: ListenerSpec, sha
             return;
         }
     };
-    let sni = tls.get_ref().1.server_name().map(|s| s.to_ascii_lowercase());
+    let sni = tls
+        .get_ref()
+        .1
+        .server_name()
+        .map(|s| s.to_ascii_lowercase());
     let info = ConnInfo {
         peer,
         tls: true,
@@ -138,7 +142,8 @@ impl Activity {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return Instant::now() + limits.keepalive_timeout;
         }
-        let idle_since = self.base + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        let idle_since =
+            self.base + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
         let allowed = if self.served.load(Ordering::Acquire) {
             limits.keepalive_timeout
         } else {

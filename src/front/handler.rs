@@ -63,15 +63,24 @@ async fn route(
     parts: &Parts,
     conn: &ConnInfo,
     generation: &Generation,
-) -> (Option<usize>, Option<String>, Result<Response<Body>, Reject>) {
+) -> (
+    Option<usize>,
+    Option<String>,
+    Result<Response<Body>, Reject>,
+) {
     // HTTP/2 carries the host in :authority (in the URI); HTTP/1.1 in Host.
-    let raw_host = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()));
+    let raw_host = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+        parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+    });
     let Some(host) = raw_host.and_then(vhost::normalize_host) else {
-        return (None, None, Err(Reject::BadRequest("missing or invalid Host")));
+        return (
+            None,
+            None,
+            Err(Reject::BadRequest("missing or invalid Host")),
+        );
     };
     let Some((index, site)) = generation.router.site(&host) else {
         return (None, None, Err(Reject::Misdirected));
@@ -147,8 +156,18 @@ const PATH_ESCAPE: &AsciiSet = &CONTROLS
 
 /// Like Apache's `Redirect`: the part of the path after the route prefix is
 /// appended to the target, and the query string is kept.
-fn redirect(to: &str, status: u16, prefix: &str, path: &str, query: Option<&str>) -> Response<Body> {
-    let rest = if prefix == "/" { path } else { &path[prefix.len()..] };
+fn redirect(
+    to: &str,
+    status: u16,
+    prefix: &str,
+    path: &str,
+    query: Option<&str>,
+) -> Response<Body> {
+    let rest = if prefix == "/" {
+        path
+    } else {
+        &path[prefix.len()..]
+    };
     let mut location = to.to_string();
     if !rest.is_empty() {
         let rest = rest.strip_prefix('/').unwrap_or(rest);
@@ -195,7 +214,13 @@ mod tests {
 
     #[test]
     fn redirects_append_the_rest_and_the_query() {
-        let r = redirect("https://new.test/", 308, "/old", "/old/a b.html", Some("x=1"));
+        let r = redirect(
+            "https://new.test/",
+            308,
+            "/old",
+            "/old/a b.html",
+            Some("x=1"),
+        );
         assert_eq!(location(&r), "https://new.test/a%20b.html?x=1");
         assert_eq!(r.status(), 308);
         let r = redirect("https://new.test", 301, "/old", "/old", None);

@@ -184,7 +184,9 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
     }
     let _ = drain_tx.send(true);
     let limit = shared.current.load().limits.drain_timeout;
-    let total = shared.max_connections.load(std::sync::atomic::Ordering::Relaxed) as u32;
+    let total = shared
+        .max_connections
+        .load(std::sync::atomic::Ordering::Relaxed) as u32;
     match tokio::time::timeout(limit, shared.conn_limit.acquire_many(total)).await {
         Ok(_) => info!("drained; exiting"),
         Err(_) => warn!("drain timeout ({limit:?}) reached; closing remaining connections"),
@@ -298,7 +300,10 @@ fn take_logs(tenants: &[String], fds: Vec<OwnedFd>) -> anyhow::Result<HashMap<St
     let mut fds = fds.into_iter();
     let mut logs = HashMap::new();
     for t in tenants {
-        logs.insert(t.clone(), Arc::new(File::from(fds.next().expect("counted"))));
+        logs.insert(
+            t.clone(),
+            Arc::new(File::from(fds.next().expect("counted"))),
+        );
     }
     crate::logging::set_file(File::from(fds.next().expect("counted")));
     Ok(logs)
@@ -347,7 +352,10 @@ fn sync_listeners(
                     spec.addr,
                     if spec.tls { " (TLS)" } else { "" }
                 );
-                running.insert(spec, tokio::spawn(conn::accept_loop(listener, spec, shared.clone())));
+                running.insert(
+                    spec,
+                    tokio::spawn(conn::accept_loop(listener, spec, shared.clone())),
+                );
             }
             Err(e) => error!("listener {}: {e}", spec.addr),
         }

@@ -273,4 +273,61 @@ mod tests {
         assert!(is_hidden("/.well-known/.secret"));
         assert!(is_hidden("/.well-known/a/.secret/b"));
     }
+
+    /// Random paths built from the pieces attackers combine: whatever
+    /// `normalize` accepts must be absolute, single-slashed, free of dot
+    /// segments, NUL, backslashes and control characters. (A deterministic
+    /// stand-in for `cargo fuzz`, which needs a nightly toolchain.)
+    #[test]
+    fn random_hostile_paths_never_normalise_to_anything_unsafe() {
+        const PIECES: &[&str] = &[
+            "/",
+            "//",
+            ".",
+            "..",
+            "%2e",
+            "%2E",
+            "%2f",
+            "%2F",
+            "%5c",
+            "\\",
+            "%00",
+            "%25",
+            "%",
+            "a",
+            "b.txt",
+            ".git",
+            "%c0%ae",
+            "%e2%80%ae",
+            "%0a",
+            "?",
+            "#",
+            ";",
+            "%3b",
+            "~",
+        ];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..200_000 {
+            let len = (next() % 10) as usize;
+            let mut raw = String::from("/");
+            for _ in 0..len {
+                raw.push_str(PIECES[(next() % PIECES.len() as u64) as usize]);
+            }
+            let Ok(out) = normalize(&raw) else { continue };
+            assert!(out.starts_with('/'), "{raw:?} -> {out:?}");
+            assert!(!out.contains("//"), "{raw:?} -> {out:?}");
+            assert!(!out.contains('\\'), "{raw:?} -> {out:?}");
+            assert!(!out.chars().any(char::is_control), "{raw:?} -> {out:?}");
+            assert!(
+                out.split('/').all(|seg| seg != ".." && seg != "."),
+                "{raw:?} -> {out:?}"
+            );
+        }
+    }
 }

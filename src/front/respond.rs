@@ -69,9 +69,9 @@ impl Reject {
             }
             Reject::Unauthorized { realm } => {
                 let realm = realm.replace(['"', '\\'], "");
-                if let Ok(v) = HeaderValue::from_str(&format!(
-                    "Basic realm=\"{realm}\", charset=\"UTF-8\""
-                )) {
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\""))
+                {
                     h.insert(header::WWW_AUTHENTICATE, v);
                 }
             }

@@ -97,7 +97,10 @@ mod tests {
 
     #[test]
     fn hosts_are_case_insensitive_and_ignore_ports() {
-        assert_eq!(normalize_host("Alice.TEST:8080").as_deref(), Some("alice.test"));
+        assert_eq!(
+            normalize_host("Alice.TEST:8080").as_deref(),
+            Some("alice.test")
+        );
         assert_eq!(normalize_host("alice.test.").as_deref(), Some("alice.test"));
         assert_eq!(normalize_host("[::1]:443").as_deref(), Some("[::1]"));
         assert_eq!(normalize_host("127.0.0.1").as_deref(), Some("127.0.0.1"));

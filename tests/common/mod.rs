@@ -50,7 +50,10 @@ pub struct Dir {
 
 impl Dir {
     pub fn new() -> Dir {
-        let tmp = tempfile::Builder::new().prefix("berth-test-").tempdir().unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("berth-test-")
+            .tempdir()
+            .unwrap();
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
         Dir { tmp }
     }
@@ -89,7 +92,12 @@ impl Dir {
     /// chown -R to uid:gid (without following symlinks).
     pub fn chown(&self, rel: &str, uid: u32, gid: u32) {
         let st = Command::new("chown")
-            .args(["-R", "-h", &format!("{uid}:{gid}"), self.join(rel).to_str().unwrap()])
+            .args([
+                "-R",
+                "-h",
+                &format!("{uid}:{gid}"),
+                self.join(rel).to_str().unwrap(),
+            ])
             .status()
             .unwrap();
         assert!(st.success());
@@ -98,7 +106,11 @@ impl Dir {
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A test certificate authority and certificates for host names.
@@ -217,10 +229,9 @@ impl Server {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("berth exited early ({status}):\n{}", self.output());
             }
-            if let Ok(resp) = try_raw(self.addr(), b"GET / HTTP/1.1\r\nHost: ready.invalid\r\nConnection: close\r\n\r\n") {
-                if resp.starts_with("HTTP/1.1") {
-                    return;
-                }
+            let probe = b"GET / HTTP/1.1\r\nHost: ready.invalid\r\nConnection: close\r\n\r\n";
+            if try_raw(self.addr(), probe).is_ok_and(|resp| resp.starts_with("HTTP/1.1")) {
+                return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -264,11 +275,8 @@ impl Server {
     pub fn front_pid(&self) -> u32 {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let children = fs::read_to_string(format!(
-                "/proc/{0}/task/{0}/children",
-                self.pid()
-            ))
-            .unwrap_or_default();
+            let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid()))
+                .unwrap_or_default();
             if let Some(pid) = children.split_whitespace().next() {
                 return pid.parse().unwrap();
             }

@@ -1,0 +1,511 @@
+//! `berth check`: the shipped examples pass, and every kind of problem is
+//! reported as `file:line: key: why`, all of them at once, with exit code 1.
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Runs `berth check --config PATH`; returns (exit code, stdout, stderr).
+fn check(path: &Path) -> (Option<i32>, String, String) {
+    let out = Command::new(BERTH)
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .expect("run berth check");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs check and expects it to fail; returns the problem lines (stdout).
+fn problems(path: &Path) -> Vec<String> {
+    let (code, stdout, stderr) = check(path);
+    assert_eq!(
+        code,
+        Some(1),
+        "exit code; stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    stdout.lines().map(str::to_string).collect()
+}
+
+/// Creates a user that is not a test user (the demo's), like `.ci` does.
+fn ensure_system_user(name: &str) {
+    if nix::unistd::User::from_name(name).unwrap().is_some() {
+        return;
+    }
+    let st = Command::new("useradd")
+        .args(["--no-create-home", "--shell", "/usr/sbin/nologin", name])
+        .status()
+        .expect("useradd");
+    assert!(
+        st.success() || nix::unistd::User::from_name(name).unwrap().is_some(),
+        "useradd {name} failed"
+    );
+}
+
+/// Asserts that exactly one line starts with `prefix` and returns it.
+fn line_starting<'a>(lines: &'a [String], prefix: &str) -> &'a str {
+    let found: Vec<&String> = lines.iter().filter(|l| l.starts_with(prefix)).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one line starting {prefix:?} in:\n{}",
+        lines.join("\n")
+    );
+    found[0]
+}
+
+/// The 1-based line of the first line of `text` that starts with `start`.
+fn line_no(text: &str, start: &str) -> usize {
+    text.lines()
+        .position(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("{start:?} not in:\n{text}"))
+        + 1
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A `[server]` block that passes on its own.
+fn server(dir: &Dir) -> String {
+    ensure_user("berth-tfront");
+    format!(
+        r#"[server]
+listen = ["127.0.0.1:18080"]
+user = "berth-tfront"
+state_dir = "{}"
+log_dir = "{}"
+"#,
+        dir.join("state").display(),
+        dir.join("log").display()
+    )
+}
+
+/// A site root owned by `user`.
+fn root_of(dir: &Dir, rel: &str, user: &str) -> PathBuf {
+    let (uid, gid) = ensure_user(user);
+    dir.write(&format!("{rel}/index.html"), "hi\n");
+    dir.chown(rel, uid, gid);
+    dir.join(rel)
+}
+
+#[test]
+fn shipped_examples_pass() {
+    require_root();
+    ensure_system_user("berth-demo-alice");
+    ensure_system_user("berth-demo-bob");
+    let mut checked = Vec::new();
+    for example in std::fs::read_dir(repo().join("examples")).unwrap() {
+        let example = example.unwrap().path();
+        if !example.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(&example).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&f).unwrap();
+            let is_main = text.lines().any(|l| l.trim() == "[server]");
+            if !is_main {
+                continue;
+            }
+            let (code, stdout, stderr) = check(&f);
+            assert_eq!(
+                code,
+                Some(0),
+                "{} fails berth check:\n{stdout}{stderr}",
+                f.display()
+            );
+            assert!(stdout.contains(": ok ("), "{stdout}");
+            checked.push(f);
+        }
+    }
+    assert!(
+        checked
+            .iter()
+            .any(|f| f.ends_with("examples/demo/berth.toml")),
+        "the demo was not checked: {checked:?}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_with_its_line() {
+    require_root();
+    ensure_user("berth-tfront");
+    let dir = Dir::new();
+    let text = format!(
+        r#"[server]
+listen = ["127.0.0.1:18080", "127.0.0.1:notaport"]
+user = "berth-tfront"
+state_dir = "{state}"
+log_dir = "{log}"
+colour = "blue"
+
+[tenant.ta]
+user = "berth-tnosuchuser"
+
+[[tenant.ta.site]]
+hosts = ["a.test"]
+root = "/nonexistent/berth-test-root"
+
+[[tenant.ta.site.route]]
+path = "private/"
+"#,
+        state = dir.join("state").display(),
+        log = dir.join("log").display(),
+    );
+    let path = dir.write("berth.toml", &text);
+    let lines = problems(&path);
+    let f = path.display();
+    let expected = [
+        (2, "server.listen", "\"127.0.0.1:notaport\""),
+        (6, "server.colour", "unknown key"),
+        (9, "tenant.ta.user", "berth-tnosuchuser"),
+        (13, "tenant.ta.site[0].root", "/nonexistent/berth-test-root"),
+        (16, "tenant.ta.site[0].route[0].path", "must start with '/'"),
+    ];
+    for (line, key, why) in expected {
+        let l = line_starting(&lines, &format!("{f}:{line}: {key}: "));
+        assert!(l.contains(why), "{l:?} should mention {why:?}");
+    }
+    assert_eq!(
+        lines.len(),
+        expected.len(),
+        "one line per problem, nothing else:\n{}",
+        lines.join("\n")
+    );
+    // Line numbers agree with the file itself.
+    assert_eq!(line_no(&text, "colour"), 6);
+    assert_eq!(line_no(&text, "path = "), 16);
+}
+
+/// A listener list whose only entry is invalid is one problem, at its line:
+/// not also a second, line-less "no listener" complaint about the same key.
+#[test]
+fn invalid_only_listener_is_one_problem_at_its_line() {
+    require_root();
+    let dir = Dir::new();
+    let a = root_of(&dir, "a", "berth-ta");
+    let text = server(&dir).replace("127.0.0.1:18080", "localhost:http")
+        + &format!(
+            "\n[tenant.ta]\nuser = \"berth-ta\"\n\n[[tenant.ta.site]]\nhosts = [\"a.test\"]\nroot = \"{}\"\n",
+            a.display()
+        );
+    let path = dir.write("berth.toml", &text);
+    let lines = problems(&path);
+    let f = path.display();
+    for l in &lines {
+        assert!(
+            l.starts_with(&format!("{f}:2: server.listen: ")),
+            "every line must be `file:line: key: why` for the listen line:\n{}",
+            lines.join("\n")
+        );
+    }
+    assert_eq!(lines.len(), 1, "{}", lines.join("\n"));
+}
+
+#[test]
+fn tenant_defined_twice_names_both_files() {
+    require_root();
+    let dir = Dir::new();
+    let a = root_of(&dir, "a", "berth-ta");
+    let tenant = format!(
+        r#"[tenant.ta]
+user = "berth-ta"
+
+[[tenant.ta.site]]
+hosts = ["a.test"]
+root = "{}"
+"#,
+        a.display()
+    );
+    let main = dir.write(
+        "berth.toml",
+        format!(
+            "{}include = [\"tenants.d/*.toml\"]\n\n{tenant}",
+            server(&dir)
+        ),
+    );
+    let inc = dir.write(
+        "tenants.d/ta.toml",
+        format!(
+            "# the same tenant again\n{}",
+            tenant.replace("a.test", "a2.test")
+        ),
+    );
+    let lines = problems(&main);
+    let l = line_starting(&lines, &format!("{}:2: tenant.ta", inc.display()));
+    assert!(l.contains(&main.display().to_string()), "{l}");
+    assert!(l.contains("twice"), "{l}");
+    let main_line = line_no(&std::fs::read_to_string(&main).unwrap(), "[tenant.ta]");
+    assert!(
+        l.contains(&format!("{}:{main_line}", main.display())),
+        "should point at the first definition: {l}"
+    );
+}
+
+#[test]
+fn invalid_toml_is_one_line_with_its_position() {
+    require_root();
+    let dir = Dir::new();
+    let text = format!(
+        "{}min_uid = = 1000\n\n[tenant.ta]\nuser = \"berth-ta\"\n",
+        server(&dir)
+    );
+    let bad_line = line_no(&text, "min_uid");
+    let path = dir.write("berth.toml", &text);
+    let lines = problems(&path);
+    assert_eq!(lines.len(), 1, "{}", lines.join("\n"));
+    assert!(
+        lines[0].starts_with(&format!("{}:{bad_line}: ", path.display())),
+        "{} should start with file:{bad_line}",
+        lines[0]
+    );
+}
+
+#[test]
+fn invalid_toml_in_an_included_file() {
+    require_root();
+    let dir = Dir::new();
+    let main = dir.write(
+        "main.toml",
+        format!("{}include = [\"inc/*.toml\"]\n", server(&dir)),
+    );
+    let inc = dir.write("inc/bad.toml", "[tenant.tb]\nuser = \"berth-tb\nfoo = 1\n");
+    let lines = problems(&main);
+    assert_eq!(lines.len(), 1, "{}", lines.join("\n"));
+    assert!(
+        lines[0].starts_with(&format!("{}:2: ", inc.display())),
+        "{}",
+        lines[0]
+    );
+}
+
+#[test]
+fn mismatched_certificate_and_key() {
+    require_root();
+    let dir = Dir::new();
+    let a = root_of(&dir, "a", "berth-ta");
+    let pki = Pki::new();
+    let (cert1, _key1) = pki.issue(&dir, "one", &["a.test"]);
+    let (_cert2, key2) = pki.issue(&dir, "two", &["a.test"]);
+    let text = format!(
+        r#"{}
+[tenant.ta]
+user = "berth-ta"
+
+[[tenant.ta.site]]
+hosts = ["a.test"]
+root = "{}"
+tls = {{ cert = "{}", key = "{}" }}
+"#,
+        server(&dir),
+        a.display(),
+        cert1.display(),
+        key2.display()
+    );
+    let path = dir.write("berth.toml", &text);
+    let lines = problems(&path);
+    assert_eq!(lines.len(), 1, "{}", lines.join("\n"));
+    line_starting(
+        &lines,
+        &format!(
+            "{}:{}: tenant.ta.site[0].tls.cert: ",
+            path.display(),
+            line_no(&text, "tls = ")
+        ),
+    );
+    // The matching pair passes.
+    let (cert3, key3) = pki.issue(&dir, "three", &["a.test"]);
+    let good = text
+        .replace(&cert1.display().to_string(), &cert3.display().to_string())
+        .replace(&key2.display().to_string(), &key3.display().to_string());
+    let path = dir.write("good.toml", &good);
+    let (code, stdout, _) = check(&path);
+    assert_eq!(code, Some(0), "{stdout}");
+}
+
+/// Two tenants whose sites both claim a.test.
+fn duplicate_host_config(dir: &Dir) -> (PathBuf, String) {
+    let a = root_of(dir, "a", "berth-ta");
+    let b = root_of(dir, "b", "berth-tb");
+    let text = format!(
+        r#"{}
+[tenant.ta]
+user = "berth-ta"
+
+[[tenant.ta.site]]
+hosts = ["a.test", "www.a.test"]
+root = "{}"
+
+[tenant.tb]
+user = "berth-tb"
+
+[[tenant.tb.site]]
+hosts = ["b.test", "A.test"]
+root = "{}"
+"#,
+        server(dir),
+        a.display(),
+        b.display()
+    );
+    (dir.write("berth.toml", &text), text)
+}
+
+#[test]
+fn duplicate_host_names_the_other_site() {
+    require_root();
+    let dir = Dir::new();
+    let (path, _) = duplicate_host_config(&dir);
+    let lines = problems(&path);
+    assert_eq!(lines.len(), 1, "{}", lines.join("\n"));
+    let l = &lines[0];
+    assert!(l.starts_with(&format!("{}:", path.display())), "{l}");
+    assert!(l.contains("tenant.tb.site[0].hosts: "), "{l}");
+    assert!(l.contains("\"a.test\""), "{l}");
+    assert!(
+        l.contains("tenant.ta.site[0]"),
+        "should name the other site: {l}"
+    );
+}
+
+/// The problem is about `tenant.tb.site[0].hosts`, so its line must be the line
+/// of that key, not of `[tenant.tb]`.
+#[test]
+fn duplicate_host_points_at_the_hosts_line() {
+    require_root();
+    let dir = Dir::new();
+    let (path, text) = duplicate_host_config(&dir);
+    let lines = problems(&path);
+    let hosts_line = line_no(&text, "hosts = [\"b.test\"");
+    line_starting(
+        &lines,
+        &format!("{}:{hosts_line}: tenant.tb.site[0].hosts: ", path.display()),
+    );
+}
+
+#[test]
+fn tenant_users_below_min_uid_and_root_are_refused() {
+    require_root();
+    let dir = Dir::new();
+    let a = root_of(&dir, "a", "berth-ta");
+    let text = format!(
+        r#"{}
+[tenant.td]
+user = "daemon"
+
+[tenant.tr]
+user = "root"
+
+[tenant.ta]
+user = "berth-ta"
+
+[[tenant.ta.site]]
+hosts = ["a.test"]
+root = "{}"
+"#,
+        server(&dir),
+        a.display()
+    );
+    let path = dir.write("berth.toml", &text);
+    let lines = problems(&path);
+    assert_eq!(lines.len(), 2, "{}", lines.join("\n"));
+    let f = path.display();
+    let l = line_starting(
+        &lines,
+        &format!(
+            "{f}:{}: tenant.td.user: ",
+            line_no(&text, "user = \"daemon\"")
+        ),
+    );
+    assert!(l.contains("min_uid"), "{l}");
+    let l = line_starting(
+        &lines,
+        &format!(
+            "{f}:{}: tenant.tr.user: ",
+            line_no(&text, "user = \"root\"")
+        ),
+    );
+    assert!(l.contains("root"), "{l}");
+
+    // With min_uid lowered to 1, daemon passes; root never does.
+    let lowered = text.replace("[server]\n", "[server]\nmin_uid = 1\n");
+    let path = dir.write("lowered.toml", &lowered);
+    let lines = problems(&path);
+    assert_eq!(lines.len(), 1, "{}", lines.join("\n"));
+    assert!(lines[0].contains("tenant.tr.user: "), "{}", lines[0]);
+}
+
+#[test]
+fn site_root_owned_by_another_user_is_refused() {
+    require_root();
+    let dir = Dir::new();
+    let a = root_of(&dir, "a", "berth-ta");
+    let foreign = root_of(&dir, "b", "berth-tb");
+    dir.mkdir("rootowned");
+    let text = format!(
+        r#"{}
+[tenant.ta]
+user = "berth-ta"
+
+[[tenant.ta.site]]
+hosts = ["a.test"]
+root = "{}"
+
+[[tenant.ta.site]]
+hosts = ["steal.test"]
+root = "{}"
+
+[[tenant.ta.site]]
+hosts = ["shared.test"]
+root = "{}"
+"#,
+        server(&dir),
+        a.display(),
+        foreign.display(),
+        dir.join("rootowned").display()
+    );
+    let path = dir.write("berth.toml", &text);
+    let lines = problems(&path);
+    assert_eq!(lines.len(), 1, "{}", lines.join("\n"));
+    let root_line = line_no(&text, &format!("root = \"{}\"", foreign.display()));
+    let l = line_starting(
+        &lines,
+        &format!("{}:{root_line}: tenant.ta.site[1].root: ", path.display()),
+    );
+    assert!(l.contains("berth-ta"), "{l}");
+}
+
+#[test]
+fn a_clean_config_passes() {
+    require_root();
+    let dir = Dir::new();
+    let a = root_of(&dir, "a", "berth-ta");
+    let text = format!(
+        r#"{}header_timeout = "1s"
+keepalive_timeout = "500ms"
+max_connections = 10
+
+[tenant.ta]
+user = "berth-ta"
+
+[[tenant.ta.site]]
+hosts = ["a.test"]
+root = "{}"
+"#,
+        server(&dir),
+        a.display()
+    );
+    let path = dir.write("berth.toml", &text);
+    let (code, stdout, stderr) = check(&path);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        format!("{}: ok (1 files, 1 tenants, 1 sites)", path.display())
+    );
+}
