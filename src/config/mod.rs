@@ -108,8 +108,8 @@ pub struct Site {
     pub tls: Option<Tls>,
     /// Sorted longest path first, so the first match is the longest prefix.
     pub routes: Vec<Route>,
-    /// Where `root` was written, for problems found later.
-    pub root_origin: Origin,
+    /// Where `hosts` and `root` were written, for problems found later.
+    pub lines: SiteLines,
 }
 
 /// A certificate chain and key, read and checked to match.
@@ -147,6 +147,14 @@ pub struct Auth {
     pub users: String,
 }
 
+/// The file and lines of a site's keys.
+#[derive(Debug, Clone)]
+pub struct SiteLines {
+    pub file: PathBuf,
+    pub hosts: usize,
+    pub root: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct Origin {
     pub file: PathBuf,
@@ -179,10 +187,17 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
                 };
                 let mut top = TableReader::new(&walk, doc.as_table(), String::new(), 1);
                 let mut includes = Vec::new();
-                if let Some(t) = top.table("server") {
-                    let (s, inc) = read_server(t);
-                    server = Some(s);
-                    includes = inc;
+                match top.table("server") {
+                    Some(t) => {
+                        let (s, inc) = read_server(t);
+                        server = Some(s);
+                        includes = inc;
+                    }
+                    None => walk.problem(
+                        1,
+                        "server",
+                        "missing: berth needs a [server] table with `listen` or `tls_listen`",
+                    ),
                 }
                 if let Some(t) = top.table("tenant") {
                     read_tenants(t, &mut tenants);
@@ -206,7 +221,7 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
         limits: ClientLimits::default(),
     });
     let mut problems = problems.into_inner();
-    validate(&server, &mut tenants, &mut problems, path);
+    validate(&server, &tenants, &mut problems);
     // Report in reading order: file by file, line by line.
     problems.0.sort_by_key(|p| {
         let file = files
@@ -324,16 +339,31 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
         }
         out
     };
-    s.listen = addrs(t.strings("listen"));
-    s.tls_listen = addrs(t.strings("tls_listen"));
+    let listen = t.strings("listen");
+    let tls_listen = t.strings("tls_listen");
+    if listen.is_none() && tls_listen.is_none() {
+        walk.problem(
+            t.line(),
+            "server.listen",
+            "no listener: set `listen` or `tls_listen`",
+        );
+    }
+    s.listen = addrs(listen);
+    s.tls_listen = addrs(tls_listen);
     for a in &s.tls_listen {
         if s.listen.contains(a) {
             t.problem("tls_listen", format!("{a} is also in listen"));
         }
     }
     if let Some(u) = t.string("user") {
-        if u.value.is_empty() {
-            walk.problem(u.line, &u.key, "must not be empty");
+        match nix::unistd::User::from_name(&u.value) {
+            Ok(Some(_)) => {}
+            Ok(None) => walk.problem(
+                u.line,
+                &u.key,
+                format!("no such user {:?} (the front end runs as it)", u.value),
+            ),
+            Err(e) => walk.problem(u.line, &u.key, format!("cannot look up {:?}: {e}", u.value)),
         }
         s.user = u.value;
     }
@@ -596,9 +626,10 @@ fn read_site(mut t: TableReader<'_>) -> Option<Site> {
         root: root_path,
         tls: tls.flatten(),
         routes,
-        root_origin: Origin {
+        lines: SiteLines {
             file: walk.file().to_path_buf(),
-            line: root.line,
+            hosts: hosts.line,
+            root: root.line,
         },
     })
 }
@@ -796,44 +827,46 @@ fn read_auth(mut t: TableReader<'_>) -> Option<Auth> {
 }
 
 /// Checks that need the whole configuration: unique hosts, uids, root owners.
-fn validate(server: &Server, tenants: &mut [Tenant], problems: &mut Problems, main: &Path) {
+fn validate(server: &Server, tenants: &[Tenant], problems: &mut Problems) {
     let mut hosts: HashMap<String, String> = HashMap::new();
-    for tenant in tenants.iter() {
-        if !tenant.resolved {
-            continue;
-        }
-        if tenant.uid == 0 {
+    for tenant in tenants {
+        let user_key = format!("tenant.{}.user", tenant.name);
+        if tenant.resolved && tenant.uid == 0 {
             problems.push(
                 &tenant.origin.file,
                 tenant.user_line,
-                format!("tenant.{}.user", tenant.name),
+                &user_key,
                 "a tenant may not run as root",
             );
-        } else if tenant.uid < server.min_uid || tenant.gid < server.min_uid {
-            {
-                problems.push(
-                    &tenant.origin.file,
-                    tenant.user_line,
-                    format!("tenant.{}.user", tenant.name),
-                    format!(
-                        "user {:?} has uid {} and gid {}; tenants need both >= min_uid ({})",
-                        tenant.user, tenant.uid, tenant.gid, server.min_uid
-                    ),
-                );
-            }
+        } else if tenant.resolved && (tenant.uid < server.min_uid || tenant.gid < server.min_uid) {
+            problems.push(
+                &tenant.origin.file,
+                tenant.user_line,
+                &user_key,
+                format!(
+                    "user {:?} has uid {} and gid {}; tenants need both >= min_uid ({})",
+                    tenant.user, tenant.uid, tenant.gid, server.min_uid
+                ),
+            );
         }
         for (i, site) in tenant.sites.iter().enumerate() {
             let here = format!("tenant.{}.site[{i}]", tenant.name);
+            let at = format!(
+                "{here} ({}:{})",
+                site.lines.file.display(),
+                site.lines.hosts
+            );
             for h in &site.hosts {
-                if let Some(prev) = hosts.get(h) {
-                    problems.push(
-                        &tenant.origin.file,
-                        tenant.origin.line,
+                match hosts.get(h) {
+                    Some(prev) => problems.push(
+                        &site.lines.file,
+                        site.lines.hosts,
                         format!("{here}.hosts"),
                         format!("host {h:?} is already served by {prev}"),
-                    );
-                } else {
-                    hosts.insert(h.clone(), here.clone());
+                    ),
+                    None => {
+                        hosts.insert(h.clone(), at.clone());
+                    }
                 }
             }
             // A tenant may only publish its own files (or root's, e.g. a shared
@@ -844,37 +877,19 @@ fn validate(server: &Server, tenants: &mut [Tenant], problems: &mut Problems, ma
                 && meta.uid() != 0
                 && meta.uid() != tenant.uid
             {
-                {
-                    problems.push(
-                        &site.root_origin.file,
-                        site.root_origin.line,
-                        format!("{here}.root"),
-                        format!(
-                            "{} is owned by uid {}, not by the tenant's user {:?} (uid {}) or root",
-                            site.root.display(),
-                            meta.uid(),
-                            tenant.user,
-                            tenant.uid
-                        ),
-                    );
-                }
+                problems.push(
+                    &site.lines.file,
+                    site.lines.root,
+                    format!("{here}.root"),
+                    format!(
+                        "{} is owned by uid {}, not by the tenant's user {:?} (uid {}) or root",
+                        site.root.display(),
+                        meta.uid(),
+                        tenant.user,
+                        tenant.uid
+                    ),
+                );
             }
         }
-    }
-    if server.listen.is_empty() && server.tls_listen.is_empty() {
-        problems.push(
-            main,
-            0,
-            "server.listen",
-            "no listener: set `listen` or `tls_listen`",
-        );
-    }
-    if let Ok(None) = nix::unistd::User::from_name(&server.user) {
-        problems.push(
-            main,
-            0,
-            "server.user",
-            format!("no such user {:?} (the front end runs as it)", server.user),
-        );
     }
 }

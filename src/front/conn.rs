@@ -5,9 +5,11 @@
 //! hyper's HTTP/1.1 + HTTP/2 connection (h2c by prior knowledge on plain
 //! listeners, ALPN on TLS). A watchdog closes connections that sit without a
 //! request in flight: longer than `header_timeout` before the first request (a
-//! client that connects and sends nothing, or trickles bytes), longer than
-//! `keepalive_timeout` after one. hyper's own `header_read_timeout` bounds
-//! the time to send a request head on HTTP/1.1.
+//! client that connects and sends nothing, or trickles header bytes), longer than
+//! `keepalive_timeout` after one (idle, or sending the next head slowly). It
+//! works the same for both protocols, so hyper's own HTTP/1.1
+//! `header_read_timeout`, which would also cut idle keep-alive connections at
+//! `header_timeout`, is not used.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,6 +23,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, warn};
 
@@ -47,9 +50,6 @@ pub fn listener(fd: OwnedFd) -> std::io::Result<TcpListener> {
 
 pub async fn accept_loop(listener: TcpListener, spec: ListenerSpec, shared: Arc<Shared>) {
     loop {
-        let Ok(permit) = shared.conn_limit.clone().acquire_owned().await else {
-            return;
-        };
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -58,6 +58,11 @@ pub async fn accept_loop(listener: TcpListener, spec: ListenerSpec, shared: Arc<
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        // The permit is taken after accept, so idle listeners hold none; at the
+        // cap this loop stops accepting and further clients wait in the backlog.
+        let Ok(permit) = shared.conn_limit.clone().acquire_owned().await else {
+            return;
         };
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -112,6 +117,8 @@ pub struct Activity {
     in_flight: AtomicUsize,
     idle_since_ms: AtomicU64,
     served: AtomicBool,
+    /// Wakes the watchdog when a response finishes, so it can move its deadline.
+    changed: Notify,
 }
 
 impl Activity {
@@ -121,6 +128,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             served: AtomicBool::new(false),
+            changed: Notify::new(),
         }
     }
 
@@ -135,12 +143,14 @@ impl Activity {
         self.idle_since_ms.store(now, Ordering::Release);
         self.served.store(true, Ordering::Release);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.changed.notify_one();
     }
 
-    /// When the connection will have been idle too long, if it stays idle.
-    fn deadline(&self, limits: &ClientLimits) -> Instant {
+    /// When the connection will have been idle too long if it stays idle; None
+    /// while a request is in flight (then it is not idle).
+    fn deadline(&self, limits: &ClientLimits) -> Option<Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Instant::now() + limits.keepalive_timeout;
+            return None;
         }
         let idle_since =
             self.base + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
@@ -149,7 +159,7 @@ impl Activity {
         } else {
             limits.header_timeout
         };
-        idle_since + allowed
+        Some(idle_since + allowed)
     }
 }
 
@@ -180,9 +190,17 @@ where
         closing = Some(Instant::now() + limits.drain_timeout);
     }
     loop {
+        // With a request in flight there is no idle deadline; `changed` wakes us
+        // when it finishes.
         let wake = match closing {
-            Some(until) => until,
+            Some(until) => Some(until),
             None => activity.deadline(limits),
+        };
+        let sleep = async {
+            match wake {
+                Some(at) => sleep_until(at).await,
+                None => std::future::pending().await,
+            }
         };
         tokio::select! {
             res = conn.as_mut() => {
@@ -191,12 +209,13 @@ where
                 }
                 return;
             }
-            _ = sleep_until(wake) => {
+            _ = activity.changed.notified() => {}
+            _ = sleep => {
                 if closing.is_some() {
                     debug!("{}: did not finish after shutdown; closing", info.peer);
                     return;
                 }
-                if activity.deadline(limits) <= Instant::now() {
+                if activity.deadline(limits).is_some_and(|at| at <= Instant::now()) {
                     debug!("{}: idle; closing", info.peer);
                     conn.as_mut().graceful_shutdown();
                     closing = Some(Instant::now() + limits.header_timeout);

@@ -68,19 +68,9 @@ async fn route(
     Option<String>,
     Result<Response<Body>, Reject>,
 ) {
-    // HTTP/2 carries the host in :authority (in the URI); HTTP/1.1 in Host.
-    let raw_host = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
-        parts
-            .headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-    });
-    let Some(host) = raw_host.and_then(vhost::normalize_host) else {
-        return (
-            None,
-            None,
-            Err(Reject::BadRequest("missing or invalid Host")),
-        );
+    let host = match request_host(parts) {
+        Ok(host) => host,
+        Err(e) => return (None, None, Err(e)),
     };
     let Some((index, site)) = generation.router.site(&host) else {
         return (None, None, Err(Reject::Misdirected));
@@ -134,6 +124,42 @@ async fn route(
         }
     };
     (Some(index), user, result)
+}
+
+/// The request's host: `:authority` (HTTP/2, or an absolute-form target) or the
+/// one `Host` header. Several Host headers, or a Host that names another host
+/// than the authority, are refused (RFC 9112 §3.2, RFC 9113 §8.3.1): a proxy in
+/// front of berth might read the other one and file one tenant's response under
+/// another tenant's name.
+fn request_host(parts: &Parts) -> Result<String, Reject> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let header_host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Reject::BadRequest("more than one Host header"));
+    }
+    let header_host = match header_host {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(vhost::normalize_host)
+                .ok_or(Reject::BadRequest("invalid Host header"))?,
+        ),
+        None => None,
+    };
+    let authority = match parts.uri.authority() {
+        Some(a) => {
+            Some(vhost::normalize_host(a.as_str()).ok_or(Reject::BadRequest("invalid authority"))?)
+        }
+        None => None,
+    };
+    match (authority, header_host) {
+        (Some(a), Some(h)) if a != h => {
+            Err(Reject::BadRequest("Host does not match the authority"))
+        }
+        (Some(a), _) => Ok(a),
+        (None, Some(h)) => Ok(h),
+        (None, None) => Err(Reject::BadRequest("missing Host")),
+    }
 }
 
 fn site_route<'a>(site: &'a SiteRt, path: &str) -> Option<&'a RouteRt> {
