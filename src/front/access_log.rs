@@ -9,89 +9,122 @@
 //! `alice.test 127.0.0.1 - bob [21/Nov/2026:20:51:49 +0000] "GET / HTTP/1.1" 200 512 "-" "curl/8" 153`
 //! with the duration in microseconds.
 
-use std::fmt::Write as _;
+use std::cell::RefCell;
 use std::fs::File;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use super::body::Body;
 
-/// What is known of a request when its response starts.
+/// What is known of a request when its response starts. Fields are cheap
+/// clones of what the request already holds; the line is formatted only when
+/// the body is done.
 #[derive(Debug)]
 pub struct Entry {
-    pub vhost: String,
+    pub vhost: Arc<str>,
     pub remote: IpAddr,
     pub user: Option<String>,
     pub time: SystemTime,
     pub started: Instant,
-    pub request_line: String,
+    pub method: Method,
+    pub target: Option<PathAndQuery>,
+    pub version: Version,
     pub status: u16,
-    pub referer: Option<String>,
-    pub user_agent: Option<String>,
+    pub referer: Option<HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
 }
 
 impl Entry {
     /// Formats the line; `bytes` is the number of body bytes sent.
-    pub fn format(&self, bytes: u64) -> String {
-        let mut line = String::with_capacity(160);
-        let _ = writeln!(
-            line,
-            "{} {} - {} [{}] \"{}\" {} {} \"{}\" \"{}\" {}",
-            escape(&self.vhost),
-            self.remote,
-            self.user
-                .as_deref()
-                .map(escape)
-                .unwrap_or_else(|| "-".into()),
-            clf_time(self.time),
-            escape(&self.request_line),
-            self.status,
-            if bytes == 0 {
-                "-".to_string()
-            } else {
-                bytes.to_string()
-            },
-            self.referer
-                .as_deref()
-                .map(escape)
-                .unwrap_or_else(|| "-".into()),
-            self.user_agent
-                .as_deref()
-                .map(escape)
-                .unwrap_or_else(|| "-".into()),
-            self.started.elapsed().as_micros(),
+    pub fn format(&self, bytes: u64) -> Vec<u8> {
+        let mut line = Vec::with_capacity(192);
+        escape_into(&mut line, self.vhost.as_bytes());
+        line.push(b' ');
+        let _ = write!(line, "{}", self.remote);
+        line.extend_from_slice(b" - ");
+        match &self.user {
+            Some(u) => escape_into(&mut line, u.as_bytes()),
+            None => line.push(b'-'),
+        }
+        line.extend_from_slice(b" [");
+        CLF_TIME.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let secs = self
+                .time
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            if cache.0 != secs || cache.1.is_empty() {
+                *cache = (secs, clf_time(self.time));
+            }
+            line.extend_from_slice(cache.1.as_bytes());
+        });
+        line.extend_from_slice(b"] \"");
+        escape_into(&mut line, self.method.as_str().as_bytes());
+        line.push(b' ');
+        escape_into(
+            &mut line,
+            self.target
+                .as_ref()
+                .map_or(b"/".as_slice(), |t| t.as_str().as_bytes()),
         );
+        let _ = write!(line, " {:?}\" {} ", self.version, self.status);
+        if bytes == 0 {
+            line.push(b'-');
+        } else {
+            let _ = write!(line, "{bytes}");
+        }
+        for v in [&self.referer, &self.user_agent] {
+            line.extend_from_slice(b" \"");
+            match v {
+                Some(v) => escape_into(&mut line, v.as_bytes()),
+                None => line.push(b'-'),
+            }
+            line.push(b'"');
+        }
+        let _ = writeln!(line, " {}", self.started.elapsed().as_micros());
         line
     }
 
     /// Appends the line to `file` in one write (O_APPEND keeps lines whole).
     pub fn write(&self, file: &File, bytes: u64) {
         let line = self.format(bytes);
-        let _ = (&*file).write_all(line.as_bytes());
+        let _ = (&*file).write_all(&line);
     }
 }
 
-/// Escapes quotes, backslashes and non-printable bytes the way Apache does, so a
-/// client cannot forge log lines.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
+thread_local! {
+    /// The formatted time of the current second: one format per second, not per request.
+    static CLF_TIME: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+}
+
+/// Escapes quotes, backslashes and bytes outside printable ASCII the way Apache
+/// does (`\"`, `\\`, `\xHH`), so a client cannot forge log lines.
+fn escape_into(out: &mut Vec<u8>, s: &[u8]) {
+    if s.iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.extend_from_slice(s);
+        return;
+    }
+    for &b in s {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x20..0x7f => out.push(b),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
             }
-            c => out.push(c),
         }
     }
-    out
 }
 
 /// `21/Nov/2026:20:51:49 +0000` (always UTC).
@@ -211,19 +244,19 @@ mod tests {
         let e = Entry {
             vhost: "a.test".into(),
             remote: "127.0.0.1".parse().unwrap(),
-            user: None,
+            user: Some("bob\"x".into()),
             time: UNIX_EPOCH,
             started: Instant::now(),
-            request_line: "GET /\"\n127.0.0.1 fake HTTP/1.1".into(),
+            method: Method::GET,
+            target: Some(PathAndQuery::from_static("/a%22b?q=x")),
+            version: Version::HTTP_11,
             status: 200,
             referer: None,
-            user_agent: Some("ua\\\"x".into()),
+            user_agent: Some(HeaderValue::from_bytes(b"ua\\\"x\xff").unwrap()),
         };
-        let line = e.format(5);
+        let line = String::from_utf8(e.format(5)).unwrap();
         assert_eq!(line.matches('\n').count(), 1);
-        assert!(
-            line.contains(r#""GET /\"\x0a127.0.0.1 fake HTTP/1.1" 200 5 "-" "ua\\\"x""#),
-            "{line}"
-        );
+        let expected = r#"a.test 127.0.0.1 - bob\"x [01/Jan/1970:00:00:00 +0000] "GET /a%22b?q=x HTTP/1.1" 200 5 "-" "ua\\\"x\xff" "#;
+        assert!(line.starts_with(expected), "{line}");
     }
 }

@@ -41,10 +41,12 @@ pub async fn handle(
             user,
             time,
             started,
-            request_line: request_line(&parts),
+            method: parts.method.clone(),
+            target: parts.uri.path_and_query().cloned(),
+            version: parts.version,
             status: head.status.as_u16(),
-            referer: header_string(&parts, header::REFERER),
-            user_agent: header_string(&parts, header::USER_AGENT),
+            referer: parts.headers.get(header::REFERER).cloned(),
+            user_agent: parts.headers.get(header::USER_AGENT).cloned(),
         };
         Some((file, entry))
     });
@@ -212,22 +214,6 @@ fn redirect(
         resp.headers_mut().insert(header::LOCATION, v);
     }
     resp
-}
-
-fn request_line(parts: &Parts) -> String {
-    let target = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
-    format!("{} {} {:?}", parts.method, target, parts.version)
-}
-
-fn header_string(parts: &Parts, name: header::HeaderName) -> Option<String> {
-    parts
-        .headers
-        .get(name)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
 #[cfg(test)]

@@ -8,16 +8,17 @@
 //! URLs missing their trailing slash. Errors come back as [`Reject`] and are turned
 //! into responses by the caller.
 //!
-//! This is the hot path, so the common case costs one `openat2`, one `fstat`, one
-//! `pread` and one `close`. Path resolution is done by the kernel relative to the
+//! This is the hot path, so the common case costs one `openat2`, one `fstat` and
+//! one `close`: files up to [`file_cache::MAX_FILE`] come from the shared
+//! [`file_cache`] (one `pread` the first time). Path resolution is done by the kernel relative to the
 //! root's fd with `RESOLVE_BENEATH`, so no path can leave the root and nothing can
 //! be swapped under us between checking and opening. Symlinks are allowed only if
 //! the link and its target have the same owner (Apache's `SymLinksIfOwnerMatch`),
 //! which needs a slower component-by-component walk, taken only when the fast open
 //! met a symlink.
 //!
-//! `serve` is synchronous: reads come from the page cache, as in nginx, and bodies
-//! larger than [`CHUNK`] are read lazily, one chunk per poll.
+//! `serve` is synchronous: reads come from the page cache, as in nginx, and files
+//! too large for the cache are read lazily, [`CHUNK`] bytes per poll.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -38,12 +39,16 @@ use rustix::fs::{FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 
 use super::body::{self, Body};
+use super::file_cache::{self, FileCache};
 use super::path::is_hidden;
 use super::respond::Reject;
 
 /// Bodies up to this size are read in one go; larger ones are streamed in reads
 /// of this size.
 pub const CHUNK: usize = 64 * 1024;
+
+/// Contents of small files, shared by every worker.
+static CACHE: std::sync::LazyLock<FileCache> = std::sync::LazyLock::new(FileCache::default);
 
 /// Same limit as the kernel's MAXSYMLINKS, for the slow path's own walk.
 const MAX_SYMLINKS: usize = 40;
@@ -250,11 +255,20 @@ fn respond(
 
     let body = if head {
         body::empty()
-    } else if len <= CHUNK as u64 {
-        // `len` fits in usize: it is at most CHUNK.
-        let bytes = read_exact_at(&rep.fd, start, len as usize)
-            .map_err(|e| Reject::Internal(format!("reading file: {e}")))?;
-        body::full(bytes)
+    } else if size <= file_cache::MAX_FILE {
+        // Small files come whole from the cache (or are read whole into it);
+        // a range is a slice of them. `size` fits in usize: at most MAX_FILE.
+        let key = file_cache::Key::of(&rep.st);
+        let bytes = match CACHE.get(&key) {
+            Some(bytes) => bytes,
+            None => {
+                let bytes = read_exact_at(&rep.fd, 0, size as usize)
+                    .map_err(|e| Reject::Internal(format!("reading file: {e}")))?;
+                CACHE.insert(key, bytes.clone());
+                bytes
+            }
+        };
+        body::full(bytes.slice(start as usize..end as usize))
     } else {
         FileBody {
             fd: rep.fd,
@@ -296,6 +310,26 @@ fn redirect_to_dir(path: &str, query: Option<&str>) -> Response<Body> {
 /// Content-Type from the URL's file name. Text types get an explicit charset
 /// because site files are overwhelmingly UTF-8 and browsers otherwise guess.
 fn content_type(name: &str) -> HeaderValue {
+    let ext = name.rsplit_once('.').map_or("", |(_, ext)| ext);
+    // The common web types without a table lookup or an allocation.
+    let fast = match ext {
+        "html" | "htm" => Some("text/html; charset=utf-8"),
+        "css" => Some("text/css; charset=utf-8"),
+        "js" | "mjs" => Some("text/javascript; charset=utf-8"),
+        "txt" => Some("text/plain; charset=utf-8"),
+        "json" => Some("application/json; charset=utf-8"),
+        "svg" => Some("image/svg+xml"),
+        "png" => Some("image/png"),
+        "jpg" | "jpeg" => Some("image/jpeg"),
+        "gif" => Some("image/gif"),
+        "webp" => Some("image/webp"),
+        "ico" => Some("image/x-icon"),
+        "woff2" => Some("font/woff2"),
+        _ => None,
+    };
+    if let Some(v) = fast {
+        return HeaderValue::from_static(v);
+    }
     let mime = mime_guess::from_path(name)
         .first_raw()
         .unwrap_or("application/octet-stream");
@@ -981,7 +1015,7 @@ mod tests {
         for (name, ct) in [
             ("a.css", "text/css; charset=utf-8"),
             ("a.js", "text/javascript; charset=utf-8"),
-            ("a.mjs", "application/javascript; charset=utf-8"),
+            ("a.mjs", "text/javascript; charset=utf-8"),
             ("a.json", "application/json; charset=utf-8"),
             ("a.txt", "text/plain; charset=utf-8"),
             ("a.png", "image/png"),
@@ -1578,11 +1612,13 @@ mod tests {
     #[tokio::test]
     async fn large_file_streamed() {
         let site = Site::new();
-        let data = big(200 * 1024);
+        // Larger than the file cache takes: streamed from the file.
+        let len = file_cache::MAX_FILE as usize + 200 * 1024;
+        let data = big(len);
         site.file("big.bin", &data);
         let resp = ok(site.get("/big.bin", &[]));
-        assert_eq!(hdr(&resp, "content-length"), Some("204800"));
-        assert_eq!(resp.body().size_hint().exact(), Some(204800));
+        assert_eq!(hdr(&resp, "content-length"), Some(len.to_string().as_str()));
+        assert_eq!(resp.body().size_hint().exact(), Some(len as u64));
         // Streamed: several frames, none larger than CHUNK.
         let mut body = resp.into_body();
         let mut got = Vec::new();
@@ -1610,7 +1646,7 @@ mod tests {
         );
         assert_eq!(hdr(&resp, "content-length"), Some("75001"));
         assert_eq!(text(resp).await, &data[65000..=140000]);
-        // Exactly CHUNK in memory, one more streamed.
+        // Ranges ending at and just past a chunk boundary.
         let r = format!("bytes=10-{}", 10 + CHUNK - 1);
         assert_eq!(
             text(ok(site.get("/big.bin", &[("range", &r)]))).await,
@@ -1639,7 +1675,10 @@ mod tests {
     #[tokio::test]
     async fn shrinking_file_is_an_error() {
         let site = Site::new();
-        let p = site.file("shrink.bin", big(200 * 1024));
+        let p = site.file(
+            "shrink.bin",
+            big(file_cache::MAX_FILE as usize + 200 * 1024),
+        );
         let resp = ok(site.get("/shrink.bin", &[]));
         fs::File::options()
             .write(true)
