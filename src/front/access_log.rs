@@ -12,7 +12,6 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::Write as _;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -31,7 +30,8 @@ use super::body::Body;
 #[derive(Debug)]
 pub struct Entry {
     pub vhost: Arc<str>,
-    pub remote: IpAddr,
+    /// The client address, formatted once per connection.
+    pub remote: Arc<str>,
     pub user: Option<String>,
     pub time: SystemTime,
     pub started: Instant,
@@ -49,7 +49,7 @@ impl Entry {
         let mut line = Vec::with_capacity(192);
         escape_into(&mut line, self.vhost.as_bytes());
         line.push(b' ');
-        let _ = write!(line, "{}", self.remote);
+        line.extend_from_slice(self.remote.as_bytes());
         line.extend_from_slice(b" - ");
         match &self.user {
             Some(u) => escape_into(&mut line, u.as_bytes()),
@@ -76,11 +76,20 @@ impl Entry {
                 .as_ref()
                 .map_or(b"/".as_slice(), |t| t.as_str().as_bytes()),
         );
-        let _ = write!(line, " {:?}\" {} ", self.version, self.status);
+        line.extend_from_slice(match self.version {
+            Version::HTTP_09 => b" HTTP/0.9\" ",
+            Version::HTTP_10 => b" HTTP/1.0\" ",
+            Version::HTTP_11 => b" HTTP/1.1\" ",
+            Version::HTTP_2 => b" HTTP/2.0\" ",
+            _ => b" HTTP/?\" ",
+        });
+        let mut num = itoa::Buffer::new();
+        line.extend_from_slice(num.format(self.status).as_bytes());
+        line.push(b' ');
         if bytes == 0 {
             line.push(b'-');
         } else {
-            let _ = write!(line, "{bytes}");
+            line.extend_from_slice(num.format(bytes).as_bytes());
         }
         for v in [&self.referer, &self.user_agent] {
             line.extend_from_slice(b" \"");
@@ -90,7 +99,9 @@ impl Entry {
             }
             line.push(b'"');
         }
-        let _ = writeln!(line, " {}", self.started.elapsed().as_micros());
+        line.push(b' ');
+        line.extend_from_slice(num.format(self.started.elapsed().as_micros()).as_bytes());
+        line.push(b'\n');
         line
     }
 
@@ -180,6 +191,11 @@ impl Counted {
         }
     }
 
+    /// Counts bytes sent around the body (by `sendfile`), as if it had sent them.
+    pub fn add_sent(&mut self, n: u64) {
+        self.bytes += n;
+    }
+
     fn finish(&mut self) {
         if let Some(done) = self.done.take() {
             done(self.bytes);
@@ -243,7 +259,7 @@ mod tests {
     fn lines_cannot_be_forged() {
         let e = Entry {
             vhost: "a.test".into(),
-            remote: "127.0.0.1".parse().unwrap(),
+            remote: "127.0.0.1".into(),
             user: Some("bob\"x".into()),
             time: UNIX_EPOCH,
             started: Instant::now(),

@@ -36,6 +36,8 @@ use crate::ipc::ListenerSpec;
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's IP address as text, for the access log.
+    pub peer_ip: Arc<str>,
     pub tls: bool,
     /// The SNI name of a TLS connection, lowercased.
     pub sni: Option<String>,
@@ -76,12 +78,13 @@ async fn connection(stream: TcpStream, peer: SocketAddr, spec: ListenerSpec, sha
     let _ = stream.set_nodelay(true);
     let limits = shared.current.load().limits.clone();
     if !spec.tls {
-        let info = ConnInfo {
+        let info = Arc::new(ConnInfo {
             peer,
+            peer_ip: peer.ip().to_string().into(),
             tls: false,
             sni: None,
-        };
-        return serve(TokioIo::new(stream), info, &limits, shared).await;
+        });
+        return super::h1::serve(stream, info, limits, shared).await;
     }
     let Some(acceptor) = shared.current.load().tls.clone() else {
         debug!("{peer}: TLS connection but no site has a certificate");
@@ -103,11 +106,12 @@ async fn connection(stream: TcpStream, peer: SocketAddr, spec: ListenerSpec, sha
         .1
         .server_name()
         .map(|s| s.to_ascii_lowercase());
-    let info = ConnInfo {
+    let info = Arc::new(ConnInfo {
         peer,
+        peer_ip: peer.ip().to_string().into(),
         tls: true,
         sni,
-    };
+    });
     serve(TokioIo::new(tls), info, &limits, shared).await
 }
 
@@ -122,7 +126,7 @@ pub struct Activity {
 }
 
 impl Activity {
-    fn new() -> Activity {
+    pub fn new() -> Activity {
         Activity {
             base: Instant::now(),
             in_flight: AtomicUsize::new(0),
@@ -163,11 +167,15 @@ impl Activity {
     }
 }
 
-async fn serve<I>(io: TokioIo<I>, info: ConnInfo, limits: &ClientLimits, shared: Arc<Shared>)
-where
+/// Serves a connection with hyper (HTTP/1.1 and HTTP/2), under the watchdog.
+pub async fn serve<I>(
+    io: TokioIo<I>,
+    info: Arc<ConnInfo>,
+    limits: &ClientLimits,
+    shared: Arc<Shared>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let info = Arc::new(info);
     let activity = Arc::new(Activity::new());
     let generation = shared.current.load_full();
     let svc = {

@@ -23,21 +23,33 @@ pub async fn handle(
     shared: &Shared,
     activity: Arc<Activity>,
 ) -> Response<Counted> {
+    // No handler reads a request body yet; hyper discards it.
+    let (parts, _body) = req.into_parts();
+    respond(parts, conn, shared, activity).await
+}
+
+/// Answers a request given by its head (the HTTP/1.1 fast lane calls this
+/// directly; it only takes requests without a body).
+pub async fn respond(
+    parts: Parts,
+    conn: &ConnInfo,
+    shared: &Shared,
+    activity: Arc<Activity>,
+) -> Response<Counted> {
     let started = Instant::now();
     let time = SystemTime::now();
     activity.begin();
     let generation = shared.current.load_full();
-    let (parts, _body) = req.into_parts();
     let (site, user, result) = route(&parts, conn, &generation).await;
     let response = result.unwrap_or_else(Reject::into_response);
     let (head, body) = response.into_parts();
 
     let log = site.and_then(|i| {
         let site = &generation.router.sites()[i];
-        let file = shared.logs.load().get(&site.tenant).cloned()?;
+        let file = shared.logs.load().get(site.log)?.clone();
         let entry = Entry {
             vhost: site.canonical.clone(),
-            remote: conn.peer.ip(),
+            remote: conn.peer_ip.clone(),
             user,
             time,
             started,

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod body;
 mod conn;
 pub mod file_cache;
+mod h1;
 mod handler;
 pub mod path;
 pub mod respond;
@@ -46,6 +47,8 @@ use vhost::Router;
 /// Everything one configuration generation needs to answer requests.
 pub struct Generation {
     pub number: u64,
+    /// Tenant names in the order of the access logs.
+    pub log_names: Vec<String>,
     pub limits: ClientLimits,
     pub router: Router<SiteRt>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
@@ -55,6 +58,8 @@ pub struct Generation {
 /// A site as the front end serves it.
 pub struct SiteRt {
     pub tenant: String,
+    /// Index of the tenant's access log in [`Shared::logs`].
+    pub log: usize,
     /// The first host name, used in the access log.
     pub canonical: Arc<str>,
     /// The open root, or why it could not be opened (then static requests get 500).
@@ -72,8 +77,8 @@ pub struct RouteRt {
 /// State shared by every connection.
 pub struct Shared {
     pub current: ArcSwap<Generation>,
-    /// Tenant → access log.
-    pub logs: ArcSwap<HashMap<String, Arc<File>>>,
+    /// Access logs, one per tenant, indexed by [`SiteRt::log`].
+    pub logs: ArcSwap<Vec<Arc<File>>>,
     pub conn_limit: Arc<Semaphore>,
     pub max_connections: std::sync::atomic::AtomicUsize,
     pub drain: watch::Receiver<bool>,
@@ -226,6 +231,11 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
                     }
                     Err(e) => error!("new configuration not applied: {e:#}"),
                 },
+                Some(Control::Msg(ToFront::Logs { tenants }, _))
+                    if tenants != shared.current.load().log_names =>
+                {
+                    error!("reopened logs not applied: they are for other tenants than the configuration");
+                }
                 Some(Control::Msg(ToFront::Logs { tenants }, fds)) => match take_logs(&tenants, fds) {
                     Ok(logs) => {
                         shared.logs.store(Arc::new(logs));
@@ -282,11 +292,7 @@ fn resize_limit(shared: &Shared, max: usize) {
     }
 }
 
-type Built = (
-    Generation,
-    Vec<(ListenerSpec, OwnedFd)>,
-    HashMap<String, Arc<File>>,
-);
+type Built = (Generation, Vec<(ListenerSpec, OwnedFd)>, Vec<Arc<File>>);
 
 /// Turns a plan and its fds into a generation, the listeners and the logs.
 fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
@@ -342,6 +348,11 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
         sites.push((
             site.hosts,
             SiteRt {
+                log: plan
+                    .logs
+                    .iter()
+                    .position(|t| *t == site.tenant)
+                    .unwrap_or(usize::MAX),
                 tenant: site.tenant,
                 canonical,
                 root,
@@ -353,6 +364,7 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
         .then(|| tokio_rustls::TlsAcceptor::from(tls::server_config(resolver)));
     let generation = Generation {
         number: plan.generation,
+        log_names: plan.logs.clone(),
         http: http_builder(&plan.limits),
         limits: plan.limits,
         router: Router::new(sites),
@@ -361,18 +373,15 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
     Ok((generation, listeners, logs))
 }
 
-fn take_logs(tenants: &[String], fds: Vec<OwnedFd>) -> anyhow::Result<HashMap<String, Arc<File>>> {
+fn take_logs(tenants: &[String], fds: Vec<OwnedFd>) -> anyhow::Result<Vec<Arc<File>>> {
     if fds.len() != tenants.len() + 1 {
         bail!("{} log fds for {} tenants", fds.len(), tenants.len());
     }
     let mut fds = fds.into_iter();
-    let mut logs = HashMap::new();
-    for t in tenants {
-        logs.insert(
-            t.clone(),
-            Arc::new(File::from(fds.next().expect("counted"))),
-        );
-    }
+    let logs = tenants
+        .iter()
+        .map(|_| Arc::new(File::from(fds.next().expect("counted"))))
+        .collect();
     crate::logging::set_file(File::from(fds.next().expect("counted")));
     Ok(logs)
 }

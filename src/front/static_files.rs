@@ -26,6 +26,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -200,24 +201,47 @@ fn respond(
 ) -> Result<Response<Body>, Reject> {
     let size = u64::try_from(rep.st.st_size).unwrap_or(0);
     let mtime = rep.st.st_mtime;
-    let etag = match rep.encoding {
-        Some(enc) => format!("\"{mtime:x}-{size:x}-{enc}\""),
-        None => format!("\"{mtime:x}-{size:x}\""),
+    let key = file_cache::Key::of(&rep.st, rep.encoding);
+    let cached = match CACHE.get(&key) {
+        Some(cached) => cached,
+        None => {
+            let etag = match rep.encoding {
+                Some(enc) => format!("\"{mtime:x}-{size:x}-{enc}\""),
+                None => format!("\"{mtime:x}-{size:x}\""),
+            };
+            let etag =
+                HeaderValue::try_from(etag).map_err(|e| Reject::Internal(format!("etag: {e}")))?;
+            // Small files are read whole now; a range is a slice of them.
+            // `size` fits in usize: it is at most MAX_FILE.
+            let bytes = if size <= file_cache::MAX_FILE {
+                Some(
+                    read_exact_at(&rep.fd, 0, size as usize)
+                        .map_err(|e| Reject::Internal(format!("reading file: {e}")))?,
+                )
+            } else {
+                None
+            };
+            let cached = file_cache::Cached {
+                etag,
+                last_modified: http_date(mtime),
+                bytes,
+            };
+            CACHE.insert(key, cached.clone());
+            cached
+        }
     };
-    let last_modified = http_date(mtime);
+    let etag = cached.etag.to_str().unwrap_or_default();
 
     let mut headers = HeaderMap::with_capacity(10);
-    if let Some(lm) = last_modified {
+    if let Some(lm) = cached.last_modified.clone() {
         headers.insert(header::LAST_MODIFIED, lm);
     }
     if vary {
         headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     }
-    let etag_value = HeaderValue::try_from(etag.as_str())
-        .map_err(|e| Reject::Internal(format!("etag {etag:?}: {e}")))?;
-    headers.insert(header::ETAG, etag_value);
+    headers.insert(header::ETAG, cached.etag.clone());
 
-    if not_modified(req, &etag, mtime) {
+    if not_modified(req, etag, mtime) {
         let mut resp = Response::new(body::empty());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         *resp.headers_mut() = headers;
@@ -228,7 +252,7 @@ fn respond(
     let (mut start, mut end) = (0, size);
     if !head
         && let Some(range) = single_header(req, header::RANGE)
-        && if_range_matches(req, &etag, mtime)
+        && if_range_matches(req, etag, mtime)
     {
         match parse_range(range, size) {
             RangeRequest::Ignore => {}
@@ -253,25 +277,15 @@ fn respond(
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
     }
 
+    let fd = Arc::new(rep.fd);
     let body = if head {
         body::empty()
-    } else if size <= file_cache::MAX_FILE {
-        // Small files come whole from the cache (or are read whole into it);
-        // a range is a slice of them. `size` fits in usize: at most MAX_FILE.
-        let key = file_cache::Key::of(&rep.st);
-        let bytes = match CACHE.get(&key) {
-            Some(bytes) => bytes,
-            None => {
-                let bytes = read_exact_at(&rep.fd, 0, size as usize)
-                    .map_err(|e| Reject::Internal(format!("reading file: {e}")))?;
-                CACHE.insert(key, bytes.clone());
-                bytes
-            }
-        };
+    } else if let Some(bytes) = &cached.bytes {
+        // `end` <= `size` <= MAX_FILE: fits in usize.
         body::full(bytes.slice(start as usize..end as usize))
     } else {
         FileBody {
-            fd: rep.fd,
+            fd: fd.clone(),
             pos: start,
             end,
         }
@@ -280,7 +294,24 @@ fn respond(
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
+    if !head && len >= SENDFILE_MIN {
+        resp.extensions_mut().insert(FileRange { fd, start, end });
+    }
     Ok(resp)
+}
+
+/// Bodies at least this long are offered as a [`FileRange`] too.
+pub const SENDFILE_MIN: u64 = 16 * 1024;
+
+/// The file and byte range a response's body holds, attached to the response
+/// so that a plain-TCP connection can `sendfile` it instead of copying the
+/// body through user memory. The body itself carries the same bytes, for
+/// every other path (TLS, HTTP/2).
+#[derive(Debug, Clone)]
+pub struct FileRange {
+    pub fd: Arc<OwnedFd>,
+    pub start: u64,
+    pub end: u64,
 }
 
 /// 301 to the same path with a trailing slash, so that relative links in the
@@ -845,7 +876,7 @@ fn shrunk() -> io::Error {
 /// not sent, and shrinking yields an error (hyper then aborts the response, so
 /// the client sees a truncated message rather than padded or mixed content).
 struct FileBody {
-    fd: OwnedFd,
+    fd: Arc<OwnedFd>,
     pos: u64,
     end: u64,
 }

@@ -1,0 +1,577 @@
+//! The HTTP/1.1 fast lane for plain connections: the common request — `GET` or
+//! `HEAD`, no body, no upgrade — is parsed (httparse) and answered here, and
+//! every other request hands the connection to hyper.
+//!
+//! Position in the request flow: right after accept on a plain listener; it
+//! calls the same [`handler::respond`] as hyper does, so routing, auth, static
+//! files and logging are identical on both paths. What it saves is hyper's
+//! general machinery (its dispatcher, header and buffer handling), which was
+//! half of berth's own CPU time per static request — the difference between
+//! 0.7× and 1× nginx on small files.
+//!
+//! Anything unusual goes to hyper with the bytes read so far replayed
+//! ([`Rewind`]), and hyper keeps the connection from then on: a body
+//! (`Content-Length` other than 0, `Transfer-Encoding`), `Upgrade`, `Expect`, an
+//! absolute-form or `*` target, more than [`MAX_FAST_HEADERS`] headers, a head
+//! larger than `max_header_bytes`, anything httparse or `http` refuses, and the
+//! HTTP/2 prior-knowledge preface. So hyper remains the one judge of malformed
+//! input; this lane never has to answer it.
+//!
+//! Timeouts are the watchdog's rules in `conn.rs`: the first request head must
+//! be complete within `header_timeout`, later ones within `keepalive_timeout` of
+//! the previous response; a client that accepts no bytes of a response for
+//! `keepalive_timeout` is dropped.
+
+use std::io::{self, IoSlice};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use tokio::io::Interest;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep_until};
+use tracing::debug;
+
+use super::Shared;
+use super::access_log::Counted;
+use super::conn::{self, Activity, ConnInfo};
+use super::handler;
+use super::static_files::FileRange;
+use crate::config::ClientLimits;
+use rustix::io::Errno;
+use rustix::net::SendFlags;
+
+/// Requests with more header fields than this go to hyper (which applies the
+/// configured `max_headers`).
+pub const MAX_FAST_HEADERS: usize = 64;
+
+/// Response bytes up to this size are copied into one buffer and sent with one
+/// `write`; larger bodies go out with `writev` straight from their `Bytes`.
+const COALESCE: usize = 16 * 1024;
+
+/// What the lane decided about one buffered request head. (Built once per
+/// request and matched at once; boxing `Parts` would only add an allocation.)
+#[allow(clippy::large_enum_variant)]
+enum Head {
+    /// Serve it here; the head is `len` bytes long.
+    Fast {
+        parts: http::request::Parts,
+        len: usize,
+        keep_alive: bool,
+    },
+    /// More bytes are needed.
+    Partial,
+    /// Not for this lane: give the connection to hyper.
+    Hyper,
+}
+
+/// Serves a plain TCP connection until it closes or is handed to hyper.
+pub async fn serve(
+    stream: TcpStream,
+    info: Arc<ConnInfo>,
+    limits: ClientLimits,
+    shared: Arc<Shared>,
+) {
+    let mut stream = stream;
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    let activity = Arc::new(Activity::new());
+    let mut drain = shared.drain.clone();
+    let mut served = false;
+    let timer = pin!(sleep_until(Instant::now() + limits.header_timeout));
+    let mut timer = timer;
+    loop {
+        if *drain.borrow() {
+            return;
+        }
+        let allowed = if served {
+            limits.keepalive_timeout
+        } else {
+            limits.header_timeout
+        };
+        timer.as_mut().reset(Instant::now() + allowed);
+
+        // 1. A complete head in `buf`, or a reason to stop.
+        let (parts, len, keep_alive) = loop {
+            if !buf.is_empty() {
+                match parse(&buf) {
+                    Head::Fast {
+                        parts,
+                        len,
+                        keep_alive,
+                    } => break (parts, len, keep_alive),
+                    Head::Hyper => return handoff(stream, buf, info, &limits, shared).await,
+                    Head::Partial if buf.len() >= limits.max_header_bytes => {
+                        // hyper answers 431 once it has read the rest.
+                        return handoff(stream, buf, info, &limits, shared).await;
+                    }
+                    Head::Partial => {}
+                }
+            }
+            buf.reserve(4096);
+            tokio::select! {
+                ready = stream.readable() => {
+                    if ready.is_err() {
+                        return;
+                    }
+                    match stream.try_read_buf(&mut buf) {
+                        Ok(0) => return,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return,
+                    }
+                }
+                _ = timer.as_mut() => {
+                    debug!("{}: no complete request within {allowed:?}; closing", info.peer);
+                    return;
+                }
+                _ = drain.changed(), if buf.is_empty() => return,
+            }
+        };
+
+        // 2. Answer it.
+        let head_only = parts.method == Method::HEAD;
+        let response = handler::respond(parts, &info, &shared, activity.clone()).await;
+        let keep_alive = keep_alive && !*drain.borrow();
+        let sent = write_response(
+            &mut stream,
+            &mut out,
+            response,
+            head_only,
+            keep_alive,
+            limits.keepalive_timeout,
+        )
+        .await;
+        buf.drain(..len);
+        served = true;
+        match sent {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return,
+        }
+    }
+}
+
+/// Parses the head at the start of `buf` and decides whether this lane takes it.
+fn parse(buf: &[u8]) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_FAST_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::Hyper,
+    };
+    let method = match req.method {
+        Some("GET") => Method::GET,
+        Some("HEAD") => Method::HEAD,
+        _ => return Head::Hyper,
+    };
+    let version = match req.version {
+        Some(1) => Version::HTTP_11,
+        Some(0) => Version::HTTP_10,
+        _ => return Head::Hyper,
+    };
+    let Some(path) = req.path.filter(|p| p.starts_with('/')) else {
+        return Head::Hyper;
+    };
+    let Ok(uri) = Uri::from_maybe_shared(Bytes::copy_from_slice(path.as_bytes())) else {
+        return Head::Hyper;
+    };
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    // HTTP/1.1 keeps the connection unless told otherwise; HTTP/1.0 closes it
+    // unless asked to keep it.
+    let mut keep_alive = version == Version::HTTP_11;
+    parts.headers.reserve(req.headers.len());
+    for h in req.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
+            return Head::Hyper;
+        };
+        if name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+            || name == header::EXPECT
+            || (name == header::CONTENT_LENGTH && h.value != b"0")
+        {
+            return Head::Hyper;
+        }
+        if name == header::CONNECTION {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Head::Hyper;
+                }
+            }
+        }
+        let Ok(value) = HeaderValue::from_bytes(h.value) else {
+            return Head::Hyper;
+        };
+        parts.headers.append(name, value);
+    }
+    Head::Fast {
+        parts,
+        len,
+        keep_alive,
+    }
+}
+
+/// Writes the response head and body. Returns whether the connection may carry
+/// another request.
+async fn write_response(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    response: http::Response<Counted>,
+    head_only: bool,
+    keep_alive: bool,
+    send_timeout: Duration,
+) -> io::Result<bool> {
+    let (head, body) = response.into_parts();
+    let status = head.status;
+    // 1xx, 204 and 304 never have a body (RFC 9110 §6.4.1); HEAD sends none.
+    let bodiless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let send_body = !head_only && !bodiless;
+    let length = body.size_hint().exact();
+    // Without a known length the body is delimited by closing the connection.
+    let keep_alive = keep_alive && (length.is_some() || !send_body);
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &head.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !bodiless
+        && !head.headers.contains_key(header::CONTENT_LENGTH)
+        && let Some(n) = length
+    {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(&http_date_now());
+    out.extend_from_slice(b"\r\n");
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if head.version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+
+    if send_body
+        && let Some(file) = head.extensions.get::<FileRange>()
+        && length == Some(file.end - file.start)
+    {
+        send_with_file(stream, out, file, send_timeout, body).await?;
+        return Ok(keep_alive);
+    }
+    if !send_body {
+        // Dropping the body ends it: the access log gets its line now.
+        drop(body);
+        write_all(stream, &[IoSlice::new(out)], send_timeout).await?;
+        return Ok(keep_alive);
+    }
+    let mut body = pin!(body);
+    let mut pending_head = true;
+    while let Some(frame) = body.as_mut().frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        if pending_head && out.len() + data.len() <= COALESCE {
+            out.extend_from_slice(&data);
+            continue;
+        }
+        if pending_head {
+            write_all(
+                stream,
+                &[IoSlice::new(out), IoSlice::new(&data)],
+                send_timeout,
+            )
+            .await?;
+            pending_head = false;
+        } else {
+            write_all(stream, &[IoSlice::new(&data)], send_timeout).await?;
+        }
+    }
+    if pending_head {
+        write_all(stream, &[IoSlice::new(out)], send_timeout).await?;
+    }
+    Ok(keep_alive)
+}
+
+/// Sends the head with `MSG_MORE` (so it leaves in one packet with the first
+/// file bytes) and the body straight from the file with `sendfile`: no copy
+/// through user memory. The body is dropped unread; the access log counts the
+/// bytes sendfile sent.
+async fn send_with_file(
+    stream: &TcpStream,
+    out: &[u8],
+    file: &FileRange,
+    timeout: Duration,
+    mut body: Counted,
+) -> io::Result<()> {
+    let mut written = 0;
+    while written < out.len() {
+        let rest = &out[written..];
+        match io_op(stream, timeout, || {
+            rustix::net::send(stream, rest, SendFlags::MORE | SendFlags::NOSIGNAL)
+        })
+        .await
+        {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut offset = file.start;
+    while offset < file.end {
+        let want = usize::try_from(file.end - offset).unwrap_or(usize::MAX);
+        match io_op(stream, timeout, || {
+            rustix::fs::sendfile(stream, &*file.fd, Some(&mut offset), want)
+        })
+        .await
+        {
+            // The file shrank: the promised length cannot be sent.
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => body.add_sent(n as u64),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Runs a non-blocking write-side system call on the socket, waiting (at most
+/// `timeout`) for writability while it would block. Going through tokio's
+/// `async_io` keeps its readiness state right for raw calls.
+async fn io_op<T>(
+    stream: &TcpStream,
+    timeout: Duration,
+    mut op: impl FnMut() -> Result<T, Errno>,
+) -> io::Result<T> {
+    tokio::time::timeout(
+        timeout,
+        stream.async_io(Interest::WRITABLE, || op().map_err(io::Error::from)),
+    )
+    .await
+    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+}
+
+async fn wait_writable(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
+    tokio::time::timeout(timeout, stream.writable())
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+}
+
+/// Writes every byte of `bufs`, waiting at most `timeout` for the client to
+/// accept more each time its socket buffer is full.
+async fn write_all(stream: &TcpStream, bufs: &[IoSlice<'_>], timeout: Duration) -> io::Result<()> {
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    let mut written = 0;
+    while written < total {
+        // Skip what was written already: rebuild the slice list from `written`.
+        let mut skip = written;
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(bufs.len());
+        for b in bufs {
+            if skip >= b.len() {
+                skip -= b.len();
+                continue;
+            }
+            slices.push(IoSlice::new(&b[skip..]));
+            skip = 0;
+        }
+        match stream.try_write_vectored(&slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait_writable(stream, timeout).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The `Date` value for now, formatted once a second per thread.
+fn http_date_now() -> [u8; 29] {
+    thread_local! {
+        static CACHE: std::cell::Cell<(u64, [u8; 29])> = const { std::cell::Cell::new((0, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHE.with(|c| {
+        let (at, text) = c.get();
+        if at == secs {
+            return text;
+        }
+        let mut fresh = [0u8; 29];
+        let formatted = httpdate::fmt_http_date(now);
+        fresh.copy_from_slice(&formatted.as_bytes()[..29]);
+        c.set((secs, fresh));
+        fresh
+    })
+}
+
+/// Gives the connection to hyper, replaying what was read but not answered.
+async fn handoff(
+    stream: TcpStream,
+    buffered: Vec<u8>,
+    info: Arc<ConnInfo>,
+    limits: &ClientLimits,
+    shared: Arc<Shared>,
+) {
+    let io = Rewind {
+        prefix: Bytes::from(buffered),
+        inner: stream,
+    };
+    conn::serve(TokioIo::new(io), info, limits, shared).await
+}
+
+/// A stream that first yields `prefix`, then reads from `inner`.
+pub struct Rewind {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fast(req: &str) -> (http::request::Parts, usize, bool) {
+        match parse(req.as_bytes()) {
+            Head::Fast {
+                parts,
+                len,
+                keep_alive,
+            } => (parts, len, keep_alive),
+            Head::Partial => panic!("partial: {req:?}"),
+            Head::Hyper => panic!("handed to hyper: {req:?}"),
+        }
+    }
+
+    fn to_hyper(req: &str) -> bool {
+        matches!(parse(req.as_bytes()), Head::Hyper)
+    }
+
+    #[test]
+    fn plain_gets_stay_in_the_lane() {
+        let (parts, len, keep) = fast("GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\nGET /next");
+        assert_eq!(parts.uri.path(), "/a");
+        assert_eq!(parts.uri.query(), Some("b=1"));
+        assert_eq!(parts.headers["host"], "x");
+        assert_eq!(len, "GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\n".len());
+        assert!(keep);
+        let (parts, _, keep) = fast("HEAD / HTTP/1.0\r\nHost: x\r\n\r\n");
+        assert_eq!(parts.method, Method::HEAD);
+        assert!(!keep, "HTTP/1.0 closes by default");
+        assert!(fast("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").2);
+        assert!(!fast("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").2);
+        assert!(fast("GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").2);
+        let (parts, _, _) = fast("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
+        assert_eq!(
+            parts.headers.get_all("host").iter().count(),
+            2,
+            "kept for the handler to refuse"
+        );
+    }
+
+    #[test]
+    fn everything_unusual_goes_to_hyper() {
+        for req in [
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+            "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+            "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+            "GARBAGE\r\n\r\n",
+        ] {
+            assert!(to_hyper(req), "{req:?} should go to hyper");
+        }
+        let many: String = (0..MAX_FAST_HEADERS + 1)
+            .map(|i| format!("X-{i}: y\r\n"))
+            .collect();
+        assert!(to_hyper(&format!("GET / HTTP/1.1\r\n{many}\r\n")));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nHost: x\r\n"),
+            Head::Partial
+        ));
+    }
+
+    #[test]
+    fn date_is_an_http_date() {
+        let d = http_date_now();
+        let s = std::str::from_utf8(&d).unwrap();
+        assert!(httpdate::parse_http_date(s).is_ok(), "{s}");
+    }
+}
