@@ -139,6 +139,7 @@ pub async fn serve(
 
         // 2. Answer it.
         let head_only = parts.method == Method::HEAD;
+        let http10 = parts.version == Version::HTTP_10;
         let response = handler::respond(parts, &info, &shared, activity.clone()).await;
         let keep_alive = keep_alive && !*drain.borrow();
         let sent = write_response(
@@ -146,6 +147,7 @@ pub async fn serve(
             &mut out,
             response,
             head_only,
+            http10,
             keep_alive,
             limits.keepalive_timeout,
         )
@@ -234,6 +236,7 @@ async fn write_response(
     out: &mut Vec<u8>,
     response: http::Response<Counted>,
     head_only: bool,
+    http10: bool,
     keep_alive: bool,
     send_timeout: Duration,
 ) -> io::Result<bool> {
@@ -273,7 +276,7 @@ async fn write_response(
     out.extend_from_slice(b"\r\n");
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
-    } else if head.version == Version::HTTP_10 {
+    } else if http10 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
