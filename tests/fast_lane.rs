@@ -239,3 +239,49 @@ fn http10_closes_unless_asked_to_keep_alive() {
     let mut rest = Vec::new();
     assert_eq!(c.read_to_end(&mut rest).unwrap(), 0);
 }
+
+/// Reads everything until EOF or error; returns how many bytes came.
+fn drain_count(c: &mut TcpStream) -> usize {
+    let mut total = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return total,
+            Ok(n) => total += n,
+        }
+    }
+}
+
+#[test]
+fn clients_that_stop_reading_are_dropped_after_send_timeout() {
+    require_root();
+    let (uid, gid) = ensure_user("berth-ta");
+    let dir = Dir::new();
+    let size = 64 << 20;
+    dir.write("root/huge.bin", vec![7u8; size]);
+    dir.chown("root", uid, gid);
+    let (server, port, tls_port) = server_block(&dir, "send_timeout = \"1s\"");
+    let config = format!(
+        "{server}\n[tenant.ta]\nuser = \"berth-ta\"\n[[tenant.ta.site]]\nhosts = [\"a.test\"]\nroot = \"{}\"\n",
+        dir.join("root").display()
+    );
+    let s = Server::start(&dir, &config, port, tls_port);
+    // The fast lane (plain GET, sendfile) and hyper (a GET with a chunked,
+    // empty body is handed over) must both give up on a client that reads nothing.
+    for request in [
+        "GET /huge.bin HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        "GET /huge.bin HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        let mut c = connect(&s);
+        c.write_all(request.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_secs(4));
+        let got = drain_count(&mut c);
+        assert!(
+            got < size,
+            "{request:?}: the whole {size} bytes arrived ({got}): the server waited for a stalled client"
+        );
+        assert!(got > 0, "{request:?}: nothing was sent at all");
+    }
+    // The server still answers.
+    assert_eq!(status_of(&get_raw(s.addr(), "a.test", "/huge.bin")), 200);
+}

@@ -59,6 +59,8 @@ pub struct ClientLimits {
     pub header_timeout: Duration,
     /// An idle keep-alive connection is closed after this.
     pub keepalive_timeout: Duration,
+    /// A client that accepts no bytes of a response for this long is dropped.
+    pub send_timeout: Duration,
     /// On SIGTERM, requests in flight get this long to finish.
     pub drain_timeout: Duration,
     /// Largest request head (request line + headers) in bytes.
@@ -74,6 +76,7 @@ impl Default for ClientLimits {
         ClientLimits {
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(75),
+            send_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
             max_header_bytes: 16 * 1024,
             max_headers: 100,
@@ -385,6 +388,9 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
     }
     if let Some(d) = duration(walk, t.string("keepalive_timeout")) {
         l.keepalive_timeout = d;
+    }
+    if let Some(d) = duration(walk, t.string("send_timeout")) {
+        l.send_timeout = d;
     }
     if let Some(d) = duration(walk, t.string("drain_timeout")) {
         l.drain_timeout = d;

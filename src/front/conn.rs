@@ -9,19 +9,21 @@
 //! `keepalive_timeout` after one (idle, or sending the next head slowly). It
 //! works the same for both protocols, so hyper's own HTTP/1.1
 //! `header_read_timeout`, which would also cut idle keep-alive connections at
-//! `header_timeout`, is not used.
+//! `header_timeout`, is not used. With a request in flight, a client that
+//! accepts no response bytes for `send_timeout` is dropped.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until, timeout};
@@ -112,16 +114,21 @@ async fn connection(stream: TcpStream, peer: SocketAddr, spec: ListenerSpec, sha
         tls: true,
         sni,
     });
-    serve(TokioIo::new(tls), info, &limits, shared).await
+    serve(tls, info, &limits, shared).await
 }
 
-/// Requests in flight and when the connection last became idle.
+/// Requests in flight, when the connection last became idle, and since when a
+/// write to the client has been blocked.
 pub struct Activity {
     base: Instant,
     in_flight: AtomicUsize,
     idle_since_ms: AtomicU64,
+    /// Milliseconds since `base` at which a write first returned Pending, or
+    /// `NOT_STALLED`.
+    stalled_since_ms: AtomicU64,
     served: AtomicBool,
-    /// Wakes the watchdog when a response finishes, so it can move its deadline.
+    /// Wakes the watchdog when a request starts or its response finishes, so it
+    /// can move its deadline.
     changed: Notify,
 }
 
@@ -131,6 +138,7 @@ impl Activity {
             base: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
+            stalled_since_ms: AtomicU64::new(NOT_STALLED),
             served: AtomicBool::new(false),
             changed: Notify::new(),
         }
@@ -139,6 +147,8 @@ impl Activity {
     /// A request started.
     pub fn begin(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        // The watchdog now watches writes instead of idleness.
+        self.changed.notify_one();
     }
 
     /// A response finished (sent or abandoned).
@@ -150,11 +160,39 @@ impl Activity {
         self.changed.notify_one();
     }
 
-    /// When the connection will have been idle too long if it stays idle; None
-    /// while a request is in flight (then it is not idle).
+    fn now_ms(&self) -> u64 {
+        self.base.elapsed().as_millis() as u64
+    }
+
+    /// Notes whether the last write could make progress.
+    fn write_progress(&self, progressed: bool) {
+        if progressed {
+            self.stalled_since_ms.store(NOT_STALLED, Ordering::Relaxed);
+        } else if self.stalled_since_ms.load(Ordering::Relaxed) == NOT_STALLED {
+            self.stalled_since_ms
+                .store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether writes to the client have been blocked for `send_timeout`.
+    fn send_stalled(&self, limits: &ClientLimits) -> bool {
+        let since = self.stalled_since_ms.load(Ordering::Relaxed);
+        since != NOT_STALLED
+            && self.now_ms().saturating_sub(since) >= limits.send_timeout.as_millis() as u64
+    }
+
+    /// When the watchdog must look again: when the connection will have been
+    /// idle too long if it stays idle or, with a request in flight, when its
+    /// writes would have been stalled for `send_timeout`.
     fn deadline(&self, limits: &ClientLimits) -> Option<Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
+            let since = self.stalled_since_ms.load(Ordering::Relaxed);
+            let from = if since == NOT_STALLED {
+                Instant::now()
+            } else {
+                self.base + Duration::from_millis(since)
+            };
+            return Some(from + limits.send_timeout);
         }
         let idle_since =
             self.base + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
@@ -167,17 +205,75 @@ impl Activity {
     }
 }
 
+const NOT_STALLED: u64 = u64::MAX;
+
+/// The client's stream, reporting write progress to the watchdog.
+struct Watched<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.activity.write_progress(polled.is_ready());
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.activity.write_progress(polled.is_ready());
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        // A flush that completes says nothing of the client (a TCP flush always
+        // does); only bytes accepted by a write count as progress.
+        if polled.is_pending() {
+            self.activity.write_progress(false);
+        }
+        polled
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Serves a connection with hyper (HTTP/1.1 and HTTP/2), under the watchdog.
-pub async fn serve<I>(
-    io: TokioIo<I>,
-    info: Arc<ConnInfo>,
-    limits: &ClientLimits,
-    shared: Arc<Shared>,
-) where
+pub async fn serve<I>(io: I, info: Arc<ConnInfo>, limits: &ClientLimits, shared: Arc<Shared>)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
     let generation = shared.current.load_full();
+    let io = TokioIo::new(Watched {
+        inner: io,
+        activity: activity.clone(),
+    });
     let svc = {
         let shared = shared.clone();
         let info = info.clone();
@@ -198,8 +294,7 @@ pub async fn serve<I>(
         closing = Some(Instant::now() + limits.drain_timeout);
     }
     loop {
-        // With a request in flight there is no idle deadline; `changed` wakes us
-        // when it finishes.
+        // `changed` wakes us when a request starts or ends, to recompute this.
         let wake = match closing {
             Some(until) => Some(until),
             None => activity.deadline(limits),
@@ -221,6 +316,10 @@ pub async fn serve<I>(
             _ = sleep => {
                 if closing.is_some() {
                     debug!("{}: did not finish after shutdown; closing", info.peer);
+                    return;
+                }
+                if activity.send_stalled(limits) {
+                    debug!("{}: accepted no response bytes for {:?}; closing", info.peer, limits.send_timeout);
                     return;
                 }
                 if activity.deadline(limits).is_some_and(|at| at <= Instant::now()) {

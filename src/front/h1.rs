@@ -20,7 +20,7 @@
 //! Timeouts are the watchdog's rules in `conn.rs`: the first request head must
 //! be complete within `header_timeout`, later ones within `keepalive_timeout` of
 //! the previous response; a client that accepts no bytes of a response for
-//! `keepalive_timeout` is dropped.
+//! `send_timeout` is dropped.
 
 use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
@@ -33,7 +33,6 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
 use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -149,7 +148,7 @@ pub async fn serve(
             head_only,
             http10,
             keep_alive,
-            limits.keepalive_timeout,
+            limits.send_timeout,
         )
         .await;
         buf.drain(..len);
@@ -447,7 +446,7 @@ async fn handoff(
         prefix: Bytes::from(buffered),
         inner: stream,
     };
-    conn::serve(TokioIo::new(io), info, limits, shared).await
+    conn::serve(io, info, limits, shared).await
 }
 
 /// A stream that first yields `prefix`, then reads from `inner`.
