@@ -12,9 +12,11 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Debian packages the tests use: htpasswd (apache2-utils) to write real htpasswd
-# files, useradd (passwd), runuser/setpriv (util-linux), mkfifo (coreutils).
+# files, php-cgi as a real FastCGI app, useradd (passwd), runuser/setpriv
+# (util-linux), mkfifo (coreutils).
 need=()
 command -v htpasswd >/dev/null || need+=(apache2-utils)
+command -v php-cgi >/dev/null || need+=(php-cgi)
 command -v useradd >/dev/null || need+=(passwd)
 command -v runuser >/dev/null || need+=(util-linux)
 command -v setpriv >/dev/null || need+=(util-linux)

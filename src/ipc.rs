@@ -23,13 +23,46 @@ use crate::config::{ClientLimits, Route};
 /// Messages from the supervisor to the front end.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToFront {
-    /// A new configuration. Fds: one per `listeners` entry, then one per `logs`
-    /// entry (tenant access logs), then berth's error log.
+    /// A new configuration. Fds: one per `listeners` entry, then per `logs`
+    /// entry its access log, then per `logs` entry its error log, then berth's
+    /// error log.
     Plan(Plan),
-    /// Reopened log files (SIGUSR1). Fds: one per `tenants` entry, then the error log.
+    /// Reopened log files (SIGUSR1). Fds: as for a plan, without the listeners.
     Logs { tenants: Vec<String> },
     /// Stop accepting, finish requests in flight, exit.
     Shutdown,
+    /// The answer to [`ToSupervisor::StartProcess`].
+    Started {
+        req: u64,
+        result: Result<AppProcess, String>,
+    },
+    /// An app process ended (crashed, retired, or stopped by a reload).
+    Exited { app: AppId, slot: u32, why: String },
+    /// A process the front end did not ask for is running (kept warm for
+    /// `min_processes`, or already running when the front end started).
+    Spawned { app: AppId, process: AppProcess },
+}
+
+/// Names one app of one tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AppId {
+    pub tenant: String,
+    pub app: String,
+}
+
+impl std::fmt::Display for AppId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.tenant, self.app)
+    }
+}
+
+/// A running app process as the front end sees it: where to connect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppProcess {
+    /// Numbers the app's processes; unique among its live ones.
+    pub slot: u32,
+    /// Its Unix socket, in the directory only the front end's group may enter.
+    pub socket: PathBuf,
 }
 
 /// Messages from the front end to the supervisor.
@@ -37,6 +70,11 @@ pub enum ToFront {
 pub enum ToSupervisor {
     /// The plan with this generation is in effect.
     Applied { generation: u64 },
+    /// Start one more process of this app (the supervisor checks its own
+    /// configuration: the app must exist and have room under `max_processes`).
+    StartProcess { req: u64, app: AppId },
+    /// Stop this process: it served `max_requests` or was idle too long.
+    Retire { app: AppId, slot: u32 },
 }
 
 /// What the front end needs to serve: everything already validated and read by
@@ -50,6 +88,7 @@ pub struct Plan {
     /// Tenant names, in the order of the access-log fds.
     pub logs: Vec<String>,
     pub sites: Vec<SitePlan>,
+    pub apps: Vec<AppPlan>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -66,6 +105,16 @@ pub struct SitePlan {
     /// PEM certificate chain and key.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     pub routes: Vec<Route>,
+}
+
+/// What the front end knows of an app: how to talk to it and its pool limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppPlan {
+    pub id: AppId,
+    pub protocol: crate::config::Protocol,
+    pub pool: crate::config::Pool,
+    /// The program, for SCRIPT_FILENAME on mounted FastCGI apps.
+    pub program: PathBuf,
 }
 
 /// Largest frame accepted; a plan for thousands of sites fits easily.

@@ -98,3 +98,478 @@ pub fn inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     // and this function is called once, at start-up.
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
+
+pub use app::{AppExec, AppStep, spawn_app};
+
+/// App processes: a tenant's program, started by the supervisor after
+/// suEXEC's checks (`supervisor::spawn`).
+mod app {
+    use std::ffi::{CString, OsString};
+    use std::io;
+    use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+
+    use super::Identity;
+
+    /// Which step of starting an app process failed; carried by
+    /// [`crate::supervisor::spawn::SpawnError::Exec`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum AppStep {
+        /// In the parent: opening /dev/null and the report pipe, building C
+        /// strings, validating the descriptor plan.
+        Prepare,
+        /// `fork` (or anything std does in the child before our hook).
+        Fork,
+        /// Resetting the signal mask.
+        Signals,
+        Setsid,
+        /// Moving the given descriptors to their numbers (and /dev/null to 0/1/2).
+        Dup,
+        /// Closing every other descriptor.
+        CloseFds,
+        Setgroups,
+        Setresgid,
+        Setresuid,
+        Chdir,
+        NoNewPrivs,
+        Execve,
+    }
+
+    impl AppStep {
+        /// In discriminant order: the child reports a step as its index.
+        const ALL: [AppStep; 12] = [
+            AppStep::Prepare,
+            AppStep::Fork,
+            AppStep::Signals,
+            AppStep::Setsid,
+            AppStep::Dup,
+            AppStep::CloseFds,
+            AppStep::Setgroups,
+            AppStep::Setresgid,
+            AppStep::Setresuid,
+            AppStep::Chdir,
+            AppStep::NoNewPrivs,
+            AppStep::Execve,
+        ];
+    }
+
+    impl std::fmt::Display for AppStep {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(match self {
+                AppStep::Prepare => "preparing the child",
+                AppStep::Fork => "fork",
+                AppStep::Signals => "resetting signals",
+                AppStep::Setsid => "setsid",
+                AppStep::Dup => "placing descriptors",
+                AppStep::CloseFds => "closing descriptors",
+                AppStep::Setgroups => "setgroups",
+                AppStep::Setresgid => "setresgid",
+                AppStep::Setresuid => "setresuid",
+                AppStep::Chdir => "chdir",
+                AppStep::NoNewPrivs => "no_new_privs",
+                AppStep::Execve => "execve",
+            })
+        }
+    }
+
+    /// One app process to start. Paths are used as given: the caller has
+    /// checked and canonicalised them.
+    pub struct AppExec<'a> {
+        /// The file to execve (no PATH search).
+        pub program: &'a Path,
+        /// The argument vector, `argv[0]` included (not empty).
+        pub argv: &'a [String],
+        /// The complete environment, in order (names are unique).
+        pub env: &'a [(OsString, OsString)],
+        /// The working directory, entered after dropping privileges.
+        pub dir: &'a Path,
+        /// Descriptors to place at the given numbers in the child.
+        pub fds: Vec<(OwnedFd, RawFd)>,
+        /// Who to become; `None` keeps the caller's identity.
+        pub identity: Option<&'a Identity>,
+    }
+
+    /// `LISTEN_PID=` followed by room for any pid and a NUL.
+    const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+    type PidBuf = [u8; 32];
+
+    /// A NULL-terminated array of C strings for execve, built before the fork,
+    /// optionally with one entry (`LISTEN_PID`) that the child fills in.
+    struct CArray {
+        _strings: Vec<CString>,
+        ptrs: Vec<*const libc::c_char>,
+        /// From `Box::into_raw`; null when there is no such entry.
+        pid: *mut PidBuf,
+    }
+
+    // SAFETY: the pointers point into heap buffers this array owns
+    // (`_strings`, `pid`), which live as long as it does and which nothing but
+    // the forked child (with its own copy of memory) ever writes.
+    unsafe impl Send for CArray {}
+    // SAFETY: as above.
+    unsafe impl Sync for CArray {}
+
+    impl CArray {
+        fn new(strings: Vec<CString>) -> CArray {
+            let mut ptrs: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+            ptrs.push(std::ptr::null());
+            CArray {
+                _strings: strings,
+                ptrs,
+                pid: std::ptr::null_mut(),
+            }
+        }
+
+        /// Adds the entry [`CArray::fill_pid`] writes in the child.
+        fn add_pid_slot(&mut self) {
+            let buf = Box::into_raw(Box::new([0u8; 32]));
+            let end = self.ptrs.len() - 1;
+            self.ptrs.insert(end, buf.cast_const().cast());
+            self.pid = buf;
+        }
+
+        /// In the child: `LISTEN_PID=<pid>`, without allocating.
+        fn fill_pid(&mut self, pid: i32) {
+            if self.pid.is_null() {
+                return;
+            }
+            // SAFETY: `pid` came from Box::into_raw in `add_pid_slot` and is
+            // freed only in Drop; nothing else refers to it as a reference.
+            let buf = unsafe { &mut *self.pid };
+            write_listen_pid(buf, pid);
+        }
+    }
+
+    impl Drop for CArray {
+        fn drop(&mut self) {
+            if !self.pid.is_null() {
+                // SAFETY: allocated by Box::into_raw in `add_pid_slot`, freed once.
+                drop(unsafe { Box::from_raw(self.pid) });
+            }
+        }
+    }
+
+    fn cstring(bytes: &[u8]) -> io::Result<CString> {
+        CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte"))
+    }
+
+    /// Writes `LISTEN_PID=<pid>\0` into `buf`.
+    fn write_listen_pid(buf: &mut PidBuf, pid: i32) {
+        let prefix = LISTEN_PID_PREFIX.len();
+        buf[..prefix].copy_from_slice(LISTEN_PID_PREFIX);
+        let mut digits = [0u8; 12];
+        let mut n = pid.unsigned_abs();
+        let mut len = 0;
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for i in 0..len {
+            buf[prefix + i] = digits[len - 1 - i];
+        }
+        buf[prefix + len] = 0;
+    }
+
+    /// In the child: reports `step` and the current errno to the parent over
+    /// `report`, then exits without running destructors or atexit handlers.
+    fn child_fail(report: RawFd, step: AppStep) -> ! {
+        let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        let mut msg = [0u8; 8];
+        msg[..4].copy_from_slice(&(step as u32).to_ne_bytes());
+        msg[4..].copy_from_slice(&errno.to_ne_bytes());
+        // SAFETY: write and _exit are async-signal-safe; `msg` is on the stack.
+        unsafe {
+            libc::write(report, msg.as_ptr().cast(), msg.len());
+            libc::_exit(127)
+        }
+    }
+
+    /// In the child: closes descriptors `first..=last`, with close_range(2)
+    /// when the kernel has it (5.9+), else one close per number below
+    /// RLIMIT_NOFILE.
+    fn close_fds(first: RawFd, last: u32) -> bool {
+        if first < 0 || first as u32 > last {
+            return true;
+        }
+        // SAFETY: a system call on integers; the caller keeps every descriptor
+        // it still needs out of the range.
+        let r = unsafe { libc::syscall(libc::SYS_close_range, first as u32, last, 0u32) };
+        if r == 0 {
+            return true;
+        }
+        if io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
+            return false;
+        }
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct on our stack.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return false;
+        }
+        let end = lim.rlim_cur.min(u64::from(last) + 1).min(i32::MAX as u64) as RawFd;
+        for fd in first..end {
+            // SAFETY: as above; EBADF for numbers that are not open is fine.
+            unsafe { libc::close(fd) };
+        }
+        true
+    }
+
+    /// Starts an app process, the way suEXEC does once its checks have passed.
+    /// In the child, in this order: the signal mask is emptied and every
+    /// signal's disposition reset; `setsid` (its own session and process group,
+    /// so berth can signal the whole group); the `fds` are placed at their
+    /// numbers (all are first copied above the highest target, so a source
+    /// whose number is another one's target is not clobbered) and /dev/null
+    /// fills 0, 1 and 2 where nothing was given; every other descriptor is
+    /// closed, inherited ones without close-on-exec included; `setgroups` →
+    /// `setresgid` → `setresuid` when `identity` is given; `chdir(dir)` as that
+    /// identity; umask 022; `no_new_privs`; `execve(program, argv, env)`. When
+    /// the environment has `LISTEN_FDS`, `LISTEN_PID` is set to the child's own
+    /// pid (systemd socket activation), which only the child knows.
+    ///
+    /// The child does the execve itself and reports a failure as (step, errno)
+    /// over a close-on-exec pipe of ours, then `_exit(127)`: std's own error
+    /// channel is an ordinary descriptor that a target number may overwrite, so
+    /// the child never hands control back to std. Returns once the child has
+    /// exec'd (or failed).
+    pub fn spawn_app(app: AppExec<'_>) -> Result<Child, (AppStep, io::Error)> {
+        let prep = |e: io::Error| (AppStep::Prepare, e);
+        let invalid = |why: &str| {
+            (
+                AppStep::Prepare,
+                io::Error::new(io::ErrorKind::InvalidInput, why.to_string()),
+            )
+        };
+        if app.argv.is_empty() {
+            return Err(invalid("empty argv"));
+        }
+
+        // The descriptor plan: targets are distinct and non-negative; 0, 1 and
+        // 2 are always kept (given, or /dev/null); everything else is closed.
+        let srcs: Vec<RawFd> = app.fds.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
+        let targets: Vec<RawFd> = app.fds.iter().map(|&(_, at)| at).collect();
+        if targets.iter().any(|&t| t < 0) {
+            return Err(invalid("negative descriptor number"));
+        }
+        let mut distinct = targets.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() != targets.len() {
+            return Err(invalid("a descriptor number is given twice"));
+        }
+        let mut keep: Vec<RawFd> = distinct.into_iter().chain(0..3).collect();
+        keep.sort_unstable();
+        keep.dedup();
+        let null_at: Vec<RawFd> = (0..3).filter(|k| !targets.contains(k)).collect();
+        let highest = keep[keep.len() - 1];
+        let base = highest
+            .checked_add(1)
+            .ok_or_else(|| invalid("descriptor number too large"))?;
+        let mut tmp: Vec<RawFd> = vec![-1; srcs.len()];
+
+        let devnull = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(prep)?;
+        let devnull_fd = devnull.as_raw_fd();
+        let (report_r, report_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| prep(e.into()))?;
+        let report_fd = report_w.as_raw_fd();
+
+        let program = cstring(app.program.as_os_str().as_bytes()).map_err(prep)?;
+        let dir = cstring(app.dir.as_os_str().as_bytes()).map_err(prep)?;
+        let argv = CArray::new(
+            app.argv
+                .iter()
+                .map(|a| cstring(a.as_bytes()))
+                .collect::<io::Result<_>>()
+                .map_err(prep)?,
+        );
+        let listen = app.env.iter().any(|(k, _)| k == "LISTEN_FDS");
+        let mut env = Vec::with_capacity(app.env.len() + 1);
+        for (k, v) in app.env {
+            if listen && k == "LISTEN_PID" {
+                continue;
+            }
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            env.push(cstring(&kv).map_err(prep)?);
+        }
+        let mut envp = CArray::new(env);
+        if listen {
+            envp.add_pid_slot();
+        }
+        let ids = app.identity.map(|id| (id.uid, id.gid));
+        let groups: Vec<libc::gid_t> = app.identity.map(|id| id.groups.clone()).unwrap_or_default();
+
+        let mut cmd = Command::new(app.program);
+        cmd.arg0(&app.argv[0])
+            .args(&app.argv[1..])
+            .env_clear()
+            .stdin(Stdio::inherit())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        // SAFETY: the closure runs in the forked child and calls only
+        // async-signal-safe functions (sigprocmask, sigaction, setsid, fcntl,
+        // dup2, close_range/close, getrlimit, setgroups, setresgid, setresuid,
+        // chdir, umask, prctl, getpid, execve, write, _exit) on memory prepared
+        // before the fork (it writes only into `tmp` and the LISTEN_PID buffer,
+        // which it owns); it allocates nothing and never returns: it execs or
+        // exits.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut report = report_fd;
+
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+                    child_fail(report, AppStep::Signals);
+                }
+                // Handlers go at execve anyway; ignored signals would stay
+                // ignored. Errors (SIGKILL, SIGSTOP, libc's own) do not matter.
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                for sig in 1..65 {
+                    libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                }
+
+                if libc::setsid() < 0 {
+                    child_fail(report, AppStep::Setsid);
+                }
+
+                // Copy everything still needed above the highest target first.
+                let r = libc::fcntl(report, libc::F_DUPFD_CLOEXEC, base);
+                if r < 0 {
+                    child_fail(report, AppStep::Dup);
+                }
+                report = r;
+                let null_hi = libc::fcntl(devnull_fd, libc::F_DUPFD_CLOEXEC, base);
+                if null_hi < 0 {
+                    child_fail(report, AppStep::Dup);
+                }
+                for (i, &src) in srcs.iter().enumerate() {
+                    tmp[i] = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, base);
+                    if tmp[i] < 0 {
+                        child_fail(report, AppStep::Dup);
+                    }
+                }
+                // dup2 clears close-on-exec on the target.
+                for (i, &at) in targets.iter().enumerate() {
+                    if libc::dup2(tmp[i], at) < 0 {
+                        child_fail(report, AppStep::Dup);
+                    }
+                }
+                for &at in &null_at {
+                    if libc::dup2(null_hi, at) < 0 {
+                        child_fail(report, AppStep::Dup);
+                    }
+                }
+                // Close the gaps between kept numbers, then everything above
+                // them but the report pipe (close-on-exec: it goes at execve).
+                let mut prev = -1;
+                for &k in &keep {
+                    if k > prev + 1 && !close_fds(prev + 1, (k - 1) as u32) {
+                        child_fail(report, AppStep::CloseFds);
+                    }
+                    prev = k;
+                }
+                if !close_fds(prev + 1, (report - 1) as u32) || !close_fds(report + 1, u32::MAX) {
+                    child_fail(report, AppStep::CloseFds);
+                }
+
+                if let Some((uid, gid)) = ids {
+                    if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+                        child_fail(report, AppStep::Setgroups);
+                    }
+                    if libc::setresgid(gid, gid, gid) != 0 {
+                        child_fail(report, AppStep::Setresgid);
+                    }
+                    if libc::setresuid(uid, uid, uid) != 0 {
+                        child_fail(report, AppStep::Setresuid);
+                    }
+                }
+                if libc::chdir(dir.as_ptr()) != 0 {
+                    child_fail(report, AppStep::Chdir);
+                }
+                libc::umask(0o022);
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    child_fail(report, AppStep::NoNewPrivs);
+                }
+                envp.fill_pid(libc::getpid());
+                libc::execve(program.as_ptr(), argv.ptrs.as_ptr(), envp.ptrs.as_ptr());
+                child_fail(report, AppStep::Execve)
+            });
+        }
+        let spawned = cmd.spawn();
+        // Our copies go now: the child has its own. The report pipe's write end
+        // must be closed before reading, or the read never sees end-of-file.
+        drop(cmd);
+        drop(report_w);
+        drop(devnull);
+        drop(app.fds);
+        let mut child = spawned.map_err(|e| (AppStep::Fork, e))?;
+
+        let mut msg = [0u8; 8];
+        let mut got = 0;
+        while got < msg.len() {
+            match rustix::io::read(&report_r, &mut msg[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err((AppStep::Prepare, e.into()));
+                }
+            }
+        }
+        if got == 0 {
+            // End-of-file without a report: the child exec'd (or was killed
+            // before it could; its exit status says so).
+            return Ok(child);
+        }
+        let _ = child.wait();
+        if got < msg.len() {
+            return Err(invalid("short report from the child"));
+        }
+        let step = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]);
+        let errno = i32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]);
+        let step = AppStep::ALL
+            .get(step as usize)
+            .copied()
+            .unwrap_or(AppStep::Execve);
+        Err((step, io::Error::from_raw_os_error(errno)))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn listen_pid_is_written_in_place() {
+            let mut buf = [0xffu8; 32];
+            write_listen_pid(&mut buf, 4194304);
+            assert_eq!(&buf[..19], b"LISTEN_PID=4194304\0");
+            write_listen_pid(&mut buf, 7);
+            assert_eq!(&buf[..13], b"LISTEN_PID=7\0");
+        }
+
+        #[test]
+        fn steps_round_trip_through_their_index() {
+            for (i, step) in AppStep::ALL.iter().enumerate() {
+                assert_eq!(*step as usize, i);
+            }
+        }
+    }
+}

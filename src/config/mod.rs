@@ -14,6 +14,7 @@
 //! Disk checks (roots, certificates, htpasswd files, users) happen here too, so
 //! `berth check` and `berth serve` agree on what is valid.
 
+mod app;
 mod problem;
 mod reader;
 
@@ -26,6 +27,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use app::{App, Pool, Protocol};
 pub use problem::{Problem, Problems};
 use reader::{At, Source, TableReader, Walk};
 
@@ -96,6 +98,7 @@ pub struct Tenant {
     /// Whether `user` was found (uid, gid and home are meaningful).
     pub resolved: bool,
     pub sites: Vec<Site>,
+    pub apps: Vec<App>,
     /// Where the tenant was defined, for messages.
     pub origin: Origin,
     /// The line of its `user` key.
@@ -131,6 +134,9 @@ pub struct Route {
     pub path: String,
     pub action: Action,
     pub auth: Option<Auth>,
+    /// Where `app` was written, for the check that the app exists.
+    #[serde(skip)]
+    pub app_at: Option<(usize, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,6 +145,12 @@ pub enum Action {
     Static,
     /// Redirect to `to`, with the rest of the path after the prefix appended.
     Redirect { to: String, status: u16 },
+    /// One of the tenant's apps. With `extensions`, only paths whose script part
+    /// ends in one of them go to the app (PHP-style sites); the rest is static.
+    App {
+        app: String,
+        extensions: Vec<String>,
+    },
 }
 
 /// Basic authentication in front of a route.
@@ -179,6 +191,7 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
     let mut files = Vec::new();
     let mut tenants: Vec<Tenant> = Vec::new();
     let mut server = None;
+    let mut defaults = Pool::default();
 
     match read_source(path) {
         Ok(src) => {
@@ -202,12 +215,18 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
                         "missing: berth needs a [server] table with `listen` or `tls_listen`",
                     ),
                 }
+                if let Some(mut d) = top.table("defaults") {
+                    if let Some(t) = d.table("app") {
+                        defaults = app::read_defaults(t);
+                    }
+                    d.finish();
+                }
                 if let Some(t) = top.table("tenant") {
-                    read_tenants(t, &mut tenants);
+                    read_tenants(t, &defaults, &mut tenants);
                 }
                 top.finish();
                 for inc in includes {
-                    load_include(&inc, &problems, &mut files, &mut tenants);
+                    load_include(&inc, &defaults, &problems, &mut files, &mut tenants);
                 }
             }
         }
@@ -273,6 +292,7 @@ fn parse(src: &Source, problems: &RefCell<Problems>) -> Option<toml_edit::Docume
 /// An included file may only define tenants.
 fn load_include(
     path: &Path,
+    defaults: &Pool,
     problems: &RefCell<Problems>,
     files: &mut Vec<PathBuf>,
     tenants: &mut Vec<Tenant>,
@@ -294,7 +314,7 @@ fn load_include(
     };
     let mut top = TableReader::new(&walk, doc.as_table(), String::new(), 1);
     if let Some(t) = top.table("tenant") {
-        read_tenants(t, tenants);
+        read_tenants(t, defaults, tenants);
     }
     for (key, _) in doc.as_table().iter() {
         if key != "tenant" {
@@ -483,7 +503,7 @@ fn duration(walk: &Walk<'_>, at: Option<At<String>>) -> Option<Duration> {
     }
 }
 
-fn read_tenants(t: TableReader<'_>, tenants: &mut Vec<Tenant>) {
+fn read_tenants(t: TableReader<'_>, defaults: &Pool, tenants: &mut Vec<Tenant>) {
     for (name, mut tt) in t.into_named_tables() {
         let walk = tt.walk();
         if !valid_name(&name) {
@@ -507,12 +527,33 @@ fn read_tenants(t: TableReader<'_>, tenants: &mut Vec<Tenant>) {
         };
         let user = tt.string("user");
         let home = tt.string("home");
-        let sites = tt
+        let apps = tt
+            .table("app")
+            .map(|t| app::read_apps(t, defaults))
+            .unwrap_or_default();
+        let sites: Vec<Site> = tt
             .tables("site")
             .into_iter()
             .filter_map(read_site)
             .collect();
         tt.finish();
+        // Routes may only name this tenant's own apps.
+        for site in &sites {
+            for route in &site.routes {
+                if let Action::App { app, .. } = &route.action
+                    && !apps.iter().any(|a| a.name == *app)
+                {
+                    let (line, key) = route.app_at.clone().unwrap_or((tt.line(), tt.key().into()));
+                    walk.problem(
+                        line,
+                        &key,
+                        format!(
+                            "tenant {name:?} has no app {app:?} (define [tenant.{name}.app.{app}])"
+                        ),
+                    );
+                }
+            }
+        }
         let Some(user) = user else {
             walk.problem(tt.line(), &format!("{}.user", tt.key()), "is required");
             continue;
@@ -526,6 +567,7 @@ fn read_tenants(t: TableReader<'_>, tenants: &mut Vec<Tenant>) {
             home: home.clone().unwrap_or_default(),
             resolved: false,
             sites,
+            apps,
             origin,
             user_line: 0,
         };
@@ -694,6 +736,8 @@ fn read_route(mut t: TableReader<'_>) -> Option<Route> {
     let path = t.string("path");
     let redirect = t.string("redirect");
     let status = t.integer("status");
+    let app = t.string("app");
+    let extensions = t.strings("extensions");
     let auth = t.table("auth").map(read_auth);
     t.finish();
     let Some(path) = path else {
@@ -708,7 +752,56 @@ fn read_route(mut t: TableReader<'_>) -> Option<Route> {
     let clean = route_path(&path.value)
         .map_err(|why| walk.problem(path.line, &path.key, why))
         .ok();
+    if let (Some(a), Some(_)) = (&app, &redirect) {
+        walk.problem(
+            a.line,
+            &a.key,
+            "a route has either `app` or `redirect`, not both",
+        );
+    }
+    if let (Some(e), None) = (&extensions, &app) {
+        walk.problem(
+            e.line,
+            &e.key,
+            "`extensions` only applies to a route with `app`",
+        );
+    }
+    let mut app_at = None;
     let action = match redirect {
+        None if app.is_some() => {
+            let app = app.expect("checked");
+            app_at = Some((app.line, app.key.clone()));
+            let mut exts = Vec::new();
+            if let Some(e) = extensions {
+                for x in e.value {
+                    let x = x.trim_start_matches('.').to_string();
+                    if x.is_empty()
+                        || !x
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    {
+                        walk.problem(
+                            e.line,
+                            &e.key,
+                            format!("{x:?} is not a file extension such as \"php\""),
+                        );
+                    } else {
+                        exts.push(x);
+                    }
+                }
+            }
+            if let Some(s) = &status {
+                walk.problem(
+                    s.line,
+                    &s.key,
+                    "`status` only applies to a route with `redirect`",
+                );
+            }
+            Action::App {
+                app: app.value,
+                extensions: exts,
+            }
+        }
         Some(to) => {
             let valid = to.value.starts_with('/')
                 || to.value.starts_with("https://")
@@ -748,6 +841,7 @@ fn read_route(mut t: TableReader<'_>) -> Option<Route> {
         path: clean?,
         action,
         auth: auth.flatten(),
+        app_at,
     })
 }
 
@@ -854,6 +948,31 @@ fn validate(server: &Server, tenants: &[Tenant], problems: &mut Problems) {
                     tenant.user, tenant.uid, tenant.gid, server.min_uid
                 ),
             );
+        }
+        // suEXEC's checks, as the supervisor will run them before every start.
+        if tenant.resolved {
+            let switch_user = rustix::process::geteuid().is_root();
+            for app in &tenant.apps {
+                let spec = crate::supervisor::spawn::SpawnSpec {
+                    tenant: &tenant.name,
+                    user: &tenant.user,
+                    home: &tenant.home,
+                    min_uid: server.min_uid,
+                    argv: &app.command,
+                    dir: &app.dir,
+                    env: &app.env,
+                    fds: Vec::new(),
+                    switch_user,
+                };
+                if let Err(refused) = crate::supervisor::spawn::check(&spec) {
+                    problems.push(
+                        &app.origin.file,
+                        app.origin.line,
+                        format!("tenant.{}.app.{}", tenant.name, app.name),
+                        format!("would not start: {refused}"),
+                    );
+                }
+            }
         }
         for (i, site) in tenant.sites.iter().enumerate() {
             let here = format!("tenant.{}.site[{i}]", tenant.name);

@@ -279,6 +279,40 @@ impl<'a> TableReader<'a> {
         out
     }
 
+    /// Counts `k` as a known key without reading it (it was read elsewhere).
+    pub fn mark_known(&mut self, k: &'static str) {
+        self.seen.push(k);
+    }
+
+    /// Every entry of a table of strings (like `env = { A = "1" }`); entries that
+    /// are not strings are reported and given as None.
+    pub fn into_values(self) -> Vec<(String, Option<At<String>>)> {
+        let mut out = Vec::new();
+        for (name, item) in self.table.iter() {
+            let key = self.child_key(name);
+            let line = self.key_line(name).unwrap_or(self.line);
+            match item.as_str() {
+                Some(v) => out.push((
+                    name.to_string(),
+                    Some(At {
+                        value: v.to_string(),
+                        line,
+                        key,
+                    }),
+                )),
+                None => {
+                    self.walk.problem(
+                        line,
+                        &key,
+                        format!("expected a string, found {}", item.type_name()),
+                    );
+                    out.push((name.to_string(), None));
+                }
+            }
+        }
+        out
+    }
+
     /// Reports every key of this table that was not read. Call once, after
     /// reading every known key.
     pub fn finish(&mut self) {

@@ -38,6 +38,8 @@ use crate::ipc::ListenerSpec;
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// Our address on this connection (SERVER_ADDR, SERVER_PORT).
+    pub local: SocketAddr,
     /// The peer's IP address as text, for the access log.
     pub peer_ip: Arc<str>,
     pub tls: bool,
@@ -79,9 +81,11 @@ pub async fn accept_loop(listener: TcpListener, spec: ListenerSpec, shared: Arc<
 async fn connection(stream: TcpStream, peer: SocketAddr, spec: ListenerSpec, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let limits = shared.current.load().limits.clone();
+    let local = stream.local_addr().unwrap_or(spec.addr);
     if !spec.tls {
         let info = Arc::new(ConnInfo {
             peer,
+            local,
             peer_ip: peer.ip().to_string().into(),
             tls: false,
             sni: None,
@@ -110,6 +114,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, spec: ListenerSpec, sha
         .map(|s| s.to_ascii_lowercase());
     let info = Arc::new(ConnInfo {
         peer,
+        local,
         peer_ip: peer.ip().to_string().into(),
         tls: true,
         sni,

@@ -139,7 +139,7 @@ pub async fn serve(
         // 2. Answer it.
         let head_only = parts.method == Method::HEAD;
         let http10 = parts.version == Version::HTTP_10;
-        let response = handler::respond(parts, &info, &shared, activity.clone()).await;
+        let response = handler::respond(parts, None, &info, &shared, activity.clone()).await;
         let keep_alive = keep_alive && !*drain.borrow();
         let sent = write_response(
             &mut stream,
@@ -247,8 +247,10 @@ async fn write_response(
         || status == StatusCode::NOT_MODIFIED;
     let send_body = !head_only && !bodiless;
     let length = body.size_hint().exact();
-    // Without a known length the body is delimited by closing the connection.
-    let keep_alive = keep_alive && (length.is_some() || !send_body);
+    // Without a known length an HTTP/1.1 body is chunked; HTTP/1.0 has no
+    // chunks, so there the end of the body is the end of the connection.
+    let chunked = send_body && length.is_none() && !http10;
+    let keep_alive = keep_alive && (length.is_some() || !send_body || chunked);
 
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -269,6 +271,9 @@ async fn write_response(
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     out.extend_from_slice(b"date: ");
     out.extend_from_slice(&http_date_now());
@@ -294,31 +299,69 @@ async fn write_response(
         return Ok(keep_alive);
     }
     let mut body = pin!(body);
-    let mut pending_head = true;
-    while let Some(frame) = body.as_mut().frame().await {
+    // Frames are gathered into `out` while more are ready at once, and sent
+    // when the body would wait (so a streaming app's output is not held back)
+    // or `out` is full; large frames go out with writev, uncopied.
+    loop {
+        let ready = std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
+        let next = match ready {
+            Poll::Ready(next) => next,
+            Poll::Pending => {
+                if !out.is_empty() {
+                    write_all(stream, &[IoSlice::new(out)], send_timeout).await?;
+                    out.clear();
+                }
+                body.as_mut().frame().await
+            }
+        };
+        let Some(frame) = next else { break };
         let Ok(data) = frame?.into_data() else {
             continue;
         };
-        if pending_head && out.len() + data.len() <= COALESCE {
-            out.extend_from_slice(&data);
+        if data.is_empty() {
             continue;
         }
-        if pending_head {
+        let mut size = [0u8; 20];
+        let size = if chunked {
+            let n = chunk_size_line(&mut size, data.len());
+            &size[..n]
+        } else {
+            &size[..0]
+        };
+        let trailer: &[u8] = if chunked { b"\r\n" } else { b"" };
+        if out.len() + data.len() <= COALESCE {
+            out.extend_from_slice(size);
+            out.extend_from_slice(&data);
+            out.extend_from_slice(trailer);
+        } else {
             write_all(
                 stream,
-                &[IoSlice::new(out), IoSlice::new(&data)],
+                &[
+                    IoSlice::new(out),
+                    IoSlice::new(size),
+                    IoSlice::new(&data),
+                    IoSlice::new(trailer),
+                ],
                 send_timeout,
             )
             .await?;
-            pending_head = false;
-        } else {
-            write_all(stream, &[IoSlice::new(&data)], send_timeout).await?;
+            out.clear();
         }
     }
-    if pending_head {
+    if chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    if !out.is_empty() {
         write_all(stream, &[IoSlice::new(out)], send_timeout).await?;
     }
     Ok(keep_alive)
+}
+
+/// Writes "HEX\r\n" for a chunk of `len` bytes into `buf`; returns its length.
+fn chunk_size_line(buf: &mut [u8; 20], len: usize) -> usize {
+    let hex = format!("{len:x}\r\n");
+    buf[..hex.len()].copy_from_slice(hex.as_bytes());
+    hex.len()
 }
 
 /// Sends the head with `MSG_MORE` (so it leaves in one packet with the first

@@ -13,7 +13,7 @@ use super::access_log::{Counted, Entry};
 use super::body::{self, Body};
 use super::conn::{Activity, ConnInfo};
 use super::respond::Reject;
-use super::{Generation, RouteRt, Shared, SiteRt, path, static_files, vhost};
+use super::{Generation, RouteRt, Shared, SiteRt, app_route, path, static_files, vhost};
 use crate::config::Action;
 
 /// Answers one request. Never fails: errors are responses.
@@ -23,15 +23,15 @@ pub async fn handle(
     shared: &Shared,
     activity: Arc<Activity>,
 ) -> Response<Counted> {
-    // No handler reads a request body yet; hyper discards it.
-    let (parts, _body) = req.into_parts();
-    respond(parts, conn, shared, activity).await
+    let (parts, body) = req.into_parts();
+    respond(parts, Some(body), conn, shared, activity).await
 }
 
 /// Answers a request given by its head (the HTTP/1.1 fast lane calls this
 /// directly; it only takes requests without a body).
 pub async fn respond(
     parts: Parts,
+    body: Option<Incoming>,
     conn: &ConnInfo,
     shared: &Shared,
     activity: Arc<Activity>,
@@ -40,13 +40,13 @@ pub async fn respond(
     let time = SystemTime::now();
     activity.begin();
     let generation = shared.current.load_full();
-    let (site, user, result) = route(&parts, conn, &generation).await;
+    let (site, user, result) = route(&parts, body, conn, shared, &generation).await;
     let response = result.unwrap_or_else(Reject::into_response);
     let (head, body) = response.into_parts();
 
     let log = site.and_then(|i| {
         let site = &generation.router.sites()[i];
-        let file = shared.logs.load().get(site.log)?.clone();
+        let file = shared.logs.load().access.get(site.log)?.clone();
         let entry = Entry {
             vhost: site.canonical.clone(),
             remote: conn.peer_ip.clone(),
@@ -75,7 +75,9 @@ pub async fn respond(
 /// the access log, once the host is known) and the authenticated user.
 async fn route(
     parts: &Parts,
+    body: Option<Incoming>,
     conn: &ConnInfo,
+    shared: &Shared,
     generation: &Generation,
 ) -> (
     Option<usize>,
@@ -132,6 +134,31 @@ async fn route(
             Ok(root) => static_files::serve(root, &path, parts),
             Err(why) => Err(Reject::Internal(format!("site {}: {why}", site.canonical))),
         },
+        Action::App { app, extensions } => {
+            let request = app_route::AppRequest {
+                apps: &shared.apps,
+                site,
+                error_log: shared.logs.load().errors.get(site.log).cloned(),
+                prefix: route.map(|r| r.path.as_str()).unwrap_or("/"),
+                app,
+                extensions,
+                path: &path,
+                parts,
+                body,
+                remote: conn.peer,
+                local: conn.local,
+                tls: conn.tls,
+                host: &host,
+                user: user.as_deref(),
+            };
+            match app_route::serve(request).await {
+                Some(result) => result,
+                None => match &site.root {
+                    Ok(root) => static_files::serve(root, &path, parts),
+                    Err(why) => Err(Reject::Internal(format!("site {}: {why}", site.canonical))),
+                },
+            }
+        }
         Action::Redirect { to, status } => {
             let prefix = route.map(|r| r.path.as_str()).unwrap_or("/");
             Ok(redirect(to, *status, prefix, &path, parts.uri.query()))

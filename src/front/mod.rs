@@ -12,6 +12,8 @@
 //! supervisor says `Shutdown` (or goes away), stop accepting and drain.
 
 pub mod access_log;
+pub mod app_route;
+pub mod apps;
 pub mod auth;
 pub mod body;
 mod conn;
@@ -77,9 +79,11 @@ pub struct RouteRt {
 /// State shared by every connection.
 pub struct Shared {
     pub current: ArcSwap<Generation>,
-    /// Access logs, one per tenant, indexed by [`SiteRt::log`].
-    pub logs: ArcSwap<Vec<Arc<File>>>,
+    /// Access and error logs, one each per tenant, indexed by [`SiteRt::log`].
+    pub logs: ArcSwap<TenantLogs>,
     pub conn_limit: Arc<Semaphore>,
+    /// App processes and their pools.
+    pub apps: Arc<apps::Apps>,
     pub max_connections: std::sync::atomic::AtomicUsize,
     pub drain: watch::Receiver<bool>,
 }
@@ -153,7 +157,7 @@ fn dispatch_listeners(
 }
 
 enum Control {
-    Msg(ToFront, Vec<OwnedFd>),
+    Msg(Box<ToFront>, Vec<OwnedFd>),
     Gone,
 }
 
@@ -174,7 +178,7 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
             loop {
                 match ipc::recv::<ToFront>(reader.as_fd()) {
                     Ok((msg, fds)) => {
-                        if ctl_tx.send(Control::Msg(msg, fds)).is_err() {
+                        if ctl_tx.send(Control::Msg(Box::new(msg), fds)).is_err() {
                             return;
                         }
                     }
@@ -191,14 +195,17 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
 
     let (drain_tx, drain_rx) = watch::channel(false);
     let max = plan.limits.max_connections;
+    let app_plans = plan.apps.clone();
     let (generation, listener_fds, logs) = build(plan, fds)?;
     let shared = Arc::new(Shared {
         current: ArcSwap::from_pointee(generation),
         logs: ArcSwap::from_pointee(logs),
         conn_limit: Arc::new(Semaphore::new(max)),
+        apps: Arc::new(apps::Apps::new(sock.clone())),
         max_connections: max.into(),
         drain: drain_rx,
     });
+    shared.apps.update(&app_plans);
     let mut workers = Vec::new();
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(worker(rx, shared.clone()));
@@ -218,37 +225,21 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
     dispatch_listeners(&workers, listener_fds);
     applied(&sock, &shared);
 
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            ctl = ctl_rx.recv() => match ctl {
-                Some(Control::Msg(ToFront::Plan(plan), fds)) => match build(plan, fds) {
-                    Ok((generation, listener_fds, logs)) => {
-                        resize_limit(&shared, generation.limits.max_connections);
-                        shared.current.store(Arc::new(generation));
-                        shared.logs.store(Arc::new(logs));
-                        dispatch_listeners(&workers, listener_fds);
-                        applied(&sock, &shared);
-                    }
-                    Err(e) => error!("new configuration not applied: {e:#}"),
-                },
-                Some(Control::Msg(ToFront::Logs { tenants }, _))
-                    if tenants != shared.current.load().log_names =>
-                {
-                    error!("reopened logs not applied: they are for other tenants than the configuration");
-                }
-                Some(Control::Msg(ToFront::Logs { tenants }, fds)) => match take_logs(&tenants, fds) {
-                    Ok(logs) => {
-                        shared.logs.store(Arc::new(logs));
-                        info!("log files reopened");
-                    }
-                    Err(e) => error!("reopened logs not applied: {e:#}"),
-                },
-                Some(Control::Msg(ToFront::Shutdown, _)) => break,
-                Some(Control::Gone) | None => {
+            ctl = ctl_rx.recv() => {
+                let Some(Control::Msg(msg, fds)) = ctl else {
                     warn!("supervisor is gone; stopping");
+                    shared.apps.fail_pending();
+                    break;
+                };
+                if on_control(*msg, fds, &sock, &shared, &workers) == Flow::Stop {
                     break;
                 }
-            },
+            }
+            _ = sweep.tick() => shared.apps.sweep(),
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {}
@@ -272,6 +263,56 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
     Ok(())
 }
 
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Acts on one message from the supervisor.
+fn on_control(
+    msg: ToFront,
+    fds: Vec<OwnedFd>,
+    sock: &OwnedFd,
+    shared: &Arc<Shared>,
+    workers: &[mpsc::UnboundedSender<WorkerCmd>],
+) -> Flow {
+    match msg {
+        ToFront::Plan(plan) => {
+            let app_plans = plan.apps.clone();
+            match build(plan, fds) {
+                Ok((generation, listener_fds, logs)) => {
+                    shared.apps.update(&app_plans);
+                    resize_limit(shared, generation.limits.max_connections);
+                    shared.current.store(Arc::new(generation));
+                    shared.logs.store(Arc::new(logs));
+                    dispatch_listeners(workers, listener_fds);
+                    applied(sock, shared);
+                }
+                Err(e) => error!("new configuration not applied: {e:#}"),
+            }
+        }
+        ToFront::Logs { tenants } if tenants != shared.current.load().log_names => {
+            error!("reopened logs not applied: they are for other tenants than the configuration");
+        }
+        ToFront::Logs { tenants } => match take_logs(&tenants, fds) {
+            Ok(logs) => {
+                shared.logs.store(Arc::new(logs));
+                info!("log files reopened");
+            }
+            Err(e) => error!("reopened logs not applied: {e:#}"),
+        },
+        ToFront::Shutdown => return Flow::Stop,
+        ToFront::Started { req, result } => shared.apps.started(req, result),
+        ToFront::Exited { app, slot, why } => {
+            debug!("app {app}: process {slot} gone ({why})");
+            shared.apps.exited(&app, slot);
+        }
+        ToFront::Spawned { app, process } => shared.apps.spawned(&app, process),
+    }
+    Flow::Continue
+}
+
 fn applied(sock: &OwnedFd, shared: &Shared) {
     let generation = shared.current.load().number;
     if let Err(e) = ipc::send(sock.as_fd(), &ToSupervisor::Applied { generation }, &[]) {
@@ -292,11 +333,11 @@ fn resize_limit(shared: &Shared, max: usize) {
     }
 }
 
-type Built = (Generation, Vec<(ListenerSpec, OwnedFd)>, Vec<Arc<File>>);
+type Built = (Generation, Vec<(ListenerSpec, OwnedFd)>, TenantLogs);
 
 /// Turns a plan and its fds into a generation, the listeners and the logs.
 fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
-    let expected = plan.listeners.len() + plan.logs.len() + 1;
+    let expected = plan.listeners.len() + 2 * plan.logs.len() + 1;
     if fds.len() != expected {
         bail!("plan came with {} fds, expected {expected}", fds.len());
     }
@@ -373,17 +414,22 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
     Ok((generation, listeners, logs))
 }
 
-fn take_logs(tenants: &[String], fds: Vec<OwnedFd>) -> anyhow::Result<Vec<Arc<File>>> {
-    if fds.len() != tenants.len() + 1 {
+/// Access logs and error logs, one each per tenant.
+pub struct TenantLogs {
+    pub access: Vec<Arc<File>>,
+    pub errors: Vec<Arc<File>>,
+}
+
+fn take_logs(tenants: &[String], fds: Vec<OwnedFd>) -> anyhow::Result<TenantLogs> {
+    if fds.len() != 2 * tenants.len() + 1 {
         bail!("{} log fds for {} tenants", fds.len(), tenants.len());
     }
     let mut fds = fds.into_iter();
-    let logs = tenants
-        .iter()
-        .map(|_| Arc::new(File::from(fds.next().expect("counted"))))
-        .collect();
+    let mut next = || Arc::new(File::from(fds.next().expect("counted")));
+    let access = tenants.iter().map(|_| next()).collect();
+    let errors = tenants.iter().map(|_| next()).collect();
     crate::logging::set_file(File::from(fds.next().expect("counted")));
-    Ok(logs)
+    Ok(TenantLogs { access, errors })
 }
 
 fn http_builder(limits: &ClientLimits) -> auto::Builder<TokioExecutor> {

@@ -29,6 +29,13 @@ pub enum Reject {
     RangeNotSatisfiable { size: u64 },
     /// Something on our side failed (I/O error other than not-found, ...).
     Internal(String),
+    /// The app failed or answered garbage; the reason is logged, not sent.
+    BadGateway(String),
+    /// The app did not answer in time.
+    GatewayTimeout(String),
+    /// No app process could serve now (starting failed, pool busy, crash
+    /// loop); the client may retry after this many seconds.
+    Unavailable { why: String, retry_after: u32 },
 }
 
 impl Reject {
@@ -42,6 +49,9 @@ impl Reject {
             Reject::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Reject::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Reject::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Reject::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Reject::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Reject::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -81,6 +91,12 @@ impl Reject {
                 }
             }
             Reject::Internal(why) => tracing::error!("internal error: {why}"),
+            Reject::BadGateway(why) => tracing::warn!("bad gateway: {why}"),
+            Reject::GatewayTimeout(why) => tracing::warn!("gateway timeout: {why}"),
+            Reject::Unavailable { why, retry_after } => {
+                tracing::warn!("unavailable: {why}");
+                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
             _ => {}
         }
         resp

@@ -300,6 +300,26 @@ fn respond(
     Ok(resp)
 }
 
+/// Resolves the script a PHP-style route would run: `path` (normalised, the
+/// script part only, e.g. "/lib/exe/css.php") must name a regular file under
+/// the root by the same rules as static files (no escape, no symlink to another
+/// owner's file, no dotfile). Returns its path for `SCRIPT_FILENAME`; anything
+/// else is 404 and never reaches the app (an upload `/uploads/evil.jpg/x.php`
+/// names no file, so nothing runs).
+pub fn script_path(root: &Root, path: &str) -> Result<PathBuf, Reject> {
+    let Some(rel) = path.strip_prefix('/') else {
+        return Err(Reject::BadRequest("path must start with '/'"));
+    };
+    if rel.is_empty() || is_hidden(path) {
+        return Err(Reject::NotFound);
+    }
+    let (_fd, st) = open(root, rel)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(Reject::NotFound);
+    }
+    Ok(root.path.join(rel))
+}
+
 /// Bodies at least this long are offered as a [`FileRange`] too.
 pub const SENDFILE_MIN: u64 = 16 * 1024;
 

@@ -24,6 +24,9 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 use tracing_subscriber::filter::LevelFilter;
 
+mod apps;
+pub mod spawn;
+
 use crate::config::{self, Config, Problems};
 use crate::ipc::{self, ListenerSpec, Plan, SitePlan, ToFront, ToSupervisor};
 use crate::sys::{self, Identity};
@@ -64,6 +67,16 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
             rustix::process::geteuid().as_raw()
         );
     }
+    prepare_dir(&config.server.state_dir, root)?;
+    let front_gid = if root {
+        front_identity(&config.server.user)?.map(|id| id.gid)
+    } else {
+        None
+    };
+    let apps = apps::AppManager::new(&config, front_gid, root).map_err(|e| Error::Dir {
+        path: config.server.state_dir.join("apps"),
+        why: e.to_string(),
+    })?;
     let mut sup = Supervisor {
         path: path.to_path_buf(),
         config,
@@ -71,8 +84,8 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
         level,
         listeners: Listeners::default(),
         generation: 0,
+        apps,
     };
-    prepare_dir(&sup.config.server.state_dir, root)?;
     prepare_dir(&sup.config.server.log_dir, root)?;
     let logs = sup.open_logs()?;
     crate::logging::set_file(File::from(logs.error.try_clone()?));
@@ -82,7 +95,10 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(sup.serve(logs))
+    let result = rt.block_on(sup.serve(logs));
+    // Whatever way the loop ended, no app outlives berth.
+    sup.apps.stop_all();
+    result
 }
 
 struct Supervisor {
@@ -92,13 +108,27 @@ struct Supervisor {
     level: LevelFilter,
     listeners: Listeners,
     generation: u64,
+    apps: apps::AppManager,
 }
 
 /// Open log files: one access log per tenant (in config order) and the error log.
 struct Logs {
     tenants: Vec<String>,
     access: Vec<OwnedFd>,
+    /// Each tenant's `error.log` (its apps' stderr).
+    errors: Vec<OwnedFd>,
     error: OwnedFd,
+}
+
+impl Logs {
+    /// The fds in the order the front end expects: access logs, tenant error
+    /// logs, berth's error log.
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        let mut fds = ipc::borrow_all(&self.access);
+        fds.extend(ipc::borrow_all(&self.errors));
+        fds.push(self.error.as_fd());
+        fds
+    }
 }
 
 /// The running front end: its process and our end of the channel.
@@ -118,6 +148,9 @@ impl Supervisor {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut usr1 = signal(SignalKind::user_defined1())?;
+        let mut chld = signal(SignalKind::child())?;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut front = self.spawn_front(&logs, tx.clone())?;
         let mut backoff = Duration::from_millis(500);
@@ -131,6 +164,11 @@ impl Supervisor {
                         if let Err(e) = self.send_plan(&front, &logs) {
                             error!("cannot send the new configuration to the front end: {e}");
                         }
+                        for (app, slot) in self.apps.update(&self.config) {
+                            let why = "stopped: its configuration changed".to_string();
+                            tell(&front, &ToFront::Exited { app, slot, why });
+                        }
+                        self.warm(&front);
                     }
                     Err(Error::Config(problems)) => {
                         for p in problems.iter() {
@@ -145,8 +183,7 @@ impl Supervisor {
                         if let Ok(f) = new_logs.error.try_clone() {
                             crate::logging::set_file(File::from(f));
                         }
-                        let mut fds = ipc::borrow_all(&new_logs.access);
-                        fds.push(new_logs.error.as_fd());
+                        let fds = new_logs.fds();
                         let msg = ToFront::Logs { tenants: new_logs.tenants.clone() };
                         if let Err(e) = ipc::send(front.sock.as_fd(), &msg, &fds) {
                             error!("cannot pass reopened logs to the front end: {e}");
@@ -156,11 +193,24 @@ impl Supervisor {
                     }
                     Err(e) => error!("cannot reopen log files: {e}"),
                 },
+                _ = chld.recv() => {
+                    for (app, slot, why) in self.apps.reap() {
+                        tell(&front, &ToFront::Exited { app, slot, why });
+                    }
+                }
+                _ = tick.tick() => self.warm(&front),
                 _ = term.recv() => return self.stop(front).await,
                 _ = int.recv() => return self.stop(front).await,
                 ev = rx.recv() => match ev {
                     Some(Event::FromFront(ToSupervisor::Applied { generation })) => {
                         info!("front end serving configuration generation {generation}");
+                    }
+                    Some(Event::FromFront(ToSupervisor::StartProcess { req, app })) => {
+                        let result = self.apps.start(&app);
+                        tell(&front, &ToFront::Started { req, result });
+                    }
+                    Some(Event::FromFront(ToSupervisor::Retire { app, slot })) => {
+                        self.apps.retire(&app, slot);
                     }
                     Some(Event::FrontGone) | None => {
                         let status = front.child.wait()?;
@@ -206,6 +256,13 @@ impl Supervisor {
         }
     }
 
+    /// Keeps `min_processes` of every app running and tells the front end.
+    fn warm(&mut self, front: &Front) {
+        for (app, process) in self.apps.warm() {
+            tell(front, &ToFront::Spawned { app, process });
+        }
+    }
+
     async fn stop(&mut self, mut front: Front) -> Result<(), Error> {
         info!("stopping: draining requests in flight");
         let _ = ipc::send(front.sock.as_fd(), &ToFront::Shutdown, &[]);
@@ -214,13 +271,16 @@ impl Supervisor {
         loop {
             match front.child.try_wait()? {
                 Some(status) => {
-                    info!("front end exited ({status}); stopped");
+                    info!("front end exited ({status}); stopping apps");
+                    self.apps.stop_all();
+                    info!("stopped");
                     return Ok(());
                 }
                 None if Instant::now() >= deadline => {
                     warn!("front end did not exit within {limit:?}; killing it");
                     let _ = front.child.kill();
                     let _ = front.child.wait();
+                    self.apps.stop_all();
                     return Ok(());
                 }
                 None => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -232,25 +292,7 @@ impl Supervisor {
         if !self.root {
             return Ok(None);
         }
-        let name = &self.config.server.user;
-        let fail = |why: String| Error::FrontUser {
-            user: name.clone(),
-            why,
-        };
-        let user = nix::unistd::User::from_name(name)
-            .map_err(|e| fail(e.to_string()))?
-            .ok_or_else(|| fail("no such user".into()))?;
-        if user.uid.is_root() {
-            return Err(fail("the front end must not run as root".into()));
-        }
-        let cname = std::ffi::CString::new(name.as_str()).map_err(|e| fail(e.to_string()))?;
-        let groups = nix::unistd::getgrouplist(&cname, user.gid)
-            .map_err(|e| fail(format!("cannot read its groups: {e}")))?;
-        Ok(Some(Identity {
-            uid: user.uid.as_raw(),
-            gid: user.gid.as_raw(),
-            groups: groups.iter().map(|g| g.as_raw()).collect(),
-        }))
+        front_identity(&self.config.server.user)
     }
 
     fn spawn_front(
@@ -309,14 +351,16 @@ impl Supervisor {
                 }
             })?;
         self.send_plan(&front, logs)?;
+        for (app, process) in self.apps.live() {
+            tell(&front, &ToFront::Spawned { app, process });
+        }
         Ok(front)
     }
 
     fn send_plan(&mut self, front: &Front, logs: &Logs) -> Result<(), Error> {
         self.generation += 1;
         let (plan, mut fds) = self.plan(logs);
-        fds.extend(ipc::borrow_all(&logs.access));
-        fds.push(logs.error.as_fd());
+        fds.extend(logs.fds());
         ipc::send(front.sock.as_fd(), &ToFront::Plan(plan), &fds)
             .map_err(|e| Error::Io(io::Error::other(e.to_string())))
     }
@@ -351,6 +395,21 @@ impl Supervisor {
             listeners,
             logs: logs.tenants.clone(),
             sites,
+            apps: cfg
+                .tenants
+                .iter()
+                .flat_map(|t| {
+                    t.apps.iter().map(|a| ipc::AppPlan {
+                        id: ipc::AppId {
+                            tenant: t.name.clone(),
+                            app: a.name.clone(),
+                        },
+                        protocol: a.protocol,
+                        pool: a.pool.clone(),
+                        program: a.command[0].clone().into(),
+                    })
+                })
+                .collect(),
         };
         (plan, fds)
     }
@@ -360,17 +419,20 @@ impl Supervisor {
         let dir = &self.config.server.log_dir;
         let mut tenants = Vec::new();
         let mut access = Vec::new();
+        let mut errors = Vec::new();
         for t in &self.config.tenants {
             let tdir = dir.join(&t.name);
             prepare_dir(&tdir, self.root)?;
             let group = self.root.then_some(t.gid);
             access.push(open_log(&tdir, "access.log", group)?);
+            errors.push(open_log(&tdir, "error.log", group)?);
             tenants.push(t.name.clone());
         }
         let error = open_log(dir, "error.log", None)?;
         Ok(Logs {
             tenants,
             access,
+            errors,
             error,
         })
     }
@@ -541,5 +603,35 @@ fn raise_nofile_limit() {
     if lim.current < lim.maximum {
         lim.current = lim.maximum;
         let _ = setrlimit(Resource::Nofile, lim);
+    }
+}
+
+/// The uid, gid and groups the front end runs as (when berth is root).
+fn front_identity(name: &str) -> Result<Option<Identity>, Error> {
+    let fail = |why: String| Error::FrontUser {
+        user: name.to_string(),
+        why,
+    };
+    let user = nix::unistd::User::from_name(name)
+        .map_err(|e| fail(e.to_string()))?
+        .ok_or_else(|| fail("no such user".into()))?;
+    if user.uid.is_root() {
+        return Err(fail("the front end must not run as root".into()));
+    }
+    let cname = std::ffi::CString::new(name).map_err(|e| fail(e.to_string()))?;
+    let groups = nix::unistd::getgrouplist(&cname, user.gid)
+        .map_err(|e| fail(format!("cannot read its groups: {e}")))?;
+    Ok(Some(Identity {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        groups: groups.iter().map(|g| g.as_raw()).collect(),
+    }))
+}
+
+/// Sends a message to the front end; a failure means it is gone, which the
+/// event loop notices on its own.
+fn tell(front: &Front, msg: &ToFront) {
+    if let Err(e) = ipc::send(front.sock.as_fd(), msg, &[]) {
+        warn!("front end channel: {e}");
     }
 }

@@ -1,0 +1,194 @@
+//! The CGI meta-variables (RFC 3875 §4.1) a request becomes for a FastCGI or
+//! CGI app. Pure: built from the request head and what routing found.
+//!
+//! Choices an administrator would expect from Apache/nginx:
+//! - `HTTP_PROXY` is never set, whatever the client sends (httpoxy): apps take
+//!   it for their outgoing proxy.
+//! - When berth checked Basic auth itself, the app gets `AUTH_TYPE` and
+//!   `REMOTE_USER`, never the password (`Authorization` is not passed on);
+//!   otherwise `HTTP_AUTHORIZATION` is passed so apps can do their own auth.
+//! - `REDIRECT_STATUS=200`, which php-cgi insists on (`cgi.force_redirect`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use http::request::Parts;
+use http::{Version, header};
+
+/// What routing found about the script that runs.
+pub struct Script<'a> {
+    /// The URL path of the script: the route prefix of a mounted app, or the
+    /// path up to and including the `*.php` segment.
+    pub name: &'a str,
+    /// The rest of the decoded path after `name` (may be empty).
+    pub path_info: &'a str,
+    /// The file that runs (site root + `name`, or the app's program).
+    pub filename: &'a Path,
+    pub document_root: &'a Path,
+}
+
+/// The connection the request came on.
+pub struct Peer<'a> {
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+    pub server_name: &'a str,
+    /// The user berth authenticated, if the route has `auth`.
+    pub user: Option<&'a str>,
+}
+
+/// The variables, in a stable order.
+pub fn variables(parts: &Parts, script: &Script<'_>, peer: &Peer<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut v: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(24 + parts.headers.len());
+    let mut set = |k: &str, val: &[u8]| v.push((k.as_bytes().to_vec(), val.to_vec()));
+    set("GATEWAY_INTERFACE", b"CGI/1.1");
+    set("SERVER_SOFTWARE", b"berth");
+    set(
+        "SERVER_PROTOCOL",
+        match parts.version {
+            Version::HTTP_10 => b"HTTP/1.0",
+            Version::HTTP_2 => b"HTTP/2.0",
+            _ => b"HTTP/1.1",
+        },
+    );
+    set("REQUEST_METHOD", parts.method.as_str().as_bytes());
+    set(
+        "REQUEST_URI",
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .as_bytes(),
+    );
+    set("QUERY_STRING", parts.uri.query().unwrap_or("").as_bytes());
+    set("SCRIPT_NAME", script.name.as_bytes());
+    set(
+        "SCRIPT_FILENAME",
+        script.filename.as_os_str().as_encoded_bytes(),
+    );
+    if !script.path_info.is_empty() {
+        set("PATH_INFO", script.path_info.as_bytes());
+        let translated = script
+            .document_root
+            .join(script.path_info.trim_start_matches('/'));
+        set("PATH_TRANSLATED", translated.as_os_str().as_encoded_bytes());
+    }
+    set(
+        "DOCUMENT_ROOT",
+        script.document_root.as_os_str().as_encoded_bytes(),
+    );
+    set("SERVER_NAME", peer.server_name.as_bytes());
+    set("SERVER_ADDR", peer.local.ip().to_string().as_bytes());
+    set("SERVER_PORT", peer.local.port().to_string().as_bytes());
+    set("REMOTE_ADDR", peer.remote.ip().to_string().as_bytes());
+    set("REMOTE_PORT", peer.remote.port().to_string().as_bytes());
+    set("REQUEST_SCHEME", if peer.tls { b"https" } else { b"http" });
+    if peer.tls {
+        set("HTTPS", b"on");
+    }
+    set("REDIRECT_STATUS", b"200");
+    if let Some(user) = peer.user {
+        set("AUTH_TYPE", b"Basic");
+        set("REMOTE_USER", user.as_bytes());
+    }
+    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+        set("CONTENT_TYPE", ct.as_bytes());
+    }
+    if let Some(cl) = parts.headers.get(header::CONTENT_LENGTH) {
+        set("CONTENT_LENGTH", cl.as_bytes());
+    }
+    // HTTP_* for the other headers; repeated headers are joined with ", ".
+    let mut seen: Vec<&header::HeaderName> = Vec::new();
+    for name in parts.headers.keys() {
+        if seen.contains(&name) {
+            continue;
+        }
+        seen.push(name);
+        if name == header::CONTENT_TYPE || name == header::CONTENT_LENGTH {
+            continue;
+        }
+        if name.as_str() == "proxy" {
+            continue;
+        }
+        if name == header::AUTHORIZATION && peer.user.is_some() {
+            continue;
+        }
+        let mut key = String::with_capacity(5 + name.as_str().len());
+        key.push_str("HTTP_");
+        for c in name.as_str().chars() {
+            key.push(if c == '-' {
+                '_'
+            } else {
+                c.to_ascii_uppercase()
+            });
+        }
+        let mut value = Vec::new();
+        for (i, val) in parts.headers.get_all(name).iter().enumerate() {
+            if i > 0 {
+                value.extend_from_slice(if name == header::COOKIE { b"; " } else { b", " });
+            }
+            value.extend_from_slice(val.as_bytes());
+        }
+        // Names that could collide with the variables above (a header like
+        // "Content_Type" maps onto HTTP_CONTENT_TYPE) are fine: they all start
+        // with HTTP_, which none of the server's own variables do.
+        v.push((key.into_bytes(), value));
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup<'a>(v: &'a [(Vec<u8>, Vec<u8>)], k: &str) -> Option<&'a str> {
+        v.iter()
+            .find(|(n, _)| n == k.as_bytes())
+            .map(|(_, val)| std::str::from_utf8(val).unwrap())
+    }
+
+    #[test]
+    fn variables_for_a_php_script() {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/app/index.php/extra?x=1")
+            .header("host", "a.test")
+            .header("content-type", "text/plain")
+            .header("content-length", "3")
+            .header("proxy", "http://evil:3128")
+            .header("authorization", "Basic c2VjcmV0")
+            .header("x-thing", "1")
+            .header("x-thing", "2")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let script = Script {
+            name: "/app/index.php",
+            path_info: "/extra",
+            filename: Path::new("/srv/a/app/index.php"),
+            document_root: Path::new("/srv/a"),
+        };
+        let peer = Peer {
+            remote: "127.0.0.1:4000".parse().unwrap(),
+            local: "127.0.0.1:8080".parse().unwrap(),
+            tls: false,
+            server_name: "a.test",
+            user: Some("bob"),
+        };
+        let v = variables(&parts, &script, &peer);
+        assert_eq!(lookup(&v, "REQUEST_METHOD"), Some("POST"));
+        assert_eq!(lookup(&v, "SCRIPT_FILENAME"), Some("/srv/a/app/index.php"));
+        assert_eq!(lookup(&v, "SCRIPT_NAME"), Some("/app/index.php"));
+        assert_eq!(lookup(&v, "PATH_INFO"), Some("/extra"));
+        assert_eq!(lookup(&v, "QUERY_STRING"), Some("x=1"));
+        assert_eq!(lookup(&v, "REQUEST_URI"), Some("/app/index.php/extra?x=1"));
+        assert_eq!(lookup(&v, "CONTENT_LENGTH"), Some("3"));
+        assert_eq!(lookup(&v, "HTTP_HOST"), Some("a.test"));
+        assert_eq!(lookup(&v, "HTTP_X_THING"), Some("1, 2"));
+        assert_eq!(lookup(&v, "REMOTE_USER"), Some("bob"));
+        assert_eq!(lookup(&v, "HTTP_PROXY"), None, "httpoxy");
+        assert_eq!(lookup(&v, "HTTP_AUTHORIZATION"), None, "berth did the auth");
+        assert_eq!(lookup(&v, "HTTPS"), None);
+        assert_eq!(lookup(&v, "REDIRECT_STATUS"), Some("200"));
+    }
+}

@@ -1,0 +1,260 @@
+//! One FastCGI request over one connection to an app process: send the CGI
+//! variables and stream the request body as STDIN, read STDOUT into a response
+//! whose body streams too (no whole-body buffering in either direction), and
+//! send STDERR to the tenant's error log.
+//!
+//! Request flow position: handler → (app lease) → here → the app's socket. The
+//! connection is not kept (FCGI_KEEP_CONN off): php-cgi and libfcgi apps serve
+//! one request per accepted connection anyway, and a fresh connection per request
+//! means a misbehaving app can never leave half a response for the next one.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::Response;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedReadHalf;
+
+use super::fastcgi::{self, CgiHead, Decoder, Record};
+use crate::front::apps::Lease;
+use crate::front::body::Body;
+
+/// Why a FastCGI exchange failed; turned into 502/503/504 by the handler.
+#[derive(Debug, thiserror::Error)]
+pub enum FcgiFailure {
+    /// The process is gone (connection refused): try another.
+    #[error("app process is gone: {0}")]
+    Gone(io::Error),
+    /// A fresh process did not answer within `start_timeout`.
+    #[error("app did not start within {0:?}")]
+    StartTimeout(Duration),
+    #[error("app did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("app closed the connection before a complete response head")]
+    NoHead,
+    #[error("app sent a bad response: {0}")]
+    Protocol(String),
+    #[error("talking to the app: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Where the app's STDERR records go.
+pub type StderrSink = Box<dyn FnMut(&[u8]) + Send>;
+
+/// Largest response head accepted from an app.
+const MAX_HEAD: usize = 64 * 1024;
+/// Id of the one request on each connection.
+const REQUEST_ID: u16 = 1;
+
+/// Runs one request. `first_byte` bounds the wait for the start of the answer;
+/// `stderr` receives the app's STDERR records. The lease is held until the
+/// response body has been read to the end (the process is busy until then).
+pub async fn request(
+    lease: Lease,
+    params: &[(Vec<u8>, Vec<u8>)],
+    body: Option<Incoming>,
+    first_byte: Duration,
+    idle: Duration,
+    stderr: StderrSink,
+) -> Result<Response<Body>, (FcgiFailure, Lease)> {
+    let stream = match UnixStream::connect(&lease.socket).await {
+        Ok(s) => s,
+        Err(e) => return Err((FcgiFailure::Gone(e), lease)),
+    };
+    let (read, mut write) = stream.into_split();
+
+    let mut head = BytesMut::with_capacity(1024);
+    fastcgi::begin_request(&mut head, REQUEST_ID, false);
+    let pairs: Vec<(&[u8], &[u8])> = params
+        .iter()
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .collect();
+    fastcgi::params(&mut head, REQUEST_ID, &pairs);
+    if body.is_none() {
+        fastcgi::stdin(&mut head, REQUEST_ID, &[]);
+    }
+    if let Err(e) = write.write_all(&head).await {
+        return Err((FcgiFailure::Io(e), lease));
+    }
+    // The request body streams to STDIN while the answer is read: an app may
+    // answer (or fail) before it has read everything.
+    if let Some(mut body) = body {
+        tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else { return };
+                if let Ok(data) = frame.into_data() {
+                    buf.clear();
+                    fastcgi::stdin(&mut buf, REQUEST_ID, &data);
+                    if write.write_all(&buf).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            buf.clear();
+            fastcgi::stdin(&mut buf, REQUEST_ID, &[]);
+            let _ = write.write_all(&buf).await;
+        });
+    }
+
+    let mut stream = RecordStream {
+        read,
+        buf: BytesMut::with_capacity(8192),
+        decoder: Decoder::new(REQUEST_ID),
+        stderr,
+        ended: false,
+    };
+    let mut out = BytesMut::new();
+    let parsed = tokio::time::timeout(first_byte, async {
+        loop {
+            match stream.next_stdout().await? {
+                Some(data) => {
+                    out.extend_from_slice(&data);
+                    match fastcgi::parse_cgi_head(&out, MAX_HEAD) {
+                        Ok(Some((head, used))) => return Ok((head, used)),
+                        Ok(None) => {}
+                        Err(e) => return Err(FcgiFailure::Protocol(e.to_string())),
+                    }
+                }
+                None => return Err(FcgiFailure::NoHead),
+            }
+        }
+    })
+    .await;
+    let (head, used) = match parsed {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => return Err((e, lease)),
+        Err(_) if lease.fresh => return Err((FcgiFailure::StartTimeout(first_byte), lease)),
+        Err(_) => return Err((FcgiFailure::Timeout(first_byte), lease)),
+    };
+    // A local redirect (RFC 3875 §6.2.2) comes as a 302 with its Location,
+    // which is what the client gets (as with nginx).
+    let CgiHead {
+        status, headers, ..
+    } = head;
+    let mut resp = Response::new(
+        StdoutBody {
+            stream,
+            first: Some(out.split_off(used).freeze()).filter(|b| !b.is_empty()),
+            idle,
+            timer: None,
+            _lease: lease,
+        }
+        .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}
+
+/// Records from the app, with STDERR diverted.
+struct RecordStream {
+    read: OwnedReadHalf,
+    buf: BytesMut,
+    decoder: Decoder,
+    stderr: StderrSink,
+    ended: bool,
+}
+
+impl RecordStream {
+    async fn next_stdout(&mut self) -> Result<Option<Bytes>, FcgiFailure> {
+        std::future::poll_fn(|cx| self.poll_stdout(cx)).await
+    }
+
+    fn poll_stdout(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, FcgiFailure>> {
+        loop {
+            if self.ended {
+                return Poll::Ready(Ok(None));
+            }
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(Record::Stdout(data))) => return Poll::Ready(Ok(Some(data))),
+                Ok(Some(Record::Stderr(data))) => {
+                    (self.stderr)(&data);
+                    continue;
+                }
+                Ok(Some(Record::End { .. })) => {
+                    self.ended = true;
+                    return Poll::Ready(Ok(None));
+                }
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(FcgiFailure::Protocol(e.to_string()))),
+            }
+            self.buf.reserve(16 * 1024);
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut self.read),
+                cx,
+                &mut self.buf
+            ))?;
+            if n == 0 {
+                // EOF: without END_REQUEST the app died mid-response.
+                return Poll::Ready(match self.decoder.at_eof(&self.buf) {
+                    Ok(()) => {
+                        self.ended = true;
+                        Ok(None)
+                    }
+                    Err(e) => Err(FcgiFailure::Protocol(e.to_string())),
+                });
+            }
+        }
+    }
+}
+
+/// The response body: the rest of STDOUT, ending at END_REQUEST.
+struct StdoutBody {
+    stream: RecordStream,
+    first: Option<Bytes>,
+    idle: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    _lease: Lease,
+}
+
+impl HttpBody for StdoutBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        let this = &mut *self;
+        match this.stream.poll_stdout(cx) {
+            Poll::Ready(Ok(Some(data))) => {
+                this.timer = None;
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(Ok(None)) => Poll::Ready(None),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(io::Error::other(e.to_string())))),
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("app sent nothing for {idle:?}"),
+                    ))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.stream.ended
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}

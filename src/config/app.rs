@@ -1,0 +1,262 @@
+//! `[tenant.T.app.A]` and `[defaults.app]`: the apps a tenant runs, read from
+//! the TOML walk into validated [`App`]s.
+//!
+//! Layering for pool settings, last wins: built-in defaults ([`Pool::default`])
+//! → `[defaults.app]` → the app's own table.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::reader::{At, TableReader, Walk};
+use super::{Origin, duration, resolve_path};
+
+/// How the front end talks to an app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    /// A pool of FastCGI responders; the listening socket is their fd 0.
+    FastCgi,
+    /// A pool of HTTP servers; the listening socket comes by socket activation.
+    Http,
+    /// One process per request (RFC 3875).
+    Cgi,
+}
+
+/// Process-pool settings of an app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pool {
+    /// Processes kept running even when idle.
+    pub min_processes: u32,
+    /// Processes at most (for CGI: requests running at once).
+    pub max_processes: u32,
+    /// An idle process above `min_processes` is stopped after this.
+    pub idle_timeout: Duration,
+    /// A process is replaced after serving this many requests (0: never).
+    pub max_requests: u64,
+    /// A process that does not accept connections within this is given up on.
+    pub start_timeout: Duration,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            min_processes: 0,
+            max_processes: 4,
+            idle_timeout: Duration::from_secs(300),
+            max_requests: 10_000,
+            start_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One app of a tenant.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub name: String,
+    pub protocol: Protocol,
+    /// argv; `command[0]` is an absolute path.
+    pub command: Vec<String>,
+    /// Working directory.
+    pub dir: PathBuf,
+    /// Extra environment, in the order written.
+    pub env: Vec<(String, String)>,
+    pub pool: Pool,
+    /// Where the app's table is, for messages.
+    pub origin: Origin,
+}
+
+/// Reads `[defaults.app]` over the built-in defaults.
+pub fn read_defaults(t: TableReader<'_>) -> Pool {
+    read_pool(t, Pool::default(), &[])
+}
+
+/// Reads the pool keys of `t` over `base`; `others` are the other keys this
+/// table may have (for the unknown-key check).
+fn read_pool(mut t: TableReader<'_>, base: Pool, others: &[&'static str]) -> Pool {
+    let walk = t.walk();
+    let mut pool = base;
+    let count = |walk: &Walk<'_>, at: Option<At<i64>>, max: i64| -> Option<i64> {
+        let at = at?;
+        if at.value < 0 || at.value > max {
+            walk.problem(at.line, &at.key, format!("must be between 0 and {max}"));
+            return None;
+        }
+        Some(at.value)
+    };
+    if let Some(n) = count(walk, t.integer("min_processes"), 1000) {
+        pool.min_processes = n as u32;
+    }
+    let max_at = t.integer("max_processes");
+    let max_line = max_at.as_ref().map(|a| (a.line, a.key.clone()));
+    if let Some(n) = count(walk, max_at, 1000) {
+        pool.max_processes = n as u32;
+    }
+    if let Some(d) = duration(walk, t.string("idle_timeout")) {
+        pool.idle_timeout = d;
+    }
+    if let Some(n) = count(walk, t.integer("max_requests"), i64::MAX) {
+        pool.max_requests = n as u64;
+    }
+    if let Some(d) = duration(walk, t.string("start_timeout")) {
+        pool.start_timeout = d;
+    }
+    if pool.max_processes == 0 || pool.min_processes > pool.max_processes {
+        let (line, key) = max_line.unwrap_or((t.line(), format!("{}.max_processes", t.key())));
+        walk.problem(
+            line,
+            &key,
+            format!(
+                "max_processes ({}) must be at least 1 and at least min_processes ({})",
+                pool.max_processes, pool.min_processes
+            ),
+        );
+    }
+    for k in others {
+        t.mark_known(k);
+    }
+    t.finish();
+    pool
+}
+
+/// Reads every `[tenant.T.app.NAME]` table.
+pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
+    let mut apps = Vec::new();
+    for (name, mut at) in t.into_named_tables() {
+        let walk = at.walk();
+        if !super::valid_name(&name) {
+            walk.problem(
+                at.line(),
+                at.key(),
+                "app names use a-z, 0-9, '-' and '_', start with a letter, at most 32 characters",
+            );
+        }
+        let origin = Origin {
+            file: walk.file().to_path_buf(),
+            line: at.line(),
+        };
+        let key = at.key().to_string();
+        let protocol = at.string("protocol");
+        let command = at.strings("command");
+        let dir = at.string("dir");
+        let env = at.table("env").map(read_env);
+        let protocol = match protocol {
+            Some(p) => match p.value.as_str() {
+                "fastcgi" => Some(Protocol::FastCgi),
+                "http" | "cgi" => {
+                    walk.problem(
+                        p.line,
+                        &p.key,
+                        format!("{:?} apps are not supported yet by this version of berth (\"fastcgi\" is)", p.value),
+                    );
+                    None
+                }
+                other => {
+                    walk.problem(
+                        p.line,
+                        &p.key,
+                        format!(
+                            "{other:?} is not a protocol: use \"fastcgi\", \"http\" or \"cgi\""
+                        ),
+                    );
+                    None
+                }
+            },
+            None => {
+                walk.problem(
+                    at.line(),
+                    &format!("{key}.protocol"),
+                    "is required: \"fastcgi\", \"http\" or \"cgi\"",
+                );
+                None
+            }
+        };
+        let command_ok = match &command {
+            Some(c) if c.value.is_empty() => {
+                walk.problem(c.line, &c.key, "must name a program");
+                false
+            }
+            Some(c) if !c.value[0].starts_with('/') => {
+                walk.problem(
+                    c.line,
+                    &c.key,
+                    format!("{:?} must be an absolute path (no PATH search)", c.value[0]),
+                );
+                false
+            }
+            Some(c) if c.value.iter().any(|a| a.contains('\0')) => {
+                walk.problem(c.line, &c.key, "arguments must not contain NUL");
+                false
+            }
+            Some(_) => true,
+            None => {
+                walk.problem(
+                    at.line(),
+                    &format!("{key}.command"),
+                    "is required: the program and its arguments",
+                );
+                false
+            }
+        };
+        let dir = match dir {
+            Some(d) => Some(resolve_path(walk, &d)),
+            None => {
+                walk.problem(
+                    at.line(),
+                    &format!("{key}.dir"),
+                    "is required: the working directory",
+                );
+                None
+            }
+        };
+        let pool = read_pool(at, defaults.clone(), &["protocol", "command", "dir", "env"]);
+        let (Some(protocol), true, Some(dir)) = (protocol, command_ok, dir) else {
+            continue;
+        };
+        apps.push(App {
+            name,
+            protocol,
+            command: command.map(|c| c.value).unwrap_or_default(),
+            dir,
+            env: env.unwrap_or_default(),
+            pool,
+            origin,
+        });
+    }
+    apps
+}
+
+fn read_env(t: TableReader<'_>) -> Vec<(String, String)> {
+    let walk = t.walk();
+    let mut out = Vec::new();
+    for (k, v) in t.into_values() {
+        let valid_name = !k.is_empty()
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        match v {
+            Some(value) if valid_name && !value.value.contains('\0') => out.push((k, value.value)),
+            Some(value) if !valid_name => walk.problem(
+                value.line,
+                &value.key,
+                "environment names use A-Z, a-z, 0-9 and '_' and do not start with a digit",
+            ),
+            Some(value) => walk.problem(value.line, &value.key, "must not contain NUL"),
+            None => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_defaults_match_the_design() {
+        let p = Pool::default();
+        assert_eq!((p.min_processes, p.max_processes), (0, 4));
+        assert_eq!(p.idle_timeout, Duration::from_secs(300));
+        assert_eq!(p.max_requests, 10_000);
+        assert_eq!(p.start_timeout, Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,246 @@
+//! An app route: which script runs, its CGI variables, an app process, and
+//! the exchange with it. Request flow: handler → here → `apps` (a process) →
+//! `backend::fastcgi_conn`.
+//!
+//! Two kinds of route (DESIGN.md "Routes"):
+//! - with `extensions` (PHP-style sites): the script is the path up to and
+//!   including the first segment ending in one of them (`/doku.php`,
+//!   `/lib/exe/css.php/x` with PATH_INFO `/x`); a directory path tries
+//!   `index.EXT`. It must be a regular file under the site root by the static
+//!   files' rules, or the answer is 404 and nothing runs. Paths without such a
+//!   segment are static files.
+//! - without: the app is mounted at the prefix: SCRIPT_NAME is the prefix,
+//!   PATH_INFO the rest, SCRIPT_FILENAME the app's program.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::Response;
+use http::request::Parts;
+use hyper::body::Incoming;
+
+use super::SiteRt;
+use super::apps::{Apps, LeaseError};
+use super::body::Body;
+use super::respond::Reject;
+use super::static_files;
+use crate::backend::cgi_env::{self, Peer, Script};
+use crate::backend::fastcgi_conn::{self, FcgiFailure};
+use crate::config::Protocol;
+use crate::ipc::AppId;
+
+/// How long an app may stay silent once it has started answering (and how long
+/// a warm process gets for the head of its answer), like nginx's
+/// `fastcgi_read_timeout`.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Everything about the request the app exchange needs.
+pub struct AppRequest<'a> {
+    pub apps: &'a Arc<Apps>,
+    pub site: &'a SiteRt,
+    /// The tenant's error log (the app's STDERR goes there).
+    pub error_log: Option<Arc<std::fs::File>>,
+    pub prefix: &'a str,
+    pub app: &'a str,
+    pub extensions: &'a [String],
+    /// The normalised path.
+    pub path: &'a str,
+    pub parts: &'a Parts,
+    pub body: Option<Incoming>,
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+    pub host: &'a str,
+    pub user: Option<&'a str>,
+}
+
+/// Answers through the app, or None when the path is static under an
+/// extension route.
+pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>> {
+    let root = match &req.site.root {
+        Ok(root) => root,
+        Err(why) => return Some(Err(Reject::Internal(why.clone()))),
+    };
+    let id = AppId {
+        tenant: req.site.tenant.clone(),
+        app: req.app.to_string(),
+    };
+    let Some(plan) = req.apps.plan(&id) else {
+        return Some(Err(Reject::Internal(format!("app {id} is not configured"))));
+    };
+    let (name, path_info, filename): (String, String, PathBuf) = if req.extensions.is_empty() {
+        let name = if req.prefix == "/" { "" } else { req.prefix };
+        let rest = &req.path[name.len()..];
+        (name.to_string(), rest.to_string(), plan.program.clone())
+    } else {
+        let (script, rest) = match split_script(req.path, req.extensions) {
+            Some(split) => split,
+            None if req.path.ends_with('/') => {
+                // A directory: its index.EXT, if there is one.
+                let found = req.extensions.iter().find_map(|ext| {
+                    let candidate = format!("{}index.{ext}", req.path);
+                    static_files::script_path(root, &candidate)
+                        .ok()
+                        .map(|_| candidate)
+                })?;
+                (found, String::new())
+            }
+            None => return None,
+        };
+        match static_files::script_path(root, &script) {
+            Ok(file) => (script, rest, file),
+            Err(e) => return Some(Err(e)),
+        }
+    };
+    if plan.protocol != Protocol::FastCgi {
+        return Some(Err(Reject::Internal(format!(
+            "app {id}: protocol {:?} is not served yet",
+            plan.protocol
+        ))));
+    }
+    let script = Script {
+        name: &name,
+        path_info: &path_info,
+        filename: &filename,
+        document_root: root.path(),
+    };
+    let peer = Peer {
+        remote: req.remote,
+        local: req.local,
+        tls: req.tls,
+        server_name: req.host,
+        user: req.user,
+    };
+    let params = cgi_env::variables(req.parts, &script, &peer);
+    Some(fastcgi(req.apps, &id, &plan.pool, params, req.body, req.error_log).await)
+}
+
+/// The script part and the rest of `path`, split after the first segment that
+/// ends in `.EXT`.
+fn split_script(path: &str, extensions: &[String]) -> Option<(String, String)> {
+    let mut end = 0;
+    for segment in path.split('/').skip(1) {
+        end += 1 + segment.len();
+        let matches = segment
+            .rsplit_once('.')
+            .is_some_and(|(stem, ext)| !stem.is_empty() && extensions.iter().any(|e| e == ext));
+        if matches {
+            return Some((path[..end].to_string(), path[end..].to_string()));
+        }
+    }
+    None
+}
+
+async fn fastcgi(
+    apps: &Arc<Apps>,
+    id: &AppId,
+    pool: &crate::config::Pool,
+    params: Vec<(Vec<u8>, Vec<u8>)>,
+    body: Option<Incoming>,
+    error_log: Option<Arc<std::fs::File>>,
+) -> Result<Response<Body>, Reject> {
+    let mut body = body;
+    // A process that turns out to be gone (refused the connection) is dropped
+    // and the request tries once more with another.
+    for attempt in 0..2 {
+        let lease = apps.lease(id).await.map_err(lease_error)?;
+        let first_byte = if lease.fresh {
+            pool.start_timeout
+        } else {
+            READ_TIMEOUT
+        };
+        let log = error_log.clone();
+        let app_name = id.to_string();
+        let stderr = Box::new(move |bytes: &[u8]| write_stderr(log.as_deref(), &app_name, bytes));
+        match fastcgi_conn::request(
+            lease,
+            &params,
+            body.take(),
+            first_byte,
+            READ_TIMEOUT,
+            stderr,
+        )
+        .await
+        {
+            Ok(resp) => return Ok(resp),
+            Err((FcgiFailure::Gone(e), mut lease)) if attempt == 0 => {
+                tracing::debug!(
+                    "app {id}: process {} gone ({e}); trying another",
+                    lease.slot
+                );
+                lease.broken();
+            }
+            Err((failure, mut lease)) => {
+                lease.broken();
+                return Err(match failure {
+                    FcgiFailure::StartTimeout(t) => Reject::Unavailable {
+                        why: format!("app {id} did not start within start_timeout ({t:?})"),
+                        retry_after: 5,
+                    },
+                    FcgiFailure::Timeout(t) => {
+                        Reject::GatewayTimeout(format!("app {id} did not answer within {t:?}"))
+                    }
+                    other => Reject::BadGateway(format!("app {id}: {other}")),
+                });
+            }
+        }
+    }
+    Err(Reject::BadGateway(format!(
+        "app {id}: no process could be reached"
+    )))
+}
+
+fn lease_error(e: LeaseError) -> Reject {
+    match e {
+        LeaseError::Unknown(_) => Reject::Internal(e.to_string()),
+        LeaseError::StartFailed { .. } => Reject::Unavailable {
+            why: e.to_string(),
+            retry_after: 10,
+        },
+        LeaseError::Busy(..) | LeaseError::SupervisorGone => Reject::Unavailable {
+            why: e.to_string(),
+            retry_after: 5,
+        },
+    }
+}
+
+/// One line per line of STDERR, with a timestamp and the app's name.
+fn write_stderr(log: Option<&std::fs::File>, app: &str, bytes: &[u8]) {
+    let Some(mut log) = log else { return };
+    let now = super::access_log::clf_time(SystemTime::now());
+    let mut out = Vec::with_capacity(bytes.len() + 64);
+    for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        out.extend_from_slice(format!("[{now}] [{app}] ").as_bytes());
+        out.extend(line.iter().map(|&b| if b == b'\r' { b' ' } else { b }));
+        out.push(b'\n');
+    }
+    let _ = log.write_all(&out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_split_after_the_first_matching_segment() {
+        let php = ["php".to_string()];
+        let split = |p| split_script(p, &php);
+        assert_eq!(split("/doku.php"), Some(("/doku.php".into(), "".into())));
+        assert_eq!(
+            split("/lib/exe/css.php/x"),
+            Some(("/lib/exe/css.php".into(), "/x".into()))
+        );
+        assert_eq!(
+            split("/uploads/evil.jpg/x.php"),
+            Some(("/uploads/evil.jpg/x.php".into(), "".into())),
+            "the script is x.php (which must exist), never evil.jpg"
+        );
+        assert_eq!(split("/style.css"), None);
+        assert_eq!(split("/a.php.txt"), None);
+        assert_eq!(split("/.php"), None, "no stem");
+        assert_eq!(split("/dir/"), None);
+    }
+}

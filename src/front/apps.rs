@@ -1,0 +1,350 @@
+//! The front end's view of app processes: which are running, which are busy,
+//! and asking the supervisor for more.
+//!
+//! Request flow position: the handler picked an app route; [`Apps::lease`] gives
+//! it an idle process of that app (one request per process at a time, the
+//! FastCGI model php-cgi needs), starting one through the supervisor when all are
+//! busy and the pool has room, or waiting for one to come free. Dropping the
+//! [`Lease`] returns the process; after `max_requests` requests, or after
+//! `idle_timeout` without one (above `min_processes`), the process is retired.
+//!
+//! The supervisor decides what runs: the front end can only name an app the
+//! configuration has, and ask for one more process of it or to stop one.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use crate::config::Pool;
+use crate::ipc::{self, AppId, AppPlan, AppProcess, ToSupervisor};
+
+/// Why no process could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("app {0} is not configured")]
+    Unknown(AppId),
+    #[error("app {app} could not be started: {why}")]
+    StartFailed { app: AppId, why: String },
+    #[error("app {0}: every process stayed busy for {1:?}")]
+    Busy(AppId, Duration),
+    #[error("the supervisor is gone")]
+    SupervisorGone,
+}
+
+struct ProcState {
+    slot: u32,
+    socket: PathBuf,
+    busy: bool,
+    served: u64,
+    idle_since: Instant,
+    /// No request has been answered by it yet (its start-up is still running).
+    fresh: bool,
+}
+
+struct AppPool {
+    plan: AppPlan,
+    procs: Vec<ProcState>,
+    /// Start requests sent and not answered yet.
+    starting: u32,
+    /// Requests waiting for a process, oldest first.
+    waiters: VecDeque<oneshot::Sender<()>>,
+}
+
+/// Every app's pool, shared by all workers.
+pub struct Apps {
+    pools: Mutex<HashMap<AppId, AppPool>>,
+    channel: Arc<OwnedFd>,
+    next_req: AtomicU64,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Result<AppProcess, String>>>>,
+}
+
+/// One process, held for one request.
+pub struct Lease {
+    apps: Arc<Apps>,
+    pub app: AppId,
+    pub slot: u32,
+    pub socket: PathBuf,
+    /// The process has not answered a request yet: the first response may take
+    /// as long as its start-up (`start_timeout`).
+    pub fresh: bool,
+    /// Set when talking to the process failed in a way that says it is gone.
+    broken: bool,
+}
+
+/// How long a request waits for a busy pool before 503.
+const QUEUE_WAIT: Duration = Duration::from_secs(30);
+
+impl Apps {
+    pub fn new(channel: Arc<OwnedFd>) -> Apps {
+        Apps {
+            pools: Mutex::new(HashMap::new()),
+            channel,
+            next_req: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes the apps of a new plan. Pools of apps that stay keep their
+    /// processes (the supervisor reports the ones it stopped).
+    pub fn update(&self, plans: &[AppPlan]) {
+        let mut pools = self.pools.lock().expect("apps lock");
+        pools.retain(|id, _| plans.iter().any(|p| p.id == *id));
+        for plan in plans {
+            match pools.get_mut(&plan.id) {
+                Some(pool) => pool.plan = plan.clone(),
+                None => {
+                    pools.insert(
+                        plan.id.clone(),
+                        AppPool {
+                            plan: plan.clone(),
+                            procs: Vec::new(),
+                            starting: 0,
+                            waiters: VecDeque::new(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// The plan of an app, if configured.
+    pub fn plan(&self, id: &AppId) -> Option<AppPlan> {
+        self.pools
+            .lock()
+            .expect("apps lock")
+            .get(id)
+            .map(|p| p.plan.clone())
+    }
+
+    /// An idle process of `id`, started if need be.
+    pub async fn lease(self: &Arc<Self>, id: &AppId) -> Result<Lease, LeaseError> {
+        let deadline = Instant::now() + QUEUE_WAIT;
+        loop {
+            enum Next {
+                Wait(oneshot::Receiver<()>),
+                Start(u64, oneshot::Receiver<Result<AppProcess, String>>),
+            }
+            let next = {
+                let mut pools = self.pools.lock().expect("apps lock");
+                let pool = pools
+                    .get_mut(id)
+                    .ok_or_else(|| LeaseError::Unknown(id.clone()))?;
+                if let Some(p) = pool.procs.iter_mut().find(|p| !p.busy) {
+                    p.busy = true;
+                    return Ok(Lease {
+                        apps: self.clone(),
+                        app: id.clone(),
+                        slot: p.slot,
+                        socket: p.socket.clone(),
+                        fresh: p.fresh,
+                        broken: false,
+                    });
+                }
+                let total = pool.procs.len() as u32 + pool.starting;
+                if total < pool.plan.pool.max_processes {
+                    pool.starting += 1;
+                    let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+                    let (tx, rx) = oneshot::channel();
+                    self.pending.lock().expect("pending lock").insert(req, tx);
+                    Next::Start(req, rx)
+                } else {
+                    let (tx, rx) = oneshot::channel();
+                    pool.waiters.push_back(tx);
+                    Next::Wait(rx)
+                }
+            };
+            match next {
+                Next::Start(req, rx) => {
+                    let msg = ToSupervisor::StartProcess {
+                        req,
+                        app: id.clone(),
+                    };
+                    if let Err(e) = ipc::send(std::os::fd::AsFd::as_fd(&*self.channel), &msg, &[]) {
+                        warn!("asking the supervisor to start {id}: {e}");
+                        self.start_done(id, None);
+                        return Err(LeaseError::SupervisorGone);
+                    }
+                    match rx.await {
+                        Ok(Ok(process)) => {
+                            debug!("app {id}: process {} ready", process.slot);
+                            self.start_done(id, Some(process));
+                        }
+                        Ok(Err(why)) => {
+                            self.start_done(id, None);
+                            return Err(LeaseError::StartFailed {
+                                app: id.clone(),
+                                why,
+                            });
+                        }
+                        Err(_) => {
+                            self.start_done(id, None);
+                            return Err(LeaseError::SupervisorGone);
+                        }
+                    }
+                }
+                Next::Wait(rx) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if tokio::time::timeout(left, rx).await.is_err() {
+                        return Err(LeaseError::Busy(id.clone(), QUEUE_WAIT));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A start request was answered: add the process (if any) and wake a waiter.
+    fn start_done(&self, id: &AppId, process: Option<AppProcess>) {
+        let mut pools = self.pools.lock().expect("apps lock");
+        if let Some(pool) = pools.get_mut(id) {
+            pool.starting = pool.starting.saturating_sub(1);
+            if let Some(p) = process {
+                pool.procs.push(ProcState {
+                    slot: p.slot,
+                    socket: p.socket,
+                    busy: false,
+                    served: 0,
+                    idle_since: Instant::now(),
+                    fresh: true,
+                });
+            }
+            wake_one(pool);
+        }
+    }
+
+    /// The supervisor answered a start request.
+    pub fn started(&self, req: u64, result: Result<AppProcess, String>) {
+        if let Some(tx) = self.pending.lock().expect("pending lock").remove(&req) {
+            let _ = tx.send(result);
+        }
+    }
+
+    /// The supervisor started a process on its own (warm pool, or one that was
+    /// running before this front end started).
+    pub fn spawned(&self, id: &AppId, process: AppProcess) {
+        let mut pools = self.pools.lock().expect("apps lock");
+        if let Some(pool) = pools.get_mut(id)
+            && !pool.procs.iter().any(|p| p.slot == process.slot)
+        {
+            pool.procs.push(ProcState {
+                slot: process.slot,
+                socket: process.socket,
+                busy: false,
+                served: 0,
+                idle_since: Instant::now(),
+                fresh: true,
+            });
+            wake_one(pool);
+        }
+    }
+
+    /// The supervisor says a process ended.
+    pub fn exited(&self, id: &AppId, slot: u32) {
+        let mut pools = self.pools.lock().expect("apps lock");
+        if let Some(pool) = pools.get_mut(id) {
+            pool.procs.retain(|p| p.slot != slot);
+            wake_one(pool);
+        }
+    }
+
+    /// Every pending start fails (the supervisor went away).
+    pub fn fail_pending(&self) {
+        self.pending.lock().expect("pending lock").clear();
+    }
+
+    fn release(&self, lease: &Lease) {
+        let mut retire = false;
+        {
+            let mut pools = self.pools.lock().expect("apps lock");
+            let Some(pool) = pools.get_mut(&lease.app) else {
+                return;
+            };
+            let max = pool.plan.pool.max_requests;
+            if let Some(i) = pool.procs.iter().position(|p| p.slot == lease.slot) {
+                let p = &mut pool.procs[i];
+                p.busy = false;
+                p.served += 1;
+                p.fresh = false;
+                p.idle_since = Instant::now();
+                if lease.broken || (max > 0 && p.served >= max) {
+                    pool.procs.remove(i);
+                    retire = true;
+                }
+            }
+            wake_one(pool);
+        }
+        if retire {
+            self.retire(&lease.app, lease.slot);
+        }
+    }
+
+    fn retire(&self, app: &AppId, slot: u32) {
+        let msg = ToSupervisor::Retire {
+            app: app.clone(),
+            slot,
+        };
+        if let Err(e) = ipc::send(std::os::fd::AsFd::as_fd(&*self.channel), &msg, &[]) {
+            warn!("asking the supervisor to retire {app} process {slot}: {e}");
+        }
+    }
+
+    /// Retires processes idle longer than `idle_timeout`, keeping
+    /// `min_processes`. Called periodically.
+    pub fn sweep(&self) {
+        let mut retire = Vec::new();
+        {
+            let mut pools = self.pools.lock().expect("apps lock");
+            for (id, pool) in pools.iter_mut() {
+                let Pool {
+                    min_processes,
+                    idle_timeout,
+                    ..
+                } = pool.plan.pool;
+                while pool.procs.len() > min_processes as usize {
+                    let Some(i) = pool
+                        .procs
+                        .iter()
+                        .position(|p| !p.busy && p.idle_since.elapsed() >= idle_timeout)
+                    else {
+                        break;
+                    };
+                    let p = pool.procs.remove(i);
+                    retire.push((id.clone(), p.slot));
+                }
+            }
+        }
+        for (id, slot) in retire {
+            debug!("app {id}: process {slot} idle; retiring");
+            self.retire(&id, slot);
+        }
+    }
+}
+
+fn wake_one(pool: &mut AppPool) {
+    while let Some(w) = pool.waiters.pop_front() {
+        if w.send(()).is_ok() {
+            break;
+        }
+    }
+}
+
+impl Lease {
+    /// Marks the process as unusable (connection refused, no answer within
+    /// `start_timeout`, died mid-request): it leaves the pool and the
+    /// supervisor is asked to stop it, if it still runs.
+    pub fn broken(&mut self) {
+        self.broken = true;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let apps = self.apps.clone();
+        apps.release(self);
+    }
+}

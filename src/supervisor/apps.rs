@@ -1,0 +1,418 @@
+//! App processes: the supervisor's half of "start a process of app T/A".
+//!
+//! The front end asks (`ToSupervisor::StartProcess`) and the supervisor decides
+//! by its own configuration: the app must exist and have room under
+//! `max_processes`. For each process the supervisor binds a fresh Unix socket in
+//! `state_dir/apps` — a root-owned directory only the front end's group may
+//! enter, so no tenant can connect to another's app or replace its socket
+//! (invariant 2) — and starts the app as its tenant through [`spawn`], with the
+//! socket as fd 0 (FastCGI's `FCGI_LISTENSOCK_FILENO`) or fd 3 (socket
+//! activation for HTTP apps). The supervisor closes its copy of the listener, so
+//! when a process dies its socket refuses connections instead of queueing them.
+//!
+//! Every process runs in its own session; stopping one signals its whole process
+//! group. [`AppManager::reap`] collects exits and reports them to the front end;
+//! [`AppManager::stop_all`] leaves nothing running at shutdown.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tracing::{info, warn};
+
+use super::spawn::{self, SpawnSpec};
+use crate::config::{App, Config, Protocol};
+use crate::ipc::{AppId, AppProcess};
+
+/// One running process of an app.
+struct Proc {
+    child: Child,
+    socket: PathBuf,
+    started: Instant,
+}
+
+/// What the supervisor knows of one app.
+struct AppState {
+    app: App,
+    /// Processes that died young in a row, and when the next may start.
+    failures: u32,
+    retry_at: Option<Instant>,
+    user: String,
+    gid: u32,
+    home: PathBuf,
+    procs: BTreeMap<u32, Proc>,
+    next_slot: u32,
+}
+
+/// Every app of every tenant, and their processes.
+pub struct AppManager {
+    dir: PathBuf,
+    /// The group that may enter `dir` and connect to the sockets (the front
+    /// end's); None when berth runs unprivileged.
+    front_gid: Option<u32>,
+    min_uid: u32,
+    switch_user: bool,
+    log_dir: PathBuf,
+    apps: HashMap<AppId, AppState>,
+}
+
+/// How long a stopped process gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// A process that fails within this of starting counts towards a crash loop.
+const YOUNG: Duration = Duration::from_secs(10);
+const BACKOFF_START: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+impl AppManager {
+    /// Prepares `state_dir/apps` (root:front-group, mode 0750).
+    pub fn new(cfg: &Config, front_gid: Option<u32>, switch_user: bool) -> std::io::Result<Self> {
+        let dir = cfg.server.state_dir.join("apps");
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_symlink() || !m.is_dir() => {
+                return Err(std::io::Error::other(format!(
+                    "{} is not a directory",
+                    dir.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(_) => std::fs::create_dir(&dir)?,
+        }
+        if let Some(gid) = front_gid {
+            std::os::unix::fs::chown(&dir, Some(0), Some(gid))?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750))?;
+        } else {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        // Sockets of an earlier run are stale.
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".sock") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let mut m = AppManager {
+            dir,
+            front_gid,
+            min_uid: cfg.server.min_uid,
+            switch_user,
+            log_dir: cfg.server.log_dir.clone(),
+            apps: HashMap::new(),
+        };
+        m.update(cfg);
+        Ok(m)
+    }
+
+    /// Takes a new configuration. Processes of apps that changed or went away
+    /// are stopped; returns them so the front end can be told.
+    pub fn update(&mut self, cfg: &Config) -> Vec<(AppId, u32)> {
+        self.min_uid = cfg.server.min_uid;
+        self.log_dir = cfg.server.log_dir.clone();
+        let mut wanted: HashMap<AppId, (App, String, PathBuf, u32)> = HashMap::new();
+        for t in &cfg.tenants {
+            for a in &t.apps {
+                let id = AppId {
+                    tenant: t.name.clone(),
+                    app: a.name.clone(),
+                };
+                wanted.insert(id, (a.clone(), t.user.clone(), t.home.clone(), t.gid));
+            }
+        }
+        let mut stopped = Vec::new();
+        self.apps.retain(|id, state| {
+            let keep = wanted.get(id).is_some_and(|(a, user, home, _)| {
+                same_program(a, &state.app) && *user == state.user && *home == state.home
+            });
+            if !keep {
+                for (slot, proc) in std::mem::take(&mut state.procs) {
+                    stop(id, slot, proc);
+                    stopped.push((id.clone(), slot));
+                }
+            }
+            keep
+        });
+        for (id, (app, user, home, gid)) in wanted {
+            match self.apps.get_mut(&id) {
+                // Pool settings may change without restarting processes.
+                Some(state) => state.app = app,
+                None => {
+                    self.apps.insert(
+                        id,
+                        AppState {
+                            app,
+                            failures: 0,
+                            retry_at: None,
+                            user,
+                            gid,
+                            home,
+                            procs: BTreeMap::new(),
+                            next_slot: 1,
+                        },
+                    );
+                }
+            }
+        }
+        stopped
+    }
+
+    /// Starts one more process of `id` if its configuration allows it.
+    pub fn start(&mut self, id: &AppId) -> Result<AppProcess, String> {
+        let dir = self.dir.clone();
+        let front_gid = self.front_gid;
+        let min_uid = self.min_uid;
+        let switch_user = self.switch_user;
+        let log_dir = self.log_dir.clone();
+        let state = self
+            .apps
+            .get_mut(id)
+            .ok_or_else(|| format!("no app {id} in the configuration"))?;
+        if state.procs.len() >= state.app.pool.max_processes as usize {
+            return Err(format!(
+                "app {id} already runs max_processes ({})",
+                state.app.pool.max_processes
+            ));
+        }
+        if let Some(at) = state.retry_at
+            && at > Instant::now()
+        {
+            return Err(format!(
+                "app {id} crashed {} times in a row at start-up; next start in {:.1?}",
+                state.failures,
+                at - Instant::now()
+            ));
+        }
+        if state.app.protocol == Protocol::Cgi {
+            return Err(format!(
+                "app {id} is a CGI app: it has no resident processes"
+            ));
+        }
+        let slot = state.next_slot;
+        state.next_slot = state.next_slot.wrapping_add(1).max(1);
+        let socket = dir.join(format!("{}.{}.{slot}.sock", id.tenant, id.app));
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket)
+            .map_err(|e| format!("app {id}: cannot bind {}: {e}", socket.display()))?;
+        if let Some(gid) = front_gid {
+            std::os::unix::fs::chown(&socket, Some(0), Some(gid))
+                .and_then(|()| {
+                    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))
+                })
+                .map_err(|e| format!("app {id}: socket {}: {e}", socket.display()))?;
+        }
+        let log = open_app_log(&log_dir, &id.tenant, front_gid.map(|_| state.gid))
+            .map_err(|e| format!("app {id}: error log: {e}"))?;
+        let app = &state.app;
+        let mut env: Vec<(String, String)> = Vec::new();
+        let argv = app.command.clone();
+        let listen_at = match app.protocol {
+            Protocol::FastCgi => {
+                // php-cgi exits after PHP_FCGI_MAX_REQUESTS (500 by default);
+                // make it agree with the pool's own max_requests.
+                env.push((
+                    "PHP_FCGI_MAX_REQUESTS".into(),
+                    app.pool.max_requests.to_string(),
+                ));
+                env.push(("PHP_FCGI_CHILDREN".into(), "0".into()));
+                0
+            }
+            Protocol::Http => {
+                // Socket activation; spawn sets LISTEN_PID to the child's pid.
+                env.push(("LISTEN_FDS".into(), "1".into()));
+                env.push(("LISTEN_FDNAMES".into(), "http".into()));
+                3
+            }
+            Protocol::Cgi => unreachable!("refused above"),
+        };
+        env.extend(app.env.iter().cloned());
+        let log2 = log
+            .try_clone()
+            .map_err(|e| format!("app {id}: error log: {e}"))?;
+        let spec = SpawnSpec {
+            tenant: &id.tenant,
+            user: &state.user,
+            home: &state.home,
+            min_uid,
+            argv: &argv,
+            dir: &app.dir,
+            env: &env,
+            fds: vec![(OwnedFd::from(listener), listen_at), (log, 1), (log2, 2)],
+            switch_user,
+        };
+        let child = spawn::spawn(spec).map_err(|e| {
+            let _ = std::fs::remove_file(&socket);
+            warn!("app {id}: not started: {e}");
+            format!("app {id}: not started: {e}")
+        })?;
+        info!("app {id}: process {slot} started (pid {})", child.id());
+        state.procs.insert(
+            slot,
+            Proc {
+                child,
+                socket: socket.clone(),
+                started: Instant::now(),
+            },
+        );
+        Ok(AppProcess { slot, socket })
+    }
+
+    /// Starts processes of apps below `min_processes` (unless backing off).
+    /// Returns the new ones, to announce to the front end.
+    pub fn warm(&mut self) -> Vec<(AppId, AppProcess)> {
+        let want: Vec<AppId> = self
+            .apps
+            .iter()
+            .filter(|(_, s)| {
+                s.app.protocol != Protocol::Cgi
+                    && s.procs.len() < s.app.pool.min_processes as usize
+                    && s.retry_at.is_none_or(|at| at <= Instant::now())
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut started = Vec::new();
+        for id in want {
+            match self.start(&id) {
+                Ok(p) => started.push((id, p)),
+                Err(e) => warn!("keeping {id} warm: {e}"),
+            }
+        }
+        started
+    }
+
+    /// Every live process, to tell a (re)started front end.
+    pub fn live(&self) -> Vec<(AppId, AppProcess)> {
+        let mut out = Vec::new();
+        for (id, state) in &self.apps {
+            for (slot, proc) in &state.procs {
+                out.push((
+                    id.clone(),
+                    AppProcess {
+                        slot: *slot,
+                        socket: proc.socket.clone(),
+                    },
+                ));
+            }
+        }
+        out
+    }
+
+    /// Stops one process (the front end retires it).
+    pub fn retire(&mut self, id: &AppId, slot: u32) {
+        if let Some(state) = self.apps.get_mut(id)
+            && let Some(proc) = state.procs.remove(&slot)
+        {
+            info!("app {id}: retiring process {slot}");
+            stop(id, slot, proc);
+        }
+    }
+
+    /// Collects processes that exited; returns (app, slot, why) for each.
+    pub fn reap(&mut self) -> Vec<(AppId, u32, String)> {
+        let mut gone = Vec::new();
+        for (id, state) in &mut self.apps {
+            let mut dead = Vec::new();
+            for (slot, proc) in &mut state.procs {
+                if let Ok(Some(status)) = proc.child.try_wait() {
+                    dead.push((*slot, status));
+                }
+            }
+            for (slot, status) in dead {
+                if let Some(proc) = state.procs.remove(&slot) {
+                    let _ = std::fs::remove_file(&proc.socket);
+                    let lived = proc.started.elapsed();
+                    // Dying young again and again is a crash loop: back off.
+                    if lived < YOUNG && !status.success() {
+                        state.failures += 1;
+                        let wait = BACKOFF_START
+                            .saturating_mul(1 << state.failures.min(6))
+                            .min(BACKOFF_MAX);
+                        state.retry_at = Some(Instant::now() + wait);
+                    } else {
+                        state.failures = 0;
+                        state.retry_at = None;
+                    }
+                    warn!("app {id}: process {slot} exited ({status}) after {lived:.1?}");
+                    gone.push((id.clone(), slot, status.to_string()));
+                }
+            }
+        }
+        gone
+    }
+
+    /// Stops every process: SIGTERM to each process group, SIGKILL to what is
+    /// left after a grace period.
+    pub fn stop_all(&mut self) {
+        let mut procs = Vec::new();
+        for (id, state) in &mut self.apps {
+            for (slot, proc) in std::mem::take(&mut state.procs) {
+                let _ = killpg(pgid(&proc.child), Signal::SIGTERM);
+                procs.push((id.clone(), slot, proc));
+            }
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for (id, slot, mut proc) in procs {
+            loop {
+                match proc.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() >= deadline => {
+                        warn!("app {id}: process {slot} ignored SIGTERM; killing it");
+                        let _ = killpg(pgid(&proc.child), Signal::SIGKILL);
+                        let _ = proc.child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            // Whatever else the app left in its group goes too.
+            let _ = killpg(pgid(&proc.child), Signal::SIGKILL);
+            let _ = std::fs::remove_file(&proc.socket);
+        }
+    }
+}
+
+/// Whether two configurations of an app run the same thing (else the running
+/// processes are replaced).
+fn same_program(a: &App, b: &App) -> bool {
+    a.protocol == b.protocol && a.command == b.command && a.dir == b.dir && a.env == b.env
+}
+
+fn pgid(child: &Child) -> Pid {
+    // Every app process leads its own session and process group.
+    Pid::from_raw(child.id() as i32)
+}
+
+/// SIGTERM to the process group, then SIGKILL after the grace period, without
+/// blocking the supervisor: a thread waits for it.
+fn stop(id: &AppId, slot: u32, mut proc: Proc) {
+    let _ = killpg(pgid(&proc.child), Signal::SIGTERM);
+    let _ = std::fs::remove_file(&proc.socket);
+    let id = id.clone();
+    let _ = std::thread::Builder::new()
+        .name("app-stop".into())
+        .spawn(move || {
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = proc.child.try_wait() {
+                    let _ = killpg(pgid(&proc.child), Signal::SIGKILL);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            warn!("app {id}: process {slot} ignored SIGTERM; killing it");
+            let _ = killpg(pgid(&proc.child), Signal::SIGKILL);
+            let _ = proc.child.wait();
+        });
+}
+
+/// `log_dir/TENANT/error.log`: the app's stdout and stderr (readable by the
+/// tenant's group when berth runs as root).
+fn open_app_log(log_dir: &Path, tenant: &str, group: Option<u32>) -> std::io::Result<OwnedFd> {
+    let dir = log_dir.join(tenant);
+    super::open_log(&dir, "error.log", group)
+        .map(|fd| OwnedFd::from(File::from(fd)))
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}

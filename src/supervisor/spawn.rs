@@ -1,0 +1,803 @@
+//! Spawning app processes as their tenant (invariant 1): suEXEC's checks, then
+//! fork/exec with a clean environment, the tenant's identity, no_new_privs and
+//! only the descriptors berth gives.
+//!
+//! The supervisor builds a [`SpawnSpec`] from its own validated configuration
+//! (never from anything the front end sends) and calls [`spawn`]: [`check`]
+//! refuses with the first failed check, in suEXEC's order, and
+//! [`crate::sys::spawn_app`] does the part between fork and exec.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::os::fd::{OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+
+use tracing::warn;
+
+use crate::sys::{self, AppExec, AppStep, Identity};
+
+/// The only PATH an app gets unless its own `env` sets another.
+pub const SAFE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Everything needed to start one app process; built by the supervisor from its
+/// own validated configuration (never from anything the front end sends).
+pub struct SpawnSpec<'a> {
+    /// The tenant's name, for messages.
+    pub tenant: &'a str,
+    /// The tenant's Unix user.
+    pub user: &'a str,
+    /// The tenant's home: `dir` and tenant-owned programs must be inside it.
+    pub home: &'a Path,
+    /// No app runs as a uid or gid below this.
+    pub min_uid: u32,
+    /// The command; `argv[0]` is an absolute path (there is no PATH search).
+    pub argv: &'a [String],
+    /// The working directory.
+    pub dir: &'a Path,
+    /// The app's `env` and the protocol's variables, in order (later wins).
+    pub env: &'a [(String, String)],
+    /// Descriptors to place at the given numbers in the child (the listening
+    /// socket at 0 for FastCGI or 3 for socket activation, a log at 1 and 2);
+    /// whatever of 0, 1 and 2 is not given is /dev/null, and nothing else is
+    /// open in the app.
+    pub fds: Vec<(OwnedFd, RawFd)>,
+    /// False when berth runs unprivileged: the app runs as the caller, and
+    /// the checks on the user (exists, not root, uid and gid >= `min_uid`) are
+    /// skipped; the ownership checks then expect the caller's uid instead of
+    /// the tenant's.
+    pub switch_user: bool,
+}
+
+/// What [`check`] established: who the app runs as and the canonical paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// The tenant's identity (supplementary groups from getgrouplist), or the
+    /// caller's own when `switch_user` is false.
+    pub identity: Identity,
+    /// Whether the child switches to `identity` (false: it already is it).
+    pub switch_user: bool,
+    /// The program, symlinks resolved: what is exec'd.
+    pub program: PathBuf,
+    /// The working directory, symlinks resolved.
+    pub dir: PathBuf,
+    /// The home, symlinks resolved.
+    pub home: PathBuf,
+}
+
+/// A failed suEXEC check: one variant per check, each naming the offending value.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("user {user:?} cannot be looked up: {source}")]
+    UserLookup { user: String, source: nix::Error },
+    #[error("user {user:?} does not exist")]
+    NoSuchUser { user: String },
+    #[error("user {user:?} is root (uid 0)")]
+    RootUser { user: String },
+    #[error("user {user:?} has root (gid 0) as its primary group")]
+    RootGroup { user: String },
+    #[error("user {user:?} has uid {uid}, below min_uid {min_uid}")]
+    UidBelowMin {
+        user: String,
+        uid: u32,
+        min_uid: u32,
+    },
+    #[error("user {user:?} has gid {gid}, below min_uid {min_uid}")]
+    GidBelowMin {
+        user: String,
+        gid: u32,
+        min_uid: u32,
+    },
+    #[error("cannot read the groups of user {user:?}: {source}")]
+    Groups { user: String, source: nix::Error },
+    #[error("the command is empty")]
+    EmptyCommand,
+    #[error("program {program:?} is not an absolute path")]
+    RelativeProgram { program: String },
+    #[error("home {home} cannot be resolved: {source}")]
+    Home { home: PathBuf, source: io::Error },
+    #[error("program {program} cannot be resolved: {source}")]
+    ProgramMissing { program: PathBuf, source: io::Error },
+    #[error("program {program} is not a regular file (it is a {kind})")]
+    NotRegularFile {
+        program: PathBuf,
+        kind: &'static str,
+    },
+    #[error("program {program} is setuid or setgid (mode {mode:04o})")]
+    SetId { program: PathBuf, mode: u32 },
+    #[error("program {program} is owned by uid {owner}, neither the tenant's (uid {uid}) nor root")]
+    ProgramOwner {
+        program: PathBuf,
+        owner: u32,
+        uid: u32,
+    },
+    #[error("program {program} is writable by group or others (mode {mode:04o})")]
+    ProgramWritable { program: PathBuf, mode: u32 },
+    #[error("program directory {dir} is writable by group or others (mode {mode:04o})")]
+    ProgramDirWritable { dir: PathBuf, mode: u32 },
+    #[error(
+        "program directory {dir} is owned by uid {owner}, neither the tenant's (uid {uid}) nor root"
+    )]
+    ProgramDirOwner { dir: PathBuf, owner: u32, uid: u32 },
+    #[error("program {program} belongs to the tenant but is outside its home {home}")]
+    ProgramOutsideHome { program: PathBuf, home: PathBuf },
+    #[error("working directory {dir} cannot be resolved: {source}")]
+    DirMissing { dir: PathBuf, source: io::Error },
+    #[error("working directory {dir} is not a directory")]
+    NotADirectory { dir: PathBuf },
+    #[error("working directory {dir} is outside the tenant's home {home}")]
+    DirOutsideHome { dir: PathBuf, home: PathBuf },
+    #[error("working directory {dir} is writable by group or others (mode {mode:04o})")]
+    DirWritable { dir: PathBuf, mode: u32 },
+    #[error(
+        "working directory {dir} is owned by uid {owner}, neither the tenant's (uid {uid}) nor root"
+    )]
+    DirOwner { dir: PathBuf, owner: u32, uid: u32 },
+    #[error("argument {index} of the command contains a NUL byte")]
+    BadArgument { index: usize },
+    #[error(
+        "environment variable {name:?}: the name must be non-empty without '=' or NUL, the value without NUL"
+    )]
+    BadEnv { name: String },
+}
+
+/// Why an app process did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// A suEXEC check failed; nothing was forked.
+    #[error("refused: {0}")]
+    Refused(#[from] Refused),
+    /// Forking, becoming the tenant or exec failed, at `step`.
+    #[error("{step} failed: {source}")]
+    Exec { step: AppStep, source: io::Error },
+}
+
+/// Runs suEXEC's checks, in this order, each a distinct refusal:
+/// 1. the user exists; it is not root (uid 0) and its primary gid is not 0;
+///    its uid and gid are >= `min_uid`; its supplementary groups can be read
+///    (all skipped when `switch_user` is false);
+/// 2. the command is not empty and `argv[0]` is an absolute path;
+/// 3. the home resolves (symlinks followed);
+/// 4. the program resolves and is a regular file; it is not setuid or setgid;
+///    it is owned by the tenant (the caller when not switching) or by root; it
+///    is not writable by group or others; its directory is neither, and is
+///    owned by the tenant or root; a program the tenant owns lies inside the
+///    home;
+/// 5. `dir` resolves, is a directory, lies inside the home, is not writable by
+///    group or others and is owned by the tenant or root;
+/// 6. arguments and environment can be passed to execve (no NUL, names without
+///    `=`).
+///
+/// Paths are compared after canonicalisation, component by component
+/// (`/home/al` does not contain `/home/alice2`).
+pub fn check(spec: &SpawnSpec) -> Result<Checked, Refused> {
+    let identity = if spec.switch_user {
+        tenant_identity(spec.user, spec.min_uid)?
+    } else {
+        caller_identity()?
+    };
+    let (program, dir, home) = check_paths(spec, identity.uid)?;
+    Ok(Checked {
+        identity,
+        switch_user: spec.switch_user,
+        program,
+        dir,
+        home,
+    })
+}
+
+/// The checks after the user's: command, program, `dir`, arguments and
+/// environment, for an app running as `uid`. Returns the canonical program,
+/// dir and home.
+fn check_paths(spec: &SpawnSpec, uid: u32) -> Result<(PathBuf, PathBuf, PathBuf), Refused> {
+    let program = spec.argv.first().ok_or(Refused::EmptyCommand)?;
+    if !Path::new(program).is_absolute() {
+        return Err(Refused::RelativeProgram {
+            program: program.clone(),
+        });
+    }
+    let home = fs::canonicalize(spec.home).map_err(|source| Refused::Home {
+        home: spec.home.to_path_buf(),
+        source,
+    })?;
+
+    let given = Path::new(program);
+    let program = fs::canonicalize(given).map_err(|source| Refused::ProgramMissing {
+        program: given.to_path_buf(),
+        source,
+    })?;
+    let meta = fs::metadata(&program).map_err(|source| Refused::ProgramMissing {
+        program: program.clone(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(Refused::NotRegularFile {
+            kind: kind_of(&meta.file_type()),
+            program,
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+        return Err(Refused::SetId { program, mode });
+    }
+    let owner = meta.uid();
+    if owner != uid && owner != 0 {
+        return Err(Refused::ProgramOwner {
+            program,
+            owner,
+            uid,
+        });
+    }
+    if writable_by_others(mode) {
+        return Err(Refused::ProgramWritable { program, mode });
+    }
+    let parent = program.parent().unwrap_or(Path::new("/"));
+    let pmeta = fs::metadata(parent).map_err(|source| Refused::ProgramMissing {
+        program: parent.to_path_buf(),
+        source,
+    })?;
+    if writable_by_others(pmeta.mode()) {
+        return Err(Refused::ProgramDirWritable {
+            dir: parent.to_path_buf(),
+            mode: pmeta.mode() & 0o7777,
+        });
+    }
+    if pmeta.uid() != uid && pmeta.uid() != 0 {
+        return Err(Refused::ProgramDirOwner {
+            dir: parent.to_path_buf(),
+            owner: pmeta.uid(),
+            uid,
+        });
+    }
+    // A root-owned program (a system interpreter) may live anywhere.
+    if owner != 0 && !inside(&program, &home) {
+        return Err(Refused::ProgramOutsideHome { program, home });
+    }
+
+    let dir = fs::canonicalize(spec.dir).map_err(|source| Refused::DirMissing {
+        dir: spec.dir.to_path_buf(),
+        source,
+    })?;
+    let dmeta = fs::metadata(&dir).map_err(|source| Refused::DirMissing {
+        dir: dir.clone(),
+        source,
+    })?;
+    if !dmeta.is_dir() {
+        return Err(Refused::NotADirectory { dir });
+    }
+    if !inside(&dir, &home) {
+        return Err(Refused::DirOutsideHome { dir, home });
+    }
+    if writable_by_others(dmeta.mode()) {
+        return Err(Refused::DirWritable {
+            dir,
+            mode: dmeta.mode() & 0o7777,
+        });
+    }
+    if dmeta.uid() != uid && dmeta.uid() != 0 {
+        return Err(Refused::DirOwner {
+            dir,
+            owner: dmeta.uid(),
+            uid,
+        });
+    }
+
+    if let Some(index) = spec.argv.iter().position(|a| a.contains('\0')) {
+        return Err(Refused::BadArgument { index });
+    }
+    if let Some((name, _)) = spec.env.iter().find(|(k, v)| !valid_env(k, v)) {
+        return Err(Refused::BadEnv { name: name.clone() });
+    }
+
+    Ok((program, dir, home))
+}
+
+/// Checks `spec` and starts the app: exec'd as the canonical program with argv
+/// as given, in its own session, as the tenant (when `switch_user`), in the
+/// canonical `dir`, with the environment of [`environment`] and only the
+/// descriptors in `spec.fds` (plus /dev/null on 0/1/2 where not given). See
+/// [`sys::spawn_app`] for the child's steps. A refusal or failure is logged
+/// here with the tenant's name and the failed check or step.
+pub fn spawn(spec: SpawnSpec) -> Result<Child, SpawnError> {
+    let program = spec.argv.first().map(String::as_str).unwrap_or("");
+    let checked = check(&spec).map_err(|e| {
+        warn!("tenant {}: refused to start {program:?}: {e}", spec.tenant);
+        SpawnError::Refused(e)
+    })?;
+    let env = environment(spec.home, spec.user, spec.env);
+    sys::spawn_app(AppExec {
+        program: &checked.program,
+        argv: spec.argv,
+        env: &env,
+        dir: &checked.dir,
+        fds: spec.fds,
+        identity: checked.switch_user.then_some(&checked.identity),
+    })
+    .map_err(|(step, source)| {
+        warn!(
+            "tenant {}: cannot start {}: {step} failed: {source}",
+            spec.tenant,
+            checked.program.display()
+        );
+        SpawnError::Exec { step, source }
+    })
+}
+
+/// The app's whole environment: PATH (safe), HOME, USER and LOGNAME, then
+/// `extra` in order, a later value replacing an earlier one of the same name
+/// in place. Nothing of berth's own environment.
+pub fn environment(
+    home: &Path,
+    user: &str,
+    extra: &[(String, String)],
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = vec![
+        ("PATH".into(), SAFE_PATH.into()),
+        ("HOME".into(), home.as_os_str().to_owned()),
+        ("USER".into(), user.into()),
+        ("LOGNAME".into(), user.into()),
+    ];
+    for (k, v) in extra {
+        match env.iter_mut().find(|(name, _)| name == k.as_str()) {
+            Some(slot) => slot.1 = v.into(),
+            None => env.push((k.into(), v.into())),
+        }
+    }
+    env
+}
+
+/// The tenant's identity after the user checks (exists, not root, not in
+/// group 0 as primary, uid and gid >= `min_uid`).
+fn tenant_identity(user: &str, min_uid: u32) -> Result<Identity, Refused> {
+    let entry = nix::unistd::User::from_name(user)
+        .map_err(|source| Refused::UserLookup {
+            user: user.into(),
+            source,
+        })?
+        .ok_or_else(|| Refused::NoSuchUser { user: user.into() })?;
+    let (uid, gid) = (entry.uid.as_raw(), entry.gid.as_raw());
+    check_ids(user, uid, gid, min_uid)?;
+    let groups_err = |source| Refused::Groups {
+        user: user.into(),
+        source,
+    };
+    let name = std::ffi::CString::new(user).map_err(|_| groups_err(nix::Error::EINVAL))?;
+    let groups = nix::unistd::getgrouplist(&name, entry.gid).map_err(groups_err)?;
+    Ok(Identity {
+        uid,
+        gid,
+        groups: groups.iter().map(|g| g.as_raw()).collect(),
+    })
+}
+
+/// The checks on a user's ids alone.
+fn check_ids(user: &str, uid: u32, gid: u32, min_uid: u32) -> Result<(), Refused> {
+    let user = user.to_string();
+    if uid == 0 {
+        return Err(Refused::RootUser { user });
+    }
+    if gid == 0 {
+        return Err(Refused::RootGroup { user });
+    }
+    if uid < min_uid {
+        return Err(Refused::UidBelowMin { user, uid, min_uid });
+    }
+    if gid < min_uid {
+        return Err(Refused::GidBelowMin { user, gid, min_uid });
+    }
+    Ok(())
+}
+
+/// Who berth runs as, when it does not switch users.
+fn caller_identity() -> Result<Identity, Refused> {
+    let groups = nix::unistd::getgroups().map_err(|source| Refused::Groups {
+        user: "(caller)".into(),
+        source,
+    })?;
+    Ok(Identity {
+        uid: rustix::process::geteuid().as_raw(),
+        gid: rustix::process::getegid().as_raw(),
+        groups: groups.iter().map(|g| g.as_raw()).collect(),
+    })
+}
+
+/// Whether `path` is `root` or below it, comparing whole components (both
+/// canonical).
+fn inside(path: &Path, root: &Path) -> bool {
+    path.starts_with(root)
+}
+
+/// Whether a mode lets the group or others write.
+fn writable_by_others(mode: u32) -> bool {
+    mode & 0o022 != 0
+}
+
+fn valid_env(name: &str, value: &str) -> bool {
+    !name.is_empty() && !name.contains(['=', '\0']) && !value.contains('\0')
+}
+
+fn kind_of(t: &fs::FileType) -> &'static str {
+    if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "fifo"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "device"
+    } else {
+        "special file"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// The uid the test files belong to and the app "runs as": a uid nobody
+    /// has when the tests run as root (files are chowned to it), else our own.
+    fn tenant_uid() -> u32 {
+        let me = rustix::process::geteuid().as_raw();
+        if me == 0 { 4242 } else { me }
+    }
+
+    /// A home with a program `bin/app` (0755 in a 0755 dir) and a `work` dir,
+    /// all owned by [`tenant_uid`].
+    struct Home {
+        tmp: tempfile::TempDir,
+    }
+
+    impl Home {
+        fn new() -> Home {
+            let home = Home {
+                tmp: tempfile::tempdir().unwrap(),
+            };
+            home.mkdir(".");
+            home.mkdir("bin");
+            home.mkdir("work");
+            home.file("bin/app");
+            home
+        }
+
+        fn path(&self) -> &Path {
+            self.tmp.path()
+        }
+
+        fn join(&self, rel: &str) -> PathBuf {
+            self.tmp.path().join(rel)
+        }
+
+        fn mkdir(&self, rel: &str) {
+            fs::create_dir_all(self.join(rel)).unwrap();
+            self.own(rel);
+            self.chmod(rel, 0o755);
+        }
+
+        fn file(&self, rel: &str) {
+            fs::write(self.join(rel), "#!/bin/sh\n").unwrap();
+            self.own(rel);
+            self.chmod(rel, 0o755);
+        }
+
+        fn own(&self, rel: &str) {
+            let uid = tenant_uid();
+            std::os::unix::fs::chown(self.join(rel), Some(uid), None).unwrap();
+        }
+
+        fn chmod(&self, rel: &str, mode: u32) {
+            fs::set_permissions(self.join(rel), fs::Permissions::from_mode(mode)).unwrap();
+        }
+
+        /// The checks after the user's, for `argv0` and `dir`, in this home.
+        fn check(
+            &self,
+            argv0: &str,
+            dir: &Path,
+            env: &[(String, String)],
+        ) -> Result<(PathBuf, PathBuf, PathBuf), Refused> {
+            self.check_in(self.path(), argv0, dir, env)
+        }
+
+        fn check_in(
+            &self,
+            home: &Path,
+            argv0: &str,
+            dir: &Path,
+            env: &[(String, String)],
+        ) -> Result<(PathBuf, PathBuf, PathBuf), Refused> {
+            let argv = vec![argv0.to_string(), "--flag".to_string()];
+            let spec = SpawnSpec {
+                tenant: "t",
+                user: "u",
+                home,
+                min_uid: 1000,
+                argv: &argv,
+                dir,
+                env,
+                fds: Vec::new(),
+                switch_user: true,
+            };
+            check_paths(&spec, tenant_uid())
+        }
+
+        fn app(&self) -> String {
+            self.join("bin/app").to_str().unwrap().to_string()
+        }
+    }
+
+    #[test]
+    fn containment_compares_whole_components() {
+        assert!(inside(Path::new("/home/alice"), Path::new("/home/alice")));
+        assert!(inside(
+            Path::new("/home/alice/x/y"),
+            Path::new("/home/alice")
+        ));
+        assert!(!inside(Path::new("/home/alice2"), Path::new("/home/alice")));
+        assert!(!inside(
+            Path::new("/home/alice2/app"),
+            Path::new("/home/al")
+        ));
+        assert!(!inside(Path::new("/home"), Path::new("/home/alice")));
+        assert!(inside(Path::new("/anything"), Path::new("/")));
+    }
+
+    #[test]
+    fn group_or_other_write_bits_are_refused() {
+        for mode in [0o755, 0o700, 0o555, 0o1755, 0o4755] {
+            assert!(!writable_by_others(mode), "{mode:o}");
+        }
+        for mode in [0o775, 0o757, 0o777, 0o1777, 0o720, 0o702] {
+            assert!(writable_by_others(mode), "{mode:o}");
+        }
+    }
+
+    #[test]
+    fn user_id_checks() {
+        assert!(matches!(
+            check_ids("r", 0, 0, 1000),
+            Err(Refused::RootUser { .. })
+        ));
+        assert!(matches!(
+            check_ids("g", 1500, 0, 1000),
+            Err(Refused::RootGroup { .. })
+        ));
+        assert!(matches!(
+            check_ids("d", 1, 1, 1000),
+            Err(Refused::UidBelowMin { uid: 1, .. })
+        ));
+        assert!(matches!(
+            check_ids("u", 1500, 100, 1000),
+            Err(Refused::GidBelowMin { gid: 100, .. })
+        ));
+        check_ids("ok", 1500, 1500, 1000).unwrap();
+        let e = check_ids("daemon", 1, 1, 1000).unwrap_err().to_string();
+        assert_eq!(e, "user \"daemon\" has uid 1, below min_uid 1000");
+    }
+
+    #[test]
+    fn without_switching_the_app_is_the_caller_and_the_user_is_not_looked_up() {
+        // Owned by whoever runs the tests: the caller is the "tenant".
+        let h = tempfile::tempdir().unwrap();
+        let argv = vec!["/bin/sh".to_string()];
+        let c = check(&SpawnSpec {
+            tenant: "t",
+            user: "berth-no-such-user",
+            home: h.path(),
+            min_uid: u32::MAX,
+            argv: &argv,
+            dir: h.path(),
+            env: &[],
+            fds: Vec::new(),
+            switch_user: false,
+        })
+        .unwrap();
+        assert!(!c.switch_user);
+        assert_eq!(c.identity.uid, rustix::process::geteuid().as_raw());
+        assert_eq!(c.identity.gid, rustix::process::getegid().as_raw());
+        assert_eq!(c.program, fs::canonicalize("/bin/sh").unwrap());
+    }
+
+    #[test]
+    fn environment_is_exactly_the_safe_set_then_the_apps_in_order() {
+        let extra = [
+            ("APP_ENV".to_string(), "production".to_string()),
+            ("FOO".to_string(), "1".to_string()),
+            ("FOO".to_string(), "2".to_string()),
+            ("PATH".to_string(), "/opt/app/bin".to_string()),
+        ];
+        let env = environment(Path::new("/home/alice"), "alice", &extra);
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .map(|(k, v)| (k.into_string().unwrap(), v.into_string().unwrap()))
+            .collect();
+        let want = [
+            ("PATH", "/opt/app/bin"),
+            ("HOME", "/home/alice"),
+            ("USER", "alice"),
+            ("LOGNAME", "alice"),
+            ("APP_ENV", "production"),
+            ("FOO", "2"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(env, want);
+    }
+
+    #[test]
+    fn a_good_program_passes_with_canonical_paths() {
+        let h = Home::new();
+        let link = h.join("link");
+        std::os::unix::fs::symlink(h.join("bin/app"), &link).unwrap();
+        let (program, dir, home) = h
+            .check(link.to_str().unwrap(), &h.join("work/../work"), &[])
+            .unwrap();
+        let canonical = fs::canonicalize(h.path()).unwrap();
+        assert_eq!(program, canonical.join("bin/app"));
+        assert_eq!(dir, canonical.join("work"));
+        assert_eq!(home, canonical);
+    }
+
+    #[test]
+    fn a_system_program_outside_home_passes() {
+        let h = Home::new();
+        h.check("/bin/sh", &h.join("work"), &[]).unwrap();
+    }
+
+    #[test]
+    fn empty_and_relative_commands_are_refused() {
+        let h = Home::new();
+        let r = check_paths(
+            &SpawnSpec {
+                tenant: "t",
+                user: "u",
+                home: h.path(),
+                min_uid: 1000,
+                argv: &[],
+                dir: h.path(),
+                env: &[],
+                fds: Vec::new(),
+                switch_user: true,
+            },
+            tenant_uid(),
+        );
+        assert!(matches!(r, Err(Refused::EmptyCommand)), "{r:?}");
+        let r = h.check("bin/app", &h.join("work"), &[]);
+        assert!(matches!(r, Err(Refused::RelativeProgram { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn a_missing_home_is_refused() {
+        let h = Home::new();
+        let r = h.check_in(&h.join("gone"), &h.app(), &h.join("work"), &[]);
+        assert!(matches!(r, Err(Refused::Home { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn missing_and_irregular_programs_are_refused() {
+        let h = Home::new();
+        let r = h.check(h.join("bin/nope").to_str().unwrap(), &h.join("work"), &[]);
+        assert!(matches!(r, Err(Refused::ProgramMissing { .. })), "{r:?}");
+        let r = h.check(h.join("bin").to_str().unwrap(), &h.join("work"), &[]);
+        assert!(
+            matches!(
+                r,
+                Err(Refused::NotRegularFile {
+                    kind: "directory",
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn mode_checks_on_the_program_and_its_directory() {
+        let h = Home::new();
+        let app = h.app();
+        let work = h.join("work");
+        h.chmod("bin/app", 0o2755);
+        let r = h.check(&app, &work, &[]);
+        assert!(
+            matches!(r, Err(Refused::SetId { mode: 0o2755, .. })),
+            "{r:?}"
+        );
+        h.chmod("bin/app", 0o775);
+        let e = h.check(&app, &work, &[]).unwrap_err();
+        assert!(
+            matches!(e, Refused::ProgramWritable { mode: 0o775, .. }),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .ends_with("/bin/app is writable by group or others (mode 0775)"),
+            "{e}"
+        );
+        h.chmod("bin/app", 0o757);
+        let r = h.check(&app, &work, &[]);
+        assert!(matches!(r, Err(Refused::ProgramWritable { .. })), "{r:?}");
+        h.chmod("bin/app", 0o755);
+        h.chmod("bin", 0o775);
+        let r = h.check(&app, &work, &[]);
+        assert!(
+            matches!(r, Err(Refused::ProgramDirWritable { mode: 0o775, .. })),
+            "{r:?}"
+        );
+        h.chmod("bin", 0o1777);
+        let r = h.check(&app, &work, &[]);
+        assert!(
+            matches!(r, Err(Refused::ProgramDirWritable { .. })),
+            "{r:?}"
+        );
+        h.chmod("bin", 0o755);
+        h.check(&app, &work, &[]).unwrap();
+    }
+
+    #[test]
+    fn a_tenant_program_outside_home_is_refused_even_with_a_common_prefix() {
+        let top = Home::new();
+        top.mkdir("al");
+        top.mkdir("alice2/bin");
+        top.own("alice2");
+        top.file("alice2/bin/app");
+        let home = top.join("al");
+        let app = top.join("alice2/bin/app");
+        let r = top.check_in(&home, app.to_str().unwrap(), &home, &[]);
+        assert!(
+            matches!(r, Err(Refused::ProgramOutsideHome { .. })),
+            "{r:?}"
+        );
+        let r = top.check_in(&home, "/bin/sh", &top.join("alice2"), &[]);
+        assert!(matches!(r, Err(Refused::DirOutsideHome { .. })), "{r:?}");
+        top.check_in(&home, "/bin/sh", &home, &[]).unwrap();
+        // A symlink in the home to a program of the tenant outside it.
+        std::os::unix::fs::symlink(&app, home.join("app")).unwrap();
+        let r = top.check_in(&home, home.join("app").to_str().unwrap(), &home, &[]);
+        assert!(
+            matches!(r, Err(Refused::ProgramOutsideHome { .. })),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn dir_checks() {
+        let h = Home::new();
+        let app = h.app();
+        let r = h.check(&app, &h.join("nope"), &[]);
+        assert!(matches!(r, Err(Refused::DirMissing { .. })), "{r:?}");
+        let r = h.check(&app, &h.join("bin/app"), &[]);
+        assert!(matches!(r, Err(Refused::NotADirectory { .. })), "{r:?}");
+        let r = h.check(&app, Path::new("/"), &[]);
+        assert!(matches!(r, Err(Refused::DirOutsideHome { .. })), "{r:?}");
+        // A symlink inside the home that leads outside is outside.
+        std::os::unix::fs::symlink("/usr", h.join("out")).unwrap();
+        let r = h.check(&app, &h.join("out"), &[]);
+        assert!(matches!(r, Err(Refused::DirOutsideHome { .. })), "{r:?}");
+        h.chmod("work", 0o757);
+        let r = h.check(&app, &h.join("work"), &[]);
+        assert!(
+            matches!(r, Err(Refused::DirWritable { mode: 0o757, .. })),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn bad_arguments_and_environment_are_refused() {
+        let h = Home::new();
+        let app = h.app();
+        let work = h.join("work");
+        for (k, v) in [("A=B", "c"), ("", "c"), ("A", "c\0d"), ("A\0", "c")] {
+            let r = h.check(&app, &work, &[(k.into(), v.into())]);
+            assert!(matches!(r, Err(Refused::BadEnv { .. })), "{k:?}: {r:?}");
+        }
+        let r = h.check(&app, &work, &[("A".into(), "b=c".into())]);
+        assert!(r.is_ok(), "{r:?}");
+        let r = h.check(&format!("{app}\0"), &work, &[]);
+        assert!(r.is_err(), "{r:?}");
+    }
+}
