@@ -14,7 +14,7 @@ berth="$repo/target/release/berth"
 run=${BERTH_DEMO_DIR:-/tmp/berth-demo-$(id -u)}
 rm -rf "$run/sites"
 mkdir -p "$run"
-cp -r "$here/berth.toml" "$here/tenants.d" "$here/sites" "$here/tls" "$here/alice.htpasswd" "$run/"
+cp -r "$here/berth.toml" "$here/tenants.d" "$here/sites" "$here/apps" "$here/tls" "$here/alice.htpasswd" "$run/"
 chmod -R go+rX "$run"
 chmod 755 "$run"
 
@@ -35,6 +35,7 @@ berth demo: try
   curl -H 'Host: alice.test' http://127.0.0.1:8080/
   curl -H 'Host: bob.test' http://127.0.0.1:8080/
   curl -u demo:demo -H 'Host: alice.test' http://127.0.0.1:8080/private/
+  curl -H 'Host: alice.test' 'http://127.0.0.1:8080/hello/there?x=1'   # a FastCGI app in Perl
   curl -k --http2 --resolve alice.test:8443:127.0.0.1 https://alice.test:8443/
 Logs: $run/run/log/  Config: $run/berth.toml  Stop: Ctrl-C
 MSG

@@ -171,24 +171,40 @@ pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
                 None
             }
         };
-        let command_ok = match &command {
+        // A program path with a '/' but not absolute is relative to this file's
+        // directory (like every path in the configuration); a bare name is
+        // refused, since there is no PATH search.
+        let mut command = command;
+        let command_ok = match &mut command {
             Some(c) if c.value.is_empty() => {
                 walk.problem(c.line, &c.key, "must name a program");
-                false
-            }
-            Some(c) if !c.value[0].starts_with('/') => {
-                walk.problem(
-                    c.line,
-                    &c.key,
-                    format!("{:?} must be an absolute path (no PATH search)", c.value[0]),
-                );
                 false
             }
             Some(c) if c.value.iter().any(|a| a.contains('\0')) => {
                 walk.problem(c.line, &c.key, "arguments must not contain NUL");
                 false
             }
-            Some(_) => true,
+            Some(c) if c.value[0].starts_with('/') => true,
+            Some(c) if c.value[0].contains('/') => {
+                let at = At {
+                    value: c.value[0].clone(),
+                    line: c.line,
+                    key: c.key.clone(),
+                };
+                c.value[0] = resolve_path(walk, &at).to_string_lossy().into_owned();
+                true
+            }
+            Some(c) => {
+                walk.problem(
+                    c.line,
+                    &c.key,
+                    format!(
+                        "{:?} must be a path to the program, such as \"/usr/bin/php-cgi\" (no PATH search)",
+                        c.value[0]
+                    ),
+                );
+                false
+            }
             None => {
                 walk.problem(
                     at.line(),
