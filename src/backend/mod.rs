@@ -6,3 +6,4 @@
 pub mod cgi_env;
 pub mod fastcgi;
 pub mod fastcgi_conn;
+pub mod http_proxy;

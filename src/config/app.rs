@@ -143,11 +143,12 @@ pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
         let protocol = match protocol {
             Some(p) => match p.value.as_str() {
                 "fastcgi" => Some(Protocol::FastCgi),
-                "http" | "cgi" => {
+                "http" => Some(Protocol::Http),
+                "cgi" => {
                     walk.problem(
                         p.line,
                         &p.key,
-                        format!("{:?} apps are not supported yet by this version of berth (\"fastcgi\" is)", p.value),
+                        "\"cgi\" apps are not supported yet by this version of berth (\"fastcgi\" and \"http\" are)",
                     );
                     None
                 }

@@ -29,6 +29,7 @@ use super::respond::Reject;
 use super::static_files;
 use crate::backend::cgi_env::{self, Peer, Script};
 use crate::backend::fastcgi_conn::{self, FcgiFailure};
+use crate::backend::http_proxy::{self, Forwarded, HttpFailure};
 use crate::config::Protocol;
 use crate::ipc::AppId;
 
@@ -95,6 +96,14 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
             Err(e) => return Some(Err(e)),
         }
     };
+    if plan.protocol == Protocol::Http {
+        let forwarded = Forwarded {
+            client: req.remote,
+            proto_https: req.tls,
+            host: req.host,
+        };
+        return Some(http(req.apps, &id, &plan.pool, req.parts, req.body, &forwarded).await);
+    }
     if plan.protocol != Protocol::FastCgi {
         return Some(Err(Reject::Internal(format!(
             "app {id}: protocol {:?} is not served yet",
@@ -144,8 +153,10 @@ async fn fastcgi(
 ) -> Result<Response<Body>, Reject> {
     let mut body = body;
     // A process that turns out to be gone (refused the connection) is dropped
-    // and the request tries once more with another.
-    for attempt in 0..2 {
+    // and a request without a body tries once more with another (a body may
+    // already be partly consumed, so it is not replayed).
+    let attempts = if body.is_some() { 1 } else { 2 };
+    for attempt in 0..attempts {
         let lease = apps.lease(id).await.map_err(lease_error)?;
         let first_byte = if lease.fresh {
             pool.start_timeout
@@ -166,7 +177,7 @@ async fn fastcgi(
         .await
         {
             Ok(resp) => return Ok(resp),
-            Err((FcgiFailure::Gone(e), mut lease)) if attempt == 0 => {
+            Err((FcgiFailure::Gone(e), mut lease)) if attempt + 1 < attempts => {
                 tracing::debug!(
                     "app {id}: process {} gone ({e}); trying another",
                     lease.slot
@@ -181,6 +192,54 @@ async fn fastcgi(
                         retry_after: 5,
                     },
                     FcgiFailure::Timeout(t) => {
+                        Reject::GatewayTimeout(format!("app {id} did not answer within {t:?}"))
+                    }
+                    other => Reject::BadGateway(format!("app {id}: {other}")),
+                });
+            }
+        }
+    }
+    Err(Reject::BadGateway(format!(
+        "app {id}: no process could be reached"
+    )))
+}
+
+/// The same for an HTTP app: proxy to one process.
+async fn http(
+    apps: &Arc<Apps>,
+    id: &AppId,
+    pool: &crate::config::Pool,
+    parts: &Parts,
+    body: Option<Incoming>,
+    forwarded: &Forwarded<'_>,
+) -> Result<Response<Body>, Reject> {
+    let mut body = body;
+    let attempts = if body.is_some() { 1 } else { 2 };
+    for attempt in 0..attempts {
+        let lease = apps.lease(id).await.map_err(lease_error)?;
+        let first_byte = if lease.fresh {
+            pool.start_timeout
+        } else {
+            READ_TIMEOUT
+        };
+        // Parts clones share the upgrade handle (WebSocket) with the original.
+        match http_proxy::request(lease, parts.clone(), body.take(), forwarded, first_byte).await {
+            Ok(resp) => return Ok(resp),
+            Err((HttpFailure::Gone(e), mut lease)) if attempt + 1 < attempts => {
+                tracing::debug!(
+                    "app {id}: process {} gone ({e}); trying another",
+                    lease.slot
+                );
+                lease.broken();
+            }
+            Err((failure, mut lease)) => {
+                lease.broken();
+                return Err(match failure {
+                    HttpFailure::StartTimeout(t) => Reject::Unavailable {
+                        why: format!("app {id} did not start within start_timeout ({t:?})"),
+                        retry_after: 5,
+                    },
+                    HttpFailure::Timeout(t) => {
                         Reject::GatewayTimeout(format!("app {id} did not answer within {t:?}"))
                     }
                     other => Reject::BadGateway(format!("app {id}: {other}")),

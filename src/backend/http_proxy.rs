@@ -1,0 +1,1247 @@
+//! HTTP apps: one request proxied to an app process over its Unix socket, both
+//! bodies streaming, and HTTP/1.1 upgrades (WebSocket) tunnelled.
+//!
+//! Request flow position: handler → app route → (app lease) → here → the app's
+//! socket, which berth bound and handed to the app by socket activation
+//! (DESIGN.md "App sockets").
+//!
+//! Each request gets its own HTTP/1.1 connection, asking the app to close it
+//! after the response (`Connection: close`). That keeps a misbehaving app from
+//! leaving half an answer for the next request and costs one `connect` on a
+//! local socket; the next step is keeping idle connections per process and
+//! reusing them (keep-alive), once the pool leases more than one request per
+//! process.
+//!
+//! What the app sees:
+//! - the request-target in origin form (path and query as the client sent
+//!   them), `Host` as the client sent it (for HTTP/2 clients, the authority);
+//! - no hop-by-hop headers: `Connection` and every header it names,
+//!   `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`,
+//!   `Upgrade`, `Proxy-Authenticate`, `Proxy-Authorization`, and `Expect`
+//!   (the front end already answered it). Only an upgrade keeps
+//!   `Connection: upgrade` and `Upgrade`;
+//! - the proxy headers berth vouches for, whatever the client sent under those
+//!   names: `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`,
+//!   `X-Real-IP` and `Forwarded` (RFC 7239). Other spoofable variants
+//!   (`X-Forwarded-Port`, `-Prefix`, `-Ssl`, ...) are removed and not set.
+//!
+//! The response loses its hop-by-hop headers the same way; its framing is the
+//! front end's business.
+
+use std::error::Error as StdError;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, StatusCode, Uri};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{BodyExt, Either, Empty};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tokio::time::{Instant, Sleep, timeout_at};
+use tracing::debug;
+
+use crate::front::apps::Lease;
+use crate::front::body::Body;
+
+/// Who asked, as berth saw it: what the app is told in the proxy headers.
+pub struct Forwarded<'a> {
+    /// The client's address (the TCP peer of the front end).
+    pub client: SocketAddr,
+    /// The client came over TLS.
+    pub proto_https: bool,
+    /// The host the client asked for (its `Host`, or the HTTP/2 authority).
+    pub host: &'a str,
+}
+
+/// Why an HTTP exchange failed; turned into 502/503/504 by the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpFailure {
+    /// The process is gone (connection refused, socket missing): try another.
+    #[error("app process is gone: {0}")]
+    Gone(io::Error),
+    /// A fresh process did not answer within `start_timeout`.
+    #[error("app did not start within {0:?}")]
+    StartTimeout(Duration),
+    #[error("app did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The app answered something that is not HTTP, or closed the connection
+    /// before a complete response head.
+    #[error("app sent a bad response: {0}")]
+    Protocol(String),
+    #[error("talking to the app: {0}")]
+    Io(io::Error),
+}
+
+/// How long the app may stay silent in the middle of a response body, as the
+/// FastCGI side's read timeout and nginx's `proxy_read_timeout`. Tunnels
+/// (upgrades) have no such limit.
+const BODY_IDLE: Duration = Duration::from_secs(60);
+
+/// Removed from requests and responses; with the headers `Connection` names.
+/// `Upgrade` and `Connection: upgrade` are put back for an upgrade.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Proxy headers a client may send to pass as someone else; never forwarded.
+/// berth sets the first five itself.
+const PROXY_HEADERS: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-protocol",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded-server",
+    "x-url-scheme",
+    "front-end-https",
+];
+
+/// Proxies one request to the app process of `lease`.
+///
+/// `first_byte` bounds connecting and waiting for the response head (a fresh
+/// process failing it is [`HttpFailure::StartTimeout`]). The lease is held
+/// until the response body ends or is dropped; for an upgrade, until the
+/// tunnel closes. On failure the lease comes back for the caller to mark
+/// broken or retry; the request (and its body) is consumed either way.
+///
+/// Upgrades: `parts` must keep the extensions hyper put in the request (pass
+/// `Request::into_parts().0`, or a clone of it: the `OnUpgrade` in there is
+/// shared by clones). Only a request with `Connection: upgrade` and `Upgrade`
+/// and that extension is forwarded as an upgrade; without the extension (the
+/// fast lane, HTTP/2) the upgrade headers are dropped and the app sees an
+/// ordinary request. The front end's hyper connection must be served with
+/// upgrades (`serve_connection_with_upgrades`).
+pub async fn request(
+    lease: Lease,
+    parts: Parts,
+    body: Option<Incoming>,
+    forwarded: &Forwarded<'_>,
+    first_byte: Duration,
+) -> Result<Response<Body>, (HttpFailure, Lease)> {
+    let socket = lease.socket.clone();
+    let timing = Timing {
+        first_byte,
+        fresh: lease.fresh,
+        idle: BODY_IDLE,
+    };
+    exchange(&socket, lease, parts, body, forwarded, timing).await
+}
+
+struct Timing {
+    first_byte: Duration,
+    /// Whether a missed `first_byte` is a start-up failure.
+    fresh: bool,
+    idle: Duration,
+}
+
+/// The exchange behind [`request`]. `guard` stands for the lease: anything
+/// held until the response body ends (or the tunnel closes), given back on
+/// failure.
+async fn exchange<G, B>(
+    socket: &Path,
+    guard: G,
+    mut parts: Parts,
+    body: Option<B>,
+    forwarded: &Forwarded<'_>,
+    timing: Timing,
+) -> Result<Response<Body>, (HttpFailure, G)>
+where
+    G: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let deadline = Instant::now() + timing.first_byte;
+    let late = || {
+        if timing.fresh {
+            HttpFailure::StartTimeout(timing.first_byte)
+        } else {
+            HttpFailure::Timeout(timing.first_byte)
+        }
+    };
+    let client_upgrade = if wants_upgrade(&parts.headers) {
+        parts.extensions.remove::<OnUpgrade>()
+    } else {
+        None
+    };
+    let req = to_app(parts, body, forwarded, client_upgrade.is_some());
+
+    let stream = match timeout_at(deadline, UnixStream::connect(socket)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+            ) =>
+        {
+            return Err((HttpFailure::Gone(e), guard));
+        }
+        Ok(Err(e)) => return Err((HttpFailure::Io(e), guard)),
+        Err(_) => return Err((late(), guard)),
+    };
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    {
+        Ok(pair) => pair,
+        Err(e) => return Err((failure(e), guard)),
+    };
+    tokio::spawn(async move {
+        // Ends after the response (the sender is dropped below), or hands the
+        // socket over to the tunnel on an upgrade.
+        if let Err(e) = conn.with_upgrades().await {
+            debug!("connection to an HTTP app: {}", chain(&e));
+        }
+    });
+    let answer = timeout_at(deadline, async {
+        sender.ready().await?;
+        sender.send_request(req).await
+    })
+    .await;
+    drop(sender);
+    let mut resp = match answer {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => return Err((failure(e), guard)),
+        Err(_) => return Err((late(), guard)),
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            return Err((
+                HttpFailure::Protocol("101 Switching Protocols without an upgrade request".into()),
+                guard,
+            ));
+        };
+        let app_upgrade = hyper::upgrade::on(&mut resp);
+        let mut out = Response::new(crate::front::body::empty());
+        *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *out.headers_mut() = upgrade_headers(resp.headers());
+        tokio::spawn(tunnel(client_upgrade, app_upgrade, guard));
+        return Ok(out);
+    }
+
+    let (head, inner) = resp.into_parts();
+    let mut headers = head.headers;
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // The body was decoded by its Transfer-Encoding, which overrides any
+        // Content-Length (RFC 9112 §6.3); passing that on would misframe it.
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    strip_hop_by_hop(&mut headers);
+    // A fresh response: the app's version, reason phrase and extensions stay
+    // behind.
+    let mut out = Response::new(
+        AppBody {
+            inner,
+            guard: Some(Box::new(guard)),
+            idle: timing.idle,
+            timer: None,
+        }
+        .boxed_unsync(),
+    );
+    *out.status_mut() = head.status;
+    *out.headers_mut() = headers;
+    Ok(out)
+}
+
+/// The request as the app gets it (see the module doc).
+fn to_app<B>(
+    parts: Parts,
+    body: Option<B>,
+    forwarded: &Forwarded<'_>,
+    upgrade: bool,
+) -> Request<Either<B, Empty<Bytes>>>
+where
+    B: HttpBody<Data = Bytes>,
+{
+    let Parts {
+        method,
+        uri,
+        mut headers,
+        ..
+    } = parts;
+    let upgrade_values: Vec<HeaderValue> = if upgrade {
+        headers.get_all(header::UPGRADE).iter().cloned().collect()
+    } else {
+        Vec::new()
+    };
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::EXPECT);
+    for name in PROXY_HEADERS {
+        headers.remove(*name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        for value in upgrade_values {
+            headers.append(header::UPGRADE, value);
+        }
+    } else {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if !headers.contains_key(header::HOST) {
+        // HTTP/2 clients (and HTTP/1.0 ones) may send none; HTTP/1.1 needs it.
+        let host = uri.authority().map_or(forwarded.host, |a| a.as_str());
+        if let Ok(value) = HeaderValue::from_str(host) {
+            headers.insert(header::HOST, value);
+        }
+    }
+    set_proxy_headers(&mut headers, forwarded);
+
+    let body = match body {
+        Some(body) => {
+            // Without a length hyper sends no body at all for GET and HEAD
+            // unless told it is chunked.
+            if body.size_hint().exact().is_none() && !body.is_end_stream() {
+                headers.remove(header::CONTENT_LENGTH);
+                headers.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+            }
+            Either::Left(body)
+        }
+        None => {
+            headers.remove(header::CONTENT_LENGTH);
+            Either::Right(Empty::new())
+        }
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri
+        .path_and_query()
+        .cloned()
+        .map_or_else(|| Uri::from_static("/"), Uri::from);
+    *req.headers_mut() = headers;
+    req
+}
+
+fn set_proxy_headers(headers: &mut HeaderMap, forwarded: &Forwarded<'_>) {
+    // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d.
+    let ip = forwarded.client.ip().to_canonical();
+    let proto = if forwarded.proto_https {
+        "https"
+    } else {
+        "http"
+    };
+    if let Ok(ip_text) = HeaderValue::from_str(&ip.to_string()) {
+        headers.insert("x-forwarded-for", ip_text.clone());
+        headers.insert("x-real-ip", ip_text);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    let host = HeaderValue::from_str(forwarded.host).ok();
+    let value = match host {
+        Some(host) => {
+            headers.insert("x-forwarded-host", host);
+            forwarded_value(ip, proto, Some(forwarded.host))
+        }
+        None => forwarded_value(ip, proto, None),
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(header::FORWARDED, value);
+    }
+}
+
+/// `for=<ip>;proto=<proto>;host="<host>"`, an IPv6 address quoted and in
+/// brackets (RFC 7239 §6).
+fn forwarded_value(ip: IpAddr, proto: &str, host: Option<&str>) -> String {
+    let mut out = match ip {
+        IpAddr::V4(v4) => format!("for={v4}"),
+        IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+    };
+    out.push_str(";proto=");
+    out.push_str(proto);
+    if let Some(host) = host {
+        out.push_str(";host=\"");
+        for c in host.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+    out
+}
+
+/// The tokens of every `Connection` header.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+    for name in named {
+        // `Connection: host` would leave the app guessing the site.
+        if name != header::HOST {
+            headers.remove(&name);
+        }
+    }
+}
+
+/// The app's 101 headers for the client: end-to-end ones (such as
+/// `Sec-WebSocket-Accept`) and the upgrade itself.
+fn upgrade_headers(app: &HeaderMap) -> HeaderMap {
+    let upgrade: Vec<HeaderValue> = app.get_all(header::UPGRADE).iter().cloned().collect();
+    let mut headers = app.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    for value in upgrade {
+        headers.append(header::UPGRADE, value);
+    }
+    headers
+}
+
+/// Copies bytes both ways between the client and the app once both sides have
+/// switched protocols, holding `guard` until both directions are closed.
+async fn tunnel<G>(client: OnUpgrade, app: OnUpgrade, guard: G) {
+    let (client, app) = match tokio::try_join!(client, app) {
+        Ok(pair) => pair,
+        Err(e) => {
+            debug!("upgrade to an HTTP app did not complete: {}", chain(&e));
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut app = TokioIo::new(app);
+    match tokio::io::copy_bidirectional(&mut client, &mut app).await {
+        Ok((up, down)) => debug!("tunnel to an HTTP app closed: {up} bytes up, {down} down"),
+        Err(e) => debug!("tunnel to an HTTP app: {e}"),
+    }
+    drop(guard);
+}
+
+/// Classifies a hyper client error from before the response head.
+fn failure(e: hyper::Error) -> HttpFailure {
+    if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+        HttpFailure::Protocol(format!("bad response head: {}", chain(&e)))
+    } else if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+        HttpFailure::Protocol(format!(
+            "app closed the connection before a complete response head ({})",
+            chain(&e)
+        ))
+    } else {
+        let mut kind = io::ErrorKind::Other;
+        let mut source = e.source();
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<io::Error>() {
+                kind = io.kind();
+                break;
+            }
+            source = s.source();
+        }
+        HttpFailure::Io(io::Error::new(kind, chain(&e)))
+    }
+}
+
+/// An error and its sources, `: `-separated (hyper's own Display leaves the
+/// cause out).
+fn chain(e: &dyn StdError) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// The app's response body, holding the lease until it ends.
+struct AppBody {
+    inner: Incoming,
+    /// Dropped at the end of the body (or with it).
+    guard: Option<Box<dyn Send>>,
+    idle: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl HttpBody for AppBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        if this.guard.is_none() {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.timer = None;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.guard = None;
+                Poll::Ready(Some(Err(io::Error::other(format!(
+                    "app response body: {}",
+                    chain(&e)
+                )))))
+            }
+            Poll::Ready(None) => {
+                this.guard = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.guard = None;
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("app sent nothing for {idle:?}"),
+                    ))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.guard.is_none() || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use http::Method;
+    use http_body_util::combinators::UnsyncBoxBody;
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixListener;
+
+    use super::*;
+
+    /// Stands for the lease: raises its flag when dropped.
+    struct Guard(Arc<AtomicBool>);
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn guard() -> (Guard, Arc<AtomicBool>) {
+        let flag = Arc::new(AtomicBool::new(false));
+        (Guard(flag.clone()), flag)
+    }
+
+    fn released(flag: &AtomicBool) -> bool {
+        flag.load(Ordering::SeqCst)
+    }
+
+    fn forwarded() -> Forwarded<'static> {
+        Forwarded {
+            client: "[2001:db8::7]:40000".parse().unwrap(),
+            proto_https: true,
+            host: "alice.test",
+        }
+    }
+
+    fn timing(first_byte: Duration, fresh: bool) -> Timing {
+        Timing {
+            first_byte,
+            fresh,
+            idle: Duration::from_secs(5),
+        }
+    }
+
+    /// `len` bytes of a pattern that shows misplaced or lost chunks, sent in
+    /// 64 KiB frames of unknown total length (chunked on the wire).
+    struct Pattern {
+        sent: usize,
+        len: usize,
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    impl HttpBody for Pattern {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            let n = (self.len - self.sent).min(64 * 1024);
+            if n == 0 {
+                return Poll::Ready(None);
+            }
+            let chunk: Bytes = (self.sent..self.sent + n)
+                .map(|i| (i % 251) as u8)
+                .collect();
+            self.sent += n;
+            Poll::Ready(Some(Ok(Frame::data(chunk))))
+        }
+    }
+
+    type AppBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+    fn text(s: String) -> AppBody {
+        Full::new(Bytes::from(s))
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    }
+
+    /// The test app: `/head` answers with the request head it got (and some
+    /// hop-by-hop headers of its own), `/echo` streams the request body back,
+    /// `/big` sends 5 MB, `/hang` never answers, `/ws` upgrades and echoes.
+    async fn app(req: Request<Incoming>) -> Result<Response<AppBody>, Infallible> {
+        let resp = match req.uri().path() {
+            "/head" => {
+                let mut dump = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
+                for (name, value) in req.headers() {
+                    dump.push_str(&format!("{name}: {}\n", value.to_str().unwrap()));
+                }
+                Response::builder()
+                    .header("connection", "x-app-hop")
+                    .header("x-app-hop", "1")
+                    .header("keep-alive", "timeout=5")
+                    .header("proxy-connection", "keep-alive")
+                    .header("x-app", "kept")
+                    .body(text(dump))
+                    .unwrap()
+            }
+            "/echo" => Response::new(req.into_body().boxed_unsync()),
+            "/big" => Response::new(
+                Pattern {
+                    sent: 0,
+                    len: 5 << 20,
+                }
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+            ),
+            "/hang" => std::future::pending().await,
+            "/ws" if wants_upgrade(req.headers()) => {
+                tokio::spawn(async move {
+                    let upgraded = hyper::upgrade::on(req).await.unwrap();
+                    let mut io = TokioIo::new(upgraded);
+                    let mut buf = [0; 1024];
+                    loop {
+                        match io.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => io.write_all(&buf[..n]).await.unwrap(),
+                        }
+                    }
+                });
+                Response::builder()
+                    .status(StatusCode::SWITCHING_PROTOCOLS)
+                    .header("connection", "Upgrade")
+                    .header("upgrade", "websocket")
+                    .header("sec-websocket-accept", "test")
+                    .body(text(String::new()))
+                    .unwrap()
+            }
+            _ => Response::builder()
+                .status(StatusCode::NOT_FOUND)
+                .body(text(String::new()))
+                .unwrap(),
+        };
+        Ok(resp)
+    }
+
+    /// Runs the test app on a socket in `dir`.
+    fn start_app(dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("app.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service_fn(app))
+                        .with_upgrades(),
+                );
+            }
+        });
+        path
+    }
+
+    async fn send<G, B>(
+        socket: &Path,
+        guard: G,
+        req: Request<B>,
+        timing: Timing,
+    ) -> Result<Response<Body>, (HttpFailure, G)>
+    where
+        G: Send + 'static,
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let (parts, body) = req.into_parts();
+        exchange(socket, guard, parts, Some(body), &forwarded(), timing).await
+    }
+
+    async fn body_bytes(resp: Response<Body>) -> Vec<u8> {
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec()
+    }
+
+    #[tokio::test]
+    async fn headers_are_rewritten_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = start_app(dir.path());
+        let req = Request::post("http://ignored.example/head?a=1&b=2")
+            .header("host", "alice.test:8080")
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("x-forwarded-proto", "http")
+            .header("x-forwarded-host", "evil.test")
+            .header("x-forwarded-ssl", "on")
+            .header("x-real-ip", "6.6.6.6")
+            .header("forwarded", "for=6.6.6.6")
+            .header("connection", "keep-alive, X-Client-Hop")
+            .header("x-client-hop", "1")
+            .header("keep-alive", "300")
+            .header("proxy-connection", "keep-alive")
+            .header("te", "trailers")
+            .header("trailer", "x-sum")
+            .header("upgrade", "h2c")
+            .header("expect", "100-continue")
+            .header("cookie", "a=b")
+            .header("content-length", "5")
+            .body(Full::new(Bytes::from_static(b"hello")))
+            .unwrap();
+        let (g, flag) = guard();
+        let resp = send(&socket, g, req, timing(Duration::from_secs(5), false))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let h = resp.headers();
+        for gone in ["connection", "x-app-hop", "keep-alive", "proxy-connection"] {
+            assert!(!h.contains_key(gone), "response kept {gone}");
+        }
+        assert_eq!(h["x-app"], "kept");
+        let dump = String::from_utf8(body_bytes(resp).await).unwrap();
+        assert!(released(&flag));
+        let mut lines = dump.lines();
+        assert_eq!(lines.next(), Some("POST /head?a=1&b=2 HTTP/1.1"));
+        let headers: Vec<&str> = lines.collect();
+        let expected = [
+            "host: alice.test:8080",
+            "x-forwarded-for: 2001:db8::7",
+            "x-real-ip: 2001:db8::7",
+            "x-forwarded-proto: https",
+            "x-forwarded-host: alice.test",
+            "forwarded: for=\"[2001:db8::7]\";proto=https;host=\"alice.test\"",
+            "connection: close",
+            "cookie: a=b",
+            "content-length: 5",
+        ];
+        for line in expected {
+            assert!(headers.contains(&line), "{line:?} missing in {dump}");
+        }
+        assert_eq!(
+            headers.len(),
+            expected.len(),
+            "unexpected headers in {dump}"
+        );
+    }
+
+    #[tokio::test]
+    async fn host_comes_from_the_authority_when_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = start_app(dir.path());
+        // As an HTTP/2 request arrives: no Host, an absolute URI.
+        let req = Request::get("https://alice.test:8443/head")
+            .version(http::Version::HTTP_2)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = send(&socket, (), req, timing(Duration::from_secs(5), false))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        let dump = String::from_utf8(body_bytes(resp).await).unwrap();
+        assert!(dump.starts_with("GET /head HTTP/1.1\n"), "{dump}");
+        assert!(dump.contains("\nhost: alice.test:8443\n"), "{dump}");
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_without_hypers_extension_is_an_ordinary_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = start_app(dir.path());
+        let req = Request::get("/head")
+            .header("host", "alice.test")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = send(&socket, (), req, timing(Duration::from_secs(5), false))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        let dump = String::from_utf8(body_bytes(resp).await).unwrap();
+        assert!(dump.contains("\nconnection: close\n"), "{dump}");
+        assert!(!dump.contains("upgrade"), "{dump}");
+    }
+
+    #[tokio::test]
+    async fn a_large_request_body_streams_through_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = start_app(dir.path());
+        let len = 1 << 20;
+        // A chunked body on a method hyper would otherwise send without one.
+        for method in [Method::POST, Method::GET] {
+            let req = Request::builder()
+                .method(method.clone())
+                .uri("/echo")
+                .header("host", "alice.test")
+                .body(Pattern { sent: 0, len })
+                .unwrap();
+            let (g, flag) = guard();
+            let resp = send(&socket, g, req, timing(Duration::from_secs(5), false))
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+            let got = body_bytes(resp).await;
+            assert!(got == pattern(len), "{method}: {} bytes back", got.len());
+            assert!(released(&flag));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_response_streams_and_the_guard_waits_for_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = start_app(dir.path());
+        let req = Request::get("/big")
+            .header("host", "alice.test")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let (g, flag) = guard();
+        let resp = send(&socket, g, req, timing(Duration::from_secs(5), false))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        assert!(!resp.headers().contains_key("transfer-encoding"));
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        got.extend_from_slice(&first);
+        assert!(!released(&flag), "released with the body half read");
+        while let Some(frame) = body.frame().await {
+            got.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
+        assert!(released(&flag), "still held after the end");
+        assert!(got == pattern(5 << 20), "{} bytes", got.len());
+    }
+
+    #[tokio::test]
+    async fn dropping_the_response_body_releases_the_guard() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = start_app(dir.path());
+        let req = Request::get("/big")
+            .header("host", "alice.test")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let (g, flag) = guard();
+        let resp = send(&socket, g, req, timing(Duration::from_secs(5), false))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        let mut body = resp.into_body();
+        body.frame().await.unwrap().unwrap();
+        assert!(!released(&flag));
+        drop(body);
+        assert!(released(&flag));
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_dead_socket_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        // A socket file nobody listens on any more: connection refused.
+        let dead = dir.path().join("dead.sock");
+        drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+        for socket in [dead, dir.path().join("missing.sock")] {
+            let (g, flag) = guard();
+            let req = Request::get("/").body(Empty::<Bytes>::new()).unwrap();
+            match send(&socket, g, req, timing(Duration::from_secs(5), false)).await {
+                Err((HttpFailure::Gone(_), g)) => {
+                    assert!(!released(&flag), "the guard comes back");
+                    drop(g);
+                }
+                other => panic!("{socket:?}: {:?}", other.map(|_| ()).map_err(|e| e.0)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_app_that_never_answers_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = start_app(dir.path());
+        let limit = Duration::from_millis(200);
+        for fresh in [false, true] {
+            let req = Request::get("/hang")
+                .header("host", "alice.test")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let start = std::time::Instant::now();
+            let failure = send(&socket, (), req, timing(limit, fresh))
+                .await
+                .map(|_| ())
+                .unwrap_err()
+                .0;
+            let took = start.elapsed();
+            assert!(took >= limit && took < limit * 5, "{took:?}");
+            match (fresh, failure) {
+                (false, HttpFailure::Timeout(t)) | (true, HttpFailure::StartTimeout(t)) => {
+                    assert_eq!(t, limit)
+                }
+                (_, other) => panic!("fresh {fresh}: {other:?}"),
+            }
+        }
+    }
+
+    /// A "server" that reads the request head and closes (or, with `garbage`,
+    /// answers something that is not HTTP).
+    fn start_rude_app(dir: &Path, answer: &'static [u8]) -> std::path::PathBuf {
+        let path = dir.join("rude.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut head = Vec::new();
+                let mut buf = [0; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(answer).await;
+            }
+        });
+        path
+    }
+
+    #[tokio::test]
+    async fn an_app_closing_without_an_answer_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = start_rude_app(dir.path(), b"");
+        let (g, flag) = guard();
+        let req = Request::get("/").body(Empty::<Bytes>::new()).unwrap();
+        match send(&socket, g, req, timing(Duration::from_secs(5), false)).await {
+            Err((HttpFailure::Protocol(why), g)) => {
+                assert!(why.contains("closed the connection"), "{why}");
+                assert!(!released(&flag), "the guard comes back");
+                drop(g);
+            }
+            other => panic!("{:?}", other.map(|_| ()).map_err(|e| e.0)),
+        }
+        assert!(released(&flag));
+    }
+
+    #[tokio::test]
+    async fn an_app_answering_garbage_is_a_protocol_error() {
+        let dir = tempfile::tempdir().unwrap();
+        for answer in [
+            &b"SSH-2.0-OpenSSH\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            b"HTTP/1.1 999999 No\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
+        ] {
+            let sub = dir.path().join(format!("{}", answer.len()));
+            std::fs::create_dir(&sub).unwrap();
+            let socket = start_rude_app(&sub, answer);
+            let req = Request::get("/").body(Empty::<Bytes>::new()).unwrap();
+            match send(&socket, (), req, timing(Duration::from_secs(5), false)).await {
+                Err((HttpFailure::Protocol(_), ())) => {}
+                other => panic!(
+                    "{:?}: {:?}",
+                    String::from_utf8_lossy(answer),
+                    other.map(|_| ()).map_err(|e| e.0)
+                ),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_app_dying_mid_body_fails_the_body_and_releases_the_guard() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = start_rude_app(
+            dir.path(),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this",
+        );
+        let (g, flag) = guard();
+        let req = Request::get("/").body(Empty::<Bytes>::new()).unwrap();
+        let resp = send(&socket, g, req, timing(Duration::from_secs(5), false))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        assert!(resp.into_body().collect().await.is_err());
+        assert!(released(&flag));
+    }
+
+    #[tokio::test]
+    async fn content_length_beside_chunked_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = start_rude_app(
+            dir.path(),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n0\r\n\r\n",
+        );
+        let req = Request::get("/").body(Empty::<Bytes>::new()).unwrap();
+        let resp = send(&socket, (), req, timing(Duration::from_secs(5), false))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        assert!(!resp.headers().contains_key("content-length"));
+        assert!(!resp.headers().contains_key("transfer-encoding"));
+        assert_eq!(body_bytes(resp).await, b"hello");
+    }
+
+    #[tokio::test]
+    async fn an_app_silent_mid_body_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slow.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nsome")
+                .await;
+            std::future::pending::<()>().await;
+        });
+        let (g, flag) = guard();
+        let req = Request::get("/").body(Empty::<Bytes>::new()).unwrap();
+        let mut t = timing(Duration::from_secs(5), false);
+        t.idle = Duration::from_millis(100);
+        let resp = send(&path, g, req, t).await.map_err(|(e, _)| e).unwrap();
+        let err = resp.into_body().collect().await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(released(&flag));
+    }
+
+    /// A front end as berth's: hyper serving with upgrades, calling
+    /// [`exchange`] with the request's parts as they come.
+    fn start_front(
+        dir: &Path,
+        app: std::path::PathBuf,
+        flag: Arc<AtomicBool>,
+    ) -> std::path::PathBuf {
+        let path = dir.join("front.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let app = app.clone();
+                let flag = flag.clone();
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let app = app.clone();
+                    let flag = flag.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let timing = timing(Duration::from_secs(5), false);
+                        let fwd = forwarded();
+                        let guard = Guard(flag);
+                        Ok::<_, Infallible>(
+                            match exchange(&app, guard, parts, Some(body), &fwd, timing).await {
+                                Ok(resp) => resp,
+                                Err((e, _)) => {
+                                    let mut resp =
+                                        Response::new(crate::front::body::full(e.to_string()));
+                                    *resp.status_mut() = StatusCode::BAD_GATEWAY;
+                                    resp
+                                }
+                            },
+                        )
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades(),
+                );
+            }
+        });
+        path
+    }
+
+    #[tokio::test]
+    async fn websocket_upgrades_are_tunnelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = start_app(dir.path());
+        let flag = Arc::new(AtomicBool::new(false));
+        let front = start_front(dir.path(), app, flag.clone());
+
+        let stream = UnixStream::connect(&front).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn.with_upgrades());
+        let req = Request::get("/ws")
+            .header("host", "alice.test")
+            .header("connection", "keep-alive, Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let mut resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(resp.headers()["upgrade"], "websocket");
+        assert_eq!(resp.headers()["connection"], "upgrade");
+        assert_eq!(resp.headers()["sec-websocket-accept"], "test");
+        let upgraded = hyper::upgrade::on(&mut resp).await.unwrap();
+        let mut io = TokioIo::new(upgraded);
+        for message in [
+            &b"ping"[..],
+            &[0u8, 255, 13, 10, 13, 10][..],
+            &[7; 100_000][..],
+        ] {
+            io.write_all(message).await.unwrap();
+            let mut back = vec![0; message.len()];
+            io.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, message);
+        }
+        assert!(!released(&flag), "released while the tunnel is open");
+        io.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        io.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        drop(io);
+        for _ in 0..100 {
+            if released(&flag) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("still held after the tunnel closed");
+    }
+
+    #[tokio::test]
+    async fn a_refused_upgrade_is_an_ordinary_response() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = start_app(dir.path());
+        let flag = Arc::new(AtomicBool::new(false));
+        let front = start_front(dir.path(), app, flag.clone());
+        let stream = UnixStream::connect(&front).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn.with_upgrades());
+        let req = Request::get("/head")
+            .header("host", "alice.test")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(!resp.headers().contains_key("upgrade"));
+        let dump = resp.into_body().collect().await.unwrap().to_bytes();
+        let dump = String::from_utf8(dump.to_vec()).unwrap();
+        assert!(
+            dump.contains("\nconnection: upgrade\nupgrade: websocket\n"),
+            "{dump}"
+        );
+        assert!(released(&flag));
+    }
+
+    #[test]
+    fn forwarded_values_follow_rfc_7239() {
+        let v4: IpAddr = "192.0.2.60".parse().unwrap();
+        let v6: IpAddr = "2001:db8:cafe::17".parse().unwrap();
+        assert_eq!(
+            forwarded_value(v4, "http", Some("example.com")),
+            "for=192.0.2.60;proto=http;host=\"example.com\""
+        );
+        assert_eq!(
+            forwarded_value(v6, "https", Some("[::1]:8080")),
+            "for=\"[2001:db8:cafe::17]\";proto=https;host=\"[::1]:8080\""
+        );
+        assert_eq!(
+            forwarded_value(v4, "http", Some("a\"b\\c")),
+            "for=192.0.2.60;proto=http;host=\"a\\\"b\\\\c\""
+        );
+        assert_eq!(
+            forwarded_value(v4, "http", None),
+            "for=192.0.2.60;proto=http"
+        );
+    }
+
+    #[test]
+    fn mapped_ipv4_clients_are_reported_as_ipv4() {
+        let mut headers = HeaderMap::new();
+        let fwd = Forwarded {
+            client: "[::ffff:192.0.2.1]:1234".parse().unwrap(),
+            proto_https: false,
+            host: "alice.test",
+        };
+        set_proxy_headers(&mut headers, &fwd);
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.1");
+        assert_eq!(
+            headers["forwarded"],
+            "for=192.0.2.1;proto=http;host=\"alice.test\""
+        );
+    }
+
+    #[test]
+    fn connection_cannot_remove_host() {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("alice.test"));
+        headers.insert(
+            "connection",
+            HeaderValue::from_static("Host, x-a, bad name, ,"),
+        );
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        headers.insert("x-b", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 2);
+        assert!(headers.contains_key("host") && headers.contains_key("x-b"));
+    }
+}
