@@ -110,6 +110,17 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
             plan.protocol
         ))));
     }
+    // CGI has no chunked bodies: the app reads exactly CONTENT_LENGTH bytes. A
+    // body of unknown length (chunked HTTP/1.1, HTTP/2 without content-length)
+    // would reach it as empty, so it is refused instead of silently lost.
+    if !req.parts.headers.contains_key(http::header::CONTENT_LENGTH)
+        && req
+            .body
+            .as_ref()
+            .is_some_and(|b| !http_body::Body::is_end_stream(b))
+    {
+        return Some(Err(Reject::LengthRequired));
+    }
     let script = Script {
         name: &name,
         path_info: &path_info,

@@ -29,6 +29,9 @@ pub enum Reject {
     RangeNotSatisfiable { size: u64 },
     /// Something on our side failed (I/O error other than not-found, ...).
     Internal(String),
+    /// A request body without a length, for an app that needs one
+    /// (CGI's CONTENT_LENGTH).
+    LengthRequired,
     /// The app failed or answered garbage; the reason is logged, not sent.
     BadGateway(String),
     /// The app did not answer in time.
@@ -49,6 +52,7 @@ impl Reject {
             Reject::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Reject::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Reject::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Reject::LengthRequired => StatusCode::LENGTH_REQUIRED,
             Reject::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Reject::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Reject::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,

@@ -67,6 +67,8 @@ pub struct AppManager {
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// A process that fails within this of starting counts towards a crash loop.
 const YOUNG: Duration = Duration::from_secs(10);
+/// This many young deaths in a row are a crash loop.
+const CRASH_LOOP: u32 = 3;
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -324,13 +326,18 @@ impl AppManager {
                 if let Some(proc) = state.procs.remove(&slot) {
                     let _ = std::fs::remove_file(&proc.socket);
                     let lived = proc.started.elapsed();
-                    // Dying young again and again is a crash loop: back off.
+                    // Dying young again and again is a crash loop: back off. One
+                    // death (a crash, the OOM killer) just means a new process
+                    // for the next request.
                     if lived < YOUNG && !status.success() {
                         state.failures += 1;
-                        let wait = BACKOFF_START
-                            .saturating_mul(1 << state.failures.min(6))
-                            .min(BACKOFF_MAX);
-                        state.retry_at = Some(Instant::now() + wait);
+                        if state.failures >= CRASH_LOOP {
+                            let doublings = (state.failures - CRASH_LOOP).min(7);
+                            let wait = BACKOFF_START
+                                .saturating_mul(1 << doublings)
+                                .min(BACKOFF_MAX);
+                            state.retry_at = Some(Instant::now() + wait);
+                        }
                     } else {
                         state.failures = 0;
                         state.retry_at = None;
