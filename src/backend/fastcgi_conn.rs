@@ -106,7 +106,7 @@ pub async fn request(
 
     let mut stream = RecordStream {
         read,
-        buf: BytesMut::with_capacity(8192),
+        buf: BytesMut::with_capacity(16 * 1024),
         decoder: Decoder::new(REQUEST_ID),
         stderr,
         ended: false,
@@ -186,7 +186,11 @@ impl RecordStream {
                 Ok(None) => {}
                 Err(e) => return Poll::Ready(Err(FcgiFailure::Protocol(e.to_string()))),
             }
-            self.buf.reserve(16 * 1024);
+            // Room for a read; growing only when short keeps one allocation
+            // per request in the common case.
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(16 * 1024);
+            }
             let n = ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut self.read),
                 cx,
@@ -229,7 +233,12 @@ impl HttpBody for StdoutBody {
         let this = &mut *self;
         match this.stream.poll_stdout(cx) {
             Poll::Ready(Ok(Some(data))) => {
-                this.timer = None;
+                // Progress: the idle clock starts again.
+                if let Some(timer) = this.timer.as_mut() {
+                    timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + this.idle);
+                }
                 Poll::Ready(Some(Ok(Frame::data(data))))
             }
             Poll::Ready(Ok(None)) => Poll::Ready(None),
