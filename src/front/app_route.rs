@@ -55,6 +55,8 @@ pub struct AppRequest<'a> {
     pub local: SocketAddr,
     pub tls: bool,
     pub host: &'a str,
+    /// The Host as the client sent it (port kept), for the proxy headers.
+    pub raw_host: &'a str,
     pub user: Option<&'a str>,
 }
 
@@ -100,7 +102,7 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
         let forwarded = Forwarded {
             client: req.remote,
             proto_https: req.tls,
-            host: req.host,
+            host: req.raw_host,
         };
         return Some(http(req.apps, &id, &plan.pool, req.parts, req.body, &forwarded).await);
     }
@@ -196,6 +198,10 @@ async fn fastcgi(
                 lease.broken();
             }
             Err((failure, mut lease)) => {
+                // The process is replaced: it failed a request. (Its death in a
+                // request then does not count towards the supervisor's crash-loop
+                // backoff, which is for processes that die on their own: one
+                // crashing page must not stop the whole app.)
                 lease.broken();
                 return Err(match failure {
                     FcgiFailure::StartTimeout(t) => Reject::Unavailable {
@@ -244,6 +250,10 @@ async fn http(
                 lease.broken();
             }
             Err((failure, mut lease)) => {
+                // The process is replaced: it failed a request. (Its death in a
+                // request then does not count towards the supervisor's crash-loop
+                // backoff, which is for processes that die on their own: one
+                // crashing page must not stop the whole app.)
                 lease.broken();
                 return Err(match failure {
                     HttpFailure::StartTimeout(t) => Reject::Unavailable {

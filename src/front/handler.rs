@@ -149,6 +149,7 @@ async fn route(
                 local: conn.local,
                 tls: conn.tls,
                 host: &host,
+                raw_host: raw_host(parts).unwrap_or(&host),
                 user: user.as_deref(),
             };
             match app_route::serve(request).await {
@@ -201,6 +202,16 @@ fn request_host(parts: &Parts) -> Result<String, Reject> {
         (None, Some(h)) => Ok(h),
         (None, None) => Err(Reject::BadRequest("missing Host")),
     }
+}
+
+/// The host as the client wrote it (port and case kept), for X-Forwarded-Host
+/// and Forwarded (RFC 7239 §5.3): the authority, else the Host header.
+fn raw_host(parts: &Parts) -> Option<&str> {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(header::HOST)?.to_str().ok())
 }
 
 fn site_route<'a>(site: &'a SiteRt, path: &str) -> Option<&'a RouteRt> {

@@ -1,0 +1,1919 @@
+//! HTTP apps end to end (`protocol = "http"`), as root with real users and
+//! Debian's python3: who the app runs as and what it gets by socket activation
+//! (invariant 1, DESIGN.md "App sockets"), the proxy headers berth vouches for
+//! and the hop-by-hop headers it drops (issue 3, item 6), 10 MB bodies both
+//! ways over HTTP/1.1 and h2c, a WebSocket-style upgrade tunnelled, a backend
+//! that crashes or starts too slowly (invariant 8), another tenant kept away
+//! from the app's socket and processes (invariant 2), clients that go away
+//! mid-transfer, and nothing left running after SIGTERM (also what the app
+//! started in a session of its own).
+mod common;
+use common::*;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Tenant A's user (member of [`GROUP_A`]); used by most tests.
+const USER_A: &str = "berth-thttpa";
+/// Tenant B's user (the other tenant of the isolation test).
+const USER_B: &str = "berth-thttpb";
+/// Only the SIGTERM test runs apps as this user, so "no process of this uid is
+/// left" cannot be confused by tests running in parallel.
+const USER_C: &str = "berth-thttpc";
+/// A supplementary group of [`USER_A`].
+const GROUP_A: &str = "berth-thttpg";
+/// Only the test of daemonized helpers runs apps as this user.
+const PYTHON: &str = "/usr/bin/python3";
+
+// ---------------------------------------------------------------------------
+// The app
+// ---------------------------------------------------------------------------
+
+/// A socket-activated HTTP/1.1 server (stdlib only). Every path ending in one
+/// of the names below does that; anything else echoes the request as JSON.
+/// `app.py probe SOCKET PID` (run by hand) tries another tenant's socket and
+/// process and prints what the kernel said, as JSON.
+const APP_PY: &str = r#"#!/usr/bin/python3
+import errno, hashlib, http.server, json, os, socket, subprocess, sys, time, urllib.parse
+
+
+def err(e):
+    return "fail:" + errno.errorcode.get(e.errno, str(e.errno))
+
+
+def probe(sock, pid, destructive):
+    out = {"uid": os.getuid()}
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(sock)
+        out["connect"] = "ok"
+    except OSError as e:
+        out["connect"] = err(e)
+    try:
+        os.listdir(os.path.dirname(sock))
+        out["list"] = "ok"
+    except OSError as e:
+        out["list"] = err(e)
+    try:
+        os.kill(pid, 0)
+        out["kill0"] = "ok"
+    except OSError as e:
+        out["kill0"] = err(e)
+    if destructive:
+        try:
+            os.unlink(sock)
+            out["unlink"] = "ok"
+        except OSError as e:
+            out["unlink"] = err(e)
+        try:
+            os.kill(pid, 9)
+            out["kill9"] = "ok"
+        except OSError as e:
+            out["kill9"] = err(e)
+    return out
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def address_string(self):
+        return "unix"
+
+    def read_body(self):
+        h = hashlib.md5()
+        n = 0
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            while True:
+                line = self.rfile.readline()
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                left = size
+                while left:
+                    b = self.rfile.read(min(left, 65536))
+                    if not b:
+                        raise EOFError("body cut short")
+                    h.update(b)
+                    n += len(b)
+                    left -= len(b)
+                self.rfile.readline()
+        else:
+            left = int(self.headers.get("Content-Length") or 0)
+            while left:
+                b = self.rfile.read(min(left, 65536))
+                if not b:
+                    raise EOFError("body cut short")
+                h.update(b)
+                n += len(b)
+                left -= len(b)
+        return n, h.hexdigest()
+
+    def reply(self, status, body, extra=()):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in extra:
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def route(self):
+        url = urllib.parse.urlsplit(self.path)
+        q = dict(urllib.parse.parse_qsl(url.query))
+        name = url.path.rsplit("/", 1)[-1]
+        if name == "ws":
+            return self.ws()
+        if name == "crash":
+            self.read_body()
+            os._exit(3)
+        if name == "half":
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(1 << 20))
+            self.end_headers()
+            self.wfile.write(b"x" * (100 * 1024))
+            time.sleep(0.1)
+            os._exit(3)
+        if name == "big":
+            return self.big(int(q.get("n", 10 << 20)), q.get("chunked") == "1")
+        if name == "sleep":
+            time.sleep(float(q.get("s", "1")))
+        if name == "probe":
+            out = probe(q["sock"], int(q["pid"]), False)
+            return self.reply(200, json.dumps(out).encode())
+        if name == "spawn":
+            child = subprocess.Popen(
+                ["/bin/sleep", "300"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=q.get("setsid") == "1",
+            )
+            return self.reply(200, json.dumps({"child": child.pid, "pid": os.getpid()}).encode())
+        extra = []
+        if name == "hop":
+            extra = [
+                ("Connection", "X-App-Hop, close"),
+                ("X-App-Hop", "secret"),
+                ("Keep-Alive", "timeout=99"),
+                ("Proxy-Connection", "keep-alive"),
+                ("X-App-E2E", "yes"),
+            ]
+        n, md5 = self.read_body()
+        info = {
+            "uid": os.getuid(),
+            "euid": os.geteuid(),
+            "gid": os.getgid(),
+            "egid": os.getegid(),
+            "groups": sorted(os.getgroups()),
+            "pid": os.getpid(),
+            "LISTEN_PID": os.environ.get("LISTEN_PID"),
+            "LISTEN_FDS": os.environ.get("LISTEN_FDS"),
+            "LISTEN_FDNAMES": os.environ.get("LISTEN_FDNAMES"),
+            "env": dict(os.environ),
+            "cwd": os.getcwd(),
+            "method": self.command,
+            "path": self.path,
+            "version": self.request_version,
+            "headers": [[k, v] for k, v in self.headers.items()],
+            "body_len": n,
+            "body_md5": md5,
+        }
+        self.reply(200, json.dumps(info).encode(), extra)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = route
+
+    def big(self, n, chunked):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(n))
+        self.end_headers()
+        sent = 0
+        i = 0
+        while sent < n:
+            k = min(65536, n - sent)
+            block = bytes([97 + i % 26]) * k
+            if chunked:
+                self.wfile.write(b"%x\r\n" % k + block + b"\r\n")
+            else:
+                self.wfile.write(block)
+            sent += k
+            i += 1
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
+
+    def ws(self):
+        if self.headers.get("Upgrade", "").lower() != "websocket":
+            return self.reply(426, b"{}")
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", "not-checked")
+        self.send_header("X-Pid", str(os.getpid()))
+        self.send_header("X-Seen-Connection", self.headers.get("Connection", ""))
+        self.send_header("X-Seen-Upgrade", self.headers.get("Upgrade", ""))
+        self.send_header("X-Seen-XFF", self.headers.get("X-Forwarded-For", ""))
+        self.end_headers()
+        self.wfile.flush()
+        while True:
+            data = self.rfile.read1(65536)
+            if not data:
+                break
+            self.wfile.write(data)
+        self.close_connection = True
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "probe":
+        print(json.dumps(probe(sys.argv[2], int(sys.argv[3]), True)))
+        return
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "1":
+        sys.stderr.write("app.py: not socket-activated\n")
+        sys.exit(2)
+    listener = socket.socket(fileno=3)
+    while True:
+        conn, _ = listener.accept()
+        try:
+            Handler(conn, ("unix", 0), None)
+        except Exception as e:
+            sys.stderr.write("app.py: %r\n" % (e,))
+        finally:
+            conn.close()
+
+
+main()
+"#;
+
+// ---------------------------------------------------------------------------
+// Users, homes and configuration
+// ---------------------------------------------------------------------------
+
+/// Tenant A's user, a member of the supplementary group [`GROUP_A`].
+fn user_a() -> (u32, u32) {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap();
+    let ids = ensure_user(USER_A);
+    let out = Command::new("id").args(["-Gn", USER_A]).output().unwrap();
+    if !String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .any(|g| g == GROUP_A)
+    {
+        let ok = Command::new("groupadd")
+            .args(["-f", GROUP_A])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "groupadd {GROUP_A}");
+        let ok = Command::new("usermod")
+            .args(["-a", "-G", GROUP_A, USER_A])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "usermod -a -G {GROUP_A} {USER_A}");
+    }
+    ids
+}
+
+/// The groups the system gives `user` (as `id -G` prints them).
+fn groups_of(user: &str) -> BTreeSet<u64> {
+    let out = Command::new("id").args(["-G", user]).output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(|g| g.parse().unwrap())
+        .collect()
+}
+
+/// A tenant's home inside a test `Dir`: `dir/REL` (0755) with the site root
+/// `public/` and the app `app/app.py`, all owned by the tenant.
+struct Home {
+    path: PathBuf,
+    user: &'static str,
+    uid: u32,
+    gid: u32,
+}
+
+impl Home {
+    fn new(dir: &Dir, rel: &str, user: &'static str, (uid, gid): (u32, u32)) -> Home {
+        let path = dir.join(rel);
+        let home = Home {
+            path,
+            user,
+            uid,
+            gid,
+        };
+        home.write("public/index.html", "static\n", 0o644);
+        home.write("app/app.py", APP_PY, 0o755);
+        home
+    }
+
+    fn join(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    fn app_py(&self) -> PathBuf {
+        self.join("app/app.py")
+    }
+
+    /// Writes `rel` (under the home) with `mode`, creating directories (0755).
+    fn write(&self, rel: &str, contents: impl AsRef<[u8]>, mode: u32) -> PathBuf {
+        let p = self.join(rel);
+        let mut parent = p.parent().unwrap().to_path_buf();
+        fs::create_dir_all(&parent).unwrap();
+        while parent.starts_with(&self.path) {
+            fs::set_permissions(&parent, fs::Permissions::from_mode(0o755)).unwrap();
+            parent.pop();
+        }
+        fs::write(&p, contents).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    /// chown -R the home to the tenant (call after writing its files).
+    fn own(&self) {
+        let st = Command::new("chown")
+            .args([
+                "-R",
+                "-h",
+                &format!("{}:{}", self.uid, self.gid),
+                self.path.to_str().unwrap(),
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+/// `[tenant.T]` with one site `host` rooted at `home/public` (with `tls`, a
+/// `tls = {...}` line or ""), `routes` as (prefix, app), then `apps`.
+fn tenant(
+    t: &str,
+    home: &Home,
+    host: &str,
+    tls: &str,
+    routes: &[(&str, &str)],
+    apps: &str,
+) -> String {
+    let mut out = format!(
+        r#"
+[tenant.{t}]
+user = "{user}"
+home = "{home}"
+
+[[tenant.{t}.site]]
+hosts = ["{host}"]
+root = "{home}/public"
+{tls}
+"#,
+        user = home.user,
+        home = home.path.display(),
+    );
+    for (prefix, app) in routes {
+        out.push_str(&format!(
+            "\n[[tenant.{t}.site.route]]\npath = \"{prefix}\"\napp = \"{app}\"\n"
+        ));
+    }
+    out.push_str(apps);
+    out
+}
+
+/// `[tenant.T.app.NAME]`: HTTP, `command`, working directory `home/app`, then
+/// `extra` lines (pool settings).
+fn http_app(t: &str, name: &str, home: &Home, command: &[&str], extra: &str) -> String {
+    let command = command
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"
+[tenant.{t}.app.{name}]
+protocol = "http"
+command = [{command}]
+dir = "{dir}"
+{extra}
+"#,
+        dir = home.join("app").display(),
+    )
+}
+
+/// The `[server]` block every test uses, and its ports.
+fn server(dir: &Dir) -> (String, u16, u16) {
+    server_block(dir, "keepalive_timeout = \"5s\"\ndrain_timeout = \"5s\"")
+}
+
+/// Starts berth with tenant `ta` (a.test), app `py` (app.py) at `/py/` with
+/// the pool settings in `pool`.
+fn start_a(dir: &Dir, home: &Home, pool: &str) -> Server {
+    start_a_with(dir, home, pool, "")
+}
+
+/// [`start_a`] with a `tls = {...}` line for the site (or "").
+fn start_a_with(dir: &Dir, home: &Home, pool: &str, tls: &str) -> Server {
+    home.own();
+    let (block, port, tls_port) = server(dir);
+    let app_py = home.app_py();
+    let apps = http_app("ta", "py", home, &[app_py.to_str().unwrap()], pool);
+    let config = format!(
+        "{block}{}",
+        tenant("ta", home, "a.test", tls, &[("/py/", "py")], &apps)
+    );
+    Server::start(dir, &config, port, tls_port)
+}
+
+/// A certificate for a.test from a new test CA, as a site's `tls = {...}`.
+fn tls_line(dir: &Dir, pki: &Pki) -> String {
+    let (cert, key) = pki.issue(dir, "a", &["a.test"]);
+    format!(
+        "tls = {{ cert = \"{}\", key = \"{}\" }}",
+        cert.display(),
+        key.display()
+    )
+}
+
+// ---------------------------------------------------------------------------
+// HTTP on the wire
+// ---------------------------------------------------------------------------
+
+/// One response, as the client saw it on the wire.
+struct Resp {
+    status: u16,
+    head: String,
+    /// The body, de-chunked.
+    body: Vec<u8>,
+    chunked: bool,
+    /// Whether the body ended as its framing announced (the last chunk, or
+    /// Content-Length bytes). Close-delimited bodies count as complete.
+    complete: bool,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers(name).into_iter().next()
+    }
+
+    fn headers(&self, name: &str) -> Vec<String> {
+        self.head
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
+            })
+            .collect()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {self:?}"))
+    }
+}
+
+impl std::fmt::Debug for Resp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let body: String = self.text().chars().take(600).collect();
+        write!(f, "{}\n\n{body}", self.head)
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Parses one response (head, then a chunked, sized or close-delimited body);
+/// returns it and the bytes after it.
+fn parse_one(raw: &[u8]) -> (Resp, &[u8]) {
+    let end = find(raw, b"\r\n\r\n").unwrap_or_else(|| {
+        panic!(
+            "no complete response head in {:?}",
+            String::from_utf8_lossy(&raw[..raw.len().min(500)])
+        )
+    });
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let status = status_of(&head);
+    let mut resp = Resp {
+        status,
+        head,
+        body: Vec::new(),
+        chunked: false,
+        complete: true,
+    };
+    let mut rest = &raw[end + 4..];
+    resp.chunked = resp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    if resp.chunked {
+        resp.complete = false;
+        while let Some(eol) = find(rest, b"\r\n") {
+            let line = String::from_utf8_lossy(&rest[..eol]);
+            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16)
+                .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
+            rest = &rest[eol + 2..];
+            if size == 0 {
+                if let Some(t) = find(rest, b"\r\n") {
+                    // No trailers expected: the empty line ends the message.
+                    resp.complete = t == 0;
+                    rest = &rest[t + 2..];
+                }
+                break;
+            }
+            if rest.len() < size + 2 {
+                resp.body.extend_from_slice(&rest[..rest.len().min(size)]);
+                rest = &[];
+                break;
+            }
+            resp.body.extend_from_slice(&rest[..size]);
+            assert_eq!(&rest[size..size + 2], b"\r\n", "chunk not followed by CRLF");
+            rest = &rest[size + 2..];
+        }
+    } else if let Some(len) = resp.header("content-length") {
+        let len: usize = len.parse().unwrap();
+        resp.complete = rest.len() >= len;
+        resp.body = rest[..rest.len().min(len)].to_vec();
+        rest = &rest[rest.len().min(len)..];
+    } else if resp.status == 101 || resp.status == 204 || resp.status == 304 {
+        // No body.
+    } else {
+        resp.body = rest.to_vec();
+        rest = &[];
+    }
+    (resp, rest)
+}
+
+fn parse(raw: &[u8]) -> Resp {
+    parse_one(raw).0
+}
+
+/// Sends `head` and `body`, reads until the server closes (or `within`).
+/// Returns the bytes and whether the server closed the connection.
+fn exchange(addr: SocketAddr, head: &str, body: &[u8], within: Duration) -> (Vec<u8>, bool) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    for piece in body.chunks(64 * 1024) {
+        s.write_all(piece).unwrap();
+    }
+    read_until_closed(&mut s, within)
+}
+
+fn read_until_closed(s: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = Instant::now() + within;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return (out, true),
+        }
+        if Instant::now() >= deadline {
+            return (out, false);
+        }
+    }
+}
+
+/// Reads from `s` until `have(bytes)` says it is enough (or 20 s).
+fn read_until(s: &mut impl Read, mut have: impl FnMut(&[u8]) -> bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    while !have(&out) {
+        let n = s
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("read after {} bytes: {e}", out.len()));
+        assert!(n > 0, "closed after {} bytes", out.len());
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+/// A TCP connection whose reads give up after 20 s.
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+/// A TLS connection to `addr` for `host` trusting `ca_pem`, offering only
+/// HTTP/1.1 by ALPN (as browsers do for WebSocket).
+fn connect_tls(
+    addr: SocketAddr,
+    ca_pem: &str,
+    host: &str,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls_pki_types::ServerName::try_from(host.to_string()).unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    rustls::StreamOwned::new(conn, connect(addr))
+}
+
+/// `GET path` for a.test with Connection: close.
+fn get(s: &Server, path: &str) -> Resp {
+    get_host(s.addr(), "a.test", path)
+}
+
+fn get_host(addr: SocketAddr, host: &str, path: &str) -> Resp {
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let (raw, closed) = exchange(addr, &head, &[], Duration::from_secs(30));
+    assert!(closed, "GET {path}: no end of response within 30 s");
+    assert!(!raw.is_empty(), "GET {path}: closed without a response");
+    parse(&raw)
+}
+
+/// The values of request header `name` as the app saw them (JSON echo).
+fn seen(v: &Value, name: &str) -> Vec<String> {
+    v["headers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no headers in {v}"))
+        .iter()
+        .filter(|kv| kv[0].as_str().unwrap().eq_ignore_ascii_case(name))
+        .map(|kv| kv[1].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn md5_of(data: &[u8]) -> String {
+    let mut child = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// What app.py's `big` sends: 64 KiB blocks of 'a', 'b', ... 'z', 'a', ...
+fn check_big(body: &[u8], size: usize, what: &str) {
+    assert_eq!(body.len(), size, "{what}: length");
+    for (i, piece) in body.chunks(65536).enumerate() {
+        let want = b'a' + (i % 26) as u8;
+        assert!(
+            piece.iter().all(|&b| b == want),
+            "{what}: block {i} is wrong"
+        );
+    }
+}
+
+/// 10 MB that are not all alike.
+fn payload(size: usize) -> Vec<u8> {
+    (0..size)
+        .map(|i| b"0123456789abcdefghijklmnopqrstuvwxyz"[(i * 7 + i / 4096) % 36])
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------
+
+fn proc_status(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/status")).ok()
+}
+
+/// The numbers of a `/proc/PID/status` line such as `Uid:` or `Groups:`.
+fn field(status: &str, key: &str) -> Vec<u64> {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in status:\n{status}"));
+    line[key.len() + 1..]
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect()
+}
+
+fn field_str(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find(|l| l.starts_with(&format!("{key}:")))
+        .map(|l| l[key.len() + 1..].trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Live (not zombie) processes: (pid, status text).
+fn live_processes() -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Some(st) = proc_status(pid) else { continue };
+        if field_str(&st, "State").starts_with('Z') {
+            continue;
+        }
+        out.push((pid, st));
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    proc_status(pid).is_some_and(|st| !field_str(&st, "State").starts_with('Z'))
+}
+
+/// Every live process with `uid` as its real, effective, saved or fs uid.
+fn processes_of(uid: u32) -> Vec<u32> {
+    live_processes()
+        .into_iter()
+        .filter(|(_, st)| field(st, "Uid").contains(&(uid as u64)))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+fn cmdline(pid: u32) -> String {
+    String::from_utf8_lossy(&fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+        .replace('\0', " ")
+}
+
+/// The path of the Unix socket a process has as `fd` (socket activation: 3).
+fn socket_of(pid: u32, fd: u32) -> Option<String> {
+    let link = fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let link = link.to_string_lossy();
+    let inode = link
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .to_string();
+    let table = fs::read_to_string("/proc/net/unix").ok()?;
+    table.lines().skip(1).find_map(|l| {
+        let cols: Vec<&str> = l.split_whitespace().collect();
+        (cols.len() >= 8 && cols[6] == inode).then(|| cols[7].to_string())
+    })
+}
+
+/// The processes of app `tenant/app` of the berth with supervisor `sup`:
+/// its children whose fd 3 is a socket named `TENANT.APP.*.sock`.
+fn app_procs(sup: u32, tenant: &str, app: &str) -> Vec<u32> {
+    let prefix = format!("{tenant}.{app}.");
+    live_processes()
+        .into_iter()
+        .filter(|(_, st)| field(st, "PPid") == [sup as u64])
+        .filter(|(pid, _)| {
+            socket_of(*pid, 3).is_some_and(|p| {
+                Path::new(&p)
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+            })
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Waits for `cond` for up to `within`.
+fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Runs `argv` as `user` (uid, gid and its groups) with setpriv; returns
+/// stdout and stderr.
+fn run_as(user: &str, argv: &[&str]) -> String {
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={user}"),
+            &format!("--regid={user}"),
+            "--init-groups",
+        ])
+        .args(argv)
+        .stdin(Stdio::null())
+        .output()
+        .expect("setpriv");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+// ---------------------------------------------------------------------------
+// A berth with extra environment (Server::spawn passes only the test's own)
+// ---------------------------------------------------------------------------
+
+struct EnvServer {
+    child: Child,
+    port: u16,
+    out: PathBuf,
+}
+
+impl EnvServer {
+    fn start(dir: &Dir, config: &str, port: u16, env: &[(&str, &str)]) -> EnvServer {
+        let path = dir.write("berth.toml", config);
+        let out = dir.join("berth.out");
+        let f = fs::File::create(&out).unwrap();
+        let child = Command::new(BERTH)
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .env("BERTH_LOG", "debug")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .expect("start berth");
+        let mut s = EnvServer { child, port, out };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = s.child.try_wait().unwrap() {
+                panic!("berth exited early ({st}):\n{}", s.output());
+            }
+            let probe = b"GET / HTTP/1.1\r\nHost: ready.invalid\r\nConnection: close\r\n\r\n";
+            if try_raw(s.addr(), probe).is_ok_and(|r| r.starts_with("HTTP/1.1")) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "berth did not answer:\n{}",
+                s.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn output(&self) -> String {
+        fs::read_to_string(&self.out).unwrap_or_default()
+    }
+}
+
+impl Drop for EnvServer {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 1. Who the app runs as, and what socket activation gives it (invariant 1)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_app_runs_as_the_tenant_socket_activated_with_a_clean_environment() {
+    require_root();
+    let (uid, gid) = user_a();
+    let (_, front_gid) = ensure_user("berth-tfront");
+    let dir = Dir::new();
+    let home = Home::new(&dir, "home-a", USER_A, (uid, gid));
+    home.own();
+    let (block, port, _) = server(&dir);
+    let app_py = home.app_py();
+    let apps = http_app(
+        "ta",
+        "py",
+        &home,
+        &[app_py.to_str().unwrap()],
+        "env = { APP_ENV = \"production\" }",
+    );
+    let config = format!(
+        "{block}{}",
+        tenant("ta", &home, "a.test", "", &[("/py/", "py")], &apps)
+    );
+    let s = EnvServer::start(&dir, &config, port, &[("BERTH_TEST_SECRET", "1")]);
+    let berth_env = fs::read(format!("/proc/{}/environ", s.child.id())).unwrap();
+    assert!(
+        berth_env
+            .split(|&b| b == 0)
+            .any(|kv| kv == b"BERTH_TEST_SECRET=1"),
+        "the test did not give berth its variable"
+    );
+
+    // The path reaches the app unchanged, prefix, escapes and query included.
+    let r = get_host(s.addr(), "a.test", "/py/echo/x%20y?a=1&b=%2F");
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+    let v = r.json();
+    assert_eq!(v["path"], "/py/echo/x%20y?a=1&b=%2F", "{v}");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["version"], "HTTP/1.1");
+
+    // What the app says about itself.
+    assert_eq!(
+        (v["uid"].as_u64(), v["euid"].as_u64()),
+        (Some(uid.into()), Some(uid.into()))
+    );
+    assert_eq!(
+        (v["gid"].as_u64(), v["egid"].as_u64()),
+        (Some(gid.into()), Some(gid.into()))
+    );
+    let want_groups = groups_of(USER_A);
+    assert!(
+        want_groups.len() >= 2,
+        "{USER_A} should have a supplementary group"
+    );
+    let groups: BTreeSet<u64> = v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_u64().unwrap())
+        .collect();
+    assert_eq!(groups, want_groups, "supplementary groups");
+    let pid = v["pid"].as_u64().unwrap() as u32;
+    assert_eq!(
+        v["LISTEN_PID"],
+        pid.to_string(),
+        "LISTEN_PID is the app's own pid"
+    );
+    assert_eq!(v["LISTEN_FDS"], "1");
+    assert_eq!(v["LISTEN_FDNAMES"], "http");
+    assert_eq!(
+        fs::canonicalize(v["cwd"].as_str().unwrap()).unwrap(),
+        fs::canonicalize(home.join("app")).unwrap(),
+        "working directory = the app's dir"
+    );
+
+    // The environment: nothing of berth's, HOME = the tenant's home.
+    let env = v["env"].as_object().unwrap();
+    let home_path = home.path.to_str().unwrap();
+    let expect = [
+        ("HOME", home_path),
+        ("USER", USER_A),
+        ("LOGNAME", USER_A),
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("APP_ENV", "production"),
+    ];
+    for (k, want) in expect {
+        assert_eq!(env.get(k).and_then(Value::as_str), Some(want), "{k} in {v}");
+    }
+    for k in ["BERTH_TEST_SECRET", "BERTH_LOG", "RUST_LOG", "CARGO", "PWD"] {
+        assert!(!env.contains_key(k), "{k} leaked into the app: {v}");
+    }
+    // What the kernel says about the process that answered.
+    let st = proc_status(pid).expect("the app process that answered is alive");
+    assert_eq!(
+        field(&st, "PPid"),
+        [s.child.id() as u64],
+        "child of the supervisor"
+    );
+    assert_eq!(field(&st, "Uid"), [uid as u64; 4], "{st}");
+    assert_eq!(field(&st, "Gid"), [gid as u64; 4], "{st}");
+    let kernel_groups: BTreeSet<u64> = field(&st, "Groups").into_iter().collect();
+    assert_eq!(kernel_groups, want_groups);
+    assert!(!kernel_groups.contains(&0), "no root group");
+    assert_eq!(field_str(&st, "NoNewPrivs"), "1");
+    // The environment berth gave it (python3 itself adds LC_CTYPE when the
+    // locale is C, PEP 538, so the kernel's copy is the one to check): what
+    // invariant 1 lists, socket activation's variables (and PORT/BERTH_SOCKET,
+    // which DESIGN.md "App sockets" allows for apps that bind by themselves),
+    // nothing else.
+    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ: Vec<String> = environ
+        .split(|&b| b == 0)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| String::from_utf8_lossy(kv).into_owned())
+        .collect();
+    assert!(
+        environ.contains(&format!("LISTEN_PID={pid}")),
+        "LISTEN_PID in /proc/{pid}/environ: {environ:?}"
+    );
+    assert!(
+        environ.contains(&format!("HOME={home_path}")),
+        "{environ:?}"
+    );
+    let allowed: BTreeSet<&str> = [
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "APP_ENV",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "PORT",
+        "BERTH_SOCKET",
+    ]
+    .into_iter()
+    .collect();
+    let extra: Vec<&String> = environ
+        .iter()
+        .filter(|kv| !allowed.contains(kv.split_once('=').map_or(kv.as_str(), |(k, _)| k)))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "unexpected variables {extra:?} in {environ:?}"
+    );
+    // Its own session and process group (so berth can stop all of it).
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    assert_eq!(after_comm[3], after_comm[2], "session leader: sid = pgid");
+    assert_eq!(after_comm[2], pid.to_string(), "its own process group");
+
+    // fd 3 is the socket berth bound, in the root-owned apps directory; when
+    // idle, the app holds 0, 1, 2 and 3 and nothing of berth's.
+    let sock = socket_of(pid, 3).expect("fd 3 is a Unix socket");
+    let apps_dir = dir.join("state/apps");
+    assert_eq!(Path::new(&sock).parent().unwrap(), apps_dir, "{sock}");
+    assert!(
+        Path::new(&sock)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("ta.py."),
+        "{sock}"
+    );
+    let m = fs::symlink_metadata(&sock).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, front_gid, 0o660));
+    let m = fs::metadata(&apps_dir).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, front_gid, 0o750));
+    let mut fds = BTreeSet::new();
+    let only_listener = eventually(Duration::from_secs(3), || {
+        fds = fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().parse::<u32>().unwrap())
+            .collect();
+        fds == BTreeSet::from([0, 1, 2, 3])
+    });
+    assert!(only_listener, "the idle app's descriptors: {fds:?}");
+    assert_eq!(
+        fs::read_link(format!("/proc/{pid}/fd/0")).unwrap(),
+        Path::new("/dev/null")
+    );
+
+    // The next request: the same process (the pool reuses it).
+    let r = get_host(s.addr(), "a.test", "/py/again");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["pid"].as_u64(), Some(pid.into()));
+}
+
+// ---------------------------------------------------------------------------
+// 2. Proxy headers and hop-by-hop headers
+// ---------------------------------------------------------------------------
+
+#[test]
+fn proxy_headers_are_set_by_berth_and_hop_by_hop_headers_are_dropped() {
+    require_root();
+    let dir = Dir::new();
+    let home = Home::new(&dir, "home-a", USER_A, user_a());
+    home.own();
+    let pki = Pki::new();
+    let s = start_a_with(&dir, &home, "", &tls_line(&dir, &pki));
+    let tls_port = s.tls_port;
+
+    let spoof = "X-Forwarded-For: 6.6.6.6\r\n\
+                 Forwarded: for=6.6.6.6;proto=https;host=evil.test\r\n\
+                 X-Real-IP: 6.6.6.6\r\n\
+                 X-Forwarded-Host: evil.test\r\n\
+                 X-Forwarded-Proto: https\r\n\
+                 X-Forwarded-Port: 443\r\n\
+                 X-Forwarded-Ssl: on\r\n";
+    let hop = "Connection: close, X-Secret-Hop\r\n\
+               X-Secret-Hop: 1\r\n\
+               Keep-Alive: timeout=300\r\n\
+               TE: trailers\r\n\
+               Proxy-Connection: keep-alive\r\n\
+               Proxy-Authorization: Basic Zm9vOmJhcg==\r\n\
+               Trailer: X-Checksum\r\n";
+    // A GET (the fast lane takes it) and a POST with a body (hyper's).
+    let requests = [
+        format!(
+            "GET /py/headers HTTP/1.1\r\nHost: a.test\r\n{spoof}{hop}X-End-To-End: kept\r\n\r\n"
+        ),
+        format!(
+            "POST /py/headers HTTP/1.1\r\nHost: a.test\r\n{spoof}{hop}X-End-To-End: kept\r\nContent-Length: 2\r\n\r\nhi"
+        ),
+    ];
+    for req in &requests {
+        let what = req.lines().next().unwrap();
+        let (raw, closed) = exchange(s.addr(), req, &[], Duration::from_secs(10));
+        assert!(closed, "{what}: Connection: close was not honoured");
+        let r = parse(&raw);
+        assert_eq!(r.status, 200, "{what}: {r:?}\n{}", s.output());
+        let v = r.json();
+        let one = |name: &str| {
+            let got = seen(&v, name);
+            assert_eq!(got.len(), 1, "{what}: {name} seen as {got:?}\n{v}");
+            got[0].clone()
+        };
+        assert_eq!(one("x-forwarded-for"), "127.0.0.1", "{what}");
+        assert_eq!(one("x-real-ip"), "127.0.0.1", "{what}");
+        assert_eq!(one("x-forwarded-proto"), "http", "{what}");
+        assert_eq!(one("x-forwarded-host"), "a.test", "{what}");
+        assert_eq!(
+            one("forwarded"),
+            "for=127.0.0.1;proto=http;host=\"a.test\"",
+            "{what}"
+        );
+        assert_eq!(one("host"), "a.test", "{what}");
+        assert_eq!(one("x-end-to-end"), "kept", "{what}");
+        for gone in [
+            "x-forwarded-port",
+            "x-forwarded-ssl",
+            "x-secret-hop",
+            "keep-alive",
+            "te",
+            "proxy-connection",
+            "proxy-authorization",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert!(
+                seen(&v, gone).is_empty(),
+                "{what}: {gone} reached the app: {:?}",
+                seen(&v, gone)
+            );
+        }
+        // berth's own connection to the app, one request long.
+        for c in seen(&v, "connection") {
+            assert!(
+                c.eq_ignore_ascii_case("close"),
+                "{what}: the app saw Connection: {c}"
+            );
+        }
+        if what.starts_with("POST") {
+            assert_eq!(
+                (v["body_len"].as_u64(), v["method"].as_str()),
+                (Some(2), Some("POST"))
+            );
+        }
+    }
+
+    // The app's hop-by-hop response headers stay between berth and the app,
+    // and its `Connection: close` does not close the client's connection.
+    let mut c = connect(s.addr());
+    c.write_all(b"GET /py/hop HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    let raw = read_until(&mut c, |b| {
+        find(b, b"\r\n\r\n").is_some() && {
+            let (r, _) = parse_one(b);
+            r.complete && !r.body.is_empty()
+        }
+    });
+    let r = parse(&raw);
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+    assert_eq!(r.header("x-app-e2e").as_deref(), Some("yes"), "{r:?}");
+    for gone in ["x-app-hop", "keep-alive", "proxy-connection"] {
+        assert!(r.header(gone).is_none(), "{gone} reached the client: {r:?}");
+    }
+    for v in r.headers("connection") {
+        assert!(!v.to_ascii_lowercase().contains("x-app-hop"), "{r:?}");
+        assert!(
+            !v.eq_ignore_ascii_case("close"),
+            "the app's Connection: close reached the client: {r:?}"
+        );
+    }
+    // Same connection, next request.
+    c.write_all(b"GET /py/again HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (raw, closed) = read_until_closed(&mut c, Duration::from_secs(10));
+    assert!(closed);
+    assert!(
+        !raw.is_empty(),
+        "the client's connection was closed after /py/hop"
+    );
+    assert_eq!(parse(&raw).status, 200);
+
+    // Over TLS (ALPN h2): X-Forwarded-Proto https, proto=https.
+    let tls = client(false, Some(&pki.ca_pem), &["a.test"], tls_port);
+    let resp = tls
+        .get(format!("https://a.test:{tls_port}/py/tls"))
+        .header("x-forwarded-proto", "http")
+        .header("x-forwarded-for", "6.6.6.6")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = serde_json::from_slice(&resp.bytes().unwrap()).unwrap();
+    let authority = format!("a.test:{tls_port}");
+    assert_eq!(seen(&v, "x-forwarded-proto"), ["https"], "{v}");
+    assert_eq!(seen(&v, "x-forwarded-for"), ["127.0.0.1"], "{v}");
+    assert_eq!(seen(&v, "host"), [authority], "{v}");
+    let fwd = seen(&v, "forwarded");
+    assert_eq!(fwd.len(), 1, "{v}");
+    assert!(
+        fwd[0].starts_with("for=127.0.0.1;proto=https;host=\"a.test"),
+        "{v}"
+    );
+    assert_eq!(seen(&v, "x-real-ip"), ["127.0.0.1"], "{v}");
+}
+
+/// RFC 7239 §5.3: `host=` carries "the original value of the Host header
+/// field"; X-Forwarded-Host is, by the same convention (Apache's mod_proxy,
+/// Traefik), the Host the client sent. An app that builds absolute URLs from
+/// them (Django's USE_X_FORWARDED_HOST, Rails, Express's `trust proxy`) must
+/// get the port the client used, or its redirects go to the wrong port.
+#[test]
+fn forwarded_host_is_the_host_the_client_sent_port_included() {
+    require_root();
+    let dir = Dir::new();
+    let home = Home::new(&dir, "home-a", USER_A, user_a());
+    let s = start_a(&dir, &home, "");
+    let host = format!("a.test:{}", s.port);
+
+    // HTTP/1.1 with Host: a.test:PORT.
+    let r = get_host(s.addr(), &host, "/py/port");
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+    let v = r.json();
+    assert_eq!(
+        seen(&v, "host"),
+        std::slice::from_ref(&host),
+        "Host is kept: {v}"
+    );
+    assert_eq!(
+        seen(&v, "forwarded"),
+        [format!("for=127.0.0.1;proto=http;host=\"{host}\"")],
+        "Forwarded host= as the client sent it: {v}"
+    );
+    assert_eq!(
+        seen(&v, "x-forwarded-host"),
+        std::slice::from_ref(&host),
+        "{v}"
+    );
+
+    // HTTP/2: the authority.
+    let h2c = client(true, None, &["a.test"], s.port);
+    let resp = h2c.get(format!("http://{host}/py/port")).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = serde_json::from_slice(&resp.bytes().unwrap()).unwrap();
+    assert_eq!(seen(&v, "host"), std::slice::from_ref(&host), "{v}");
+    assert_eq!(
+        seen(&v, "x-forwarded-host"),
+        std::slice::from_ref(&host),
+        "{v}"
+    );
+    assert_eq!(
+        seen(&v, "forwarded"),
+        [format!("for=127.0.0.1;proto=http;host=\"{host}\"")],
+        "{v}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 3. Bodies both ways
+// ---------------------------------------------------------------------------
+
+#[test]
+fn ten_megabytes_stream_both_ways_over_http1_and_h2c() {
+    require_root();
+    let dir = Dir::new();
+    let home = Home::new(&dir, "home-a", USER_A, user_a());
+    let s = start_a(&dir, &home, "");
+    const SIZE: usize = 10 << 20;
+    let data = payload(SIZE);
+    let md5 = md5_of(&data);
+
+    // A 10 MB upload with Content-Length.
+    let head = format!(
+        "POST /py/up HTTP/1.1\r\nHost: a.test\r\nContent-Type: application/octet-stream\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n"
+    );
+    let (raw, closed) = exchange(s.addr(), &head, &data, Duration::from_secs(30));
+    assert!(closed);
+    let r = parse(&raw);
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+    let v = r.json();
+    assert_eq!(v["body_len"].as_u64(), Some(SIZE as u64), "{r:?}");
+    assert_eq!(v["body_md5"], md5.as_str());
+    assert_eq!(seen(&v, "content-length"), [SIZE.to_string()]);
+
+    // Chunked: chunks of odd sizes, forwarded whole.
+    let small = &data[..300_001];
+    let mut chunked = Vec::new();
+    let mut rest = small;
+    let mut n = 1;
+    while !rest.is_empty() {
+        let k = rest.len().min(n);
+        chunked.extend_from_slice(format!("{k:x}\r\n").as_bytes());
+        chunked.extend_from_slice(&rest[..k]);
+        chunked.extend_from_slice(b"\r\n");
+        rest = &rest[k..];
+        n = n * 3 + 7;
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let head = "POST /py/up HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    let (raw, closed) = exchange(s.addr(), head, &chunked, Duration::from_secs(30));
+    assert!(closed);
+    let r = parse(&raw);
+    assert_eq!(r.status, 200, "chunked upload: {r:?}\n{}", s.output());
+    let v = r.json();
+    assert_eq!(v["body_len"].as_u64(), Some(small.len() as u64), "{r:?}");
+    assert_eq!(v["body_md5"], md5_of(small).as_str());
+
+    // 10 MB down over HTTP/1.1, sized and chunked by the app.
+    for (path, what) in [
+        ("/py/big", "sized"),
+        ("/py/big?chunked=1", "chunked by the app"),
+    ] {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
+        let (raw, closed) = exchange(s.addr(), &head, &[], Duration::from_secs(30));
+        assert!(closed, "{what}");
+        let r = parse(&raw);
+        assert_eq!(r.status, 200, "{what}: {r:?}");
+        assert!(r.complete, "{what}: {r:?}");
+        check_big(&r.body, SIZE, what);
+    }
+
+    // And over h2c: up with and without content-length, down.
+    let h2c = client(true, None, &["a.test"], s.port);
+    let resp = h2c
+        .get(format!("http://a.test:{}/py/big", s.port))
+        .send()
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    check_big(&resp.bytes().unwrap(), SIZE, "h2c download");
+    let resp = h2c
+        .post(format!("http://a.test:{}/py/up", s.port))
+        .body(data.clone())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = serde_json::from_slice(&resp.bytes().unwrap()).unwrap();
+    assert_eq!(v["body_len"].as_u64(), Some(SIZE as u64), "h2c upload: {v}");
+    assert_eq!(v["body_md5"], md5.as_str());
+    let resp = h2c
+        .post(format!("http://a.test:{}/py/up", s.port))
+        .body(reqwest::blocking::Body::new(std::io::Cursor::new(
+            small.to_vec(),
+        )))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = serde_json::from_slice(&resp.bytes().unwrap()).unwrap();
+    assert_eq!(
+        v["body_len"].as_u64(),
+        Some(small.len() as u64),
+        "h2c upload without content-length: {v}"
+    );
+    assert_eq!(v["body_md5"], md5_of(small).as_str());
+}
+
+// ---------------------------------------------------------------------------
+// 4. Upgrades (WebSocket) are tunnelled
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_websocket_upgrade_is_tunnelled_and_frees_the_process_after() {
+    require_root();
+    let dir = Dir::new();
+    let home = Home::new(&dir, "home-a", USER_A, user_a());
+    let pki = Pki::new();
+    let s = start_a_with(&dir, &home, "max_processes = 1", &tls_line(&dir, &pki));
+
+    let mut ws = connect(s.addr());
+    ws.write_all(
+        b"GET /py/ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+          X-Forwarded-For: 6.6.6.6\r\n\r\n",
+    )
+    .unwrap();
+    let raw = read_until(&mut ws, |b| find(b, b"\r\n\r\n").is_some());
+    let (r, rest) = parse_one(&raw);
+    assert_eq!(r.status, 101, "{r:?}\n{}", s.output());
+    assert!(rest.is_empty(), "bytes after the 101: {rest:?}");
+    assert_eq!(r.header("upgrade").as_deref(), Some("websocket"), "{r:?}");
+    assert!(
+        r.header("connection")
+            .is_some_and(|c| c.eq_ignore_ascii_case("upgrade")),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.header("sec-websocket-accept").as_deref(),
+        Some("not-checked")
+    );
+    // What the app was asked: an upgrade, with berth's proxy headers.
+    assert!(
+        r.header("x-seen-connection")
+            .is_some_and(|c| c.eq_ignore_ascii_case("upgrade")),
+        "{r:?}"
+    );
+    assert_eq!(r.header("x-seen-upgrade").as_deref(), Some("websocket"));
+    assert_eq!(r.header("x-seen-xff").as_deref(), Some("127.0.0.1"));
+    let ws_pid: u32 = r.header("x-pid").unwrap().parse().unwrap();
+
+    // Bytes both ways through the tunnel, binary and HTTP-looking included.
+    let messages: [&[u8]; 4] = [
+        b"hello",
+        &[0, 255, 13, 10, 13, 10, 0x81, 0x05],
+        b"GET /py/x HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        &[7u8; 200_000],
+    ];
+    for m in messages {
+        ws.write_all(m).unwrap();
+        let back = read_until(&mut ws, |b| b.len() >= m.len());
+        assert!(back == m, "echoed {} bytes for {}", back.len(), m.len());
+    }
+
+    // While the tunnel is open the only process is taken: a request waits,
+    // and is served once the tunnel closes.
+    let waiting = std::thread::spawn({
+        let addr = s.addr();
+        move || {
+            let t0 = Instant::now();
+            (get_host(addr, "a.test", "/py/after"), t0.elapsed())
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !waiting.is_finished(),
+        "served while the tunnel held the only process"
+    );
+
+    // Close our side: the app sees EOF and closes; so does the tunnel.
+    ws.shutdown(Shutdown::Write).unwrap();
+    let (tail, closed) = read_until_closed(&mut ws, Duration::from_secs(5));
+    assert!(closed, "the tunnel did not close after the client's EOF");
+    assert!(tail.is_empty(), "{tail:?}");
+    drop(ws);
+
+    let (r, waited) = waiting.join().unwrap();
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    assert_eq!(
+        r.json()["pid"].as_u64(),
+        Some(ws_pid.into()),
+        "the same (only) process served it"
+    );
+    let r = get(&s, "/py/next");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(app_procs(s.pid(), "ta", "py"), vec![ws_pid]);
+
+    // The app may refuse an upgrade: an ordinary answer, and the connection
+    // goes on.
+    let mut c = connect(s.addr());
+    c.write_all(
+        b"GET /py/plain HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .unwrap();
+    let raw = read_until(&mut c, |b| {
+        find(b, b"\r\n\r\n").is_some() && parse_one(b).0.complete
+    });
+    let r = parse(&raw);
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+    let v = r.json();
+    assert_eq!(v["path"], "/py/plain");
+    assert_eq!(seen(&v, "upgrade"), ["websocket"], "the app was asked: {v}");
+    assert!(r.header("upgrade").is_none(), "{r:?}");
+    c.write_all(b"GET /py/pid HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (raw, closed) = read_until_closed(&mut c, Duration::from_secs(10));
+    assert!(
+        closed && !raw.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert_eq!(parse(&raw).status, 200);
+
+    // wss://: the same over TLS (ALPN http/1.1).
+    let mut wss = connect_tls(s.tls_addr(), &pki.ca_pem, "a.test");
+    wss.write_all(
+        b"GET /py/ws HTTP/1.1\r\nHost: a.test\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .unwrap();
+    let raw = read_until(&mut wss, |b| find(b, b"\r\n\r\n").is_some());
+    let (r, rest) = parse_one(&raw);
+    assert_eq!(r.status, 101, "wss: {r:?}\n{}", s.output());
+    assert!(rest.is_empty(), "{rest:?}");
+    for m in [&b"over tls"[..], &[9u8; 100_000][..]] {
+        wss.write_all(m).unwrap();
+        let back = read_until(&mut wss, |b| b.len() >= m.len());
+        assert!(
+            back == m,
+            "wss: echoed {} bytes for {}",
+            back.len(),
+            m.len()
+        );
+    }
+    wss.conn.send_close_notify();
+    wss.flush().unwrap();
+    let mut tail = Vec::new();
+    let end = wss.read_to_end(&mut tail);
+    assert!(tail.is_empty(), "{tail:?}");
+    drop(end);
+    drop(wss);
+    let t0 = Instant::now();
+    let r = get(&s, "/py/after-wss");
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+
+    // Over HTTP/2 there is no upgrade: the app sees an ordinary request.
+    let h2c = client(true, None, &["a.test"], s.port);
+    let resp = h2c
+        .get(format!("http://a.test:{}/py/echo", s.port))
+        .header("upgrade", "websocket")
+        .send();
+    if let Ok(resp) = resp {
+        assert_ne!(resp.status(), 101);
+    }
+    let r = get(&s, "/py/last");
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+}
+
+// ---------------------------------------------------------------------------
+// 5. Crashes and slow starts (invariant 8)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_crash_is_502_and_the_next_request_works() {
+    require_root();
+    let dir = Dir::new();
+    let home = Home::new(&dir, "home-a", USER_A, user_a());
+    let s = start_a(&dir, &home, "max_processes = 1");
+
+    let r = get(&s, "/py/pid");
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+    let mut pid = r.json()["pid"].as_u64().unwrap() as u32;
+    for round in 1..=2 {
+        // Dies before answering.
+        let t0 = Instant::now();
+        let r = get(&s, "/py/crash");
+        assert_eq!(r.status, 502, "round {round}: {r:?}\n{}", s.output());
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+        assert!(eventually(Duration::from_secs(2), || !alive(pid)));
+        let r = get(&s, "/py/pid");
+        assert_eq!(r.status, 200, "round {round}: {r:?}\n{}", s.output());
+        let next = r.json()["pid"].as_u64().unwrap() as u32;
+        assert_ne!(next, pid);
+        pid = next;
+        // Let it be not young any more (crash-loop detection).
+        std::thread::sleep(Duration::from_millis(300));
+        let r = get(&s, "/py/pid");
+        assert_eq!(r.status, 200, "round {round}: {r:?}");
+    }
+
+    // Dies in the middle of its body: the client can tell it is cut short.
+    let head = "GET /py/half HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    let (raw, closed) = exchange(s.addr(), head, &[], Duration::from_secs(10));
+    assert!(closed, "the connection was not closed after the app died");
+    assert!(!raw.is_empty(), "closed without a response\n{}", s.output());
+    let r = parse(&raw);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.chunked || r.header("content-length").is_some(),
+        "unframed body: {r:?}"
+    );
+    assert!(!r.complete, "the response looks complete: {r:?}");
+    assert!(r.body.len() < 1 << 20);
+    let mut last = None;
+    let ok = eventually(Duration::from_secs(5), || {
+        let r = get(&s, "/py/pid");
+        let ok = r.status == 200;
+        last = Some(r);
+        ok
+    });
+    assert!(ok, "{last:?}\n{}", s.output());
+}
+
+#[test]
+fn a_slow_starting_app_gets_503_after_start_timeout() {
+    require_root();
+    let dir = Dir::new();
+    let home = Home::new(&dir, "home-a", USER_A, user_a());
+    let slow = home.write(
+        "app/slow.sh",
+        format!(
+            "#!/bin/sh\nsleep 5\nexec {PYTHON} {}\n",
+            home.app_py().display()
+        ),
+        0o755,
+    );
+    home.own();
+    let (block, port, tls_port) = server(&dir);
+    let apps = http_app(
+        "ta",
+        "slow",
+        &home,
+        &[slow.to_str().unwrap()],
+        "start_timeout = \"1s\"",
+    );
+    let config = format!(
+        "{block}{}",
+        tenant("ta", &home, "a.test", "", &[("/slow/", "slow")], &apps)
+    );
+    let s = Server::start(&dir, &config, port, tls_port);
+
+    let t0 = Instant::now();
+    let r = get(&s, "/slow/x");
+    let took = t0.elapsed();
+    assert_eq!(r.status, 503, "{r:?}\n{}", s.output());
+    assert!(took < Duration::from_millis(2500), "503 took {took:?}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "503 before start_timeout: {took:?}"
+    );
+    assert!(r.header("retry-after").is_some(), "{r:?}");
+    // The process that did not start in time is stopped (with its sleep).
+    assert!(
+        eventually(Duration::from_secs(8), || app_procs(s.pid(), "ta", "slow")
+            .is_empty()),
+        "{}",
+        s.output()
+    );
+    let (uid, _) = user_a();
+    let sleeping = || {
+        processes_of(uid)
+            .into_iter()
+            .filter(|p| cmdline(*p).starts_with("sleep 5"))
+            .filter(|p| {
+                fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|c| c.starts_with(dir.path()))
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(Duration::from_secs(8), || sleeping().is_empty()),
+        "the slow app's sleep is still running: {:?}",
+        sleeping()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 6. Another tenant cannot reach A's socket or processes (invariant 2)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn another_tenant_cannot_reach_the_socket_or_the_processes() {
+    require_root();
+    let ids_a = user_a();
+    let ids_b = ensure_user(USER_B);
+    let dir = Dir::new();
+    let home_a = Home::new(&dir, "home-a", USER_A, ids_a);
+    let home_b = Home::new(&dir, "home-b", USER_B, ids_b);
+    home_a.own();
+    home_b.own();
+    let (block, port, tls_port) = server(&dir);
+    let (py_a, py_b) = (home_a.app_py(), home_b.app_py());
+    let config = format!(
+        "{block}{}{}",
+        tenant(
+            "ta",
+            &home_a,
+            "a.test",
+            "",
+            &[("/py/", "py")],
+            &http_app("ta", "py", &home_a, &[py_a.to_str().unwrap()], "")
+        ),
+        tenant(
+            "tb",
+            &home_b,
+            "b.test",
+            "",
+            &[("/py/", "py")],
+            &http_app("tb", "py", &home_b, &[py_b.to_str().unwrap()], "")
+        ),
+    );
+    let s = Server::start(&dir, &config, port, tls_port);
+
+    let r = get(&s, "/py/pid");
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+    let pid_a = r.json()["pid"].as_u64().unwrap() as u32;
+    let sock = socket_of(pid_a, 3).expect("A's process has its socket at fd 3");
+    assert_eq!(Path::new(&sock).parent().unwrap(), dir.join("state/apps"));
+
+    // B's user, directly.
+    let pid = pid_a.to_string();
+    let py_b = py_b.to_str().unwrap();
+    let out = run_as(USER_B, &[PYTHON, py_b, "probe", &sock, &pid]);
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["uid"].as_u64(), Some(ids_b.0.into()), "{v}");
+    for (k, want) in [
+        ("connect", "fail:EACCES"),
+        ("list", "fail:EACCES"),
+        ("unlink", "fail:EACCES"),
+        ("kill0", "fail:EPERM"),
+        ("kill9", "fail:EPERM"),
+    ] {
+        assert_eq!(v[k], want, "as {USER_B}: {k} in {v}");
+    }
+    // A's own user cannot connect past berth or replace its socket either.
+    let out = run_as(USER_A, &[PYTHON, py_b, "probe", &sock, "1"]);
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["connect"], "fail:EACCES", "as {USER_A}: {v}");
+    assert_eq!(v["unlink"], "fail:EACCES", "as {USER_A}: {v}");
+    assert!(Path::new(&sock).exists());
+    assert!(alive(pid_a), "A's process survived B's SIGKILL attempt");
+
+    // B's own app, through berth, tries the same.
+    let r = get_host(
+        s.addr(),
+        "b.test",
+        &format!("/py/probe?sock={sock}&pid={pid_a}"),
+    );
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+    let v = r.json();
+    assert_eq!(v["uid"].as_u64(), Some(ids_b.0.into()), "B's app runs as B");
+    assert_eq!(v["connect"], "fail:EACCES", "{v}");
+    assert_eq!(v["list"], "fail:EACCES", "{v}");
+    assert_eq!(v["kill0"], "fail:EPERM", "{v}");
+
+    // A keeps answering, from the same process.
+    let r = get(&s, "/py/pid");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["pid"].as_u64(), Some(pid_a.into()));
+}
+
+// ---------------------------------------------------------------------------
+// 7. Nothing left after SIGTERM
+// ---------------------------------------------------------------------------
+
+#[test]
+fn sigterm_stops_every_process_of_the_tenant() {
+    require_root();
+    let ids = ensure_user(USER_C);
+    let dir = Dir::new();
+    let home = Home::new(&dir, "home-c", USER_C, ids);
+    home.own();
+    let (block, port, tls_port) = server(&dir);
+    let app_py = home.app_py();
+    let config = format!(
+        "{block}{}",
+        tenant(
+            "tc",
+            &home,
+            "c.test",
+            "",
+            &[("/py/", "py")],
+            &http_app(
+                "tc",
+                "py",
+                &home,
+                &[app_py.to_str().unwrap()],
+                "max_processes = 3"
+            )
+        )
+    );
+    let mut s = Server::start(&dir, &config, port, tls_port);
+    // Three processes at once.
+    let results: Vec<Resp> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| get_host(s.addr(), "c.test", "/py/sleep?s=0.5")))
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let mut pids = BTreeSet::new();
+    for r in &results {
+        assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+        pids.insert(r.json()["pid"].as_u64().unwrap());
+    }
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    // A child in the app's process group, as apps that shell out leave.
+    let r = get_host(s.addr(), "c.test", "/py/spawn");
+    assert_eq!(r.status, 200, "{r:?}");
+    let child = r.json()["child"].as_u64().unwrap() as u32;
+    assert!(alive(child));
+    // A request in flight while berth stops.
+    let in_flight = std::thread::spawn({
+        let addr = s.addr();
+        move || {
+            let head = "GET /py/sleep?s=1 HTTP/1.1\r\nHost: c.test\r\nConnection: close\r\n\r\n";
+            exchange(addr, head, &[], Duration::from_secs(20)).0
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(processes_of(ids.0).len() >= 4, "{:?}", processes_of(ids.0));
+
+    assert_eq!(s.stop(), Some(0), "{}", s.output());
+    let raw = in_flight.join().unwrap();
+    assert!(
+        !raw.is_empty() && parse(&raw).status == 200,
+        "the request in flight was not drained: {:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    let left = processes_of(ids.0);
+    assert!(
+        left.is_empty(),
+        "left running as {USER_C}: {:?}",
+        left.iter().map(|p| cmdline(*p)).collect::<Vec<_>>()
+    );
+    let sockets: Vec<_> = fs::read_dir(dir.join("state/apps"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(sockets.is_empty(), "sockets left: {sockets:?}");
+}
+
+/// An app that daemonizes a helper (its own session, as `setsid`, `nohup ...
+/// &` from a daemon library, or a double fork does) leaves the process group
+/// berth signals; DESIGN.md "Processes"/issue 3 item 8: "nothing is left
+/// running after berth exits".
+/// A client that goes away in the middle of a download or an upload must not
+/// keep the app's only process: the next request is served.
+#[test]
+fn a_client_going_away_frees_the_process() {
+    require_root();
+    let dir = Dir::new();
+    let home = Home::new(&dir, "home-a", USER_A, user_a());
+    let s = start_a(&dir, &home, "max_processes = 1");
+    let r = get(&s, "/py/pid");
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+
+    // Download: read a little of 10 MB, then hang up.
+    let mut c = connect(s.addr());
+    c.write_all(b"GET /py/big HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    read_until(&mut c, |b| b.len() >= 100_000);
+    drop(c);
+    let t0 = Instant::now();
+    let r = get(&s, "/py/pid");
+    assert_eq!(
+        r.status,
+        200,
+        "after an abandoned download: {r:?}\n{}",
+        s.output()
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+
+    // Upload: announce 10 MB, send 1 MB, hang up.
+    let mut c = connect(s.addr());
+    c.write_all(
+        format!(
+            "POST /py/up HTTP/1.1\r\nHost: a.test\r\nContent-Length: {}\r\n\r\n",
+            10 << 20
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    c.write_all(&payload(1 << 20)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(c);
+    let t0 = Instant::now();
+    let r = get(&s, "/py/pid");
+    assert_eq!(
+        r.status,
+        200,
+        "after an abandoned upload: {r:?}\n{}",
+        s.output()
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+
+    // HEAD: the app's Content-Length, no body, the connection still usable.
+    let mut c = connect(s.addr());
+    c.write_all(b"HEAD /py/head HTTP/1.1\r\nHost: a.test\r\n\r\nGET /py/pid HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (raw, closed) = read_until_closed(&mut c, Duration::from_secs(10));
+    assert!(closed);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let second = text
+        .find("\r\n\r\nHTTP/1.1 ")
+        .unwrap_or_else(|| panic!("{text}"));
+    let head = &text[..second];
+    assert!(
+        head.to_ascii_lowercase().contains("content-length:"),
+        "HEAD answer without the app's Content-Length: {head}"
+    );
+    let r = parse(&raw[second + 4..]);
+    assert_eq!(r.status, 200, "{text}");
+    r.json();
+}
