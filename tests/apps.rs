@@ -6,16 +6,16 @@
 //! too slowly (invariant 8), suEXEC refusals, streamed 10 MB bodies with the
 //! front end's memory flat, and nothing left running after SIGTERM.
 mod common;
+use common::apps::*;
 use common::*;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -36,105 +36,13 @@ const PHP: &str = "/usr/bin/php-cgi";
 
 /// Tenant A's user, a member of the supplementary group [`GROUP_A`].
 fn user_a() -> (u32, u32) {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _g = LOCK.lock().unwrap();
-    let ids = ensure_user(USER_A);
-    if !names_of_groups(USER_A).iter().any(|g| g == GROUP_A) {
-        let ok = Command::new("groupadd")
-            .args(["-f", GROUP_A])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "groupadd {GROUP_A}");
-        let ok = Command::new("usermod")
-            .args(["-a", "-G", GROUP_A, USER_A])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "usermod -a -G {GROUP_A} {USER_A}");
-    }
-    ids
-}
-
-fn names_of_groups(user: &str) -> Vec<String> {
-    let out = Command::new("id").args(["-Gn", user]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(String::from)
-        .collect()
-}
-
-/// The groups the system gives `user` (as `id -G` prints them).
-fn groups_of(user: &str) -> BTreeSet<u64> {
-    let out = Command::new("id").args(["-G", user]).output().unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .map(|g| g.parse().unwrap())
-        .collect()
-}
-
-/// A tenant's home inside a test `Dir`: `dir/REL` (0755), with the site root
-/// `public/` in it. Files are written as root; [`Home::own`] hands the tree to
-/// the tenant.
-struct Home {
-    path: PathBuf,
-    user: &'static str,
-    uid: u32,
-    gid: u32,
+    user_in_group(USER_A, GROUP_A)
 }
 
 impl Home {
-    fn new(dir: &Dir, rel: &str, user: &'static str, (uid, gid): (u32, u32)) -> Home {
-        let path = dir.mkdir(&format!("{rel}/public"));
-        let path = path.parent().unwrap().to_path_buf();
-        for p in [&path, &path.join("public")] {
-            fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        Home {
-            path,
-            user,
-            uid,
-            gid,
-        }
-    }
-
-    fn join(&self, rel: &str) -> PathBuf {
-        self.path.join(rel)
-    }
-
-    fn public(&self) -> PathBuf {
-        self.join("public")
-    }
-
-    /// Writes `rel` (under the home) with `mode`, creating directories (0755).
-    fn write(&self, rel: &str, contents: impl AsRef<[u8]>, mode: u32) -> PathBuf {
-        let p = self.join(rel);
-        let parent = p.parent().unwrap();
-        fs::create_dir_all(parent).unwrap();
-        fs::set_permissions(parent, fs::Permissions::from_mode(0o755)).unwrap();
-        fs::write(&p, contents).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
-        p
-    }
-
     /// A PHP page under the site root.
     fn page(&self, rel: &str, php: &str) -> PathBuf {
         self.write(&format!("public/{rel}"), php, 0o644)
-    }
-
-    /// chown -R the home to the tenant (call after writing its files).
-    fn own(&self) {
-        let st = Command::new("chown")
-            .args([
-                "-R",
-                "-h",
-                &format!("{}:{}", self.uid, self.gid),
-                self.path.to_str().unwrap(),
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success());
     }
 }
 
@@ -142,324 +50,32 @@ impl Home {
 /// go to app `php`, then `apps` (whole `[tenant.T.app.*]` tables).
 fn tenant(t: &str, home: &Home, host: &str, apps: &str) -> String {
     format!(
-        r#"
-[tenant.{t}]
-user = "{user}"
-home = "{home}"
-
-[[tenant.{t}.site]]
-hosts = ["{host}"]
-root = "{home}/public"
-
+        r#"{site}
 [[tenant.{t}.site.route]]
 path = "/"
 extensions = ["php"]
 app = "php"
 {apps}"#,
-        user = home.user,
-        home = home.path.display(),
+        site = tenant_site(t, home, host),
     )
 }
 
 /// `[tenant.T.app.NAME]`: FastCGI, `command`, working directory the site
 /// root, then `extra` lines (pool settings).
 fn app(t: &str, name: &str, home: &Home, command: &[&str], extra: &str) -> String {
-    let command = command
-        .iter()
-        .map(|a| format!("{a:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        r#"
-[tenant.{t}.app.{name}]
-protocol = "fastcgi"
-command = [{command}]
-dir = "{dir}"
-{extra}
-"#,
-        dir = home.public().display(),
-    )
-}
-
-/// The `[server]` block every test uses, and its ports.
-fn server(dir: &Dir) -> (String, u16, u16) {
-    server_block(dir, "keepalive_timeout = \"5s\"\ndrain_timeout = \"5s\"")
+    app_table(t, name, "fastcgi", &home.public(), command, extra)
 }
 
 /// Starts berth with tenant `ta` (a.test) running `/usr/bin/php-cgi` with the
 /// pool settings in `pool`.
 fn start_a(dir: &Dir, home: &Home, pool: &str) -> Server {
-    home.own();
-    let (block, port, tls_port) = server(dir);
-    let config = format!(
-        "{block}{}",
-        tenant("ta", home, "a.test", &app("ta", "php", home, &[PHP], pool))
-    );
-    Server::start(dir, &config, port, tls_port)
+    let apps = app("ta", "php", home, &[PHP], pool);
+    start_tenants(dir, &[home], &tenant("ta", home, "a.test", &apps))
 }
 
 // ---------------------------------------------------------------------------
 // HTTP
 // ---------------------------------------------------------------------------
-
-/// One response, as the client saw it on the wire.
-struct Resp {
-    status: u16,
-    head: String,
-    /// The body, de-chunked.
-    body: Vec<u8>,
-    chunked: bool,
-    /// Whether the body ended as its framing announced (the last chunk, or
-    /// Content-Length bytes). Close-delimited bodies count as complete.
-    complete: bool,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().skip(1).find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    /// `KEY=value` lines of the body.
-    fn vars(&self) -> BTreeMap<String, String> {
-        self.text()
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-}
-
-impl std::fmt::Debug for Resp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let body = self.text();
-        let body: String = body.chars().take(400).collect();
-        write!(f, "{}\n\n{body}", self.head)
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Parses a response (head, then a chunked, sized or close-delimited body).
-fn parse(raw: &[u8]) -> Resp {
-    let end = find(raw, b"\r\n\r\n").unwrap_or_else(|| {
-        panic!(
-            "no complete response head in {:?}",
-            String::from_utf8_lossy(&raw[..raw.len().min(500)])
-        )
-    });
-    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-    let status = status_of(&head);
-    let mut resp = Resp {
-        status,
-        head,
-        body: Vec::new(),
-        chunked: false,
-        complete: true,
-    };
-    let mut rest = &raw[end + 4..];
-    resp.chunked = resp
-        .header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-    if resp.chunked {
-        resp.complete = false;
-        while let Some(eol) = find(rest, b"\r\n") {
-            let line = String::from_utf8_lossy(&rest[..eol]);
-            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16)
-                .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
-            rest = &rest[eol + 2..];
-            if size == 0 {
-                // Trailers (none expected) end with an empty line.
-                resp.complete = rest.starts_with(b"\r\n") || find(rest, b"\r\n\r\n").is_some();
-                break;
-            }
-            if rest.len() < size + 2 {
-                resp.body.extend_from_slice(&rest[..rest.len().min(size)]);
-                break;
-            }
-            resp.body.extend_from_slice(&rest[..size]);
-            assert_eq!(&rest[size..size + 2], b"\r\n", "chunk not followed by CRLF");
-            rest = &rest[size + 2..];
-        }
-    } else if let Some(len) = resp.header("content-length") {
-        let len: usize = len.parse().unwrap();
-        resp.complete = rest.len() >= len;
-        resp.body = rest[..rest.len().min(len)].to_vec();
-    } else {
-        resp.body = rest.to_vec();
-    }
-    resp
-}
-
-/// Sends `head` and `body`, reads until the server closes (or `within`).
-/// Returns the bytes and whether the server closed the connection.
-fn exchange(addr: SocketAddr, head: &str, body: &[u8], within: Duration) -> (Vec<u8>, bool) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    s.write_all(head.as_bytes()).unwrap();
-    for piece in body.chunks(64 * 1024) {
-        s.write_all(piece).unwrap();
-    }
-    let deadline = Instant::now() + within;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return (out, true),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => {
-                eprintln!("{head:?}: read error after {} bytes: {e}", out.len());
-                return (out, true);
-            }
-        }
-        if Instant::now() >= deadline {
-            return (out, false);
-        }
-    }
-}
-
-/// `GET path` for `host` with Connection: close.
-fn get_host(addr: SocketAddr, host: &str, path: &str) -> Resp {
-    let head = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    let (raw, closed) = exchange(addr, &head, &[], Duration::from_secs(30));
-    assert!(closed, "GET {path}: no end of response within 30 s");
-    parse(&raw)
-}
-
-fn get(s: &Server, path: &str) -> Resp {
-    let head = format!("GET {path} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
-    let (raw, closed) = exchange(s.addr(), &head, &[], Duration::from_secs(30));
-    assert!(closed, "GET {path}: no end of response within 30 s");
-    assert!(
-        !raw.is_empty(),
-        "GET {path}: connection closed without a response\n{}",
-        s.output()
-    );
-    parse(&raw)
-}
-
-// ---------------------------------------------------------------------------
-// Processes
-// ---------------------------------------------------------------------------
-
-fn proc_status(pid: u32) -> Option<String> {
-    fs::read_to_string(format!("/proc/{pid}/status")).ok()
-}
-
-/// The numbers of a `/proc/PID/status` line such as `Uid:` or `Groups:`.
-fn field(status: &str, key: &str) -> Vec<u64> {
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(&format!("{key}:")))
-        .unwrap_or_else(|| panic!("no {key} in status:\n{status}"));
-    line[key.len() + 1..]
-        .split_whitespace()
-        .map(|n| n.parse().unwrap())
-        .collect()
-}
-
-fn field_str(status: &str, key: &str) -> String {
-    status
-        .lines()
-        .find(|l| l.starts_with(&format!("{key}:")))
-        .map(|l| l[key.len() + 1..].trim().to_string())
-        .unwrap_or_default()
-}
-
-/// Live (not zombie) processes: (pid, status text).
-fn live_processes() -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Some(st) = proc_status(pid) else { continue };
-        if field_str(&st, "State").starts_with('Z') {
-            continue;
-        }
-        out.push((pid, st));
-    }
-    out
-}
-
-fn alive(pid: u32) -> bool {
-    proc_status(pid).is_some_and(|st| !field_str(&st, "State").starts_with('Z'))
-}
-
-/// Every live process with `uid` as its real, effective, saved or fs uid.
-fn processes_of(uid: u32) -> Vec<u32> {
-    live_processes()
-        .into_iter()
-        .filter(|(_, st)| field(st, "Uid").contains(&(uid as u64)))
-        .map(|(pid, _)| pid)
-        .collect()
-}
-
-/// The path of the Unix socket a process has as fd 0 (FastCGI's listener).
-fn socket_of(pid: u32) -> Option<String> {
-    let link = fs::read_link(format!("/proc/{pid}/fd/0")).ok()?;
-    let link = link.to_string_lossy();
-    let inode = link
-        .strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .to_string();
-    let table = fs::read_to_string("/proc/net/unix").ok()?;
-    table.lines().skip(1).find_map(|l| {
-        let cols: Vec<&str> = l.split_whitespace().collect();
-        (cols.len() >= 8 && cols[6] == inode).then(|| cols[7].to_string())
-    })
-}
-
-/// The processes of app `tenant/app` of this berth: children of the
-/// supervisor whose fd 0 is a socket named `TENANT.APP.*.sock`.
-fn app_procs(s: &Server, tenant: &str, app: &str) -> Vec<u32> {
-    let sup = s.pid() as u64;
-    let prefix = format!("{tenant}.{app}.");
-    live_processes()
-        .into_iter()
-        .filter(|(_, st)| field(st, "PPid") == [sup])
-        .filter(|(pid, _)| {
-            socket_of(*pid).is_some_and(|p| {
-                Path::new(&p)
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-            })
-        })
-        .map(|(pid, _)| pid)
-        .collect()
-}
-
-/// Waits for `cond` for up to `within`.
-fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
 
 /// GETs `path` until it answers 200 (a crashed app may be backing off);
 /// returns the last response.
@@ -476,89 +92,6 @@ fn get_until_ok(s: &Server, path: &str, within: Duration) -> Resp {
 
 fn error_log(s: &Server, tenant: &str) -> String {
     fs::read_to_string(s.log_dir.join(tenant).join("error.log")).unwrap_or_default()
-}
-
-/// Runs `argv` as `user` (uid, gid and its groups) with setpriv; returns stdout.
-fn run_as(user: &str, argv: &[&str]) -> String {
-    let out = Command::new("setpriv")
-        .args([
-            &format!("--reuid={user}"),
-            &format!("--regid={user}"),
-            "--init-groups",
-        ])
-        .args(argv)
-        .stdin(Stdio::null())
-        .output()
-        .expect("setpriv");
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
-// ---------------------------------------------------------------------------
-// A berth with extra environment (Server::spawn passes only the test's own)
-// ---------------------------------------------------------------------------
-
-struct EnvServer {
-    child: Child,
-    port: u16,
-    out: PathBuf,
-}
-
-impl EnvServer {
-    fn start(dir: &Dir, config: &str, port: u16, env: &[(&str, &str)]) -> EnvServer {
-        let path = dir.write("berth.toml", config);
-        let out = dir.join("berth.out");
-        let f = fs::File::create(&out).unwrap();
-        let child = Command::new(BERTH)
-            .args(["serve", "--config", path.to_str().unwrap()])
-            .env("BERTH_LOG", "debug")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .expect("start berth");
-        let mut s = EnvServer { child, port, out };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = s.child.try_wait().unwrap() {
-                panic!("berth exited early ({st}):\n{}", s.output());
-            }
-            let probe = b"GET / HTTP/1.1\r\nHost: ready.invalid\r\nConnection: close\r\n\r\n";
-            if try_raw(s.addr(), probe).is_ok_and(|r| r.starts_with("HTTP/1.1")) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "berth did not answer:\n{}",
-                s.output()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    fn output(&self) -> String {
-        fs::read_to_string(&self.out).unwrap_or_default()
-    }
-}
-
-impl Drop for EnvServer {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -607,15 +140,8 @@ fn php_runs_as_the_tenant_with_a_clean_environment() {
             ),
         )
     );
-    let s = EnvServer::start(&dir, &config, port, &[("BERTH_TEST_SECRET", "1")]);
     // berth itself has the variable: the app must not inherit it.
-    let berth_env = fs::read(format!("/proc/{}/environ", s.child.id())).unwrap();
-    assert!(
-        berth_env
-            .split(|&b| b == 0)
-            .any(|kv| kv == b"BERTH_TEST_SECRET=1"),
-        "the test did not give berth its variable"
-    );
+    let s = EnvServer::start(&dir, &config, port, &[("BERTH_TEST_SECRET", "1")]);
 
     let r = get_host(s.addr(), "a.test", "/x.php/extra?a=1&b=two");
     assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
@@ -652,23 +178,13 @@ fn php_runs_as_the_tenant_with_a_clean_environment() {
 
     // What the kernel says about the process that answered.
     let pid: u32 = v["pid"].parse().unwrap();
-    let st = proc_status(pid).expect("the php-cgi process that answered is alive");
-    assert_eq!(
-        field(&st, "PPid"),
-        [s.child.id() as u64],
-        "child of the supervisor"
-    );
-    assert_eq!(field(&st, "Uid"), [uid as u64; 4], "{st}");
-    assert_eq!(field(&st, "Gid"), [gid as u64; 4], "{st}");
-    let groups: BTreeSet<u64> = field(&st, "Groups").into_iter().collect();
     let want_groups = groups_of(USER_A);
     assert!(
         want_groups.len() >= 2,
         "{USER_A} should have a supplementary group"
     );
-    assert_eq!(groups, want_groups, "supplementary groups");
-    assert!(!groups.contains(&0), "no root group");
-    assert_eq!(field_str(&st, "NoNewPrivs"), "1");
+    let st = proc_status(pid).expect("the php-cgi process that answered is alive");
+    assert_runs_as(&st, s.child.id(), (uid, gid), &want_groups);
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(
         cmdline.starts_with(PHP.as_bytes()),
@@ -677,15 +193,9 @@ fn php_runs_as_the_tenant_with_a_clean_environment() {
     );
     // The whole environment: PATH, HOME, USER, LOGNAME, the app's env and
     // FastCGI's variables, nothing of berth's.
-    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap();
-    let names: BTreeSet<String> = environ
-        .split(|&b| b == 0)
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let kv = String::from_utf8_lossy(kv);
-            kv.split_once('=')
-                .map_or(kv.to_string(), |(k, _)| k.to_string())
-        })
+    let names: BTreeSet<String> = environ_of(pid)
+        .into_iter()
+        .map(|kv| kv.split('=').next().unwrap().to_string())
         .collect();
     let want: BTreeSet<String> = [
         "PATH",
@@ -752,51 +262,19 @@ fn another_tenant_cannot_reach_the_socket_or_the_processes() {
     let home_b = Home::new(&dir, "home-b", USER_B, ids_b);
     home_a.page("x.php", "<?php echo getmypid();");
     home_b.page("probe.php", PROBE_PHP);
-    home_a.own();
-    home_b.own();
-    let (block, port, tls_port) = server(&dir);
-    let config = format!(
-        "{block}{}{}",
-        tenant(
-            "ta",
-            &home_a,
-            "a.test",
-            &app("ta", "php", &home_a, &[PHP], "")
-        ),
-        tenant(
-            "tb",
-            &home_b,
-            "b.test",
-            &app("tb", "php", &home_b, &[PHP], "")
-        ),
-    );
-    let s = Server::start(&dir, &config, port, tls_port);
+    let app_a = app("ta", "php", &home_a, &[PHP], "");
+    let app_b = app("tb", "php", &home_b, &[PHP], "");
+    let tenants =
+        tenant("ta", &home_a, "a.test", &app_a) + &tenant("tb", &home_b, "b.test", &app_b);
+    let s = start_tenants(&dir, &[&home_a, &home_b], &tenants);
 
     let r = get(&s, "/x.php");
     assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
     let pid_a: u32 = r.text().trim().parse().unwrap();
-    let sock = socket_of(pid_a).expect("A's process has its socket at fd 0");
-    let apps_dir = dir.join("state/apps");
-    assert_eq!(Path::new(&sock).parent().unwrap(), apps_dir);
-    assert!(
-        Path::new(&sock)
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("ta.php."),
-        "{sock}"
-    );
-
-    // The directory: root:front-group 0750; the socket root:front-group 0660.
-    let m = fs::metadata(&apps_dir).unwrap();
-    assert_eq!(
-        (m.uid(), m.gid(), m.mode() & 0o7777),
-        (0, front_gid, 0o750),
-        "{}",
-        apps_dir.display()
-    );
-    let m = fs::symlink_metadata(&sock).unwrap();
-    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, front_gid, 0o660));
+    let sock = socket_of(pid_a, 0).expect("A's process has its socket at fd 0");
+    // In state/apps; the directory root:front-group 0750, the socket
+    // root:front-group 0660.
+    assert_app_socket(&dir, &sock, "ta.php.", front_gid);
 
     // B's user, directly: no connect, no listing, no unlink, no signals.
     let pid = pid_a.to_string();
@@ -818,8 +296,7 @@ fn another_tenant_cannot_reach_the_socket_or_the_processes() {
     ] {
         assert!(out.contains(want), "as {USER_A}: {want:?} not in:\n{out}");
     }
-    assert!(Path::new(&sock).exists());
-    assert!(alive(pid_a), "A's process survived B's SIGKILL attempt");
+    assert_survived(&sock, pid_a);
 
     // B's own PHP, through berth, tries the same.
     let r = get_host(
@@ -882,7 +359,7 @@ fn extension_routes_run_only_existing_scripts() {
     }
     // None of that started a process.
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(app_procs(&s, "ta", "php"), Vec::<u32>::new());
+    assert_eq!(app_procs(s.pid(), "ta", "php", 0), Vec::<u32>::new());
     assert!(
         !s.output().contains("app ta/php: process"),
         "{}",
@@ -899,7 +376,7 @@ fn extension_routes_run_only_existing_scripts() {
         .unwrap_or_else(|| panic!("{r:?}"))
         .parse()
         .unwrap();
-    assert_eq!(app_procs(&s, "ta", "php"), vec![pid]);
+    assert_eq!(app_procs(s.pid(), "ta", "php", 0), vec![pid]);
 }
 
 // ---------------------------------------------------------------------------
@@ -915,11 +392,11 @@ fn a_process_starts_on_the_first_request() {
     let s = start_a(&dir, &home, "");
     // Past a tick of the supervisor's warm-up loop: still nothing.
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(app_procs(&s, "ta", "php"), Vec::<u32>::new());
+    assert_eq!(app_procs(s.pid(), "ta", "php", 0), Vec::<u32>::new());
     let r = get(&s, "/pid.php");
     assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
     let pid: u32 = r.text().parse().unwrap();
-    assert_eq!(app_procs(&s, "ta", "php"), vec![pid]);
+    assert_eq!(app_procs(s.pid(), "ta", "php", 0), vec![pid]);
     // The next request reuses it.
     let r = get(&s, "/pid.php");
     assert_eq!(r.text(), pid.to_string());
@@ -937,7 +414,7 @@ fn max_processes_caps_the_pool_and_every_request_is_served() {
     let results: Vec<Resp> = std::thread::scope(|scope| {
         scope.spawn(|| {
             while !done.load(Ordering::Relaxed) {
-                most.fetch_max(app_procs(&s, "ta", "php").len(), Ordering::Relaxed);
+                most.fetch_max(app_procs(s.pid(), "ta", "php", 0).len(), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
@@ -995,8 +472,6 @@ fn idle_processes_stop_and_min_processes_stay_warm() {
     let dir = Dir::new();
     let home = Home::new(&dir, "home-a", USER_A, user_a());
     home.page("pid.php", "<?php echo getmypid();");
-    home.own();
-    let (block, port, tls_port) = server(&dir);
     let apps = format!(
         "{}{}",
         app(
@@ -1014,38 +489,37 @@ fn idle_processes_stop_and_min_processes_stay_warm() {
             "min_processes = 1\nidle_timeout = \"1s\""
         ),
     );
-    let config = format!("{block}{}", tenant("ta", &home, "a.test", &apps));
-    let s = Server::start(&dir, &config, port, tls_port);
+    let s = start_tenants(&dir, &[&home], &tenant("ta", &home, "a.test", &apps));
 
     // min_processes = 1: started without any request.
     let mut warm = Vec::new();
     assert!(
         eventually(Duration::from_secs(5), || {
-            warm = app_procs(&s, "ta", "warm");
+            warm = app_procs(s.pid(), "ta", "warm", 0);
             !warm.is_empty()
         }),
         "no warm process:\n{}",
         s.output()
     );
     assert_eq!(warm.len(), 1, "{warm:?}");
-    assert_eq!(app_procs(&s, "ta", "php"), Vec::<u32>::new());
+    assert_eq!(app_procs(s.pid(), "ta", "php", 0), Vec::<u32>::new());
 
     let r = get(&s, "/pid.php");
     assert_eq!(r.status, 200, "{r:?}");
     let pid: u32 = r.text().parse().unwrap();
-    assert_eq!(app_procs(&s, "ta", "php"), vec![pid]);
+    assert_eq!(app_procs(s.pid(), "ta", "php", 0), vec![pid]);
     // idle_timeout = 1s, swept every second: gone within ~3 s.
     let t0 = Instant::now();
     assert!(
-        eventually(Duration::from_secs(5), || app_procs(&s, "ta", "php")
-            .is_empty()
-            && !alive(pid)),
+        eventually(Duration::from_secs(5), || {
+            app_procs(s.pid(), "ta", "php", 0).is_empty() && !alive(pid)
+        }),
         "idle process {pid} still running:\n{}",
         s.output()
     );
     // Well past idle_timeout, the warm process is still the same one.
     std::thread::sleep(Duration::from_secs(3).saturating_sub(t0.elapsed()));
-    assert_eq!(app_procs(&s, "ta", "warm"), warm, "{}", s.output());
+    assert_eq!(app_procs(s.pid(), "ta", "warm", 0), warm, "{}", s.output());
 }
 
 // ---------------------------------------------------------------------------
@@ -1227,8 +701,6 @@ fn a_slow_starting_app_gets_503_after_start_timeout() {
         format!("#!/bin/sh\nsleep 5\nexec {PHP}\n"),
         0o755,
     );
-    home.own();
-    let (block, port, tls_port) = server(&dir);
     let apps = app(
         "ta",
         "php",
@@ -1236,8 +708,7 @@ fn a_slow_starting_app_gets_503_after_start_timeout() {
         &[slow.to_str().unwrap()],
         "start_timeout = \"1s\"",
     );
-    let config = format!("{block}{}", tenant("ta", &home, "a.test", &apps));
-    let s = Server::start(&dir, &config, port, tls_port);
+    let s = start_tenants(&dir, &[&home], &tenant("ta", &home, "a.test", &apps));
 
     let t0 = Instant::now();
     let r = get(&s, "/pid.php");
@@ -1253,8 +724,9 @@ fn a_slow_starting_app_gets_503_after_start_timeout() {
     // The process that did not start in time is stopped, with its group
     // (the shell and its sleep).
     assert!(
-        eventually(Duration::from_secs(8), || app_procs(&s, "ta", "php")
-            .is_empty()),
+        eventually(Duration::from_secs(8), || {
+            app_procs(s.pid(), "ta", "php", 0).is_empty()
+        }),
         "{}",
         s.output()
     );
@@ -1323,11 +795,8 @@ fn a_refused_spawn_is_logged_and_answered_503() {
     let home = Home::new(&dir, "home-a", USER_A, user_a());
     home.page("pid.php", "<?php echo getmypid();");
     let wrapper = home.write("bin/php.sh", WRAPPER_SH, 0o755);
-    home.own();
-    let (block, port, tls_port) = server(&dir);
     let apps = app("ta", "php", &home, &[wrapper.to_str().unwrap()], "");
-    let config = format!("{block}{}", tenant("ta", &home, "a.test", &apps));
-    let s = Server::start(&dir, &config, port, tls_port);
+    let s = start_tenants(&dir, &[&home], &tenant("ta", &home, "a.test", &apps));
     // The program became group-writable after berth checked the config.
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o775)).unwrap();
     let t0 = Instant::now();
@@ -1348,7 +817,7 @@ fn a_refused_spawn_is_logged_and_answered_503() {
         line.contains("refused") && line.contains("ta"),
         "the log line names the tenant and the refusal: {line}"
     );
-    assert_eq!(app_procs(&s, "ta", "php"), Vec::<u32>::new());
+    assert_eq!(app_procs(s.pid(), "ta", "php", 0), Vec::<u32>::new());
     // Fixed: the next request starts it.
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
     let mut last = None;
@@ -1395,24 +864,6 @@ fn vm_kib(pid: u32, key: &str) -> u64 {
     v.trim_end_matches("kB").trim().parse().unwrap()
 }
 
-fn md5_of(data: &[u8]) -> String {
-    let mut child = Command::new("md5sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let data = data.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&data).unwrap());
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn ten_megabytes_stream_both_ways_with_flat_front_end_memory() {
     require_root();
@@ -1428,9 +879,7 @@ fn ten_megabytes_stream_both_ways_with_flat_front_end_memory() {
     let before = vm_kib(front, "VmRSS");
 
     const SIZE: usize = 10 << 20;
-    let payload: Vec<u8> = (0..SIZE)
-        .map(|i| b"0123456789abcdefghijklmnopqrstuvwxyz"[(i * 7 + i / 4096) % 36])
-        .collect();
+    let payload = payload(SIZE);
     let head = format!(
         "POST /up.php HTTP/1.1\r\nHost: a.test\r\nContent-Type: application/octet-stream\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n"
     );
@@ -1547,18 +996,8 @@ fn sigterm_stops_every_app_process() {
         "spawn.php",
         "<?php exec('sleep 300 > /dev/null 2>&1 &'); echo getmypid();",
     );
-    home.own();
-    let (block, port, tls_port) = server(&dir);
-    let config = format!(
-        "{block}{}",
-        tenant(
-            "tc",
-            &home,
-            "c.test",
-            &app("tc", "php", &home, &[PHP], "max_processes = 3")
-        )
-    );
-    let mut s = Server::start(&dir, &config, port, tls_port);
+    let apps = app("tc", "php", &home, &[PHP], "max_processes = 3");
+    let mut s = start_tenants(&dir, &[&home], &tenant("tc", &home, "c.test", &apps));
     let results: Vec<Resp> = std::thread::scope(|scope| {
         let clients: Vec<_> = (0..3)
             .map(|_| scope.spawn(|| get_host(s.addr(), "c.test", "/slow.php")))
@@ -1576,21 +1015,5 @@ fn sigterm_stops_every_app_process() {
         "expected app processes and a sleep: {running:?}"
     );
     assert_eq!(s.stop(), Some(0), "{}", s.output());
-    let left = processes_of(ids.0);
-    assert!(
-        left.is_empty(),
-        "left running as {USER_C}: {:?}",
-        left.iter()
-            .map(|p| String::from_utf8_lossy(
-                &fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default()
-            )
-            .replace('\0', " "))
-            .collect::<Vec<_>>()
-    );
-    let sockets: Vec<_> = fs::read_dir(dir.join("state/apps"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert!(sockets.is_empty(), "sockets left: {sockets:?}");
+    assert_nothing_left(&dir, USER_C, ids.0);
 }

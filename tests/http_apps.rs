@@ -8,16 +8,14 @@
 //! mid-transfer, and nothing left running after SIGTERM (also what the app
 //! started in a session of its own).
 mod common;
+use common::apps::*;
 use common::*;
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -31,7 +29,7 @@ const USER_B: &str = "berth-thttpb";
 const USER_C: &str = "berth-thttpc";
 /// A supplementary group of [`USER_A`].
 const GROUP_A: &str = "berth-thttpg";
-/// Only the test of daemonized helpers runs apps as this user.
+/// The interpreter of the test app (Debian's).
 const PYTHON: &str = "/usr/bin/python3";
 
 // ---------------------------------------------------------------------------
@@ -268,97 +266,21 @@ main()
 
 /// Tenant A's user, a member of the supplementary group [`GROUP_A`].
 fn user_a() -> (u32, u32) {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _g = LOCK.lock().unwrap();
-    let ids = ensure_user(USER_A);
-    let out = Command::new("id").args(["-Gn", USER_A]).output().unwrap();
-    if !String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .any(|g| g == GROUP_A)
-    {
-        let ok = Command::new("groupadd")
-            .args(["-f", GROUP_A])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "groupadd {GROUP_A}");
-        let ok = Command::new("usermod")
-            .args(["-a", "-G", GROUP_A, USER_A])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "usermod -a -G {GROUP_A} {USER_A}");
-    }
-    ids
-}
-
-/// The groups the system gives `user` (as `id -G` prints them).
-fn groups_of(user: &str) -> BTreeSet<u64> {
-    let out = Command::new("id").args(["-G", user]).output().unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .map(|g| g.parse().unwrap())
-        .collect()
-}
-
-/// A tenant's home inside a test `Dir`: `dir/REL` (0755) with the site root
-/// `public/` and the app `app/app.py`, all owned by the tenant.
-struct Home {
-    path: PathBuf,
-    user: &'static str,
-    uid: u32,
-    gid: u32,
+    user_in_group(USER_A, GROUP_A)
 }
 
 impl Home {
-    fn new(dir: &Dir, rel: &str, user: &'static str, (uid, gid): (u32, u32)) -> Home {
-        let path = dir.join(rel);
-        let home = Home {
-            path,
-            user,
-            uid,
-            gid,
-        };
+    /// A home as [`Home::new`] makes it, with `public/index.html` and the app
+    /// `app/app.py` in it (written as root; [`Home::own`] hands them over).
+    fn with_app(dir: &Dir, rel: &str, user: &'static str, ids: (u32, u32)) -> Home {
+        let home = Home::new(dir, rel, user, ids);
         home.write("public/index.html", "static\n", 0o644);
         home.write("app/app.py", APP_PY, 0o755);
         home
     }
 
-    fn join(&self, rel: &str) -> PathBuf {
-        self.path.join(rel)
-    }
-
     fn app_py(&self) -> PathBuf {
         self.join("app/app.py")
-    }
-
-    /// Writes `rel` (under the home) with `mode`, creating directories (0755).
-    fn write(&self, rel: &str, contents: impl AsRef<[u8]>, mode: u32) -> PathBuf {
-        let p = self.join(rel);
-        let mut parent = p.parent().unwrap().to_path_buf();
-        fs::create_dir_all(&parent).unwrap();
-        while parent.starts_with(&self.path) {
-            fs::set_permissions(&parent, fs::Permissions::from_mode(0o755)).unwrap();
-            parent.pop();
-        }
-        fs::write(&p, contents).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
-        p
-    }
-
-    /// chown -R the home to the tenant (call after writing its files).
-    fn own(&self) {
-        let st = Command::new("chown")
-            .args([
-                "-R",
-                "-h",
-                &format!("{}:{}", self.uid, self.gid),
-                self.path.to_str().unwrap(),
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success());
     }
 }
 
@@ -372,20 +294,7 @@ fn tenant(
     routes: &[(&str, &str)],
     apps: &str,
 ) -> String {
-    let mut out = format!(
-        r#"
-[tenant.{t}]
-user = "{user}"
-home = "{home}"
-
-[[tenant.{t}.site]]
-hosts = ["{host}"]
-root = "{home}/public"
-{tls}
-"#,
-        user = home.user,
-        home = home.path.display(),
-    );
+    let mut out = format!("{}{tls}\n", tenant_site(t, home, host));
     for (prefix, app) in routes {
         out.push_str(&format!(
             "\n[[tenant.{t}.site.route]]\npath = \"{prefix}\"\napp = \"{app}\"\n"
@@ -398,26 +307,7 @@ root = "{home}/public"
 /// `[tenant.T.app.NAME]`: HTTP, `command`, working directory `home/app`, then
 /// `extra` lines (pool settings).
 fn http_app(t: &str, name: &str, home: &Home, command: &[&str], extra: &str) -> String {
-    let command = command
-        .iter()
-        .map(|a| format!("{a:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        r#"
-[tenant.{t}.app.{name}]
-protocol = "http"
-command = [{command}]
-dir = "{dir}"
-{extra}
-"#,
-        dir = home.join("app").display(),
-    )
-}
-
-/// The `[server]` block every test uses, and its ports.
-fn server(dir: &Dir) -> (String, u16, u16) {
-    server_block(dir, "keepalive_timeout = \"5s\"\ndrain_timeout = \"5s\"")
+    app_table(t, name, "http", &home.join("app"), command, extra)
 }
 
 /// Starts berth with tenant `ta` (a.test), app `py` (app.py) at `/py/` with
@@ -428,15 +318,10 @@ fn start_a(dir: &Dir, home: &Home, pool: &str) -> Server {
 
 /// [`start_a`] with a `tls = {...}` line for the site (or "").
 fn start_a_with(dir: &Dir, home: &Home, pool: &str, tls: &str) -> Server {
-    home.own();
-    let (block, port, tls_port) = server(dir);
     let app_py = home.app_py();
     let apps = http_app("ta", "py", home, &[app_py.to_str().unwrap()], pool);
-    let config = format!(
-        "{block}{}",
-        tenant("ta", home, "a.test", tls, &[("/py/", "py")], &apps)
-    );
-    Server::start(dir, &config, port, tls_port)
+    let tenants = tenant("ta", home, "a.test", tls, &[("/py/", "py")], &apps);
+    start_tenants(dir, &[home], &tenants)
 }
 
 /// A certificate for a.test from a new test CA, as a site's `tls = {...}`.
@@ -452,158 +337,6 @@ fn tls_line(dir: &Dir, pki: &Pki) -> String {
 // ---------------------------------------------------------------------------
 // HTTP on the wire
 // ---------------------------------------------------------------------------
-
-/// One response, as the client saw it on the wire.
-struct Resp {
-    status: u16,
-    head: String,
-    /// The body, de-chunked.
-    body: Vec<u8>,
-    chunked: bool,
-    /// Whether the body ended as its framing announced (the last chunk, or
-    /// Content-Length bytes). Close-delimited bodies count as complete.
-    complete: bool,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers(name).into_iter().next()
-    }
-
-    fn headers(&self, name: &str) -> Vec<String> {
-        self.head
-            .lines()
-            .skip(1)
-            .filter_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.trim()
-                    .eq_ignore_ascii_case(name)
-                    .then(|| v.trim().to_string())
-            })
-            .collect()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {self:?}"))
-    }
-}
-
-impl std::fmt::Debug for Resp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let body: String = self.text().chars().take(600).collect();
-        write!(f, "{}\n\n{body}", self.head)
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Parses one response (head, then a chunked, sized or close-delimited body);
-/// returns it and the bytes after it.
-fn parse_one(raw: &[u8]) -> (Resp, &[u8]) {
-    let end = find(raw, b"\r\n\r\n").unwrap_or_else(|| {
-        panic!(
-            "no complete response head in {:?}",
-            String::from_utf8_lossy(&raw[..raw.len().min(500)])
-        )
-    });
-    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-    let status = status_of(&head);
-    let mut resp = Resp {
-        status,
-        head,
-        body: Vec::new(),
-        chunked: false,
-        complete: true,
-    };
-    let mut rest = &raw[end + 4..];
-    resp.chunked = resp
-        .header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-    if resp.chunked {
-        resp.complete = false;
-        while let Some(eol) = find(rest, b"\r\n") {
-            let line = String::from_utf8_lossy(&rest[..eol]);
-            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16)
-                .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
-            rest = &rest[eol + 2..];
-            if size == 0 {
-                if let Some(t) = find(rest, b"\r\n") {
-                    // No trailers expected: the empty line ends the message.
-                    resp.complete = t == 0;
-                    rest = &rest[t + 2..];
-                }
-                break;
-            }
-            if rest.len() < size + 2 {
-                resp.body.extend_from_slice(&rest[..rest.len().min(size)]);
-                rest = &[];
-                break;
-            }
-            resp.body.extend_from_slice(&rest[..size]);
-            assert_eq!(&rest[size..size + 2], b"\r\n", "chunk not followed by CRLF");
-            rest = &rest[size + 2..];
-        }
-    } else if let Some(len) = resp.header("content-length") {
-        let len: usize = len.parse().unwrap();
-        resp.complete = rest.len() >= len;
-        resp.body = rest[..rest.len().min(len)].to_vec();
-        rest = &rest[rest.len().min(len)..];
-    } else if resp.status == 101 || resp.status == 204 || resp.status == 304 {
-        // No body.
-    } else {
-        resp.body = rest.to_vec();
-        rest = &[];
-    }
-    (resp, rest)
-}
-
-fn parse(raw: &[u8]) -> Resp {
-    parse_one(raw).0
-}
-
-/// Sends `head` and `body`, reads until the server closes (or `within`).
-/// Returns the bytes and whether the server closed the connection.
-fn exchange(addr: SocketAddr, head: &str, body: &[u8], within: Duration) -> (Vec<u8>, bool) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    s.write_all(head.as_bytes()).unwrap();
-    for piece in body.chunks(64 * 1024) {
-        s.write_all(piece).unwrap();
-    }
-    read_until_closed(&mut s, within)
-}
-
-fn read_until_closed(s: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
-    s.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let deadline = Instant::now() + within;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return (out, true),
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
-            Err(_) => return (out, true),
-        }
-        if Instant::now() >= deadline {
-            return (out, false);
-        }
-    }
-}
 
 /// Reads from `s` until `have(bytes)` says it is enough (or 20 s).
 fn read_until(s: &mut impl Read, mut have: impl FnMut(&[u8]) -> bool) -> Vec<u8> {
@@ -648,19 +381,6 @@ fn connect_tls(
     rustls::StreamOwned::new(conn, connect(addr))
 }
 
-/// `GET path` for a.test with Connection: close.
-fn get(s: &Server, path: &str) -> Resp {
-    get_host(s.addr(), "a.test", path)
-}
-
-fn get_host(addr: SocketAddr, host: &str, path: &str) -> Resp {
-    let head = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    let (raw, closed) = exchange(addr, &head, &[], Duration::from_secs(30));
-    assert!(closed, "GET {path}: no end of response within 30 s");
-    assert!(!raw.is_empty(), "GET {path}: closed without a response");
-    parse(&raw)
-}
-
 /// The values of request header `name` as the app saw them (JSON echo).
 fn seen(v: &Value, name: &str) -> Vec<String> {
     v["headers"]
@@ -670,24 +390,6 @@ fn seen(v: &Value, name: &str) -> Vec<String> {
         .filter(|kv| kv[0].as_str().unwrap().eq_ignore_ascii_case(name))
         .map(|kv| kv[1].as_str().unwrap().to_string())
         .collect()
-}
-
-fn md5_of(data: &[u8]) -> String {
-    let mut child = Command::new("md5sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let data = data.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&data).unwrap());
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 /// What app.py's `big` sends: 64 KiB blocks of 'a', 'b', ... 'z', 'a', ...
@@ -702,206 +404,6 @@ fn check_big(body: &[u8], size: usize, what: &str) {
     }
 }
 
-/// 10 MB that are not all alike.
-fn payload(size: usize) -> Vec<u8> {
-    (0..size)
-        .map(|i| b"0123456789abcdefghijklmnopqrstuvwxyz"[(i * 7 + i / 4096) % 36])
-        .collect()
-}
-
-// ---------------------------------------------------------------------------
-// Processes
-// ---------------------------------------------------------------------------
-
-fn proc_status(pid: u32) -> Option<String> {
-    fs::read_to_string(format!("/proc/{pid}/status")).ok()
-}
-
-/// The numbers of a `/proc/PID/status` line such as `Uid:` or `Groups:`.
-fn field(status: &str, key: &str) -> Vec<u64> {
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(&format!("{key}:")))
-        .unwrap_or_else(|| panic!("no {key} in status:\n{status}"));
-    line[key.len() + 1..]
-        .split_whitespace()
-        .map(|n| n.parse().unwrap())
-        .collect()
-}
-
-fn field_str(status: &str, key: &str) -> String {
-    status
-        .lines()
-        .find(|l| l.starts_with(&format!("{key}:")))
-        .map(|l| l[key.len() + 1..].trim().to_string())
-        .unwrap_or_default()
-}
-
-/// Live (not zombie) processes: (pid, status text).
-fn live_processes() -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Some(st) = proc_status(pid) else { continue };
-        if field_str(&st, "State").starts_with('Z') {
-            continue;
-        }
-        out.push((pid, st));
-    }
-    out
-}
-
-fn alive(pid: u32) -> bool {
-    proc_status(pid).is_some_and(|st| !field_str(&st, "State").starts_with('Z'))
-}
-
-/// Every live process with `uid` as its real, effective, saved or fs uid.
-fn processes_of(uid: u32) -> Vec<u32> {
-    live_processes()
-        .into_iter()
-        .filter(|(_, st)| field(st, "Uid").contains(&(uid as u64)))
-        .map(|(pid, _)| pid)
-        .collect()
-}
-
-fn cmdline(pid: u32) -> String {
-    String::from_utf8_lossy(&fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
-        .replace('\0', " ")
-}
-
-/// The path of the Unix socket a process has as `fd` (socket activation: 3).
-fn socket_of(pid: u32, fd: u32) -> Option<String> {
-    let link = fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
-    let link = link.to_string_lossy();
-    let inode = link
-        .strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .to_string();
-    let table = fs::read_to_string("/proc/net/unix").ok()?;
-    table.lines().skip(1).find_map(|l| {
-        let cols: Vec<&str> = l.split_whitespace().collect();
-        (cols.len() >= 8 && cols[6] == inode).then(|| cols[7].to_string())
-    })
-}
-
-/// The processes of app `tenant/app` of the berth with supervisor `sup`:
-/// its children whose fd 3 is a socket named `TENANT.APP.*.sock`.
-fn app_procs(sup: u32, tenant: &str, app: &str) -> Vec<u32> {
-    let prefix = format!("{tenant}.{app}.");
-    live_processes()
-        .into_iter()
-        .filter(|(_, st)| field(st, "PPid") == [sup as u64])
-        .filter(|(pid, _)| {
-            socket_of(*pid, 3).is_some_and(|p| {
-                Path::new(&p)
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-            })
-        })
-        .map(|(pid, _)| pid)
-        .collect()
-}
-
-/// Waits for `cond` for up to `within`.
-fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-/// Runs `argv` as `user` (uid, gid and its groups) with setpriv; returns
-/// stdout and stderr.
-fn run_as(user: &str, argv: &[&str]) -> String {
-    let out = Command::new("setpriv")
-        .args([
-            &format!("--reuid={user}"),
-            &format!("--regid={user}"),
-            "--init-groups",
-        ])
-        .args(argv)
-        .stdin(Stdio::null())
-        .output()
-        .expect("setpriv");
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
-// ---------------------------------------------------------------------------
-// A berth with extra environment (Server::spawn passes only the test's own)
-// ---------------------------------------------------------------------------
-
-struct EnvServer {
-    child: Child,
-    port: u16,
-    out: PathBuf,
-}
-
-impl EnvServer {
-    fn start(dir: &Dir, config: &str, port: u16, env: &[(&str, &str)]) -> EnvServer {
-        let path = dir.write("berth.toml", config);
-        let out = dir.join("berth.out");
-        let f = fs::File::create(&out).unwrap();
-        let child = Command::new(BERTH)
-            .args(["serve", "--config", path.to_str().unwrap()])
-            .env("BERTH_LOG", "debug")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .expect("start berth");
-        let mut s = EnvServer { child, port, out };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = s.child.try_wait().unwrap() {
-                panic!("berth exited early ({st}):\n{}", s.output());
-            }
-            let probe = b"GET / HTTP/1.1\r\nHost: ready.invalid\r\nConnection: close\r\n\r\n";
-            if try_raw(s.addr(), probe).is_ok_and(|r| r.starts_with("HTTP/1.1")) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "berth did not answer:\n{}",
-                s.output()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    fn output(&self) -> String {
-        fs::read_to_string(&self.out).unwrap_or_default()
-    }
-}
-
-impl Drop for EnvServer {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 // ---------------------------------------------------------------------------
 // 1. Who the app runs as, and what socket activation gives it (invariant 1)
 // ---------------------------------------------------------------------------
@@ -912,7 +414,7 @@ fn the_app_runs_as_the_tenant_socket_activated_with_a_clean_environment() {
     let (uid, gid) = user_a();
     let (_, front_gid) = ensure_user("berth-tfront");
     let dir = Dir::new();
-    let home = Home::new(&dir, "home-a", USER_A, (uid, gid));
+    let home = Home::with_app(&dir, "home-a", USER_A, (uid, gid));
     home.own();
     let (block, port, _) = server(&dir);
     let app_py = home.app_py();
@@ -927,14 +429,8 @@ fn the_app_runs_as_the_tenant_socket_activated_with_a_clean_environment() {
         "{block}{}",
         tenant("ta", &home, "a.test", "", &[("/py/", "py")], &apps)
     );
+    // berth itself has the variable: the app must not inherit it.
     let s = EnvServer::start(&dir, &config, port, &[("BERTH_TEST_SECRET", "1")]);
-    let berth_env = fs::read(format!("/proc/{}/environ", s.child.id())).unwrap();
-    assert!(
-        berth_env
-            .split(|&b| b == 0)
-            .any(|kv| kv == b"BERTH_TEST_SECRET=1"),
-        "the test did not give berth its variable"
-    );
 
     // The path reaches the app unchanged, prefix, escapes and query included.
     let r = get_host(s.addr(), "a.test", "/py/echo/x%20y?a=1&b=%2F");
@@ -997,28 +493,13 @@ fn the_app_runs_as_the_tenant_socket_activated_with_a_clean_environment() {
     }
     // What the kernel says about the process that answered.
     let st = proc_status(pid).expect("the app process that answered is alive");
-    assert_eq!(
-        field(&st, "PPid"),
-        [s.child.id() as u64],
-        "child of the supervisor"
-    );
-    assert_eq!(field(&st, "Uid"), [uid as u64; 4], "{st}");
-    assert_eq!(field(&st, "Gid"), [gid as u64; 4], "{st}");
-    let kernel_groups: BTreeSet<u64> = field(&st, "Groups").into_iter().collect();
-    assert_eq!(kernel_groups, want_groups);
-    assert!(!kernel_groups.contains(&0), "no root group");
-    assert_eq!(field_str(&st, "NoNewPrivs"), "1");
+    assert_runs_as(&st, s.child.id(), (uid, gid), &want_groups);
     // The environment berth gave it (python3 itself adds LC_CTYPE when the
     // locale is C, PEP 538, so the kernel's copy is the one to check): what
     // invariant 1 lists, socket activation's variables (and PORT/BERTH_SOCKET,
     // which DESIGN.md "App sockets" allows for apps that bind by themselves),
     // nothing else.
-    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap();
-    let environ: Vec<String> = environ
-        .split(|&b| b == 0)
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| String::from_utf8_lossy(kv).into_owned())
-        .collect();
+    let environ = environ_of(pid);
     assert!(
         environ.contains(&format!("LISTEN_PID={pid}")),
         "LISTEN_PID in /proc/{pid}/environ: {environ:?}"
@@ -1063,20 +544,7 @@ fn the_app_runs_as_the_tenant_socket_activated_with_a_clean_environment() {
     // fd 3 is the socket berth bound, in the root-owned apps directory; when
     // idle, the app holds 0, 1, 2 and 3 and nothing of berth's.
     let sock = socket_of(pid, 3).expect("fd 3 is a Unix socket");
-    let apps_dir = dir.join("state/apps");
-    assert_eq!(Path::new(&sock).parent().unwrap(), apps_dir, "{sock}");
-    assert!(
-        Path::new(&sock)
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("ta.py."),
-        "{sock}"
-    );
-    let m = fs::symlink_metadata(&sock).unwrap();
-    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, front_gid, 0o660));
-    let m = fs::metadata(&apps_dir).unwrap();
-    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, front_gid, 0o750));
+    assert_app_socket(&dir, &sock, "ta.py.", front_gid);
     let mut fds = BTreeSet::new();
     let only_listener = eventually(Duration::from_secs(3), || {
         fds = fs::read_dir(format!("/proc/{pid}/fd"))
@@ -1106,7 +574,7 @@ fn the_app_runs_as_the_tenant_socket_activated_with_a_clean_environment() {
 fn proxy_headers_are_set_by_berth_and_hop_by_hop_headers_are_dropped() {
     require_root();
     let dir = Dir::new();
-    let home = Home::new(&dir, "home-a", USER_A, user_a());
+    let home = Home::with_app(&dir, "home-a", USER_A, user_a());
     home.own();
     let pki = Pki::new();
     let s = start_a_with(&dir, &home, "", &tls_line(&dir, &pki));
@@ -1258,7 +726,7 @@ fn proxy_headers_are_set_by_berth_and_hop_by_hop_headers_are_dropped() {
 fn forwarded_host_is_the_host_the_client_sent_port_included() {
     require_root();
     let dir = Dir::new();
-    let home = Home::new(&dir, "home-a", USER_A, user_a());
+    let home = Home::with_app(&dir, "home-a", USER_A, user_a());
     let s = start_a(&dir, &home, "");
     let host = format!("a.test:{}", s.port);
 
@@ -1308,7 +776,7 @@ fn forwarded_host_is_the_host_the_client_sent_port_included() {
 fn ten_megabytes_stream_both_ways_over_http1_and_h2c() {
     require_root();
     let dir = Dir::new();
-    let home = Home::new(&dir, "home-a", USER_A, user_a());
+    let home = Home::with_app(&dir, "home-a", USER_A, user_a());
     let s = start_a(&dir, &home, "");
     const SIZE: usize = 10 << 20;
     let data = payload(SIZE);
@@ -1407,7 +875,7 @@ fn ten_megabytes_stream_both_ways_over_http1_and_h2c() {
 fn a_websocket_upgrade_is_tunnelled_and_frees_the_process_after() {
     require_root();
     let dir = Dir::new();
-    let home = Home::new(&dir, "home-a", USER_A, user_a());
+    let home = Home::with_app(&dir, "home-a", USER_A, user_a());
     let pki = Pki::new();
     let s = start_a_with(&dir, &home, "max_processes = 1", &tls_line(&dir, &pki));
 
@@ -1487,7 +955,7 @@ fn a_websocket_upgrade_is_tunnelled_and_frees_the_process_after() {
     );
     let r = get(&s, "/py/next");
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(app_procs(s.pid(), "ta", "py"), vec![ws_pid]);
+    assert_eq!(app_procs(s.pid(), "ta", "py", 3), vec![ws_pid]);
 
     // The app may refuse an upgrade: an ordinary answer, and the connection
     // goes on.
@@ -1568,7 +1036,7 @@ fn a_websocket_upgrade_is_tunnelled_and_frees_the_process_after() {
 fn a_crash_is_502_and_the_next_request_works() {
     require_root();
     let dir = Dir::new();
-    let home = Home::new(&dir, "home-a", USER_A, user_a());
+    let home = Home::with_app(&dir, "home-a", USER_A, user_a());
     let s = start_a(&dir, &home, "max_processes = 1");
 
     let r = get(&s, "/py/pid");
@@ -1619,7 +1087,7 @@ fn a_crash_is_502_and_the_next_request_works() {
 fn a_slow_starting_app_gets_503_after_start_timeout() {
     require_root();
     let dir = Dir::new();
-    let home = Home::new(&dir, "home-a", USER_A, user_a());
+    let home = Home::with_app(&dir, "home-a", USER_A, user_a());
     let slow = home.write(
         "app/slow.sh",
         format!(
@@ -1628,8 +1096,6 @@ fn a_slow_starting_app_gets_503_after_start_timeout() {
         ),
         0o755,
     );
-    home.own();
-    let (block, port, tls_port) = server(&dir);
     let apps = http_app(
         "ta",
         "slow",
@@ -1637,11 +1103,8 @@ fn a_slow_starting_app_gets_503_after_start_timeout() {
         &[slow.to_str().unwrap()],
         "start_timeout = \"1s\"",
     );
-    let config = format!(
-        "{block}{}",
-        tenant("ta", &home, "a.test", "", &[("/slow/", "slow")], &apps)
-    );
-    let s = Server::start(&dir, &config, port, tls_port);
+    let tenants = tenant("ta", &home, "a.test", "", &[("/slow/", "slow")], &apps);
+    let s = start_tenants(&dir, &[&home], &tenants);
 
     let t0 = Instant::now();
     let r = get(&s, "/slow/x");
@@ -1655,8 +1118,9 @@ fn a_slow_starting_app_gets_503_after_start_timeout() {
     assert!(r.header("retry-after").is_some(), "{r:?}");
     // The process that did not start in time is stopped (with its sleep).
     assert!(
-        eventually(Duration::from_secs(8), || app_procs(s.pid(), "ta", "slow")
-            .is_empty()),
+        eventually(Duration::from_secs(8), || {
+            app_procs(s.pid(), "ta", "slow", 3).is_empty()
+        }),
         "{}",
         s.output()
     );
@@ -1687,14 +1151,11 @@ fn another_tenant_cannot_reach_the_socket_or_the_processes() {
     let ids_a = user_a();
     let ids_b = ensure_user(USER_B);
     let dir = Dir::new();
-    let home_a = Home::new(&dir, "home-a", USER_A, ids_a);
-    let home_b = Home::new(&dir, "home-b", USER_B, ids_b);
-    home_a.own();
-    home_b.own();
-    let (block, port, tls_port) = server(&dir);
+    let home_a = Home::with_app(&dir, "home-a", USER_A, ids_a);
+    let home_b = Home::with_app(&dir, "home-b", USER_B, ids_b);
     let (py_a, py_b) = (home_a.app_py(), home_b.app_py());
-    let config = format!(
-        "{block}{}{}",
+    let tenants = format!(
+        "{}{}",
         tenant(
             "ta",
             &home_a,
@@ -1712,7 +1173,7 @@ fn another_tenant_cannot_reach_the_socket_or_the_processes() {
             &http_app("tb", "py", &home_b, &[py_b.to_str().unwrap()], "")
         ),
     );
-    let s = Server::start(&dir, &config, port, tls_port);
+    let s = start_tenants(&dir, &[&home_a, &home_b], &tenants);
 
     let r = get(&s, "/py/pid");
     assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
@@ -1740,8 +1201,7 @@ fn another_tenant_cannot_reach_the_socket_or_the_processes() {
     let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(v["connect"], "fail:EACCES", "as {USER_A}: {v}");
     assert_eq!(v["unlink"], "fail:EACCES", "as {USER_A}: {v}");
-    assert!(Path::new(&sock).exists());
-    assert!(alive(pid_a), "A's process survived B's SIGKILL attempt");
+    assert_survived(&sock, pid_a);
 
     // B's own app, through berth, tries the same.
     let r = get_host(
@@ -1771,28 +1231,17 @@ fn sigterm_stops_every_process_of_the_tenant() {
     require_root();
     let ids = ensure_user(USER_C);
     let dir = Dir::new();
-    let home = Home::new(&dir, "home-c", USER_C, ids);
-    home.own();
-    let (block, port, tls_port) = server(&dir);
+    let home = Home::with_app(&dir, "home-c", USER_C, ids);
     let app_py = home.app_py();
-    let config = format!(
-        "{block}{}",
-        tenant(
-            "tc",
-            &home,
-            "c.test",
-            "",
-            &[("/py/", "py")],
-            &http_app(
-                "tc",
-                "py",
-                &home,
-                &[app_py.to_str().unwrap()],
-                "max_processes = 3"
-            )
-        )
+    let apps = http_app(
+        "tc",
+        "py",
+        &home,
+        &[app_py.to_str().unwrap()],
+        "max_processes = 3",
     );
-    let mut s = Server::start(&dir, &config, port, tls_port);
+    let tenants = tenant("tc", &home, "c.test", "", &[("/py/", "py")], &apps);
+    let mut s = start_tenants(&dir, &[&home], &tenants);
     // Three processes at once.
     let results: Vec<Resp> = std::thread::scope(|scope| {
         let clients: Vec<_> = (0..3)
@@ -1829,31 +1278,16 @@ fn sigterm_stops_every_process_of_the_tenant() {
         "the request in flight was not drained: {:?}",
         String::from_utf8_lossy(&raw)
     );
-    let left = processes_of(ids.0);
-    assert!(
-        left.is_empty(),
-        "left running as {USER_C}: {:?}",
-        left.iter().map(|p| cmdline(*p)).collect::<Vec<_>>()
-    );
-    let sockets: Vec<_> = fs::read_dir(dir.join("state/apps"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert!(sockets.is_empty(), "sockets left: {sockets:?}");
+    assert_nothing_left(&dir, USER_C, ids.0);
 }
 
-/// An app that daemonizes a helper (its own session, as `setsid`, `nohup ...
-/// &` from a daemon library, or a double fork does) leaves the process group
-/// berth signals; DESIGN.md "Processes"/issue 3 item 8: "nothing is left
-/// running after berth exits".
 /// A client that goes away in the middle of a download or an upload must not
 /// keep the app's only process: the next request is served.
 #[test]
 fn a_client_going_away_frees_the_process() {
     require_root();
     let dir = Dir::new();
-    let home = Home::new(&dir, "home-a", USER_A, user_a());
+    let home = Home::with_app(&dir, "home-a", USER_A, user_a());
     let s = start_a(&dir, &home, "max_processes = 1");
     let r = get(&s, "/py/pid");
     assert_eq!(r.status, 200, "{r:?}\n{}", s.output());

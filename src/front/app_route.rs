@@ -23,7 +23,7 @@ use http::request::Parts;
 use hyper::body::Incoming;
 
 use super::SiteRt;
-use super::apps::{Apps, LeaseError};
+use super::apps::{Apps, Lease, LeaseError};
 use super::body::Body;
 use super::respond::Reject;
 use super::static_files;
@@ -164,22 +164,13 @@ async fn fastcgi(
     body: Option<Incoming>,
     error_log: Option<Arc<std::fs::File>>,
 ) -> Result<Response<Body>, Reject> {
+    let retry = body.is_none();
     let mut body = body;
-    // A process that turns out to be gone (refused the connection) is dropped
-    // and a request without a body tries once more with another (a body may
-    // already be partly consumed, so it is not replayed).
-    let attempts = if body.is_some() { 1 } else { 2 };
-    for attempt in 0..attempts {
-        let lease = apps.lease(id).await.map_err(lease_error)?;
-        let first_byte = if lease.fresh {
-            pool.start_timeout
-        } else {
-            READ_TIMEOUT
-        };
+    with_process(apps, id, pool, retry, |lease, first_byte| {
         let log = error_log.clone();
         let app_name = id.to_string();
         let stderr = Box::new(move |bytes: &[u8]| write_stderr(log.as_deref(), &app_name, bytes));
-        match fastcgi_conn::request(
+        fastcgi_conn::request(
             lease,
             &params,
             body.take(),
@@ -187,38 +178,8 @@ async fn fastcgi(
             READ_TIMEOUT,
             stderr,
         )
-        .await
-        {
-            Ok(resp) => return Ok(resp),
-            Err((FcgiFailure::Gone(e), mut lease)) if attempt + 1 < attempts => {
-                tracing::debug!(
-                    "app {id}: process {} gone ({e}); trying another",
-                    lease.slot
-                );
-                lease.broken();
-            }
-            Err((failure, mut lease)) => {
-                // The process is replaced: it failed a request. (Its death in a
-                // request then does not count towards the supervisor's crash-loop
-                // backoff, which is for processes that die on their own: one
-                // crashing page must not stop the whole app.)
-                lease.broken();
-                return Err(match failure {
-                    FcgiFailure::StartTimeout(t) => Reject::Unavailable {
-                        why: format!("app {id} did not start within start_timeout ({t:?})"),
-                        retry_after: 5,
-                    },
-                    FcgiFailure::Timeout(t) => {
-                        Reject::GatewayTimeout(format!("app {id} did not answer within {t:?}"))
-                    }
-                    other => Reject::BadGateway(format!("app {id}: {other}")),
-                });
-            }
-        }
-    }
-    Err(Reject::BadGateway(format!(
-        "app {id}: no process could be reached"
-    )))
+    })
+    .await
 }
 
 /// The same for an HTTP app: proxy to one process.
@@ -230,8 +191,62 @@ async fn http(
     body: Option<Incoming>,
     forwarded: &Forwarded<'_>,
 ) -> Result<Response<Body>, Reject> {
+    let retry = body.is_none();
     let mut body = body;
-    let attempts = if body.is_some() { 1 } else { 2 };
+    with_process(apps, id, pool, retry, |lease, first_byte| {
+        // Parts clones share the upgrade handle (WebSocket) with the original.
+        http_proxy::request(lease, parts.clone(), body.take(), forwarded, first_byte)
+    })
+    .await
+}
+
+/// How an exchange with a process failed, whatever the protocol.
+enum Failure {
+    /// The process is gone (refused the connection): another may serve.
+    Gone(String),
+    StartTimeout(Duration),
+    Timeout(Duration),
+    Other(String),
+}
+
+impl From<FcgiFailure> for Failure {
+    fn from(f: FcgiFailure) -> Failure {
+        match f {
+            FcgiFailure::Gone(e) => Failure::Gone(e.to_string()),
+            FcgiFailure::StartTimeout(t) => Failure::StartTimeout(t),
+            FcgiFailure::Timeout(t) => Failure::Timeout(t),
+            other => Failure::Other(other.to_string()),
+        }
+    }
+}
+
+impl From<HttpFailure> for Failure {
+    fn from(f: HttpFailure) -> Failure {
+        match f {
+            HttpFailure::Gone(e) => Failure::Gone(e.to_string()),
+            HttpFailure::StartTimeout(t) => Failure::StartTimeout(t),
+            HttpFailure::Timeout(t) => Failure::Timeout(t),
+            other => Failure::Other(other.to_string()),
+        }
+    }
+}
+
+/// Leases a process of `id` and runs `exchange` with it. A process that turns
+/// out to be gone is dropped and, when `retry` (a request without a body, so
+/// nothing was consumed), the request tries once more with another.
+async fn with_process<F, Fut, E>(
+    apps: &Arc<Apps>,
+    id: &AppId,
+    pool: &crate::config::Pool,
+    retry: bool,
+    mut exchange: F,
+) -> Result<Response<Body>, Reject>
+where
+    F: FnMut(Lease, Duration) -> Fut,
+    Fut: std::future::Future<Output = Result<Response<Body>, (E, Lease)>>,
+    Failure: From<E>,
+{
+    let attempts = if retry { 2 } else { 1 };
     for attempt in 0..attempts {
         let lease = apps.lease(id).await.map_err(lease_error)?;
         let first_byte = if lease.fresh {
@@ -239,34 +254,32 @@ async fn http(
         } else {
             READ_TIMEOUT
         };
-        // Parts clones share the upgrade handle (WebSocket) with the original.
-        match http_proxy::request(lease, parts.clone(), body.take(), forwarded, first_byte).await {
+        let (failure, mut lease) = match exchange(lease, first_byte).await {
             Ok(resp) => return Ok(resp),
-            Err((HttpFailure::Gone(e), mut lease)) if attempt + 1 < attempts => {
+            Err((e, lease)) => (Failure::from(e), lease),
+        };
+        // The process is replaced: it failed a request. (Its death in a request
+        // then does not count towards the supervisor's crash-loop backoff, which
+        // is for processes that die on their own: one crashing page must not stop
+        // the whole app.)
+        lease.broken();
+        return Err(match failure {
+            Failure::Gone(e) if attempt + 1 < attempts => {
                 tracing::debug!(
                     "app {id}: process {} gone ({e}); trying another",
                     lease.slot
                 );
-                lease.broken();
+                continue;
             }
-            Err((failure, mut lease)) => {
-                // The process is replaced: it failed a request. (Its death in a
-                // request then does not count towards the supervisor's crash-loop
-                // backoff, which is for processes that die on their own: one
-                // crashing page must not stop the whole app.)
-                lease.broken();
-                return Err(match failure {
-                    HttpFailure::StartTimeout(t) => Reject::Unavailable {
-                        why: format!("app {id} did not start within start_timeout ({t:?})"),
-                        retry_after: 5,
-                    },
-                    HttpFailure::Timeout(t) => {
-                        Reject::GatewayTimeout(format!("app {id} did not answer within {t:?}"))
-                    }
-                    other => Reject::BadGateway(format!("app {id}: {other}")),
-                });
+            Failure::StartTimeout(t) => Reject::Unavailable {
+                why: format!("app {id} did not start within start_timeout ({t:?})"),
+                retry_after: 5,
+            },
+            Failure::Timeout(t) => {
+                Reject::GatewayTimeout(format!("app {id} did not answer within {t:?}"))
             }
-        }
+            Failure::Gone(e) | Failure::Other(e) => Reject::BadGateway(format!("app {id}: {e}")),
+        });
     }
     Err(Reject::BadGateway(format!(
         "app {id}: no process could be reached"

@@ -3,6 +3,8 @@
 //! In the spirit of ripgrep's `Dir`/`TestCommand`.
 #![allow(dead_code)]
 
+pub mod apps;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
