@@ -771,12 +771,14 @@ drain_timeout = "5s""#,
 }
 
 /// Makes one request on a keep-alive connection and measures how long the
-/// server keeps it open afterwards (None: still open after 8 s).
+/// server keeps it open (None: still open after 8 s). Measured from before the
+/// request, so a slow test machine can only lengthen it.
 fn idle_close_after(s: &Server) -> Option<Duration> {
     let mut c = Conn::open(s.addr());
+    let sent = Instant::now();
     let r = c.get("a.test", "/");
     assert_eq!(r.status, 200);
-    wait_closed(c.stream(), Instant::now(), Duration::from_secs(8))
+    wait_closed(c.stream(), sent, Duration::from_secs(8))
 }
 
 #[test]
@@ -830,6 +832,10 @@ drain_timeout = "5s""#,
     let mut c = Conn::open(s.addr());
     assert_eq!(c.get("a.test", "/").status, 200);
     std::thread::sleep(Duration::from_millis(2500));
+    // Measured from before the request is sent: the server's 4 s start when it
+    // has answered, which is later, so a busy test machine can only make the
+    // measured time longer, never shorter.
+    let sent = Instant::now();
     let second = c
         .send(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
         .and_then(|_| c.response());
@@ -838,8 +844,11 @@ drain_timeout = "5s""#,
         "a keep-alive connection idle for 2.5 s (keepalive_timeout 4s, header_timeout 1s) \
          was closed: {second:?}"
     );
-    let t = wait_closed(c.stream(), Instant::now(), Duration::from_secs(8)).expect("never closed");
-    assert!(t >= Duration::from_secs(3), "closed after {t:?}");
+    let t = wait_closed(c.stream(), sent, Duration::from_secs(9)).expect("never closed");
+    assert!(
+        t >= Duration::from_millis(3900),
+        "closed {t:?} after the second request"
+    );
 }
 
 // ---------------------------------------------------------------------------
