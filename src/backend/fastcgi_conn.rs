@@ -106,7 +106,7 @@ pub async fn request(
 
     let mut stream = RecordStream {
         read,
-        buf: BytesMut::with_capacity(16 * 1024),
+        buf: BytesMut::with_capacity(4096),
         decoder: Decoder::new(REQUEST_ID),
         stderr,
         ended: false,
@@ -188,7 +188,7 @@ impl RecordStream {
             }
             // Room for a read; growing only when short keeps one allocation
             // per request in the common case.
-            if self.buf.capacity() - self.buf.len() < 4096 {
+            if self.buf.capacity() - self.buf.len() < 1024 {
                 self.buf.reserve(16 * 1024);
             }
             let n = ready!(tokio_util::io::poll_read_buf(
