@@ -1017,3 +1017,28 @@ fn sigterm_stops_every_app_process() {
     assert_eq!(s.stop(), Some(0), "{}", s.output());
     assert_nothing_left(&dir, USER_C, ids.0);
 }
+
+/// An app that dies at start-up again and again (here: kept warm by
+/// `min_processes`, so no request claims the deaths) is a crash loop: after
+/// three young deaths in a row its starts back off, instead of a restart every
+/// second for ever.
+#[test]
+fn a_crash_loop_at_start_up_backs_off() {
+    require_root();
+    let dir = Dir::new();
+    let home = Home::new(&dir, "home-a", USER_A, user_a());
+    let broken = home.write("bin/broken.sh", "#!/bin/sh\nexit 3\n".to_string(), 0o755);
+    let apps = app(
+        "ta",
+        "php",
+        &home,
+        &[broken.to_str().unwrap()],
+        "min_processes = 1",
+    );
+    let s = start_tenants(&dir, &[&home], &tenant("ta", &home, "a.test", &apps));
+    assert!(
+        s.wait_output("crashed 3 times in a row", Duration::from_secs(10)),
+        "no back-off after repeated start-up crashes:\n{}",
+        s.output()
+    );
+}

@@ -44,6 +44,10 @@ struct AppState {
     /// Processes that died young in a row, and when the next may start.
     failures: u32,
     retry_at: Option<Instant>,
+    /// Young deaths not counted yet: if the front end retires the slot soon
+    /// after, the process died in a request (a crashing page), which says
+    /// nothing about start-up.
+    suspects: Vec<(u32, Instant)>,
     user: String,
     gid: u32,
     home: PathBuf,
@@ -69,6 +73,8 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const YOUNG: Duration = Duration::from_secs(10);
 /// This many young deaths in a row are a crash loop.
 const CRASH_LOOP: u32 = 3;
+/// How long a young death waits for the front end to say it happened in a request.
+const SUSPECT_WAIT: Duration = Duration::from_secs(1);
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -149,6 +155,7 @@ impl AppManager {
                             app,
                             failures: 0,
                             retry_at: None,
+                            suspects: Vec::new(),
                             user,
                             gid,
                             home,
@@ -164,6 +171,7 @@ impl AppManager {
 
     /// Starts one more process of `id` if its configuration allows it.
     pub fn start(&mut self, id: &AppId) -> Result<AppProcess, String> {
+        self.settle();
         let dir = self.dir.clone();
         let front_gid = self.front_gid;
         let min_uid = self.min_uid;
@@ -265,6 +273,7 @@ impl AppManager {
     /// Starts processes of apps below `min_processes` (unless backing off).
     /// Returns the new ones, to announce to the front end.
     pub fn warm(&mut self) -> Vec<(AppId, AppProcess)> {
+        self.settle();
         let want: Vec<AppId> = self
             .apps
             .iter()
@@ -302,13 +311,43 @@ impl AppManager {
         out
     }
 
-    /// Stops one process (the front end retires it).
+    /// Stops one process (the front end retires it). A process that already
+    /// died was in a request when it did: not a start-up failure.
     pub fn retire(&mut self, id: &AppId, slot: u32) {
-        if let Some(state) = self.apps.get_mut(id)
-            && let Some(proc) = state.procs.remove(&slot)
-        {
-            info!("app {id}: retiring process {slot}");
-            stop(id, slot, proc);
+        let Some(state) = self.apps.get_mut(id) else {
+            return;
+        };
+        match state.procs.remove(&slot) {
+            Some(proc) => {
+                info!("app {id}: retiring process {slot}");
+                stop(id, slot, proc);
+            }
+            None => state.suspects.retain(|(s, _)| *s != slot),
+        }
+    }
+
+    /// Young deaths the front end did not claim within a second count towards
+    /// the crash loop; from `CRASH_LOOP` in a row on, starts back off.
+    fn settle(&mut self) {
+        for (id, state) in &mut self.apps {
+            let before = state.suspects.len();
+            state.suspects.retain(|(_, at)| at.elapsed() < SUSPECT_WAIT);
+            let counted = (before - state.suspects.len()) as u32;
+            if counted == 0 {
+                continue;
+            }
+            state.failures += counted;
+            if state.failures >= CRASH_LOOP {
+                let doublings = (state.failures - CRASH_LOOP).min(7);
+                let wait = BACKOFF_START
+                    .saturating_mul(1 << doublings)
+                    .min(BACKOFF_MAX);
+                state.retry_at = Some(Instant::now() + wait);
+                warn!(
+                    "app {id}: crashed {} times in a row at start-up; next start in {wait:?}",
+                    state.failures
+                );
+            }
         }
     }
 
@@ -326,18 +365,11 @@ impl AppManager {
                 if let Some(proc) = state.procs.remove(&slot) {
                     let _ = std::fs::remove_file(&proc.socket);
                     let lived = proc.started.elapsed();
-                    // Dying young again and again is a crash loop: back off. One
-                    // death (a crash, the OOM killer) just means a new process
-                    // for the next request.
+                    // Dying young again and again is a crash loop: back off (see
+                    // `settle`). One death (a crash, the OOM killer) just means
+                    // a new process for the next request.
                     if lived < YOUNG && !status.success() {
-                        state.failures += 1;
-                        if state.failures >= CRASH_LOOP {
-                            let doublings = (state.failures - CRASH_LOOP).min(7);
-                            let wait = BACKOFF_START
-                                .saturating_mul(1 << doublings)
-                                .min(BACKOFF_MAX);
-                            state.retry_at = Some(Instant::now() + wait);
-                        }
+                        state.suspects.push((slot, Instant::now()));
                     } else {
                         state.failures = 0;
                         state.retry_at = None;
