@@ -1027,7 +1027,7 @@ fn a_crash_loop_at_start_up_backs_off() {
     require_root();
     let dir = Dir::new();
     let home = Home::new(&dir, "home-a", USER_A, user_a());
-    let broken = home.write("bin/broken.sh", "#!/bin/sh\nexit 3\n".to_string(), 0o755);
+    let broken = home.write("bin/broken.sh", "#!/bin/sh\nexit 3\n", 0o755);
     let apps = app(
         "ta",
         "php",

@@ -258,29 +258,26 @@ impl Apps {
     }
 
     fn release(&self, lease: &Lease) {
-        let mut retire = false;
-        {
-            let mut pools = self.pools.lock().expect("apps lock");
-            let Some(pool) = pools.get_mut(&lease.app) else {
-                return;
-            };
-            let max = pool.plan.pool.max_requests;
-            if let Some(i) = pool.procs.iter().position(|p| p.slot == lease.slot) {
-                let p = &mut pool.procs[i];
-                p.busy = false;
-                p.served += 1;
-                p.fresh = false;
-                p.idle_since = Instant::now();
-                if lease.broken || (max > 0 && p.served >= max) {
-                    pool.procs.remove(i);
-                    retire = true;
-                }
+        let mut pools = self.pools.lock().expect("apps lock");
+        let Some(pool) = pools.get_mut(&lease.app) else {
+            return;
+        };
+        let max = pool.plan.pool.max_requests;
+        if let Some(i) = pool.procs.iter().position(|p| p.slot == lease.slot) {
+            let p = &mut pool.procs[i];
+            p.busy = false;
+            p.served += 1;
+            p.fresh = false;
+            p.idle_since = Instant::now();
+            if lease.broken || (max > 0 && p.served >= max) {
+                pool.procs.remove(i);
+                // Under the lock: the supervisor hears of the retirement before
+                // any request can ask it for a replacement (it would still
+                // count the old process against max_processes).
+                self.retire(&lease.app, lease.slot);
             }
-            wake_one(pool);
         }
-        if retire {
-            self.retire(&lease.app, lease.slot);
-        }
+        wake_one(pool);
     }
 
     fn retire(&self, app: &AppId, slot: u32) {
@@ -296,31 +293,27 @@ impl Apps {
     /// Retires processes idle longer than `idle_timeout`, keeping
     /// `min_processes`. Called periodically.
     pub fn sweep(&self) {
-        let mut retire = Vec::new();
-        {
-            let mut pools = self.pools.lock().expect("apps lock");
-            for (id, pool) in pools.iter_mut() {
-                let Pool {
-                    min_processes,
-                    idle_timeout,
-                    ..
-                } = pool.plan.pool;
-                while pool.procs.len() > min_processes as usize {
-                    let Some(i) = pool
-                        .procs
-                        .iter()
-                        .position(|p| !p.busy && p.idle_since.elapsed() >= idle_timeout)
-                    else {
-                        break;
-                    };
-                    let p = pool.procs.remove(i);
-                    retire.push((id.clone(), p.slot));
-                }
+        let mut pools = self.pools.lock().expect("apps lock");
+        for (id, pool) in pools.iter_mut() {
+            let Pool {
+                min_processes,
+                idle_timeout,
+                ..
+            } = pool.plan.pool;
+            while pool.procs.len() > min_processes as usize {
+                let Some(i) = pool
+                    .procs
+                    .iter()
+                    .position(|p| !p.busy && p.idle_since.elapsed() >= idle_timeout)
+                else {
+                    break;
+                };
+                let p = pool.procs.remove(i);
+                debug!("app {id}: process {} idle; retiring", p.slot);
+                // Still under the lock: the supervisor hears of it before any
+                // request can ask for a replacement.
+                self.retire(id, p.slot);
             }
-        }
-        for (id, slot) in retire {
-            debug!("app {id}: process {slot} idle; retiring");
-            self.retire(&id, slot);
         }
     }
 }
