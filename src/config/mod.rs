@@ -184,6 +184,21 @@ impl std::fmt::Display for Origin {
 
 const SERVER_DEFAULT_USER: &str = "www-data";
 
+impl Default for Server {
+    /// The built-in defaults, below `[server]`.
+    fn default() -> Self {
+        Server {
+            listen: Vec::new(),
+            tls_listen: Vec::new(),
+            user: SERVER_DEFAULT_USER.into(),
+            state_dir: "/var/lib/berth".into(),
+            log_dir: "/var/log/berth".into(),
+            min_uid: 1000,
+            limits: ClientLimits::default(),
+        }
+    }
+}
+
 /// Loads, layers and validates the configuration rooted at `path`, including
 /// checks on disk. Returns every problem found.
 pub fn load(path: &Path) -> Result<Config, Problems> {
@@ -233,15 +248,7 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
         Err(p) => problems.borrow_mut().0.push(p),
     }
 
-    let server = server.unwrap_or_else(|| Server {
-        listen: Vec::new(),
-        tls_listen: Vec::new(),
-        user: SERVER_DEFAULT_USER.into(),
-        state_dir: "/var/lib/berth".into(),
-        log_dir: "/var/log/berth".into(),
-        min_uid: 1000,
-        limits: ClientLimits::default(),
-    });
+    let server = server.unwrap_or_default();
     let mut problems = problems.into_inner();
     validate(&server, &tenants, &mut problems);
     // Report in reading order: file by file, line by line.
@@ -327,15 +334,7 @@ fn load_include(
 }
 
 fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
-    let mut s = Server {
-        listen: Vec::new(),
-        tls_listen: Vec::new(),
-        user: SERVER_DEFAULT_USER.into(),
-        state_dir: "/var/lib/berth".into(),
-        log_dir: "/var/log/berth".into(),
-        min_uid: 1000,
-        limits: ClientLimits::default(),
-    };
+    let mut s = Server::default();
     let walk = t.walk();
     let base = walk
         .file()

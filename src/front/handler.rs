@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime};
 
 use http::{HeaderValue, Request, Response, StatusCode, header, request::Parts};
 use hyper::body::Incoming;
-use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use percent_encoding::utf8_percent_encode;
 
 use super::access_log::{Counted, Entry};
 use super::body::{self, Body};
@@ -219,19 +219,6 @@ fn site_route<'a>(site: &'a SiteRt, path: &str) -> Option<&'a RouteRt> {
     Some(&site.routes[i])
 }
 
-/// Characters that must be escaped when a decoded path goes back into a URL.
-const PATH_ESCAPE: &AsciiSet = &CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'%')
-    .add(b'<')
-    .add(b'>')
-    .add(b'?')
-    .add(b'`')
-    .add(b'{')
-    .add(b'}');
-
 /// Like Apache's `Redirect`: the part of the path after the route prefix is
 /// appended to the target, and the query string is kept.
 fn redirect(
@@ -252,7 +239,7 @@ fn redirect(
         if !location.ends_with('/') {
             location.push('/');
         }
-        location.extend(utf8_percent_encode(rest, PATH_ESCAPE));
+        location.extend(utf8_percent_encode(rest, path::LOCATION_ENCODE));
     }
     if let Some(q) = query {
         location.push(if location.contains('?') { '&' } else { '?' });

@@ -8,6 +8,8 @@
 //! control characters, invalid UTF-8) is refused here, once. This module is pure:
 //! no I/O.
 
+use percent_encoding::{AsciiSet, CONTROLS};
+
 use super::respond::Reject;
 
 /// Decodes and normalises the path of a request-target.
@@ -105,6 +107,28 @@ fn hex(c: u8) -> Option<u8> {
         _ => None,
     }
 }
+
+/// Characters re-encoded when a decoded path goes back into a `Location` header
+/// (directory redirects, `redirect` routes):
+/// everything that is not allowed raw in a URL path, plus `%` (the path is
+/// decoded, so a literal `%` must not start an escape) and `?`/`#`. Non-ASCII is
+/// always encoded by `utf8_percent_encode`.
+pub const LOCATION_ENCODE: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
 
 #[cfg(test)]
 mod tests {

@@ -35,13 +35,13 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use percent_encoding::utf8_percent_encode;
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 
 use super::body::{self, Body};
 use super::file_cache::{self, FileCache};
-use super::path::is_hidden;
+use super::path::{LOCATION_ENCODE, is_hidden};
 use super::respond::Reject;
 
 /// Bodies up to this size are read in one go; larger ones are streamed in reads
@@ -66,27 +66,6 @@ const READ_FLAGS: OFlags = OFlags::RDONLY
 const FAST_RESOLVE: ResolveFlags = ResolveFlags::BENEATH
     .union(ResolveFlags::NO_MAGICLINKS)
     .union(ResolveFlags::NO_SYMLINKS);
-
-/// Characters re-encoded when a decoded path goes back into a `Location` header:
-/// everything that is not allowed raw in a URL path, plus `%` (the path is
-/// decoded, so a literal `%` must not start an escape) and `?`/`#`. Non-ASCII is
-/// always encoded by `utf8_percent_encode`.
-const PATH_ENCODE: &AsciiSet = &CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'%')
-    .add(b'<')
-    .add(b'>')
-    .add(b'?')
-    .add(b'[')
-    .add(b'\\')
-    .add(b']')
-    .add(b'^')
-    .add(b'`')
-    .add(b'{')
-    .add(b'|')
-    .add(b'}');
 
 /// An open site root: an `O_PATH|O_DIRECTORY` fd plus the path for messages.
 ///
@@ -338,7 +317,7 @@ pub struct FileRange {
 /// directory's index resolve inside it. The Location is a path (never an
 /// absolute URL: we would have to trust Host to build one) and keeps the query.
 fn redirect_to_dir(path: &str, query: Option<&str>) -> Response<Body> {
-    let mut location: String = utf8_percent_encode(path, PATH_ENCODE).collect();
+    let mut location: String = utf8_percent_encode(path, LOCATION_ENCODE).collect();
     location.push('/');
     let without_query = location.len();
     if let Some(q) = query {
