@@ -7,3 +7,4 @@ pub mod cgi_env;
 pub mod fastcgi;
 pub mod fastcgi_conn;
 pub mod http_proxy;
+pub mod sock_owner;
