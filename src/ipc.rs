@@ -41,6 +41,12 @@ pub enum ToFront {
     /// A process the front end did not ask for is running (kept warm for
     /// `min_processes`, or already running when the front end started).
     Spawned { app: AppId, process: AppProcess },
+    /// The answer to [`ToSupervisor::RunCgi`]. Fds on success: the script's
+    /// stdin (to write), stdout and stderr (to read).
+    CgiStarted {
+        req: u64,
+        result: Result<(), String>,
+    },
 }
 
 /// Names one app of one tenant.
@@ -75,6 +81,17 @@ pub enum ToSupervisor {
     StartProcess { req: u64, app: AppId },
     /// Stop this process: it served `max_requests` or was idle too long.
     Retire { app: AppId, slot: u32 },
+    /// Run one request of a CGI app. `script` is the file under one of the
+    /// tenant's site roots that an extension route chose (None: the app is
+    /// mounted and runs its own command). The supervisor checks the script as
+    /// suEXEC would (under a site root of the tenant, owned by it, not
+    /// writable by others) and passes on only the CGI variables from `env`.
+    RunCgi {
+        req: u64,
+        app: AppId,
+        script: Option<PathBuf>,
+        env: Vec<(String, String)>,
+    },
 }
 
 /// What the front end needs to serve: everything already validated and read by

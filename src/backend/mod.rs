@@ -3,6 +3,7 @@
 //! Request flow position: after the handler picked an app route; the supervisor
 //! has already started the app and handed over its socket.
 
+pub mod cgi_conn;
 pub mod cgi_env;
 pub mod fastcgi;
 pub mod fastcgi_conn;

@@ -36,6 +36,10 @@ pub struct Pool {
     pub max_requests: u64,
     /// A process that does not accept connections within this is given up on.
     pub start_timeout: Duration,
+    /// How long an app may keep a request waiting: for FastCGI and HTTP apps
+    /// the longest silence (before the response head, and between pieces of
+    /// the body) before 504; a CGI script is killed once it has run this long.
+    pub timeout: Duration,
 }
 
 impl Default for Pool {
@@ -46,6 +50,7 @@ impl Default for Pool {
             idle_timeout: Duration::from_secs(300),
             max_requests: 10_000,
             start_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(60),
         }
     }
 }
@@ -55,9 +60,11 @@ impl Default for Pool {
 pub struct App {
     pub name: String,
     pub protocol: Protocol,
-    /// argv; `command[0]` is an absolute path.
+    /// argv; `command[0]` is an absolute path. Empty only for a CGI app that
+    /// runs each script itself.
     pub command: Vec<String>,
-    /// Working directory.
+    /// Working directory (for CGI scripts run by extension: their own
+    /// directory instead, as RFC 3875 recommends).
     pub dir: PathBuf,
     /// Extra environment, in the order written.
     pub env: Vec<(String, String)>,
@@ -100,6 +107,9 @@ fn read_pool(mut t: TableReader<'_>, base: Pool, others: &[&'static str]) -> Poo
     }
     if let Some(d) = duration(walk, t.string("start_timeout")) {
         pool.start_timeout = d;
+    }
+    if let Some(d) = duration(walk, t.string("timeout")) {
+        pool.timeout = d;
     }
     if pool.max_processes == 0 || pool.min_processes > pool.max_processes {
         let (line, key) = max_line.unwrap_or((t.line(), format!("{}.max_processes", t.key())));
@@ -144,14 +154,7 @@ pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
             Some(p) => match p.value.as_str() {
                 "fastcgi" => Some(Protocol::FastCgi),
                 "http" => Some(Protocol::Http),
-                "cgi" => {
-                    walk.problem(
-                        p.line,
-                        &p.key,
-                        "\"cgi\" apps are not supported yet by this version of berth (\"fastcgi\" and \"http\" are)",
-                    );
-                    None
-                }
+                "cgi" => Some(Protocol::Cgi),
                 other => {
                     walk.problem(
                         p.line,
@@ -206,6 +209,10 @@ pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
                 );
                 false
             }
+            // A CGI app without a command runs each script itself (by its
+            // `#!` line); one mounted without `extensions` needs a command,
+            // which the route check asks for.
+            None if protocol == Some(Protocol::Cgi) => true,
             None => {
                 walk.problem(
                     at.line(),
@@ -217,6 +224,9 @@ pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
         };
         let dir = match dir {
             Some(d) => Some(resolve_path(walk, &d)),
+            // CGI scripts run in their own directory; a mounted CGI program
+            // without `dir` runs in the tenant's home (filled in once known).
+            None if protocol == Some(Protocol::Cgi) => Some(PathBuf::new()),
             None => {
                 walk.problem(
                     at.line(),
@@ -275,5 +285,6 @@ mod tests {
         assert_eq!(p.idle_timeout, Duration::from_secs(300));
         assert_eq!(p.max_requests, 10_000);
         assert_eq!(p.start_timeout, Duration::from_secs(10));
+        assert_eq!(p.timeout, Duration::from_secs(60));
     }
 }

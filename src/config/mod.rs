@@ -536,20 +536,30 @@ fn read_tenants(t: TableReader<'_>, defaults: &Pool, tenants: &mut Vec<Tenant>) 
             .filter_map(read_site)
             .collect();
         tt.finish();
-        // Routes may only name this tenant's own apps.
+        // Routes may only name this tenant's own apps; a CGI app without a
+        // command runs scripts by extension and cannot be mounted.
         for site in &sites {
             for route in &site.routes {
-                if let Action::App { app, .. } = &route.action
-                    && !apps.iter().any(|a| a.name == *app)
-                {
-                    let (line, key) = route.app_at.clone().unwrap_or((tt.line(), tt.key().into()));
-                    walk.problem(
+                let Action::App { app, extensions } = &route.action else {
+                    continue;
+                };
+                let (line, key) = route.app_at.clone().unwrap_or((tt.line(), tt.key().into()));
+                match apps.iter().find(|a| a.name == *app) {
+                    None => walk.problem(
                         line,
                         &key,
                         format!(
                             "tenant {name:?} has no app {app:?} (define [tenant.{name}.app.{app}])"
                         ),
-                    );
+                    ),
+                    Some(a) if a.command.is_empty() && extensions.is_empty() => walk.problem(
+                        line,
+                        &key,
+                        format!(
+                            "CGI app {app:?} has no command, so it can only run scripts chosen by `extensions` (give the route extensions, or the app a command)"
+                        ),
+                    ),
+                    Some(_) => {}
                 }
             }
         }
@@ -577,6 +587,11 @@ fn read_tenants(t: TableReader<'_>, defaults: &Pool, tenants: &mut Vec<Tenant>) 
                 tenant.resolved = true;
                 if home.is_none() {
                     tenant.home = u.dir;
+                }
+                for app in &mut tenant.apps {
+                    if app.dir.as_os_str().is_empty() {
+                        app.dir = tenant.home.clone();
+                    }
                 }
             }
             Ok(None) => walk.problem(
@@ -951,7 +966,8 @@ fn validate(server: &Server, tenants: &[Tenant], problems: &mut Problems) {
         // suEXEC's checks, as the supervisor will run them before every start.
         if tenant.resolved {
             let switch_user = rustix::process::geteuid().is_root();
-            for app in &tenant.apps {
+            // (A CGI app without a command runs scripts, checked per run.)
+            for app in tenant.apps.iter().filter(|a| !a.command.is_empty()) {
                 let spec = crate::supervisor::spawn::SpawnSpec {
                     tenant: &tenant.name,
                     user: &tenant.user,

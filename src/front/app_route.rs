@@ -1,6 +1,7 @@
 //! An app route: which script runs, its CGI variables, an app process, and
-//! the exchange with it. Request flow: handler → here → `apps` (a process) →
-//! `backend::fastcgi_conn`.
+//! the exchange with it. Request flow: handler → here → `apps` (a process, or
+//! a CGI run started by the supervisor) → `backend::fastcgi_conn`,
+//! `backend::http_proxy` or `backend::cgi_conn`.
 //!
 //! Two kinds of route (DESIGN.md "Routes"):
 //! - with `extensions` (PHP-style sites): the script is the path up to and
@@ -27,16 +28,12 @@ use super::apps::{Apps, Lease, LeaseError};
 use super::body::Body;
 use super::respond::Reject;
 use super::static_files;
+use crate::backend::cgi_conn::{self, CgiFailure};
 use crate::backend::cgi_env::{self, Peer, Script};
 use crate::backend::fastcgi_conn::{self, FcgiFailure};
 use crate::backend::http_proxy::{self, Forwarded, HttpFailure};
 use crate::config::Protocol;
 use crate::ipc::AppId;
-
-/// How long an app may stay silent once it has started answering (and how long
-/// a warm process gets for the head of its answer), like nginx's
-/// `fastcgi_read_timeout`.
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Everything about the request the app exchange needs.
 pub struct AppRequest<'a> {
@@ -106,12 +103,6 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
         };
         return Some(http(req.apps, &id, &plan.pool, req.parts, req.body, &forwarded).await);
     }
-    if plan.protocol != Protocol::FastCgi {
-        return Some(Err(Reject::Internal(format!(
-            "app {id}: protocol {:?} is not served yet",
-            plan.protocol
-        ))));
-    }
     // CGI has no chunked bodies: the app reads exactly CONTENT_LENGTH bytes. A
     // body of unknown length (chunked HTTP/1.1, HTTP/2 without content-length)
     // would reach it as empty, so it is refused instead of silently lost.
@@ -137,6 +128,21 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
         user: req.user,
     };
     let params = cgi_env::variables(req.parts, &script, &peer);
+    if plan.protocol == Protocol::Cgi {
+        let script = (!req.extensions.is_empty()).then_some(filename);
+        return Some(
+            cgi(
+                req.apps,
+                &id,
+                &plan.pool,
+                script,
+                params,
+                req.body,
+                req.error_log,
+            )
+            .await,
+        );
+    }
     Some(fastcgi(req.apps, &id, &plan.pool, params, req.body, req.error_log).await)
 }
 
@@ -175,11 +181,46 @@ async fn fastcgi(
             &params,
             body.take(),
             first_byte,
-            READ_TIMEOUT,
+            pool.timeout,
             stderr,
         )
     })
     .await
+}
+
+/// The same for a CGI app: the supervisor starts the script (`script`, or the
+/// app's own command when mounted) and the front end talks to its pipes.
+async fn cgi(
+    apps: &Arc<Apps>,
+    id: &AppId,
+    pool: &crate::config::Pool,
+    script: Option<PathBuf>,
+    params: Vec<(Vec<u8>, Vec<u8>)>,
+    body: Option<Incoming>,
+    error_log: Option<Arc<std::fs::File>>,
+) -> Result<Response<Body>, Reject> {
+    // Environment strings: names are ASCII; a header value with bytes that
+    // are not UTF-8 (obs-text) reaches the script with U+FFFD in their place.
+    let env = params
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(&k).into_owned(),
+                String::from_utf8_lossy(&v).into_owned(),
+            )
+        })
+        .collect();
+    let run = apps.run_cgi(id, script, env).await.map_err(lease_error)?;
+    let app_name = id.to_string();
+    let stderr = Box::new(move |bytes: &[u8]| write_stderr(error_log.as_deref(), &app_name, bytes));
+    cgi_conn::exchange(run, body, pool.timeout, stderr)
+        .await
+        .map_err(|e| match e {
+            CgiFailure::Timeout(t) => {
+                Reject::GatewayTimeout(format!("app {id}: script did not answer within {t:?}"))
+            }
+            other => Reject::BadGateway(format!("app {id}: {other}")),
+        })
 }
 
 /// The same for an HTTP app: proxy to one process.
@@ -249,10 +290,12 @@ where
     let attempts = if retry { 2 } else { 1 };
     for attempt in 0..attempts {
         let lease = apps.lease(id).await.map_err(lease_error)?;
+        // The app's `timeout` is how long it may stay silent, like nginx's
+        // `fastcgi_read_timeout`; a fresh process gets its start-up time.
         let first_byte = if lease.fresh {
             pool.start_timeout
         } else {
-            READ_TIMEOUT
+            pool.timeout
         };
         let (failure, mut lease) = match exchange(lease, first_byte).await {
             Ok(resp) => return Ok(resp),

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tracing::{debug, warn};
 
 use crate::config::Pool;
@@ -49,6 +49,8 @@ struct ProcState {
 
 struct AppPool {
     plan: AppPlan,
+    /// CGI scripts running at once, at most `max_processes`.
+    runs: Arc<Semaphore>,
     procs: Vec<ProcState>,
     /// Start requests sent and not answered yet.
     starting: u32,
@@ -62,6 +64,19 @@ pub struct Apps {
     channel: Arc<OwnedFd>,
     next_req: AtomicU64,
     pending: Mutex<HashMap<u64, oneshot::Sender<Result<AppProcess, String>>>>,
+    pending_cgi: Mutex<HashMap<u64, oneshot::Sender<CgiAnswer>>>,
+}
+
+/// What the supervisor answers to a CGI run: the script's pipes, or why not.
+type CgiAnswer = Result<Vec<OwnedFd>, String>;
+
+/// One running CGI script: its pipes, and the permit that counts it against
+/// the app's `max_processes` until dropped.
+pub struct CgiRun {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub permit: OwnedSemaphorePermit,
 }
 
 /// One process, held for one request.
@@ -87,6 +102,7 @@ impl Apps {
             channel,
             next_req: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
+            pending_cgi: Mutex::new(HashMap::new()),
         }
     }
 
@@ -97,11 +113,18 @@ impl Apps {
         pools.retain(|id, _| plans.iter().any(|p| p.id == *id));
         for plan in plans {
             match pools.get_mut(&plan.id) {
-                Some(pool) => pool.plan = plan.clone(),
+                Some(pool) => {
+                    if pool.plan.pool.max_processes != plan.pool.max_processes {
+                        // Runs under the old limit finish under it.
+                        pool.runs = Arc::new(Semaphore::new(plan.pool.max_processes as usize));
+                    }
+                    pool.plan = plan.clone();
+                }
                 None => {
                     pools.insert(
                         plan.id.clone(),
                         AppPool {
+                            runs: Arc::new(Semaphore::new(plan.pool.max_processes as usize)),
                             plan: plan.clone(),
                             procs: Vec::new(),
                             starting: 0,
@@ -198,6 +221,72 @@ impl Apps {
         }
     }
 
+    /// Runs one request of CGI app `id`: waits for room under
+    /// `max_processes`, then asks the supervisor to start the script.
+    pub async fn run_cgi(
+        &self,
+        id: &AppId,
+        script: Option<PathBuf>,
+        env: Vec<(String, String)>,
+    ) -> Result<CgiRun, LeaseError> {
+        let runs = {
+            let pools = self.pools.lock().expect("apps lock");
+            let pool = pools
+                .get(id)
+                .ok_or_else(|| LeaseError::Unknown(id.clone()))?;
+            pool.runs.clone()
+        };
+        let permit = match tokio::time::timeout(QUEUE_WAIT, runs.acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) | Err(_) => return Err(LeaseError::Busy(id.clone(), QUEUE_WAIT)),
+        };
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending_cgi
+            .lock()
+            .expect("pending lock")
+            .insert(req, tx);
+        let msg = ToSupervisor::RunCgi {
+            req,
+            app: id.clone(),
+            script,
+            env,
+        };
+        if let Err(e) = ipc::send(std::os::fd::AsFd::as_fd(&*self.channel), &msg, &[]) {
+            warn!("asking the supervisor to run {id}: {e}");
+            self.pending_cgi.lock().expect("pending lock").remove(&req);
+            return Err(LeaseError::SupervisorGone);
+        }
+        match rx.await {
+            Ok(Ok(fds)) => {
+                let [stdin, stdout, stderr]: [OwnedFd; 3] =
+                    fds.try_into()
+                        .map_err(|fds: Vec<OwnedFd>| LeaseError::StartFailed {
+                            app: id.clone(),
+                            why: format!("the supervisor passed {} pipes, not 3", fds.len()),
+                        })?;
+                Ok(CgiRun {
+                    stdin,
+                    stdout,
+                    stderr,
+                    permit,
+                })
+            }
+            Ok(Err(why)) => Err(LeaseError::StartFailed {
+                app: id.clone(),
+                why,
+            }),
+            Err(_) => Err(LeaseError::SupervisorGone),
+        }
+    }
+
+    /// The supervisor answered a CGI run.
+    pub fn cgi_started(&self, req: u64, result: CgiAnswer) {
+        if let Some(tx) = self.pending_cgi.lock().expect("pending lock").remove(&req) {
+            let _ = tx.send(result);
+        }
+    }
+
     /// A start request was answered: add the process (if any) and wake a waiter.
     fn start_done(&self, id: &AppId, process: Option<AppProcess>) {
         let mut pools = self.pools.lock().expect("apps lock");
@@ -255,6 +344,7 @@ impl Apps {
     /// Every pending start fails (the supervisor went away).
     pub fn fail_pending(&self) {
         self.pending.lock().expect("pending lock").clear();
+        self.pending_cgi.lock().expect("pending lock").clear();
     }
 
     fn release(&self, lease: &Lease) {

@@ -309,6 +309,9 @@ fn on_control(
             shared.apps.exited(&app, slot);
         }
         ToFront::Spawned { app, process } => shared.apps.spawned(&app, process),
+        ToFront::CgiStarted { req, result } => {
+            shared.apps.cgi_started(req, result.map(|()| fds));
+        }
     }
     Flow::Continue
 }

@@ -55,6 +55,14 @@ struct AppState {
     next_slot: u32,
 }
 
+/// One CGI script running for one request.
+struct CgiRun {
+    id: AppId,
+    child: Child,
+    /// Killed (its whole process group) when still running at this time.
+    deadline: Instant,
+}
+
 /// Every app of every tenant, and their processes.
 pub struct AppManager {
     dir: PathBuf,
@@ -65,6 +73,10 @@ pub struct AppManager {
     switch_user: bool,
     log_dir: PathBuf,
     apps: HashMap<AppId, AppState>,
+    /// Each tenant's site roots: the only places CGI scripts run from.
+    roots: HashMap<String, Vec<PathBuf>>,
+    /// CGI scripts running now (they outlive reloads until they end or time out).
+    cgi: Vec<CgiRun>,
 }
 
 /// How long a stopped process gets between SIGTERM and SIGKILL.
@@ -111,6 +123,8 @@ impl AppManager {
             switch_user,
             log_dir: cfg.server.log_dir.clone(),
             apps: HashMap::new(),
+            roots: HashMap::new(),
+            cgi: Vec::new(),
         };
         m.update(cfg);
         Ok(m)
@@ -121,6 +135,16 @@ impl AppManager {
     pub fn update(&mut self, cfg: &Config) -> Vec<(AppId, u32)> {
         self.min_uid = cfg.server.min_uid;
         self.log_dir = cfg.server.log_dir.clone();
+        self.roots = cfg
+            .tenants
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.sites.iter().map(|s| s.root.clone()).collect(),
+                )
+            })
+            .collect();
         let mut wanted: HashMap<AppId, (App, String, PathBuf, u32)> = HashMap::new();
         for t in &cfg.tenants {
             for a in &t.apps {
@@ -270,10 +294,145 @@ impl AppManager {
         Ok(AppProcess { slot, socket })
     }
 
+    /// Runs one request of CGI app `id` (see [`crate::ipc::ToSupervisor::RunCgi`]):
+    /// returns the parent's ends of the script's stdin, stdout and stderr.
+    pub fn run_cgi(
+        &mut self,
+        id: &AppId,
+        script: Option<PathBuf>,
+        env: Vec<(String, String)>,
+    ) -> Result<[OwnedFd; 3], String> {
+        let state = self
+            .apps
+            .get(id)
+            .ok_or_else(|| format!("no app {id} in the configuration"))?;
+        if state.app.protocol != Protocol::Cgi {
+            return Err(format!("app {id} is not a CGI app"));
+        }
+        let running = self.cgi.iter().filter(|r| r.id == *id).count();
+        if running >= state.app.pool.max_processes as usize {
+            return Err(format!(
+                "app {id} already runs max_processes ({}) scripts",
+                state.app.pool.max_processes
+            ));
+        }
+        let app = &state.app;
+        // What runs, and where: a script chosen by extension runs in its own
+        // directory, by itself or through the app's command (an interpreter);
+        // a mounted app runs its command in `dir`.
+        let interpreted = script.is_some() && !app.command.is_empty();
+        let (argv, dir, filename) = match script {
+            Some(script) => {
+                let script = self.script_in_roots(&id.tenant, &script)?;
+                let dir = script
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from("/"));
+                let text = script.to_string_lossy().into_owned();
+                let mut argv = app.command.clone();
+                argv.push(text.clone());
+                (argv, dir, text)
+            }
+            None if app.command.is_empty() => {
+                return Err(format!("app {id} has no command to mount"));
+            }
+            None => (app.command.clone(), app.dir.clone(), app.command[0].clone()),
+        };
+        let mut vars: Vec<(String, String)> = app.env.clone();
+        for (name, value) in env {
+            if name == "SCRIPT_FILENAME" {
+                continue;
+            }
+            if cgi_variable(&name) {
+                vars.push((name, value));
+            } else {
+                warn!("app {id}: the front end sent CGI variable {name:?}; dropped");
+            }
+        }
+        vars.push(("SCRIPT_FILENAME".into(), filename));
+        let pipe = || {
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map_err(|e| format!("app {id}: pipe: {e}"))
+        };
+        let (stdin_r, stdin_w) = pipe()?;
+        let (stdout_r, stdout_w) = pipe()?;
+        let (stderr_r, stderr_w) = pipe()?;
+        let spec = SpawnSpec {
+            tenant: &id.tenant,
+            user: &state.user,
+            home: &state.home,
+            min_uid: self.min_uid,
+            argv: &argv,
+            dir: &dir,
+            env: &vars,
+            fds: vec![(stdin_r, 0), (stdout_w, 1), (stderr_w, 2)],
+            switch_user: self.switch_user,
+        };
+        if interpreted {
+            // A script given to an interpreter passes the same checks as one
+            // that runs by itself: the tenant's (or root's), inside its home,
+            // not writable by others.
+            let script_only = SpawnSpec {
+                argv: &argv[argv.len() - 1..],
+                fds: Vec::new(),
+                ..spec
+            };
+            if let Err(e) = spawn::check(&script_only) {
+                warn!("tenant {}: refused to run a CGI script: {e}", id.tenant);
+                return Err(format!("app {id}: not started: refused: {e}"));
+            }
+        }
+        let child = spawn::spawn(spec).map_err(|e| format!("app {id}: not started: {e}"))?;
+        self.cgi.push(CgiRun {
+            id: id.clone(),
+            child,
+            deadline: Instant::now() + app.pool.timeout,
+        });
+        Ok([stdin_w, stdout_r, stderr_r])
+    }
+
+    /// `script`, canonical, if it lies under one of the tenant's site roots
+    /// (the front end found it there; the supervisor does not take its word).
+    fn script_in_roots(&self, tenant: &str, script: &Path) -> Result<PathBuf, String> {
+        let refuse = |why: &str| format!("script {}: {why}", script.display());
+        let real = std::fs::canonicalize(script).map_err(|e| refuse(&e.to_string()))?;
+        let inside = self.roots.get(tenant).is_some_and(|roots| {
+            roots
+                .iter()
+                .any(|root| std::fs::canonicalize(root).is_ok_and(|root| real.starts_with(root)))
+        });
+        if !inside {
+            return Err(refuse("not under a site root of the tenant"));
+        }
+        Ok(real)
+    }
+
+    /// Collects ended CGI scripts and kills those past their app's `timeout`.
+    fn reap_cgi(&mut self) {
+        let now = Instant::now();
+        self.cgi.retain_mut(|run| {
+            if let Ok(Some(_)) = run.child.try_wait() {
+                return false;
+            }
+            if now >= run.deadline {
+                warn!(
+                    "app {}: CGI script (pid {}) still running after its timeout; killed",
+                    run.id,
+                    run.child.id()
+                );
+                let _ = killpg(pgid(&run.child), Signal::SIGKILL);
+                let _ = run.child.wait();
+                return false;
+            }
+            true
+        });
+    }
+
     /// Starts processes of apps below `min_processes` (unless backing off).
     /// Returns the new ones, to announce to the front end.
     pub fn warm(&mut self) -> Vec<(AppId, AppProcess)> {
         self.settle();
+        self.reap_cgi();
         let want: Vec<AppId> = self
             .apps
             .iter()
@@ -351,8 +510,11 @@ impl AppManager {
         }
     }
 
-    /// Collects processes that exited; returns (app, slot, why) for each.
+    /// Collects processes that exited; returns (app, slot, why) for each
+    /// pool process (CGI runs end unannounced: the front end sees their
+    /// output end).
     pub fn reap(&mut self) -> Vec<(AppId, u32, String)> {
+        self.reap_cgi();
         let mut gone = Vec::new();
         for (id, state) in &mut self.apps {
             let mut dead = Vec::new();
@@ -385,6 +547,11 @@ impl AppManager {
     /// Stops every process: SIGTERM to each process group, SIGKILL to what is
     /// left after a grace period.
     pub fn stop_all(&mut self) {
+        for run in &mut self.cgi {
+            let _ = killpg(pgid(&run.child), Signal::SIGKILL);
+            let _ = run.child.wait();
+        }
+        self.cgi.clear();
         let mut procs = Vec::new();
         for (id, state) in &mut self.apps {
             for (slot, proc) in std::mem::take(&mut state.procs) {
@@ -411,6 +578,46 @@ impl AppManager {
             let _ = std::fs::remove_file(&proc.socket);
         }
     }
+}
+
+/// The CGI meta-variables (RFC 3875 §4.1, with Apache's and PHP's usual
+/// additions) a script may be given. Anything else the front end sends is
+/// dropped: a variable such as `LD_PRELOAD` would change what the tenant's
+/// process runs. `HTTP_*` (request headers) is allowed separately.
+const CGI_VARIABLES: &[&str] = &[
+    "AUTH_TYPE",
+    "CONTENT_LENGTH",
+    "CONTENT_TYPE",
+    "DOCUMENT_ROOT",
+    "GATEWAY_INTERFACE",
+    "HTTPS",
+    "PATH_INFO",
+    "PATH_TRANSLATED",
+    "QUERY_STRING",
+    "REDIRECT_STATUS",
+    "REMOTE_ADDR",
+    "REMOTE_PORT",
+    "REMOTE_USER",
+    "REQUEST_METHOD",
+    "REQUEST_SCHEME",
+    "REQUEST_URI",
+    "SCRIPT_NAME",
+    "SERVER_ADDR",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "SERVER_PROTOCOL",
+    "SERVER_SOFTWARE",
+];
+
+/// Whether the front end may set `name` for a CGI script.
+fn cgi_variable(name: &str) -> bool {
+    CGI_VARIABLES.contains(&name)
+        || name.strip_prefix("HTTP_").is_some_and(|h| {
+            !h.is_empty()
+                && h != "PROXY"
+                && h.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        })
 }
 
 /// Whether two configurations of an app run the same thing (else the running
@@ -454,4 +661,29 @@ fn open_app_log(log_dir: &Path, tenant: &str, group: Option<u32>) -> std::io::Re
     super::open_log(&dir, "error.log", group)
         .map(|fd| OwnedFd::from(File::from(fd)))
         .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_cgi_variables_pass_from_the_front_end() {
+        for ok in ["QUERY_STRING", "REMOTE_ADDR", "HTTP_USER_AGENT", "HTTP_X_1"] {
+            assert!(cgi_variable(ok), "{ok}");
+        }
+        for refused in [
+            "LD_PRELOAD",
+            "PATH",
+            "HOME",
+            "SCRIPT_FILENAME_X",
+            "HTTP_",
+            "HTTP_PROXY",
+            "HTTP_x",
+            "HTTP_A=B",
+            "PHPRC",
+        ] {
+            assert!(!cgi_variable(refused), "{refused}");
+        }
+    }
 }

@@ -212,6 +212,17 @@ impl Supervisor {
                     Some(Event::FromFront(ToSupervisor::Retire { app, slot })) => {
                         self.apps.retire(&app, slot);
                     }
+                    Some(Event::FromFront(ToSupervisor::RunCgi { req, app, script, env })) => {
+                        let (result, fds) = match self.apps.run_cgi(&app, script, env) {
+                            Ok(fds) => (Ok(()), fds.into_iter().collect()),
+                            Err(e) => (Err(e), Vec::new()),
+                        };
+                        let fds: Vec<OwnedFd> = fds;
+                        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+                        if let Err(e) = ipc::send(front.sock.as_fd(), &ToFront::CgiStarted { req, result }, &borrowed) {
+                            warn!("cannot pass a CGI run to the front end: {e}");
+                        }
+                    }
                     Some(Event::FrontGone) | None => {
                         let status = front.child.wait()?;
                         if started.elapsed() > Duration::from_secs(60) {
@@ -406,7 +417,7 @@ impl Supervisor {
                         },
                         protocol: a.protocol,
                         pool: a.pool.clone(),
-                        program: a.command[0].clone().into(),
+                        program: a.command.first().cloned().unwrap_or_default().into(),
                     })
                 })
                 .collect(),

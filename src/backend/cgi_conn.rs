@@ -1,0 +1,212 @@
+//! One CGI run (RFC 3875): the request body streams into the script's stdin,
+//! its stdout becomes the response (head parsed as for FastCGI, body streamed),
+//! its stderr goes line by line to the tenant's error log.
+//!
+//! Request flow position: handler → app route → (the supervisor started the
+//! script as the tenant and passed its pipes) → here. The front end never
+//! starts a process itself; it only holds the pipes and, through the
+//! [`CgiRun`]'s permit, the app's count of running scripts until the response
+//! body ends or is dropped. Dropping the stdout pipe early (the client went
+//! away) ends the script with SIGPIPE on its next write; the supervisor kills
+//! one that runs past the app's `timeout` either way.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::Response;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::fastcgi::{self, CgiHead};
+use super::fastcgi_conn::StderrSink;
+use crate::front::apps::CgiRun;
+use crate::front::body::Body;
+
+/// Why a CGI run gave no response; turned into 502/504 by the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum CgiFailure {
+    /// Apache's words for it, which administrators search for.
+    #[error("premature end of script headers (the script printed no complete response head)")]
+    NoHead,
+    #[error("the script printed a bad response head: {0}")]
+    Protocol(String),
+    #[error("the script printed no response head within {0:?}")]
+    Timeout(Duration),
+    #[error("script pipes: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Largest response head accepted from a script.
+const MAX_HEAD: usize = 64 * 1024;
+/// A stderr line longer than this is written out in pieces.
+const MAX_STDERR_LINE: usize = 8 * 1024;
+
+/// Runs the exchange with a started script. `timeout` bounds the wait for
+/// the response head and any silence in the body.
+pub async fn exchange(
+    run: CgiRun,
+    body: Option<Incoming>,
+    timeout: Duration,
+    stderr: StderrSink,
+) -> Result<Response<Body>, CgiFailure> {
+    let CgiRun {
+        stdin,
+        stdout,
+        stderr: errors,
+        permit,
+    } = run;
+    let mut stdout = pipe::Receiver::from_owned_fd(stdout)?;
+    let errors = pipe::Receiver::from_owned_fd(errors)?;
+    tokio::spawn(copy_stderr(errors, stderr));
+    // The body streams while the answer is read: a script may answer before
+    // (or without) reading all of it. No body: stdin is closed at once.
+    if let Some(mut body) = body {
+        let mut stdin = pipe::Sender::from_owned_fd(stdin)?;
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data()
+                    && stdin.write_all(&data).await.is_err()
+                {
+                    // The script stopped reading (it exited or closed stdin).
+                    return;
+                }
+            }
+        });
+    }
+
+    let mut out = BytesMut::with_capacity(4096);
+    let parsed = tokio::time::timeout(timeout, async {
+        loop {
+            if out.capacity() - out.len() < 1024 {
+                out.reserve(8 * 1024);
+            }
+            if stdout.read_buf(&mut out).await? == 0 {
+                return Err(CgiFailure::NoHead);
+            }
+            match fastcgi::parse_cgi_head(&out, MAX_HEAD) {
+                Ok(Some(parsed)) => return Ok(parsed),
+                Ok(None) => {}
+                Err(e) => return Err(CgiFailure::Protocol(e.to_string())),
+            }
+        }
+    })
+    .await;
+    let (head, used) = match parsed {
+        Ok(result) => result?,
+        Err(_) => return Err(CgiFailure::Timeout(timeout)),
+    };
+    let CgiHead {
+        status, headers, ..
+    } = head;
+    let mut resp = Response::new(
+        PipeBody {
+            stdout,
+            first: Some(out.split_off(used).freeze()).filter(|b| !b.is_empty()),
+            buf: BytesMut::new(),
+            idle: timeout,
+            timer: None,
+            ended: false,
+            _permit: permit,
+        }
+        .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}
+
+/// Hands the script's stderr to `sink` one line at a time (a last line
+/// without a newline included).
+async fn copy_stderr(mut errors: pipe::Receiver, mut sink: StderrSink) {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        match errors.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            let line = buf.split_to(end + 1);
+            sink(&line);
+        }
+        if buf.len() >= MAX_STDERR_LINE {
+            sink(&buf.split());
+        }
+    }
+    if !buf.is_empty() {
+        sink(&buf);
+    }
+}
+
+/// The rest of the script's stdout, ending at EOF.
+struct PipeBody {
+    stdout: pipe::Receiver,
+    first: Option<Bytes>,
+    buf: BytesMut,
+    idle: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    ended: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl HttpBody for PipeBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if this.buf.capacity() < 1024 {
+            this.buf.reserve(16 * 1024);
+        }
+        match tokio_util::io::poll_read_buf(Pin::new(&mut this.stdout), cx, &mut this.buf) {
+            Poll::Ready(Ok(0)) => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Ok(_)) => {
+                // Progress: the idle clock starts again.
+                if let Some(timer) = this.timer.as_mut() {
+                    timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + this.idle);
+                }
+                Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                ready!(timer.as_mut().poll(cx));
+                Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the script printed nothing for {idle:?}"),
+                ))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.ended
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
