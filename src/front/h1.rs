@@ -275,9 +275,12 @@ async fn write_response(
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
-    out.extend_from_slice(b"date: ");
-    out.extend_from_slice(&http_date_now());
-    out.extend_from_slice(b"\r\n");
+    // An app's own Date stays (as hyper does): one Date per response.
+    if !head.headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(&http_date_now());
+        out.extend_from_slice(b"\r\n");
+    }
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     } else if http10 {
