@@ -67,8 +67,15 @@ impl std::fmt::Display for AppId {
 pub struct AppProcess {
     /// Numbers the app's processes; unique among its live ones.
     pub slot: u32,
-    /// Its Unix socket, in the directory only the front end's group may enter.
+    /// Its Unix socket: bound by berth in the directory only the front end's
+    /// group may enter, or (`bind = "socket"`) by the app at the path berth
+    /// gave it. Empty for `bind = "port"`.
     pub socket: PathBuf,
+    /// `bind = "port"`: the app listens on 127.0.0.1 at this port.
+    pub port: Option<u16>,
+    /// For an app that binds by itself: the uid its listener must belong to,
+    /// checked on every new connection before a byte is sent.
+    pub owner: Option<u32>,
 }
 
 /// Messages from the front end to the supervisor.

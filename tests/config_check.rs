@@ -509,3 +509,54 @@ root = "{}"
         format!("{}: ok (1 files, 1 tenants, 1 sites)", path.display())
     );
 }
+
+/// App keys that only some protocols take are refused where they do not
+/// apply, at their line: `bind` for FastCGI, an unknown `bind`, a bad
+/// `timeout`.
+#[test]
+fn app_keys_are_checked_per_protocol() {
+    require_root();
+    ensure_user("berth-tfront");
+    let dir = Dir::new();
+    let text = format!(
+        r#"[server]
+listen = ["127.0.0.1:18081"]
+user = "berth-tfront"
+state_dir = "{state}"
+log_dir = "{log}"
+
+[tenant.ta]
+user = "berth-tnosuchuser"
+
+[tenant.ta.app.php]
+protocol = "fastcgi"
+command = ["/usr/bin/php-cgi"]
+dir = "/tmp"
+bind = "port"
+
+[tenant.ta.app.web]
+protocol = "http"
+command = ["/usr/bin/python3"]
+dir = "/tmp"
+bind = "anywhere"
+timeout = "soon"
+"#,
+        state = dir.join("state").display(),
+        log = dir.join("log").display(),
+    );
+    let path = dir.write("berth.toml", &text);
+    let lines = problems(&path);
+    let f = path.display();
+    for (line, key, why) in [
+        (
+            14,
+            "tenant.ta.app.php.bind",
+            "only HTTP apps may bind by themselves",
+        ),
+        (20, "tenant.ta.app.web.bind", "\"anywhere\": use \"berth\""),
+        (21, "tenant.ta.app.web.timeout", ""),
+    ] {
+        let l = line_starting(&lines, &format!("{f}:{line}: {key}: "));
+        assert!(l.contains(why), "{l:?} should mention {why:?}");
+    }
+}

@@ -542,7 +542,8 @@ fn the_app_runs_as_the_tenant_socket_activated_with_a_clean_environment() {
     assert_eq!(after_comm[2], pid.to_string(), "its own process group");
 
     // fd 3 is the socket berth bound, in the root-owned apps directory; when
-    // idle, the app holds 0, 1, 2 and 3 and nothing of berth's.
+    // idle, the app holds 0, 1, 2 and 3, at most the one connection berth
+    // keeps alive to it, and nothing of berth's.
     let sock = socket_of(pid, 3).expect("fd 3 is a Unix socket");
     assert_app_socket(&dir, &sock, "ta.py.", front_gid);
     let mut fds = BTreeSet::new();
@@ -552,7 +553,13 @@ fn the_app_runs_as_the_tenant_socket_activated_with_a_clean_environment() {
             .flatten()
             .map(|e| e.file_name().to_string_lossy().parse::<u32>().unwrap())
             .collect();
-        fds == BTreeSet::from([0, 1, 2, 3])
+        let extra: Vec<u32> = fds.iter().copied().filter(|&fd| fd > 3).collect();
+        fds.is_superset(&BTreeSet::from([0, 1, 2, 3]))
+            && extra.len() <= 1
+            && extra.iter().all(|fd| {
+                fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                    .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+            })
     });
     assert!(only_listener, "the idle app's descriptors: {fds:?}");
     assert_eq!(
@@ -1350,4 +1357,192 @@ fn a_client_going_away_frees_the_process() {
     let r = parse(&raw[second + 4..]);
     assert_eq!(r.status, 200, "{text}");
     r.json();
+}
+
+// ---------------------------------------------------------------------------
+// Apps that bind by themselves: `bind = "port"` and `bind = "socket"`
+// ---------------------------------------------------------------------------
+
+/// A stdlib HTTP/1.1 server (keep-alive) that binds by itself: `self.py port`
+/// on 127.0.0.1:$PORT, `self.py socket` on $BERTH_SOCKET; `self.py wait`
+/// writes $PORT to `port.txt` in its directory and never binds. Answers JSON:
+/// who it is, what it was given, and the peer of the connection.
+const SELF_PY: &str = r#"#!/usr/bin/python3
+import http.server, json, os, socketserver, sys, time
+
+
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = json.dumps({
+            "uid": os.getuid(),
+            "pid": os.getpid(),
+            "peer": repr(self.client_address),
+            "port": os.environ.get("PORT"),
+            "socket": os.environ.get("BERTH_SOCKET"),
+            "listen_fds": os.environ.get("LISTEN_FDS"),
+        }).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+mode = sys.argv[1]
+if mode == "port":
+    server = http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H)
+elif mode == "socket":
+    server = socketserver.UnixStreamServer(os.environ["BERTH_SOCKET"], H)
+else:
+    with open("port.txt", "w") as f:
+        f.write(os.environ["PORT"])
+    while True:
+        time.sleep(60)
+server.serve_forever()
+"#;
+
+/// Starts tenant `ta` with `self.py MODE` mounted at `/py/`, bound by itself.
+fn start_self_bound(dir: &Dir, home: &Home, bind: &str, mode: &str, pool: &str) -> Server {
+    let program = home.write("app/self.py", SELF_PY, 0o755);
+    let apps = http_app(
+        "ta",
+        "py",
+        home,
+        &[program.to_str().unwrap(), mode],
+        &format!("bind = \"{bind}\"\n{pool}"),
+    );
+    let tenants = tenant("ta", home, "a.test", "", &[("/py/", "py")], &apps);
+    start_tenants(dir, &[home], &tenants)
+}
+
+#[test]
+fn an_app_binding_its_own_port_is_served_over_kept_alive_connections() {
+    require_root();
+    let (uid, gid) = user_a();
+    let dir = Dir::new();
+    let home = Home::with_app(&dir, "home-a", USER_A, (uid, gid));
+    let s = start_self_bound(&dir, &home, "port", "port", "");
+    let first = get(&s, "/py/");
+    assert_eq!(first.status, 200, "{first:?}\n{}", s.output());
+    let v = first.json();
+    assert_eq!(v["uid"], uid, "{v}");
+    assert!(
+        v["port"].as_str().is_some_and(|p| p.parse::<u16>().is_ok()),
+        "{v}"
+    );
+    assert_eq!(v["listen_fds"], Value::Null, "no socket activation: {v}");
+    // The second request comes over the same connection (same peer port).
+    let second = get(&s, "/py/").json();
+    assert_eq!(second["pid"], v["pid"]);
+    assert_eq!(second["peer"], v["peer"], "the connection was kept alive");
+    // One Date, the app's.
+    assert_eq!(first.headers("date").len(), 1, "{first:?}");
+}
+
+#[test]
+fn an_app_binding_its_own_unix_socket_gets_a_directory_only_it_and_the_front_end_reach() {
+    require_root();
+    let (uid, gid) = user_a();
+    let (_, front_gid) = ensure_user("berth-tfront");
+    let dir = Dir::new();
+    let home = Home::with_app(&dir, "home-a", USER_A, (uid, gid));
+    let s = start_self_bound(&dir, &home, "socket", "socket", "");
+    let r = get(&s, "/py/");
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+    let v = r.json();
+    assert_eq!(v["uid"], uid, "{v}");
+    let sock = PathBuf::from(v["socket"].as_str().unwrap());
+    assert_eq!(sock.parent().unwrap(), dir.join("state/bound/ta"));
+    use std::os::unix::fs::MetadataExt;
+    let bound = fs::metadata(dir.join("state/bound")).unwrap();
+    assert_eq!((bound.uid(), bound.mode() & 0o7777), (0, 0o711));
+    let tenant_dir = fs::metadata(dir.join("state/bound/ta")).unwrap();
+    assert_eq!(
+        (
+            tenant_dir.uid(),
+            tenant_dir.gid(),
+            tenant_dir.mode() & 0o7777
+        ),
+        (uid, front_gid, 0o2750)
+    );
+    let m = fs::metadata(&sock).unwrap();
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (uid, front_gid),
+        "the app's, the front end's group"
+    );
+    // Another tenant cannot even reach it.
+    let (_, _) = ensure_user(USER_B);
+    let out = run_as(
+        USER_B,
+        &[
+            PYTHON,
+            "-c",
+            &format!(
+                "import socket; s = socket.socket(socket.AF_UNIX); s.connect({:?}); print('connected')",
+                sock.to_str().unwrap()
+            ),
+        ],
+    );
+    assert!(out.contains("PermissionError"), "{out}");
+}
+
+#[test]
+fn a_port_taken_by_another_uid_is_refused() {
+    require_root();
+    let (uid, gid) = user_a();
+    let (uid_b, _) = ensure_user(USER_B);
+    let dir = Dir::new();
+    let home = Home::with_app(&dir, "home-a", USER_A, (uid, gid));
+    let s = start_self_bound(&dir, &home, "port", "wait", "start_timeout = \"20s\"");
+    let addr = s.addr();
+    let pending = std::thread::spawn(move || get_host(addr, "a.test", "/py/"));
+    // The app got its port and has not bound it; another tenant takes it.
+    let port_file = home.join("app/port.txt");
+    assert!(
+        eventually(Duration::from_secs(10), || port_file.exists()),
+        "the app did not start\n{}",
+        s.output()
+    );
+    let port = fs::read_to_string(&port_file).unwrap();
+    let hijack = format!(
+        "import socket\ns = socket.socket()\ns.bind(('127.0.0.1', {port}))\ns.listen()\nprint('ready', flush=True)\nwhile True:\n    c, _ = s.accept()\n    c.recv(65536)\n    c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 8\\r\\n\\r\\nHIJACKED')\n    c.close()\n"
+    );
+    let mut thief = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={USER_B}"),
+            &format!("--regid={USER_B}"),
+            "--init-groups",
+            PYTHON,
+            "-c",
+            &hijack,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(thief.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let r = pending.join().unwrap();
+    let _ = thief.kill();
+    let _ = thief.wait();
+    assert_eq!(r.status, 502, "{r:?}\n{}", s.output());
+    assert!(!r.text().contains("HIJACKED"), "{r:?}");
+    assert!(
+        s.wait_output(
+            &format!("belongs to uid {uid_b}, not to the app's uid {uid}"),
+            Duration::from_secs(5)
+        ),
+        "{}",
+        s.output()
+    );
 }

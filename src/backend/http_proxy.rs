@@ -5,12 +5,17 @@
 //! socket, which berth bound and handed to the app by socket activation
 //! (DESIGN.md "App sockets").
 //!
-//! Each request gets its own HTTP/1.1 connection, asking the app to close it
-//! after the response (`Connection: close`). That keeps a misbehaving app from
-//! leaving half an answer for the next request and costs one `connect` on a
-//! local socket; the next step is keeping idle connections per process and
-//! reusing them (keep-alive), once the pool leases more than one request per
-//! process.
+//! Connections are kept alive: a response read to its end leaves its
+//! connection with the process (in the lease, then the pool) for the process's
+//! next request. A kept connection is used only if it is idle right away; one
+//! the app closed meanwhile is noticed before the request is sent on it (hyper
+//! hands the request back) and a fresh connection is made instead. Upgrades
+//! are never kept: the connection becomes the tunnel.
+//!
+//! Apps that bind their own socket (`bind = "port"` or `"socket"`) are
+//! checked on every new connection before a byte is sent: the listener on the
+//! other end must belong to the tenant's uid ([`super::sock_owner`]), so a
+//! tenant who grabs another's port gets nothing (DESIGN.md "App sockets").
 //!
 //! What the app sees:
 //! - the request-target in origin form (path and query as the client sent
@@ -31,7 +36,7 @@
 use std::error::Error as StdError;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -62,6 +67,57 @@ pub struct Forwarded<'a> {
     pub host: &'a str,
 }
 
+/// A kept-alive connection to an app process.
+pub type AppConn = hyper::client::conn::http1::SendRequest<ProxyBody>;
+
+/// Request bodies as sent to apps (one type, so connections can be kept).
+pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// What the proxy holds while a request runs (the lease): dropped when the
+/// response ends, with a place for the connection to the process.
+pub trait Held: Send + 'static {
+    /// An idle connection to the process kept from an earlier request.
+    fn take_conn(&mut self) -> Option<AppConn> {
+        None
+    }
+    /// The response ended cleanly: the connection may serve the next request.
+    fn keep_conn(&mut self, _conn: AppConn) {}
+}
+
+impl Held for () {}
+
+impl Held for Lease {
+    fn take_conn(&mut self) -> Option<AppConn> {
+        self.conn.take()
+    }
+    fn keep_conn(&mut self, conn: AppConn) {
+        self.conn = Some(conn);
+    }
+}
+
+/// Where an app process listens, and whom its listener must belong to.
+pub struct Target {
+    /// Its Unix socket (unused when `port` is set).
+    pub socket: PathBuf,
+    /// It listens on 127.0.0.1 at this port.
+    pub port: Option<u16>,
+    /// The app binds by itself: its listener must belong to this uid.
+    pub owner: Option<u32>,
+}
+
+impl Target {
+    /// A socket berth bound itself.
+    pub fn unix(socket: &Path) -> Target {
+        Target {
+            socket: socket.to_path_buf(),
+            port: None,
+            owner: None,
+        }
+    }
+}
+
 /// Why an HTTP exchange failed; turned into 502/503/504 by the caller.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpFailure {
@@ -79,6 +135,14 @@ pub enum HttpFailure {
     Protocol(String),
     #[error("talking to the app: {0}")]
     Io(io::Error),
+    /// A self-bound listener that is not the tenant's (another tenant took
+    /// the port or path): refused before anything was sent.
+    #[error("refused: the listener at {at} belongs to {found}, not to the app's uid {expected}")]
+    NotOwner {
+        at: String,
+        expected: u32,
+        found: String,
+    },
 }
 
 /// How long the app may stay silent in the middle of a response body, as the
@@ -140,13 +204,17 @@ pub async fn request(
     forwarded: &Forwarded<'_>,
     first_byte: Duration,
 ) -> Result<Response<Body>, (HttpFailure, Lease)> {
-    let socket = lease.socket.clone();
+    let target = Target {
+        socket: lease.socket.clone(),
+        port: lease.port,
+        owner: lease.owner,
+    };
     let timing = Timing {
         first_byte,
         fresh: lease.fresh,
         idle: BODY_IDLE,
     };
-    exchange(&socket, lease, parts, body, forwarded, timing).await
+    exchange(&target, lease, parts, body, forwarded, timing).await
 }
 
 struct Timing {
@@ -160,15 +228,15 @@ struct Timing {
 /// held until the response body ends (or the tunnel closes), given back on
 /// failure.
 async fn exchange<G, B>(
-    socket: &Path,
-    guard: G,
+    target: &Target,
+    mut guard: G,
     mut parts: Parts,
     body: Option<B>,
     forwarded: &Forwarded<'_>,
     timing: Timing,
 ) -> Result<Response<Body>, (HttpFailure, G)>
 where
-    G: Send + 'static,
+    G: Held,
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
@@ -185,43 +253,57 @@ where
     } else {
         None
     };
-    let req = to_app(parts, body, forwarded, client_upgrade.is_some());
+    let upgrade = client_upgrade.is_some();
+    let req = to_app(parts, body, forwarded, upgrade)
+        .map(|b| b.map_err(Into::<BoxError>::into).boxed_unsync());
 
-    let stream = match timeout_at(deadline, UnixStream::connect(socket)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e))
-            if matches!(
-                e.kind(),
-                io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
-            ) =>
-        {
-            return Err((HttpFailure::Gone(e), guard));
-        }
-        Ok(Err(e)) => return Err((HttpFailure::Io(e), guard)),
-        Err(_) => return Err((late(), guard)),
-    };
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    // A kept connection first, if it is idle now; a request it could not take
+    // (the app closed it meanwhile) comes back and goes on a fresh one.
+    let mut answer = Err(req);
+    if let Some(mut sender) = guard.take_conn().filter(|_| !upgrade)
+        && idle_now(&mut sender).await
+        && let Err(req) = answer
     {
-        Ok(pair) => pair,
-        Err(e) => return Err((failure(e), guard)),
-    };
-    tokio::spawn(async move {
-        // Ends after the response (the sender is dropped below), or hands the
-        // socket over to the tunnel on an upgrade.
-        if let Err(e) = conn.with_upgrades().await {
-            debug!("connection to an HTTP app: {}", chain(&e));
+        answer = match timeout_at(deadline, sender.try_send_request(req)).await {
+            Ok(Ok(resp)) => Ok((resp, sender)),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(back) => Err(back),
+                None => return Err((failure(e.into_error()), guard)),
+            },
+            Err(_) => return Err((late(), guard)),
+        };
+    }
+    let (mut resp, sender) = match answer {
+        Ok(answer) => answer,
+        Err(req) => {
+            let stream = match connect(target, deadline, timing.fresh).await {
+                Ok(stream) => stream,
+                Err(ConnectError::Late) => return Err((late(), guard)),
+                Err(ConnectError::Failed(f)) => return Err((f, guard)),
+            };
+            let (mut sender, conn) =
+                match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                    Ok(pair) => pair,
+                    Err(e) => return Err((failure(e), guard)),
+                };
+            tokio::spawn(async move {
+                // Ends when the sender is dropped and the connection is idle,
+                // or hands the socket over to the tunnel on an upgrade.
+                if let Err(e) = conn.with_upgrades().await {
+                    debug!("connection to an HTTP app: {}", chain(&e));
+                }
+            });
+            let answer = timeout_at(deadline, async {
+                sender.ready().await?;
+                sender.send_request(req).await
+            })
+            .await;
+            match answer {
+                Ok(Ok(resp)) => (resp, sender),
+                Ok(Err(e)) => return Err((failure(e), guard)),
+                Err(_) => return Err((late(), guard)),
+            }
         }
-    });
-    let answer = timeout_at(deadline, async {
-        sender.ready().await?;
-        sender.send_request(req).await
-    })
-    .await;
-    drop(sender);
-    let mut resp = match answer {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => return Err((failure(e), guard)),
-        Err(_) => return Err((late(), guard)),
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -231,6 +313,7 @@ where
                 guard,
             ));
         };
+        drop(sender);
         let app_upgrade = hyper::upgrade::on(&mut resp);
         let mut out = Response::new(crate::front::body::empty());
         *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -253,6 +336,7 @@ where
         AppBody {
             inner,
             guard: Some(Box::new(guard)),
+            conn: (!upgrade).then_some(sender),
             idle: timing.idle,
             timer: None,
         }
@@ -261,6 +345,129 @@ where
     *out.status_mut() = head.status;
     *out.headers_mut() = headers;
     Ok(out)
+}
+
+/// Whether a kept connection can take a request at once. Just after a
+/// response its connection task may not have run yet, so it gets a moment.
+async fn idle_now(sender: &mut AppConn) -> bool {
+    let ready = std::future::poll_fn(|cx| sender.poll_ready(cx));
+    matches!(
+        tokio::time::timeout(Duration::from_millis(5), ready).await,
+        Ok(Ok(()))
+    )
+}
+
+/// A connection to an app, over a Unix socket or loopback TCP.
+trait AppIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> AppIo for T {}
+
+enum ConnectError {
+    Late,
+    Failed(HttpFailure),
+}
+
+/// Connects to `target` by `deadline`, checking the owner of a self-bound
+/// listener. A fresh process of a self-binding app may not have bound yet:
+/// refused connections are tried again until the deadline.
+async fn connect(
+    target: &Target,
+    deadline: Instant,
+    fresh: bool,
+) -> Result<Box<dyn AppIo>, ConnectError> {
+    loop {
+        let attempt = match target.port {
+            Some(port) => {
+                let at = SocketAddr::from(([127, 0, 0, 1], port));
+                match timeout_at(deadline, tokio::net::TcpStream::connect(at)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = stream.set_nodelay(true);
+                        tcp_owner(&stream, target.owner)
+                            .await
+                            .map(|()| Box::new(stream) as Box<dyn AppIo>)
+                    }
+                    Ok(Err(e)) => Err(connect_failure(e)),
+                    Err(_) => return Err(ConnectError::Late),
+                }
+            }
+            None => match timeout_at(deadline, UnixStream::connect(&target.socket)).await {
+                Ok(Ok(stream)) => unix_owner(&stream, &target.socket, target.owner)
+                    .map(|()| Box::new(stream) as Box<dyn AppIo>),
+                Ok(Err(e)) => Err(connect_failure(e)),
+                Err(_) => return Err(ConnectError::Late),
+            },
+        };
+        match attempt {
+            Err(HttpFailure::Gone(_)) if fresh && target.owner.is_some() => {
+                if Instant::now() + Duration::from_millis(25) >= deadline {
+                    return Err(ConnectError::Late);
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Err(f) => return Err(ConnectError::Failed(f)),
+            Ok(stream) => return Ok(stream),
+        }
+    }
+}
+
+fn connect_failure(e: io::Error) -> HttpFailure {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => HttpFailure::Gone(e),
+        _ => HttpFailure::Io(e),
+    }
+}
+
+/// Checks that the listener behind `stream` belongs to `owner`.
+fn unix_owner(stream: &UnixStream, socket: &Path, owner: Option<u32>) -> Result<(), HttpFailure> {
+    let Some(expected) = owner else { return Ok(()) };
+    let found = super::sock_owner::unix_peer_uid(std::os::fd::AsFd::as_fd(stream))
+        .map_err(HttpFailure::Io)?;
+    refuse_unless(found == expected, socket.display(), expected, || {
+        format!("uid {found}")
+    })
+}
+
+/// The same for loopback TCP: the accepted socket of this very connection is
+/// looked up, so the listener cannot change between check and use.
+async fn tcp_owner(stream: &tokio::net::TcpStream, owner: Option<u32>) -> Result<(), HttpFailure> {
+    let Some(expected) = owner else { return Ok(()) };
+    let (local, peer) = (
+        stream.local_addr().map_err(HttpFailure::Io)?,
+        stream.peer_addr().map_err(HttpFailure::Io)?,
+    );
+    // A connection the app has not accepted into its queue yet has no owner
+    // to report (SYN_RECV); it settles within moments.
+    let mut tries = 0;
+    let found = loop {
+        match super::sock_owner::tcp_server_uid(local, peer) {
+            Err(e) if e.kind() == io::ErrorKind::NotConnected && tries < 20 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => break other.map_err(HttpFailure::Io)?,
+        }
+    };
+    refuse_unless(found == Some(expected), peer, expected, || match found {
+        Some(uid) => format!("uid {uid}"),
+        None => "no process (the connection vanished)".into(),
+    })
+}
+
+fn refuse_unless(
+    ok: bool,
+    at: impl std::fmt::Display,
+    expected: u32,
+    found: impl FnOnce() -> String,
+) -> Result<(), HttpFailure> {
+    if ok {
+        return Ok(());
+    }
+    let failure = HttpFailure::NotOwner {
+        at: at.to_string(),
+        expected,
+        found: found(),
+    };
+    tracing::warn!("HTTP app: {failure}");
+    Err(failure)
 }
 
 /// The request as the app gets it (see the module doc).
@@ -294,8 +501,6 @@ where
         for value in upgrade_values {
             headers.append(header::UPGRADE, value);
         }
-    } else {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     if !headers.contains_key(header::HOST) {
         // HTTP/2 clients (and HTTP/1.0 ones) may send none; HTTP/1.1 needs it.
@@ -482,15 +687,17 @@ fn chain(e: &dyn StdError) -> String {
 }
 
 /// The app's response body, holding the lease until it ends.
-struct AppBody {
+struct AppBody<G: Held> {
     inner: Incoming,
     /// Dropped at the end of the body (or with it).
-    guard: Option<Box<dyn Send>>,
+    guard: Option<Box<G>>,
+    /// The connection, handed to the guard when the body ends cleanly.
+    conn: Option<AppConn>,
     idle: Duration,
     timer: Option<Pin<Box<Sleep>>>,
 }
 
-impl HttpBody for AppBody {
+impl<G: Held> HttpBody for AppBody<G> {
     type Data = Bytes;
     type Error = io::Error;
 
@@ -515,6 +722,9 @@ impl HttpBody for AppBody {
                 )))))
             }
             Poll::Ready(None) => {
+                if let (Some(guard), Some(conn)) = (this.guard.as_mut(), this.conn.take()) {
+                    guard.keep_conn(conn);
+                }
                 this.guard = None;
                 Poll::Ready(None)
             }
@@ -561,6 +771,8 @@ mod tests {
 
     /// Stands for the lease: raises its flag when dropped.
     struct Guard(Arc<AtomicBool>);
+
+    impl Held for Guard {}
 
     impl Drop for Guard {
         fn drop(&mut self) {
@@ -713,12 +925,13 @@ mod tests {
         timing: Timing,
     ) -> Result<Response<Body>, (HttpFailure, G)>
     where
-        G: Send + 'static,
+        G: Held,
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
         let (parts, body) = req.into_parts();
-        exchange(socket, guard, parts, Some(body), &forwarded(), timing).await
+        let target = Target::unix(socket);
+        exchange(&target, guard, parts, Some(body), &forwarded(), timing).await
     }
 
     async fn body_bytes(resp: Response<Body>) -> Vec<u8> {
@@ -777,7 +990,6 @@ mod tests {
             "x-forwarded-proto: https",
             "x-forwarded-host: alice.test",
             "forwarded: for=\"[2001:db8::7]\";proto=https;host=\"alice.test\"",
-            "connection: close",
             "cookie: a=b",
             "content-length: 5",
         ];
@@ -824,7 +1036,7 @@ mod tests {
             .map_err(|(e, _)| e)
             .unwrap();
         let dump = String::from_utf8(body_bytes(resp).await).unwrap();
-        assert!(dump.contains("\nconnection: close\n"), "{dump}");
+        assert!(!dump.contains("connection:"), "kept alive: {dump}");
         assert!(!dump.contains("upgrade"), "{dump}");
     }
 
@@ -1089,7 +1301,16 @@ mod tests {
                         let fwd = forwarded();
                         let guard = Guard(flag);
                         Ok::<_, Infallible>(
-                            match exchange(&app, guard, parts, Some(body), &fwd, timing).await {
+                            match exchange(
+                                &Target::unix(&app),
+                                guard,
+                                parts,
+                                Some(body),
+                                &fwd,
+                                timing,
+                            )
+                            .await
+                            {
                                 Ok(resp) => resp,
                                 Err((e, _)) => {
                                     let mut resp =

@@ -23,6 +23,17 @@ pub enum Protocol {
     Cgi,
 }
 
+/// Who binds an HTTP app's listening socket (DESIGN.md "App sockets").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Bind {
+    /// berth binds it and passes it by socket activation (fd 3).
+    Berth,
+    /// The app binds 127.0.0.1:`$PORT` itself.
+    Port,
+    /// The app binds the Unix socket `$BERTH_SOCKET` itself.
+    Socket,
+}
+
 /// Process-pool settings of an app.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pool {
@@ -68,6 +79,8 @@ pub struct App {
     pub dir: PathBuf,
     /// Extra environment, in the order written.
     pub env: Vec<(String, String)>,
+    /// Who binds the listening socket (HTTP apps; always berth for others).
+    pub bind: Bind,
     pub pool: Pool,
     /// Where the app's table is, for messages.
     pub origin: Origin,
@@ -150,6 +163,7 @@ pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
         let command = at.strings("command");
         let dir = at.string("dir");
         let env = at.table("env").map(read_env);
+        let bind = at.string("bind");
         let protocol = match protocol {
             Some(p) => match p.value.as_str() {
                 "fastcgi" => Some(Protocol::FastCgi),
@@ -236,7 +250,37 @@ pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
                 None
             }
         };
-        let pool = read_pool(at, defaults.clone(), &["protocol", "command", "dir", "env"]);
+        let bind = match bind {
+            None => Bind::Berth,
+            Some(b) if protocol != Some(Protocol::Http) => {
+                walk.problem(
+                    b.line,
+                    &b.key,
+                    "only HTTP apps may bind by themselves (FastCGI apps get their socket as fd 0)",
+                );
+                Bind::Berth
+            }
+            Some(b) => match b.value.as_str() {
+                "berth" => Bind::Berth,
+                "port" => Bind::Port,
+                "socket" => Bind::Socket,
+                other => {
+                    walk.problem(
+                        b.line,
+                        &b.key,
+                        format!(
+                            "{other:?}: use \"berth\" (socket activation, the default), \"port\" ($PORT) or \"socket\" ($BERTH_SOCKET)"
+                        ),
+                    );
+                    Bind::Berth
+                }
+            },
+        };
+        let pool = read_pool(
+            at,
+            defaults.clone(),
+            &["protocol", "command", "dir", "env", "bind"],
+        );
         let (Some(protocol), true, Some(dir)) = (protocol, command_ok, dir) else {
             continue;
         };
@@ -246,6 +290,7 @@ pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
             command: command.map(|c| c.value).unwrap_or_default(),
             dir,
             env: env.unwrap_or_default(),
+            bind,
             pool,
             origin,
         });

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use app::{App, Pool, Protocol};
+pub use app::{App, Bind, Pool, Protocol};
 pub use problem::{Problem, Problems};
 use reader::{At, Source, TableReader, Walk};
 

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tracing::{debug, warn};
 
+use crate::backend::http_proxy::AppConn;
 use crate::config::Pool;
 use crate::ipc::{self, AppId, AppPlan, AppProcess, ToSupervisor};
 
@@ -40,6 +41,10 @@ pub enum LeaseError {
 struct ProcState {
     slot: u32,
     socket: PathBuf,
+    port: Option<u16>,
+    owner: Option<u32>,
+    /// An idle keep-alive connection (HTTP apps).
+    conn: Option<AppConn>,
     busy: bool,
     served: u64,
     idle_since: Instant,
@@ -84,12 +89,20 @@ pub struct Lease {
     apps: Arc<Apps>,
     pub app: AppId,
     pub slot: u32,
+    /// Its Unix socket (empty when it listens on `port`).
     pub socket: PathBuf,
+    /// The app listens on 127.0.0.1 at this port.
+    pub port: Option<u16>,
+    /// The app binds by itself: its listener must belong to this uid.
+    pub owner: Option<u32>,
     /// The process has not answered a request yet: the first response may take
     /// as long as its start-up (`start_timeout`).
     pub fresh: bool,
     /// Set when talking to the process failed in a way that says it is gone.
     broken: bool,
+    /// An idle keep-alive connection to the process (HTTP apps), taken from
+    /// the pool and given back on release.
+    pub(crate) conn: Option<AppConn>,
 }
 
 /// How long a request waits for a busy pool before 503.
@@ -165,8 +178,11 @@ impl Apps {
                         app: id.clone(),
                         slot: p.slot,
                         socket: p.socket.clone(),
+                        port: p.port,
+                        owner: p.owner,
                         fresh: p.fresh,
                         broken: false,
+                        conn: p.conn.take(),
                     });
                 }
                 let total = pool.procs.len() as u32 + pool.starting;
@@ -296,6 +312,9 @@ impl Apps {
                 pool.procs.push(ProcState {
                     slot: p.slot,
                     socket: p.socket,
+                    port: p.port,
+                    owner: p.owner,
+                    conn: None,
                     busy: false,
                     served: 0,
                     idle_since: Instant::now(),
@@ -323,6 +342,9 @@ impl Apps {
             pool.procs.push(ProcState {
                 slot: process.slot,
                 socket: process.socket,
+                port: process.port,
+                owner: process.owner,
+                conn: None,
                 busy: false,
                 served: 0,
                 idle_since: Instant::now(),
@@ -347,7 +369,7 @@ impl Apps {
         self.pending_cgi.lock().expect("pending lock").clear();
     }
 
-    fn release(&self, lease: &Lease) {
+    fn release(&self, lease: &mut Lease) {
         let mut pools = self.pools.lock().expect("apps lock");
         let Some(pool) = pools.get_mut(&lease.app) else {
             return;
@@ -356,6 +378,7 @@ impl Apps {
         if let Some(i) = pool.procs.iter().position(|p| p.slot == lease.slot) {
             let p = &mut pool.procs[i];
             p.busy = false;
+            p.conn = lease.conn.take();
             p.served += 1;
             p.fresh = false;
             p.idle_since = Instant::now();

@@ -28,13 +28,14 @@ use nix::unistd::Pid;
 use tracing::{info, warn};
 
 use super::spawn::{self, SpawnSpec};
-use crate::config::{App, Config, Protocol};
+use crate::config::{App, Bind, Config, Protocol};
 use crate::ipc::{AppId, AppProcess};
 
 /// One running process of an app.
 struct Proc {
     child: Child,
-    socket: PathBuf,
+    /// Where the front end connects (its socket is removed when it ends).
+    process: AppProcess,
     started: Instant,
 }
 
@@ -49,6 +50,7 @@ struct AppState {
     /// nothing about start-up.
     suspects: Vec<(u32, Instant)>,
     user: String,
+    uid: u32,
     gid: u32,
     home: PathBuf,
     procs: BTreeMap<u32, Proc>,
@@ -145,14 +147,17 @@ impl AppManager {
                 )
             })
             .collect();
-        let mut wanted: HashMap<AppId, (App, String, PathBuf, u32)> = HashMap::new();
+        let mut wanted: HashMap<AppId, (App, String, PathBuf, (u32, u32))> = HashMap::new();
         for t in &cfg.tenants {
             for a in &t.apps {
                 let id = AppId {
                     tenant: t.name.clone(),
                     app: a.name.clone(),
                 };
-                wanted.insert(id, (a.clone(), t.user.clone(), t.home.clone(), t.gid));
+                wanted.insert(
+                    id,
+                    (a.clone(), t.user.clone(), t.home.clone(), (t.uid, t.gid)),
+                );
             }
         }
         let mut stopped = Vec::new();
@@ -168,7 +173,7 @@ impl AppManager {
             }
             keep
         });
-        for (id, (app, user, home, gid)) in wanted {
+        for (id, (app, user, home, (uid, gid))) in wanted {
             match self.apps.get_mut(&id) {
                 // Pool settings may change without restarting processes.
                 Some(state) => state.app = app,
@@ -181,6 +186,7 @@ impl AppManager {
                             retry_at: None,
                             suspects: Vec::new(),
                             user,
+                            uid,
                             gid,
                             home,
                             procs: BTreeMap::new(),
@@ -227,41 +233,85 @@ impl AppManager {
         }
         let slot = state.next_slot;
         state.next_slot = state.next_slot.wrapping_add(1).max(1);
-        let socket = dir.join(format!("{}.{}.{slot}.sock", id.tenant, id.app));
-        let _ = std::fs::remove_file(&socket);
-        let listener = UnixListener::bind(&socket)
-            .map_err(|e| format!("app {id}: cannot bind {}: {e}", socket.display()))?;
-        if let Some(gid) = front_gid {
-            std::os::unix::fs::chown(&socket, Some(0), Some(gid))
-                .and_then(|()| {
-                    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660))
-                })
-                .map_err(|e| format!("app {id}: socket {}: {e}", socket.display()))?;
+        // The uid a self-bound listener must belong to.
+        let owner = if switch_user {
+            state.uid
+        } else {
+            rustix::process::geteuid().as_raw()
+        };
+        let mut process = AppProcess {
+            slot,
+            socket: PathBuf::new(),
+            port: None,
+            owner: None,
+        };
+        let mut env: Vec<(String, String)> = Vec::new();
+        let mut fds = Vec::new();
+        let mut umask = 0o022;
+        match state.app.bind {
+            Bind::Berth => {
+                let socket = dir.join(format!("{}.{}.{slot}.sock", id.tenant, id.app));
+                let _ = std::fs::remove_file(&socket);
+                let listener = UnixListener::bind(&socket)
+                    .map_err(|e| format!("app {id}: cannot bind {}: {e}", socket.display()))?;
+                if let Some(gid) = front_gid {
+                    std::os::unix::fs::chown(&socket, Some(0), Some(gid))
+                        .and_then(|()| {
+                            std::fs::set_permissions(
+                                &socket,
+                                std::fs::Permissions::from_mode(0o660),
+                            )
+                        })
+                        .map_err(|e| format!("app {id}: socket {}: {e}", socket.display()))?;
+                }
+                let at = if state.app.protocol == Protocol::FastCgi {
+                    0
+                } else {
+                    // Socket activation; spawn sets LISTEN_PID to the child's pid.
+                    env.push(("LISTEN_FDS".into(), "1".into()));
+                    env.push(("LISTEN_FDNAMES".into(), "http".into()));
+                    3
+                };
+                fds.push((OwnedFd::from(listener), at));
+                process.socket = socket;
+            }
+            Bind::Port => {
+                // A free port now; if someone else takes it before the app
+                // does, the owner check refuses it.
+                let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+                    .and_then(|l| l.local_addr())
+                    .map_err(|e| format!("app {id}: no free port: {e}"))?
+                    .port();
+                env.push(("PORT".into(), port.to_string()));
+                process.port = Some(port);
+                process.owner = Some(owner);
+            }
+            Bind::Socket => {
+                let tenant_dir = bound_dir(&dir, &id.tenant, owner, front_gid)
+                    .map_err(|e| format!("app {id}: socket directory: {e}"))?;
+                let socket = tenant_dir.join(format!("{}.{slot}.sock", id.app));
+                let _ = std::fs::remove_file(&socket);
+                env.push(("BERTH_SOCKET".into(), socket.to_string_lossy().into_owned()));
+                // The socket the app creates must let the front end's group
+                // connect (the directory gives it that group).
+                umask = 0o007;
+                process.socket = socket;
+                process.owner = Some(owner);
+            }
         }
         let log = open_app_log(&log_dir, &id.tenant, front_gid.map(|_| state.gid))
             .map_err(|e| format!("app {id}: error log: {e}"))?;
         let app = &state.app;
-        let mut env: Vec<(String, String)> = Vec::new();
         let argv = app.command.clone();
-        let listen_at = match app.protocol {
-            Protocol::FastCgi => {
-                // php-cgi exits after PHP_FCGI_MAX_REQUESTS (500 by default);
-                // make it agree with the pool's own max_requests.
-                env.push((
-                    "PHP_FCGI_MAX_REQUESTS".into(),
-                    app.pool.max_requests.to_string(),
-                ));
-                env.push(("PHP_FCGI_CHILDREN".into(), "0".into()));
-                0
-            }
-            Protocol::Http => {
-                // Socket activation; spawn sets LISTEN_PID to the child's pid.
-                env.push(("LISTEN_FDS".into(), "1".into()));
-                env.push(("LISTEN_FDNAMES".into(), "http".into()));
-                3
-            }
-            Protocol::Cgi => unreachable!("refused above"),
-        };
+        if app.protocol == Protocol::FastCgi {
+            // php-cgi exits after PHP_FCGI_MAX_REQUESTS (500 by default);
+            // make it agree with the pool's own max_requests.
+            env.push((
+                "PHP_FCGI_MAX_REQUESTS".into(),
+                app.pool.max_requests.to_string(),
+            ));
+            env.push(("PHP_FCGI_CHILDREN".into(), "0".into()));
+        }
         env.extend(app.env.iter().cloned());
         let log2 = log
             .try_clone()
@@ -274,10 +324,14 @@ impl AppManager {
             argv: &argv,
             dir: &app.dir,
             env: &env,
-            fds: vec![(OwnedFd::from(listener), listen_at), (log, 1), (log2, 2)],
+            fds: {
+                fds.extend([(log, 1), (log2, 2)]);
+                fds
+            },
             switch_user,
         };
-        let child = spawn::spawn(spec).map_err(|e| {
+        let socket = process.socket.clone();
+        let child = spawn::spawn_with_umask(spec, umask).map_err(|e| {
             let _ = std::fs::remove_file(&socket);
             warn!("app {id}: not started: {e}");
             format!("app {id}: not started: {e}")
@@ -287,11 +341,11 @@ impl AppManager {
             slot,
             Proc {
                 child,
-                socket: socket.clone(),
+                process: process.clone(),
                 started: Instant::now(),
             },
         );
-        Ok(AppProcess { slot, socket })
+        Ok(process)
     }
 
     /// Runs one request of CGI app `id` (see [`crate::ipc::ToSupervisor::RunCgi`]):
@@ -457,14 +511,8 @@ impl AppManager {
     pub fn live(&self) -> Vec<(AppId, AppProcess)> {
         let mut out = Vec::new();
         for (id, state) in &self.apps {
-            for (slot, proc) in &state.procs {
-                out.push((
-                    id.clone(),
-                    AppProcess {
-                        slot: *slot,
-                        socket: proc.socket.clone(),
-                    },
-                ));
+            for proc in state.procs.values() {
+                out.push((id.clone(), proc.process.clone()));
             }
         }
         out
@@ -525,7 +573,7 @@ impl AppManager {
             }
             for (slot, status) in dead {
                 if let Some(proc) = state.procs.remove(&slot) {
-                    let _ = std::fs::remove_file(&proc.socket);
+                    let _ = std::fs::remove_file(&proc.process.socket);
                     let lived = proc.started.elapsed();
                     // Dying young again and again is a crash loop: back off (see
                     // `settle`). One death (a crash, the OOM killer) just means
@@ -575,7 +623,7 @@ impl AppManager {
             }
             // Whatever else the app left in its group goes too.
             let _ = killpg(pgid(&proc.child), Signal::SIGKILL);
-            let _ = std::fs::remove_file(&proc.socket);
+            let _ = std::fs::remove_file(&proc.process.socket);
         }
     }
 }
@@ -623,7 +671,46 @@ fn cgi_variable(name: &str) -> bool {
 /// Whether two configurations of an app run the same thing (else the running
 /// processes are replaced).
 fn same_program(a: &App, b: &App) -> bool {
-    a.protocol == b.protocol && a.command == b.command && a.dir == b.dir && a.env == b.env
+    a.protocol == b.protocol
+        && a.command == b.command
+        && a.dir == b.dir
+        && a.env == b.env
+        && a.bind == b.bind
+}
+
+/// `state_dir/bound/TENANT`, where a tenant's apps bind their own Unix
+/// sockets (`bind = "socket"`): `bound/` is root's and may only be passed
+/// through (0711); the tenant's directory is the tenant's, with the front
+/// end's group (setgid, so the sockets get it too) and nobody else (02750).
+fn bound_dir(
+    apps_dir: &Path,
+    tenant: &str,
+    uid: u32,
+    front_gid: Option<u32>,
+) -> std::io::Result<PathBuf> {
+    let parent = apps_dir.parent().unwrap_or(apps_dir).join("bound");
+    let tenant_dir = parent.join(tenant);
+    for d in [&parent, &tenant_dir] {
+        match std::fs::symlink_metadata(d) {
+            Ok(m) if m.file_type().is_symlink() || !m.is_dir() => {
+                return Err(std::io::Error::other(format!(
+                    "{} is not a directory",
+                    d.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(_) => std::fs::create_dir(d)?,
+        }
+    }
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o711))?;
+    match front_gid {
+        Some(gid) => {
+            std::os::unix::fs::chown(&tenant_dir, Some(uid), Some(gid))?;
+            std::fs::set_permissions(&tenant_dir, std::fs::Permissions::from_mode(0o2750))?;
+        }
+        None => std::fs::set_permissions(&tenant_dir, std::fs::Permissions::from_mode(0o700))?,
+    }
+    Ok(tenant_dir)
 }
 
 fn pgid(child: &Child) -> Pid {
@@ -635,7 +722,7 @@ fn pgid(child: &Child) -> Pid {
 /// blocking the supervisor: a thread waits for it.
 fn stop(id: &AppId, slot: u32, mut proc: Proc) {
     let _ = killpg(pgid(&proc.child), Signal::SIGTERM);
-    let _ = std::fs::remove_file(&proc.socket);
+    let _ = std::fs::remove_file(&proc.process.socket);
     let id = id.clone();
     let _ = std::thread::Builder::new()
         .name("app-stop".into())
