@@ -1042,3 +1042,57 @@ fn a_crash_loop_at_start_up_backs_off() {
         s.output()
     );
 }
+
+// ---------------------------------------------------------------------------
+// FCGI_KEEP_CONN: one connection per process, kept between requests
+// ---------------------------------------------------------------------------
+
+/// The sockets a process holds besides its listener (fd 0), as inodes.
+fn connections_of(pid: u32) -> Vec<String> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name() != "0")
+        .filter_map(|e| fs::read_link(e.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .filter(|l| l.starts_with("socket:"))
+        .collect()
+}
+
+#[test]
+fn php_cgi_keeps_its_connection_between_requests() {
+    require_root();
+    let dir = Dir::new();
+    let home = Home::new(&dir, "home-a", USER_A, user_a());
+    home.page("pid.php", "<?php echo getmypid();");
+    home.page("up.php", UPLOAD_PHP);
+    let s = start_a(&dir, &home, "max_processes = 1");
+    let first = get(&s, "/pid.php");
+    assert_eq!(first.status, 200, "{first:?}\n{}", s.output());
+    let pid: u32 = first.text().parse().unwrap();
+    let mut kept = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            kept = connections_of(pid);
+            kept.len() == 1
+        }),
+        "one kept connection: {kept:?}"
+    );
+    for _ in 0..3 {
+        assert_eq!(get(&s, "/pid.php").text(), pid.to_string());
+    }
+    assert_eq!(connections_of(pid), kept, "the same connection, reused");
+
+    // A request with a body goes on a fresh connection (the kept one is
+    // let go first, or php-cgi would never accept the new one).
+    let body = payload(100_000);
+    let head = format!(
+        "POST /up.php HTTP/1.1\r\nHost: a.test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let (raw, _) = exchange(s.addr(), &head, &body, Duration::from_secs(20));
+    let r = parse(&raw);
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+    assert_eq!(r.vars()["md5"], md5_of(&body));
+    assert_eq!(get(&s, "/pid.php").text(), pid.to_string());
+}

@@ -3,10 +3,17 @@
 //! whose body streams too (no whole-body buffering in either direction), and
 //! send STDERR to the tenant's error log.
 //!
-//! Request flow position: handler → (app lease) → here → the app's socket. The
-//! connection is not kept (FCGI_KEEP_CONN off): php-cgi and libfcgi apps serve
-//! one request per accepted connection anyway, and a fresh connection per request
-//! means a misbehaving app can never leave half a response for the next one.
+//! Request flow position: handler → (app lease) → here → the app's socket.
+//!
+//! Requests without a body ask the app to keep the connection
+//! (FCGI_KEEP_CONN, which php-cgi and libfcgi honour): once END_REQUEST has
+//! been read with nothing after it, the connection stays with the process for
+//! its next request, saving a connect and an accept per request. A kept
+//! connection the app closed meanwhile shows before any answer (the write
+//! fails, or EOF comes first) and the request goes again on a fresh one. A
+//! request with a body streams it on a fresh connection that the app closes;
+//! a kept one is dropped first, since an app like php-cgi serves one
+//! connection at a time and would never accept the new one.
 
 use std::io;
 use std::pin::Pin;
@@ -18,9 +25,9 @@ use http::Response;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::net::unix::OwnedReadHalf;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::fastcgi::{self, CgiHead, Decoder, Record};
 use crate::front::apps::Lease;
@@ -64,49 +71,90 @@ pub async fn request(
     idle: Duration,
     stderr: StderrSink,
 ) -> Result<Response<Body>, (FcgiFailure, Lease)> {
-    let stream = match UnixStream::connect(&lease.socket).await {
-        Ok(s) => s,
-        Err(e) => return Err((FcgiFailure::Gone(e), lease)),
-    };
-    let (read, mut write) = stream.into_split();
-
+    let mut lease = lease;
+    let keep = body.is_none();
     let mut head = BytesMut::with_capacity(1024);
-    fastcgi::begin_request(&mut head, REQUEST_ID, false);
+    fastcgi::begin_request(&mut head, REQUEST_ID, keep);
     let pairs: Vec<(&[u8], &[u8])> = params
         .iter()
         .map(|(k, v)| (k.as_slice(), v.as_slice()))
         .collect();
     fastcgi::params(&mut head, REQUEST_ID, &pairs);
-    if body.is_none() {
+    if keep {
         fastcgi::stdin(&mut head, REQUEST_ID, &[]);
     }
-    if let Err(e) = write.write_all(&head).await {
-        return Err((FcgiFailure::Io(e), lease));
+    let kept = lease.fcgi.take().filter(|_| keep);
+    let (mut read, mut write, mut reused) = match kept {
+        Some(stream) => {
+            let (read, write) = stream.into_split();
+            (read, write, true)
+        }
+        None => match connect(&lease).await {
+            Ok(halves) => (halves.0, halves.1, false),
+            Err(e) => return Err((e, lease)),
+        },
+    };
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        if let Err(e) = write.write_all(&head).await {
+            if reused {
+                // The app closed the kept connection: a fresh one.
+                (read, write) = match connect(&lease).await {
+                    Ok(halves) => halves,
+                    Err(e) => return Err((e, lease)),
+                };
+                reused = false;
+                continue;
+            }
+            return Err((FcgiFailure::Io(e), lease));
+        }
+        if !reused {
+            break;
+        }
+        // On a kept connection, EOF before the first byte means the app had
+        // closed it: send again on a fresh one (nothing was consumed).
+        match tokio::time::timeout(first_byte, read.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => break,
+            Ok(_) => {
+                buf.clear();
+                (read, write) = match connect(&lease).await {
+                    Ok(halves) => halves,
+                    Err(e) => return Err((e, lease)),
+                };
+                reused = false;
+            }
+            Err(_) => return Err((FcgiFailure::Timeout(first_byte), lease)),
+        }
     }
-    // The request body streams to STDIN while the answer is read: an app may
-    // answer (or fail) before it has read everything.
-    if let Some(mut body) = body {
-        tokio::spawn(async move {
-            let mut buf = BytesMut::new();
-            while let Some(frame) = body.frame().await {
-                let Ok(frame) = frame else { return };
-                if let Ok(data) = frame.into_data() {
-                    buf.clear();
-                    fastcgi::stdin(&mut buf, REQUEST_ID, &data);
-                    if write.write_all(&buf).await.is_err() {
-                        return;
+    // Without a body the write half is kept, for the connection to be kept
+    // when the answer ends cleanly. A body streams to STDIN while the answer
+    // is read: an app may answer (or fail) before it has read everything.
+    let mut write_back = None;
+    match body {
+        None => write_back = Some(write),
+        Some(mut body) => {
+            tokio::spawn(async move {
+                let mut buf = BytesMut::new();
+                while let Some(frame) = body.frame().await {
+                    let Ok(frame) = frame else { return };
+                    if let Ok(data) = frame.into_data() {
+                        buf.clear();
+                        fastcgi::stdin(&mut buf, REQUEST_ID, &data);
+                        if write.write_all(&buf).await.is_err() {
+                            return;
+                        }
                     }
                 }
-            }
-            buf.clear();
-            fastcgi::stdin(&mut buf, REQUEST_ID, &[]);
-            let _ = write.write_all(&buf).await;
-        });
+                buf.clear();
+                fastcgi::stdin(&mut buf, REQUEST_ID, &[]);
+                let _ = write.write_all(&buf).await;
+            });
+        }
     }
 
     let mut stream = RecordStream {
         read,
-        buf: BytesMut::with_capacity(4096),
+        buf,
         decoder: Decoder::new(REQUEST_ID),
         stderr,
         ended: false,
@@ -141,11 +189,12 @@ pub async fn request(
     } = head;
     let mut resp = Response::new(
         StdoutBody {
-            stream,
+            stream: Some(stream),
+            write_back,
             first: Some(out.split_off(used).freeze()).filter(|b| !b.is_empty()),
             idle,
             timer: None,
-            _lease: lease,
+            lease,
         }
         .boxed_unsync(),
     );
@@ -210,13 +259,39 @@ impl RecordStream {
     }
 }
 
+/// Connects to the process of `lease`.
+async fn connect(lease: &Lease) -> Result<(OwnedReadHalf, OwnedWriteHalf), FcgiFailure> {
+    match UnixStream::connect(&lease.socket).await {
+        Ok(stream) => Ok(stream.into_split()),
+        Err(e) => Err(FcgiFailure::Gone(e)),
+    }
+}
+
 /// The response body: the rest of STDOUT, ending at END_REQUEST.
 struct StdoutBody {
-    stream: RecordStream,
+    /// None once the body has ended.
+    stream: Option<RecordStream>,
+    /// The write half of a connection to keep (FCGI_KEEP_CONN).
+    write_back: Option<OwnedWriteHalf>,
     first: Option<Bytes>,
     idle: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    _lease: Lease,
+    lease: Lease,
+}
+
+impl StdoutBody {
+    /// The answer ended: a kept connection with nothing left unread goes
+    /// back to the lease for the process's next request.
+    fn finish(&mut self) {
+        let (Some(stream), Some(write)) = (self.stream.take(), self.write_back.take()) else {
+            return;
+        };
+        if stream.ended && stream.buf.is_empty() && stream.decoder.is_finished() {
+            if let Ok(conn) = stream.read.reunite(write) {
+                self.lease.fcgi = Some(conn);
+            }
+        }
+    }
 }
 
 impl HttpBody for StdoutBody {
@@ -231,7 +306,10 @@ impl HttpBody for StdoutBody {
             return Poll::Ready(Some(Ok(Frame::data(first))));
         }
         let this = &mut *self;
-        match this.stream.poll_stdout(cx) {
+        let Some(stream) = this.stream.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match stream.poll_stdout(cx) {
             Poll::Ready(Ok(Some(data))) => {
                 // Progress: the idle clock starts again.
                 if let Some(timer) = this.timer.as_mut() {
@@ -241,7 +319,10 @@ impl HttpBody for StdoutBody {
                 }
                 Poll::Ready(Some(Ok(Frame::data(data))))
             }
-            Poll::Ready(Ok(None)) => Poll::Ready(None),
+            Poll::Ready(Ok(None)) => {
+                this.finish();
+                Poll::Ready(None)
+            }
             Poll::Ready(Err(e)) => Poll::Ready(Some(Err(io::Error::other(e.to_string())))),
             Poll::Pending => {
                 let idle = this.idle;
@@ -260,7 +341,7 @@ impl HttpBody for StdoutBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.stream.ended
+        self.first.is_none() && self.stream.as_ref().is_none_or(|s| s.ended)
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::net::UnixStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tracing::{debug, warn};
 
@@ -45,6 +46,8 @@ struct ProcState {
     owner: Option<u32>,
     /// An idle keep-alive connection (HTTP apps).
     conn: Option<AppConn>,
+    /// An idle FCGI_KEEP_CONN connection (FastCGI apps).
+    fcgi: Option<UnixStream>,
     busy: bool,
     served: u64,
     idle_since: Instant,
@@ -59,8 +62,59 @@ struct AppPool {
     procs: Vec<ProcState>,
     /// Start requests sent and not answered yet.
     starting: u32,
-    /// Requests waiting for a process, oldest first.
-    waiters: VecDeque<oneshot::Sender<()>>,
+    /// Requests waiting for a process, oldest first: a process that comes
+    /// free goes to the first of them (no newcomer can take it first).
+    waiters: VecDeque<oneshot::Sender<Grant>>,
+}
+
+/// What a waiting request is handed.
+enum Grant {
+    /// A process, already marked busy for it.
+    Process(Granted),
+    /// Room to start a process (one ended, or a start failed): try again.
+    Retry,
+}
+
+/// A process handed to one request: what its [`Lease`] needs.
+struct Granted {
+    slot: u32,
+    socket: PathBuf,
+    port: Option<u16>,
+    owner: Option<u32>,
+    fresh: bool,
+    conn: Option<AppConn>,
+    fcgi: Option<UnixStream>,
+}
+
+impl ProcState {
+    /// Marks it busy and hands it out.
+    fn grant(&mut self) -> Granted {
+        self.busy = true;
+        Granted {
+            slot: self.slot,
+            socket: self.socket.clone(),
+            port: self.port,
+            owner: self.owner,
+            fresh: self.fresh,
+            conn: self.conn.take(),
+            fcgi: self.fcgi.take(),
+        }
+    }
+
+    fn new(p: AppProcess) -> ProcState {
+        ProcState {
+            slot: p.slot,
+            socket: p.socket,
+            port: p.port,
+            owner: p.owner,
+            conn: None,
+            fcgi: None,
+            busy: false,
+            served: 0,
+            idle_since: Instant::now(),
+            fresh: true,
+        }
+    }
 }
 
 /// Every app's pool, shared by all workers.
@@ -103,6 +157,8 @@ pub struct Lease {
     /// An idle keep-alive connection to the process (HTTP apps), taken from
     /// the pool and given back on release.
     pub(crate) conn: Option<AppConn>,
+    /// The same for FastCGI apps (FCGI_KEEP_CONN).
+    pub(crate) fcgi: Option<UnixStream>,
 }
 
 /// How long a request waits for a busy pool before 503.
@@ -158,12 +214,13 @@ impl Apps {
             .map(|p| p.plan.clone())
     }
 
-    /// An idle process of `id`, started if need be.
+    /// An idle process of `id`, started if need be, or the first one to come
+    /// free (requests are served in the order they queued).
     pub async fn lease(self: &Arc<Self>, id: &AppId) -> Result<Lease, LeaseError> {
         let deadline = Instant::now() + QUEUE_WAIT;
         loop {
             enum Next {
-                Wait(oneshot::Receiver<()>),
+                Wait(oneshot::Receiver<Grant>),
                 Start(u64, oneshot::Receiver<Result<AppProcess, String>>),
             }
             let next = {
@@ -172,18 +229,7 @@ impl Apps {
                     .get_mut(id)
                     .ok_or_else(|| LeaseError::Unknown(id.clone()))?;
                 if let Some(p) = pool.procs.iter_mut().find(|p| !p.busy) {
-                    p.busy = true;
-                    return Ok(Lease {
-                        apps: self.clone(),
-                        app: id.clone(),
-                        slot: p.slot,
-                        socket: p.socket.clone(),
-                        port: p.port,
-                        owner: p.owner,
-                        fresh: p.fresh,
-                        broken: false,
-                        conn: p.conn.take(),
-                    });
+                    return Ok(self.lease_of(id, p.grant()));
                 }
                 let total = pool.procs.len() as u32 + pool.starting;
                 if total < pool.plan.pool.max_processes {
@@ -212,7 +258,10 @@ impl Apps {
                     match rx.await {
                         Ok(Ok(process)) => {
                             debug!("app {id}: process {} ready", process.slot);
-                            self.start_done(id, Some(process));
+                            // The process is this request's: it asked for it.
+                            if let Some(granted) = self.start_done(id, Some(process)) {
+                                return Ok(self.lease_of(id, granted));
+                            }
                         }
                         Ok(Err(why)) => {
                             self.start_done(id, None);
@@ -229,11 +278,29 @@ impl Apps {
                 }
                 Next::Wait(rx) => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    if tokio::time::timeout(left, rx).await.is_err() {
-                        return Err(LeaseError::Busy(id.clone(), QUEUE_WAIT));
+                    match tokio::time::timeout(left, rx).await {
+                        Ok(Ok(Grant::Process(granted))) => return Ok(self.lease_of(id, granted)),
+                        // Room to start one, or the pool changed: look again.
+                        Ok(Ok(Grant::Retry)) | Ok(Err(_)) => {}
+                        Err(_) => return Err(LeaseError::Busy(id.clone(), QUEUE_WAIT)),
                     }
                 }
             }
+        }
+    }
+
+    fn lease_of(self: &Arc<Self>, id: &AppId, g: Granted) -> Lease {
+        Lease {
+            apps: self.clone(),
+            app: id.clone(),
+            slot: g.slot,
+            socket: g.socket,
+            port: g.port,
+            owner: g.owner,
+            fresh: g.fresh,
+            broken: false,
+            conn: g.conn,
+            fcgi: g.fcgi,
         }
     }
 
@@ -303,25 +370,23 @@ impl Apps {
         }
     }
 
-    /// A start request was answered: add the process (if any) and wake a waiter.
-    fn start_done(&self, id: &AppId, process: Option<AppProcess>) {
+    /// A start request was answered: the new process joins the pool, busy
+    /// for the request that asked for it; without one, a waiter may try.
+    fn start_done(&self, id: &AppId, process: Option<AppProcess>) -> Option<Granted> {
         let mut pools = self.pools.lock().expect("apps lock");
-        if let Some(pool) = pools.get_mut(id) {
-            pool.starting = pool.starting.saturating_sub(1);
-            if let Some(p) = process {
-                pool.procs.push(ProcState {
-                    slot: p.slot,
-                    socket: p.socket,
-                    port: p.port,
-                    owner: p.owner,
-                    conn: None,
-                    busy: false,
-                    served: 0,
-                    idle_since: Instant::now(),
-                    fresh: true,
-                });
+        let pool = pools.get_mut(id)?;
+        pool.starting = pool.starting.saturating_sub(1);
+        match process {
+            Some(p) => {
+                let mut proc = ProcState::new(p);
+                let granted = proc.grant();
+                pool.procs.push(proc);
+                Some(granted)
             }
-            wake_one(pool);
+            None => {
+                retry_one(pool);
+                None
+            }
         }
     }
 
@@ -339,18 +404,9 @@ impl Apps {
         if let Some(pool) = pools.get_mut(id)
             && !pool.procs.iter().any(|p| p.slot == process.slot)
         {
-            pool.procs.push(ProcState {
-                slot: process.slot,
-                socket: process.socket,
-                port: process.port,
-                owner: process.owner,
-                conn: None,
-                busy: false,
-                served: 0,
-                idle_since: Instant::now(),
-                fresh: true,
-            });
-            wake_one(pool);
+            pool.procs.push(ProcState::new(process));
+            let last = pool.procs.len() - 1;
+            hand_off(pool, last);
         }
     }
 
@@ -359,7 +415,7 @@ impl Apps {
         let mut pools = self.pools.lock().expect("apps lock");
         if let Some(pool) = pools.get_mut(id) {
             pool.procs.retain(|p| p.slot != slot);
-            wake_one(pool);
+            retry_one(pool);
         }
     }
 
@@ -375,22 +431,25 @@ impl Apps {
             return;
         };
         let max = pool.plan.pool.max_requests;
-        if let Some(i) = pool.procs.iter().position(|p| p.slot == lease.slot) {
-            let p = &mut pool.procs[i];
-            p.busy = false;
-            p.conn = lease.conn.take();
-            p.served += 1;
-            p.fresh = false;
-            p.idle_since = Instant::now();
-            if lease.broken || (max > 0 && p.served >= max) {
-                pool.procs.remove(i);
-                // Under the lock: the supervisor hears of the retirement before
-                // any request can ask it for a replacement (it would still
-                // count the old process against max_processes).
-                self.retire(&lease.app, lease.slot);
-            }
+        let Some(i) = pool.procs.iter().position(|p| p.slot == lease.slot) else {
+            return;
+        };
+        let p = &mut pool.procs[i];
+        p.conn = lease.conn.take();
+        p.fcgi = lease.fcgi.take();
+        p.served += 1;
+        p.fresh = false;
+        p.idle_since = Instant::now();
+        if lease.broken || (max > 0 && p.served >= max) {
+            pool.procs.remove(i);
+            // Under the lock: the supervisor hears of the retirement before
+            // any request can ask it for a replacement (it would still
+            // count the old process against max_processes).
+            self.retire(&lease.app, lease.slot);
+            retry_one(pool);
+        } else {
+            hand_off(pool, i);
         }
-        wake_one(pool);
     }
 
     fn retire(&self, app: &AppId, slot: u32) {
@@ -431,9 +490,29 @@ impl Apps {
     }
 }
 
-fn wake_one(pool: &mut AppPool) {
+/// Process `i` just came free: it goes to the oldest waiting request still
+/// there, else it is idle.
+fn hand_off(pool: &mut AppPool, i: usize) {
+    let AppPool { procs, waiters, .. } = pool;
+    let p = &mut procs[i];
+    while let Some(w) = waiters.pop_front() {
+        match w.send(Grant::Process(p.grant())) {
+            Ok(()) => return,
+            // That request gave up waiting: the connection stays.
+            Err(Grant::Process(back)) => {
+                p.conn = back.conn;
+                p.fcgi = back.fcgi;
+            }
+            Err(Grant::Retry) => {}
+        }
+    }
+    p.busy = false;
+}
+
+/// Room for one more process: the oldest waiting request may start it.
+fn retry_one(pool: &mut AppPool) {
     while let Some(w) = pool.waiters.pop_front() {
-        if w.send(()).is_ok() {
+        if w.send(Grant::Retry).is_ok() {
             break;
         }
     }
