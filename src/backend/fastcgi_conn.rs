@@ -286,10 +286,12 @@ impl StdoutBody {
         let (Some(stream), Some(write)) = (self.stream.take(), self.write_back.take()) else {
             return;
         };
-        if stream.ended && stream.buf.is_empty() && stream.decoder.is_finished() {
-            if let Ok(conn) = stream.read.reunite(write) {
-                self.lease.fcgi = Some(conn);
-            }
+        if stream.ended
+            && stream.buf.is_empty()
+            && stream.decoder.is_finished()
+            && let Ok(conn) = stream.read.reunite(write)
+        {
+            self.lease.fcgi = Some(conn);
         }
     }
 }
