@@ -1368,13 +1368,25 @@ fn a_client_going_away_frees_the_process() {
 /// writes $PORT to `port.txt` in its directory and never binds. Answers JSON:
 /// who it is, what it was given, and the peer of the connection.
 const SELF_PY: &str = r#"#!/usr/bin/python3
-import http.server, json, os, socketserver, sys, time
+import http.server, json, os, socketserver, sys, threading, time
+
+
+BARRIER = threading.Barrier(3, timeout=10)
 
 
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
+        if self.path.endswith("/barrier"):
+            # Answers once three requests are in here at the same time.
+            try:
+                BARRIER.wait()
+            except threading.BrokenBarrierError:
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
         body = json.dumps({
             "uid": os.getuid(),
             "pid": os.getpid(),
@@ -1396,6 +1408,8 @@ class H(http.server.BaseHTTPRequestHandler):
 mode = sys.argv[1]
 if mode == "port":
     server = http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H)
+elif mode == "threaded":
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H)
 elif mode == "socket":
     server = socketserver.UnixStreamServer(os.environ["BERTH_SOCKET"], H)
 else:
@@ -1545,4 +1559,33 @@ fn a_port_taken_by_another_uid_is_refused() {
         "{}",
         s.output()
     );
+}
+
+#[test]
+fn one_process_serves_concurrent_requests_up_to_its_concurrency() {
+    require_root();
+    let dir = Dir::new();
+    let home = Home::with_app(&dir, "home-a", USER_A, user_a());
+    let s = start_self_bound(
+        &dir,
+        &home,
+        "port",
+        "threaded",
+        "max_processes = 1\nconcurrency = 3",
+    );
+    let addr = s.addr();
+    // Three requests that the app answers only when all three are in it at
+    // once: one process must take them together.
+    let runs: Vec<_> = (0..3)
+        .map(|_| std::thread::spawn(move || get_host(addr, "a.test", "/py/barrier")))
+        .collect();
+    let pids: BTreeSet<String> = runs
+        .into_iter()
+        .map(|r| {
+            let r = r.join().unwrap();
+            assert_eq!(r.status, 200, "{r:?}");
+            r.json()["pid"].to_string()
+        })
+        .collect();
+    assert_eq!(pids.len(), 1, "one process: {pids:?}\n{}", s.output());
 }

@@ -41,6 +41,9 @@ pub struct Pool {
     pub min_processes: u32,
     /// Processes at most (for CGI: requests running at once).
     pub max_processes: u32,
+    /// Requests one process is given at once (1: php-cgi and other
+    /// one-at-a-time servers; more for threaded or evented apps).
+    pub concurrency: u32,
     /// An idle process above `min_processes` is stopped after this.
     pub idle_timeout: Duration,
     /// A process is replaced after serving this many requests (0: never).
@@ -58,6 +61,7 @@ impl Default for Pool {
         Pool {
             min_processes: 0,
             max_processes: 4,
+            concurrency: 1,
             idle_timeout: Duration::from_secs(300),
             max_requests: 10_000,
             start_timeout: Duration::from_secs(10),
@@ -111,6 +115,13 @@ fn read_pool(mut t: TableReader<'_>, base: Pool, others: &[&'static str]) -> Poo
     let max_line = max_at.as_ref().map(|a| (a.line, a.key.clone()));
     if let Some(n) = count(walk, max_at, 1000) {
         pool.max_processes = n as u32;
+    }
+    if let Some(at) = t.integer("concurrency") {
+        if (1..=10_000).contains(&at.value) {
+            pool.concurrency = at.value as u32;
+        } else {
+            walk.problem(at.line, &at.key, "must be between 1 and 10000");
+        }
     }
     if let Some(d) = duration(walk, t.string("idle_timeout")) {
         pool.idle_timeout = d;
@@ -276,11 +287,19 @@ pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
                 }
             },
         };
+        let table_line = at.line();
         let pool = read_pool(
             at,
             defaults.clone(),
             &["protocol", "command", "dir", "env", "bind"],
         );
+        if protocol == Some(Protocol::Cgi) && pool.concurrency != 1 {
+            walk.problem(
+                table_line,
+                &format!("{key}.concurrency"),
+                "a CGI app runs one process per request (max_processes bounds how many at once)",
+            );
+        }
         let (Some(protocol), true, Some(dir)) = (protocol, command_ok, dir) else {
             continue;
         };
@@ -327,6 +346,7 @@ mod tests {
     fn pool_defaults_match_the_design() {
         let p = Pool::default();
         assert_eq!((p.min_processes, p.max_processes), (0, 4));
+        assert_eq!(p.concurrency, 1);
         assert_eq!(p.idle_timeout, Duration::from_secs(300));
         assert_eq!(p.max_requests, 10_000);
         assert_eq!(p.start_timeout, Duration::from_secs(10));

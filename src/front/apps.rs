@@ -1,12 +1,15 @@
-//! The front end's view of app processes: which are running, which are busy,
+//! The front end's view of app processes: which are running, how busy each is,
 //! and asking the supervisor for more.
 //!
 //! Request flow position: the handler picked an app route; [`Apps::lease`] gives
-//! it an idle process of that app (one request per process at a time, the
-//! FastCGI model php-cgi needs), starting one through the supervisor when all are
-//! busy and the pool has room, or waiting for one to come free. Dropping the
-//! [`Lease`] returns the process; after `max_requests` requests, or after
-//! `idle_timeout` without one (above `min_processes`), the process is retired.
+//! it an idle process of that app, starting one through the supervisor when all
+//! are busy and the pool has room; when it has none, a process serving fewer
+//! than the app's `concurrency` requests (1 by default: one request per
+//! process, the FastCGI model php-cgi needs); else the request queues and gets
+//! the first process to come free, in order. Dropping the [`Lease`] returns the
+//! process, with its kept connection; after `max_requests` requests (once its
+//! requests in flight end), or after `idle_timeout` without one (above
+//! `min_processes`), the process is retired.
 //!
 //! The supervisor decides what runs: the front end can only name an app the
 //! configuration has, and ask for one more process of it or to stop one.
@@ -44,11 +47,15 @@ struct ProcState {
     socket: PathBuf,
     port: Option<u16>,
     owner: Option<u32>,
-    /// An idle keep-alive connection (HTTP apps).
-    conn: Option<AppConn>,
-    /// An idle FCGI_KEEP_CONN connection (FastCGI apps).
-    fcgi: Option<UnixStream>,
-    busy: bool,
+    /// Idle keep-alive connections (HTTP apps), at most `concurrency`.
+    conns: Vec<AppConn>,
+    /// Idle FCGI_KEEP_CONN connections (FastCGI apps), the same.
+    fcgis: Vec<UnixStream>,
+    /// Requests it is serving now (at most the app's `concurrency`).
+    active: u32,
+    /// Served `max_requests`: it takes no more and is retired once the
+    /// requests it serves have ended.
+    draining: bool,
     served: u64,
     idle_since: Instant,
     /// No request has been answered by it yet (its start-up is still running).
@@ -87,17 +94,17 @@ struct Granted {
 }
 
 impl ProcState {
-    /// Marks it busy and hands it out.
+    /// Counts one more request on it and hands it out.
     fn grant(&mut self) -> Granted {
-        self.busy = true;
+        self.active += 1;
         Granted {
             slot: self.slot,
             socket: self.socket.clone(),
             port: self.port,
             owner: self.owner,
             fresh: self.fresh,
-            conn: self.conn.take(),
-            fcgi: self.fcgi.take(),
+            conn: self.conns.pop(),
+            fcgi: self.fcgis.pop(),
         }
     }
 
@@ -107,9 +114,10 @@ impl ProcState {
             socket: p.socket,
             port: p.port,
             owner: p.owner,
-            conn: None,
-            fcgi: None,
-            busy: false,
+            conns: Vec::new(),
+            fcgis: Vec::new(),
+            active: 0,
+            draining: false,
             served: 0,
             idle_since: Instant::now(),
             fresh: true,
@@ -228,10 +236,23 @@ impl Apps {
                 let pool = pools
                     .get_mut(id)
                     .ok_or_else(|| LeaseError::Unknown(id.clone()))?;
-                if let Some(p) = pool.procs.iter_mut().find(|p| !p.busy) {
+                // An idle process first; then a new one while there is room;
+                // then the least busy one that can take another request.
+                if let Some(p) = pool.procs.iter_mut().find(|p| !p.draining && p.active == 0) {
                     return Ok(self.lease_of(id, p.grant()));
                 }
                 let total = pool.procs.len() as u32 + pool.starting;
+                let concurrency = pool.plan.pool.concurrency;
+                let shared = pool
+                    .procs
+                    .iter_mut()
+                    .filter(|p| !p.draining && p.active < concurrency)
+                    .min_by_key(|p| p.active);
+                if total >= pool.plan.pool.max_processes
+                    && let Some(p) = shared
+                {
+                    return Ok(self.lease_of(id, p.grant()));
+                }
                 if total < pool.plan.pool.max_processes {
                     pool.starting += 1;
                     let req = self.next_req.fetch_add(1, Ordering::Relaxed);
@@ -381,6 +402,9 @@ impl Apps {
                 let mut proc = ProcState::new(p);
                 let granted = proc.grant();
                 pool.procs.push(proc);
+                // Room for more requests on it (concurrency > 1): waiters.
+                let last = pool.procs.len() - 1;
+                hand_off(pool, last);
                 Some(granted)
             }
             None => {
@@ -430,17 +454,36 @@ impl Apps {
         let Some(pool) = pools.get_mut(&lease.app) else {
             return;
         };
-        let max = pool.plan.pool.max_requests;
+        let Pool {
+            max_requests,
+            concurrency,
+            ..
+        } = pool.plan.pool;
         let Some(i) = pool.procs.iter().position(|p| p.slot == lease.slot) else {
             return;
         };
         let p = &mut pool.procs[i];
-        p.conn = lease.conn.take();
-        p.fcgi = lease.fcgi.take();
+        p.active = p.active.saturating_sub(1);
         p.served += 1;
         p.fresh = false;
-        p.idle_since = Instant::now();
-        if lease.broken || (max > 0 && p.served >= max) {
+        if p.active == 0 {
+            p.idle_since = Instant::now();
+        }
+        let room = concurrency as usize;
+        if let Some(conn) = lease.conn.take()
+            && p.conns.len() < room
+        {
+            p.conns.push(conn);
+        }
+        if let Some(conn) = lease.fcgi.take()
+            && p.fcgis.len() < room
+        {
+            p.fcgis.push(conn);
+        }
+        if max_requests > 0 && p.served >= max_requests {
+            p.draining = true;
+        }
+        if lease.broken || (p.draining && p.active == 0) {
             pool.procs.remove(i);
             // Under the lock: the supervisor hears of the retirement before
             // any request can ask it for a replacement (it would still
@@ -473,11 +516,9 @@ impl Apps {
                 ..
             } = pool.plan.pool;
             while pool.procs.len() > min_processes as usize {
-                let Some(i) = pool
-                    .procs
-                    .iter()
-                    .position(|p| !p.busy && p.idle_since.elapsed() >= idle_timeout)
-                else {
+                let Some(i) = pool.procs.iter().position(|p| {
+                    !p.draining && p.active == 0 && p.idle_since.elapsed() >= idle_timeout
+                }) else {
                     break;
                 };
                 let p = pool.procs.remove(i);
@@ -490,23 +531,25 @@ impl Apps {
     }
 }
 
-/// Process `i` just came free: it goes to the oldest waiting request still
-/// there, else it is idle.
+/// Process `i` can take requests again: as many as it has room for go to the
+/// oldest waiting requests still there.
 fn hand_off(pool: &mut AppPool, i: usize) {
-    let AppPool { procs, waiters, .. } = pool;
+    let AppPool {
+        procs,
+        waiters,
+        plan,
+        ..
+    } = pool;
     let p = &mut procs[i];
-    while let Some(w) = waiters.pop_front() {
-        match w.send(Grant::Process(p.grant())) {
-            Ok(()) => return,
-            // That request gave up waiting: the connection stays.
-            Err(Grant::Process(back)) => {
-                p.conn = back.conn;
-                p.fcgi = back.fcgi;
-            }
-            Err(Grant::Retry) => {}
+    while !p.draining && p.active < plan.pool.concurrency {
+        let Some(w) = waiters.pop_front() else { return };
+        if let Err(Grant::Process(back)) = w.send(Grant::Process(p.grant())) {
+            // That request gave up waiting: its share comes back.
+            p.active -= 1;
+            p.conns.extend(back.conn);
+            p.fcgis.extend(back.fcgi);
         }
     }
-    p.busy = false;
 }
 
 /// Room for one more process: the oldest waiting request may start it.

@@ -356,6 +356,7 @@ impl AppManager {
         script: Option<PathBuf>,
         env: Vec<(String, String)>,
     ) -> Result<[OwnedFd; 3], String> {
+        self.reap_cgi();
         let state = self
             .apps
             .get(id)
@@ -363,10 +364,13 @@ impl AppManager {
         if state.app.protocol != Protocol::Cgi {
             return Err(format!("app {id} is not a CGI app"));
         }
+        // The front end keeps to max_processes; this is the backstop. A
+        // script is free for the front end once its output ends, a moment
+        // before it has exited, so twice as many may still be counted here.
         let running = self.cgi.iter().filter(|r| r.id == *id).count();
-        if running >= state.app.pool.max_processes as usize {
+        if running >= 2 * state.app.pool.max_processes as usize {
             return Err(format!(
-                "app {id} already runs max_processes ({}) scripts",
+                "app {id} already runs {running} scripts (max_processes is {})",
                 state.app.pool.max_processes
             ));
         }
