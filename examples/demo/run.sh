@@ -17,7 +17,7 @@ mkdir -p "$run"
 cp -r "$here/berth.toml" "$here/tenants.d" "$here/sites" "$here/apps" "$here/tls" "$here/alice.htpasswd" "$run/"
 chmod -R go+rX "$run"
 chmod 755 "$run"
-chmod -R go-w "$run/apps"   # berth refuses app programs writable by group or others
+chmod -R go-w "$run/apps" "$run/sites"   # berth refuses programs and scripts writable by group or others
 
 if [ "$(id -u)" = 0 ]; then
   for u in berth-demo-alice berth-demo-bob; do
@@ -37,6 +37,7 @@ berth demo: try
   curl -H 'Host: bob.test' http://127.0.0.1:8080/
   curl -u demo:demo -H 'Host: alice.test' http://127.0.0.1:8080/private/
   curl -H 'Host: alice.test' 'http://127.0.0.1:8080/hello/there?x=1'   # a FastCGI app in Perl
+  curl -H 'Host: alice.test' 'http://127.0.0.1:8080/cgi-bin/hello.cgi/x?y=1'  # a shell CGI script
   curl -H 'Host: bob.test' 'http://127.0.0.1:8080/app/there?x=1'       # an HTTP app in Perl
   curl -H 'Host: bob.test' --data-binary @FILE http://127.0.0.1:8080/app/echo   # its upload echo
   curl -k --http2 --resolve alice.test:8443:127.0.0.1 https://alice.test:8443/
