@@ -205,6 +205,12 @@ fn a_script_runs_as_its_tenant_with_the_cgi_variables_and_nothing_else() {
         v["SCRIPT_FILENAME"],
         real.join("env.cgi").display().to_string()
     );
+    let root = fs::canonicalize(home.public()).unwrap();
+    assert_eq!(v["DOCUMENT_ROOT"], root.display().to_string());
+    assert_eq!(
+        v["PATH_TRANSLATED"],
+        root.join("extra/path").display().to_string()
+    );
     assert_eq!(v["SERVER_NAME"], "c.test");
     assert_eq!(v["REMOTE_ADDR"], "127.0.0.1");
     assert_eq!(v["HTTP_X_TEST"], "yes");
@@ -231,6 +237,11 @@ fn bodies_stream_both_ways_and_status_is_honoured() {
     let v = r.vars();
     assert_eq!(v["md5"], md5_of(&body));
     assert_eq!(v["length"], body.len().to_string());
+
+    // Without a body, stdin is at its end at once (md5sum reads to EOF).
+    let r = get_c(&s, "/cgi/echo.cgi");
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.vars()["md5"], md5_of(b""));
 
     let r = get_c(&s, "/cgi/big.cgi");
     assert_eq!(r.status, 200);

@@ -62,12 +62,16 @@ pub async fn exchange(
         stderr: errors,
         permit,
     } = run;
-    let mut stdout = pipe::Receiver::from_owned_fd(stdout)?;
+    let stdout = pipe::Receiver::from_owned_fd(stdout)?;
     let errors = pipe::Receiver::from_owned_fd(errors)?;
     tokio::spawn(copy_stderr(errors, stderr));
     // The body streams while the answer is read: a script may answer before
     // (or without) reading all of it. No body: stdin is closed at once.
-    if let Some(mut body) = body {
+    let Some(mut body) = body else {
+        drop(stdin);
+        return read_answer(stdout, permit, timeout).await;
+    };
+    {
         let mut stdin = pipe::Sender::from_owned_fd(stdin)?;
         tokio::spawn(async move {
             while let Some(Ok(frame)) = body.frame().await {
@@ -81,6 +85,15 @@ pub async fn exchange(
         });
     }
 
+    read_answer(stdout, permit, timeout).await
+}
+
+/// Reads the response head from the script's stdout; the rest streams.
+async fn read_answer(
+    mut stdout: pipe::Receiver,
+    permit: OwnedSemaphorePermit,
+    timeout: Duration,
+) -> Result<Response<Body>, CgiFailure> {
     let mut out = BytesMut::with_capacity(4096);
     let parsed = tokio::time::timeout(timeout, async {
         loop {

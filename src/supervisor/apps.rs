@@ -57,6 +57,41 @@ struct AppState {
     next_slot: u32,
 }
 
+/// How a CGI app is reached, from the supervisor's own configuration: the
+/// front end may only ask for what a route allows.
+#[derive(Debug, Default)]
+struct CgiRoutes {
+    /// Some route mounts it (it runs its own command).
+    mounted: bool,
+    /// Site roots whose extension routes send scripts to it, with the
+    /// extensions.
+    scripts: Vec<(PathBuf, Vec<String>)>,
+}
+
+fn cgi_routes(cfg: &Config) -> HashMap<AppId, CgiRoutes> {
+    let mut out: HashMap<AppId, CgiRoutes> = HashMap::new();
+    for t in &cfg.tenants {
+        for site in &t.sites {
+            for route in &site.routes {
+                let crate::config::Action::App { app, extensions } = &route.action else {
+                    continue;
+                };
+                let id = AppId {
+                    tenant: t.name.clone(),
+                    app: app.clone(),
+                };
+                let entry = out.entry(id).or_default();
+                if extensions.is_empty() {
+                    entry.mounted = true;
+                } else {
+                    entry.scripts.push((site.root.clone(), extensions.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// One CGI script running for one request.
 struct CgiRun {
     id: AppId,
@@ -75,8 +110,8 @@ pub struct AppManager {
     switch_user: bool,
     log_dir: PathBuf,
     apps: HashMap<AppId, AppState>,
-    /// Each tenant's site roots: the only places CGI scripts run from.
-    roots: HashMap<String, Vec<PathBuf>>,
+    /// How routes reach each CGI app: the only scripts it may run.
+    cgi_routes: HashMap<AppId, CgiRoutes>,
     /// CGI scripts running now (they outlive reloads until they end or time out).
     cgi: Vec<CgiRun>,
 }
@@ -125,7 +160,7 @@ impl AppManager {
             switch_user,
             log_dir: cfg.server.log_dir.clone(),
             apps: HashMap::new(),
-            roots: HashMap::new(),
+            cgi_routes: HashMap::new(),
             cgi: Vec::new(),
         };
         m.update(cfg);
@@ -137,16 +172,7 @@ impl AppManager {
     pub fn update(&mut self, cfg: &Config) -> Vec<(AppId, u32)> {
         self.min_uid = cfg.server.min_uid;
         self.log_dir = cfg.server.log_dir.clone();
-        self.roots = cfg
-            .tenants
-            .iter()
-            .map(|t| {
-                (
-                    t.name.clone(),
-                    t.sites.iter().map(|s| s.root.clone()).collect(),
-                )
-            })
-            .collect();
+        self.cgi_routes = cgi_routes(cfg);
         let mut wanted: HashMap<AppId, (App, String, PathBuf, (u32, u32))> = HashMap::new();
         for t in &cfg.tenants {
             for a in &t.apps {
@@ -357,13 +383,19 @@ impl AppManager {
         env: Vec<(String, String)>,
     ) -> Result<[OwnedFd; 3], String> {
         self.reap_cgi();
+        let refuse = |why: String| {
+            // What a confused or compromised front end looks like: logged.
+            warn!("CGI run refused: {why}");
+            why
+        };
         let state = self
             .apps
             .get(id)
-            .ok_or_else(|| format!("no app {id} in the configuration"))?;
+            .ok_or_else(|| refuse(format!("no app {id} in the configuration")))?;
         if state.app.protocol != Protocol::Cgi {
-            return Err(format!("app {id} is not a CGI app"));
+            return Err(refuse(format!("app {id} is not a CGI app")));
         }
+        let routes = self.cgi_routes.get(id);
         // The front end keeps to max_processes; this is the backstop. A
         // script is free for the front end once its output ends, a moment
         // before it has exited, so twice as many may still be counted here.
@@ -379,9 +411,13 @@ impl AppManager {
         // directory, by itself or through the app's command (an interpreter);
         // a mounted app runs its command in `dir`.
         let interpreted = script.is_some() && !app.command.is_empty();
+        let mut document_root = None;
         let (argv, dir, filename) = match script {
             Some(script) => {
-                let script = self.script_in_roots(&id.tenant, &script)?;
+                let (script, root) = script_allowed(routes, &script).map_err(|why| {
+                    refuse(format!("app {id}: script {}: {why}", script.display()))
+                })?;
+                document_root = Some(root);
                 let dir = script
                     .parent()
                     .map(Path::to_path_buf)
@@ -391,15 +427,24 @@ impl AppManager {
                 argv.push(text.clone());
                 (argv, dir, text)
             }
-            None if app.command.is_empty() => {
-                return Err(format!("app {id} has no command to mount"));
+            None if app.command.is_empty() || !routes.is_some_and(|r| r.mounted) => {
+                return Err(refuse(format!("app {id} is not mounted by any route")));
             }
             None => (app.command.clone(), app.dir.clone(), app.command[0].clone()),
         };
-        let mut vars: Vec<(String, String)> = app.env.clone();
+        // The request's variables, then what the supervisor vouches for
+        // (the script, its document root), then the admin's `env`: later wins.
+        let mut vars: Vec<(String, String)> = Vec::new();
+        let mut path_info = None;
         for (name, value) in env {
-            if name == "SCRIPT_FILENAME" {
+            if matches!(
+                name.as_str(),
+                "SCRIPT_FILENAME" | "DOCUMENT_ROOT" | "PATH_TRANSLATED"
+            ) {
                 continue;
+            }
+            if name == "PATH_INFO" {
+                path_info = Some(value.clone());
             }
             if cgi_variable(&name) {
                 vars.push((name, value));
@@ -408,6 +453,20 @@ impl AppManager {
             }
         }
         vars.push(("SCRIPT_FILENAME".into(), filename));
+        if let Some(root) = &document_root {
+            vars.push(("DOCUMENT_ROOT".into(), root.to_string_lossy().into_owned()));
+            // PATH_INFO under the document root, only for a plain path.
+            if let Some(info) = path_info.filter(|i| {
+                i.starts_with('/') && !i.split('/').any(|seg| seg == ".." || seg == ".")
+            }) {
+                let translated = root.join(info.trim_start_matches('/'));
+                vars.push((
+                    "PATH_TRANSLATED".into(),
+                    translated.to_string_lossy().into_owned(),
+                ));
+            }
+        }
+        vars.extend(app.env.iter().cloned());
         let pipe = || {
             rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
                 .map_err(|e| format!("app {id}: pipe: {e}"))
@@ -449,41 +508,34 @@ impl AppManager {
         Ok([stdin_w, stdout_r, stderr_r])
     }
 
-    /// `script`, canonical, if it lies under one of the tenant's site roots
-    /// (the front end found it there; the supervisor does not take its word).
-    fn script_in_roots(&self, tenant: &str, script: &Path) -> Result<PathBuf, String> {
-        let refuse = |why: &str| format!("script {}: {why}", script.display());
-        let real = std::fs::canonicalize(script).map_err(|e| refuse(&e.to_string()))?;
-        let inside = self.roots.get(tenant).is_some_and(|roots| {
-            roots
-                .iter()
-                .any(|root| std::fs::canonicalize(root).is_ok_and(|root| real.starts_with(root)))
-        });
-        if !inside {
-            return Err(refuse("not under a site root of the tenant"));
-        }
-        Ok(real)
-    }
-
     /// Collects ended CGI scripts and kills those past their app's `timeout`.
+    /// A script's process group goes with it: what it left running in the
+    /// background does not outlive it.
     fn reap_cgi(&mut self) {
         let now = Instant::now();
-        self.cgi.retain_mut(|run| {
-            if let Ok(Some(_)) = run.child.try_wait() {
-                return false;
+        for mut run in std::mem::take(&mut self.cgi) {
+            match run.child.try_wait() {
+                Ok(Some(_)) => {
+                    let _ = killpg(pgid(&run.child), Signal::SIGKILL);
+                }
+                _ if now >= run.deadline => {
+                    warn!(
+                        "app {}: CGI script (pid {}) still running after its timeout; killed",
+                        run.id,
+                        run.child.id()
+                    );
+                    let _ = killpg(pgid(&run.child), Signal::SIGKILL);
+                    // Waited for on a thread: one stuck in the kernel must not
+                    // hold up the supervisor.
+                    let _ = std::thread::Builder::new()
+                        .name("cgi-reap".into())
+                        .spawn(move || {
+                            let _ = run.child.wait();
+                        });
+                }
+                _ => self.cgi.push(run),
             }
-            if now >= run.deadline {
-                warn!(
-                    "app {}: CGI script (pid {}) still running after its timeout; killed",
-                    run.id,
-                    run.child.id()
-                );
-                let _ = killpg(pgid(&run.child), Signal::SIGKILL);
-                let _ = run.child.wait();
-                return false;
-            }
-            true
-        });
+        }
     }
 
     /// Starts processes of apps below `min_processes` (unless backing off).
@@ -632,6 +684,29 @@ impl AppManager {
     }
 }
 
+/// `script`, canonical, and the canonical site root it lies under, if a route
+/// of the app sends scripts under that root with the script's extension (the
+/// front end found it there; the supervisor does not take its word for it).
+fn script_allowed(routes: Option<&CgiRoutes>, script: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let real = std::fs::canonicalize(script).map_err(|e| e.to_string())?;
+    let name = real
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for (root, extensions) in routes.map(|r| r.scripts.as_slice()).unwrap_or_default() {
+        let Ok(root) = std::fs::canonicalize(root) else {
+            continue;
+        };
+        let ext_ok = name
+            .rsplit_once('.')
+            .is_some_and(|(stem, ext)| !stem.is_empty() && extensions.iter().any(|e| e == ext));
+        if ext_ok && real.starts_with(&root) {
+            return Ok((real, root));
+        }
+    }
+    Err("not under a site root whose routes send such scripts to this app".into())
+}
+
 /// The CGI meta-variables (RFC 3875 §4.1, with Apache's and PHP's usual
 /// additions) a script may be given. Anything else the front end sends is
 /// dropped: a variable such as `LD_PRELOAD` would change what the tenant's
@@ -640,11 +715,9 @@ const CGI_VARIABLES: &[&str] = &[
     "AUTH_TYPE",
     "CONTENT_LENGTH",
     "CONTENT_TYPE",
-    "DOCUMENT_ROOT",
     "GATEWAY_INTERFACE",
     "HTTPS",
     "PATH_INFO",
-    "PATH_TRANSLATED",
     "QUERY_STRING",
     "REDIRECT_STATUS",
     "REMOTE_ADDR",
@@ -757,6 +830,46 @@ fn open_app_log(log_dir: &Path, tenant: &str, group: Option<u32>) -> std::io::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scripts_run_only_where_a_route_sends_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("public");
+        std::fs::create_dir_all(root.join("uploads")).unwrap();
+        for f in ["ok.cgi", "uploads/evil.jpg", "x.cgi.txt"] {
+            std::fs::write(root.join(f), "#!/bin/sh\n").unwrap();
+        }
+        std::fs::write(dir.path().join("outside.cgi"), "#!/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside.cgi"), root.join("link.cgi")).unwrap();
+        let routes = CgiRoutes {
+            mounted: false,
+            scripts: vec![(root.clone(), vec!["cgi".into()])],
+        };
+        let real_root = std::fs::canonicalize(&root).unwrap();
+        let (script, doc_root) = script_allowed(Some(&routes), &root.join("ok.cgi")).unwrap();
+        assert_eq!(
+            (script, doc_root),
+            (real_root.join("ok.cgi"), real_root.clone())
+        );
+        for refused in [
+            root.join("uploads/evil.jpg"),
+            root.join("x.cgi.txt"),
+            root.join("link.cgi"),
+            root.join("uploads/../../outside.cgi"),
+            dir.path().join("outside.cgi"),
+            root.join("missing.cgi"),
+        ] {
+            assert!(
+                script_allowed(Some(&routes), &refused).is_err(),
+                "{}",
+                refused.display()
+            );
+        }
+        assert!(
+            script_allowed(None, &root.join("ok.cgi")).is_err(),
+            "no route, no script"
+        );
+    }
 
     #[test]
     fn only_cgi_variables_pass_from_the_front_end() {
