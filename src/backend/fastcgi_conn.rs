@@ -9,8 +9,9 @@
 //! (FCGI_KEEP_CONN, which php-cgi and libfcgi honour): once END_REQUEST has
 //! been read with nothing after it, the connection stays with the process for
 //! its next request, saving a connect and an accept per request. A kept
-//! connection the app closed meanwhile shows before any answer (the write
-//! fails, or EOF comes first) and the request goes again on a fresh one. A
+//! connection is checked before use (no EOF, nothing unread); one the app
+//! closed at that very moment fails the write, and the request goes on a
+//! fresh one. Once written, a request is never sent again. A
 //! request with a body streams it on a fresh connection that the app closes;
 //! a kept one is dropped first, since an app like php-cgi serves one
 //! connection at a time and would never accept the new one.
@@ -25,7 +26,7 @@ use http::Response;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -83,8 +84,10 @@ pub async fn request(
     if keep {
         fastcgi::stdin(&mut head, REQUEST_ID, &[]);
     }
-    let kept = lease.fcgi.take().filter(|_| keep);
-    let (mut read, mut write, mut reused) = match kept {
+    // A kept connection is used only if the app has not closed it, nor sent
+    // anything since its last answer.
+    let kept = lease.fcgi.take().filter(|s| keep && untouched(s));
+    let (mut read, mut write, reused) = match kept {
         Some(stream) => {
             let (read, write) = stream.into_split();
             (read, write, true)
@@ -94,38 +97,22 @@ pub async fn request(
             Err(e) => return Err((e, lease)),
         },
     };
-    let mut buf = BytesMut::with_capacity(4096);
-    loop {
-        if let Err(e) = write.write_all(&head).await {
-            if reused {
-                // The app closed the kept connection: a fresh one.
-                (read, write) = match connect(&lease).await {
-                    Ok(halves) => halves,
-                    Err(e) => return Err((e, lease)),
-                };
-                reused = false;
-                continue;
-            }
+    if let Err(e) = write.write_all(&head).await {
+        if !reused {
             return Err((FcgiFailure::Io(e), lease));
         }
-        if !reused {
-            break;
-        }
-        // On a kept connection, EOF before the first byte means the app had
-        // closed it: send again on a fresh one (nothing was consumed).
-        match tokio::time::timeout(first_byte, read.read_buf(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => break,
-            Ok(_) => {
-                buf.clear();
-                (read, write) = match connect(&lease).await {
-                    Ok(halves) => halves,
-                    Err(e) => return Err((e, lease)),
-                };
-                reused = false;
-            }
-            Err(_) => return Err((FcgiFailure::Timeout(first_byte), lease)),
+        // The app closed the kept connection just now (EPIPE: it read none
+        // of this request), so the request goes on a fresh one. Once written,
+        // a request is never sent twice.
+        (read, write) = match connect(&lease).await {
+            Ok(halves) => halves,
+            Err(e) => return Err((e, lease)),
+        };
+        if let Err(e) = write.write_all(&head).await {
+            return Err((FcgiFailure::Io(e), lease));
         }
     }
+    let buf = BytesMut::with_capacity(4096);
     // Without a body the write half is kept, for the connection to be kept
     // when the answer ends cleanly. A body streams to STDIN while the answer
     // is read: an app may answer (or fail) before it has read everything.
@@ -257,6 +244,13 @@ impl RecordStream {
             }
         }
     }
+}
+
+/// Whether a kept connection is as the last answer left it: no EOF, no
+/// bytes waiting.
+fn untouched(stream: &UnixStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// Connects to the process of `lease`.

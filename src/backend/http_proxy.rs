@@ -135,6 +135,10 @@ pub enum HttpFailure {
     Protocol(String),
     #[error("talking to the app: {0}")]
     Io(io::Error),
+    /// The app has not taken the connection into its accept queue (its
+    /// queue is full): busy, not broken.
+    #[error("app is busy: {0}")]
+    Busy(String),
     /// A self-bound listener that is not the tenant's (another tenant took
     /// the port or path): refused before anything was sent.
     #[error("refused: the listener at {at} belongs to {found}, not to the app's uid {expected}")]
@@ -254,21 +258,33 @@ where
         None
     };
     let upgrade = client_upgrade.is_some();
+    // An upgrade gets a connection of its own; the kept one is let go first
+    // (an app serving one connection at a time would not accept another).
+    let pooled = guard.take_conn().filter(|_| !upgrade);
+    // An idempotent request without a body may go again on a fresh
+    // connection if the app closed the kept one as it was sent.
+    let again =
+        (pooled.is_some() && body.is_none() && parts.method.is_idempotent()).then(|| parts.clone());
     let req = to_app(parts, body, forwarded, upgrade)
         .map(|b| b.map_err(Into::<BoxError>::into).boxed_unsync());
 
     // A kept connection first, if it is idle now; a request it could not take
     // (the app closed it meanwhile) comes back and goes on a fresh one.
     let mut answer = Err(req);
-    if let Some(mut sender) = guard.take_conn().filter(|_| !upgrade)
+    if let Some(mut sender) = pooled
         && idle_now(&mut sender).await
         && let Err(req) = answer
     {
         answer = match timeout_at(deadline, sender.try_send_request(req)).await {
             Ok(Ok(resp)) => Ok((resp, sender)),
-            Ok(Err(mut e)) => match e.take_message() {
-                Some(back) => Err(back),
-                None => return Err((failure(e.into_error()), guard)),
+            Ok(Err(mut e)) => match (e.take_message(), again) {
+                (Some(back), _) => Err(back),
+                (None, Some(parts)) if closed_early(e.error()) => {
+                    debug!("kept connection to an HTTP app closed; sending again");
+                    Err(to_app(parts, None::<B>, forwarded, false)
+                        .map(|b| b.map_err(Into::<BoxError>::into).boxed_unsync()))
+                }
+                (None, _) => return Err((failure(e.into_error()), guard)),
             },
             Err(_) => return Err((late(), guard)),
         };
@@ -345,6 +361,12 @@ where
     *out.status_mut() = head.status;
     *out.headers_mut() = headers;
     Ok(out)
+}
+
+/// Whether a kept connection failed because the app closed it (before any
+/// answer), rather than answering badly.
+fn closed_early(e: &hyper::Error) -> bool {
+    e.is_incomplete_message() || e.is_canceled() || e.is_closed()
 }
 
 /// Whether a kept connection can take a request at once. Just after a
@@ -442,6 +464,11 @@ async fn tcp_owner(stream: &tokio::net::TcpStream, owner: Option<u32>) -> Result
             Err(e) if e.kind() == io::ErrorKind::NotConnected && tries < 20 => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                return Err(HttpFailure::Busy(format!(
+                    "connection not accepted into its queue: {e}"
+                )));
             }
             other => break other.map_err(HttpFailure::Io)?,
         }

@@ -247,6 +247,8 @@ enum Failure {
     Gone(String),
     StartTimeout(Duration),
     Timeout(Duration),
+    /// The process is there but cannot take the connection now.
+    Busy(String),
     Other(String),
 }
 
@@ -267,6 +269,7 @@ impl From<HttpFailure> for Failure {
             HttpFailure::Gone(e) => Failure::Gone(e.to_string()),
             HttpFailure::StartTimeout(t) => Failure::StartTimeout(t),
             HttpFailure::Timeout(t) => Failure::Timeout(t),
+            HttpFailure::Busy(e) => Failure::Busy(e),
             other => Failure::Other(other.to_string()),
         }
     }
@@ -301,11 +304,19 @@ where
             Ok(resp) => return Ok(resp),
             Err((e, lease)) => (Failure::from(e), lease),
         };
-        // The process is replaced: it failed a request. (Its death in a request
-        // then does not count towards the supervisor's crash-loop backoff, which
-        // is for processes that die on their own: one crashing page must not stop
-        // the whole app.)
-        lease.broken();
+        // A process that is gone or never started is replaced at once. (Its
+        // death in a request then does not count towards the supervisor's
+        // crash-loop backoff, which is for processes that die on their own: one
+        // crashing page must not stop the whole app.) One that timed out or
+        // answered badly is replaced too: at once when it serves one request
+        // at a time (it may still be stuck in this one), after its other
+        // requests when it serves several. A busy one stays.
+        match failure {
+            Failure::Gone(_) | Failure::StartTimeout(_) => lease.broken(),
+            Failure::Timeout(_) | Failure::Other(_) if pool.concurrency <= 1 => lease.broken(),
+            Failure::Timeout(_) | Failure::Other(_) => lease.drain(),
+            Failure::Busy(_) => {}
+        }
         return Err(match failure {
             Failure::Gone(e) if attempt + 1 < attempts => {
                 tracing::debug!(
@@ -321,6 +332,10 @@ where
             Failure::Timeout(t) => {
                 Reject::GatewayTimeout(format!("app {id} did not answer within {t:?}"))
             }
+            Failure::Busy(e) => Reject::Unavailable {
+                why: format!("app {id}: {e}"),
+                retry_after: 1,
+            },
             Failure::Gone(e) | Failure::Other(e) => Reject::BadGateway(format!("app {id}: {e}")),
         });
     }

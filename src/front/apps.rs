@@ -47,8 +47,9 @@ struct ProcState {
     socket: PathBuf,
     port: Option<u16>,
     owner: Option<u32>,
-    /// Idle keep-alive connections (HTTP apps), at most `concurrency`.
-    conns: Vec<AppConn>,
+    /// Idle keep-alive connections (HTTP apps), at most `concurrency`, with
+    /// when each was last used.
+    conns: Vec<(AppConn, Instant)>,
     /// Idle FCGI_KEEP_CONN connections (FastCGI apps), the same.
     fcgis: Vec<UnixStream>,
     /// Requests it is serving now (at most the app's `concurrency`).
@@ -74,12 +75,36 @@ struct AppPool {
     waiters: VecDeque<oneshot::Sender<Grant>>,
 }
 
-/// What a waiting request is handed.
+/// What a waiting request is handed. Either one, dropped unread (the request
+/// gave up at that very moment), passes itself on: a lease returns its
+/// process, a retry wakes the next waiter.
 enum Grant {
-    /// A process, already marked busy for it.
-    Process(Granted),
+    /// A process, already counted busy for it.
+    Process(Lease),
     /// Room to start a process (one ended, or a start failed): try again.
-    Retry,
+    Retry(RetryToken),
+}
+
+/// A [`Grant::Retry`] not acted on yet.
+struct RetryToken {
+    apps: Arc<Apps>,
+    app: AppId,
+    armed: bool,
+}
+
+impl Drop for RetryToken {
+    fn drop(&mut self) {
+        if self.armed
+            && let Some(pool) = self
+                .apps
+                .pools
+                .lock()
+                .expect("apps lock")
+                .get_mut(&self.app)
+        {
+            retry_one(&self.apps, &self.app, pool);
+        }
+    }
 }
 
 /// A process handed to one request: what its [`Lease`] needs.
@@ -103,9 +128,20 @@ impl ProcState {
             port: self.port,
             owner: self.owner,
             fresh: self.fresh,
-            conn: self.conns.pop(),
+            conn: self.fresh_conn(),
             fcgi: self.fcgis.pop(),
         }
+    }
+
+    /// A kept HTTP connection young enough that the app has not closed it
+    /// for idleness (servers close idle ones after a few seconds).
+    fn fresh_conn(&mut self) -> Option<AppConn> {
+        while let Some((conn, since)) = self.conns.pop() {
+            if since.elapsed() < KEPT_FOR {
+                return Some(conn);
+            }
+        }
+        None
     }
 
     fn new(p: AppProcess) -> ProcState {
@@ -130,9 +166,13 @@ pub struct Apps {
     pools: Mutex<HashMap<AppId, AppPool>>,
     channel: Arc<OwnedFd>,
     next_req: AtomicU64,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Result<AppProcess, String>>>>,
+    /// Start requests sent to the supervisor: for which app, and who waits.
+    pending: Mutex<HashMap<u64, (AppId, oneshot::Sender<StartAnswer>)>>,
     pending_cgi: Mutex<HashMap<u64, oneshot::Sender<CgiAnswer>>>,
 }
+
+/// What the supervisor answers to a start request.
+type StartAnswer = Result<AppProcess, String>;
 
 /// What the supervisor answers to a CGI run: the script's pipes, or why not.
 type CgiAnswer = Result<Vec<OwnedFd>, String>;
@@ -162,12 +202,21 @@ pub struct Lease {
     pub fresh: bool,
     /// Set when talking to the process failed in a way that says it is gone.
     broken: bool,
+    /// Already given back by hand (see [`hand_off`]): the drop does nothing.
+    defused: bool,
+    /// A request failed on it in a way that may have left it in a bad state
+    /// (a timeout, a bad answer) while it serves others: it takes no new
+    /// requests and is retired when they end.
+    drain: bool,
     /// An idle keep-alive connection to the process (HTTP apps), taken from
     /// the pool and given back on release.
     pub(crate) conn: Option<AppConn>,
     /// The same for FastCGI apps (FCGI_KEEP_CONN).
     pub(crate) fcgi: Option<UnixStream>,
 }
+
+/// How long an idle kept connection to an HTTP app is used again.
+const KEPT_FOR: Duration = Duration::from_secs(1);
 
 /// How long a request waits for a busy pool before 503.
 const QUEUE_WAIT: Duration = Duration::from_secs(30);
@@ -185,7 +234,7 @@ impl Apps {
 
     /// Takes the apps of a new plan. Pools of apps that stay keep their
     /// processes (the supervisor reports the ones it stopped).
-    pub fn update(&self, plans: &[AppPlan]) {
+    pub fn update(self: &Arc<Self>, plans: &[AppPlan]) {
         let mut pools = self.pools.lock().expect("apps lock");
         pools.retain(|id, _| plans.iter().any(|p| p.id == *id));
         for plan in plans {
@@ -196,6 +245,14 @@ impl Apps {
                         pool.runs = Arc::new(Semaphore::new(plan.pool.max_processes as usize));
                     }
                     pool.plan = plan.clone();
+                    // A higher concurrency or max_processes: room for waiters.
+                    for i in 0..pool.procs.len() {
+                        hand_off(self, &plan.id, pool, i);
+                    }
+                    let total = pool.procs.len() as u32 + pool.starting;
+                    for _ in total..plan.pool.max_processes {
+                        retry_one(self, &plan.id, pool);
+                    }
                 }
                 None => {
                     pools.insert(
@@ -257,7 +314,10 @@ impl Apps {
                     pool.starting += 1;
                     let req = self.next_req.fetch_add(1, Ordering::Relaxed);
                     let (tx, rx) = oneshot::channel();
-                    self.pending.lock().expect("pending lock").insert(req, tx);
+                    self.pending
+                        .lock()
+                        .expect("pending lock")
+                        .insert(req, (id.clone(), tx));
                     Next::Start(req, rx)
                 } else {
                     let (tx, rx) = oneshot::channel();
@@ -276,12 +336,14 @@ impl Apps {
                         self.start_done(id, None);
                         return Err(LeaseError::SupervisorGone);
                     }
+                    // If this request goes away while waiting, `started`
+                    // takes the new process into the pool for the others.
                     match rx.await {
                         Ok(Ok(process)) => {
                             debug!("app {id}: process {} ready", process.slot);
                             // The process is this request's: it asked for it.
-                            if let Some(granted) = self.start_done(id, Some(process)) {
-                                return Ok(self.lease_of(id, granted));
+                            if let Some(lease) = self.start_done(id, Some(process)) {
+                                return Ok(lease);
                             }
                         }
                         Ok(Err(why)) => {
@@ -300,9 +362,10 @@ impl Apps {
                 Next::Wait(rx) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     match tokio::time::timeout(left, rx).await {
-                        Ok(Ok(Grant::Process(granted))) => return Ok(self.lease_of(id, granted)),
+                        Ok(Ok(Grant::Process(lease))) => return Ok(lease),
                         // Room to start one, or the pool changed: look again.
-                        Ok(Ok(Grant::Retry)) | Ok(Err(_)) => {}
+                        Ok(Ok(Grant::Retry(mut token))) => token.armed = false,
+                        Ok(Err(_)) => {}
                         Err(_) => return Err(LeaseError::Busy(id.clone(), QUEUE_WAIT)),
                     }
                 }
@@ -320,6 +383,8 @@ impl Apps {
             owner: g.owner,
             fresh: g.fresh,
             broken: false,
+            defused: false,
+            drain: false,
             conn: g.conn,
             fcgi: g.fcgi,
         }
@@ -393,53 +458,58 @@ impl Apps {
 
     /// A start request was answered: the new process joins the pool, busy
     /// for the request that asked for it; without one, a waiter may try.
-    fn start_done(&self, id: &AppId, process: Option<AppProcess>) -> Option<Granted> {
+    fn start_done(self: &Arc<Self>, id: &AppId, process: Option<AppProcess>) -> Option<Lease> {
         let mut pools = self.pools.lock().expect("apps lock");
         let pool = pools.get_mut(id)?;
         pool.starting = pool.starting.saturating_sub(1);
         match process {
             Some(p) => {
                 let mut proc = ProcState::new(p);
-                let granted = proc.grant();
+                let lease = self.lease_of(id, proc.grant());
                 pool.procs.push(proc);
                 // Room for more requests on it (concurrency > 1): waiters.
                 let last = pool.procs.len() - 1;
-                hand_off(pool, last);
-                Some(granted)
+                hand_off(self, id, pool, last);
+                Some(lease)
             }
             None => {
-                retry_one(pool);
+                retry_one(self, id, pool);
                 None
             }
         }
     }
 
     /// The supervisor answered a start request.
-    pub fn started(&self, req: u64, result: Result<AppProcess, String>) {
-        if let Some(tx) = self.pending.lock().expect("pending lock").remove(&req) {
-            let _ = tx.send(result);
+    pub fn started(self: &Arc<Self>, req: u64, result: Result<AppProcess, String>) {
+        let Some((id, tx)) = self.pending.lock().expect("pending lock").remove(&req) else {
+            return;
+        };
+        if let Err(result) = tx.send(result) {
+            // The request that asked went away meanwhile: the process joins
+            // the pool all the same, for the next request.
+            drop(self.start_done(&id, result.ok()));
         }
     }
 
     /// The supervisor started a process on its own (warm pool, or one that was
     /// running before this front end started).
-    pub fn spawned(&self, id: &AppId, process: AppProcess) {
+    pub fn spawned(self: &Arc<Self>, id: &AppId, process: AppProcess) {
         let mut pools = self.pools.lock().expect("apps lock");
         if let Some(pool) = pools.get_mut(id)
             && !pool.procs.iter().any(|p| p.slot == process.slot)
         {
             pool.procs.push(ProcState::new(process));
             let last = pool.procs.len() - 1;
-            hand_off(pool, last);
+            hand_off(self, id, pool, last);
         }
     }
 
     /// The supervisor says a process ended.
-    pub fn exited(&self, id: &AppId, slot: u32) {
+    pub fn exited(self: &Arc<Self>, id: &AppId, slot: u32) {
         let mut pools = self.pools.lock().expect("apps lock");
         if let Some(pool) = pools.get_mut(id) {
             pool.procs.retain(|p| p.slot != slot);
-            retry_one(pool);
+            retry_one(self, id, pool);
         }
     }
 
@@ -449,7 +519,7 @@ impl Apps {
         self.pending_cgi.lock().expect("pending lock").clear();
     }
 
-    fn release(&self, lease: &mut Lease) {
+    fn release(self: &Arc<Self>, lease: &mut Lease) {
         let mut pools = self.pools.lock().expect("apps lock");
         let Some(pool) = pools.get_mut(&lease.app) else {
             return;
@@ -469,18 +539,20 @@ impl Apps {
         if p.active == 0 {
             p.idle_since = Instant::now();
         }
-        let room = concurrency as usize;
         if let Some(conn) = lease.conn.take()
-            && p.conns.len() < room
+            && p.conns.len() < concurrency as usize
         {
-            p.conns.push(conn);
+            p.conns.push((conn, Instant::now()));
         }
+        // FastCGI servers such as php-cgi serve one connection at a time: a
+        // kept one would block the next connection, so with several requests
+        // per process none is kept.
         if let Some(conn) = lease.fcgi.take()
-            && p.fcgis.len() < room
+            && concurrency == 1
         {
             p.fcgis.push(conn);
         }
-        if max_requests > 0 && p.served >= max_requests {
+        if lease.drain || (max_requests > 0 && p.served >= max_requests) {
             p.draining = true;
         }
         if lease.broken || (p.draining && p.active == 0) {
@@ -489,9 +561,9 @@ impl Apps {
             // any request can ask it for a replacement (it would still
             // count the old process against max_processes).
             self.retire(&lease.app, lease.slot);
-            retry_one(pool);
+            retry_one(self, &lease.app, pool);
         } else {
-            hand_off(pool, i);
+            hand_off(self, &lease.app, pool, i);
         }
     }
 
@@ -532,8 +604,8 @@ impl Apps {
 }
 
 /// Process `i` can take requests again: as many as it has room for go to the
-/// oldest waiting requests still there.
-fn hand_off(pool: &mut AppPool, i: usize) {
+/// oldest waiting requests still there. Called under the pools lock.
+fn hand_off(apps: &Arc<Apps>, id: &AppId, pool: &mut AppPool, i: usize) {
     let AppPool {
         procs,
         waiters,
@@ -543,20 +615,32 @@ fn hand_off(pool: &mut AppPool, i: usize) {
     let p = &mut procs[i];
     while !p.draining && p.active < plan.pool.concurrency {
         let Some(w) = waiters.pop_front() else { return };
-        if let Err(Grant::Process(back)) = w.send(Grant::Process(p.grant())) {
-            // That request gave up waiting: its share comes back.
+        if let Err(Grant::Process(mut back)) = w.send(Grant::Process(apps.lease_of(id, p.grant())))
+        {
+            // That request gave up waiting: its share comes back (here, not
+            // in the lease's drop, which would take the lock again).
+            back.defused = true;
             p.active -= 1;
-            p.conns.extend(back.conn);
-            p.fcgis.extend(back.fcgi);
+            p.conns
+                .extend(back.conn.take().map(|c| (c, Instant::now())));
+            p.fcgis.extend(back.fcgi.take());
         }
     }
 }
 
 /// Room for one more process: the oldest waiting request may start it.
-fn retry_one(pool: &mut AppPool) {
+/// Called under the pools lock.
+fn retry_one(apps: &Arc<Apps>, id: &AppId, pool: &mut AppPool) {
     while let Some(w) = pool.waiters.pop_front() {
-        if w.send(Grant::Retry).is_ok() {
-            break;
+        let token = RetryToken {
+            apps: apps.clone(),
+            app: id.clone(),
+            armed: true,
+        };
+        match w.send(Grant::Retry(token)) {
+            Ok(()) => break,
+            Err(Grant::Retry(mut token)) => token.armed = false,
+            Err(Grant::Process(_)) => unreachable!("a retry was sent"),
         }
     }
 }
@@ -568,11 +652,159 @@ impl Lease {
     pub fn broken(&mut self) {
         self.broken = true;
     }
+
+    /// Marks the process to be retired once its other requests end.
+    pub fn drain(&mut self) {
+        self.drain = true;
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let apps = self.apps.clone();
-        apps.release(self);
+        if !self.defused {
+            let apps = self.apps.clone();
+            apps.release(self);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Protocol;
+
+    /// Pools for one app `t/a` with `max_processes`, talking to a supervisor
+    /// that never answers (its end is returned, to keep the channel open).
+    fn apps(max_processes: u32) -> (Arc<Apps>, AppId, std::os::unix::net::UnixStream) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let apps = Arc::new(Apps::new(Arc::new(OwnedFd::from(ours))));
+        let id = AppId {
+            tenant: "t".into(),
+            app: "a".into(),
+        };
+        let pool = Pool {
+            max_processes,
+            ..Pool::default()
+        };
+        apps.update(&[AppPlan {
+            id: id.clone(),
+            protocol: Protocol::FastCgi,
+            pool,
+            program: PathBuf::from("/bin/true"),
+        }]);
+        (apps, id, theirs)
+    }
+
+    fn process(slot: u32) -> AppProcess {
+        AppProcess {
+            slot,
+            socket: PathBuf::from(format!("/nonexistent/{slot}.sock")),
+            port: None,
+            owner: None,
+        }
+    }
+
+    fn active(apps: &Apps, id: &AppId) -> Vec<u32> {
+        let pools = apps.pools.lock().unwrap();
+        pools[id].procs.iter().map(|p| p.active).collect()
+    }
+
+    #[tokio::test]
+    async fn a_grant_dropped_unread_returns_its_process() {
+        let (apps, id, _sup) = apps(1);
+        apps.spawned(&id, process(1));
+        let first = apps.lease(&id).await.unwrap();
+        // A request queues; it goes away after the process was handed to it
+        // but before it looked (its receiver dropped with the lease inside).
+        let (tx, rx) = oneshot::channel();
+        apps.pools
+            .lock()
+            .unwrap()
+            .get_mut(&id)
+            .unwrap()
+            .waiters
+            .push_back(tx);
+        drop(first);
+        assert_eq!(active(&apps, &id), [1], "handed to the waiter");
+        drop(rx);
+        assert_eq!(active(&apps, &id), [0], "and given back");
+        let again = tokio::time::timeout(Duration::from_secs(1), apps.lease(&id)).await;
+        assert!(
+            again.is_ok_and(|l| l.is_ok()),
+            "the process can be leased again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gone_before_the_grant_is_skipped() {
+        let (apps, id, _sup) = apps(1);
+        apps.spawned(&id, process(1));
+        let first = apps.lease(&id).await.unwrap();
+        let (gone_tx, gone_rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
+        {
+            let mut pools = apps.pools.lock().unwrap();
+            let pool = pools.get_mut(&id).unwrap();
+            pool.waiters.push_back(gone_tx);
+            pool.waiters.push_back(tx);
+        }
+        drop(gone_rx);
+        drop(first);
+        assert!(
+            matches!(rx.try_recv(), Ok(Grant::Process(_))),
+            "the next waiter got it"
+        );
+        assert_eq!(active(&apps, &id), [0], "dropped with the receiver's value");
+    }
+
+    #[tokio::test]
+    async fn a_process_started_for_a_request_that_went_away_joins_the_pool() {
+        let (apps, id, _sup) = apps(1);
+        // The request asks for a process and goes away while waiting.
+        let asking = tokio::spawn({
+            let apps = apps.clone();
+            let id = id.clone();
+            async move { apps.lease(&id).await.map(|_| ()) }
+        });
+        let req = loop {
+            if let Some(req) = apps.pending.lock().unwrap().keys().next().copied() {
+                break req;
+            }
+            tokio::task::yield_now().await;
+        };
+        asking.abort();
+        let _ = asking.await;
+        apps.started(req, Ok(process(7)));
+        {
+            let pools = apps.pools.lock().unwrap();
+            let pool = &pools[&id];
+            assert_eq!(pool.starting, 0, "the start is no longer pending");
+            assert_eq!(pool.procs.len(), 1);
+            assert_eq!(pool.procs[0].active, 0, "idle, for the next request");
+        }
+        let lease = tokio::time::timeout(Duration::from_secs(1), apps.lease(&id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(lease.slot, 7);
+    }
+
+    #[tokio::test]
+    async fn a_retry_dropped_unread_wakes_the_next_waiter() {
+        let (apps, id, _sup) = apps(1);
+        apps.spawned(&id, process(1));
+        let (tx1, rx1) = oneshot::channel();
+        let (tx2, mut rx2) = oneshot::channel();
+        {
+            let mut pools = apps.pools.lock().unwrap();
+            let pool = pools.get_mut(&id).unwrap();
+            pool.waiters.push_back(tx1);
+            pool.waiters.push_back(tx2);
+        }
+        // The process dies: room to start one, offered to the first waiter,
+        // who goes away without reading it.
+        apps.exited(&id, 1);
+        drop(rx1);
+        assert!(matches!(rx2.try_recv(), Ok(Grant::Retry(_))), "passed on");
     }
 }
