@@ -190,8 +190,6 @@ mod app {
         pub fds: Vec<(OwnedFd, RawFd)>,
         /// Who to become; `None` keeps the caller's identity.
         pub identity: Option<&'a Identity>,
-        /// The file-creation mask (022 unless the app's socket needs more).
-        pub umask: u32,
     }
 
     /// `LISTEN_PID=` followed by room for any pid and a NUL.
@@ -334,7 +332,7 @@ mod app {
     /// fills 0, 1 and 2 where nothing was given; every other descriptor is
     /// closed, inherited ones without close-on-exec included; `setgroups` →
     /// `setresgid` → `setresuid` when `identity` is given; `chdir(dir)` as that
-    /// identity; `umask`; `no_new_privs`; `execve(program, argv, env)`. When
+    /// identity; umask 022; `no_new_privs`; `execve(program, argv, env)`. When
     /// the environment has `LISTEN_FDS`, `LISTEN_PID` is set to the child's own
     /// pid (systemd socket activation), which only the child knows.
     ///
@@ -390,7 +388,6 @@ mod app {
 
         let program = cstring(app.program.as_os_str().as_bytes()).map_err(prep)?;
         let dir = cstring(app.dir.as_os_str().as_bytes()).map_err(prep)?;
-        let umask = app.umask as libc::mode_t;
         let argv = CArray::new(
             app.argv
                 .iter()
@@ -505,7 +502,7 @@ mod app {
                 if libc::chdir(dir.as_ptr()) != 0 {
                     child_fail(report, AppStep::Chdir);
                 }
-                libc::umask(umask);
+                libc::umask(0o022);
                 if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                     child_fail(report, AppStep::NoNewPrivs);
                 }

@@ -1486,10 +1486,14 @@ fn an_app_binding_its_own_unix_socket_gets_a_directory_only_it_and_the_front_end
     );
     let m = fs::metadata(&sock).unwrap();
     assert_eq!(
-        (m.uid(), m.gid()),
-        (uid, front_gid),
-        "the app's, the front end's group"
+        (m.uid(), m.gid(), m.mode() & 0o777),
+        (uid, front_gid, 0o660),
+        "the app's, connectable by the front end's group"
     );
+    // The app keeps the usual umask (022): its own files are writable by
+    // nobody else.
+    let status = fs::read_to_string(format!("/proc/{}/status", v["pid"])).unwrap();
+    assert_eq!(field_str(&status, "Umask"), "0022");
     // Another tenant cannot even reach it.
     let (_, _) = ensure_user(USER_B);
     let out = run_as(

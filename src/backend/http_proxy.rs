@@ -433,7 +433,11 @@ async fn connect(
 
 fn connect_failure(e: io::Error) -> HttpFailure {
     match e.kind() {
-        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => HttpFailure::Gone(e),
+        // Permission denied: a self-bound socket the supervisor has not
+        // opened to the front end yet (or one the app made again since).
+        io::ErrorKind::ConnectionRefused
+        | io::ErrorKind::NotFound
+        | io::ErrorKind::PermissionDenied => HttpFailure::Gone(e),
         _ => HttpFailure::Io(e),
     }
 }

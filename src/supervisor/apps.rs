@@ -273,7 +273,7 @@ impl AppManager {
         };
         let mut env: Vec<(String, String)> = Vec::new();
         let mut fds = Vec::new();
-        let mut umask = 0o022;
+        let mut self_bound_socket = None;
         match state.app.bind {
             Bind::Berth => {
                 let socket = dir.join(format!("{}.{}.{slot}.sock", id.tenant, id.app));
@@ -318,9 +318,7 @@ impl AppManager {
                 let socket = tenant_dir.join(format!("{}.{slot}.sock", id.app));
                 let _ = std::fs::remove_file(&socket);
                 env.push(("BERTH_SOCKET".into(), socket.to_string_lossy().into_owned()));
-                // The socket the app creates must let the front end's group
-                // connect (the directory gives it that group).
-                umask = 0o007;
+                self_bound_socket = Some(socket.clone());
                 process.socket = socket;
                 process.owner = Some(owner);
             }
@@ -357,12 +355,21 @@ impl AppManager {
             switch_user,
         };
         let socket = process.socket.clone();
-        let child = spawn::spawn_with_umask(spec, umask).map_err(|e| {
+        let child = spawn::spawn(spec).map_err(|e| {
             let _ = std::fs::remove_file(&socket);
             warn!("app {id}: not started: {e}");
             format!("app {id}: not started: {e}")
         })?;
         info!("app {id}: process {slot} started (pid {})", child.id());
+        if let (Some(socket), Some(gid)) = (self_bound_socket, front_gid) {
+            // The app creates its socket with its own umask (022: not
+            // connectable by the front end's group); root makes it so.
+            let deadline = Instant::now() + state.app.pool.start_timeout;
+            let id = id.clone();
+            let _ = std::thread::Builder::new()
+                .name("socket-mode".into())
+                .spawn(move || open_socket_to_front(&id, &socket, owner, gid, deadline));
+        }
         state.procs.insert(
             slot,
             Proc {
@@ -755,10 +762,55 @@ fn same_program(a: &App, b: &App) -> bool {
         && a.bind == b.bind
 }
 
+/// Waits (until `deadline`) for the app to bind its socket at `path`, then
+/// gives the front end's group read and write on it. The socket is reached
+/// through an `O_PATH | O_NOFOLLOW` descriptor and must be a socket owned by
+/// `uid`: a symlink or other file the tenant puts there is left alone, so root
+/// never changes the mode of anything else.
+fn open_socket_to_front(id: &AppId, path: &Path, uid: u32, gid: u32, deadline: Instant) {
+    use rustix::fs::{FileType, Mode, OFlags};
+    loop {
+        let opened = rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        );
+        if let Ok(fd) = opened {
+            let Ok(st) = rustix::fs::fstat(&fd) else {
+                return;
+            };
+            if FileType::from_raw_mode(st.st_mode) != FileType::Socket || st.st_uid != uid {
+                warn!(
+                    "app {id}: {} is not a socket of the app's user; left alone",
+                    path.display()
+                );
+                return;
+            }
+            let through = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+            let done =
+                rustix::fs::chown(through.as_str(), None, Some(rustix::fs::Gid::from_raw(gid)))
+                    .and_then(|()| rustix::fs::chmod(through.as_str(), Mode::from_raw_mode(0o660)));
+            if let Err(e) = done {
+                warn!(
+                    "app {id}: cannot open {} to the front end: {e}",
+                    path.display()
+                );
+            }
+            return;
+        }
+        if Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// `state_dir/bound/TENANT`, where a tenant's apps bind their own Unix
 /// sockets (`bind = "socket"`): `bound/` is root's and may only be passed
 /// through (0711); the tenant's directory is the tenant's, with the front
 /// end's group (setgid, so the sockets get it too) and nobody else (02750).
+/// The app's socket is then made connectable by that group
+/// ([`open_socket_to_front`]).
 fn bound_dir(
     apps_dir: &Path,
     tenant: &str,

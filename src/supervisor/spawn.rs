@@ -301,12 +301,6 @@ fn check_paths(spec: &SpawnSpec, uid: u32) -> Result<(PathBuf, PathBuf, PathBuf)
 /// [`sys::spawn_app`] for the child's steps. A refusal or failure is logged
 /// here with the tenant's name and the failed check or step.
 pub fn spawn(spec: SpawnSpec) -> Result<Child, SpawnError> {
-    spawn_with_umask(spec, 0o022)
-}
-
-/// [`spawn`] with the child's file-creation mask (`bind = "socket"` apps need
-/// their socket connectable by the front end's group).
-pub fn spawn_with_umask(spec: SpawnSpec, umask: u32) -> Result<Child, SpawnError> {
     let program = spec.argv.first().map(String::as_str).unwrap_or("");
     let checked = check(&spec).map_err(|e| {
         warn!("tenant {}: refused to start {program:?}: {e}", spec.tenant);
@@ -320,7 +314,6 @@ pub fn spawn_with_umask(spec: SpawnSpec, umask: u32) -> Result<Child, SpawnError
         dir: &checked.dir,
         fds: spec.fds,
         identity: checked.switch_user.then_some(&checked.identity),
-        umask,
     })
     .map_err(|(step, source)| {
         warn!(
