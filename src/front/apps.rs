@@ -119,9 +119,13 @@ struct Granted {
 }
 
 impl ProcState {
-    /// Counts one more request on it and hands it out.
-    fn grant(&mut self) -> Granted {
+    /// Counts one more request on it and hands it out. The one that makes
+    /// `max_requests` (with those in flight) is its last.
+    fn grant(&mut self, max_requests: u64) -> Granted {
         self.active += 1;
+        if max_requests > 0 && self.served + u64::from(self.active) >= max_requests {
+            self.draining = true;
+        }
         Granted {
             slot: self.slot,
             socket: self.socket.clone(),
@@ -293,10 +297,11 @@ impl Apps {
                 let pool = pools
                     .get_mut(id)
                     .ok_or_else(|| LeaseError::Unknown(id.clone()))?;
+                let max_requests = pool.plan.pool.max_requests;
                 // An idle process first; then a new one while there is room;
                 // then the least busy one that can take another request.
                 if let Some(p) = pool.procs.iter_mut().find(|p| !p.draining && p.active == 0) {
-                    return Ok(self.lease_of(id, p.grant()));
+                    return Ok(self.lease_of(id, p.grant(max_requests)));
                 }
                 let total = pool.procs.len() as u32 + pool.starting;
                 let concurrency = pool.plan.pool.concurrency;
@@ -308,7 +313,7 @@ impl Apps {
                 if total >= pool.plan.pool.max_processes
                     && let Some(p) = shared
                 {
-                    return Ok(self.lease_of(id, p.grant()));
+                    return Ok(self.lease_of(id, p.grant(max_requests)));
                 }
                 if total < pool.plan.pool.max_processes {
                     pool.starting += 1;
@@ -465,7 +470,7 @@ impl Apps {
         match process {
             Some(p) => {
                 let mut proc = ProcState::new(p);
-                let lease = self.lease_of(id, proc.grant());
+                let lease = self.lease_of(id, proc.grant(pool.plan.pool.max_requests));
                 pool.procs.push(proc);
                 // Room for more requests on it (concurrency > 1): waiters.
                 let last = pool.procs.len() - 1;
@@ -615,8 +620,8 @@ fn hand_off(apps: &Arc<Apps>, id: &AppId, pool: &mut AppPool, i: usize) {
     let p = &mut procs[i];
     while !p.draining && p.active < plan.pool.concurrency {
         let Some(w) = waiters.pop_front() else { return };
-        if let Err(Grant::Process(mut back)) = w.send(Grant::Process(apps.lease_of(id, p.grant())))
-        {
+        let granted = p.grant(plan.pool.max_requests);
+        if let Err(Grant::Process(mut back)) = w.send(Grant::Process(apps.lease_of(id, granted))) {
             // That request gave up waiting: its share comes back (here, not
             // in the lease's drop, which would take the lock again).
             back.defused = true;
