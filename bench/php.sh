@@ -4,7 +4,10 @@
 #   sudo bash bench/php.sh        # REPS=3 DUR=8 CONNS=16 by default
 #
 # The same hello-world script through:
-#   berth   berth, a pool of 8 php-cgi processes as the tenant (min_processes = 8)
+#   berth   berth, a pool of 8 php-cgi processes as the tenant (min_processes = 8,
+#           max_requests = 0 like php-fpm's default; berth's own default of 10000
+#           recycles a process every ~8 s at this rate, each restart a ~25 ms stall
+#           for one request, which shows in p99)
 #   nginx   nginx + php-fpm (pm = static, 8 children)
 #   apache  Apache httpd (mpm_event) + mod_fcgid + php-cgi (8 processes)
 # Each server with its PHP processes pinned to CPU $SERVER_CPU (children inherit
@@ -84,7 +87,7 @@ command = ["$PHP_CGI"]
 dir = "$DOC"
 min_processes = $2
 max_processes = 8
-max_requests = 10000
+max_requests = 0      # never recycled, as php-fpm's pm.max_requests = 0 (its default)
 
 [[tenant.bench.site]]
 hosts = ["bench.test"]
