@@ -12,7 +12,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -123,8 +123,7 @@ async fn read_answer(
             stdout,
             first: Some(out.split_off(used).freeze()).filter(|b| !b.is_empty()),
             buf: BytesMut::new(),
-            idle: timeout,
-            timer: None,
+            idle: super::IdleTimer::new(timeout),
             ended: false,
             _permit: permit,
         }
@@ -162,8 +161,7 @@ struct PipeBody {
     stdout: pipe::Receiver,
     first: Option<Bytes>,
     buf: BytesMut,
-    idle: Duration,
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    idle: super::IdleTimer,
     ended: bool,
     _permit: OwnedSemaphorePermit,
 }
@@ -192,26 +190,14 @@ impl HttpBody for PipeBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Ok(_)) => {
-                // Progress: the idle clock starts again.
-                if let Some(timer) = this.timer.as_mut() {
-                    timer
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + this.idle);
-                }
+                this.idle.progress();
                 Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
-            Poll::Pending => {
-                let idle = this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                ready!(timer.as_mut().poll(cx));
-                Poll::Ready(Some(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("the script printed nothing for {idle:?}"),
-                ))))
-            }
+            Poll::Pending => this
+                .idle
+                .poll_expired(cx, "the script")
+                .map(|e| Some(Err(e))),
         }
     }
 

@@ -179,8 +179,7 @@ pub async fn request(
             stream: Some(stream),
             write_back,
             first: Some(out.split_off(used).freeze()).filter(|b| !b.is_empty()),
-            idle,
-            timer: None,
+            idle: super::IdleTimer::new(idle),
             lease,
         }
         .boxed_unsync(),
@@ -268,8 +267,7 @@ struct StdoutBody {
     /// The write half of a connection to keep (FCGI_KEEP_CONN).
     write_back: Option<OwnedWriteHalf>,
     first: Option<Bytes>,
-    idle: Duration,
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    idle: super::IdleTimer,
     lease: Lease,
 }
 
@@ -307,12 +305,7 @@ impl HttpBody for StdoutBody {
         };
         match stream.poll_stdout(cx) {
             Poll::Ready(Ok(Some(data))) => {
-                // Progress: the idle clock starts again.
-                if let Some(timer) = this.timer.as_mut() {
-                    timer
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + this.idle);
-                }
+                this.idle.progress();
                 Poll::Ready(Some(Ok(Frame::data(data))))
             }
             Poll::Ready(Ok(None)) => {
@@ -320,19 +313,7 @@ impl HttpBody for StdoutBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Err(e)) => Poll::Ready(Some(Err(io::Error::other(e.to_string())))),
-            Poll::Pending => {
-                let idle = this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                if timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("app sent nothing for {idle:?}"),
-                    ))));
-                }
-                Poll::Pending
-            }
+            Poll::Pending => this.idle.poll_expired(cx, "app").map(|e| Some(Err(e))),
         }
     }
 

@@ -51,7 +51,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
-use tokio::time::{Instant, Sleep, timeout_at};
+use tokio::time::{Instant, timeout_at};
 use tracing::debug;
 
 use crate::front::apps::Lease;
@@ -353,8 +353,7 @@ where
             inner,
             guard: Some(Box::new(guard)),
             conn: (!upgrade).then_some(sender),
-            idle: timing.idle,
-            timer: None,
+            idle: super::IdleTimer::new(timing.idle),
         }
         .boxed_unsync(),
     );
@@ -724,8 +723,7 @@ struct AppBody<G: Held> {
     guard: Option<Box<G>>,
     /// The connection, handed to the guard when the body ends cleanly.
     conn: Option<AppConn>,
-    idle: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
+    idle: super::IdleTimer,
 }
 
 impl<G: Held> HttpBody for AppBody<G> {
@@ -742,7 +740,7 @@ impl<G: Held> HttpBody for AppBody<G> {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.timer = None;
+                this.idle.progress();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -760,18 +758,9 @@ impl<G: Held> HttpBody for AppBody<G> {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let idle = this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                if timer.as_mut().poll(cx).is_ready() {
-                    this.guard = None;
-                    return Poll::Ready(Some(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("app sent nothing for {idle:?}"),
-                    ))));
-                }
-                Poll::Pending
+                let e = std::task::ready!(this.idle.poll_expired(cx, "app"));
+                this.guard = None;
+                Poll::Ready(Some(Err(e)))
             }
         }
     }
