@@ -59,6 +59,13 @@ sleep 30
 printf 'Content-Type: text/plain\\n\\nlate\\n'
 ";
 
+/// Answers at once, then trickles output for about four seconds.
+const TRICKLE_CGI: &str = "#!/bin/sh
+printf 'Content-Type: text/plain\\n\\n'
+i=0
+while [ $i -lt 20 ]; do echo tick; sleep 0.2; i=$((i+1)); done
+";
+
 /// Holds a lock directory for a while; says so if another run held it.
 const LOCK_CGI: &str = "#!/bin/sh
 printf 'Content-Type: text/plain\\n\\n'
@@ -91,6 +98,7 @@ fn home_with_scripts(dir: &Dir, rel: &str, user: &'static str, ids: (u32, u32)) 
         ("broken.cgi", BROKEN_CGI),
         ("slow.cgi", SLOW_CGI),
         ("lock.cgi", LOCK_CGI),
+        ("trickle.cgi", TRICKLE_CGI),
     ] {
         home.write(&format!("public/cgi/{name}"), text, 0o755);
     }
@@ -363,6 +371,18 @@ fn failures_time_out_limits_and_the_error_log() {
         }),
         "the slow script was not killed"
     );
+
+    // Cut short by the timeout after it began to answer: the response ends in
+    // an error (no last chunk), never as if it were complete.
+    let head = "GET /cgi/trickle.cgi HTTP/1.1\r\nHost: c.test\r\nConnection: close\r\n\r\n";
+    let (raw, closed) = exchange(s.addr(), head, &[], Duration::from_secs(20));
+    assert!(closed);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.contains("tick"),
+        "{text}"
+    );
+    assert!(!text.ends_with("0\r\n\r\n"), "ended as if complete: {text}");
 
     // max_processes = 1: two requests at once run one after the other.
     let addr = s.addr();

@@ -94,8 +94,12 @@ async fn read_answer(
     permit: OwnedSemaphorePermit,
     timeout: Duration,
 ) -> Result<Response<Body>, CgiFailure> {
+    // The script's whole run is bounded (the supervisor kills it a moment
+    // later): the response ends in an error, not as if complete, when it is
+    // cut short.
+    let deadline = Box::pin(tokio::time::sleep(timeout));
     let mut out = BytesMut::with_capacity(4096);
-    let parsed = tokio::time::timeout(timeout, async {
+    let parsed = tokio::time::timeout_at(deadline.deadline(), async {
         loop {
             if out.capacity() - out.len() < 1024 {
                 out.reserve(8 * 1024);
@@ -123,7 +127,8 @@ async fn read_answer(
             stdout,
             first: Some(out.split_off(used).freeze()).filter(|b| !b.is_empty()),
             buf: BytesMut::new(),
-            idle: super::IdleTimer::new(timeout),
+            deadline,
+            timeout,
             ended: false,
             _permit: permit,
         }
@@ -161,7 +166,9 @@ struct PipeBody {
     stdout: pipe::Receiver,
     first: Option<Bytes>,
     buf: BytesMut,
-    idle: super::IdleTimer,
+    /// When the script's time is up.
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
     ended: bool,
     _permit: OwnedSemaphorePermit,
 }
@@ -181,6 +188,13 @@ impl HttpBody for PipeBody {
         if this.ended {
             return Poll::Ready(None);
         }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.ended = true;
+            return Poll::Ready(Some(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the script ran past its timeout ({:?})", this.timeout),
+            ))));
+        }
         if this.buf.capacity() < 1024 {
             this.buf.reserve(16 * 1024);
         }
@@ -189,15 +203,9 @@ impl HttpBody for PipeBody {
                 this.ended = true;
                 Poll::Ready(None)
             }
-            Poll::Ready(Ok(_)) => {
-                this.idle.progress();
-                Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))))
-            }
+            Poll::Ready(Ok(_)) => Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze())))),
             Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
-            Poll::Pending => this
-                .idle
-                .poll_expired(cx, "the script")
-                .map(|e| Some(Err(e))),
+            Poll::Pending => Poll::Pending,
         }
     }
 

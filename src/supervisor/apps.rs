@@ -116,6 +116,8 @@ pub struct AppManager {
     cgi: Vec<CgiRun>,
 }
 
+/// How long a CGI script may outlive its `timeout` before it is killed.
+const CGI_GRACE: Duration = Duration::from_secs(2);
 /// How long a stopped process gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// A process that fails within this of starting counts towards a crash loop.
@@ -510,7 +512,9 @@ impl AppManager {
         self.cgi.push(CgiRun {
             id: id.clone(),
             child,
-            deadline: Instant::now() + app.pool.timeout,
+            // The front end ends the response at `timeout`; this is the
+            // backstop, a moment later.
+            deadline: Instant::now() + app.pool.timeout + CGI_GRACE,
         });
         Ok([stdin_w, stdout_r, stderr_r])
     }
