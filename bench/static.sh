@@ -48,8 +48,9 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$WORK/docroot" "$WORK/nginx" "$WORK/berth"
-head -c 1024 /dev/urandom | base64 -w 0 | head -c 1024 >"$WORK/docroot/1k.txt"
-head -c 102400 /dev/urandom | base64 -w 0 | head -c 102400 >"$WORK/docroot/100k.txt"
+# (cut reads all its input: no SIGPIPE for base64 under pipefail, as head gave)
+head -c 1024 /dev/urandom | base64 -w 0 | cut -c 1-1024 | tr -d '\n' >"$WORK/docroot/1k.txt"
+head -c 102400 /dev/urandom | base64 -w 0 | cut -c 1-102400 | tr -d '\n' >"$WORK/docroot/100k.txt"
 chown -R berth-bench: "$WORK/docroot"
 chmod -R a+rX "$WORK/docroot"
 
