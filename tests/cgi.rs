@@ -338,12 +338,12 @@ fn scripts_others_could_change_are_refused_with_the_reason() {
 }
 
 #[test]
-fn failures_time_out_limits_and_the_error_log() {
+fn failures_timeouts_and_the_error_log() {
     require_root();
     let (uid, _) = user();
     let dir = Dir::new();
     let home = home_with_scripts(&dir, "home/tc", USER, user());
-    let s = start(&dir, &home, "timeout = \"1s\"\nmax_processes = 1");
+    let s = start(&dir, &home, "timeout = \"2s\"");
 
     // No head: 502, and the script's stderr in the tenant's error log.
     let r = get_c(&s, "/cgi/broken.cgi");
@@ -383,8 +383,15 @@ fn failures_time_out_limits_and_the_error_log() {
         "{text}"
     );
     assert!(!text.ends_with("0\r\n\r\n"), "ended as if complete: {text}");
+}
 
-    // max_processes = 1: two requests at once run one after the other.
+#[test]
+fn max_processes_runs_scripts_one_after_the_other() {
+    require_root();
+    let dir = Dir::new();
+    let home = home_with_scripts(&dir, "home/tc", USER, user());
+    let s = start(&dir, &home, "max_processes = 1");
+    // Two requests at once: the second script starts after the first ended.
     let addr = s.addr();
     let runs: Vec<_> = (0..2)
         .map(|_| {
