@@ -542,7 +542,13 @@ pub fn assert_survived(sock: &str, pid: u32) {
 /// Asserts that berth left nothing behind: no process running as `uid`
 /// (`user`), no socket in `dir/state/apps`.
 pub fn assert_nothing_left(dir: &Dir, user: &str, uid: u32) {
-    let left = processes_of(uid);
+    // Whatever berth killed on its way out has been sent SIGKILL; on a loaded
+    // machine the kernel may take a moment to end it.
+    let mut left = Vec::new();
+    eventually(Duration::from_secs(5), || {
+        left = processes_of(uid);
+        left.is_empty()
+    });
     assert!(
         left.is_empty(),
         "left running as {user}: {:?}",
