@@ -30,28 +30,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
+use super::AppFailure;
 use super::fastcgi::{self, CgiHead, Decoder, Record};
 use crate::front::apps::Lease;
 use crate::front::body::Body;
-
-/// Why a FastCGI exchange failed; turned into 502/503/504 by the handler.
-#[derive(Debug, thiserror::Error)]
-pub enum FcgiFailure {
-    /// The process is gone (connection refused): try another.
-    #[error("app process is gone: {0}")]
-    Gone(io::Error),
-    /// A fresh process did not answer within `start_timeout`.
-    #[error("app did not start within {0:?}")]
-    StartTimeout(Duration),
-    #[error("app did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("app closed the connection before a complete response head")]
-    NoHead,
-    #[error("app sent a bad response: {0}")]
-    Protocol(String),
-    #[error("talking to the app: {0}")]
-    Io(#[from] io::Error),
-}
 
 /// Where the app's STDERR records go.
 pub type StderrSink = Box<dyn FnMut(&[u8]) + Send>;
@@ -71,7 +53,7 @@ pub async fn request(
     first_byte: Duration,
     idle: Duration,
     stderr: StderrSink,
-) -> Result<Response<Body>, (FcgiFailure, Lease)> {
+) -> Result<Response<Body>, (AppFailure, Lease)> {
     let mut lease = lease;
     let keep = body.is_none();
     let mut head = BytesMut::with_capacity(1024);
@@ -99,7 +81,7 @@ pub async fn request(
     };
     if let Err(e) = write.write_all(&head).await {
         if !reused {
-            return Err((FcgiFailure::Io(e), lease));
+            return Err((AppFailure::Io(e), lease));
         }
         // The app closed the kept connection just now (EPIPE: it read none
         // of this request), so the request goes on a fresh one. Once written,
@@ -109,7 +91,7 @@ pub async fn request(
             Err(e) => return Err((e, lease)),
         };
         if let Err(e) = write.write_all(&head).await {
-            return Err((FcgiFailure::Io(e), lease));
+            return Err((AppFailure::Io(e), lease));
         }
     }
     let buf = BytesMut::with_capacity(4096);
@@ -155,10 +137,10 @@ pub async fn request(
                     match fastcgi::parse_cgi_head(&out, MAX_HEAD) {
                         Ok(Some((head, used))) => return Ok((head, used)),
                         Ok(None) => {}
-                        Err(e) => return Err(FcgiFailure::Protocol(e.to_string())),
+                        Err(e) => return Err(AppFailure::Protocol(e.to_string())),
                     }
                 }
-                None => return Err(FcgiFailure::NoHead),
+                None => return Err(AppFailure::NoHead),
             }
         }
     })
@@ -166,8 +148,8 @@ pub async fn request(
     let (head, used) = match parsed {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => return Err((e, lease)),
-        Err(_) if lease.fresh => return Err((FcgiFailure::StartTimeout(first_byte), lease)),
-        Err(_) => return Err((FcgiFailure::Timeout(first_byte), lease)),
+        Err(_) if lease.fresh => return Err((AppFailure::StartTimeout(first_byte), lease)),
+        Err(_) => return Err((AppFailure::Timeout(first_byte), lease)),
     };
     // A local redirect (RFC 3875 §6.2.2) comes as a 302 with its Location,
     // which is what the client gets (as with nginx).
@@ -199,11 +181,11 @@ struct RecordStream {
 }
 
 impl RecordStream {
-    async fn next_stdout(&mut self) -> Result<Option<Bytes>, FcgiFailure> {
+    async fn next_stdout(&mut self) -> Result<Option<Bytes>, AppFailure> {
         std::future::poll_fn(|cx| self.poll_stdout(cx)).await
     }
 
-    fn poll_stdout(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, FcgiFailure>> {
+    fn poll_stdout(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, AppFailure>> {
         loop {
             if self.ended {
                 return Poll::Ready(Ok(None));
@@ -219,7 +201,7 @@ impl RecordStream {
                     return Poll::Ready(Ok(None));
                 }
                 Ok(None) => {}
-                Err(e) => return Poll::Ready(Err(FcgiFailure::Protocol(e.to_string()))),
+                Err(e) => return Poll::Ready(Err(AppFailure::Protocol(e.to_string()))),
             }
             // Room for a read; growing only when short keeps one allocation
             // per request in the common case.
@@ -238,7 +220,7 @@ impl RecordStream {
                         self.ended = true;
                         Ok(None)
                     }
-                    Err(e) => Err(FcgiFailure::Protocol(e.to_string())),
+                    Err(e) => Err(AppFailure::Protocol(e.to_string())),
                 });
             }
         }
@@ -253,10 +235,10 @@ fn untouched(stream: &UnixStream) -> bool {
 }
 
 /// Connects to the process of `lease`.
-async fn connect(lease: &Lease) -> Result<(OwnedReadHalf, OwnedWriteHalf), FcgiFailure> {
+async fn connect(lease: &Lease) -> Result<(OwnedReadHalf, OwnedWriteHalf), AppFailure> {
     match UnixStream::connect(&lease.socket).await {
         Ok(stream) => Ok(stream.into_split()),
-        Err(e) => Err(FcgiFailure::Gone(e)),
+        Err(e) => Err(AppFailure::Gone(e)),
     }
 }
 

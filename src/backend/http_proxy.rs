@@ -54,6 +54,7 @@ use tokio::net::UnixStream;
 use tokio::time::{Instant, timeout_at};
 use tracing::debug;
 
+use super::AppFailure;
 use crate::front::apps::Lease;
 use crate::front::body::Body;
 
@@ -118,37 +119,6 @@ impl Target {
     }
 }
 
-/// Why an HTTP exchange failed; turned into 502/503/504 by the caller.
-#[derive(Debug, thiserror::Error)]
-pub enum HttpFailure {
-    /// The process is gone (connection refused, socket missing): try another.
-    #[error("app process is gone: {0}")]
-    Gone(io::Error),
-    /// A fresh process did not answer within `start_timeout`.
-    #[error("app did not start within {0:?}")]
-    StartTimeout(Duration),
-    #[error("app did not answer within {0:?}")]
-    Timeout(Duration),
-    /// The app answered something that is not HTTP, or closed the connection
-    /// before a complete response head.
-    #[error("app sent a bad response: {0}")]
-    Protocol(String),
-    #[error("talking to the app: {0}")]
-    Io(io::Error),
-    /// The app has not taken the connection into its accept queue (its
-    /// queue is full): busy, not broken.
-    #[error("app is busy: {0}")]
-    Busy(String),
-    /// A self-bound listener that is not the tenant's (another tenant took
-    /// the port or path): refused before anything was sent.
-    #[error("refused: the listener at {at} belongs to {found}, not to the app's uid {expected}")]
-    NotOwner {
-        at: String,
-        expected: u32,
-        found: String,
-    },
-}
-
 /// How long the app may stay silent in the middle of a response body, as the
 /// FastCGI side's read timeout and nginx's `proxy_read_timeout`. Tunnels
 /// (upgrades) have no such limit.
@@ -189,7 +159,7 @@ const PROXY_HEADERS: &[&str] = &[
 /// Proxies one request to the app process of `lease`.
 ///
 /// `first_byte` bounds connecting and waiting for the response head (a fresh
-/// process failing it is [`HttpFailure::StartTimeout`]). The lease is held
+/// process failing it is [`AppFailure::StartTimeout`]). The lease is held
 /// until the response body ends or is dropped; for an upgrade, until the
 /// tunnel closes. On failure the lease comes back for the caller to mark
 /// broken or retry; the request (and its body) is consumed either way.
@@ -207,7 +177,7 @@ pub async fn request(
     body: Option<Incoming>,
     forwarded: &Forwarded<'_>,
     first_byte: Duration,
-) -> Result<Response<Body>, (HttpFailure, Lease)> {
+) -> Result<Response<Body>, (AppFailure, Lease)> {
     let target = Target {
         socket: lease.socket.clone(),
         port: lease.port,
@@ -238,7 +208,7 @@ async fn exchange<G, B>(
     body: Option<B>,
     forwarded: &Forwarded<'_>,
     timing: Timing,
-) -> Result<Response<Body>, (HttpFailure, G)>
+) -> Result<Response<Body>, (AppFailure, G)>
 where
     G: Held,
     B: HttpBody<Data = Bytes> + Send + 'static,
@@ -247,9 +217,9 @@ where
     let deadline = Instant::now() + timing.first_byte;
     let late = || {
         if timing.fresh {
-            HttpFailure::StartTimeout(timing.first_byte)
+            AppFailure::StartTimeout(timing.first_byte)
         } else {
-            HttpFailure::Timeout(timing.first_byte)
+            AppFailure::Timeout(timing.first_byte)
         }
     };
     let client_upgrade = if wants_upgrade(&parts.headers) {
@@ -325,7 +295,7 @@ where
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
             return Err((
-                HttpFailure::Protocol("101 Switching Protocols without an upgrade request".into()),
+                AppFailure::Protocol("101 Switching Protocols without an upgrade request".into()),
                 guard,
             ));
         };
@@ -384,7 +354,7 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> A
 
 enum ConnectError {
     Late,
-    Failed(HttpFailure),
+    Failed(AppFailure),
 }
 
 /// Connects to `target` by `deadline`, checking the owner of a self-bound
@@ -418,7 +388,7 @@ async fn connect(
             },
         };
         match attempt {
-            Err(HttpFailure::Gone(_)) if fresh && target.owner.is_some() => {
+            Err(AppFailure::Gone(_)) if fresh && target.owner.is_some() => {
                 if Instant::now() + Duration::from_millis(25) >= deadline {
                     return Err(ConnectError::Late);
                 }
@@ -430,22 +400,22 @@ async fn connect(
     }
 }
 
-fn connect_failure(e: io::Error) -> HttpFailure {
+fn connect_failure(e: io::Error) -> AppFailure {
     match e.kind() {
         // Permission denied: a self-bound socket the supervisor has not
         // opened to the front end yet (or one the app made again since).
         io::ErrorKind::ConnectionRefused
         | io::ErrorKind::NotFound
-        | io::ErrorKind::PermissionDenied => HttpFailure::Gone(e),
-        _ => HttpFailure::Io(e),
+        | io::ErrorKind::PermissionDenied => AppFailure::Gone(e),
+        _ => AppFailure::Io(e),
     }
 }
 
 /// Checks that the listener behind `stream` belongs to `owner`.
-fn unix_owner(stream: &UnixStream, socket: &Path, owner: Option<u32>) -> Result<(), HttpFailure> {
+fn unix_owner(stream: &UnixStream, socket: &Path, owner: Option<u32>) -> Result<(), AppFailure> {
     let Some(expected) = owner else { return Ok(()) };
     let found = super::sock_owner::unix_peer_uid(std::os::fd::AsFd::as_fd(stream))
-        .map_err(HttpFailure::Io)?;
+        .map_err(AppFailure::Io)?;
     refuse_unless(found == expected, socket.display(), expected, || {
         format!("uid {found}")
     })
@@ -453,11 +423,11 @@ fn unix_owner(stream: &UnixStream, socket: &Path, owner: Option<u32>) -> Result<
 
 /// The same for loopback TCP: the accepted socket of this very connection is
 /// looked up, so the listener cannot change between check and use.
-async fn tcp_owner(stream: &tokio::net::TcpStream, owner: Option<u32>) -> Result<(), HttpFailure> {
+async fn tcp_owner(stream: &tokio::net::TcpStream, owner: Option<u32>) -> Result<(), AppFailure> {
     let Some(expected) = owner else { return Ok(()) };
     let (local, peer) = (
-        stream.local_addr().map_err(HttpFailure::Io)?,
-        stream.peer_addr().map_err(HttpFailure::Io)?,
+        stream.local_addr().map_err(AppFailure::Io)?,
+        stream.peer_addr().map_err(AppFailure::Io)?,
     );
     // A connection the app has not accepted into its queue yet has no owner
     // to report (SYN_RECV); it settles within moments.
@@ -469,11 +439,11 @@ async fn tcp_owner(stream: &tokio::net::TcpStream, owner: Option<u32>) -> Result
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                return Err(HttpFailure::Busy(format!(
+                return Err(AppFailure::Busy(format!(
                     "connection not accepted into its queue: {e}"
                 )));
             }
-            other => break other.map_err(HttpFailure::Io)?,
+            other => break other.map_err(AppFailure::Io)?,
         }
     };
     refuse_unless(found == Some(expected), peer, expected, || match found {
@@ -487,11 +457,11 @@ fn refuse_unless(
     at: impl std::fmt::Display,
     expected: u32,
     found: impl FnOnce() -> String,
-) -> Result<(), HttpFailure> {
+) -> Result<(), AppFailure> {
     if ok {
         return Ok(());
     }
-    let failure = HttpFailure::NotOwner {
+    let failure = AppFailure::NotOwner {
         at: at.to_string(),
         expected,
         found: found(),
@@ -681,11 +651,11 @@ async fn tunnel<G>(client: OnUpgrade, app: OnUpgrade, guard: G) {
 }
 
 /// Classifies a hyper client error from before the response head.
-fn failure(e: hyper::Error) -> HttpFailure {
+fn failure(e: hyper::Error) -> AppFailure {
     if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
-        HttpFailure::Protocol(format!("bad response head: {}", chain(&e)))
+        AppFailure::Protocol(format!("bad response head: {}", chain(&e)))
     } else if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
-        HttpFailure::Protocol(format!(
+        AppFailure::Protocol(format!(
             "app closed the connection before a complete response head ({})",
             chain(&e)
         ))
@@ -699,7 +669,7 @@ fn failure(e: hyper::Error) -> HttpFailure {
             }
             source = s.source();
         }
-        HttpFailure::Io(io::Error::new(kind, chain(&e)))
+        AppFailure::Io(io::Error::new(kind, chain(&e)))
     }
 }
 
@@ -943,7 +913,7 @@ mod tests {
         guard: G,
         req: Request<B>,
         timing: Timing,
-    ) -> Result<Response<Body>, (HttpFailure, G)>
+    ) -> Result<Response<Body>, (AppFailure, G)>
     where
         G: Held,
         B: HttpBody<Data = Bytes> + Send + 'static,
@@ -1140,7 +1110,7 @@ mod tests {
             let (g, flag) = guard();
             let req = Request::get("/").body(Empty::<Bytes>::new()).unwrap();
             match send(&socket, g, req, timing(Duration::from_secs(5), false)).await {
-                Err((HttpFailure::Gone(_), g)) => {
+                Err((AppFailure::Gone(_), g)) => {
                     assert!(!released(&flag), "the guard comes back");
                     drop(g);
                 }
@@ -1168,7 +1138,7 @@ mod tests {
             let took = start.elapsed();
             assert!(took >= limit && took < limit * 5, "{took:?}");
             match (fresh, failure) {
-                (false, HttpFailure::Timeout(t)) | (true, HttpFailure::StartTimeout(t)) => {
+                (false, AppFailure::Timeout(t)) | (true, AppFailure::StartTimeout(t)) => {
                     assert_eq!(t, limit)
                 }
                 (_, other) => panic!("fresh {fresh}: {other:?}"),
@@ -1205,7 +1175,7 @@ mod tests {
         let (g, flag) = guard();
         let req = Request::get("/").body(Empty::<Bytes>::new()).unwrap();
         match send(&socket, g, req, timing(Duration::from_secs(5), false)).await {
-            Err((HttpFailure::Protocol(why), g)) => {
+            Err((AppFailure::Protocol(why), g)) => {
                 assert!(why.contains("closed the connection"), "{why}");
                 assert!(!released(&flag), "the guard comes back");
                 drop(g);
@@ -1229,7 +1199,7 @@ mod tests {
             let socket = start_rude_app(&sub, answer);
             let req = Request::get("/").body(Empty::<Bytes>::new()).unwrap();
             match send(&socket, (), req, timing(Duration::from_secs(5), false)).await {
-                Err((HttpFailure::Protocol(_), ())) => {}
+                Err((AppFailure::Protocol(_), ())) => {}
                 other => panic!(
                     "{:?}: {:?}",
                     String::from_utf8_lossy(answer),

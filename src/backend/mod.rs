@@ -17,6 +17,40 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+/// Why an exchange with an app process (FastCGI or HTTP) failed; the app
+/// route turns it into 502, 503 or 504 and decides the process's fate.
+#[derive(Debug, thiserror::Error)]
+pub enum AppFailure {
+    /// The process is gone (connection refused, socket missing): try another.
+    #[error("app process is gone: {0}")]
+    Gone(io::Error),
+    /// A fresh process did not answer within `start_timeout`.
+    #[error("app did not start within {0:?}")]
+    StartTimeout(Duration),
+    #[error("app did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The process is there but cannot take the connection now (its accept
+    /// queue is full): busy, not broken.
+    #[error("app is busy: {0}")]
+    Busy(String),
+    #[error("app closed the connection before a complete response head")]
+    NoHead,
+    /// The app answered something that is not FastCGI or HTTP, or closed
+    /// the connection before a complete response head.
+    #[error("app sent a bad response: {0}")]
+    Protocol(String),
+    #[error("talking to the app: {0}")]
+    Io(#[from] io::Error),
+    /// A self-bound listener that is not the tenant's (another tenant took
+    /// the port or path): refused before anything was sent.
+    #[error("refused: the listener at {at} belongs to {found}, not to the app's uid {expected}")]
+    NotOwner {
+        at: String,
+        expected: u32,
+        found: String,
+    },
+}
+
 /// The longest silence an app may keep in the middle of a response body (the
 /// app's `timeout`), for the bodies the backends stream to the client.
 pub(crate) struct IdleTimer {

@@ -28,10 +28,11 @@ use super::apps::{Apps, Lease, LeaseError};
 use super::body::Body;
 use super::respond::Reject;
 use super::static_files;
+use crate::backend::AppFailure;
 use crate::backend::cgi_conn::{self, CgiFailure};
 use crate::backend::cgi_env::{self, Peer, Script};
-use crate::backend::fastcgi_conn::{self, FcgiFailure};
-use crate::backend::http_proxy::{self, Forwarded, HttpFailure};
+use crate::backend::fastcgi_conn;
+use crate::backend::http_proxy::{self, Forwarded};
 use crate::config::Protocol;
 use crate::ipc::AppId;
 
@@ -241,44 +242,10 @@ async fn http(
     .await
 }
 
-/// How an exchange with a process failed, whatever the protocol.
-enum Failure {
-    /// The process is gone (refused the connection): another may serve.
-    Gone(String),
-    StartTimeout(Duration),
-    Timeout(Duration),
-    /// The process is there but cannot take the connection now.
-    Busy(String),
-    Other(String),
-}
-
-impl From<FcgiFailure> for Failure {
-    fn from(f: FcgiFailure) -> Failure {
-        match f {
-            FcgiFailure::Gone(e) => Failure::Gone(e.to_string()),
-            FcgiFailure::StartTimeout(t) => Failure::StartTimeout(t),
-            FcgiFailure::Timeout(t) => Failure::Timeout(t),
-            other => Failure::Other(other.to_string()),
-        }
-    }
-}
-
-impl From<HttpFailure> for Failure {
-    fn from(f: HttpFailure) -> Failure {
-        match f {
-            HttpFailure::Gone(e) => Failure::Gone(e.to_string()),
-            HttpFailure::StartTimeout(t) => Failure::StartTimeout(t),
-            HttpFailure::Timeout(t) => Failure::Timeout(t),
-            HttpFailure::Busy(e) => Failure::Busy(e),
-            other => Failure::Other(other.to_string()),
-        }
-    }
-}
-
 /// Leases a process of `id` and runs `exchange` with it. A process that turns
 /// out to be gone is dropped and, when `retry` (a request without a body, so
 /// nothing was consumed), the request tries once more with another.
-async fn with_process<F, Fut, E>(
+async fn with_process<F, Fut>(
     apps: &Arc<Apps>,
     id: &AppId,
     pool: &crate::config::Pool,
@@ -287,8 +254,7 @@ async fn with_process<F, Fut, E>(
 ) -> Result<Response<Body>, Reject>
 where
     F: FnMut(Lease, Duration) -> Fut,
-    Fut: std::future::Future<Output = Result<Response<Body>, (E, Lease)>>,
-    Failure: From<E>,
+    Fut: std::future::Future<Output = Result<Response<Body>, (AppFailure, Lease)>>,
 {
     let attempts = if retry { 2 } else { 1 };
     for attempt in 0..attempts {
@@ -302,7 +268,7 @@ where
         };
         let (failure, mut lease) = match exchange(lease, first_byte).await {
             Ok(resp) => return Ok(resp),
-            Err((e, lease)) => (Failure::from(e), lease),
+            Err(failed) => failed,
         };
         // A process that is gone or never started is replaced at once. (Its
         // death in a request then does not count towards the supervisor's
@@ -312,31 +278,32 @@ where
         // at a time (it may still be stuck in this one), after its other
         // requests when it serves several. A busy one stays.
         match failure {
-            Failure::Gone(_) | Failure::StartTimeout(_) => lease.broken(),
-            Failure::Timeout(_) | Failure::Other(_) if pool.concurrency <= 1 => lease.broken(),
-            Failure::Timeout(_) | Failure::Other(_) => lease.drain(),
-            Failure::Busy(_) => {}
+            AppFailure::Gone(_) | AppFailure::StartTimeout(_) => lease.broken(),
+            AppFailure::Busy(_) => {}
+            _ if pool.concurrency <= 1 => lease.broken(),
+            _ => lease.drain(),
         }
         return Err(match failure {
-            Failure::Gone(e) if attempt + 1 < attempts => {
+            AppFailure::Gone(e) if attempt + 1 < attempts => {
                 tracing::debug!(
                     "app {id}: process {} gone ({e}); trying another",
                     lease.slot
                 );
                 continue;
             }
-            Failure::StartTimeout(t) => Reject::Unavailable {
+            AppFailure::StartTimeout(t) => Reject::Unavailable {
                 why: format!("app {id} did not start within start_timeout ({t:?})"),
                 retry_after: 5,
             },
-            Failure::Timeout(t) => {
+            AppFailure::Timeout(t) => {
                 Reject::GatewayTimeout(format!("app {id} did not answer within {t:?}"))
             }
-            Failure::Busy(e) => Reject::Unavailable {
+            AppFailure::Busy(e) => Reject::Unavailable {
                 why: format!("app {id}: {e}"),
                 retry_after: 1,
             },
-            Failure::Gone(e) | Failure::Other(e) => Reject::BadGateway(format!("app {id}: {e}")),
+            AppFailure::Gone(e) => Reject::BadGateway(format!("app {id}: {e}")),
+            other => Reject::BadGateway(format!("app {id}: {other}")),
         });
     }
     Err(Reject::BadGateway(format!(
