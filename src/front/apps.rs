@@ -304,18 +304,12 @@ impl Apps {
                     return Ok(self.lease_of(id, p.grant(max_requests)));
                 }
                 let total = pool.procs.len() as u32 + pool.starting;
-                let concurrency = pool.plan.pool.concurrency;
-                let shared = pool
-                    .procs
-                    .iter_mut()
-                    .filter(|p| !p.draining && p.active < concurrency)
-                    .min_by_key(|p| p.active);
-                if total >= pool.plan.pool.max_processes
-                    && let Some(p) = shared
-                {
-                    return Ok(self.lease_of(id, p.grant(max_requests)));
-                }
-                if total < pool.plan.pool.max_processes {
+                let Pool {
+                    max_processes,
+                    concurrency,
+                    ..
+                } = pool.plan.pool;
+                if total < max_processes {
                     pool.starting += 1;
                     let req = self.next_req.fetch_add(1, Ordering::Relaxed);
                     let (tx, rx) = oneshot::channel();
@@ -324,6 +318,13 @@ impl Apps {
                         .expect("pending lock")
                         .insert(req, (id.clone(), tx));
                     Next::Start(req, rx)
+                } else if let Some(p) = pool
+                    .procs
+                    .iter_mut()
+                    .filter(|p| !p.draining && p.active < concurrency)
+                    .min_by_key(|p| p.active)
+                {
+                    return Ok(self.lease_of(id, p.grant(max_requests)));
                 } else {
                     let (tx, rx) = oneshot::channel();
                     pool.waiters.push_back(tx);
