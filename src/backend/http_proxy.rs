@@ -119,11 +119,6 @@ impl Target {
     }
 }
 
-/// How long the app may stay silent in the middle of a response body, as the
-/// FastCGI side's read timeout and nginx's `proxy_read_timeout`. Tunnels
-/// (upgrades) have no such limit.
-const BODY_IDLE: Duration = Duration::from_secs(60);
-
 /// Removed from requests and responses; with the headers `Connection` names.
 /// `Upgrade` and `Connection: upgrade` are put back for an upgrade.
 const HOP_BY_HOP: &[&str] = &[
@@ -159,7 +154,9 @@ const PROXY_HEADERS: &[&str] = &[
 /// Proxies one request to the app process of `lease`.
 ///
 /// `first_byte` bounds connecting and waiting for the response head (a fresh
-/// process failing it is [`AppFailure::StartTimeout`]). The lease is held
+/// process failing it is [`AppFailure::StartTimeout`]); `idle` bounds any
+/// silence in the response body (the app's `timeout`, like nginx's
+/// `proxy_read_timeout`; tunnels have no such limit). The lease is held
 /// until the response body ends or is dropped; for an upgrade, until the
 /// tunnel closes. On failure the lease comes back for the caller to mark
 /// broken or retry; the request (and its body) is consumed either way.
@@ -177,6 +174,7 @@ pub async fn request(
     body: Option<Incoming>,
     forwarded: &Forwarded<'_>,
     first_byte: Duration,
+    idle: Duration,
 ) -> Result<Response<Body>, (AppFailure, Lease)> {
     let target = Target {
         socket: lease.socket.clone(),
@@ -186,7 +184,7 @@ pub async fn request(
     let timing = Timing {
         first_byte,
         fresh: lease.fresh,
-        idle: BODY_IDLE,
+        idle,
     };
     exchange(&target, lease, parts, body, forwarded, timing).await
 }

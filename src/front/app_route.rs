@@ -237,7 +237,15 @@ async fn http(
     let mut body = body;
     with_process(apps, id, pool, retry, |lease, first_byte| {
         // Parts clones share the upgrade handle (WebSocket) with the original.
-        http_proxy::request(lease, parts.clone(), body.take(), forwarded, first_byte)
+        let idle = pool.timeout;
+        http_proxy::request(
+            lease,
+            parts.clone(),
+            body.take(),
+            forwarded,
+            first_byte,
+            idle,
+        )
     })
     .await
 }
