@@ -136,33 +136,7 @@ fn fixture() -> Fixture {
     dir.chown("b", uid_b, gid_b);
 
     let pki = Pki::new();
-    let (ca, ka) = pki.issue(&dir, "a", &["a.test", "www.a.test"]);
-    let (cb, kb) = pki.issue(&dir, "b", &["b.test"]);
-    let (server, port, tls_port) = server_block(&dir, "");
-    let config = format!(
-        r#"{server}
-[tenant.ta]
-user = "berth-ta"
-[[tenant.ta.site]]
-hosts = ["a.test", "www.a.test"]
-root = "{a}"
-tls = {{ cert = "{ca}", key = "{ka}" }}
-
-[tenant.tb]
-user = "berth-tb"
-[[tenant.tb.site]]
-hosts = ["b.test"]
-root = "{b}"
-tls = {{ cert = "{cb}", key = "{kb}" }}
-"#,
-        a = dir.join("a").display(),
-        b = dir.join("b").display(),
-        ca = ca.display(),
-        ka = ka.display(),
-        cb = cb.display(),
-        kb = kb.display(),
-    );
-    let s = Server::start(&dir, &config, port, tls_port);
+    let s = start_a_and_b(&dir, &pki);
     Fixture {
         s,
         pki,

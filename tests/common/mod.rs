@@ -181,6 +181,39 @@ log_dir = "{log}"
     (block, port, tls_port)
 }
 
+/// Starts berth with tenant `ta` (user berth-ta; a.test and www.a.test,
+/// root `dir/a`) and tenant `tb` (berth-tb; b.test, root `dir/b`), each site
+/// with a certificate from `pki`.
+pub fn start_a_and_b(dir: &Dir, pki: &Pki) -> Server {
+    let (ca, ka) = pki.issue(dir, "a", &["a.test", "www.a.test"]);
+    let (cb, kb) = pki.issue(dir, "b", &["b.test"]);
+    let (server, port, tls_port) = server_block(dir, "");
+    let config = format!(
+        r#"{server}
+[tenant.ta]
+user = "berth-ta"
+[[tenant.ta.site]]
+hosts = ["a.test", "www.a.test"]
+root = "{a}"
+tls = {{ cert = "{ca}", key = "{ka}" }}
+
+[tenant.tb]
+user = "berth-tb"
+[[tenant.tb.site]]
+hosts = ["b.test"]
+root = "{b}"
+tls = {{ cert = "{cb}", key = "{kb}" }}
+"#,
+        a = dir.join("a").display(),
+        b = dir.join("b").display(),
+        ca = ca.display(),
+        ka = ka.display(),
+        cb = cb.display(),
+        kb = kb.display(),
+    );
+    Server::start(dir, &config, port, tls_port)
+}
+
 impl Server {
     /// Writes `config` (which must use the ports from `server_block`) to
     /// `dir/berth.toml` and starts berth, waiting until the plain port answers.
