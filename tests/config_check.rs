@@ -31,21 +31,6 @@ fn problems(path: &Path) -> Vec<String> {
     stdout.lines().map(str::to_string).collect()
 }
 
-/// Creates a user that is not a test user (the demo's), like `.ci` does.
-fn ensure_system_user(name: &str) {
-    if nix::unistd::User::from_name(name).unwrap().is_some() {
-        return;
-    }
-    let st = Command::new("useradd")
-        .args(["--no-create-home", "--shell", "/usr/sbin/nologin", name])
-        .status()
-        .expect("useradd");
-    assert!(
-        st.success() || nix::unistd::User::from_name(name).unwrap().is_some(),
-        "useradd {name} failed"
-    );
-}
-
 /// Asserts that exactly one line starts with `prefix` and returns it.
 fn line_starting<'a>(lines: &'a [String], prefix: &str) -> &'a str {
     let found: Vec<&String> = lines.iter().filter(|l| l.starts_with(prefix)).collect();
@@ -96,8 +81,8 @@ fn root_of(dir: &Dir, rel: &str, user: &str) -> PathBuf {
 #[test]
 fn shipped_examples_pass() {
     require_root();
-    ensure_system_user("berth-demo-alice");
-    ensure_system_user("berth-demo-bob");
+    ensure_any_user("berth-demo-alice");
+    ensure_any_user("berth-demo-bob");
     let mut checked = Vec::new();
     for example in std::fs::read_dir(repo().join("examples")).unwrap() {
         let example = example.unwrap().path();

@@ -241,20 +241,6 @@ fn kill(pid: u32, sig: Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
 }
 
-/// Waits for `cond` for up to `within`.
-fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
 /// Polls the server's process until it exits; returns its exit status. The
 /// child is taken out of `s` (so dropping `s` does not signal a reaped pid).
 fn wait_exit(s: &mut Server, within: Duration) -> Option<std::process::ExitStatus> {

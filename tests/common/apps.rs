@@ -597,20 +597,6 @@ pub fn app_procs(sup: u32, tenant: &str, app: &str, fd: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Waits for `cond` for up to `within`.
-pub fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
 /// Runs `argv` as `user` (uid, gid and its groups) with setpriv; returns
 /// stdout and stderr.
 pub fn run_as(user: &str, argv: &[&str]) -> String {

@@ -28,6 +28,12 @@ pub fn require_root() {
 /// Returns (uid, gid).
 pub fn ensure_user(name: &str) -> (u32, u32) {
     assert!(name.starts_with("berth-t"), "test users are named berth-t*");
+    ensure_any_user(name)
+}
+
+/// [`ensure_user`] for a user that is not a test user (the demo's, which
+/// `examples/demo/run.sh` creates the same way).
+pub fn ensure_any_user(name: &str) -> (u32, u32) {
     static LOCK: Mutex<()> = Mutex::new(());
     let _g = LOCK.lock().unwrap();
     if nix::unistd::User::from_name(name).unwrap().is_none() {
@@ -43,6 +49,20 @@ pub fn ensure_user(name: &str) -> (u32, u32) {
     }
     let u = nix::unistd::User::from_name(name).unwrap().unwrap();
     (u.uid.as_raw(), u.gid.as_raw())
+}
+
+/// Waits for `cond` for up to `within`.
+pub fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
 }
 
 /// A temporary directory readable by everyone (the front end runs as another user).
