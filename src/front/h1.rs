@@ -298,7 +298,7 @@ async fn write_response(
     if !send_body {
         // Dropping the body ends it: the access log gets its line now.
         drop(body);
-        write_all(stream, &[IoSlice::new(out)], send_timeout).await?;
+        write_all(stream, [IoSlice::new(out)], send_timeout).await?;
         return Ok(keep_alive);
     }
     let mut body = pin!(body);
@@ -311,7 +311,7 @@ async fn write_response(
             Poll::Ready(next) => next,
             Poll::Pending => {
                 if !out.is_empty() {
-                    write_all(stream, &[IoSlice::new(out)], send_timeout).await?;
+                    write_all(stream, [IoSlice::new(out)], send_timeout).await?;
                     out.clear();
                 }
                 body.as_mut().frame().await
@@ -339,7 +339,7 @@ async fn write_response(
         } else {
             write_all(
                 stream,
-                &[
+                [
                     IoSlice::new(out),
                     IoSlice::new(size),
                     IoSlice::new(&data),
@@ -355,16 +355,17 @@ async fn write_response(
         out.extend_from_slice(b"0\r\n\r\n");
     }
     if !out.is_empty() {
-        write_all(stream, &[IoSlice::new(out)], send_timeout).await?;
+        write_all(stream, [IoSlice::new(out)], send_timeout).await?;
     }
     Ok(keep_alive)
 }
 
 /// Writes "HEX\r\n" for a chunk of `len` bytes into `buf`; returns its length.
 fn chunk_size_line(buf: &mut [u8; 20], len: usize) -> usize {
-    let hex = format!("{len:x}\r\n");
-    buf[..hex.len()].copy_from_slice(hex.as_bytes());
-    hex.len()
+    let mut rest = &mut buf[..];
+    io::Write::write_fmt(&mut rest, format_args!("{len:x}\r\n"))
+        .expect("16 hex digits and CRLF fit");
+    20 - rest.len()
 }
 
 /// Sends the head with `MSG_MORE` (so it leaves in one packet with the first
@@ -433,24 +434,22 @@ async fn wait_writable(stream: &TcpStream, timeout: Duration) -> io::Result<()> 
 
 /// Writes every byte of `bufs`, waiting at most `timeout` for the client to
 /// accept more each time its socket buffer is full.
-async fn write_all(stream: &TcpStream, bufs: &[IoSlice<'_>], timeout: Duration) -> io::Result<()> {
+async fn write_all<const N: usize>(
+    stream: &TcpStream,
+    mut bufs: [IoSlice<'_>; N],
+    timeout: Duration,
+) -> io::Result<()> {
     let total: usize = bufs.iter().map(|b| b.len()).sum();
+    let mut slices = &mut bufs[..];
     let mut written = 0;
     while written < total {
-        // Skip what was written already: rebuild the slice list from `written`.
-        let mut skip = written;
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(bufs.len());
-        for b in bufs {
-            if skip >= b.len() {
-                skip -= b.len();
-                continue;
-            }
-            slices.push(IoSlice::new(&b[skip..]));
-            skip = 0;
-        }
-        match stream.try_write_vectored(&slices) {
+        match stream.try_write_vectored(slices) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => written += n,
+            Ok(n) => {
+                written += n;
+                // Past what was written, in place.
+                IoSlice::advance_slices(&mut slices, n);
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 wait_writable(stream, timeout).await?;
             }
@@ -614,6 +613,17 @@ mod tests {
             parse(b"GET / HTTP/1.1\r\nHost: x\r\n"),
             Head::Partial
         ));
+    }
+
+    #[test]
+    fn chunk_size_lines_are_hex_and_crlf() {
+        let mut buf = [0u8; 20];
+        for (len, want) in [(1, "1\r\n"), (255, "ff\r\n"), (65536, "10000\r\n")] {
+            let n = chunk_size_line(&mut buf, len);
+            assert_eq!(&buf[..n], want.as_bytes());
+        }
+        let n = chunk_size_line(&mut buf, usize::MAX);
+        assert_eq!(&buf[..n], b"ffffffffffffffff\r\n");
     }
 
     #[test]
