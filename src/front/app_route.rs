@@ -77,23 +77,18 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
         let rest = &req.path[name.len()..];
         (name.to_string(), rest.to_string(), plan.program.clone())
     } else {
-        let (script, rest) = match split_script(req.path, req.extensions) {
-            Some(split) => split,
-            None if req.path.ends_with('/') => {
-                // A directory: its index.EXT, if there is one.
-                let found = req.extensions.iter().find_map(|ext| {
-                    let candidate = format!("{}index.{ext}", req.path);
-                    static_files::script_path(root, &candidate)
-                        .ok()
-                        .map(|_| candidate)
-                })?;
-                (found, String::new())
-            }
+        match split_script(req.path, req.extensions) {
+            Some((script, rest)) => match static_files::script_path(root, &script) {
+                Ok(file) => (script, rest, file),
+                Err(e) => return Some(Err(e)),
+            },
+            // A directory: its index.EXT, if there is one.
+            None if req.path.ends_with('/') => req.extensions.iter().find_map(|ext| {
+                let candidate = format!("{}index.{ext}", req.path);
+                let file = static_files::script_path(root, &candidate).ok()?;
+                Some((candidate, String::new(), file))
+            })?,
             None => return None,
-        };
-        match static_files::script_path(root, &script) {
-            Ok(file) => (script, rest, file),
-            Err(e) => return Some(Err(e)),
         }
     };
     if plan.protocol == Protocol::Http {
@@ -337,9 +332,10 @@ fn lease_error(e: LeaseError) -> Reject {
 fn write_stderr(log: Option<&std::fs::File>, app: &str, bytes: &[u8]) {
     let Some(mut log) = log else { return };
     let now = super::access_log::clf_time(SystemTime::now());
+    let prefix = format!("[{now}] [{app}] ");
     let mut out = Vec::with_capacity(bytes.len() + 64);
     for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        out.extend_from_slice(format!("[{now}] [{app}] ").as_bytes());
+        out.extend_from_slice(prefix.as_bytes());
         out.extend(line.iter().map(|&b| if b == b'\r' { b' ' } else { b }));
         out.push(b'\n');
     }
