@@ -43,8 +43,6 @@ pub enum CgiFailure {
     Io(#[from] io::Error),
 }
 
-/// Largest response head accepted from a script.
-const MAX_HEAD: usize = 64 * 1024;
 /// A stderr line longer than this is written out in pieces.
 const MAX_STDERR_LINE: usize = 8 * 1024;
 
@@ -107,7 +105,7 @@ async fn read_answer(
             if stdout.read_buf(&mut out).await? == 0 {
                 return Err(CgiFailure::NoHead);
             }
-            match fastcgi::parse_cgi_head(&out, MAX_HEAD) {
+            match fastcgi::parse_cgi_head(&out, fastcgi::MAX_HEAD) {
                 Ok(Some(parsed)) => return Ok(parsed),
                 Ok(None) => {}
                 Err(e) => return Err(CgiFailure::Protocol(e.to_string())),

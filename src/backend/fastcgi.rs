@@ -450,6 +450,9 @@ const HOP_BY_HOP: [&str; 7] = [
     "upgrade",
 ];
 
+/// Largest response head accepted from an app or script.
+pub const MAX_HEAD: usize = 64 * 1024;
+
 /// Parses the CGI response head at the start of `buf`: header lines up to the first
 /// empty line, each ended by `\n` or `\r\n`.
 ///

@@ -38,8 +38,6 @@ use crate::front::body::Body;
 /// Where the app's STDERR records go.
 pub type StderrSink = Box<dyn FnMut(&[u8]) + Send>;
 
-/// Largest response head accepted from an app.
-const MAX_HEAD: usize = 64 * 1024;
 /// Id of the one request on each connection.
 const REQUEST_ID: u16 = 1;
 
@@ -134,7 +132,7 @@ pub async fn request(
             match stream.next_stdout().await? {
                 Some(data) => {
                     out.extend_from_slice(&data);
-                    match fastcgi::parse_cgi_head(&out, MAX_HEAD) {
+                    match fastcgi::parse_cgi_head(&out, fastcgi::MAX_HEAD) {
                         Ok(Some((head, used))) => return Ok((head, used)),
                         Ok(None) => {}
                         Err(e) => return Err(AppFailure::Protocol(e.to_string())),

@@ -36,7 +36,7 @@
 use std::error::Error as StdError;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -78,7 +78,7 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// What the proxy holds while a request runs (the lease): dropped when the
 /// response ends, with a place for the connection to the process.
-pub trait Held: Send + 'static {
+pub trait Held: Send + Unpin + 'static {
     /// An idle connection to the process kept from an earlier request.
     fn take_conn(&mut self) -> Option<AppConn> {
         None
@@ -87,6 +87,7 @@ pub trait Held: Send + 'static {
     fn keep_conn(&mut self, _conn: AppConn) {}
 }
 
+#[cfg(test)]
 impl Held for () {}
 
 impl Held for Lease {
@@ -99,20 +100,21 @@ impl Held for Lease {
 }
 
 /// Where an app process listens, and whom its listener must belong to.
-pub struct Target {
+pub struct Target<'a> {
     /// Its Unix socket (unused when `port` is set).
-    pub socket: PathBuf,
+    pub socket: &'a Path,
     /// It listens on 127.0.0.1 at this port.
     pub port: Option<u16>,
     /// The app binds by itself: its listener must belong to this uid.
     pub owner: Option<u32>,
 }
 
-impl Target {
+#[cfg(test)]
+impl Target<'_> {
     /// A socket berth bound itself.
-    pub fn unix(socket: &Path) -> Target {
+    pub fn unix(socket: &Path) -> Target<'_> {
         Target {
-            socket: socket.to_path_buf(),
+            socket,
             port: None,
             owner: None,
         }
@@ -121,35 +123,40 @@ impl Target {
 
 /// Removed from requests and responses; with the headers `Connection` names.
 /// `Upgrade` and `Connection: upgrade` are put back for an upgrade.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-    "proxy-authorization",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
 ];
 
 /// Proxy headers a client may send to pass as someone else; never forwarded.
 /// berth sets the first five itself.
-const PROXY_HEADERS: &[&str] = &[
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-real-ip",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-protocol",
-    "x-forwarded-scheme",
-    "x-forwarded-ssl",
-    "x-forwarded-server",
-    "x-url-scheme",
-    "front-end-https",
+const PROXY_HEADERS: [HeaderName; 13] = [
+    header::FORWARDED,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    X_REAL_IP,
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-protocol"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-url-scheme"),
+    HeaderName::from_static("front-end-https"),
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Proxies one request to the app process of `lease`.
 ///
@@ -162,22 +169,22 @@ const PROXY_HEADERS: &[&str] = &[
 /// broken or retry; the request (and its body) is consumed either way.
 ///
 /// Upgrades: `parts` must keep the extensions hyper put in the request (pass
-/// `Request::into_parts().0`, or a clone of it: the `OnUpgrade` in there is
-/// shared by clones). Only a request with `Connection: upgrade` and `Upgrade`
+/// `Request::into_parts().0`; the `OnUpgrade` in there is shared by clones). Only a request with `Connection: upgrade` and `Upgrade`
 /// and that extension is forwarded as an upgrade; without the extension (the
 /// fast lane, HTTP/2) the upgrade headers are dropped and the app sees an
 /// ordinary request. The front end's hyper connection must be served with
 /// upgrades (`serve_connection_with_upgrades`).
 pub async fn request(
     lease: Lease,
-    parts: Parts,
+    parts: &Parts,
     body: Option<Incoming>,
     forwarded: &Forwarded<'_>,
     first_byte: Duration,
     idle: Duration,
 ) -> Result<Response<Body>, (AppFailure, Lease)> {
+    let socket = lease.socket.clone();
     let target = Target {
-        socket: lease.socket.clone(),
+        socket: &socket,
         port: lease.port,
         owner: lease.owner,
     };
@@ -200,9 +207,9 @@ struct Timing {
 /// held until the response body ends (or the tunnel closes), given back on
 /// failure.
 async fn exchange<G, B>(
-    target: &Target,
+    target: &Target<'_>,
     mut guard: G,
-    mut parts: Parts,
+    parts: &Parts,
     body: Option<B>,
     forwarded: &Forwarded<'_>,
     timing: Timing,
@@ -221,7 +228,7 @@ where
         }
     };
     let client_upgrade = if wants_upgrade(&parts.headers) {
-        parts.extensions.remove::<OnUpgrade>()
+        parts.extensions.get::<OnUpgrade>().cloned()
     } else {
         None
     };
@@ -231,10 +238,8 @@ where
     let pooled = guard.take_conn().filter(|_| !upgrade);
     // An idempotent request without a body may go again on a fresh
     // connection if the app closed the kept one as it was sent.
-    let again =
-        (pooled.is_some() && body.is_none() && parts.method.is_idempotent()).then(|| parts.clone());
-    let req = to_app(parts, body, forwarded, upgrade)
-        .map(|b| b.map_err(Into::<BoxError>::into).boxed_unsync());
+    let again = pooled.is_some() && body.is_none() && parts.method.is_idempotent();
+    let req = to_app(parts, body, forwarded, upgrade);
 
     // A kept connection first, if it is idle now; a request it could not take
     // (the app closed it meanwhile) comes back and goes on a fresh one.
@@ -245,14 +250,13 @@ where
     {
         answer = match timeout_at(deadline, sender.try_send_request(req)).await {
             Ok(Ok(resp)) => Ok((resp, sender)),
-            Ok(Err(mut e)) => match (e.take_message(), again) {
-                (Some(back), _) => Err(back),
-                (None, Some(parts)) if closed_early(e.error()) => {
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(back) => Err(back),
+                None if again && closed_early(e.error()) => {
                     debug!("kept connection to an HTTP app closed; sending again");
-                    Err(to_app(parts, None::<B>, forwarded, false)
-                        .map(|b| b.map_err(Into::<BoxError>::into).boxed_unsync()))
+                    Err(to_app(parts, None::<B>, forwarded, false))
                 }
-                (None, _) => return Err((failure(e.into_error()), guard)),
+                None => return Err((failure(e.into_error()), guard)),
             },
             Err(_) => return Err((late(), guard)),
         };
@@ -319,7 +323,7 @@ where
     let mut out = Response::new(
         AppBody {
             inner,
-            guard: Some(Box::new(guard)),
+            guard: Some(guard),
             conn: (!upgrade).then_some(sender),
             idle: super::IdleTimer::new(timing.idle),
         }
@@ -339,9 +343,8 @@ fn closed_early(e: &hyper::Error) -> bool {
 /// Whether a kept connection can take a request at once. Just after a
 /// response its connection task may not have run yet, so it gets a moment.
 async fn idle_now(sender: &mut AppConn) -> bool {
-    let ready = std::future::poll_fn(|cx| sender.poll_ready(cx));
     matches!(
-        tokio::time::timeout(Duration::from_millis(5), ready).await,
+        tokio::time::timeout(Duration::from_millis(5), sender.ready()).await,
         Ok(Ok(()))
     )
 }
@@ -359,7 +362,7 @@ enum ConnectError {
 /// listener. A fresh process of a self-binding app may not have bound yet:
 /// refused connections are tried again until the deadline.
 async fn connect(
-    target: &Target,
+    target: &Target<'_>,
     deadline: Instant,
     fresh: bool,
 ) -> Result<Box<dyn AppIo>, ConnectError> {
@@ -378,8 +381,8 @@ async fn connect(
                     Err(_) => return Err(ConnectError::Late),
                 }
             }
-            None => match timeout_at(deadline, UnixStream::connect(&target.socket)).await {
-                Ok(Ok(stream)) => unix_owner(&stream, &target.socket, target.owner)
+            None => match timeout_at(deadline, UnixStream::connect(target.socket)).await {
+                Ok(Ok(stream)) => unix_owner(&stream, target.socket, target.owner)
                     .map(|()| Box::new(stream) as Box<dyn AppIo>),
                 Ok(Err(e)) => Err(connect_failure(e)),
                 Err(_) => return Err(ConnectError::Late),
@@ -470,20 +473,22 @@ fn refuse_unless(
 
 /// The request as the app gets it (see the module doc).
 fn to_app<B>(
-    parts: Parts,
+    parts: &Parts,
     body: Option<B>,
     forwarded: &Forwarded<'_>,
     upgrade: bool,
-) -> Request<Either<B, Empty<Bytes>>>
+) -> Request<ProxyBody>
 where
-    B: HttpBody<Data = Bytes>,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
 {
     let Parts {
         method,
         uri,
-        mut headers,
+        headers,
         ..
     } = parts;
+    let mut headers = headers.clone();
     let upgrade_values: Vec<HeaderValue> = if upgrade {
         headers.get_all(header::UPGRADE).iter().cloned().collect()
     } else {
@@ -492,7 +497,7 @@ where
     strip_hop_by_hop(&mut headers);
     headers.remove(header::EXPECT);
     for name in PROXY_HEADERS {
-        headers.remove(*name);
+        headers.remove(name);
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -527,8 +532,8 @@ where
             Either::Right(Empty::new())
         }
     };
-    let mut req = Request::new(body);
-    *req.method_mut() = method;
+    let mut req = Request::new(body.map_err(Into::<BoxError>::into).boxed_unsync());
+    *req.method_mut() = method.clone();
     *req.uri_mut() = uri
         .path_and_query()
         .cloned()
@@ -546,14 +551,14 @@ fn set_proxy_headers(headers: &mut HeaderMap, forwarded: &Forwarded<'_>) {
         "http"
     };
     if let Ok(ip_text) = HeaderValue::from_str(&ip.to_string()) {
-        headers.insert("x-forwarded-for", ip_text.clone());
-        headers.insert("x-real-ip", ip_text);
+        headers.insert(X_FORWARDED_FOR, ip_text.clone());
+        headers.insert(X_REAL_IP, ip_text);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     let host = HeaderValue::from_str(forwarded.host).ok();
     let value = match host {
         Some(host) => {
-            headers.insert("x-forwarded-host", host);
+            headers.insert(X_FORWARDED_HOST, host);
             forwarded_value(ip, proto, Some(forwarded.host))
         }
         None => forwarded_value(ip, proto, None),
@@ -606,7 +611,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in HOP_BY_HOP {
-        headers.remove(*name);
+        headers.remove(name);
     }
     for name in named {
         // `Connection: host` would leave the app guessing the site.
@@ -688,7 +693,7 @@ fn chain(e: &dyn StdError) -> String {
 struct AppBody<G: Held> {
     inner: Incoming,
     /// Dropped at the end of the body (or with it).
-    guard: Option<Box<G>>,
+    guard: Option<G>,
     /// The connection, handed to the guard when the body ends cleanly.
     conn: Option<AppConn>,
     idle: super::IdleTimer,
@@ -919,7 +924,7 @@ mod tests {
     {
         let (parts, body) = req.into_parts();
         let target = Target::unix(socket);
-        exchange(&target, guard, parts, Some(body), &forwarded(), timing).await
+        exchange(&target, guard, &parts, Some(body), &forwarded(), timing).await
     }
 
     async fn body_bytes(resp: Response<Body>) -> Vec<u8> {
@@ -1292,7 +1297,7 @@ mod tests {
                             match exchange(
                                 &Target::unix(&app),
                                 guard,
-                                parts,
+                                &parts,
                                 Some(body),
                                 &fwd,
                                 timing,

@@ -231,16 +231,8 @@ async fn http(
     let retry = body.is_none();
     let mut body = body;
     with_process(apps, id, pool, retry, |lease, first_byte| {
-        // Parts clones share the upgrade handle (WebSocket) with the original.
         let idle = pool.timeout;
-        http_proxy::request(
-            lease,
-            parts.clone(),
-            body.take(),
-            forwarded,
-            first_byte,
-            idle,
-        )
+        http_proxy::request(lease, parts, body.take(), forwarded, first_byte, idle)
     })
     .await
 }
