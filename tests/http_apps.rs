@@ -1529,7 +1529,7 @@ fn a_port_taken_by_another_uid_is_refused() {
     );
     let port = fs::read_to_string(&port_file).unwrap();
     let hijack = format!(
-        "import socket\ns = socket.socket()\ns.bind(('127.0.0.1', {port}))\ns.listen()\nprint('ready', flush=True)\nwhile True:\n    c, _ = s.accept()\n    c.recv(65536)\n    c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 8\\r\\n\\r\\nHIJACKED')\n    c.close()\n"
+        "import socket\ns = socket.socket()\n# Like any server (and the app): a port some outgoing connection\n# used lately is fine.\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1', {port}))\ns.listen()\nprint('ready', flush=True)\nwhile True:\n    c, _ = s.accept()\n    c.recv(65536)\n    c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 8\\r\\n\\r\\nHIJACKED')\n    c.close()\n"
     );
     let mut thief = std::process::Command::new("setpriv")
         .args([
@@ -1549,7 +1549,11 @@ fn a_port_taken_by_another_uid_is_refused() {
         &mut line,
     )
     .unwrap();
-    assert_eq!(line.trim(), "ready");
+    assert_eq!(
+        line.trim(),
+        "ready",
+        "the other user could not take the port"
+    );
     let r = pending.join().unwrap();
     let _ = thief.kill();
     let _ = thief.wait();
