@@ -135,6 +135,7 @@ impl Case {
             home: &self.home,
             min_uid: self.min_uid,
             argv: &self.argv,
+            script: None,
             dir: &self.dir,
             env: &self.env,
             fds,

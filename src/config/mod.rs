@@ -974,6 +974,7 @@ fn validate(server: &Server, tenants: &[Tenant], problems: &mut Problems) {
                     home: &tenant.home,
                     min_uid: server.min_uid,
                     argv: &app.command,
+                    script: None,
                     dir: &app.dir,
                     env: &app.env,
                     fds: Vec::new(),

@@ -348,6 +348,7 @@ impl AppManager {
             home: &state.home,
             min_uid,
             argv: &argv,
+            script: None,
             dir: &app.dir,
             env: &env,
             fds: {
@@ -419,14 +420,15 @@ impl AppManager {
         // What runs, and where: a script chosen by extension runs in its own
         // directory, by itself or through the app's command (an interpreter);
         // a mounted app runs its command in `dir`.
-        let interpreted = script.is_some() && !app.command.is_empty();
         let mut document_root = None;
+        let mut script_path = None;
         let (argv, dir, filename) = match script {
             Some(script) => {
                 let (script, root) = script_allowed(routes, &script).map_err(|why| {
                     refuse(format!("app {id}: script {}: {why}", script.display()))
                 })?;
                 document_root = Some(root);
+                script_path = Some(script.clone());
                 let dir = script
                     .parent()
                     .map(Path::to_path_buf)
@@ -489,25 +491,13 @@ impl AppManager {
             home: &state.home,
             min_uid: self.min_uid,
             argv: &argv,
+            // A script given to an interpreter passes the program's checks.
+            script: script_path.as_deref().filter(|_| !app.command.is_empty()),
             dir: &dir,
             env: &vars,
             fds: vec![(stdin_r, 0), (stdout_w, 1), (stderr_w, 2)],
             switch_user: self.switch_user,
         };
-        if interpreted {
-            // A script given to an interpreter passes the same checks as one
-            // that runs by itself: the tenant's (or root's), inside its home,
-            // not writable by others.
-            let script_only = SpawnSpec {
-                argv: &argv[argv.len() - 1..],
-                fds: Vec::new(),
-                ..spec
-            };
-            if let Err(e) = spawn::check(&script_only) {
-                warn!("tenant {}: refused to run a CGI script: {e}", id.tenant);
-                return Err(format!("app {id}: not started: refused: {e}"));
-            }
-        }
         let child = spawn::spawn(spec).map_err(|e| format!("app {id}: not started: {e}"))?;
         self.cgi.push(CgiRun {
             id: id.clone(),

@@ -35,6 +35,9 @@ pub struct SpawnSpec<'a> {
     pub min_uid: u32,
     /// The command; `argv[0]` is an absolute path (there is no PATH search).
     pub argv: &'a [String],
+    /// A script the program runs (a CGI script given to an interpreter): it
+    /// passes the same checks as the program.
+    pub script: Option<&'a Path>,
     /// The working directory.
     pub dir: &'a Path,
     /// The app's `env` and the protocol's variables, in order (later wins).
@@ -203,7 +206,54 @@ fn check_paths(spec: &SpawnSpec, uid: u32) -> Result<(PathBuf, PathBuf, PathBuf)
         source,
     })?;
 
-    let given = Path::new(program);
+    let program = check_program(Path::new(program), uid, &home)?;
+    if let Some(script) = spec.script {
+        check_program(script, uid, &home)?;
+    }
+
+    let dir = fs::canonicalize(spec.dir).map_err(|source| Refused::DirMissing {
+        dir: spec.dir.to_path_buf(),
+        source,
+    })?;
+    let dmeta = fs::metadata(&dir).map_err(|source| Refused::DirMissing {
+        dir: dir.clone(),
+        source,
+    })?;
+    if !dmeta.is_dir() {
+        return Err(Refused::NotADirectory { dir });
+    }
+    if !inside(&dir, &home) {
+        return Err(Refused::DirOutsideHome { dir, home });
+    }
+    if writable_by_others(dmeta.mode()) {
+        return Err(Refused::DirWritable {
+            dir,
+            mode: dmeta.mode() & 0o7777,
+        });
+    }
+    if dmeta.uid() != uid && dmeta.uid() != 0 {
+        return Err(Refused::DirOwner {
+            dir,
+            owner: dmeta.uid(),
+            uid,
+        });
+    }
+
+    if let Some(index) = spec.argv.iter().position(|a| a.contains('\0')) {
+        return Err(Refused::BadArgument { index });
+    }
+    if let Some((name, _)) = spec.env.iter().find(|(k, v)| !valid_env(k, v)) {
+        return Err(Refused::BadEnv { name: name.clone() });
+    }
+
+    Ok((program, dir, home))
+}
+
+/// The checks on a program (or a script it runs) for an app running as
+/// `uid`: it resolves to a regular file, not setuid or setgid, owned by `uid`
+/// or root and writable by neither group nor others, in a directory of the
+/// same kind; one `uid` owns lies inside `home`. Returns it canonical.
+fn check_program(given: &Path, uid: u32, home: &Path) -> Result<PathBuf, Refused> {
     let program = fs::canonicalize(given).map_err(|source| Refused::ProgramMissing {
         program: given.to_path_buf(),
         source,
@@ -252,46 +302,13 @@ fn check_paths(spec: &SpawnSpec, uid: u32) -> Result<(PathBuf, PathBuf, PathBuf)
         });
     }
     // A root-owned program (a system interpreter) may live anywhere.
-    if owner != 0 && !inside(&program, &home) {
-        return Err(Refused::ProgramOutsideHome { program, home });
-    }
-
-    let dir = fs::canonicalize(spec.dir).map_err(|source| Refused::DirMissing {
-        dir: spec.dir.to_path_buf(),
-        source,
-    })?;
-    let dmeta = fs::metadata(&dir).map_err(|source| Refused::DirMissing {
-        dir: dir.clone(),
-        source,
-    })?;
-    if !dmeta.is_dir() {
-        return Err(Refused::NotADirectory { dir });
-    }
-    if !inside(&dir, &home) {
-        return Err(Refused::DirOutsideHome { dir, home });
-    }
-    if writable_by_others(dmeta.mode()) {
-        return Err(Refused::DirWritable {
-            dir,
-            mode: dmeta.mode() & 0o7777,
+    if owner != 0 && !inside(&program, home) {
+        return Err(Refused::ProgramOutsideHome {
+            program,
+            home: home.to_path_buf(),
         });
     }
-    if dmeta.uid() != uid && dmeta.uid() != 0 {
-        return Err(Refused::DirOwner {
-            dir,
-            owner: dmeta.uid(),
-            uid,
-        });
-    }
-
-    if let Some(index) = spec.argv.iter().position(|a| a.contains('\0')) {
-        return Err(Refused::BadArgument { index });
-    }
-    if let Some((name, _)) = spec.env.iter().find(|(k, v)| !valid_env(k, v)) {
-        return Err(Refused::BadEnv { name: name.clone() });
-    }
-
-    Ok((program, dir, home))
+    Ok(program)
 }
 
 /// Checks `spec` and starts the app: exec'd as the canonical program with argv
@@ -516,6 +533,7 @@ mod tests {
                 home,
                 min_uid: 1000,
                 argv: &argv,
+                script: None,
                 dir,
                 env,
                 fds: Vec::new(),
@@ -589,6 +607,7 @@ mod tests {
             home: h.path(),
             min_uid: u32::MAX,
             argv: &argv,
+            script: None,
             dir: h.path(),
             env: &[],
             fds: Vec::new(),
@@ -659,6 +678,7 @@ mod tests {
                 home: h.path(),
                 min_uid: 1000,
                 argv: &[],
+                script: None,
                 dir: h.path(),
                 env: &[],
                 fds: Vec::new(),
