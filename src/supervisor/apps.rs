@@ -133,21 +133,9 @@ impl AppManager {
     /// Prepares `state_dir/apps` (root:front-group, mode 0750).
     pub fn new(cfg: &Config, front_gid: Option<u32>, switch_user: bool) -> std::io::Result<Self> {
         let dir = cfg.server.state_dir.join("apps");
-        match std::fs::symlink_metadata(&dir) {
-            Ok(m) if m.file_type().is_symlink() || !m.is_dir() => {
-                return Err(std::io::Error::other(format!(
-                    "{} is not a directory",
-                    dir.display()
-                )));
-            }
-            Ok(_) => {}
-            Err(_) => std::fs::create_dir(&dir)?,
-        }
-        if let Some(gid) = front_gid {
-            std::os::unix::fs::chown(&dir, Some(0), Some(gid))?;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750))?;
-        } else {
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        match front_gid {
+            Some(gid) => own_dir(&dir, Some((0, gid)), 0o750)?,
+            None => own_dir(&dir, None, 0o700)?,
         }
         // Sockets of an earlier run are stale.
         for entry in std::fs::read_dir(&dir)?.flatten() {
@@ -813,27 +801,31 @@ fn bound_dir(
 ) -> std::io::Result<PathBuf> {
     let parent = apps_dir.parent().unwrap_or(apps_dir).join("bound");
     let tenant_dir = parent.join(tenant);
-    for d in [&parent, &tenant_dir] {
-        match std::fs::symlink_metadata(d) {
-            Ok(m) if m.file_type().is_symlink() || !m.is_dir() => {
-                return Err(std::io::Error::other(format!(
-                    "{} is not a directory",
-                    d.display()
-                )));
-            }
-            Ok(_) => {}
-            Err(_) => std::fs::create_dir(d)?,
-        }
-    }
-    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o711))?;
+    own_dir(&parent, None, 0o711)?;
     match front_gid {
-        Some(gid) => {
-            std::os::unix::fs::chown(&tenant_dir, Some(uid), Some(gid))?;
-            std::fs::set_permissions(&tenant_dir, std::fs::Permissions::from_mode(0o2750))?;
-        }
-        None => std::fs::set_permissions(&tenant_dir, std::fs::Permissions::from_mode(0o700))?,
+        Some(gid) => own_dir(&tenant_dir, Some((uid, gid)), 0o2750)?,
+        None => own_dir(&tenant_dir, None, 0o700)?,
     }
     Ok(tenant_dir)
+}
+
+/// Makes `dir` a directory (created if missing; a symlink or other file is
+/// refused) with `owner` (uid, gid) when given, and `mode`.
+fn own_dir(dir: &Path, owner: Option<(u32, u32)>, mode: u32) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() || !m.is_dir() => {
+            return Err(std::io::Error::other(format!(
+                "{} is not a directory",
+                dir.display()
+            )));
+        }
+        Ok(_) => {}
+        Err(_) => std::fs::create_dir(dir)?,
+    }
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
 }
 
 fn pgid(child: &Child) -> Pid {
