@@ -654,21 +654,8 @@ impl AppManager {
         }
         let deadline = Instant::now() + STOP_GRACE;
         for (id, slot, mut proc) in procs {
-            loop {
-                match proc.child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() >= deadline => {
-                        warn!("app {id}: process {slot} ignored SIGTERM; killing it");
-                        let _ = killpg(pgid(&proc.child), Signal::SIGKILL);
-                        let _ = proc.child.wait();
-                        break;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-            // Whatever else the app left in its group goes too.
-            let _ = killpg(pgid(&proc.child), Signal::SIGKILL);
             let _ = std::fs::remove_file(&proc.process.socket);
+            end_or_kill(&id, slot, &mut proc.child, deadline);
         }
     }
 }
@@ -841,19 +828,25 @@ fn stop(id: &AppId, slot: u32, mut proc: Proc) {
     let id = id.clone();
     let _ = std::thread::Builder::new()
         .name("app-stop".into())
-        .spawn(move || {
-            let deadline = Instant::now() + STOP_GRACE;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = proc.child.try_wait() {
-                    let _ = killpg(pgid(&proc.child), Signal::SIGKILL);
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+        .spawn(move || end_or_kill(&id, slot, &mut proc.child, Instant::now() + STOP_GRACE));
+}
+
+/// Waits for a process sent SIGTERM to exit, SIGKILLs it at `deadline`, and
+/// then whatever else it left in its process group.
+fn end_or_kill(id: &AppId, slot: u32, child: &mut Child, deadline: Instant) {
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => break,
+            Ok(None) if Instant::now() >= deadline => {
+                warn!("app {id}: process {slot} ignored SIGTERM; killing it");
+                let _ = killpg(pgid(child), Signal::SIGKILL);
+                let _ = child.wait();
+                break;
             }
-            warn!("app {id}: process {slot} ignored SIGTERM; killing it");
-            let _ = killpg(pgid(&proc.child), Signal::SIGKILL);
-            let _ = proc.child.wait();
-        });
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    let _ = killpg(pgid(child), Signal::SIGKILL);
 }
 
 /// `log_dir/TENANT/error.log`: the app's stdout and stderr (readable by the
