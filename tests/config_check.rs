@@ -525,6 +525,8 @@ command = ["/usr/bin/python3"]
 dir = "/tmp"
 bind = "anywhere"
 timeout = "soon"
+colour = "blue"
+concurrency = 0
 "#,
         state = dir.join("state").display(),
         log = dir.join("log").display(),
@@ -540,8 +542,17 @@ timeout = "soon"
         ),
         (20, "tenant.ta.app.web.bind", "\"anywhere\": use \"berth\""),
         (21, "tenant.ta.app.web.timeout", ""),
+        (22, "tenant.ta.app.web.colour", "unknown key"),
+        (
+            23,
+            "tenant.ta.app.web.concurrency",
+            "must be between 1 and 10000",
+        ),
     ] {
         let l = line_starting(&lines, &format!("{f}:{line}: {key}: "));
         assert!(l.contains(why), "{l:?} should mention {why:?}");
     }
+    // Every key the table takes is named once.
+    let unknown = line_starting(&lines, &format!("{f}:22: "));
+    assert_eq!(unknown.matches("protocol").count(), 1, "{unknown}");
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::reader::{At, TableReader, Walk};
-use super::{Origin, duration, resolve_path};
+use super::reader::{At, TableReader};
+use super::{Origin, bounded, duration, resolve_path};
 
 /// How the front end talks to an app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,41 +92,29 @@ pub struct App {
 
 /// Reads `[defaults.app]` over the built-in defaults.
 pub fn read_defaults(t: TableReader<'_>) -> Pool {
-    read_pool(t, Pool::default(), &[])
+    read_pool(t, Pool::default())
 }
 
-/// Reads the pool keys of `t` over `base`; `others` are the other keys this
-/// table may have (for the unknown-key check).
-fn read_pool(mut t: TableReader<'_>, base: Pool, others: &[&'static str]) -> Pool {
+/// Reads the pool keys of `t` over `base` (the table's other keys were read
+/// already, so the unknown-key check knows them).
+fn read_pool(mut t: TableReader<'_>, base: Pool) -> Pool {
     let walk = t.walk();
     let mut pool = base;
-    let count = |walk: &Walk<'_>, at: Option<At<i64>>, max: i64| -> Option<i64> {
-        let at = at?;
-        if at.value < 0 || at.value > max {
-            walk.problem(at.line, &at.key, format!("must be between 0 and {max}"));
-            return None;
-        }
-        Some(at.value)
-    };
-    if let Some(n) = count(walk, t.integer("min_processes"), 1000) {
+    if let Some(n) = bounded(walk, t.integer("min_processes"), 0, 1000) {
         pool.min_processes = n as u32;
     }
     let max_at = t.integer("max_processes");
     let max_line = max_at.as_ref().map(|a| (a.line, a.key.clone()));
-    if let Some(n) = count(walk, max_at, 1000) {
+    if let Some(n) = bounded(walk, max_at, 0, 1000) {
         pool.max_processes = n as u32;
     }
-    if let Some(at) = t.integer("concurrency") {
-        if (1..=10_000).contains(&at.value) {
-            pool.concurrency = at.value as u32;
-        } else {
-            walk.problem(at.line, &at.key, "must be between 1 and 10000");
-        }
+    if let Some(n) = bounded(walk, t.integer("concurrency"), 1, 10_000) {
+        pool.concurrency = n as u32;
     }
     if let Some(d) = duration(walk, t.string("idle_timeout")) {
         pool.idle_timeout = d;
     }
-    if let Some(n) = count(walk, t.integer("max_requests"), i64::MAX) {
+    if let Some(n) = bounded(walk, t.integer("max_requests"), 0, i64::MAX) {
         pool.max_requests = n as u64;
     }
     if let Some(d) = duration(walk, t.string("start_timeout")) {
@@ -145,9 +133,6 @@ fn read_pool(mut t: TableReader<'_>, base: Pool, others: &[&'static str]) -> Poo
                 pool.max_processes, pool.min_processes
             ),
         );
-    }
-    for k in others {
-        t.mark_known(k);
     }
     t.finish();
     pool
@@ -288,11 +273,7 @@ pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
             },
         };
         let table_line = at.line();
-        let pool = read_pool(
-            at,
-            defaults.clone(),
-            &["protocol", "command", "dir", "env", "bind"],
-        );
+        let pool = read_pool(at, defaults.clone());
         if protocol == Some(Protocol::Cgi) && pool.concurrency != 1 {
             walk.problem(
                 table_line,

@@ -279,11 +279,6 @@ impl<'a> TableReader<'a> {
         out
     }
 
-    /// Counts `k` as a known key without reading it (it was read elsewhere).
-    pub fn mark_known(&mut self, k: &'static str) {
-        self.seen.push(k);
-    }
-
     /// Every entry of a table of strings (like `env = { A = "1" }`); entries that
     /// are not strings are reported and given as None.
     pub fn into_values(self) -> Vec<(String, Option<At<String>>)> {
