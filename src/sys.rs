@@ -18,6 +18,19 @@ pub struct Identity {
     pub groups: Vec<u32>,
 }
 
+impl Identity {
+    /// `user`'s ids and the groups the system gives it (getgrouplist).
+    pub fn of(user: &nix::unistd::User) -> nix::Result<Identity> {
+        let name = std::ffi::CString::new(user.name.as_str()).map_err(|_| nix::Error::EINVAL)?;
+        let groups = nix::unistd::getgrouplist(&name, user.gid)?;
+        Ok(Identity {
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            groups: groups.iter().map(|g| g.as_raw()).collect(),
+        })
+    }
+}
+
 /// Which step of becoming the child failed; shown in the error.
 #[derive(Debug, Clone, Copy)]
 enum Step {

@@ -69,7 +69,7 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
     }
     prepare_dir(&config.server.state_dir, root)?;
     let front_gid = if root {
-        front_identity(&config.server.user)?.map(|id| id.gid)
+        Some(front_identity(&config.server.user)?.gid)
     } else {
         None
     };
@@ -214,11 +214,10 @@ impl Supervisor {
                     }
                     Some(Event::FromFront(ToSupervisor::RunCgi { req, app, script, env })) => {
                         let (result, fds) = match self.apps.run_cgi(&app, script, env) {
-                            Ok(fds) => (Ok(()), fds.into_iter().collect()),
+                            Ok(fds) => (Ok(()), Vec::from(fds)),
                             Err(e) => (Err(e), Vec::new()),
                         };
-                        let fds: Vec<OwnedFd> = fds;
-                        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+                        let borrowed = ipc::borrow_all(&fds);
                         if let Err(e) = ipc::send(front.sock.as_fd(), &ToFront::CgiStarted { req, result }, &borrowed) {
                             warn!("cannot pass a CGI run to the front end: {e}");
                         }
@@ -303,7 +302,7 @@ impl Supervisor {
         if !self.root {
             return Ok(None);
         }
-        front_identity(&self.config.server.user)
+        front_identity(&self.config.server.user).map(Some)
     }
 
     fn spawn_front(
@@ -618,7 +617,7 @@ fn raise_nofile_limit() {
 }
 
 /// The uid, gid and groups the front end runs as (when berth is root).
-fn front_identity(name: &str) -> Result<Option<Identity>, Error> {
+fn front_identity(name: &str) -> Result<Identity, Error> {
     let fail = |why: String| Error::FrontUser {
         user: name.to_string(),
         why,
@@ -629,14 +628,7 @@ fn front_identity(name: &str) -> Result<Option<Identity>, Error> {
     if user.uid.is_root() {
         return Err(fail("the front end must not run as root".into()));
     }
-    let cname = std::ffi::CString::new(name).map_err(|e| fail(e.to_string()))?;
-    let groups = nix::unistd::getgrouplist(&cname, user.gid)
-        .map_err(|e| fail(format!("cannot read its groups: {e}")))?;
-    Ok(Some(Identity {
-        uid: user.uid.as_raw(),
-        gid: user.gid.as_raw(),
-        groups: groups.iter().map(|g| g.as_raw()).collect(),
-    }))
+    Identity::of(&user).map_err(|e| fail(format!("cannot read its groups: {e}")))
 }
 
 /// Sends a message to the front end; a failure means it is gone, which the

@@ -374,18 +374,10 @@ fn tenant_identity(user: &str, min_uid: u32) -> Result<Identity, Refused> {
             source,
         })?
         .ok_or_else(|| Refused::NoSuchUser { user: user.into() })?;
-    let (uid, gid) = (entry.uid.as_raw(), entry.gid.as_raw());
-    check_ids(user, uid, gid, min_uid)?;
-    let groups_err = |source| Refused::Groups {
+    check_ids(user, entry.uid.as_raw(), entry.gid.as_raw(), min_uid)?;
+    Identity::of(&entry).map_err(|source| Refused::Groups {
         user: user.into(),
         source,
-    };
-    let name = std::ffi::CString::new(user).map_err(|_| groups_err(nix::Error::EINVAL))?;
-    let groups = nix::unistd::getgrouplist(&name, entry.gid).map_err(groups_err)?;
-    Ok(Identity {
-        uid,
-        gid,
-        groups: groups.iter().map(|g| g.as_raw()).collect(),
     })
 }
 
