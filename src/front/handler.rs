@@ -129,17 +129,19 @@ async fn route(
         }
     }
     let action = route.map(|r| &r.action).unwrap_or(&Action::Static);
+    let prefix = route.map(|r| r.path.as_str()).unwrap_or("/");
+    let serve_static = || match &site.root {
+        Ok(root) => static_files::serve(root, &path, parts),
+        Err(why) => Err(Reject::Internal(format!("site {}: {why}", site.canonical))),
+    };
     let result = match action {
-        Action::Static => match &site.root {
-            Ok(root) => static_files::serve(root, &path, parts),
-            Err(why) => Err(Reject::Internal(format!("site {}: {why}", site.canonical))),
-        },
+        Action::Static => serve_static(),
         Action::App { app, extensions } => {
             let request = app_route::AppRequest {
                 apps: &shared.apps,
                 site,
                 error_log: shared.logs.load().errors.get(site.log).cloned(),
-                prefix: route.map(|r| r.path.as_str()).unwrap_or("/"),
+                prefix,
                 app,
                 extensions,
                 path: &path,
@@ -154,14 +156,10 @@ async fn route(
             };
             match app_route::serve(request).await {
                 Some(result) => result,
-                None => match &site.root {
-                    Ok(root) => static_files::serve(root, &path, parts),
-                    Err(why) => Err(Reject::Internal(format!("site {}: {why}", site.canonical))),
-                },
+                None => serve_static(),
             }
         }
         Action::Redirect { to, status } => {
-            let prefix = route.map(|r| r.path.as_str()).unwrap_or("/");
             Ok(redirect(to, *status, prefix, &path, parts.uri.query()))
         }
     };
