@@ -469,6 +469,49 @@ fn bounded(walk: &Walk<'_>, n: Option<At<i64>>, min: i64, max: i64) -> Option<us
     usize::try_from(n.value).ok()
 }
 
+/// Parses a size: "1024", "64KiB", "64k", "1MiB", "1M", "1GiB", "1G" (powers
+/// of 1024, as nginx and Apache read them; "B" may follow).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let shift = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
+}
+
+/// A size within `min..=max` bytes, or a problem at its line.
+#[allow(dead_code)] // TODO(issue 7): used by the size keys; remove at merge
+fn size_in(walk: &Walk<'_>, at: Option<At<u64>>, min: u64, max: u64) -> Option<u64> {
+    let at = at?;
+    if at.value < min || at.value > max {
+        walk.problem(
+            at.line,
+            &at.key,
+            format!("must be between {} and {}", show_size(min), show_size(max)),
+        );
+        return None;
+    }
+    Some(at.value)
+}
+
+/// A size as a user would write it ("64KiB", "1GiB", "100").
+pub fn show_size(n: u64) -> String {
+    for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
 /// Parses "500ms", "10s", "5m", "1h".
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
@@ -1032,5 +1075,27 @@ fn validate(server: &Server, tenants: &[Tenant], problems: &mut Problems) {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_as_nginx_and_apache_write_them() {
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("64KiB"), Some(64 << 10));
+        assert_eq!(parse_size("64k"), Some(64 << 10));
+        assert_eq!(parse_size("1 MiB"), Some(1 << 20));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("2gb"), Some(2 << 30));
+        assert_eq!(parse_size("1.5G"), None);
+        assert_eq!(parse_size("KiB"), None);
+        assert_eq!(parse_size("-1"), None);
+        assert_eq!(parse_size("99999999999T"), None, "overflow");
+        assert_eq!(show_size(64 << 10), "64KiB");
+        assert_eq!(show_size(1 << 30), "1GiB");
+        assert_eq!(show_size(1000), "1000");
     }
 }

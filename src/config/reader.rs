@@ -177,6 +177,53 @@ impl<'a> TableReader<'a> {
         }
     }
 
+    #[allow(dead_code)] // TODO(issue 7): remove at merge
+    pub fn boolean(&mut self, k: &'static str) -> Option<At<bool>> {
+        let (item, line, key) = self.item(k)?;
+        match item.as_bool() {
+            Some(b) => Some(At {
+                value: b,
+                line,
+                key,
+            }),
+            None => {
+                self.wrong_type(line, &key, "true or false", item);
+                None
+            }
+        }
+    }
+
+    /// A size in bytes: an integer, or a string such as "64KiB", "1GiB",
+    /// "512k" (see [`super::parse_size`]).
+    #[allow(dead_code)] // TODO(issue 7): remove at merge
+    pub fn size(&mut self, k: &'static str) -> Option<At<u64>> {
+        let (item, line, key) = self.item(k)?;
+        let value = match (item.as_integer(), item.as_str()) {
+            (Some(n), _) => u64::try_from(n).ok(),
+            (None, Some(s)) => super::parse_size(s),
+            (None, None) => {
+                self.wrong_type(
+                    line,
+                    &key,
+                    "a size such as \"64KiB\" or a number of bytes",
+                    item,
+                );
+                return None;
+            }
+        };
+        match value {
+            Some(value) => Some(At { value, line, key }),
+            None => {
+                self.walk.problem(
+                    line,
+                    &key,
+                    "is not a size such as \"512KiB\", \"64MiB\", \"1GiB\" or a number of bytes",
+                );
+                None
+            }
+        }
+    }
+
     /// An array of strings. A single string is accepted as a one-element list.
     pub fn strings(&mut self, k: &'static str) -> Option<At<Vec<String>>> {
         let (item, line, key) = self.item(k)?;
