@@ -113,6 +113,9 @@ pub struct Plan {
     pub logs: Vec<String>,
     pub sites: Vec<SitePlan>,
     pub apps: Vec<AppPlan>,
+    /// Where the front end keeps request and response bodies too large for
+    /// memory (unlinked temporary files): a directory only it can write.
+    pub tmp_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -129,6 +132,8 @@ pub struct SitePlan {
     /// PEM certificate chain and key.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     pub routes: Vec<Route>,
+    /// The site's own `max_body`.
+    pub max_body: Option<u64>,
 }
 
 /// What the front end knows of an app: how to talk to it and its pool limits.

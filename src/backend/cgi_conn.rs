@@ -1,4 +1,5 @@
-//! One CGI run (RFC 3875): the request body streams into the script's stdin,
+//! One CGI run (RFC 3875): the request body (read whole by the front end
+//! beforehand, `front::request_body`) goes to the script's stdin,
 //! its stdout becomes the response (head parsed as for FastCGI, body streamed),
 //! its stderr goes line by line to the tenant's error log.
 //!
@@ -19,7 +20,6 @@ use bytes::{Bytes, BytesMut};
 use http::Response;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::OwnedSemaphorePermit;
@@ -28,6 +28,7 @@ use super::fastcgi::{self, CgiHead};
 use super::fastcgi_conn::StderrSink;
 use crate::front::apps::CgiRun;
 use crate::front::body::Body;
+use crate::front::spool::Spool;
 
 /// Why a CGI run gave no response; turned into 502/504 by the caller.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +51,7 @@ const MAX_STDERR_LINE: usize = 8 * 1024;
 /// the response head and any silence in the body.
 pub async fn exchange(
     run: CgiRun,
-    body: Option<Incoming>,
+    body: Option<Spool>,
     timeout: Duration,
     stderr: StderrSink,
 ) -> Result<Response<Body>, CgiFailure> {
@@ -63,8 +64,8 @@ pub async fn exchange(
     let stdout = pipe::Receiver::from_owned_fd(stdout)?;
     let errors = pipe::Receiver::from_owned_fd(errors)?;
     tokio::spawn(copy_stderr(errors, stderr));
-    // The body streams while the answer is read: a script may answer before
-    // (or without) reading all of it. No body: stdin is closed at once.
+    // The body is written while the answer is read: a script may answer
+    // before (or without) reading all of it. No body: stdin is closed at once.
     let Some(mut body) = body else {
         drop(stdin);
         return read_answer(stdout, permit, timeout).await;
@@ -72,11 +73,11 @@ pub async fn exchange(
     {
         let mut stdin = pipe::Sender::from_owned_fd(stdin)?;
         tokio::spawn(async move {
-            while let Some(Ok(frame)) = body.frame().await {
-                if let Ok(data) = frame.into_data()
-                    && stdin.write_all(&data).await.is_err()
-                {
-                    // The script stopped reading (it exited or closed stdin).
+            // Stops when the script stops reading (it exited or closed
+            // stdin), or if the temporary file fails (then the script sees
+            // a body shorter than its CONTENT_LENGTH, never a whole one).
+            while let Ok(Some(data)) = body.pop() {
+                if stdin.write_all(&data).await.is_err() {
                     return;
                 }
             }

@@ -38,7 +38,16 @@ pub struct Peer<'a> {
 }
 
 /// The variables, in a stable order.
-pub fn variables(parts: &Parts, script: &Script<'_>, peer: &Peer<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
+///
+/// `body_length` is the length of the body the app gets (read whole by the
+/// front end, so known even when the client sent it chunked): it becomes
+/// `CONTENT_LENGTH`, whatever the client's header said.
+pub fn variables(
+    parts: &Parts,
+    script: &Script<'_>,
+    peer: &Peer<'_>,
+    body_length: Option<u64>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut v: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(24 + parts.headers.len());
     let mut set = |k: &str, val: &[u8]| v.push((k.as_bytes().to_vec(), val.to_vec()));
     set("GATEWAY_INTERFACE", b"CGI/1.1");
@@ -94,8 +103,8 @@ pub fn variables(parts: &Parts, script: &Script<'_>, peer: &Peer<'_>) -> Vec<(Ve
     if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
         set("CONTENT_TYPE", ct.as_bytes());
     }
-    if let Some(cl) = parts.headers.get(header::CONTENT_LENGTH) {
-        set("CONTENT_LENGTH", cl.as_bytes());
+    if let Some(n) = body_length {
+        set("CONTENT_LENGTH", itoa::Buffer::new().format(n).as_bytes());
     }
     // HTTP_* for the other headers (`keys` gives each name once); repeated
     // headers are joined with ", ".
@@ -171,7 +180,7 @@ mod tests {
             server_name: "a.test",
             user: Some("bob"),
         };
-        let v = variables(&parts, &script, &peer);
+        let v = variables(&parts, &script, &peer, Some(3));
         assert_eq!(lookup(&v, "REQUEST_METHOD"), Some("POST"));
         assert_eq!(lookup(&v, "SCRIPT_FILENAME"), Some("/srv/a/app/index.php"));
         assert_eq!(lookup(&v, "SCRIPT_NAME"), Some("/app/index.php"));
@@ -188,5 +197,10 @@ mod tests {
         assert_eq!(lookup(&v, "HTTP_AUTHORIZATION"), None, "berth did the auth");
         assert_eq!(lookup(&v, "HTTPS"), None);
         assert_eq!(lookup(&v, "REDIRECT_STATUS"), Some("200"));
+        // A chunked body read whole: its length, not the client's header.
+        let v = variables(&parts, &script, &peer, Some(1234));
+        assert_eq!(lookup(&v, "CONTENT_LENGTH"), Some("1234"));
+        let v = variables(&parts, &script, &peer, None);
+        assert_eq!(lookup(&v, "CONTENT_LENGTH"), None);
     }
 }

@@ -1,7 +1,7 @@
 //! One FastCGI request over one connection to an app process: send the CGI
-//! variables and stream the request body as STDIN, read STDOUT into a response
-//! whose body streams too (no whole-body buffering in either direction), and
-//! send STDERR to the tenant's error log.
+//! variables and the request body (read whole by the front end beforehand,
+//! `front::request_body`) as STDIN, read STDOUT into a response whose body
+//! streams on (to `front::buffer`), and send STDERR to the tenant's error log.
 //!
 //! Request flow position: handler → (app lease) → here → the app's socket.
 //!
@@ -12,7 +12,7 @@
 //! connection is checked before use (no EOF, nothing unread); one the app
 //! closed at that very moment fails the write, and the request goes on a
 //! fresh one. Once written, a request is never sent again. A
-//! request with a body streams it on a fresh connection that the app closes;
+//! request with a body sends it on a fresh connection that the app closes;
 //! a kept one is dropped first, since an app like php-cgi serves one
 //! connection at a time and would never accept the new one.
 
@@ -25,7 +25,6 @@ use bytes::{Bytes, BytesMut};
 use http::Response;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -34,6 +33,7 @@ use super::AppFailure;
 use super::fastcgi::{self, CgiHead, Decoder, Record};
 use crate::front::apps::Lease;
 use crate::front::body::Body;
+use crate::front::spool::Spool;
 
 /// Where the app's STDERR records go.
 pub type StderrSink = Box<dyn FnMut(&[u8]) + Send>;
@@ -47,7 +47,7 @@ const REQUEST_ID: u16 = 1;
 pub async fn request(
     lease: Lease,
     params: &[(Vec<u8>, Vec<u8>)],
-    body: Option<Incoming>,
+    body: Option<Spool>,
     first_byte: Duration,
     idle: Duration,
     stderr: StderrSink,
@@ -102,14 +102,18 @@ pub async fn request(
         Some(mut body) => {
             tokio::spawn(async move {
                 let mut buf = BytesMut::new();
-                while let Some(frame) = body.frame().await {
-                    let Ok(frame) = frame else { return };
-                    if let Ok(data) = frame.into_data() {
-                        buf.clear();
-                        fastcgi::stdin(&mut buf, REQUEST_ID, &data);
-                        if write.write_all(&buf).await.is_err() {
-                            return;
-                        }
+                loop {
+                    let data = match body.pop() {
+                        Ok(Some(data)) => data,
+                        Ok(None) => break,
+                        // The temporary file failed: the app must not
+                        // take what it got for the whole body.
+                        Err(_) => return,
+                    };
+                    buf.clear();
+                    fastcgi::stdin(&mut buf, REQUEST_ID, &data);
+                    if write.write_all(&buf).await.is_err() {
+                        return;
                     }
                 }
                 buf.clear();

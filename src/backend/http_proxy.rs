@@ -177,7 +177,7 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub async fn request(
     lease: Lease,
     parts: &Parts,
-    body: Option<Incoming>,
+    body: Option<Body>,
     forwarded: &Forwarded<'_>,
     first_byte: Duration,
     idle: Duration,

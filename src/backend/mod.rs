@@ -86,3 +86,192 @@ impl IdleTimer {
         }
     }
 }
+
+/// Frames the response of a FastCGI or CGI app, whose head went through
+/// [`fastcgi::parse_cgi_head`]: the app's `Content-Length` leaves the header
+/// fields and becomes the exact length of the body, which is held to it.
+/// A body that ends short is an error (the client's response is cut off and
+/// its connection closed, never passed off as complete); bytes past the
+/// length are dropped and logged. So a response never carries both a
+/// `Content-Length` and chunked framing, and an app cannot make its
+/// response end elsewhere than where the client is told it ends. For HEAD
+/// the app's `Content-Length` stays (it describes the GET response).
+pub fn frame_cgi_response(
+    resp: http::Response<crate::front::body::Body>,
+    head_only: bool,
+    app: &str,
+) -> http::Response<crate::front::body::Body> {
+    use http_body_util::BodyExt;
+    let (mut head, body) = resp.into_parts();
+    if head_only {
+        return http::Response::from_parts(head, body);
+    }
+    // The head parser accepted at most one, all digits.
+    let declared = head
+        .headers
+        .remove(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if head.status == http::StatusCode::NO_CONTENT {
+        return http::Response::from_parts(head, crate::front::body::empty());
+    }
+    let Some(length) = declared else {
+        return http::Response::from_parts(head, body);
+    };
+    let body = Exact {
+        inner: body,
+        declared: length,
+        remaining: length,
+        surplus: 0,
+        app: app.to_string(),
+    };
+    http::Response::from_parts(head, body.boxed_unsync())
+}
+
+/// A body held to the length its app declared.
+struct Exact {
+    inner: crate::front::body::Body,
+    declared: u64,
+    remaining: u64,
+    surplus: u64,
+    app: String,
+}
+
+impl Exact {
+    /// The declared length is complete: reads what else is ready (the end
+    /// of the app's output, so a kept connection can be kept) and drops it.
+    fn drain_surplus(&mut self, cx: &mut Context<'_>) {
+        use http_body::Body as _;
+        while let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut self.inner).poll_frame(cx) {
+            if let Some(data) = frame.data_ref() {
+                self.surplus += data.len() as u64;
+            }
+        }
+        if self.surplus > 0 {
+            tracing::warn!(
+                "app {}: sent {} bytes past its Content-Length ({}); dropped",
+                self.app,
+                self.surplus,
+                self.declared
+            );
+            self.surplus = 0;
+        }
+    }
+}
+
+impl http_body::Body for Exact {
+    type Data = bytes::Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, io::Error>>> {
+        let this = &mut *self;
+        if this.remaining == 0 {
+            this.drain_surplus(cx);
+            return Poll::Ready(None);
+        }
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => {
+                return Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "app {} ended its body {} bytes short of its Content-Length ({})",
+                        this.app, this.remaining, this.declared
+                    ),
+                ))));
+            }
+            Poll::Pending => return Poll::Pending,
+        };
+        let Ok(mut data) = frame.into_data() else {
+            // CGI and FastCGI have no trailers.
+            return Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::new()))));
+        };
+        if data.len() as u64 >= this.remaining {
+            this.surplus += data.len() as u64 - this.remaining;
+            data.truncate(this.remaining as usize);
+            this.remaining = 0;
+            this.drain_surplus(cx);
+        } else {
+            this.remaining -= data.len() as u64;
+        }
+        Poll::Ready(Some(Ok(http_body::Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn app_response(
+        length: &str,
+        pieces: &[&'static [u8]],
+    ) -> http::Response<crate::front::body::Body> {
+        let body = Pieces(
+            pieces
+                .iter()
+                .map(|p| bytes::Bytes::from_static(p))
+                .collect(),
+        );
+        let mut resp = http::Response::new(body.boxed_unsync());
+        resp.headers_mut().insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from_str(length).unwrap(),
+        );
+        resp
+    }
+
+    /// A body of the given pieces, without a length.
+    struct Pieces(std::collections::VecDeque<bytes::Bytes>);
+
+    impl http_body::Body for Pieces {
+        type Data = bytes::Bytes;
+        type Error = io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, io::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_apps_length_frames_its_body() {
+        let resp = frame_cgi_response(app_response("5", &[b"hel", b"lo"]), false, "t/a");
+        assert!(!resp.headers().contains_key(http::header::CONTENT_LENGTH));
+        assert_eq!(http_body::Body::size_hint(resp.body()).exact(), Some(5));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn bytes_past_the_length_are_dropped() {
+        let resp = frame_cgi_response(app_response("3", &[b"ab", b"cdef", b"gh"]), false, "t/a");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"abc");
+    }
+
+    #[tokio::test]
+    async fn a_body_short_of_its_length_ends_in_an_error() {
+        let resp = frame_cgi_response(app_response("10", &[b"short"]), false, "t/a");
+        let err = resp.into_body().collect().await.err();
+        assert!(err.is_some_and(|e| e.kind() == io::ErrorKind::UnexpectedEof));
+    }
+
+    #[tokio::test]
+    async fn head_keeps_the_apps_length() {
+        let resp = frame_cgi_response(app_response("42", &[]), true, "t/a");
+        assert_eq!(resp.headers()[http::header::CONTENT_LENGTH], "42");
+    }
+}

@@ -63,6 +63,9 @@ pub struct ClientLimits {
     pub keepalive_timeout: Duration,
     /// A client that accepts no bytes of a response for this long is dropped.
     pub send_timeout: Duration,
+    /// A client that sends nothing of its request body for this long gets
+    /// 400 (nginx's `client_body_timeout`).
+    pub body_timeout: Duration,
     /// On SIGTERM, requests in flight get this long to finish.
     pub drain_timeout: Duration,
     /// Largest request head (request line + headers) in bytes.
@@ -71,6 +74,18 @@ pub struct ClientLimits {
     pub max_headers: usize,
     /// Most client connections open at once; further ones wait in the backlog.
     pub max_connections: usize,
+    /// Largest request body in bytes (Apache's `LimitRequestBody`); a site
+    /// or route may set its own.
+    pub max_body: u64,
+    /// Request bodies for FastCGI and CGI apps are read whole before the app
+    /// gets them: in memory up to this many bytes, then in a temporary file.
+    pub request_buffer: usize,
+    /// An app's response is read at the app's pace: in memory up to this many
+    /// bytes per response, then into a temporary file.
+    pub response_buffer: usize,
+    /// At most this many bytes of one response go to the temporary file;
+    /// beyond it the app is read only as fast as the client takes.
+    pub max_response_buffer: u64,
 }
 
 impl Default for ClientLimits {
@@ -79,10 +94,15 @@ impl Default for ClientLimits {
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(75),
             send_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
             max_header_bytes: 16 * 1024,
             max_headers: 100,
             max_connections: 4096,
+            max_body: 1 << 30,
+            request_buffer: 64 << 10,
+            response_buffer: 256 << 10,
+            max_response_buffer: 1 << 30,
         }
     }
 }
@@ -114,6 +134,8 @@ pub struct Site {
     pub tls: Option<Tls>,
     /// Sorted longest path first, so the first match is the longest prefix.
     pub routes: Vec<Route>,
+    /// The site's own `max_body`, if it sets one.
+    pub max_body: Option<u64>,
     /// Where `hosts` and `root` were written, for problems found later.
     pub lines: SiteLines,
 }
@@ -134,6 +156,8 @@ pub struct Route {
     pub path: String,
     pub action: Action,
     pub auth: Option<Auth>,
+    /// The route's own `max_body`, if it sets one.
+    pub max_body: Option<u64>,
     /// Where `app` was written, for the check that the app exists.
     #[serde(skip)]
     pub app_at: Option<(usize, String)>,
@@ -411,6 +435,9 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
     if let Some(d) = duration(walk, t.string("send_timeout")) {
         l.send_timeout = d;
     }
+    if let Some(d) = duration(walk, t.string("body_timeout")) {
+        l.body_timeout = d;
+    }
     if let Some(d) = duration(walk, t.string("drain_timeout")) {
         l.drain_timeout = d;
     }
@@ -422,6 +449,18 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
     }
     if let Some(n) = bounded(walk, t.integer("max_connections"), 1, 1_000_000) {
         l.max_connections = n;
+    }
+    if let Some(n) = size_in(walk, t.size("max_body"), 0, MAX_SIZE) {
+        l.max_body = n;
+    }
+    if let Some(n) = size_in(walk, t.size("request_buffer"), 0, 64 << 20) {
+        l.request_buffer = n as usize;
+    }
+    if let Some(n) = size_in(walk, t.size("response_buffer"), 4 << 10, 64 << 20) {
+        l.response_buffer = n as usize;
+    }
+    if let Some(n) = size_in(walk, t.size("max_response_buffer"), 0, MAX_SIZE) {
+        l.max_response_buffer = n;
     }
     let mut includes = Vec::new();
     if let Some(globs) = t.strings("include") {
@@ -487,8 +526,10 @@ pub fn parse_size(s: &str) -> Option<u64> {
     n.checked_mul(1u64 << shift)
 }
 
+/// The largest size any key takes (1 TiB).
+const MAX_SIZE: u64 = 1 << 40;
+
 /// A size within `min..=max` bytes, or a problem at its line.
-#[allow(dead_code)] // TODO(issue 7): used by the size keys; remove at merge
 fn size_in(walk: &Walk<'_>, at: Option<At<u64>>, min: u64, max: u64) -> Option<u64> {
     let at = at?;
     if at.value < min || at.value > max {
@@ -666,6 +707,7 @@ fn read_site(mut t: TableReader<'_>) -> Option<Site> {
     let hosts = t.strings("hosts");
     let root = t.string("root");
     let tls = t.table("tls").and_then(read_tls);
+    let max_body = size_in(walk, t.size("max_body"), 0, MAX_SIZE);
     let mut routes: Vec<Route> = Vec::new();
     for r in t.tables("route") {
         let line = r.line();
@@ -731,6 +773,7 @@ fn read_site(mut t: TableReader<'_>) -> Option<Site> {
         root: root_path,
         tls: tls.flatten(),
         routes,
+        max_body,
         lines: SiteLines {
             file: walk.file().to_path_buf(),
             hosts: hosts.line,
@@ -796,6 +839,7 @@ fn read_route(mut t: TableReader<'_>) -> Option<Route> {
     let app = t.string("app");
     let extensions = t.strings("extensions");
     let auth = t.table("auth").map(read_auth);
+    let max_body = size_in(walk, t.size("max_body"), 0, MAX_SIZE);
     t.finish();
     let Some(path) = path else {
         t_problem(
@@ -898,6 +942,7 @@ fn read_route(mut t: TableReader<'_>) -> Option<Route> {
         path: clean?,
         action,
         auth: auth.flatten(),
+        max_body,
         app_at,
     })
 }

@@ -1,7 +1,10 @@
-//! An app route: which script runs, its CGI variables, an app process, and
-//! the exchange with it. Request flow: handler → here → `apps` (a process, or
-//! a CGI run started by the supervisor) → `backend::fastcgi_conn`,
-//! `backend::http_proxy` or `backend::cgi_conn`.
+//! An app route: which script runs, its CGI variables, the request body
+//! (`request_body`: read whole, or its first bytes, before a process is
+//! taken), an app process, the exchange with it, and the response read at
+//! the app's pace (`buffer`). Request flow: handler → here → `apps` (a
+//! process, or a CGI run started by the supervisor) →
+//! `backend::fastcgi_conn`, `backend::http_proxy` or `backend::cgi_conn` →
+//! `buffer`.
 //!
 //! Two kinds of route (DESIGN.md "Routes"):
 //! - with `extensions` (PHP-style sites): the script is the path up to and
@@ -21,12 +24,16 @@ use std::time::{Duration, SystemTime};
 
 use http::Response;
 use http::request::Parts;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::SiteRt;
 use super::apps::{Apps, Lease, LeaseError};
 use super::body::Body;
+use super::buffer::{self, BufferLimits, OnStall};
+use super::request_body::{self, BodyLimits, ClientFault, Prefix, SpoolBody, Streamed};
 use super::respond::Reject;
+use super::spool::Spool;
 use super::static_files;
 use crate::backend::AppFailure;
 use crate::backend::cgi_conn::{self, CgiFailure};
@@ -56,6 +63,12 @@ pub struct AppRequest<'a> {
     /// The Host as the client sent it (port kept), for the proxy headers.
     pub raw_host: &'a str,
     pub user: Option<&'a str>,
+    /// How the request body is read.
+    pub body_limits: BodyLimits,
+    /// How the response is buffered.
+    pub buffer: BufferLimits,
+    /// Told when the client leaves the response untaken.
+    pub on_stall: OnStall,
 }
 
 /// Answers through the app, or None when the path is static under an
@@ -91,55 +104,81 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
             None => return None,
         }
     };
-    if plan.protocol == Protocol::Http {
+    let body = req.body.filter(|b| !http_body::Body::is_end_stream(b));
+    let head_only = req.parts.method == http::Method::HEAD;
+    let answer = if plan.protocol == Protocol::Http {
         let forwarded = Forwarded {
             client: req.remote,
             proto_https: req.tls,
             host: req.raw_host,
         };
-        return Some(http(req.apps, &id, &plan.pool, req.parts, req.body, &forwarded).await);
-    }
-    // CGI has no chunked bodies: the app reads exactly CONTENT_LENGTH bytes. A
-    // body of unknown length (chunked HTTP/1.1, HTTP/2 without content-length)
-    // would reach it as empty, so it is refused instead of silently lost.
-    if !req.parts.headers.contains_key(http::header::CONTENT_LENGTH)
-        && req
-            .body
-            .as_ref()
-            .is_some_and(|b| !http_body::Body::is_end_stream(b))
-    {
-        return Some(Err(Reject::LengthRequired));
-    }
-    let script = Script {
-        name: &name,
-        path_info: &path_info,
-        filename: &filename,
-        document_root: root.path(),
-    };
-    let peer = Peer {
-        remote: req.remote,
-        local: req.local,
-        tls: req.tls,
-        server_name: req.host,
-        user: req.user,
-    };
-    let params = cgi_env::variables(req.parts, &script, &peer);
-    if plan.protocol == Protocol::Cgi {
-        let script = (!req.extensions.is_empty()).then_some(filename);
-        return Some(
+        // HTTP apps stream the body on, after its first `request_buffer`
+        // bytes (a small body whole) have come: a client trickling a small
+        // body holds no process.
+        let fault = ClientFault::default();
+        let body = match body {
+            None => None,
+            Some(body) => match request_body::read_prefix(body, &req.body_limits).await {
+                Ok(Prefix::Whole(spool)) if spool.is_empty() => None,
+                Ok(Prefix::Whole(spool)) => Some(SpoolBody(spool).boxed_unsync()),
+                Ok(Prefix::Partial(head, rest)) => {
+                    let mut streamed = Streamed::new(head, rest, &req.body_limits);
+                    streamed.fault = fault.clone();
+                    Some(streamed.boxed_unsync())
+                }
+                Err(e) => return Some(Err(e)),
+            },
+        };
+        http(
+            req.apps, &id, &plan.pool, req.parts, body, &forwarded, &fault,
+        )
+        .await
+    } else {
+        // FastCGI and CGI apps get the body whole, with its length (a body
+        // of unknown length included), read before a process is taken.
+        let spool = match body {
+            None => None,
+            Some(body) => match request_body::read_whole(body, &req.body_limits).await {
+                Ok(spool) => Some(spool),
+                Err(e) => return Some(Err(e)),
+            },
+        };
+        let script = Script {
+            name: &name,
+            path_info: &path_info,
+            filename: &filename,
+            document_root: root.path(),
+        };
+        let peer = Peer {
+            remote: req.remote,
+            local: req.local,
+            tls: req.tls,
+            server_name: req.host,
+            user: req.user,
+        };
+        // An empty body the client declared still has its length (0).
+        let declared = req.parts.headers.contains_key(http::header::CONTENT_LENGTH);
+        let length = spool.as_ref().map(Spool::unread).or(declared.then_some(0));
+        let spool = spool.filter(|s| !s.is_empty());
+        let params = cgi_env::variables(req.parts, &script, &peer, length);
+        let answer = if plan.protocol == Protocol::Cgi {
+            let script = (!req.extensions.is_empty()).then_some(filename);
             cgi(
                 req.apps,
                 &id,
                 &plan.pool,
                 script,
                 params,
-                req.body,
+                spool,
                 req.error_log,
             )
-            .await,
-        );
-    }
-    Some(fastcgi(req.apps, &id, &plan.pool, params, req.body, req.error_log).await)
+            .await
+        } else {
+            fastcgi(req.apps, &id, &plan.pool, params, spool, req.error_log).await
+        };
+        answer.map(|resp| crate::backend::frame_cgi_response(resp, head_only, &id.to_string()))
+    };
+    Some(answer.and_then(|resp| buffer::response(resp, &req.buffer, req.on_stall)))
 }
 
 /// The script part and the rest of `path`, split after the first segment that
@@ -163,12 +202,13 @@ async fn fastcgi(
     id: &AppId,
     pool: &crate::config::Pool,
     params: Vec<(Vec<u8>, Vec<u8>)>,
-    body: Option<Incoming>,
+    body: Option<Spool>,
     error_log: Option<Arc<std::fs::File>>,
 ) -> Result<Response<Body>, Reject> {
     let retry = body.is_none();
     let mut body = body;
-    with_process(apps, id, pool, retry, |lease, first_byte| {
+    let no_fault = ClientFault::default();
+    with_process(apps, id, pool, retry, &no_fault, |lease, first_byte| {
         let log = error_log.clone();
         let app_name = id.to_string();
         let stderr = Box::new(move |bytes: &[u8]| write_stderr(log.as_deref(), &app_name, bytes));
@@ -192,7 +232,7 @@ async fn cgi(
     pool: &crate::config::Pool,
     script: Option<PathBuf>,
     params: Vec<(Vec<u8>, Vec<u8>)>,
-    body: Option<Incoming>,
+    body: Option<Spool>,
     error_log: Option<Arc<std::fs::File>>,
 ) -> Result<Response<Body>, Reject> {
     // Environment strings: names are ASCII; a header value with bytes that
@@ -225,12 +265,13 @@ async fn http(
     id: &AppId,
     pool: &crate::config::Pool,
     parts: &Parts,
-    body: Option<Incoming>,
+    body: Option<Body>,
     forwarded: &Forwarded<'_>,
+    fault: &ClientFault,
 ) -> Result<Response<Body>, Reject> {
     let retry = body.is_none();
     let mut body = body;
-    with_process(apps, id, pool, retry, |lease, first_byte| {
+    with_process(apps, id, pool, retry, fault, |lease, first_byte| {
         let idle = pool.timeout;
         http_proxy::request(lease, parts, body.take(), forwarded, first_byte, idle)
     })
@@ -239,12 +280,15 @@ async fn http(
 
 /// Leases a process of `id` and runs `exchange` with it. A process that turns
 /// out to be gone is dropped and, when `retry` (a request without a body, so
-/// nothing was consumed), the request tries once more with another.
+/// nothing was consumed), the request tries once more with another. An
+/// exchange that failed because the client's streamed body did (`fault`) is
+/// answered for the client, and the process keeps its place.
 async fn with_process<F, Fut>(
     apps: &Arc<Apps>,
     id: &AppId,
     pool: &crate::config::Pool,
     retry: bool,
+    fault: &ClientFault,
     mut exchange: F,
 ) -> Result<Response<Body>, Reject>
 where
@@ -265,6 +309,10 @@ where
             Ok(resp) => return Ok(resp),
             Err(failed) => failed,
         };
+        if let Some(reject) = fault.lock().expect("fault lock").take() {
+            tracing::debug!("app {id}: request abandoned: {failure}");
+            return Err(reject);
+        }
         // A process that is gone or never started is replaced at once. (Its
         // death in a request then does not count towards the supervisor's
         // crash-loop backoff, which is for processes that die on their own: one

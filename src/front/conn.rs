@@ -132,6 +132,9 @@ pub struct Activity {
     /// `NOT_STALLED`.
     stalled_since_ms: AtomicU64,
     served: AtomicBool,
+    /// A response was abandoned because the client left it untaken for
+    /// `send_timeout` (an HTTP/2 stream without window): the connection goes.
+    abandoned: AtomicBool,
     /// Wakes the watchdog when a request starts or its response finishes, so it
     /// can move its deadline.
     changed: Notify,
@@ -145,6 +148,7 @@ impl Activity {
             idle_since_ms: AtomicU64::new(0),
             stalled_since_ms: AtomicU64::new(NOT_STALLED),
             served: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
             changed: Notify::new(),
         }
     }
@@ -162,6 +166,12 @@ impl Activity {
         self.idle_since_ms.store(now, Ordering::Release);
         self.served.store(true, Ordering::Release);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.changed.notify_one();
+    }
+
+    /// A response buffer gave up on this client (see `front::buffer`).
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
         self.changed.notify_one();
     }
 
@@ -299,6 +309,13 @@ where
         closing = Some(Instant::now() + limits.drain_timeout);
     }
     loop {
+        if activity.abandoned.load(Ordering::Acquire) {
+            debug!(
+                "{}: left a response untaken for {:?}; closing",
+                info.peer, limits.send_timeout
+            );
+            return;
+        }
         // `changed` wakes us when a request starts or ends, to recompute this.
         let wake = match closing {
             Some(until) => Some(until),

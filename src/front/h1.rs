@@ -259,13 +259,20 @@ async fn write_response(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     for (name, value) in &head.headers {
+        // A body sent is framed by its own length alone: a Content-Length
+        // field beside chunked framing, or one that disagrees with the body,
+        // would let whoever set it decide where a proxy in front of berth
+        // thinks this response ends (and smuggle the next one).
+        if send_body && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING) {
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if !bodiless
-        && !head.headers.contains_key(header::CONTENT_LENGTH)
+        && (send_body || !head.headers.contains_key(header::CONTENT_LENGTH))
         && let Some(n) = length
     {
         out.extend_from_slice(b"content-length: ");

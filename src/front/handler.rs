@@ -11,7 +11,9 @@ use percent_encoding::utf8_percent_encode;
 
 use super::access_log::{Counted, Entry};
 use super::body::{self, Body};
+use super::buffer::{BufferLimits, OnStall};
 use super::conn::{Activity, ConnInfo};
+use super::request_body::BodyLimits;
 use super::respond::Reject;
 use super::{Generation, RouteRt, Shared, SiteRt, app_route, path, static_files, vhost};
 use crate::config::Action;
@@ -40,7 +42,11 @@ pub async fn respond(
     let time = SystemTime::now();
     activity.begin();
     let generation = shared.current.load_full();
-    let (site, user, result) = route(&parts, body, conn, shared, &generation).await;
+    let on_stall: OnStall = {
+        let activity = activity.clone();
+        Arc::new(move || activity.abandon())
+    };
+    let (site, user, result) = route(&parts, body, conn, shared, &generation, &on_stall).await;
     let response = result.unwrap_or_else(Reject::into_response);
     let (head, body) = response.into_parts();
 
@@ -79,6 +85,7 @@ async fn route(
     conn: &ConnInfo,
     shared: &Shared,
     generation: &Generation,
+    on_stall: &OnStall,
 ) -> (
     Option<usize>,
     Option<String>,
@@ -128,6 +135,16 @@ async fn route(
             }
         }
     }
+    // A declared length over the limit is refused before a byte of the body
+    // is read (and before `100 Continue`); a streamed one as it passes it.
+    let max_body = route.map_or(site.max_body, |r| r.max_body);
+    if declared_length(parts).is_some_and(|len| len > max_body) {
+        return (
+            Some(index),
+            user,
+            Err(Reject::PayloadTooLarge { max: max_body }),
+        );
+    }
     let action = route.map(|r| &r.action).unwrap_or(&Action::Static);
     let prefix = route.map(|r| r.path.as_str()).unwrap_or("/");
     let serve_static = || match &site.root {
@@ -153,6 +170,19 @@ async fn route(
                 host: &host,
                 raw_host: raw_host(parts).unwrap_or(&host),
                 user: user.as_deref(),
+                body_limits: BodyLimits {
+                    max: max_body,
+                    buffer: generation.limits.request_buffer,
+                    tmp: generation.tmp.clone(),
+                    idle: generation.limits.body_timeout,
+                },
+                buffer: BufferLimits {
+                    memory: generation.limits.response_buffer,
+                    file: generation.limits.max_response_buffer,
+                    tmp: generation.tmp.clone(),
+                    send_timeout: generation.limits.send_timeout,
+                },
+                on_stall: on_stall.clone(),
             };
             match app_route::serve(request).await {
                 Some(result) => result,
@@ -200,6 +230,18 @@ fn request_host(parts: &Parts) -> Result<String, Reject> {
         (None, Some(h)) => Ok(h),
         (None, None) => Err(Reject::BadRequest("missing Host")),
     }
+}
+
+/// The body length the client declared, if any (hyper and the fast lane
+/// refuse a malformed or ambiguous one before this).
+fn declared_length(parts: &Parts) -> Option<u64> {
+    parts
+        .headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// The host as the client wrote it (port and case kept), for X-Forwarded-Host

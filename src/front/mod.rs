@@ -16,12 +16,15 @@ pub mod app_route;
 pub mod apps;
 pub mod auth;
 pub mod body;
+pub mod buffer;
 mod conn;
 pub mod file_cache;
 mod h1;
 mod handler;
 pub mod path;
+pub mod request_body;
 pub mod respond;
+pub mod spool;
 pub mod static_files;
 pub mod tls;
 pub mod vhost;
@@ -55,6 +58,8 @@ pub struct Generation {
     pub router: Router<SiteRt>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub http: auto::Builder<TokioExecutor>,
+    /// The directory for temporary files (request and response bodies).
+    pub tmp: spool::TmpDir,
 }
 
 /// A site as the front end serves it.
@@ -68,12 +73,18 @@ pub struct SiteRt {
     pub root: Result<Root, String>,
     /// Longest prefix first.
     pub routes: Vec<RouteRt>,
+    /// The largest request body outside every route: the site's `max_body`,
+    /// else the server's.
+    pub max_body: u64,
 }
 
 pub struct RouteRt {
     pub path: String,
     pub action: Action,
     pub auth: Option<(String, Arc<Htpasswd>)>,
+    /// The largest request body: the route's `max_body`, else the site's,
+    /// else the server's.
+    pub max_body: u64,
 }
 
 /// State shared by every connection.
@@ -385,6 +396,7 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
                     path: r.path,
                     action: r.action,
                     auth,
+                    max_body: r.max_body.or(site.max_body).unwrap_or(plan.limits.max_body),
                 }
             })
             .collect();
@@ -401,9 +413,11 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
                 canonical,
                 root,
                 routes,
+                max_body: site.max_body.unwrap_or(plan.limits.max_body),
             },
         ));
     }
+    let tmp = Some(Arc::from(plan.tmp_dir.as_path()));
     let tls = (!resolver.is_empty())
         .then(|| tokio_rustls::TlsAcceptor::from(tls::server_config(resolver)));
     let generation = Generation {
@@ -413,6 +427,7 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
         limits: plan.limits,
         router: Router::new(sites),
         tls,
+        tmp,
     };
     Ok((generation, listeners, logs))
 }

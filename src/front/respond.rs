@@ -29,9 +29,11 @@ pub enum Reject {
     RangeNotSatisfiable { size: u64 },
     /// Something on our side failed (I/O error other than not-found, ...).
     Internal(String),
-    /// A request body without a length, for an app that needs one
-    /// (CGI's CONTENT_LENGTH).
-    LengthRequired,
+    /// The request body is larger than the route's `max_body`.
+    PayloadTooLarge { max: u64 },
+    /// The client stopped sending its body (closed, reset, or silent past
+    /// the timeout).
+    BodyIncomplete(String),
     /// The app failed or answered garbage; the reason is logged, not sent.
     BadGateway(String),
     /// The app did not answer in time.
@@ -52,7 +54,8 @@ impl Reject {
             Reject::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Reject::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Reject::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Reject::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            Reject::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Reject::BodyIncomplete(_) => StatusCode::BAD_REQUEST,
             Reject::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Reject::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Reject::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -64,6 +67,10 @@ impl Reject {
         let status = self.status();
         let text = match &self {
             Reject::BadRequest(why) => format!("400 Bad Request: {why}\n"),
+            Reject::PayloadTooLarge { max } => format!(
+                "413 Content Too Large: the request body may be at most {} bytes\n",
+                max
+            ),
             _ => format!(
                 "{} {}\n",
                 status.as_u16(),
@@ -95,6 +102,7 @@ impl Reject {
                 }
             }
             Reject::Internal(why) => tracing::error!("internal error: {why}"),
+            Reject::BodyIncomplete(why) => tracing::debug!("request body incomplete: {why}"),
             Reject::BadGateway(why) => tracing::warn!("bad gateway: {why}"),
             Reject::GatewayTimeout(why) => tracing::warn!("gateway timeout: {why}"),
             Reject::Unavailable { why, retry_after } => {

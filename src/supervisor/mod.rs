@@ -68,11 +68,13 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
         );
     }
     prepare_dir(&config.server.state_dir, root)?;
-    let front_gid = if root {
-        Some(front_identity(&config.server.user)?.gid)
+    let front = if root {
+        Some(front_identity(&config.server.user)?)
     } else {
         None
     };
+    let front_gid = front.as_ref().map(|id| id.gid);
+    tmp_dir(&config.server.state_dir.join(TMP_DIR), front.as_ref())?;
     let apps = apps::AppManager::new(&config, front_gid, root).map_err(|e| Error::Dir {
         path: config.server.state_dir.join("apps"),
         why: e.to_string(),
@@ -250,6 +252,8 @@ impl Supervisor {
         let old = std::mem::replace(&mut self.config, config);
         let result = (|| {
             prepare_dir(&self.config.server.log_dir, self.root)?;
+            let front = self.front_identity()?;
+            tmp_dir(&self.config.server.state_dir.join(TMP_DIR), front.as_ref())?;
             let logs = self.open_logs()?;
             self.listeners.sync(&self.config)?;
             Ok(logs)
@@ -396,6 +400,7 @@ impl Supervisor {
                         .as_ref()
                         .map(|t| (t.cert_pem.clone(), t.key_pem.clone())),
                     routes: s.routes.clone(),
+                    max_body: s.max_body,
                 })
             })
             .collect();
@@ -420,6 +425,7 @@ impl Supervisor {
                     })
                 })
                 .collect(),
+            tmp_dir: cfg.server.state_dir.join(TMP_DIR),
         };
         (plan, fds)
     }
@@ -487,6 +493,49 @@ fn prepare_dir(path: &Path, root: bool) -> Result<(), Error> {
             meta.mode() & 0o7777
         )));
     }
+    Ok(())
+}
+
+/// The front end's directory for temporary files, under `state_dir`.
+const TMP_DIR: &str = "tmp";
+
+/// Creates the front end's directory for temporary files (request and
+/// response bodies too large for memory, kept as unlinked `O_TMPFILE`s):
+/// owned by the front end's user, mode 0700, so no tenant can read what
+/// passes through it, nor plant anything in it. A leftover entry of any
+/// other kind, or a symlink, is refused.
+fn tmp_dir(path: &Path, front: Option<&Identity>) -> Result<(), Error> {
+    let fail = |why: String| Error::Dir {
+        path: path.to_path_buf(),
+        why,
+    };
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir(path).map_err(|e| fail(format!("cannot create: {e}")))?
+        }
+        Err(e) => return Err(fail(e.to_string())),
+        Ok(meta) if !meta.is_dir() => {
+            return Err(fail(
+                "is not a directory (a symlink?); refusing to use it".into(),
+            ));
+        }
+        Ok(_) => {}
+    }
+    let dir = rustix::fs::open(
+        path,
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
+        Mode::empty(),
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    if let Some(id) = front {
+        rustix::fs::fchown(
+            &dir,
+            Some(rustix::fs::Uid::from_raw(id.uid)),
+            Some(rustix::fs::Gid::from_raw(id.gid)),
+        )
+        .map_err(|e| fail(e.to_string()))?;
+    }
+    rustix::fs::fchmod(&dir, Mode::from_raw_mode(0o700)).map_err(|e| fail(e.to_string()))?;
     Ok(())
 }
 

@@ -1,0 +1,238 @@
+//! Request bodies on their way to an app, held by berth so that a slow client
+//! holds a connection and a buffer, never an app process.
+//!
+//! Request flow position: handler (which refused a declared `Content-Length`
+//! over `max_body` already) → app route → here → the lease of a process.
+//!
+//! - FastCGI and CGI apps get the whole body, read before a process is taken
+//!   ([`read_whole`]): in memory up to `request_buffer`, then in an unlinked
+//!   temporary file, and passed with its `CONTENT_LENGTH`, as nginx does. So a
+//!   body of unknown length (chunked HTTP/1.1, HTTP/2 without
+//!   `content-length`) reaches them as one of known length, and an app never
+//!   reads a body that was cut short: a client that stops sending gets 400 and
+//!   no app hears of it.
+//! - HTTP apps keep streaming ([`read_prefix`]): up to `request_buffer` is read
+//!   first (a small body whole), then the rest streams to the app, counted
+//!   against `max_body`; a body that passes it ends in an error, which the app
+//!   sees as an aborted body, never as a complete one.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::respond::Reject;
+use super::spool::{Spool, TmpDir};
+
+/// What bounds the reading of one request body.
+#[derive(Clone)]
+pub struct BodyLimits {
+    /// `max_body` of the route.
+    pub max: u64,
+    /// Bytes held in memory (`request_buffer`); more go to a temporary file.
+    pub buffer: usize,
+    pub tmp: TmpDir,
+    /// The longest the client may stay silent in the middle of its body.
+    pub idle: Duration,
+}
+
+/// Reads the whole body (FastCGI and CGI apps).
+pub async fn read_whole(body: Incoming, limits: &BodyLimits) -> Result<Spool, Reject> {
+    let mut spool = Spool::new(limits.buffer, limits.tmp.clone());
+    let mut body = body;
+    while let Some(data) = next_data(&mut body, limits).await? {
+        if spool.unread() + data.len() as u64 > limits.max {
+            return Err(Reject::PayloadTooLarge { max: limits.max });
+        }
+        spool
+            .push(data)
+            .map_err(|e| Reject::Internal(format!("request body: temporary file: {e}")))?;
+    }
+    Ok(spool)
+}
+
+/// What [`read_prefix`] read.
+pub enum Prefix {
+    /// The whole body (it fit in `request_buffer`).
+    Whole(Spool),
+    /// The first bytes; the rest is still to come.
+    Partial(Spool, Incoming),
+}
+
+/// Reads the body up to `request_buffer` bytes (HTTP apps).
+pub async fn read_prefix(body: Incoming, limits: &BodyLimits) -> Result<Prefix, Reject> {
+    let mut spool = Spool::new(usize::MAX, None);
+    let mut body = body;
+    loop {
+        if spool.unread() >= limits.buffer as u64 && !body.is_end_stream() {
+            return Ok(Prefix::Partial(spool, body));
+        }
+        match next_data(&mut body, limits).await? {
+            Some(data) => {
+                if spool.unread() + data.len() as u64 > limits.max {
+                    return Err(Reject::PayloadTooLarge { max: limits.max });
+                }
+                spool
+                    .push(data)
+                    .map_err(|e| Reject::Internal(e.to_string()))?;
+            }
+            None => return Ok(Prefix::Whole(spool)),
+        }
+    }
+}
+
+/// The next data frame (trailers are dropped: CGI has no place for them),
+/// or None at the end.
+async fn next_data(body: &mut Incoming, limits: &BodyLimits) -> Result<Option<Bytes>, Reject> {
+    loop {
+        let frame = match tokio::time::timeout(limits.idle, body.frame()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(e))) => return Err(Reject::BodyIncomplete(e.to_string())),
+            Ok(None) => return Ok(None),
+            Err(_) => {
+                return Err(Reject::BodyIncomplete(format!(
+                    "the client sent nothing of its body for {:?}",
+                    limits.idle
+                )));
+            }
+        };
+        if let Ok(data) = frame.into_data()
+            && !data.is_empty()
+        {
+            return Ok(Some(data));
+        }
+    }
+}
+
+/// A body read whole, as the app gets it: exact length.
+pub struct SpoolBody(pub Spool);
+
+impl HttpBody for SpoolBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        Poll::Ready(self.0.pop().transpose().map(|r| r.map(Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.0.unread())
+    }
+}
+
+/// The first bytes of a body, then the rest as it comes, counted against
+/// `max_body`. Passing it, a client that goes away or one silent for
+/// `body_timeout` is an error for the app (an aborted body), and `fault`
+/// keeps the client's share of it: the caller answers it (413, 400) and
+/// does not hold the app process responsible.
+pub struct Streamed {
+    head: Spool,
+    rest: Incoming,
+    seen: u64,
+    max: u64,
+    idle: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    pub fault: ClientFault,
+}
+
+/// Set when a streamed body failed by the client's doing.
+pub type ClientFault = Arc<Mutex<Option<Reject>>>;
+
+impl Streamed {
+    fn fail(&self, reject: Reject, why: String) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let mut fault = self.fault.lock().expect("fault lock");
+        fault.get_or_insert(reject);
+        Poll::Ready(Some(Err(io::Error::other(why))))
+    }
+}
+
+impl Streamed {
+    pub fn new(head: Spool, rest: Incoming, limits: &BodyLimits) -> Streamed {
+        Streamed {
+            seen: head.unread(),
+            head,
+            rest,
+            max: limits.max,
+            idle: limits.idle,
+            timer: None,
+            fault: ClientFault::default(),
+        }
+    }
+}
+
+impl HttpBody for Streamed {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        if let Some(data) = this.head.pop()? {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        match Pin::new(&mut this.rest).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.timer = None;
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.max {
+                        let max = this.max;
+                        return this.fail(
+                            Reject::PayloadTooLarge { max },
+                            format!("the request body passed max_body ({max} bytes)"),
+                        );
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let why = format!("the client's body failed: {e}");
+                this.fail(Reject::BodyIncomplete(why.clone()), why)
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        let why = format!("the client sent nothing of its body for {idle:?}");
+                        this.fail(Reject::BodyIncomplete(why.clone()), why)
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_empty() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.rest.size_hint().exact() {
+            Some(n) => SizeHint::with_exact(self.head.unread() + n),
+            None => {
+                let mut hint = SizeHint::new();
+                hint.set_lower(self.head.unread());
+                hint
+            }
+        }
+    }
+}
