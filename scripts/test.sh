@@ -14,13 +14,15 @@ fi
 # Debian packages the tests use: htpasswd (apache2-utils) to write real htpasswd
 # files, php-cgi as a real FastCGI app, Debian's python3 for HTTP apps (socket
 # activation) and perl for small clients, useradd (passwd), runuser/setpriv
-# (util-linux), mkfifo (coreutils).
+# (util-linux), mkfifo (coreutils), git and its git-http-backend (a real
+# client pushing through a CGI app).
 need=()
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v php-cgi >/dev/null || need+=(php-cgi)
 [ -x /usr/bin/python3 ] || need+=(python3)
 [ -x /usr/bin/perl ] || need+=(perl-base)
 command -v useradd >/dev/null || need+=(passwd)
+{ [ -x /usr/bin/git ] && [ -x /usr/lib/git-core/git-http-backend ]; } || need+=(git)
 command -v runuser >/dev/null || need+=(util-linux)
 command -v setpriv >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
