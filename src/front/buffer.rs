@@ -40,7 +40,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::body::Body;
 use super::respond::Reject;
-use super::spool::{Spool, TmpDir};
+use super::spool::{Reservation, Spool, TmpDir};
 
 /// How one response may be buffered.
 #[derive(Clone)]
@@ -71,9 +71,11 @@ pub fn response(
     let streaming = is_streaming(&mut head.headers);
     let total = body.size_hint().exact();
 
-    // What the app has sent already, without waiting.
+    // What the app has sent already, without waiting (within this
+    // response's memory and the process's budget).
     let mut ready = VecDeque::new();
     let mut ready_len = 0;
+    let mut reserved = Reservation::default();
     let mut trailers = None;
     let mut cx = Context::from_waker(Waker::noop());
     let ended = loop {
@@ -83,8 +85,13 @@ pub fn response(
         match Pin::new(&mut body).poll_frame(&mut cx) {
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) => {
+                    let fits = reserved.try_add(data.len());
                     ready_len += data.len();
                     ready.push_back(data);
+                    if !fits {
+                        // The spool below puts it in the file.
+                        break false;
+                    }
                 }
                 Err(frame) => trailers = frame.into_trailers().ok(),
             },
@@ -102,6 +109,7 @@ pub fn response(
             chunks: ready,
             len: ready_len as u64,
             trailers,
+            _reserved: reserved,
         };
         return Ok(Response::from_parts(head, whole.boxed_unsync()));
     }
@@ -115,8 +123,8 @@ pub fn response(
         if streaming { usize::MAX } else { limits.memory },
         if streaming { None } else { limits.tmp.clone() },
     );
+    drop(reserved);
     for data in ready {
-        // Memory only so far: these fit the memory budget.
         spool
             .push(data)
             .map_err(|e| Reject::Internal(format!("response buffer: {e}")))?;
@@ -364,6 +372,8 @@ struct Ready {
     chunks: VecDeque<Bytes>,
     len: u64,
     trailers: Option<HeaderMap>,
+    /// Its share of the process's memory budget.
+    _reserved: Reservation,
 }
 
 impl HttpBody for Ready {

@@ -418,6 +418,9 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
         ));
     }
     let tmp = Some(Arc::from(plan.tmp_dir.as_path()));
+    // Bodies in memory, all clients together: 1024 whole response buffers
+    // (256 MiB by default), at least 64 MiB.
+    spool::set_memory_limit((plan.limits.response_buffer * 1024).max(64 << 20));
     let tls = (!resolver.is_empty())
         .then(|| tokio_rustls::TlsAcceptor::from(tls::server_config(resolver)));
     let generation = Generation {

@@ -18,6 +18,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use rustix::fs::{Mode, OFlags};
@@ -27,6 +28,62 @@ pub type TmpDir = Option<Arc<Path>>;
 
 /// Largest piece read back from the file at once.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Body bytes held in memory by every spool and buffered response of this
+/// process, and the most there may be. Each body's own limit
+/// (`request_buffer`, `response_buffer`) is per body; this bounds them all
+/// together, so many clients each leaving a response untaken (an HTTP/2
+/// connection opens 128 streams) cannot make berth hold gigabytes in memory:
+/// past it, bodies go to their temporary files.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+static HELD_LIMIT: AtomicUsize = AtomicUsize::new(256 << 20);
+
+/// Sets the process-wide limit on body bytes in memory.
+pub fn set_memory_limit(bytes: usize) {
+    HELD_LIMIT.store(bytes, Ordering::Relaxed);
+}
+
+/// Body bytes in memory now, process-wide.
+pub fn held() -> usize {
+    HELD.load(Ordering::Relaxed)
+}
+
+/// A share of the process-wide memory budget; given back when dropped.
+#[derive(Default)]
+pub struct Reservation(usize);
+
+impl Reservation {
+    /// Takes `n` more bytes of the budget, if there is room.
+    pub fn try_add(&mut self, n: usize) -> bool {
+        let limit = HELD_LIMIT.load(Ordering::Relaxed);
+        let taken = HELD.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |held| {
+            held.checked_add(n).filter(|&total| total <= limit)
+        });
+        if taken.is_ok() {
+            self.0 += n;
+        }
+        taken.is_ok()
+    }
+
+    /// Takes `n` more bytes whatever the limit (memory is all there is).
+    fn force_add(&mut self, n: usize) {
+        HELD.fetch_add(n, Ordering::AcqRel);
+        self.0 += n;
+    }
+
+    /// Gives `n` bytes back.
+    pub fn release(&mut self, n: usize) {
+        let n = n.min(self.0);
+        HELD.fetch_sub(n, Ordering::AcqRel);
+        self.0 -= n;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        HELD.fetch_sub(self.0, Ordering::AcqRel);
+    }
+}
 
 enum Segment {
     Mem(Bytes),
@@ -40,8 +97,9 @@ enum Segment {
 /// Bytes appended at one end and taken from the other.
 pub struct Spool {
     segments: VecDeque<Segment>,
-    /// Bytes in memory segments.
+    /// Bytes in memory segments, and their share of the process budget.
     mem: usize,
+    reserved: Reservation,
     mem_limit: usize,
     tmp: TmpDir,
     file: Option<File>,
@@ -60,6 +118,7 @@ impl Spool {
         Spool {
             segments: VecDeque::new(),
             mem: 0,
+            reserved: Reservation::default(),
             mem_limit,
             tmp,
             file: None,
@@ -88,17 +147,24 @@ impl Spool {
         self.tmp.is_some() && !self.file_failed
     }
 
-    /// Appends `data`: in memory while it fits the budget (and nothing is
-    /// waiting in the file, to keep the order), else to the file. Without a
-    /// file (none configured, or it could not be made), memory takes it all:
-    /// the callers bound what they push by [`Spool::can_spill`].
+    /// Appends `data`: in memory while it fits this spool's limit and the
+    /// process-wide budget (and nothing is waiting in the file, to keep the
+    /// order), else to the file. Without a file (none configured, or it
+    /// could not be made), memory takes it all: the callers bound what they
+    /// push by [`Spool::can_spill`].
     pub fn push(&mut self, data: Bytes) -> io::Result<()> {
         if data.is_empty() {
             return Ok(());
         }
         let len = data.len();
         let file_waiting = matches!(self.segments.back(), Some(Segment::File { .. }));
-        if (!file_waiting && self.mem + len <= self.mem_limit) || !self.can_spill() {
+        let in_memory = if !self.can_spill() {
+            self.reserved.force_add(len);
+            true
+        } else {
+            !file_waiting && self.mem + len <= self.mem_limit && self.reserved.try_add(len)
+        };
+        if in_memory {
             self.mem += len;
             self.unread += len as u64;
             self.segments.push_back(Segment::Mem(data));
@@ -142,6 +208,7 @@ impl Spool {
                     unreachable!("matched above")
                 };
                 self.mem -= data.len();
+                self.reserved.release(data.len());
                 data
             }
             Segment::File { start, end } => {
@@ -278,6 +345,24 @@ mod tests {
         s.push(Bytes::from_static(b"hello world")).unwrap();
         assert_eq!(s.in_memory(), 11);
         assert_eq!(drain(&mut s), b"hello world");
+    }
+
+    #[test]
+    fn the_process_wide_budget_sends_bodies_to_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::new(1 << 20, Some(Arc::from(dir.path())));
+        s.push(Bytes::from(vec![1u8; 1000])).unwrap();
+        assert_eq!(s.in_memory(), 1000);
+        // No room left in the budget: the next bytes go to the file.
+        set_memory_limit(0);
+        s.push(Bytes::from(vec![2u8; 1000])).unwrap();
+        assert!(!Reservation::default().try_add(1));
+        set_memory_limit(256 << 20);
+        assert_eq!(s.in_memory(), 1000);
+        let mut all = drain(&mut s);
+        assert_eq!(all.len(), 2000);
+        all.dedup();
+        assert_eq!(all, [1, 2]);
     }
 
     #[test]
