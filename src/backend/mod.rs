@@ -95,7 +95,7 @@ impl IdleTimer {
 /// length are dropped and logged. So a response never carries both a
 /// `Content-Length` and chunked framing, and an app cannot make its
 /// response end elsewhere than where the client is told it ends. For HEAD
-/// the app's `Content-Length` stays (it describes the GET response).
+/// and 304 the app's `Content-Length` stays (it describes the GET response).
 pub fn frame_cgi_response(
     resp: http::Response<crate::front::body::Body>,
     head_only: bool,
@@ -103,7 +103,9 @@ pub fn frame_cgi_response(
 ) -> http::Response<crate::front::body::Body> {
     use http_body_util::BodyExt;
     let (mut head, body) = resp.into_parts();
-    if head_only {
+    // HEAD and 304 have no body: a Content-Length describes the one GET
+    // would have.
+    if head_only || head.status == http::StatusCode::NOT_MODIFIED {
         return http::Response::from_parts(head, body);
     }
     // The head parser accepted at most one, all digits.
@@ -270,8 +272,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn head_keeps_the_apps_length() {
+    async fn head_and_not_modified_keep_the_apps_length() {
         let resp = frame_cgi_response(app_response("42", &[]), true, "t/a");
         assert_eq!(resp.headers()[http::header::CONTENT_LENGTH], "42");
+        let mut not_modified = app_response("42", &[]);
+        *not_modified.status_mut() = http::StatusCode::NOT_MODIFIED;
+        let resp = frame_cgi_response(not_modified, false, "t/a");
+        assert_eq!(resp.headers()[http::header::CONTENT_LENGTH], "42");
+        assert!(resp.into_body().collect().await.is_ok());
     }
 }
