@@ -69,8 +69,12 @@ pub struct ClientLimits {
     pub max_header_bytes: usize,
     /// Most request header fields.
     pub max_headers: usize,
-    /// Most client connections open at once; further ones wait in the backlog.
+    /// Most client connections open at once. At the cap, connections without
+    /// a request in flight for a moment are closed to make room; without
+    /// such, further clients wait in the backlog.
     pub max_connections: usize,
+    /// Most connections open at once from one IPv4 address or IPv6 /64.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ClientLimits {
@@ -83,6 +87,7 @@ impl Default for ClientLimits {
             max_header_bytes: 16 * 1024,
             max_headers: 100,
             max_connections: 4096,
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -422,6 +427,9 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
     }
     if let Some(n) = bounded(walk, t.integer("max_connections"), 1, 1_000_000) {
         l.max_connections = n;
+    }
+    if let Some(n) = bounded(walk, t.integer("max_connections_per_ip"), 1, 1_000_000) {
+        l.max_connections_per_ip = n;
     }
     let mut includes = Vec::new();
     if let Some(globs) = t.strings("include") {
