@@ -146,7 +146,17 @@ pub async fn serve(
         let busy = activity.busy();
         let head_only = parts.method == Method::HEAD;
         let http10 = parts.version == Version::HTTP_10;
-        let response = handler::respond(parts, None, &info, &shared, activity.clone()).await;
+        // A client that goes away before its response starts cancels the
+        // request (as hyper does), so it no longer waits in an app's queue.
+        let response = tokio::select! {
+            // Most responses are ready at the first poll: no peek for them.
+            biased;
+            response = handler::respond(parts, None, &info, &shared, activity.clone()) => response,
+            () = peer_gone(&stream) => {
+                debug!("{}: closed by the client before its response; cancelled", info.peer);
+                return;
+            }
+        };
         let keep_alive = keep_alive && !*drain.borrow();
         let sent = write_response(
             &mut stream,
@@ -165,6 +175,16 @@ pub async fn serve(
             Ok(true) => {}
             Ok(false) | Err(_) => return,
         }
+    }
+}
+
+/// Completes when the client has closed the connection (or reset it). Bytes
+/// that arrive meanwhile (a pipelined request) say nothing about it: then
+/// this never completes.
+async fn peer_gone(stream: &TcpStream) {
+    match stream.peek(&mut [0u8; 1]).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
     }
 }
 
