@@ -74,9 +74,11 @@ pub fn listener(fd: OwnedFd) -> std::io::Result<TcpListener> {
 /// round trips of 300 ms).
 pub const SHED_GRACE: Duration = Duration::from_secs(1);
 
-/// Connections closed at once when the global cap is reached: one scan of
-/// every connection then pays for several accepts (nginx closes up to 32).
-const SHED_BATCH: usize = 16;
+/// Most connections closed at once when the global cap is reached: an eighth
+/// of those that may be, at least one, at most this (as nginx drains its
+/// reusable connections), so one scan of every connection pays for several
+/// accepts under attack, and an idle client is not closed for nothing.
+const SHED_BATCH: usize = 32;
 
 /// How long to wait for the connections asked to close before looking again
 /// (one that started a request meanwhile stays open).
@@ -252,14 +254,16 @@ impl Conns {
         })
     }
 
-    /// Asks up to [`SHED_BATCH`] connections to close: those longest without
-    /// a request in flight, past the grace.
+    /// Asks an eighth of the connections without a request in flight past
+    /// the grace to close (at least one, at most [`SHED_BATCH`]), those idle
+    /// longest.
     fn shed_oldest(&self) -> Shed {
         let now = Instant::now();
         // Any connection that ends a request from now on is a candidate only
         // a grace later.
         let mut first_candidate = now + SHED_GRACE;
         let mut oldest: Vec<(Instant, &Arc<Activity>)> = Vec::with_capacity(SHED_BATCH + 1);
+        let mut candidates = 0;
         let by_peer = self.by_peer.lock().expect("conns lock");
         for a in by_peer.values().flatten() {
             if !a.between_requests() {
@@ -270,6 +274,7 @@ impl Conns {
                 first_candidate = first_candidate.min(since + SHED_GRACE);
                 continue;
             }
+            candidates += 1;
             if oldest.len() == SHED_BATCH && oldest[SHED_BATCH - 1].0 <= since {
                 continue;
             }
@@ -280,6 +285,7 @@ impl Conns {
         if oldest.is_empty() {
             return Shed::NoneBefore(first_candidate);
         }
+        oldest.truncate((candidates / 8).max(1));
         for (_, a) in &oldest {
             a.ask_shed();
         }
@@ -746,41 +752,46 @@ mod tests {
         assert!(conns.admit(ip(), &Arc::new(Activity::new()), 1).is_some());
     }
 
+    /// Registers `activities`, each from its own address.
+    fn register(conns: &Arc<Conns>, activities: &[Arc<Activity>]) -> Vec<Registered> {
+        activities
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let ip = IpAddr::from([10, 0, (i >> 8) as u8, i as u8]);
+                conns.admit(ip, a, 10).unwrap()
+            })
+            .collect()
+    }
+
     #[test]
     fn at_the_cap_the_longest_idle_connections_past_the_grace_are_asked_to_close() {
         let conns = Arc::new(Conns::default());
         let ages = [30, 2, 0, 20, 5];
-        let all: Vec<_> = ages
+        let named: Vec<_> = ages
             .iter()
             .map(|s| idle_for(Duration::from_secs(*s)))
             .collect();
-        let _kept: Vec<_> = all
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let ip = IpAddr::from([192, 0, 2, i as u8]);
-                conns.admit(ip, a, 10).unwrap()
-            })
+        let _named = register(&conns, &named);
+        let _busy = named[0].busy();
+        // With few candidates, one is closed: the one idle longest.
+        assert!(matches!(conns.shed_oldest(), Shed::Asked(1)));
+        assert!(named[3].leaving(), "the oldest");
+        assert!(!named[0].leaving(), "a request in flight");
+        // Under attack, an eighth of them, at most SHED_BATCH, oldest first.
+        let many: Vec<_> = (0..100).map(|_| idle_for(Duration::from_secs(3))).collect();
+        let _many = register(&conns, &many);
+        // Candidates now: 5 s, 2 s and the hundred of 3 s.
+        assert!(matches!(conns.shed_oldest(), Shed::Asked(12)));
+        assert!(named[4].leaving(), "5 s");
+        assert_eq!(many.iter().filter(|a| a.leaving()).count(), 11, "3 s");
+        assert!(!named[1].leaving(), "2 s: younger than those asked");
+        assert!(!named[2].leaving(), "within the grace");
+        let more: Vec<_> = (0..1000)
+            .map(|_| idle_for(Duration::from_secs(4)))
             .collect();
-        let _busy = all[0].busy();
-        let extra: Vec<_> = (0..SHED_BATCH)
-            .map(|_| idle_for(Duration::from_secs(3)))
-            .collect();
-        let _extra: Vec<_> = extra
-            .iter()
-            .map(|a| conns.admit(ip(), a, usize::MAX).unwrap())
-            .collect();
-        assert!(matches!(conns.shed_oldest(), Shed::Asked(n) if n == SHED_BATCH));
-        assert!(!all[0].leaving(), "a request in flight");
-        assert!(all[3].leaving() && all[4].leaving(), "the oldest");
-        assert!(!all[2].leaving(), "within the grace");
-        let asked_extra = extra.iter().filter(|a| a.leaving()).count();
-        assert_eq!(
-            asked_extra,
-            SHED_BATCH - 2,
-            "the rest of the batch, oldest next"
-        );
-        assert!(!all[1].leaving(), "younger than those asked");
+        let _more = register(&conns, &more);
+        assert!(matches!(conns.shed_oldest(), Shed::Asked(SHED_BATCH)));
     }
 
     #[test]
