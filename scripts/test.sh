@@ -14,7 +14,8 @@ fi
 # Debian packages the tests use: htpasswd (apache2-utils) to write real htpasswd
 # files, php-cgi as a real FastCGI app, Debian's python3 for HTTP apps (socket
 # activation) and perl for small clients, useradd (passwd), runuser/setpriv
-# (util-linux), mkfifo (coreutils).
+# (util-linux), mkfifo (coreutils), slowhttptest for slowloris and slow-body
+# attacks (tests/fairness.rs).
 need=()
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v php-cgi >/dev/null || need+=(php-cgi)
@@ -23,6 +24,7 @@ command -v php-cgi >/dev/null || need+=(php-cgi)
 command -v useradd >/dev/null || need+=(passwd)
 command -v runuser >/dev/null || need+=(util-linux)
 command -v setpriv >/dev/null || need+=(util-linux)
+command -v slowhttptest >/dev/null || need+=(slowhttptest)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
