@@ -15,7 +15,8 @@ fi
 # files, php-cgi as a real FastCGI app, Debian's python3 for HTTP apps (socket
 # activation) and perl for small clients, useradd (passwd), runuser/setpriv
 # (util-linux), mkfifo (coreutils), git and its git-http-backend (a real
-# client pushing through a CGI app).
+# client pushing through a CGI app), slowhttptest for slowloris and slow-body
+# attacks (tests/fairness.rs).
 need=()
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v php-cgi >/dev/null || need+=(php-cgi)
@@ -25,6 +26,7 @@ command -v useradd >/dev/null || need+=(passwd)
 { [ -x /usr/bin/git ] && [ -x /usr/lib/git-core/git-http-backend ]; } || need+=(git)
 command -v runuser >/dev/null || need+=(util-linux)
 command -v setpriv >/dev/null || need+=(util-linux)
+command -v slowhttptest >/dev/null || need+=(slowhttptest)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -887,8 +887,10 @@ fn oversized_heads_get_431() {
     assert_eq!(status_of(&r), 200, "server still answers: {r}");
 }
 
-/// With max_connections = 5: five open keep-alive connections are served, a
-/// sixth waits until one of them closes, then it is served.
+/// With max_connections = 5: five open keep-alive connections are served; a
+/// sixth is served too, by closing the one of them idle longest once they
+/// have been idle for a moment (conn.rs), and the other four stay usable.
+/// (tests/fairness.rs: requests in flight are never closed so.)
 fn check_connection_cap(dir: &Dir, tls_listener: bool) {
     dir.write("a/index.html", "site A\n");
     let (server, port, tls_port) = server_block(
@@ -928,29 +930,25 @@ max_connections = 5"#,
     sixth
         .send(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
         .unwrap();
-    sixth
-        .stream()
-        .set_read_timeout(Some(Duration::from_millis(1500)))
-        .unwrap();
-    let mut byte = [0u8; 1];
-    match sixth.r.read(&mut byte) {
-        Err(e) if is_timeout(&e) => {}
-        other => panic!("the 6th connection was served while 5 were open: {other:?}"),
-    }
-    // One of the five goes away: the sixth is served.
-    let t = Instant::now();
-    drop(held.remove(0));
-    sixth
-        .stream()
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
     let r = sixth.response().expect("6th connection answered");
     assert_eq!(r.status, 200);
-    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
-    // The others are still usable.
+    // Exactly one of the five was closed: the cap counts every connection,
+    // whichever listener and worker took it.
+    let mut closed = 0;
     for c in &mut held {
-        assert_eq!(c.get("a.test", "/").status, 200);
+        if wait_closed(c.stream(), Instant::now(), Duration::from_millis(300)).is_some() {
+            closed += 1;
+        } else {
+            c.stream()
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            assert_eq!(c.get("a.test", "/").status, 200);
+        }
     }
+    assert_eq!(
+        closed, 1,
+        "one idle connection makes room (tls_listen: {tls_listener})"
+    );
 }
 
 #[test]

@@ -50,9 +50,13 @@ pub struct Pool {
     pub max_requests: u64,
     /// A process that does not accept connections within this is given up on.
     pub start_timeout: Duration,
+    /// Requests that may wait for a process when every process is busy
+    /// (beyond `max_processes` × `concurrency` in flight); past it, 503 at once.
+    pub queue: u32,
     /// How long an app may keep a request waiting: for FastCGI and HTTP apps
     /// the longest silence (before the response head, and between pieces of
     /// the body) before 504; a CGI script is killed once it has run this long.
+    /// A request waits at most this long in the queue for a process (then 503).
     pub timeout: Duration,
 }
 
@@ -65,6 +69,7 @@ impl Default for Pool {
             idle_timeout: Duration::from_secs(300),
             max_requests: 10_000,
             start_timeout: Duration::from_secs(10),
+            queue: 64,
             timeout: Duration::from_secs(60),
         }
     }
@@ -122,6 +127,9 @@ fn read_pool(mut t: TableReader<'_>, base: Pool) -> Pool {
     }
     if let Some(d) = duration(walk, t.string("timeout")) {
         pool.timeout = d;
+    }
+    if let Some(n) = bounded(walk, t.integer("queue"), 0, 100_000) {
+        pool.queue = n as u32;
     }
     if pool.max_processes == 0 || pool.min_processes > pool.max_processes {
         let (line, key) = max_line.unwrap_or((t.line(), format!("{}.max_processes", t.key())));
@@ -332,5 +340,6 @@ mod tests {
         assert_eq!(p.max_requests, 10_000);
         assert_eq!(p.start_timeout, Duration::from_secs(10));
         assert_eq!(p.timeout, Duration::from_secs(60));
+        assert_eq!(p.queue, 64);
     }
 }

@@ -72,7 +72,9 @@ pub struct ClientLimits {
     pub max_header_bytes: usize,
     /// Most request header fields.
     pub max_headers: usize,
-    /// Most client connections open at once; further ones wait in the backlog.
+    /// Most client connections open at once. At the cap, connections without
+    /// a request in flight for a moment are closed to make room; without
+    /// such, further clients wait in the backlog.
     pub max_connections: usize,
     /// Largest request body in bytes (Apache's `LimitRequestBody`); a site
     /// or route may set its own.
@@ -86,6 +88,8 @@ pub struct ClientLimits {
     /// At most this many bytes of one response go to the temporary file;
     /// beyond it the app is read only as fast as the client takes.
     pub max_response_buffer: u64,
+    /// Most connections open at once from one IPv4 address or IPv6 /64.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ClientLimits {
@@ -103,6 +107,7 @@ impl Default for ClientLimits {
             request_buffer: 64 << 10,
             response_buffer: 256 << 10,
             max_response_buffer: 1 << 30,
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -461,6 +466,9 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
     }
     if let Some(n) = size_in(walk, t.size("max_response_buffer"), 0, MAX_SIZE) {
         l.max_response_buffer = n;
+    }
+    if let Some(n) = bounded(walk, t.integer("max_connections_per_ip"), 1, 1_000_000) {
+        l.max_connections_per_ip = n;
     }
     let mut includes = Vec::new();
     if let Some(globs) = t.strings("include") {

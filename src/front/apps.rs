@@ -6,7 +6,10 @@
 //! are busy and the pool has room; when it has none, a process serving fewer
 //! than the app's `concurrency` requests (1 by default: one request per
 //! process, the FastCGI model php-cgi needs); else the request queues and gets
-//! the first process to come free, in order. Dropping the [`Lease`] returns the
+//! the first process to come free, in order. The queue is bounded twice, so a
+//! hung or flooded app holds no more than its share of the front end's
+//! connections: at most the app's `queue` requests wait (past it, 503 at
+//! once), and none longer than the app's `timeout`. Dropping the [`Lease`] returns the
 //! process, with its kept connection; after `max_requests` requests (once its
 //! requests in flight end), or after `idle_timeout` without one (above
 //! `min_processes`), the process is retired.
@@ -17,7 +20,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,10 +39,21 @@ pub enum LeaseError {
     Unknown(AppId),
     #[error("app {app} could not be started: {why}")]
     StartFailed { app: AppId, why: String },
-    #[error("app {0}: every process stayed busy for {1:?}")]
-    Busy(AppId, Duration),
+    #[error("app {0}: {1}")]
+    Busy(AppId, Overload),
     #[error("the supervisor is gone")]
     SupervisorGone,
+}
+
+/// Why a request got no process of an app whose processes were all busy.
+#[derive(Debug, thiserror::Error)]
+pub enum Overload {
+    /// It waited the app's `timeout` in the queue.
+    #[error("every process stayed busy for {0:?}")]
+    Waited(Duration),
+    /// The app's `queue` was full.
+    #[error("every process is busy and the queue is full ({0} waiting)")]
+    QueueFull(u32),
 }
 
 struct ProcState {
@@ -67,6 +81,8 @@ struct AppPool {
     plan: AppPlan,
     /// CGI scripts running at once, at most `max_processes`.
     runs: Arc<Semaphore>,
+    /// CGI requests waiting for room under `max_processes`.
+    cgi_waiting: Arc<AtomicU32>,
     procs: Vec<ProcState>,
     /// Start requests sent and not answered yet.
     starting: u32,
@@ -222,9 +238,6 @@ pub struct Lease {
 /// How long an idle kept connection to an HTTP app is used again.
 const KEPT_FOR: Duration = Duration::from_secs(1);
 
-/// How long a request waits for a busy pool before 503.
-const QUEUE_WAIT: Duration = Duration::from_secs(30);
-
 impl Apps {
     pub fn new(channel: Arc<OwnedFd>) -> Apps {
         Apps {
@@ -263,6 +276,7 @@ impl Apps {
                         plan.id.clone(),
                         AppPool {
                             runs: Arc::new(Semaphore::new(plan.pool.max_processes as usize)),
+                            cgi_waiting: Arc::new(AtomicU32::new(0)),
                             plan: plan.clone(),
                             procs: Vec::new(),
                             starting: 0,
@@ -284,9 +298,11 @@ impl Apps {
     }
 
     /// An idle process of `id`, started if need be, or the first one to come
-    /// free (requests are served in the order they queued).
+    /// free (requests are served in the order they queued). A request waits
+    /// at most the app's `timeout`, behind at most `queue` others.
     pub async fn lease(self: &Arc<Self>, id: &AppId) -> Result<Lease, LeaseError> {
-        let deadline = Instant::now() + QUEUE_WAIT;
+        // Set when the request first has to wait, from the plan of that moment.
+        let mut deadline: Option<(Instant, Duration)> = None;
         loop {
             enum Next {
                 Wait(oneshot::Receiver<Grant>),
@@ -307,6 +323,8 @@ impl Apps {
                 let Pool {
                     max_processes,
                     concurrency,
+                    queue,
+                    timeout,
                     ..
                 } = pool.plan.pool;
                 if total < max_processes {
@@ -326,8 +344,16 @@ impl Apps {
                 {
                     return Ok(self.lease_of(id, p.grant(max_requests)));
                 } else {
+                    // Requests that went away leave no place behind.
+                    pool.waiters.retain(|w| !w.is_closed());
+                    // A request that is back from a retry it could not use
+                    // keeps its place in the count (it was counted before).
+                    if deadline.is_none() && pool.waiters.len() >= queue as usize {
+                        return Err(LeaseError::Busy(id.clone(), Overload::QueueFull(queue)));
+                    }
                     let (tx, rx) = oneshot::channel();
                     pool.waiters.push_back(tx);
+                    deadline.get_or_insert((Instant::now() + timeout, timeout));
                     Next::Wait(rx)
                 }
             };
@@ -366,13 +392,15 @@ impl Apps {
                     }
                 }
                 Next::Wait(rx) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match tokio::time::timeout(left, rx).await {
+                    let (until, timeout) = deadline.expect("set before waiting");
+                    match tokio::time::timeout_at(until.into(), rx).await {
                         Ok(Ok(Grant::Process(lease))) => return Ok(lease),
                         // Room to start one, or the pool changed: look again.
                         Ok(Ok(Grant::Retry(mut token))) => token.armed = false,
                         Ok(Err(_)) => {}
-                        Err(_) => return Err(LeaseError::Busy(id.clone(), QUEUE_WAIT)),
+                        Err(_) => {
+                            return Err(LeaseError::Busy(id.clone(), Overload::Waited(timeout)));
+                        }
                     }
                 }
             }
@@ -397,23 +425,36 @@ impl Apps {
     }
 
     /// Runs one request of CGI app `id`: waits for room under
-    /// `max_processes`, then asks the supervisor to start the script.
+    /// `max_processes` (behind at most `queue` others, for at most the app's
+    /// `timeout`), then asks the supervisor to start the script.
     pub async fn run_cgi(
         &self,
         id: &AppId,
         script: Option<PathBuf>,
         env: Vec<(String, String)>,
     ) -> Result<CgiRun, LeaseError> {
-        let runs = {
+        let (runs, waiting, queue, timeout) = {
             let pools = self.pools.lock().expect("apps lock");
             let pool = pools
                 .get(id)
                 .ok_or_else(|| LeaseError::Unknown(id.clone()))?;
-            pool.runs.clone()
+            let Pool { queue, timeout, .. } = pool.plan.pool;
+            (pool.runs.clone(), pool.cgi_waiting.clone(), queue, timeout)
         };
-        let permit = match tokio::time::timeout(QUEUE_WAIT, runs.acquire_owned()).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) | Err(_) => return Err(LeaseError::Busy(id.clone(), QUEUE_WAIT)),
+        let permit = match runs.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Counted while it waits, whichever way the wait ends.
+                let Some(_place) = Place::take(&waiting, queue) else {
+                    return Err(LeaseError::Busy(id.clone(), Overload::QueueFull(queue)));
+                };
+                match tokio::time::timeout(timeout, runs.acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) | Err(_) => {
+                        return Err(LeaseError::Busy(id.clone(), Overload::Waited(timeout)));
+                    }
+                }
+            }
         };
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -609,6 +650,27 @@ impl Apps {
     }
 }
 
+/// A place in a CGI app's queue, given back when dropped.
+struct Place<'a>(&'a AtomicU32);
+
+impl<'a> Place<'a> {
+    /// A place, if fewer than `queue` requests wait.
+    fn take(waiting: &'a AtomicU32, queue: u32) -> Option<Place<'a>> {
+        waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < queue).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Place(waiting))
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Process `i` can take requests again: as many as it has room for go to the
 /// oldest waiting requests still there. Called under the pools lock.
 fn hand_off(apps: &Arc<Apps>, id: &AppId, pool: &mut AppPool, i: usize) {
@@ -682,15 +744,18 @@ mod tests {
     /// Pools for one app `t/a` with `max_processes`, talking to a supervisor
     /// that never answers (its end is returned, to keep the channel open).
     fn apps(max_processes: u32) -> (Arc<Apps>, AppId, std::os::unix::net::UnixStream) {
+        apps_with(Pool {
+            max_processes,
+            ..Pool::default()
+        })
+    }
+
+    fn apps_with(pool: Pool) -> (Arc<Apps>, AppId, std::os::unix::net::UnixStream) {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         let apps = Arc::new(Apps::new(Arc::new(OwnedFd::from(ours))));
         let id = AppId {
             tenant: "t".into(),
             app: "a".into(),
-        };
-        let pool = Pool {
-            max_processes,
-            ..Pool::default()
         };
         apps.update(&[AppPlan {
             id: id.clone(),
@@ -793,6 +858,92 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(lease.slot, 7);
+    }
+
+    /// Starts `n` requests for `id` that queue (every process is busy), and
+    /// waits until they are in the queue.
+    async fn queue_up(apps: &Arc<Apps>, id: &AppId, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let apps = apps.clone();
+                let id = id.clone();
+                tokio::spawn(async move {
+                    let _ = apps.lease(&id).await;
+                })
+            })
+            .collect();
+        while apps.pools.lock().unwrap()[id].waiters.len() < n {
+            tokio::task::yield_now().await;
+        }
+        tasks
+    }
+
+    #[tokio::test]
+    async fn requests_past_the_apps_queue_are_refused_at_once() {
+        let (apps, id, _sup) = apps_with(Pool {
+            max_processes: 1,
+            queue: 2,
+            ..Pool::default()
+        });
+        apps.spawned(&id, process(1));
+        let _busy = apps.lease(&id).await.unwrap();
+        let waiting = queue_up(&apps, &id, 2).await;
+        let third = tokio::time::timeout(Duration::from_secs(5), apps.lease(&id)).await;
+        match third {
+            Ok(Err(LeaseError::Busy(_, Overload::QueueFull(2)))) => {}
+            Ok(other) => panic!("not refused for a full queue: {:?}", other.map(|l| l.slot)),
+            Err(_) => panic!("the request past the queue waited"),
+        }
+        // Requests that went away free their places: the next one waits.
+        for t in &waiting {
+            t.abort();
+        }
+        for t in waiting {
+            let _ = t.await;
+        }
+        let next = tokio::time::timeout(Duration::from_millis(100), apps.lease(&id)).await;
+        assert!(
+            next.is_err(),
+            "queued, not refused: {:?}",
+            next.map(|r| r.err())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_queue_of_zero_refuses_every_wait() {
+        let (apps, id, _sup) = apps_with(Pool {
+            max_processes: 1,
+            queue: 0,
+            ..Pool::default()
+        });
+        apps.spawned(&id, process(1));
+        let busy = apps.lease(&id).await.unwrap();
+        assert!(matches!(
+            apps.lease(&id).await,
+            Err(LeaseError::Busy(_, Overload::QueueFull(0)))
+        ));
+        drop(busy);
+        assert!(apps.lease(&id).await.is_ok(), "an idle process is leased");
+    }
+
+    #[tokio::test]
+    async fn a_wait_for_a_busy_app_ends_at_its_timeout_not_30s() {
+        let (apps, id, _sup) = apps_with(Pool {
+            max_processes: 1,
+            timeout: Duration::from_millis(50),
+            ..Pool::default()
+        });
+        apps.spawned(&id, process(1));
+        let _busy = apps.lease(&id).await.unwrap();
+        // Generous: the wait is 50 ms; the old fixed wait was 30 s.
+        let waited = tokio::time::timeout(Duration::from_secs(10), apps.lease(&id)).await;
+        assert!(
+            matches!(
+                waited,
+                Ok(Err(LeaseError::Busy(_, Overload::Waited(t)))) if t == Duration::from_millis(50)
+            ),
+            "the wait is bounded by the app's timeout"
+        );
     }
 
     #[tokio::test]

@@ -11,13 +11,26 @@
 //! `header_read_timeout`, which would also cut idle keep-alive connections at
 //! `header_timeout`, is not used. With a request in flight, a client that
 //! accepts no response bytes for `send_timeout` is dropped.
+//!
+//! Caps, and who gives way at them ([`Conns`]). Every connection counts against
+//! `max_connections` and against `max_connections_per_ip` of its peer (an
+//! IPv4 address, or an IPv6 /64: one host is given a whole /64, so counting
+//! single IPv6 addresses would cap nothing). A connection without a request in
+//! flight for [`SHED_GRACE`] — one still in its TLS handshake or reading its
+//! first head (slowloris), or an idle keep-alive one — may be closed to make
+//! room, oldest first: at the global cap before berth stops accepting (as
+//! nginx closes its reusable connections when it runs out), at an address's
+//! cap before a new connection of that address is refused. A request in
+//! flight is never cut: its connection is closed only between requests, and
+//! only when the bytes of its last response have been taken by the kernel.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::pin::{Pin, pin};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,7 +38,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, TryAcquireError};
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, warn};
 
@@ -54,6 +67,23 @@ pub fn listener(fd: OwnedFd) -> std::io::Result<TcpListener> {
     TcpListener::from_std(std)
 }
 
+/// How long a connection must have been without a request in flight before
+/// it may be closed to make room at a cap. Short, because it only matters at
+/// a cap, where the alternative is that nobody new gets in; long enough for a
+/// client on a slow link to finish a TLS handshake and send its head (three
+/// round trips of 300 ms).
+pub const SHED_GRACE: Duration = Duration::from_secs(1);
+
+/// Most connections closed at once when the global cap is reached: an eighth
+/// of those that may be, at least one, at most this (as nginx drains its
+/// reusable connections), so one scan of every connection pays for several
+/// accepts under attack, and an idle client is not closed for nothing.
+const SHED_BATCH: usize = 32;
+
+/// How long to wait for the connections asked to close before looking again
+/// (one that started a request meanwhile stays open).
+const SHED_WAIT: Duration = Duration::from_millis(50);
+
 pub async fn accept_loop(listener: TcpListener, spec: ListenerSpec, shared: Arc<Shared>) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -65,20 +95,230 @@ pub async fn accept_loop(listener: TcpListener, spec: ListenerSpec, shared: Arc<
                 continue;
             }
         };
+        let per_ip = shared.current.load().limits.max_connections_per_ip;
+        let activity = Arc::new(Activity::new());
+        let Some(registered) = shared.conns.admit(peer.ip(), &activity, per_ip) else {
+            debug!(
+                "{peer}: its address has {per_ip} connections open (max_connections_per_ip); closing"
+            );
+            continue;
+        };
         // The permit is taken after accept, so idle listeners hold none; at the
-        // cap this loop stops accepting and further clients wait in the backlog.
-        let Ok(permit) = shared.conn_limit.clone().acquire_owned().await else {
+        // cap this loop makes room or stops accepting (then further clients
+        // wait in the backlog).
+        let Some(permit) = room(&shared).await else {
             return;
         };
+        activity.start();
         let shared = shared.clone();
         tokio::spawn(async move {
-            connection(stream, peer, spec, shared).await;
+            // Closing a connection to make room is dropping it here, which
+            // `shed_asked` allows only between requests.
+            tokio::select! {
+                () = connection(stream, peer, spec, shared, activity.clone()) => {}
+                () = activity.shed_asked() => debug!("{peer}: closed to make room"),
+            }
+            drop(registered);
             drop(permit);
         });
     }
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, spec: ListenerSpec, shared: Arc<Shared>) {
+/// A permit of the global cap: at once if one is free, else after closing
+/// the connections that have been without a request longest, else when a
+/// connection ends. None when the front end is shutting down.
+async fn room(shared: &Shared) -> Option<OwnedSemaphorePermit> {
+    loop {
+        match shared.conn_limit.clone().try_acquire_owned() {
+            Ok(permit) => return Some(permit),
+            Err(TryAcquireError::Closed) => return None,
+            Err(TryAcquireError::NoPermits) => {}
+        }
+        let look_again = match shared.conns.shed_oldest() {
+            Shed::Asked(n) => {
+                shared
+                    .conns
+                    .warn_at_cap(shared.max_connections.load(Ordering::Relaxed), n);
+                Instant::now() + SHED_WAIT
+            }
+            Shed::NoneBefore(at) => at,
+        };
+        tokio::select! {
+            permit = shared.conn_limit.clone().acquire_owned() => return permit.ok(),
+            () = sleep_until(look_again) => {}
+        }
+    }
+}
+
+/// Whom a per-address cap counts: an IPv4 address (IPv4-mapped IPv6 ones
+/// included), or the /64 of an IPv6 address, which is what one subscriber
+/// or host is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerKey {
+    V4(Ipv4Addr),
+    V6(u64),
+}
+
+impl PeerKey {
+    pub fn of(ip: IpAddr) -> PeerKey {
+        match ip {
+            IpAddr::V4(a) => PeerKey::V4(a),
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => PeerKey::V4(v4),
+                None => PeerKey::V6((a.to_bits() >> 64) as u64),
+            },
+        }
+    }
+}
+
+/// Every open client connection, by peer: for the per-address cap, and for
+/// closing connections without a request in flight at a cap.
+#[derive(Default)]
+pub struct Conns {
+    by_peer: Mutex<HashMap<PeerKey, Vec<Arc<Activity>>>>,
+    /// When the cap was last reported (Unix time, seconds), so an attack
+    /// does not flood the log.
+    warned_at: AtomicU64,
+}
+
+/// What [`Conns::shed_oldest`] did.
+enum Shed {
+    /// Asked this many connections to close.
+    Asked(usize),
+    /// None can be closed before this instant.
+    NoneBefore(Instant),
+}
+
+/// A connection's place in [`Conns`], given up when dropped.
+pub struct Registered {
+    conns: Arc<Conns>,
+    key: PeerKey,
+    activity: Arc<Activity>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut by_peer = self.conns.by_peer.lock().expect("conns lock");
+        if let Some(list) = by_peer.get_mut(&self.key) {
+            if let Some(i) = list.iter().position(|a| Arc::ptr_eq(a, &self.activity)) {
+                list.swap_remove(i);
+            }
+            if list.is_empty() {
+                by_peer.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Conns {
+    /// Counts a new connection from `ip`. At the address's cap, its
+    /// connection longest without a request (past the grace) is asked to
+    /// close to make room; without one, the new connection is refused (None).
+    fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        activity: &Arc<Activity>,
+        cap: usize,
+    ) -> Option<Registered> {
+        let key = PeerKey::of(ip);
+        let mut by_peer = self.by_peer.lock().expect("conns lock");
+        let list = by_peer.entry(key).or_default();
+        // Those already asked to close are on their way out.
+        let open = list.iter().filter(|a| !a.leaving()).count();
+        if open >= cap {
+            let now = Instant::now();
+            let victim = list
+                .iter()
+                .filter(|a| a.sheddable(now))
+                .min_by_key(|a| a.idle_since());
+            match victim {
+                Some(v) => {
+                    debug!(
+                        "{ip}: at max_connections_per_ip ({cap}); closing its connection idle longest"
+                    );
+                    v.ask_shed();
+                }
+                None => {
+                    if list.is_empty() {
+                        by_peer.remove(&key);
+                    }
+                    return None;
+                }
+            }
+        }
+        list.push(activity.clone());
+        Some(Registered {
+            conns: self.clone(),
+            key,
+            activity: activity.clone(),
+        })
+    }
+
+    /// Asks an eighth of the connections without a request in flight past
+    /// the grace to close (at least one, at most [`SHED_BATCH`]), those idle
+    /// longest.
+    fn shed_oldest(&self) -> Shed {
+        let now = Instant::now();
+        // Any connection that ends a request from now on is a candidate only
+        // a grace later.
+        let mut first_candidate = now + SHED_GRACE;
+        let mut oldest: Vec<(Instant, &Arc<Activity>)> = Vec::with_capacity(SHED_BATCH + 1);
+        let mut candidates = 0;
+        let by_peer = self.by_peer.lock().expect("conns lock");
+        for a in by_peer.values().flatten() {
+            if !a.between_requests() {
+                continue;
+            }
+            let since = a.idle_since();
+            if since + SHED_GRACE > now {
+                first_candidate = first_candidate.min(since + SHED_GRACE);
+                continue;
+            }
+            candidates += 1;
+            if oldest.len() == SHED_BATCH && oldest[SHED_BATCH - 1].0 <= since {
+                continue;
+            }
+            let at = oldest.partition_point(|(t, _)| *t <= since);
+            oldest.insert(at, (since, a));
+            oldest.truncate(SHED_BATCH);
+        }
+        if oldest.is_empty() {
+            return Shed::NoneBefore(first_candidate);
+        }
+        oldest.truncate((candidates / 8).max(1));
+        for (_, a) in &oldest {
+            a.ask_shed();
+        }
+        Shed::Asked(oldest.len())
+    }
+
+    /// Says (at most every 10 s) that the cap was reached.
+    fn warn_at_cap(&self, max: usize, closed: usize) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.warned_at.load(Ordering::Relaxed);
+        if now >= last + 10
+            && self
+                .warned_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            warn!(
+                "at max_connections ({max}): closing connections without a request for {SHED_GRACE:?} to make room ({closed} now)"
+            );
+        }
+        debug!("at max_connections: asked {closed} connection(s) to close");
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    spec: ListenerSpec,
+    shared: Arc<Shared>,
+    activity: Arc<Activity>,
+) {
     let _ = stream.set_nodelay(true);
     let limits = shared.current.load().limits.clone();
     let local = stream.local_addr().unwrap_or(spec.addr);
@@ -90,7 +330,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, spec: ListenerSpec, sha
             tls: false,
             sni: None,
         });
-        return super::h1::serve(stream, info, limits, shared).await;
+        return super::h1::serve(stream, info, activity, limits, shared).await;
     }
     let Some(acceptor) = shared.current.load().tls.clone() else {
         debug!("{peer}: TLS connection but no site has a certificate");
@@ -119,12 +359,15 @@ async fn connection(stream: TcpStream, peer: SocketAddr, spec: ListenerSpec, sha
         tls: true,
         sni,
     });
-    serve(tls, info, &limits, shared).await
+    serve(tls, info, activity, &limits, shared).await
 }
 
-/// Requests in flight, when the connection last became idle, and since when a
-/// write to the client has been blocked.
+/// One connection's state, from accept to close: requests in flight, when
+/// the connection last became idle (its accept, or the end of its last
+/// response), since when a write to the client has been blocked, and whether
+/// it was asked to close to make room.
 pub struct Activity {
+    /// When the connection was accepted.
     base: Instant,
     in_flight: AtomicUsize,
     idle_since_ms: AtomicU64,
@@ -138,6 +381,27 @@ pub struct Activity {
     /// Wakes the watchdog when a request starts or its response finishes, so it
     /// can move its deadline.
     changed: Notify,
+    /// `STARTING`, `RUNNING` or `ASKED`.
+    shed_state: AtomicU8,
+    /// Wakes the connection's task when it is asked to close.
+    shed: Notify,
+}
+
+/// Counted, but not served yet (waiting for room under the global cap).
+const STARTING: u8 = 0;
+/// Served.
+const RUNNING: u8 = 1;
+/// Asked to close to make room.
+const ASKED: u8 = 2;
+
+/// A request being answered, for as long as this lives.
+#[must_use = "the request counts only while this lives"]
+pub struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.end();
+    }
 }
 
 impl Activity {
@@ -150,6 +414,78 @@ impl Activity {
             served: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
             changed: Notify::new(),
+            shed_state: AtomicU8::new(STARTING),
+            shed: Notify::new(),
+        }
+    }
+
+    /// Counts a request from the moment its head is complete, before the
+    /// handler runs, until dropped: the connection is not closed to make room
+    /// meanwhile. (The handler counts it too, until its response is sent.)
+    pub fn busy(self: &Arc<Self>) -> Busy {
+        self.begin();
+        Busy(self.clone())
+    }
+
+    /// The connection is served from now: its first head is due within
+    /// `header_timeout`, and it may be closed to make room a grace later (the
+    /// wait for room under the cap is not the client's doing).
+    fn start(&self) {
+        self.idle_since_ms.store(self.now_ms(), Ordering::Release);
+        self.shed_state.store(RUNNING, Ordering::Release);
+    }
+
+    /// When the connection last had no request in flight.
+    fn idle_since(&self) -> Instant {
+        self.base + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire))
+    }
+
+    /// Whether it is served, has no request in flight, and the bytes of its
+    /// last response were all taken by the kernel.
+    fn between_requests(&self) -> bool {
+        self.shed_state.load(Ordering::Acquire) == RUNNING
+            && self.in_flight.load(Ordering::Acquire) == 0
+            && self.stalled_since_ms.load(Ordering::Relaxed) == NOT_STALLED
+    }
+
+    /// Whether it may be closed to make room at `now`.
+    fn sheddable(&self, now: Instant) -> bool {
+        self.between_requests() && self.idle_since() + SHED_GRACE <= now
+    }
+
+    /// Whether it was asked to close.
+    fn leaving(&self) -> bool {
+        self.shed_state.load(Ordering::Acquire) == ASKED
+    }
+
+    /// Asks the connection's task to close it.
+    fn ask_shed(&self) {
+        if self
+            .shed_state
+            .compare_exchange(RUNNING, ASKED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.shed.notify_one();
+        }
+    }
+
+    /// Completes when the connection was asked to close and may be: checked
+    /// again here, on the connection's own thread, where its requests start
+    /// (one that started since it was asked keeps the connection open).
+    async fn shed_asked(&self) {
+        loop {
+            self.shed.notified().await;
+            if self.in_flight.load(Ordering::Acquire) == 0
+                && self.stalled_since_ms.load(Ordering::Relaxed) == NOT_STALLED
+            {
+                return;
+            }
+            let _ = self.shed_state.compare_exchange(
+                ASKED,
+                RUNNING,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
     }
 
@@ -279,11 +615,15 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 }
 
 /// Serves a connection with hyper (HTTP/1.1 and HTTP/2), under the watchdog.
-pub async fn serve<I>(io: I, info: Arc<ConnInfo>, limits: &ClientLimits, shared: Arc<Shared>)
-where
+pub async fn serve<I>(
+    io: I,
+    info: Arc<ConnInfo>,
+    activity: Arc<Activity>,
+    limits: &ClientLimits,
+    shared: Arc<Shared>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::new());
     let generation = shared.current.load_full();
     let io = TokioIo::new(Watched {
         inner: io,
@@ -296,8 +636,15 @@ where
         service_fn(move |req| {
             let shared = shared.clone();
             let info = info.clone();
+            // hyper calls this as soon as the head is complete; the handler
+            // future may run later.
+            let busy = activity.busy();
             let activity = activity.clone();
-            async move { Ok::<_, Infallible>(handler::handle(req, &info, &shared, activity).await) }
+            async move {
+                let response = handler::handle(req, &info, &shared, activity).await;
+                drop(busy);
+                Ok::<_, Infallible>(response)
+            }
         })
     };
     let mut conn = pin!(generation.http.serve_connection_with_upgrades(io, svc));
@@ -355,5 +702,147 @@ where
                 closing = Some(Instant::now() + limits.drain_timeout);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_are_addresses_for_ipv4_and_slash_64s_for_ipv6() {
+        let key = |s: &str| PeerKey::of(s.parse().unwrap());
+        assert_eq!(key("192.0.2.1"), PeerKey::V4(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
+        assert_eq!(key("::ffff:192.0.2.1"), key("192.0.2.1"), "IPv4-mapped");
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            key("2001:db8:1:2:ffff:ffff:ffff:ffff")
+        );
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+    }
+
+    /// A served connection, idle (accepted, or its last response ended)
+    /// `ago` before now.
+    fn idle_for(ago: Duration) -> Arc<Activity> {
+        let a = Activity::new();
+        let a = Activity {
+            base: a.base - ago,
+            ..a
+        };
+        a.shed_state.store(RUNNING, Ordering::Release);
+        Arc::new(a)
+    }
+
+    fn ip() -> IpAddr {
+        "192.0.2.7".parse().unwrap()
+    }
+
+    #[test]
+    fn at_an_address_cap_its_longest_idle_connection_makes_room() {
+        let conns = Arc::new(Conns::default());
+        let old = idle_for(Duration::from_secs(9));
+        let older = idle_for(Duration::from_secs(10));
+        let _a = conns.admit(ip(), &old, 2).unwrap();
+        let _b = conns.admit(ip(), &older, 2).unwrap();
+        let new = Arc::new(Activity::new());
+        let _c = conns.admit(ip(), &new, 2).expect("room made");
+        assert!(older.leaving(), "the one idle longest is asked to go");
+        assert!(!old.leaving());
+        // A request in flight keeps its connection; so does one not past the grace.
+        let _busy = old.busy();
+        new.start();
+        assert!(conns.admit(ip(), &Arc::new(Activity::new()), 2).is_none());
+        // Another address has its own count.
+        let other = "192.0.2.8".parse().unwrap();
+        assert!(conns.admit(other, &Arc::new(Activity::new()), 2).is_some());
+    }
+
+    #[test]
+    fn a_connection_leaves_the_count_when_it_closes() {
+        let conns = Arc::new(Conns::default());
+        let a = Arc::new(Activity::new());
+        let first = conns.admit(ip(), &a, 1).unwrap();
+        assert!(conns.admit(ip(), &Arc::new(Activity::new()), 1).is_none());
+        drop(first);
+        assert!(conns.by_peer.lock().unwrap().is_empty());
+        assert!(conns.admit(ip(), &Arc::new(Activity::new()), 1).is_some());
+    }
+
+    /// Registers `activities`, each from its own address.
+    fn register(conns: &Arc<Conns>, activities: &[Arc<Activity>]) -> Vec<Registered> {
+        activities
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let ip = IpAddr::from([10, 0, (i >> 8) as u8, i as u8]);
+                conns.admit(ip, a, 10).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn at_the_cap_the_longest_idle_connections_past_the_grace_are_asked_to_close() {
+        let conns = Arc::new(Conns::default());
+        let ages = [30, 2, 0, 20, 5];
+        let named: Vec<_> = ages
+            .iter()
+            .map(|s| idle_for(Duration::from_secs(*s)))
+            .collect();
+        let _named = register(&conns, &named);
+        let _busy = named[0].busy();
+        // With few candidates, one is closed: the one idle longest.
+        assert!(matches!(conns.shed_oldest(), Shed::Asked(1)));
+        assert!(named[3].leaving(), "the oldest");
+        assert!(!named[0].leaving(), "a request in flight");
+        // Under attack, an eighth of them, at most SHED_BATCH, oldest first.
+        let many: Vec<_> = (0..100).map(|_| idle_for(Duration::from_secs(3))).collect();
+        let _many = register(&conns, &many);
+        // Candidates now: 5 s, 2 s and the hundred of 3 s.
+        assert!(matches!(conns.shed_oldest(), Shed::Asked(12)));
+        assert!(named[4].leaving(), "5 s");
+        assert_eq!(many.iter().filter(|a| a.leaving()).count(), 11, "3 s");
+        assert!(!named[1].leaving(), "2 s: younger than those asked");
+        assert!(!named[2].leaving(), "within the grace");
+        let more: Vec<_> = (0..1000)
+            .map(|_| idle_for(Duration::from_secs(4)))
+            .collect();
+        let _more = register(&conns, &more);
+        assert!(matches!(conns.shed_oldest(), Shed::Asked(SHED_BATCH)));
+    }
+
+    #[test]
+    fn with_nothing_to_close_the_cap_says_when_to_look_again() {
+        let conns = Arc::new(Conns::default());
+        let young = idle_for(Duration::from_millis(200));
+        let _r = conns.admit(ip(), &young, 10).unwrap();
+        match conns.shed_oldest() {
+            Shed::NoneBefore(at) => assert_eq!(at, young.idle_since() + SHED_GRACE),
+            Shed::Asked(_) => panic!("nothing is past the grace"),
+        }
+        let waiting = Arc::new(Activity::new());
+        let _w = conns.admit(ip(), &waiting, 10).unwrap();
+        let _busy = young.busy();
+        assert!(
+            matches!(conns.shed_oldest(), Shed::NoneBefore(_)),
+            "neither a busy connection nor one not yet served"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_that_starts_after_the_ask_keeps_its_connection() {
+        let a = idle_for(Duration::from_secs(5));
+        a.ask_shed();
+        assert!(a.leaving());
+        let busy = a.busy();
+        let closed = tokio::time::timeout(Duration::from_millis(50), a.shed_asked()).await;
+        assert!(closed.is_err(), "not closed with a request in flight");
+        assert!(!a.leaving(), "back to serving");
+        drop(busy);
+        assert!(!a.sheddable(Instant::now()), "its request just ended");
+        let a = idle_for(Duration::from_secs(5));
+        a.ask_shed();
+        let closed = tokio::time::timeout(Duration::from_secs(5), a.shed_asked()).await;
+        assert!(closed.is_ok(), "an idle one closes");
     }
 }

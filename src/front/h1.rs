@@ -20,7 +20,10 @@
 //! Timeouts are the watchdog's rules in `conn.rs`: the first request head must
 //! be complete within `header_timeout`, later ones within `keepalive_timeout` of
 //! the previous response; a client that accepts no bytes of a response for
-//! `send_timeout` is dropped.
+//! `send_timeout` is dropped. The connection's [`Activity`] counts a request
+//! from its complete head until its response is written: while the lane
+//! waits for a head, the first one or the next, the connection may be closed
+//! to make room at a connection cap.
 
 use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
@@ -76,13 +79,13 @@ enum Head {
 pub async fn serve(
     stream: TcpStream,
     info: Arc<ConnInfo>,
+    activity: Arc<Activity>,
     limits: ClientLimits,
     shared: Arc<Shared>,
 ) {
     let mut stream = stream;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut out: Vec<u8> = Vec::with_capacity(4096);
-    let activity = Arc::new(Activity::new());
     let mut drain = shared.drain.clone();
     let mut served = false;
     let timer = pin!(sleep_until(Instant::now() + limits.header_timeout));
@@ -107,10 +110,12 @@ pub async fn serve(
                         len,
                         keep_alive,
                     } => break (parts, len, keep_alive),
-                    Head::Hyper => return handoff(stream, buf, info, &limits, shared).await,
+                    Head::Hyper => {
+                        return handoff(stream, buf, info, activity, &limits, shared).await;
+                    }
                     Head::Partial if buf.len() >= limits.max_header_bytes => {
                         // hyper answers 431 once it has read the rest.
-                        return handoff(stream, buf, info, &limits, shared).await;
+                        return handoff(stream, buf, info, activity, &limits, shared).await;
                     }
                     Head::Partial => {}
                 }
@@ -136,10 +141,22 @@ pub async fn serve(
             }
         };
 
-        // 2. Answer it.
+        // 2. Answer it. Until the response is written, the connection is not
+        // closed to make room (between heads, it may be: see conn.rs).
+        let busy = activity.busy();
         let head_only = parts.method == Method::HEAD;
         let http10 = parts.version == Version::HTTP_10;
-        let response = handler::respond(parts, None, &info, &shared, activity.clone()).await;
+        // A client that goes away before its response starts cancels the
+        // request (as hyper does), so it no longer waits in an app's queue.
+        let response = tokio::select! {
+            // Most responses are ready at the first poll: no peek for them.
+            biased;
+            response = handler::respond(parts, None, &info, &shared, activity.clone()) => response,
+            () = peer_gone(&stream) => {
+                debug!("{}: closed by the client before its response; cancelled", info.peer);
+                return;
+            }
+        };
         let keep_alive = keep_alive && !*drain.borrow();
         let sent = write_response(
             &mut stream,
@@ -151,12 +168,23 @@ pub async fn serve(
             limits.send_timeout,
         )
         .await;
+        drop(busy);
         buf.drain(..len);
         served = true;
         match sent {
             Ok(true) => {}
             Ok(false) | Err(_) => return,
         }
+    }
+}
+
+/// Completes when the client has closed the connection (or reset it). Bytes
+/// that arrive meanwhile (a pipelined request) say nothing about it: then
+/// this never completes.
+async fn peer_gone(stream: &TcpStream) {
+    match stream.peek(&mut [0u8; 1]).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
     }
 }
 
@@ -491,6 +519,7 @@ async fn handoff(
     stream: TcpStream,
     buffered: Vec<u8>,
     info: Arc<ConnInfo>,
+    activity: Arc<Activity>,
     limits: &ClientLimits,
     shared: Arc<Shared>,
 ) {
@@ -498,7 +527,7 @@ async fn handoff(
         prefix: Bytes::from(buffered),
         inner: stream,
     };
-    conn::serve(io, info, limits, shared).await
+    conn::serve(io, info, activity, limits, shared).await
 }
 
 /// A stream that first yields `prefix`, then reads from `inner`.

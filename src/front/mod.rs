@@ -93,6 +93,8 @@ pub struct Shared {
     /// Access and error logs, one each per tenant, indexed by [`SiteRt::log`].
     pub logs: ArcSwap<TenantLogs>,
     pub conn_limit: Arc<Semaphore>,
+    /// Every open connection, by peer.
+    pub conns: Arc<conn::Conns>,
     /// App processes and their pools.
     pub apps: Arc<apps::Apps>,
     pub max_connections: std::sync::atomic::AtomicUsize,
@@ -212,6 +214,7 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
         current: ArcSwap::from_pointee(generation),
         logs: ArcSwap::from_pointee(logs),
         conn_limit: Arc::new(Semaphore::new(max)),
+        conns: Arc::default(),
         apps: Arc::new(apps::Apps::new(sock.clone())),
         max_connections: max.into(),
         drain: drain_rx,
