@@ -33,15 +33,17 @@
 # proxy alike and pull all the ratios towards 1.) berth's app inherits berth's
 # affinity, so the app pins itself (--cpu), whoever starts it.
 #
-# Proxies add the forwarding headers berth always sets (X-Forwarded-For,
-# -Proto, -Host, X-Real-IP) and pass the client's Host. All three write an
+# nginx and haproxy add the forwarding headers berth always sets
+# (X-Forwarded-For, -Proto, -Host, X-Real-IP; berth also sets RFC 7239's
+# Forwarded) and pass the client's Host. All three write an
 # access log (berth always does; PROXY_LOG=off turns nginx's and haproxy's
 # off). Runs alternate (rep 1: berth nginx haproxy, rep 2: nginx haproxy
 # berth, ...) so that noise from other users of the machine hits all alike.
-# Prints the median req/s, p99, requests per second of the proxy's own CPU
-# time (less sensitive to other users of the machine than req/s), the ratios,
-# and how many connections each proxy opened to its app. Traffic stays on
-# loopback; every load is bounded by -d$DUR.
+# Prints the median req/s, p99, the proxy's share of its CPU (near 100%: the
+# proxy is what limits, as it should be), requests per second of the proxy's
+# own CPU time (less sensitive to other users of the machine than req/s), the
+# ratios, and how many connections each proxy opened to its app. Traffic
+# stays on loopback; every load is bounded by -d$DUR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -142,17 +144,21 @@ http {
 NGINX
 
 # haproxy writes its log lines to stdout (out.log), one write per request.
+log_global="" log_defaults=""
+if [ "$PROXY_LOG" = on ]; then
+  log_global="  log stdout format raw local0"
+  log_defaults=$'  log global\n  option httplog'
+fi
 cat >"$WORK/haproxy/haproxy.cfg" <<HAPROXY
 global
   maxconn 4096
   nbthread 1
   user $HAPROXY_USER
   group $HAPROXY_USER
-$( [ "$PROXY_LOG" = on ] && echo "  log stdout format raw local0" )
+$log_global
 defaults
   mode http
-  log global
-  option httplog
+$log_defaults
   option forwardfor
   timeout connect 5s
   timeout client 30s
@@ -209,11 +215,13 @@ taskset -c "$SERVER_CPU" "$BERTH" serve --config "$WORK/berth/berth.toml" >"$WOR
 PIDS+=($!)
 BERTH_PID=$!
 
+# Up when the app's answer comes through. (berth may answer 503 to a request
+# that comes while its min_processes process is still starting.)
 for port in $BERTH_PORT $NGINX_PORT $HAPROXY_PORT $DIRECT_PORT; do
   got=""
   for _ in $(seq 100); do
     got=$(curl -s -H 'Host: bench.test' "http://127.0.0.1:$port/" || true)
-    [ -n "$got" ] && break
+    [ "$got" = "Hello, world!" ] && break
     sleep 0.1
   done
   if [ "$got" != "Hello, world!" ]; then
@@ -244,13 +252,16 @@ proxy_ticks() {
 }
 HZ=$(getconf CLK_TCK)
 
-# run NAME PORT PROXY_PID -> appends "NAME req/s p99ms cpu0% cpu1% req-per-proxy-cpu-s" to results
+# run NAME PORT PROXY_PID -> appends "NAME req/s p99ms cpu0% cpu1% req-per-proxy-cpu-s proxy-cpu%"
+# to results
 run() {
-  local out s0 s1 c0 c1 p0 p1 rps p99 non2xx errs busy0 busy1 eff
+  local out s0 s1 c0 c1 p0 p1 t0 t1 rps p99 non2xx errs busy0 busy1 eff own
   s0=$(cpu_ticks "$SERVER_CPU"); c0=$(cpu_ticks "$CLIENT_CPU")
   p0=$( [ -n "$3" ] && proxy_ticks "$3" || echo 0)
+  t0=$(date +%s%N)
   out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DUR}s" --latency \
     -H 'Host: bench.test' "http://127.0.0.1:$2/")
+  t1=$(date +%s%N)
   p1=$( [ -n "$3" ] && proxy_ticks "$3" || echo 0)
   s1=$(cpu_ticks "$SERVER_CPU"); c1=$(cpu_ticks "$CLIENT_CPU")
   busy0=$(awk -v a="$s0" -v b="$s1" 'BEGIN {split(a, x, " "); split(b, y, " "); print 100 * (y[1] - x[1]) / (y[2] - x[2])}')
@@ -262,8 +273,11 @@ run() {
   # requests per second of the proxy's own CPU time (wrk's total over the CPU
   # the proxy used meanwhile; 0 for direct)
   eff=$(awk -v r="$rps" -v d="$DUR" -v t=$((p1 - p0)) -v hz="$HZ" 'BEGIN {print (t > 0) ? r * d / (t / hz) : 0}')
-  echo "$1 $rps $p99 $busy0 $busy1 $eff" >>"$WORK/results"
-  printf '  %-7s %9.0f req/s  p99 %7.2f ms  CPU%s %3.0f%%  CPU%s %3.0f%%%s%s\n' "$1" "$rps" "$p99" \
+  # the proxy's share of one CPU while wrk ran
+  own=$(awk -v t=$((p1 - p0)) -v hz="$HZ" -v ns=$((t1 - t0)) 'BEGIN {print 100 * (t / hz) / (ns / 1e9)}')
+  echo "$1 $rps $p99 $busy0 $busy1 $eff $own" >>"$WORK/results"
+  printf '  %-7s %9.0f req/s  p99 %7.2f ms  proxy %4s of a CPU  CPU%s busy %3.0f%%  CPU%s busy %3.0f%%%s%s\n' \
+    "$1" "$rps" "$p99" "$( [ -n "$3" ] && printf '%.0f%%' "$own" || echo -)" \
     "$SERVER_CPU" "$busy0" "$CLIENT_CPU" "$busy1" \
     "$( [ -n "$non2xx" ] && echo "  non-2xx: $non2xx")" "$( [ -n "$errs" ] && echo "  socket errors: $errs")"
 }
@@ -297,14 +311,15 @@ col() { awk -v n="$1" -v c="$2" '$1 == n {print $c}' "$WORK/results" | median; }
 echo
 echo "HTTP reverse proxy to one tiny app (keep-alive), wrk -t1 -c$CONNS -d${DUR}s, median of $REPS;"
 echo "proxies on CPU $SERVER_CPU, app and wrk on CPU $CLIENT_CPU; access logs: berth on, nginx and haproxy $PROXY_LOG"
-printf '%-22s %10s %9s %9s %9s %16s\n' setup "req/s" "p99 ms" "CPU$SERVER_CPU busy" "CPU$CLIENT_CPU busy" "req/proxy-CPU-s"
+printf '%-22s %10s %9s %9s %9s %9s %16s\n' setup "req/s" "p99 ms" "proxy CPU" "CPU$SERVER_CPU busy" "CPU$CLIENT_CPU busy" "req/proxy-CPU-s"
 for name in berth nginx haproxy direct; do
   case $name in
     direct) label="app direct (no proxy)" ;;
     *) label=$name ;;
   esac
-  printf '%-22s %10.0f %9.2f %8.0f%% %8.0f%% %16s\n' "$label" "$(col $name 2)" "$(col $name 3)" \
-    "$(col $name 4)" "$(col $name 5)" "$( [ $name = direct ] && echo - || printf '%.0f' "$(col $name 6)")"
+  printf '%-22s %10.0f %9.2f %9s %8.0f%% %8.0f%% %16s\n' "$label" "$(col $name 2)" "$(col $name 3)" \
+    "$( [ $name = direct ] && echo - || printf '%.0f%%' "$(col $name 7)")" "$(col $name 4)" "$(col $name 5)" \
+    "$( [ $name = direct ] && echo - || printf '%.0f' "$(col $name 6)")"
 done
 b=$(col berth 2); n=$(col nginx 2); h=$(col haproxy 2); d=$(col direct 2)
 be=$(col berth 6); ne=$(col nginx 6); he=$(col haproxy 6)
