@@ -272,7 +272,8 @@ run() {
   errs=$(awk '/Socket errors/ {sub(/^ *Socket errors: */, ""); print}' <<<"$out")
   # requests per second of the proxy's own CPU time (wrk's total over the CPU
   # the proxy used meanwhile; 0 for direct)
-  eff=$(awk -v r="$rps" -v d="$DUR" -v t=$((p1 - p0)) -v hz="$HZ" 'BEGIN {print (t > 0) ? r * d / (t / hz) : 0}')
+  eff=$(awk -v n="$(awk '/ requests in / {print $1}' <<<"$out")" -v t=$((p1 - p0)) -v hz="$HZ" \
+    'BEGIN {print (t > 0) ? n / (t / hz) : 0}')
   # the proxy's share of one CPU while wrk ran
   own=$(awk -v t=$((p1 - p0)) -v hz="$HZ" -v ns=$((t1 - t0)) 'BEGIN {print 100 * (t / hz) / (ns / 1e9)}')
   echo "$1 $rps $p99 $busy0 $busy1 $eff $own" >>"$WORK/results"
