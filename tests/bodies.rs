@@ -30,7 +30,7 @@ const PYTHON: &str = "/usr/bin/python3";
 /// whether it came whole, and answers its length and MD5; `/big?n=N` sends N
 /// bytes with a Content-Length.
 const APP_PY: &str = r#"#!/usr/bin/python3
-import hashlib, http.server, json, os, socket, sys, urllib.parse
+import hashlib, http.server, json, os, socket, sys, time, urllib.parse
 
 LOG = os.path.join(os.environ["HOME"], "bodies.log")
 
@@ -83,6 +83,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def route(self):
         url = urllib.parse.urlsplit(self.path)
         q = dict(urllib.parse.parse_qsl(url.query))
+        if url.path.endswith("/events"):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(int(q.get("n", "3"))):
+                event = b"data: %d\n\n" % i
+                self.wfile.write(b"%x\r\n" % len(event) + event + b"\r\n")
+                self.wfile.flush()
+                time.sleep(float(q.get("gap", "1")))
+            self.wfile.write(b"0\r\n\r\n")
+            return
         if url.path.endswith("/big"):
             n = int(q.get("n", "0"))
             self.send_response(200)
@@ -172,6 +184,7 @@ fn start(server: &str, pool: &str, routes: &str) -> Setup {
     }
     a.write("public/cgi-bin/echo.cgi", ECHO_CGI, 0o755);
     a.write("public/static.txt", "static\n", 0o644);
+    a.write("public/static-big.bin", vec![b's'; 300_000], 0o644);
     a.write(
         "public/cgi-bin/exact.cgi",
         "#!/bin/sh\nprintf 'Content-Type: text/plain\\nContent-Length: 5\\n\\nhello'\n",
@@ -528,7 +541,7 @@ fn zero_window_h2_client_does_not_hold_app_processes() {
     );
     assert!(started.elapsed() >= Duration::from_secs(1));
     assert!(
-        t.s.output().contains("left a response untaken"),
+        t.s.wait_output("left a response untaken", Duration::from_secs(5)),
         "{}",
         t.s.output()
     );
@@ -584,7 +597,7 @@ fn an_apps_content_length_frames_its_response_and_cannot_poison_the_next() {
             "{first}: the next response was poisoned"
         );
     }
-    assert!(t.s.output().contains("past its Content-Length"));
+    assert!(t.s.wait_output("past its Content-Length", Duration::from_secs(5)));
     // A body short of its length is never passed off as complete: 502 when
     // nothing was sent yet, else cut off with the connection closed.
     for path in ["/cgi-bin/short.cgi", "/cgi-bin/slowshort.cgi"] {
@@ -614,4 +627,40 @@ fn an_apps_content_length_frames_its_response_and_cannot_poison_the_next() {
         Err(_) => {}
     }
     let _ = &t.b;
+}
+
+#[test]
+fn zero_window_streams_of_complete_responses_and_static_files_are_given_up_too() {
+    // A page complete at once (no pump) and a static file: nothing reads
+    // them at the app's pace, yet a stream without window must not hold
+    // them (and their memory) for as long as the client answers pings.
+    let t = start("send_timeout = \"2s\"", "", "");
+    let mut attacker = zero_window(
+        t.s.addr(),
+        &[
+            ("a.test", "/big.php?n=100000"),
+            ("a.test", "/static-big.bin"),
+        ],
+    );
+    let (_, closed) = read_until_closed(&mut attacker, Duration::from_secs(20));
+    assert!(
+        closed,
+        "the zero-window connection is still open after 20 s"
+    );
+    assert!(t.s.wait_output("left a response untaken", Duration::from_secs(5)));
+}
+
+#[test]
+fn an_event_stream_quiet_longer_than_send_timeout_is_not_cut() {
+    // The app, not the client, is slow: berth waits on the app.
+    let t = start("send_timeout = \"1s\"", "", "");
+    let c = client(true, None, &["a.test"], t.s.port);
+    let mut r = c
+        .get(format!("http://a.test:{}/py/events?n=3&gap=1.5", t.s.port))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut r, &mut text).unwrap();
+    assert_eq!(text, "data: 0\n\ndata: 1\n\ndata: 2\n\n");
 }

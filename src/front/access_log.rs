@@ -23,6 +23,7 @@ use http::{HeaderValue, Method, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use super::body::Body;
+use super::conn::Progress;
 
 /// What is known of a request when its response starts. Fields are cheap
 /// clones of what the request already holds; the line is formatted only when
@@ -175,19 +176,32 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 /// Wraps a response body, counts the bytes sent and runs `done(bytes)` exactly
-/// once: when the body ends, fails, or is dropped (client gone).
+/// once: when the body ends, fails, or is dropped (client gone). With a
+/// [`Progress`], tells the connection's watchdog whether the client is due
+/// to take the next piece.
 pub struct Counted {
     inner: Body,
     bytes: u64,
     done: Option<Box<dyn FnOnce(u64) + Send>>,
+    progress: Option<Arc<Progress>>,
 }
 
 impl Counted {
-    pub fn new(inner: Body, done: Box<dyn FnOnce(u64) + Send>) -> Counted {
+    pub fn new(
+        inner: Body,
+        done: Box<dyn FnOnce(u64) + Send>,
+        progress: Option<Arc<Progress>>,
+    ) -> Counted {
+        if let Some(p) = &progress
+            && !inner.is_end_stream()
+        {
+            p.waiting();
+        }
         Counted {
             inner,
             bytes: 0,
             done: Some(done),
+            progress,
         }
     }
 
@@ -197,6 +211,9 @@ impl Counted {
     }
 
     fn finish(&mut self) {
+        if let Some(p) = self.progress.take() {
+            p.not_waiting();
+        }
         if let Some(done) = self.done.take() {
             done(self.bytes);
         }
@@ -219,10 +236,16 @@ impl HttpBody for Counted {
                 }
                 if self.inner.is_end_stream() {
                     self.finish();
+                } else if let Some(p) = &self.progress {
+                    p.waiting();
                 }
             }
             Poll::Ready(Some(Err(_))) | Poll::Ready(None) => self.finish(),
-            Poll::Pending => {}
+            Poll::Pending => {
+                if let Some(p) = &self.progress {
+                    p.not_waiting();
+                }
+            }
         }
         polled
     }

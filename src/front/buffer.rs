@@ -246,6 +246,10 @@ async fn pump(
             match Pin::new(app).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
+                        if st.spool.is_empty() {
+                            // The client's time to take it starts now.
+                            st.last_take = Instant::now();
+                        }
                         if let Err(e) = st.spool.push(data) {
                             st.error = Some(io::Error::other(format!("response buffer: {e}")));
                             body = None;

@@ -30,7 +30,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -378,6 +378,10 @@ pub struct Activity {
     /// A response was abandoned because the client left it untaken for
     /// `send_timeout` (an HTTP/2 stream without window): the connection goes.
     abandoned: AtomicBool,
+    /// Whether responses are watched one by one (hyper's connections).
+    watch_responses: AtomicBool,
+    /// The responses in flight, when watched.
+    responses: Mutex<Vec<Weak<Progress>>>,
     /// Wakes the watchdog when a request starts or its response finishes, so it
     /// can move its deadline.
     changed: Notify,
@@ -413,6 +417,8 @@ impl Activity {
             stalled_since_ms: AtomicU64::new(NOT_STALLED),
             served: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
+            watch_responses: AtomicBool::new(false),
+            responses: Mutex::new(Vec::new()),
             changed: Notify::new(),
             shed_state: AtomicU8::new(STARTING),
             shed: Notify::new(),
@@ -505,6 +511,34 @@ impl Activity {
         self.changed.notify_one();
     }
 
+    /// A [`Progress`] for a new response, when this connection watches
+    /// them (see [`Progress`]).
+    pub fn watch_response(&self) -> Option<Arc<Progress>> {
+        if !self.watch_responses.load(Ordering::Relaxed) {
+            return None;
+        }
+        let progress = Arc::new(Progress {
+            base: self.base,
+            waiting_since_ms: AtomicU64::new(NOT_WAITING),
+        });
+        let mut responses = self.responses.lock().expect("responses lock");
+        responses.retain(|r| r.strong_count() > 0);
+        responses.push(Arc::downgrade(&progress));
+        Some(progress)
+    }
+
+    /// When a watched response will have waited `send_timeout` for the
+    /// client to take its next piece, the earliest of them.
+    fn response_deadline(&self, limits: &ClientLimits) -> Option<Instant> {
+        let responses = self.responses.lock().expect("responses lock");
+        responses
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter_map(|p| p.waiting_since())
+            .min()
+            .map(|since| since + limits.send_timeout)
+    }
+
     /// A response buffer gave up on this client (see `front::buffer`).
     pub fn abandon(&self) {
         self.abandoned.store(true, Ordering::Release);
@@ -557,6 +591,42 @@ impl Activity {
 }
 
 const NOT_STALLED: u64 = u64::MAX;
+const NOT_WAITING: u64 = u64::MAX;
+
+/// How one response is getting on with the client: whether a piece of its
+/// body has been handed over and the next one is not asked for yet. A
+/// client that takes nothing makes the connection stop asking: hyper polls
+/// an HTTP/2 stream's body only while the stream has flow-control window,
+/// and an HTTP/1.1 body only once the last piece has been written. On
+/// HTTP/1.1 a blocked write shows the stall too; on HTTP/2 nothing else does,
+/// since the connection's other streams and its pings keep writing. The
+/// watchdog closes a connection with a response waiting on its client for
+/// `send_timeout`, as nginx's `send_timeout` does.
+pub struct Progress {
+    base: Instant,
+    /// Milliseconds since `base` since which the client has been due to take
+    /// the next piece, or `NOT_WAITING`.
+    waiting_since_ms: AtomicU64,
+}
+
+impl Progress {
+    /// A piece was handed over (or the head, and the body is not empty):
+    /// the next move is the client's.
+    pub fn waiting(&self) {
+        let now = self.base.elapsed().as_millis() as u64;
+        self.waiting_since_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// The body is waiting for its source (an app), or has ended.
+    pub fn not_waiting(&self) {
+        self.waiting_since_ms.store(NOT_WAITING, Ordering::Relaxed);
+    }
+
+    fn waiting_since(&self) -> Option<Instant> {
+        let ms = self.waiting_since_ms.load(Ordering::Relaxed);
+        (ms != NOT_WAITING).then(|| self.base + Duration::from_millis(ms))
+    }
+}
 
 /// The client's stream, reporting write progress to the watchdog.
 struct Watched<I> {
@@ -655,8 +725,12 @@ pub async fn serve<I>(
         conn.as_mut().graceful_shutdown();
         closing = Some(Instant::now() + limits.drain_timeout);
     }
+    activity.watch_responses.store(true, Ordering::Relaxed);
     loop {
-        if activity.abandoned.load(Ordering::Acquire) {
+        let untaken = activity
+            .response_deadline(limits)
+            .is_some_and(|at| at <= Instant::now());
+        if untaken || activity.abandoned.load(Ordering::Acquire) {
             debug!(
                 "{}: left a response untaken for {:?}; closing",
                 info.peer, limits.send_timeout
@@ -666,7 +740,13 @@ pub async fn serve<I>(
         // `changed` wakes us when a request starts or ends, to recompute this.
         let wake = match closing {
             Some(until) => Some(until),
-            None => activity.deadline(limits),
+            None => [
+                activity.deadline(limits),
+                activity.response_deadline(limits),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
         };
         let sleep = async {
             match wake {

@@ -68,13 +68,14 @@ pub async fn respond(
         };
         Some((file, entry))
     });
+    let progress = activity.watch_response();
     let done = Box::new(move |bytes: u64| {
         if let Some((file, entry)) = log {
             entry.write(&file, bytes);
         }
         activity.end();
     });
-    Response::from_parts(head, Counted::new(body, done))
+    Response::from_parts(head, Counted::new(body, done, progress))
 }
 
 /// Finds the site and route and runs the handler. Returns the site's index (for
