@@ -708,3 +708,82 @@ user = "berth-tide"
     let (code, stdout, stderr) = check(&path);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
 }
+
+/// The finding: an app with `bind = "port"` could be reached by every local
+/// user directly, past berth's auth routes and with a forged
+/// `X-Forwarded-For`. Such an app now needs `open_port = true` from the
+/// admin, and the refusal says what the port means and what to use instead.
+#[test]
+fn an_app_on_an_open_port_needs_the_admins_open_port() {
+    require_root();
+    ensure_user("berth-tfront");
+    let dir = Dir::new();
+    let app = |name: &str, extra: &str| {
+        format!(
+            "\n[tenant.ta.app.{name}]\nprotocol = \"http\"\ncommand = [\"/usr/bin/python3\"]\ndir = \"/tmp\"\n{extra}\n"
+        )
+    };
+    let text = format!(
+        "{}\n[tenant.ta]\nuser = \"berth-tnosuchuser\"\n{}{}{}{}{}",
+        server(&dir),
+        app("unsaid", "bind = \"port\""),
+        app("refused", "bind = \"port\"\nopen_port = false"),
+        app("allowed", "bind = \"port\"\nopen_port = true"),
+        app("socket", "bind = \"socket\"\nopen_port = true"),
+        app("typo", "bind = \"port\"\nopen_port = \"yes\""),
+    );
+    let path = dir.write("berth.toml", &text);
+    let lines = problems(&path);
+    let f = path.display();
+    let line_in = |table: &str, key: &str| {
+        let start = line_no(&text, &format!("[tenant.ta.app.{table}]"));
+        start
+            + text
+                .lines()
+                .skip(start)
+                .position(|l| l.starts_with(key))
+                .unwrap()
+            + 1
+    };
+    for app in ["unsaid", "refused", "typo"] {
+        let l = line_starting(
+            &lines,
+            &format!("{f}:{}: tenant.ta.app.{app}.bind: ", line_in(app, "bind")),
+        );
+        for what in [
+            "every local user",
+            "bypassing berth's auth routes",
+            "X-Forwarded-For",
+            "bind = \"socket\"",
+            "open_port = true",
+        ] {
+            assert!(l.contains(what), "{l:?} should say {what:?}");
+        }
+    }
+    let l = line_starting(
+        &lines,
+        &format!(
+            "{f}:{}: tenant.ta.app.socket.open_port: ",
+            line_in("socket", "open_port")
+        ),
+    );
+    assert!(
+        l.contains("only applies to an HTTP app with bind = \"port\""),
+        "{l}"
+    );
+    let l = line_starting(
+        &lines,
+        &format!(
+            "{f}:{}: tenant.ta.app.typo.open_port: ",
+            line_in("typo", "open_port")
+        ),
+    );
+    assert!(l.contains("expected true or false"), "{l}");
+    assert!(
+        !lines.iter().any(|l| l.contains("app.allowed")),
+        "open_port = true is accepted: {}",
+        lines.join("\n")
+    );
+    // The five above and the tenant's unknown user.
+    assert_eq!(lines.len(), 6, "{}", lines.join("\n"));
+}

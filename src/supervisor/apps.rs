@@ -194,6 +194,11 @@ impl AppManager {
                 // Pool settings may change without restarting processes.
                 Some(state) => state.app = app,
                 None => {
+                    if app.bind == Bind::Port {
+                        warn!(
+                            "app {id}: bind = \"port\" with open_port = true: every local user can connect to its port directly, bypassing berth's auth routes and forwarded headers"
+                        );
+                    }
                     self.apps.insert(
                         id,
                         AppState {
