@@ -787,3 +787,57 @@ fn an_app_on_an_open_port_needs_the_admins_open_port() {
     // The five above and the tenant's unknown user.
     assert_eq!(lines.len(), 6, "{}", lines.join("\n"));
 }
+
+/// `error_log_rate` and `error_log_max`, in `[server]` and `[tenant.T]`:
+/// out-of-range and malformed values are refused at their line.
+#[test]
+fn error_log_limits_are_checked_where_written() {
+    require_root();
+    let dir = Dir::new();
+    let text = format!(
+        r#"{}error_log_rate = 0
+error_log_max = "64MiB"
+
+[tenant.ta]
+user = "berth-tnosuchuser"
+error_log_rate = 50
+error_log_max = "1KiB"
+
+[tenant.tb]
+user = "berth-tnosuchuser2"
+error_log_max = "lots"
+error_log_rate = "fast"
+"#,
+        server(&dir)
+    );
+    let path = dir.write("berth.toml", &text);
+    let lines = problems(&path);
+    let f = path.display();
+    for (start, key, why) in [
+        (
+            "error_log_rate = 0",
+            "server.error_log_rate",
+            "must be between 1 and 1000000",
+        ),
+        (
+            "error_log_max = \"1KiB\"",
+            "tenant.ta.error_log_max",
+            "must be between 64KiB and 1TiB",
+        ),
+        (
+            "error_log_max = \"lots\"",
+            "tenant.tb.error_log_max",
+            "is not a size",
+        ),
+        (
+            "error_log_rate = \"fast\"",
+            "tenant.tb.error_log_rate",
+            "expected an integer",
+        ),
+    ] {
+        let l = line_starting(&lines, &format!("{f}:{}: {key}: ", line_no(&text, start)));
+        assert!(l.contains(why), "{l:?} should say {why:?}");
+    }
+    // The four above and the two unknown users.
+    assert_eq!(lines.len(), 6, "{}", lines.join("\n"));
+}

@@ -52,6 +52,35 @@ pub struct Server {
     /// No tenant runs as a uid or gid below this.
     pub min_uid: u32,
     pub limits: ClientLimits,
+    /// Tenants' error logs, unless a tenant's block says otherwise.
+    pub error_log: ErrorLogLimits,
+}
+
+/// How much of a tenant's stderr reaches its `error.log` (see
+/// [`crate::tenant_log`]): `error_log_rate` and `error_log_max`, in
+/// `[server]` for every tenant and in `[tenant.T]` for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorLogLimits {
+    /// Lines per second, sustained; a burst of
+    /// [`crate::tenant_log::BURST_SECONDS`] seconds' worth passes at once.
+    pub rate: u32,
+    /// Once the file is this large, lines are dropped until it is rotated
+    /// (and reopened, SIGUSR1).
+    pub max: u64,
+}
+
+impl Default for ErrorLogLimits {
+    /// 200 lines a second (a burst of 1000) keeps every line of an app that
+    /// logs a few per request at a few dozen requests a second, and of a
+    /// stack trace or two, while a flood costs at most ~200 lines (some tens
+    /// of KiB) a second; 64 MiB is weeks of that normal logging, and what a
+    /// flood can cost the disk before the log is rotated.
+    fn default() -> Self {
+        ErrorLogLimits {
+            rate: 200,
+            max: 64 << 20,
+        }
+    }
 }
 
 /// Limits that protect the front end from hostile or broken clients.
@@ -103,6 +132,12 @@ pub struct Tenant {
     pub origin: Origin,
     /// The line of its `user` key.
     pub user_line: usize,
+    /// Its error log's limits: its own `error_log_rate` and `error_log_max`
+    /// over `[server]`'s.
+    pub error_log: ErrorLogLimits,
+    /// What its block set of those (resolved into `error_log` once
+    /// `[server]` is known).
+    error_log_own: (Option<u32>, Option<u64>),
 }
 
 /// A name-based virtual host.
@@ -195,6 +230,7 @@ impl Default for Server {
             log_dir: "/var/log/berth".into(),
             min_uid: 1000,
             limits: ClientLimits::default(),
+            error_log: ErrorLogLimits::default(),
         }
     }
 }
@@ -249,6 +285,13 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
     }
 
     let server = server.unwrap_or_default();
+    for t in &mut tenants {
+        let (rate, max) = t.error_log_own;
+        t.error_log = ErrorLogLimits {
+            rate: rate.unwrap_or(server.error_log.rate),
+            max: max.unwrap_or(server.error_log.max),
+        };
+    }
     let mut problems = problems.into_inner();
     validate(&server, &tenants, &mut problems);
     // Report in reading order: file by file, line by line.
@@ -423,6 +466,11 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
     if let Some(n) = bounded(walk, t.integer("max_connections"), 1, 1_000_000) {
         l.max_connections = n;
     }
+    let (rate, max) = read_error_log(&mut t);
+    s.error_log = ErrorLogLimits {
+        rate: rate.unwrap_or(s.error_log.rate),
+        max: max.unwrap_or(s.error_log.max),
+    };
     let mut includes = Vec::new();
     if let Some(globs) = t.strings("include") {
         for g in &globs.value {
@@ -443,6 +491,15 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
     }
     t.finish();
     (s, includes)
+}
+
+/// `error_log_rate` (lines per second) and `error_log_max` (a size) of
+/// `[server]` or `[tenant.T]`.
+fn read_error_log(t: &mut TableReader<'_>) -> (Option<u32>, Option<u64>) {
+    let walk = t.walk();
+    let rate = bounded(walk, t.integer("error_log_rate"), 1, 1_000_000).map(|n| n as u32);
+    let max = size_in(walk, t.size("error_log_max"), 64 << 10, 1 << 40);
+    (rate, max)
 }
 
 /// A path as written; a relative one is relative to the directory of the file
@@ -488,7 +545,6 @@ pub fn parse_size(s: &str) -> Option<u64> {
 }
 
 /// A size within `min..=max` bytes, or a problem at its line.
-#[allow(dead_code)] // TODO(issue 7): used by the size keys; remove at merge
 fn size_in(walk: &Walk<'_>, at: Option<At<u64>>, min: u64, max: u64) -> Option<u64> {
     let at = at?;
     if at.value < min || at.value > max {
@@ -569,6 +625,7 @@ fn read_tenants(t: TableReader<'_>, defaults: &Pool, tenants: &mut Vec<Tenant>) 
         };
         let user = tt.string("user");
         let home = tt.string("home");
+        let error_log_own = read_error_log(&mut tt);
         let apps = tt
             .table("app")
             .map(|t| app::read_apps(t, defaults))
@@ -622,6 +679,8 @@ fn read_tenants(t: TableReader<'_>, defaults: &Pool, tenants: &mut Vec<Tenant>) 
             apps,
             origin,
             user_line: 0,
+            error_log: ErrorLogLimits::default(),
+            error_log_own,
         };
         match nix::unistd::User::from_name(&user.value) {
             Ok(Some(u)) => {

@@ -194,7 +194,6 @@ impl<'a> TableReader<'a> {
 
     /// A size in bytes: an integer, or a string such as "64KiB", "1GiB",
     /// "512k" (see [`super::parse_size`]).
-    #[allow(dead_code)] // TODO(issue 7): remove at merge
     pub fn size(&mut self, k: &'static str) -> Option<At<u64>> {
         let (item, line, key) = self.item(k)?;
         let value = match (item.as_integer(), item.as_str()) {
