@@ -45,10 +45,12 @@ pub const QUEUE_BYTES: usize = 256 * 1024;
 pub const BURST_SECONDS: u32 = 5;
 /// How often the writer writes the "N lines dropped" lines.
 const SUMMARY_EVERY: Duration = Duration::from_secs(1);
-/// How long the supervisor leaves a pipe unread once its tenant is over its
-/// rate: meanwhile the pipe fills and the app waits in write(2), so a flood
-/// costs berth little CPU instead of a core spent reading and dropping.
-const THROTTLE: Duration = Duration::from_millis(50);
+/// How long an app's output is left unread once its tenant is over its
+/// rate (an app process's pipe here, FastCGI records and CGI stderr in the
+/// front end): meanwhile the pipe or socket fills and the app waits in
+/// write(2), so a flood costs berth little CPU instead of a core spent
+/// reading and dropping.
+pub const THROTTLE: Duration = Duration::from_millis(50);
 
 /// One tenant's error log in this process.
 pub struct TenantLog {
@@ -120,16 +122,48 @@ impl TenantLog {
     /// one is skipped). Returns false when the line was dropped: over the
     /// rate, no room in the queue, or the file full.
     pub fn line(self: &Arc<Self>, app: &str, text: &[u8]) -> bool {
-        let text = trim_newline(text);
-        if text.is_empty() {
-            return true;
-        }
+        let mut budget = Budget::new(self, 1);
+        budget.emit(app, text);
+        budget.settle() == 0
+    }
+
+    /// Takes up to `wanted` tokens from the bucket (none while the file is
+    /// full or missing).
+    fn grant(&self, wanted: usize) -> usize {
         let mut st = self.state();
         if st.full || st.file.is_none() {
-            return false;
+            return 0;
         }
-        if !take_token(&mut st, Instant::now()) {
-            st.over_rate += 1;
+        let now = Instant::now();
+        let rate = f64::from(st.limits.rate);
+        let since = now.saturating_duration_since(st.refilled).as_secs_f64();
+        st.tokens = (st.tokens + since * rate).min(burst(st.limits));
+        st.refilled = now;
+        let n = (st.tokens.floor() as usize).min(wanted);
+        st.tokens -= n as f64;
+        n
+    }
+
+    /// Puts back tokens that [`TenantLog::grant`] gave and no line used.
+    fn give_back(&self, n: usize) {
+        let mut st = self.state();
+        st.tokens = (st.tokens + n as f64).min(burst(st.limits));
+    }
+
+    /// Counts lines dropped for want of tokens (not while the file is full:
+    /// its notice says it all).
+    fn over_rate(&self, n: usize) {
+        let mut st = self.state();
+        if !st.full && st.file.is_some() {
+            st.over_rate += n as u64;
+        }
+    }
+
+    /// Queues a line that has its token. False when there is no room (the
+    /// writer fell behind: counted) or the file is full.
+    fn queue(self: &Arc<Self>, app: &str, text: &[u8]) -> bool {
+        let mut st = self.state();
+        if st.full || st.file.is_none() {
             return false;
         }
         let cut = text.len() > MAX_LINE;
@@ -240,19 +274,6 @@ fn burst(limits: ErrorLogLimits) -> f64 {
     f64::from(limits.rate) * f64::from(BURST_SECONDS)
 }
 
-fn take_token(st: &mut State, now: Instant) -> bool {
-    let rate = f64::from(st.limits.rate);
-    let since = now.saturating_duration_since(st.refilled).as_secs_f64();
-    st.tokens = (st.tokens + since * rate).min(burst(st.limits));
-    st.refilled = now;
-    if st.tokens >= 1.0 {
-        st.tokens -= 1.0;
-        true
-    } else {
-        false
-    }
-}
-
 /// `[time] [who] ` at the end of `out`.
 fn stamp(out: &mut Vec<u8>, who: &str) {
     out.push(b'[');
@@ -267,6 +288,59 @@ fn trim_newline(mut text: &[u8]) -> &[u8] {
         text = rest;
     }
     text
+}
+
+/// Tokens for the lines of one piece of a stream, taken from the bucket at
+/// most once (the first line that needs one takes as many as the piece can
+/// hold lines), so that dropping a flood costs a scan for newlines and one
+/// lock per piece, not a lock per line.
+struct Budget<'a> {
+    log: &'a Arc<TenantLog>,
+    /// The most lines the piece can hold.
+    most: usize,
+    left: Option<usize>,
+    over_rate: usize,
+    not_queued: usize,
+}
+
+impl<'a> Budget<'a> {
+    fn new(log: &'a Arc<TenantLog>, most: usize) -> Self {
+        Budget {
+            log,
+            most,
+            left: None,
+            over_rate: 0,
+            not_queued: 0,
+        }
+    }
+
+    fn emit(&mut self, app: &str, text: &[u8]) {
+        let text = trim_newline(text);
+        if text.is_empty() {
+            return;
+        }
+        let left = self.left.get_or_insert_with(|| self.log.grant(self.most));
+        if *left == 0 {
+            self.over_rate += 1;
+            return;
+        }
+        *left -= 1;
+        if !self.log.queue(app, text) {
+            self.not_queued += 1;
+        }
+    }
+
+    /// Returns unused tokens and counts what was dropped; returns how many
+    /// lines were dropped.
+    fn settle(self) -> usize {
+        if let Some(left) = self.left.filter(|&n| n > 0) {
+            self.log.give_back(left);
+        }
+        if self.over_rate > 0 {
+            self.log.over_rate(self.over_rate);
+        }
+        self.over_rate + self.not_queued
+    }
 }
 
 /// Splits a stream of bytes (a pipe, FastCGI STDERR records) into lines for
@@ -292,21 +366,22 @@ impl Lines {
 
     /// Takes the next bytes of the stream. Returns how many lines were dropped.
     pub fn feed(&mut self, mut bytes: &[u8]) -> usize {
-        let mut dropped = 0;
+        let ends = bytes.iter().filter(|&&b| b == b'\n').count();
+        let mut budget = Budget::new(&self.log, ends + bytes.len() / MAX_LINE + 1);
         while !bytes.is_empty() {
             let (piece, ended) = match bytes.iter().position(|&b| b == b'\n') {
                 Some(i) => (&bytes[..i], Some(i + 1)),
                 None => (bytes, None),
             };
             if !self.skipping {
-                // One byte past the limit tells `line` to mark the cut.
+                // One byte past the limit tells `queue` to mark the cut.
                 let take = piece.len().min(MAX_LINE + 1 - self.buf.len());
                 if ended.is_some() && self.buf.is_empty() && take == piece.len() {
-                    dropped += usize::from(!self.log.line(&self.app, piece));
+                    budget.emit(&self.app, piece);
                 } else {
                     self.buf.extend_from_slice(&piece[..take]);
                     if ended.is_some() || self.buf.len() > MAX_LINE {
-                        dropped += usize::from(!self.log.line(&self.app, &self.buf));
+                        budget.emit(&self.app, &self.buf);
                         self.buf.clear();
                         self.skipping = ended.is_none();
                     }
@@ -320,7 +395,7 @@ impl Lines {
                 None => bytes = &[],
             }
         }
-        dropped
+        budget.settle()
     }
 }
 
