@@ -321,14 +321,10 @@ fn lease_error(e: LeaseError) -> Reject {
 /// tenant's error log, one line per line with a timestamp and the app's name.
 /// Never a write on the request path: lines are queued for the log's writer
 /// thread, within the tenant's rate; what does not fit is dropped (and
-/// counted).
+/// counted), and the sink says so, so that the app is read more slowly.
 fn write_stderr(log: Option<Arc<TenantLog>>, app: &AppId) -> StderrSink {
     let mut lines = log.map(|log| tenant_log::Lines::new(log, app.to_string()));
-    Box::new(move |bytes: &[u8]| {
-        if let Some(lines) = &mut lines {
-            lines.feed(bytes);
-        }
-    })
+    Box::new(move |bytes: &[u8]| lines.as_mut().is_none_or(|l| l.feed(bytes) == 0))
 }
 
 #[cfg(test)]
