@@ -14,7 +14,11 @@
 //!   burst of [`BURST_SECONDS`] seconds' worth), formats the line
 //!   (`[time] [tenant/app] text`, the text cut at [`MAX_LINE`] bytes) and
 //!   appends it to the tenant's queue (at most [`QUEUE_BYTES`]). A line
-//!   without a token or room is counted and dropped.
+//!   without a token or room is counted and dropped. [`Lines`] takes the
+//!   tokens for a whole piece of a stream at once, so dropping costs a scan
+//!   for newlines, and says when it dropped: the reader then leaves the app's
+//!   output unread for [`THROTTLE`] (the supervisor's pipes, FastCGI
+//!   connections, CGI stderr), and the app waits in its writes.
 //! - One writer thread per process empties the queues into the files. Before
 //!   each write it asks the file its size (fstat): the cap is the file's own,
 //!   so it holds whichever process writes. A file at `error_log_max` gets one
