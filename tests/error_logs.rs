@@ -45,9 +45,9 @@ error_log("marker " . $_GET['m']);
 echo "ok\n";
 "#;
 
-/// A CGI script that writes to its stderr in a loop for 3 s, then "done N".
+/// A CGI script that writes to its stderr in a loop for 2 to 3 s (whole
+/// seconds: perl-base has no Time::HiRes), then "done N".
 const FLOOD_CGI: &str = r#"#!/usr/bin/perl
-use Time::HiRes qw(time);
 my $end = time + 3;
 my $pad = "x" x 100;
 my $n = 0;
