@@ -34,7 +34,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 # The front end runs tests as this user; the demo config names these users.
-for u in berth-tfront berth-demo-alice berth-demo-bob; do
+for u in berth-tfront berth-demo-front berth-demo-alice berth-demo-bob; do
   id "$u" >/dev/null 2>&1 || useradd --no-create-home --shell /usr/sbin/nologin "$u"
 done
 

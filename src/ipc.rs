@@ -111,6 +111,8 @@ pub struct Plan {
     pub listeners: Vec<ListenerSpec>,
     /// Tenant names, in the order of the access-log fds.
     pub logs: Vec<String>,
+    /// Each of those tenants' error-log limits, in the same order.
+    pub error_logs: Vec<crate::config::ErrorLogLimits>,
     pub sites: Vec<SitePlan>,
     pub apps: Vec<AppPlan>,
     /// Where the front end keeps request and response bodies too large for

@@ -13,3 +13,4 @@ pub mod ipc;
 pub mod logging;
 pub mod supervisor;
 pub mod sys;
+pub mod tenant_log;

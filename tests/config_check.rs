@@ -81,6 +81,7 @@ fn root_of(dir: &Dir, rel: &str, user: &str) -> PathBuf {
 #[test]
 fn shipped_examples_pass() {
     require_root();
+    ensure_any_user("berth-demo-front");
     ensure_any_user("berth-demo-alice");
     ensure_any_user("berth-demo-bob");
     let mut checked = Vec::new();
@@ -555,4 +556,288 @@ concurrency = 0
     // Every key the table takes is named once.
     let unknown = line_starting(&lines, &format!("{f}:22: "));
     assert_eq!(unknown.matches("protocol").count(), 1, "{unknown}");
+}
+
+// ---------------------------------------------------------------------------
+// Identities (issue 7, item 5). Users of their own (berth-tid*), so the group
+// memberships these tests add disturb no other test.
+// ---------------------------------------------------------------------------
+
+/// The front end's user in the identity tests; a member of the group of
+/// `berth-tida` (the sound setup: the front end may read 0640 site files).
+const ID_FRONT: &str = "berth-tidfront";
+
+/// Test user `name`, created with `useradd ARGS` if missing. Returns (uid, gid).
+fn user_made_with(name: &str, args: &[&str]) -> (u32, u32) {
+    assert!(name.starts_with("berth-t"));
+    if nix::unistd::User::from_name(name).unwrap().is_none() {
+        let st = Command::new("useradd")
+            .args(["--no-create-home", "--shell", "/usr/sbin/nologin"])
+            .args(args)
+            .arg(name)
+            .status()
+            .unwrap();
+        assert!(
+            st.success() || nix::unistd::User::from_name(name).unwrap().is_some(),
+            "useradd {name}"
+        );
+    }
+    let u = nix::unistd::User::from_name(name).unwrap().unwrap();
+    (u.uid.as_raw(), u.gid.as_raw())
+}
+
+/// The users of the identity tests: `berth-tida` (a tenant), the front end
+/// [`ID_FRONT`] in its group, `berth-tidb` in its group too, `berth-tidc`
+/// with its group as primary group, `berth-tidg` in the front end's group,
+/// `berth-tide` on its own.
+fn identity_users() {
+    user_made_with("berth-tida", &[]);
+    user_made_with("berth-tide", &[]);
+    user_made_with("berth-tidc", &["-g", "berth-tida"]);
+    apps::user_in_group(ID_FRONT, "berth-tida");
+    apps::user_in_group("berth-tidb", "berth-tida");
+    apps::user_in_group("berth-tidg", ID_FRONT);
+}
+
+fn identity_server(dir: &Dir) -> String {
+    format!(
+        r#"[server]
+listen = ["127.0.0.1:18082"]
+user = "{ID_FRONT}"
+state_dir = "{}"
+log_dir = "{}"
+"#,
+        dir.join("state").display(),
+        dir.join("log").display()
+    )
+}
+
+/// The finding: a tenant whose user was in the front end's group got that
+/// group in its apps and could connect to every tenant's app socket; a
+/// tenant could run as `server.user`; two tenants could share a user.
+#[test]
+fn identities_that_break_isolation_are_refused() {
+    require_root();
+    identity_users();
+    let dir = Dir::new();
+    let text = format!(
+        r#"{}
+[tenant.front]
+user = "{ID_FRONT}"
+
+[tenant.member]
+user = "berth-tidg"
+
+[tenant.ta]
+user = "berth-tida"
+
+[tenant.tb]
+user = "berth-tidb"
+
+[tenant.tc]
+user = "berth-tidc"
+
+[tenant.td]
+user = "berth-tida"
+
+[tenant.te]
+user = "berth-tide"
+"#,
+        identity_server(&dir)
+    );
+    let path = dir.write("berth.toml", &text);
+    let lines = problems(&path);
+    assert_eq!(lines.len(), 5, "{}", lines.join("\n"));
+    let f = path.display();
+    let at = |tenant: &str, user: &str| {
+        let n = text
+            .lines()
+            .position(|l| l == format!("[tenant.{tenant}]"))
+            .unwrap()
+            + 2;
+        assert_eq!(
+            text.lines().nth(n - 1).unwrap(),
+            format!("user = \"{user}\"")
+        );
+        line_starting(&lines, &format!("{f}:{n}: tenant.{tenant}.user: ")).to_string()
+    };
+    let l = at("front", ID_FRONT);
+    assert!(l.contains("is server.user"), "{l}");
+    let l = at("member", "berth-tidg");
+    assert!(
+        l.contains(&format!("is a member of \"{ID_FRONT}\""))
+            && l.contains("the primary group of server.user")
+            && l.contains("every tenant's app socket"),
+        "{l}"
+    );
+    let l = at("tb", "berth-tidb");
+    assert!(
+        l.contains("is a member of \"berth-tida\"") && l.contains("tenant \"ta\""),
+        "{l}"
+    );
+    let l = at("tc", "berth-tidc");
+    assert!(
+        l.contains("has the primary group \"berth-tida\"") && l.contains("tenant \"ta\""),
+        "{l}"
+    );
+    let l = at("td", "berth-tida");
+    assert!(
+        l.contains("two tenants may not share a Unix user") && l.contains("tenant \"ta\""),
+        "{l}"
+    );
+}
+
+/// What stays allowed: the front end's user in a tenant's group (so it can
+/// read the tenant's 0640 files), tenants with users and groups of their own.
+#[test]
+fn the_front_end_in_a_tenants_group_passes() {
+    require_root();
+    identity_users();
+    let dir = Dir::new();
+    let text = format!(
+        r#"{}
+[tenant.ta]
+user = "berth-tida"
+
+[tenant.te]
+user = "berth-tide"
+"#,
+        identity_server(&dir)
+    );
+    let path = dir.write("berth.toml", &text);
+    let (code, stdout, stderr) = check(&path);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+}
+
+/// The finding: an app with `bind = "port"` could be reached by every local
+/// user directly, past berth's auth routes and with a forged
+/// `X-Forwarded-For`. Such an app now needs `open_port = true` from the
+/// admin, and the refusal says what the port means and what to use instead.
+#[test]
+fn an_app_on_an_open_port_needs_the_admins_open_port() {
+    require_root();
+    ensure_user("berth-tfront");
+    let dir = Dir::new();
+    let app = |name: &str, extra: &str| {
+        format!(
+            "\n[tenant.ta.app.{name}]\nprotocol = \"http\"\ncommand = [\"/usr/bin/python3\"]\ndir = \"/tmp\"\n{extra}\n"
+        )
+    };
+    let text = format!(
+        "{}\n[tenant.ta]\nuser = \"berth-tnosuchuser\"\n{}{}{}{}{}",
+        server(&dir),
+        app("unsaid", "bind = \"port\""),
+        app("refused", "bind = \"port\"\nopen_port = false"),
+        app("allowed", "bind = \"port\"\nopen_port = true"),
+        app("socket", "bind = \"socket\"\nopen_port = true"),
+        app("typo", "bind = \"port\"\nopen_port = \"yes\""),
+    );
+    let path = dir.write("berth.toml", &text);
+    let lines = problems(&path);
+    let f = path.display();
+    let line_in = |table: &str, key: &str| {
+        let start = line_no(&text, &format!("[tenant.ta.app.{table}]"));
+        start
+            + text
+                .lines()
+                .skip(start)
+                .position(|l| l.starts_with(key))
+                .unwrap()
+            + 1
+    };
+    for app in ["unsaid", "refused", "typo"] {
+        let l = line_starting(
+            &lines,
+            &format!("{f}:{}: tenant.ta.app.{app}.bind: ", line_in(app, "bind")),
+        );
+        for what in [
+            "every local user",
+            "bypassing berth's auth routes",
+            "X-Forwarded-For",
+            "bind = \"socket\"",
+            "open_port = true",
+        ] {
+            assert!(l.contains(what), "{l:?} should say {what:?}");
+        }
+    }
+    let l = line_starting(
+        &lines,
+        &format!(
+            "{f}:{}: tenant.ta.app.socket.open_port: ",
+            line_in("socket", "open_port")
+        ),
+    );
+    assert!(
+        l.contains("only applies to an HTTP app with bind = \"port\""),
+        "{l}"
+    );
+    let l = line_starting(
+        &lines,
+        &format!(
+            "{f}:{}: tenant.ta.app.typo.open_port: ",
+            line_in("typo", "open_port")
+        ),
+    );
+    assert!(l.contains("expected true or false"), "{l}");
+    assert!(
+        !lines.iter().any(|l| l.contains("app.allowed")),
+        "open_port = true is accepted: {}",
+        lines.join("\n")
+    );
+    // The five above and the tenant's unknown user.
+    assert_eq!(lines.len(), 6, "{}", lines.join("\n"));
+}
+
+/// `error_log_rate` and `error_log_max`, in `[server]` and `[tenant.T]`:
+/// out-of-range and malformed values are refused at their line.
+#[test]
+fn error_log_limits_are_checked_where_written() {
+    require_root();
+    let dir = Dir::new();
+    let text = format!(
+        r#"{}error_log_rate = 0
+error_log_max = "64MiB"
+
+[tenant.ta]
+user = "berth-tnosuchuser"
+error_log_rate = 50
+error_log_max = "1KiB"
+
+[tenant.tb]
+user = "berth-tnosuchuser2"
+error_log_max = "lots"
+error_log_rate = "fast"
+"#,
+        server(&dir)
+    );
+    let path = dir.write("berth.toml", &text);
+    let lines = problems(&path);
+    let f = path.display();
+    for (start, key, why) in [
+        (
+            "error_log_rate = 0",
+            "server.error_log_rate",
+            "must be between 1 and 1000000",
+        ),
+        (
+            "error_log_max = \"1KiB\"",
+            "tenant.ta.error_log_max",
+            "must be between 64KiB and 1TiB",
+        ),
+        (
+            "error_log_max = \"lots\"",
+            "tenant.tb.error_log_max",
+            "is not a size",
+        ),
+        (
+            "error_log_rate = \"fast\"",
+            "tenant.tb.error_log_rate",
+            "expected an integer",
+        ),
+    ] {
+        let l = line_starting(&lines, &format!("{f}:{}: {key}: ", line_no(&text, start)));
+        assert!(l.contains(why), "{l:?} should say {why:?}");
+    }
+    // The four above and the two unknown users.
+    assert_eq!(lines.len(), 6, "{}", lines.join("\n"));
 }

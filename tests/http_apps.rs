@@ -1428,7 +1428,14 @@ fn start_self_bound(dir: &Dir, home: &Home, bind: &str, mode: &str, pool: &str) 
         "py",
         home,
         &[program.to_str().unwrap(), mode],
-        &format!("bind = \"{bind}\"\n{pool}"),
+        &format!(
+            "bind = \"{bind}\"\n{open}{pool}",
+            open = if bind == "port" {
+                "open_port = true\n"
+            } else {
+                ""
+            }
+        ),
     );
     let tenants = tenant("ta", home, "a.test", "", &[("/py/", "py")], &apps);
     start_tenants(dir, &[home], &tenants)
@@ -1456,6 +1463,13 @@ fn an_app_binding_its_own_port_is_served_over_kept_alive_connections() {
     assert_eq!(second["peer"], v["peer"], "the connection was kept alive");
     // One Date, the app's.
     assert_eq!(first.headers("date").len(), 1, "{first:?}");
+    // The admin allowed the open port, and berth says what that means.
+    assert!(
+        s.output()
+            .contains("app ta/py: bind = \"port\" with open_port = true: every local user can connect to its port directly"),
+        "{}",
+        s.output()
+    );
 }
 
 #[test]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts the demo: berth serving two tenants on 127.0.0.1:8080 (HTTP) and :8443 (TLS).
-# Works as root (tenants get their own Unix users, the front end runs as www-data)
+# Works as root (tenants get their own Unix users, the front end its own: berth-demo-front)
 # and as a normal user (everything runs as you). Ctrl-C stops it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,7 +20,7 @@ chmod 755 "$run"
 chmod -R go-w "$run/apps" "$run/sites"   # berth refuses programs and scripts writable by group or others
 
 if [ "$(id -u)" = 0 ]; then
-  for u in berth-demo-alice berth-demo-bob; do
+  for u in berth-demo-front berth-demo-alice berth-demo-bob; do
     id "$u" >/dev/null 2>&1 || useradd --no-create-home --shell /usr/sbin/nologin "$u"
   done
   chown -R berth-demo-alice: "$run/sites/alice"
@@ -28,7 +28,7 @@ if [ "$(id -u)" = 0 ]; then
   chmod 600 "$run"/tls/*.key "$run/alice.htpasswd"
 else
   me=$(id -un)
-  sed -i "s/\"berth-demo-alice\"/\"$me\"/; s/\"berth-demo-bob\"/\"$me\"/" "$run/berth.toml" "$run/tenants.d/bob.toml"
+  sed -i "s/\"berth-demo-\(front\|alice\|bob\)\"/\"$me\"/" "$run/berth.toml" "$run/tenants.d/bob.toml"
 fi
 
 cat <<MSG

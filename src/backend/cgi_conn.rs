@@ -139,20 +139,28 @@ async fn read_answer(
 }
 
 /// Hands the script's stderr to `sink` one line at a time (a last line
-/// without a newline included).
+/// without a newline included); while the sink drops lines, the pipe is
+/// read more slowly.
 async fn copy_stderr(mut errors: pipe::Receiver, mut sink: StderrSink) {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(16 * 1024);
+        }
         match errors.read_buf(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
+        let mut kept = true;
         while let Some(end) = buf.iter().position(|&b| b == b'\n') {
             let line = buf.split_to(end + 1);
-            sink(&line);
+            kept &= sink(&line);
         }
         if buf.len() >= MAX_STDERR_LINE {
-            sink(&buf.split());
+            kept &= sink(&buf.split());
+        }
+        if !kept {
+            tokio::time::sleep(crate::tenant_log::THROTTLE).await;
         }
     }
     if !buf.is_empty() {

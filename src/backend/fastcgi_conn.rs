@@ -35,8 +35,11 @@ use crate::front::apps::Lease;
 use crate::front::body::Body;
 use crate::front::spool::Spool;
 
-/// Where the app's STDERR records go.
-pub type StderrSink = Box<dyn FnMut(&[u8]) + Send>;
+/// Where the app's STDERR records go. Returns false when it dropped lines
+/// (the tenant's error log is over its rate): the app is then read again
+/// only after [`crate::tenant_log::THROTTLE`], so a flood waits in the app's
+/// writes instead of costing the front end a core.
+pub type StderrSink = Box<dyn FnMut(&[u8]) -> bool + Send>;
 
 /// Id of the one request on each connection.
 const REQUEST_ID: u16 = 1;
@@ -128,6 +131,7 @@ pub async fn request(
         buf,
         decoder: Decoder::new(REQUEST_ID),
         stderr,
+        pause: None,
         ended: false,
     };
     let mut out = BytesMut::new();
@@ -179,6 +183,8 @@ struct RecordStream {
     buf: BytesMut,
     decoder: Decoder,
     stderr: StderrSink,
+    /// Set when `stderr` dropped lines: no read until it has elapsed.
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
     ended: bool,
 }
 
@@ -195,7 +201,10 @@ impl RecordStream {
             match self.decoder.decode(&mut self.buf) {
                 Ok(Some(Record::Stdout(data))) => return Poll::Ready(Ok(Some(data))),
                 Ok(Some(Record::Stderr(data))) => {
-                    (self.stderr)(&data);
+                    if !(self.stderr)(&data) && self.pause.is_none() {
+                        let pause = tokio::time::sleep(crate::tenant_log::THROTTLE);
+                        self.pause = Some(Box::pin(pause));
+                    }
                     continue;
                 }
                 Ok(Some(Record::End { .. })) => {
@@ -204,6 +213,10 @@ impl RecordStream {
                 }
                 Ok(None) => {}
                 Err(e) => return Poll::Ready(Err(AppFailure::Protocol(e.to_string()))),
+            }
+            if let Some(pause) = &mut self.pause {
+                ready!(pause.as_mut().poll(cx));
+                self.pause = None;
             }
             // Room for a read; growing only when short keeps one allocation
             // per request in the common case.

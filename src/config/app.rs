@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::reader::{At, TableReader};
+use super::reader::{At, TableReader, Walk};
 use super::{Origin, bounded, duration, resolve_path};
 
 /// How the front end talks to an app.
@@ -90,6 +90,11 @@ pub struct App {
     pub env: Vec<(String, String)>,
     /// Who binds the listening socket (HTTP apps; always berth for others).
     pub bind: Bind,
+    /// `open_port = true`: the admin accepts that a `bind = "port"` app can
+    /// be reached by every local user directly. Required for [`Bind::Port`].
+    /// Only the admin's configuration may set it: a tenant's own file must
+    /// refuse the key.
+    pub open_port: bool,
     pub pool: Pool,
     /// Where the app's table is, for messages.
     pub origin: Origin,
@@ -168,6 +173,7 @@ pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
         let dir = at.string("dir");
         let env = at.table("env").map(read_env);
         let bind = at.string("bind");
+        let open_port = at.boolean("open_port");
         let protocol = match protocol {
             Some(p) => match p.value.as_str() {
                 "fastcgi" => Some(Protocol::FastCgi),
@@ -254,6 +260,7 @@ pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
                 None
             }
         };
+        let bind_at = bind.as_ref().map(|b| (b.line, b.key.clone()));
         let bind = match bind {
             None => Bind::Berth,
             Some(b) if protocol != Some(Protocol::Http) => {
@@ -280,6 +287,7 @@ pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
                 }
             },
         };
+        check_open_port(walk, bind, bind_at, open_port.as_ref());
         let table_line = at.line();
         let pool = read_pool(at, defaults.clone());
         if protocol == Some(Protocol::Cgi) && pool.concurrency != 1 {
@@ -299,11 +307,41 @@ pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
             dir,
             env: env.unwrap_or_default(),
             bind,
+            open_port: open_port.is_some_and(|o| o.value),
             pool,
             origin,
         });
     }
     apps
+}
+
+/// A loopback port, unlike berth's sockets, can be reached by every local
+/// user directly: past the auth routes and with forged `X-Forwarded-For`
+/// and `Forwarded` headers. So `bind = "port"` needs the admin's explicit
+/// `open_port = true`, and `open_port` means nothing elsewhere.
+fn check_open_port(
+    walk: &Walk<'_>,
+    bind: Bind,
+    bind_at: Option<(usize, String)>,
+    open_port: Option<&At<bool>>,
+) {
+    match (bind, open_port) {
+        (Bind::Port, Some(o)) if o.value => {}
+        (Bind::Port, _) => {
+            let (line, key) = bind_at.expect("bind = \"port\" was written");
+            walk.problem(
+                line,
+                &key,
+                "\"port\" lets every local user connect to the app's port directly, bypassing berth's auth routes and the X-Forwarded-For and Forwarded headers it sets (another tenant can read protected pages and pose as any client); use socket activation (no `bind`) or bind = \"socket\", or, if the app can only listen on a TCP port and that is acceptable, set open_port = true (admin's configuration only)",
+            );
+        }
+        (_, Some(o)) => walk.problem(
+            o.line,
+            &o.key,
+            "only applies to an HTTP app with bind = \"port\"",
+        ),
+        (_, None) => {}
+    }
 }
 
 fn read_env(t: TableReader<'_>) -> Vec<(String, String)> {

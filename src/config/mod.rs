@@ -52,6 +52,35 @@ pub struct Server {
     /// No tenant runs as a uid or gid below this.
     pub min_uid: u32,
     pub limits: ClientLimits,
+    /// Tenants' error logs, unless a tenant's block says otherwise.
+    pub error_log: ErrorLogLimits,
+}
+
+/// How much of a tenant's stderr reaches its `error.log` (see
+/// [`crate::tenant_log`]): `error_log_rate` and `error_log_max`, in
+/// `[server]` for every tenant and in `[tenant.T]` for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorLogLimits {
+    /// Lines per second, sustained; a burst of
+    /// [`crate::tenant_log::BURST_SECONDS`] seconds' worth passes at once.
+    pub rate: u32,
+    /// Once the file is this large, lines are dropped until it is rotated
+    /// (and reopened, SIGUSR1).
+    pub max: u64,
+}
+
+impl Default for ErrorLogLimits {
+    /// 200 lines a second (a burst of 1000) keeps every line of an app that
+    /// logs a few per request at a few dozen requests a second, and of a
+    /// stack trace or two, while a flood costs at most ~200 lines (some tens
+    /// of KiB) a second; 64 MiB is weeks of that normal logging, and what a
+    /// flood can cost the disk before the log is rotated.
+    fn default() -> Self {
+        ErrorLogLimits {
+            rate: 200,
+            max: 64 << 20,
+        }
+    }
 }
 
 /// Limits that protect the front end from hostile or broken clients.
@@ -128,6 +157,12 @@ pub struct Tenant {
     pub origin: Origin,
     /// The line of its `user` key.
     pub user_line: usize,
+    /// Its error log's limits: its own `error_log_rate` and `error_log_max`
+    /// over `[server]`'s.
+    pub error_log: ErrorLogLimits,
+    /// What its block set of those (resolved into `error_log` once
+    /// `[server]` is known).
+    error_log_own: (Option<u32>, Option<u64>),
 }
 
 /// A name-based virtual host.
@@ -224,6 +259,7 @@ impl Default for Server {
             log_dir: "/var/log/berth".into(),
             min_uid: 1000,
             limits: ClientLimits::default(),
+            error_log: ErrorLogLimits::default(),
         }
     }
 }
@@ -278,6 +314,13 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
     }
 
     let server = server.unwrap_or_default();
+    for t in &mut tenants {
+        let (rate, max) = t.error_log_own;
+        t.error_log = ErrorLogLimits {
+            rate: rate.unwrap_or(server.error_log.rate),
+            max: max.unwrap_or(server.error_log.max),
+        };
+    }
     let mut problems = problems.into_inner();
     validate(&server, &tenants, &mut problems);
     // Report in reading order: file by file, line by line.
@@ -470,6 +513,11 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
     if let Some(n) = bounded(walk, t.integer("max_connections_per_ip"), 1, 1_000_000) {
         l.max_connections_per_ip = n;
     }
+    let (rate, max) = read_error_log(&mut t);
+    s.error_log = ErrorLogLimits {
+        rate: rate.unwrap_or(s.error_log.rate),
+        max: max.unwrap_or(s.error_log.max),
+    };
     let mut includes = Vec::new();
     if let Some(globs) = t.strings("include") {
         for g in &globs.value {
@@ -490,6 +538,15 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
     }
     t.finish();
     (s, includes)
+}
+
+/// `error_log_rate` (lines per second) and `error_log_max` (a size) of
+/// `[server]` or `[tenant.T]`.
+fn read_error_log(t: &mut TableReader<'_>) -> (Option<u32>, Option<u64>) {
+    let walk = t.walk();
+    let rate = bounded(walk, t.integer("error_log_rate"), 1, 1_000_000).map(|n| n as u32);
+    let max = size_in(walk, t.size("error_log_max"), 64 << 10, 1 << 40);
+    (rate, max)
 }
 
 /// A path as written; a relative one is relative to the directory of the file
@@ -618,6 +675,7 @@ fn read_tenants(t: TableReader<'_>, defaults: &Pool, tenants: &mut Vec<Tenant>) 
         };
         let user = tt.string("user");
         let home = tt.string("home");
+        let error_log_own = read_error_log(&mut tt);
         let apps = tt
             .table("app")
             .map(|t| app::read_apps(t, defaults))
@@ -671,6 +729,8 @@ fn read_tenants(t: TableReader<'_>, defaults: &Pool, tenants: &mut Vec<Tenant>) 
             apps,
             origin,
             user_line: 0,
+            error_log: ErrorLogLimits::default(),
+            error_log_own,
         };
         match nix::unistd::User::from_name(&user.value) {
             Ok(Some(u)) => {
@@ -1036,8 +1096,12 @@ fn read_auth(mut t: TableReader<'_>) -> Option<Auth> {
     })
 }
 
-/// Checks that need the whole configuration: unique hosts, uids, root owners.
+/// Checks that need the whole configuration: unique hosts, uids, identities,
+/// root owners.
 fn validate(server: &Server, tenants: &[Tenant], problems: &mut Problems) {
+    if rustix::process::geteuid().is_root() {
+        check_identities(server, tenants, problems);
+    }
     let mut hosts: HashMap<String, String> = HashMap::new();
     for tenant in tenants {
         let user_key = format!("tenant.{}.user", tenant.name);
@@ -1127,6 +1191,122 @@ fn validate(server: &Server, tenants: &[Tenant], problems: &mut Problems) {
                     ),
                 );
             }
+        }
+    }
+}
+
+/// Identities that would break isolation, each reported at the tenant's
+/// `user` line (only when berth switches users, as root: run unprivileged,
+/// the front end and every app are the caller anyway).
+///
+/// - A tenant may not be `server.user`, nor have its uid.
+/// - A tenant may not have the front end's primary group, as its own primary
+///   group or a supplementary one: berth gives the front end the app sockets
+///   (`state_dir/apps`, root:that group 0750, sockets 0660) and the
+///   directories of self-bound sockets by that group, and the front end's own
+///   files get it; a member could connect to every tenant's app and name any
+///   file as SCRIPT_FILENAME. The front end's supplementary groups are not
+///   refused: adding the front user to each tenant's group, so that it can
+///   read 0640 site files, is a common and sound setup.
+/// - Two tenants may not share a uid (each could signal and read the other's
+///   processes and files) or a primary group.
+/// - A tenant may not be a member of another tenant's primary group (its apps
+///   could read and write the other's group-accessible files); reported at
+///   the member's line.
+fn check_identities(server: &Server, tenants: &[Tenant], problems: &mut Problems) {
+    use crate::sys::Identity;
+    use nix::unistd::{Gid, Group, User};
+    let group_of = |gid: u32| match Group::from_gid(Gid::from_raw(gid)) {
+        Ok(Some(g)) => g.name,
+        _ => gid.to_string(),
+    };
+    let group_name = |gid: u32| format!("{:?} (gid {gid})", group_of(gid));
+    let identity = |name: &str| {
+        let user = User::from_name(name).ok().flatten()?;
+        Identity::of(&user).ok()
+    };
+    let front = identity(&server.user);
+    let ids: Vec<(&Tenant, Identity)> = tenants
+        .iter()
+        .filter(|t| t.resolved)
+        .filter_map(|t| identity(&t.user).map(|id| (t, id)))
+        .collect();
+    for (i, (tenant, id)) in ids.iter().enumerate() {
+        let mut refuse = |why: String| {
+            problems.push(
+                &tenant.origin.file,
+                tenant.user_line,
+                format!("tenant.{}.user", tenant.name),
+                why,
+            )
+        };
+        let user = &tenant.user;
+        // Groups already named in a problem of this tenant.
+        let mut reported = Vec::new();
+        if let Some(front) = &front {
+            if id.uid == front.uid {
+                let what = if *user == server.user {
+                    format!("is server.user {user:?}")
+                } else {
+                    format!("has uid {}, as server.user {:?}", id.uid, server.user)
+                };
+                refuse(format!(
+                    "user {user:?} {what}, the front end's user: its apps could connect to every tenant's app socket and read whatever the front end reads; give the tenant a user of its own"
+                ));
+                continue;
+            }
+            if id.groups.contains(&front.gid) || id.gid == front.gid {
+                reported.push(front.gid);
+                let how = if id.gid == front.gid {
+                    "has as its primary group"
+                } else {
+                    "is a member of"
+                };
+                refuse(format!(
+                    "user {user:?} {how} {}, the primary group of server.user {:?} (the front end): its apps would get that group and could connect to every tenant's app socket; take it out of the group (gpasswd -d {user} {}) or give the front end a dedicated user",
+                    group_name(front.gid),
+                    server.user,
+                    group_of(front.gid)
+                ));
+            }
+        }
+        // One problem per kind: the first earlier tenant it shares with.
+        if let Some((other, oid)) = ids[..i]
+            .iter()
+            .find(|(_, o)| o.uid == id.uid || o.gid == id.gid)
+        {
+            let at = format!(
+                "tenant {:?} (user {:?}, {})",
+                other.name, other.user, other.origin
+            );
+            if oid.uid == id.uid {
+                refuse(format!(
+                    "user {user:?} has uid {}, as {at}: two tenants may not share a Unix user (each could signal and read the other's processes and files)",
+                    id.uid
+                ));
+            } else {
+                refuse(format!(
+                    "user {user:?} has the primary group {}, as {at}: two tenants may not share a group (each could read and write the other's group-accessible files)",
+                    group_name(id.gid)
+                ));
+            }
+        }
+        for (other, oid) in &ids {
+            if oid.uid == id.uid
+                || oid.gid == id.gid
+                || !id.groups.contains(&oid.gid)
+                || reported.contains(&oid.gid)
+            {
+                continue;
+            }
+            reported.push(oid.gid);
+            refuse(format!(
+                "user {user:?} is a member of {}, the primary group of tenant {:?} (user {:?}): its apps could read and write that tenant's group-accessible files; take it out of the group (gpasswd -d {user} {})",
+                group_name(oid.gid),
+                other.name,
+                other.user,
+                group_of(oid.gid)
+            ));
         }
     }
 }

@@ -177,7 +177,6 @@ impl<'a> TableReader<'a> {
         }
     }
 
-    #[allow(dead_code)] // TODO(issue 7): remove at merge
     pub fn boolean(&mut self, k: &'static str) -> Option<At<bool>> {
         let (item, line, key) = self.item(k)?;
         match item.as_bool() {

@@ -16,11 +16,10 @@
 //! - without: the app is mounted at the prefix: SCRIPT_NAME is the prefix,
 //!   PATH_INFO the rest, SCRIPT_FILENAME the app's program.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::Response;
 use http::request::Parts;
@@ -38,17 +37,18 @@ use super::static_files;
 use crate::backend::AppFailure;
 use crate::backend::cgi_conn::{self, CgiFailure};
 use crate::backend::cgi_env::{self, Peer, Script};
-use crate::backend::fastcgi_conn;
+use crate::backend::fastcgi_conn::{self, StderrSink};
 use crate::backend::http_proxy::{self, Forwarded};
 use crate::config::Protocol;
 use crate::ipc::AppId;
+use crate::tenant_log::{self, TenantLog};
 
 /// Everything about the request the app exchange needs.
 pub struct AppRequest<'a> {
     pub apps: &'a Arc<Apps>,
     pub site: &'a SiteRt,
     /// The tenant's error log (the app's STDERR goes there).
-    pub error_log: Option<Arc<std::fs::File>>,
+    pub error_log: Option<Arc<TenantLog>>,
     pub prefix: &'a str,
     pub app: &'a str,
     pub extensions: &'a [String],
@@ -203,15 +203,13 @@ async fn fastcgi(
     pool: &crate::config::Pool,
     params: Vec<(Vec<u8>, Vec<u8>)>,
     body: Option<Spool>,
-    error_log: Option<Arc<std::fs::File>>,
+    error_log: Option<Arc<TenantLog>>,
 ) -> Result<Response<Body>, Reject> {
     let retry = body.is_none();
     let mut body = body;
     let no_fault = ClientFault::default();
     with_process(apps, id, pool, retry, &no_fault, |lease, first_byte| {
-        let log = error_log.clone();
-        let app_name = id.to_string();
-        let stderr = Box::new(move |bytes: &[u8]| write_stderr(log.as_deref(), &app_name, bytes));
+        let stderr = write_stderr(error_log.clone(), id);
         fastcgi_conn::request(
             lease,
             &params,
@@ -233,7 +231,7 @@ async fn cgi(
     script: Option<PathBuf>,
     params: Vec<(Vec<u8>, Vec<u8>)>,
     body: Option<Spool>,
-    error_log: Option<Arc<std::fs::File>>,
+    error_log: Option<Arc<TenantLog>>,
 ) -> Result<Response<Body>, Reject> {
     // Environment strings: names are ASCII; a header value with bytes that
     // are not UTF-8 (obs-text) reaches the script with U+FFFD in their place.
@@ -247,8 +245,7 @@ async fn cgi(
         })
         .collect();
     let run = apps.run_cgi(id, script, env).await.map_err(lease_error)?;
-    let app_name = id.to_string();
-    let stderr = Box::new(move |bytes: &[u8]| write_stderr(error_log.as_deref(), &app_name, bytes));
+    let stderr = write_stderr(error_log, id);
     cgi_conn::exchange(run, body, pool.timeout, stderr)
         .await
         .map_err(|e| match e {
@@ -368,18 +365,14 @@ fn lease_error(e: LeaseError) -> Reject {
     }
 }
 
-/// One line per line of STDERR, with a timestamp and the app's name.
-fn write_stderr(log: Option<&std::fs::File>, app: &str, bytes: &[u8]) {
-    let Some(mut log) = log else { return };
-    let now = super::access_log::clf_time(SystemTime::now());
-    let prefix = format!("[{now}] [{app}] ");
-    let mut out = Vec::with_capacity(bytes.len() + 64);
-    for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        out.extend_from_slice(prefix.as_bytes());
-        out.extend(line.iter().map(|&b| if b == b'\r' { b' ' } else { b }));
-        out.push(b'\n');
-    }
-    let _ = log.write_all(&out);
+/// Where an app's STDERR (FastCGI records, a CGI script's stderr) goes: its
+/// tenant's error log, one line per line with a timestamp and the app's name.
+/// Never a write on the request path: lines are queued for the log's writer
+/// thread, within the tenant's rate; what does not fit is dropped (and
+/// counted), and the sink says so, so that the app is read more slowly.
+fn write_stderr(log: Option<Arc<TenantLog>>, app: &AppId) -> StderrSink {
+    let mut lines = log.map(|log| tenant_log::Lines::new(log, app.to_string()));
+    Box::new(move |bytes: &[u8]| lines.as_mut().is_none_or(|l| l.feed(bytes) == 0))
 }
 
 #[cfg(test)]

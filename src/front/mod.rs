@@ -43,8 +43,9 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Action, ClientLimits};
+use crate::config::{Action, ClientLimits, ErrorLogLimits};
 use crate::ipc::{self, ListenerSpec, Plan, ToFront, ToSupervisor};
+use crate::tenant_log::TenantLog;
 use auth::Htpasswd;
 use static_files::Root;
 use vhost::Router;
@@ -274,6 +275,7 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
         Ok(_) => info!("drained; exiting"),
         Err(_) => warn!("drain timeout ({limit:?}) reached; closing remaining connections"),
     }
+    crate::tenant_log::flush_all();
     Ok(())
 }
 
@@ -309,7 +311,7 @@ fn on_control(
         ToFront::Logs { tenants } if tenants != shared.current.load().log_names => {
             error!("reopened logs not applied: they are for other tenants than the configuration");
         }
-        ToFront::Logs { tenants } => match take_logs(&tenants, fds) {
+        ToFront::Logs { tenants } => match take_logs(&tenants, fds, None) {
             Ok(logs) => {
                 shared.logs.store(Arc::new(logs));
                 info!("log files reopened");
@@ -364,7 +366,7 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
         .iter()
         .map(|spec| (*spec, fds.next().expect("counted above")))
         .collect();
-    let logs = take_logs(&plan.logs, fds.collect())?;
+    let logs = take_logs(&plan.logs, fds.collect(), Some(&plan.error_logs))?;
 
     let mut resolver = tls::SniResolver::default();
     let mut sites = Vec::with_capacity(plan.sites.len());
@@ -441,18 +443,37 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
 /// Access logs and error logs, one each per tenant.
 pub struct TenantLogs {
     pub access: Vec<Arc<File>>,
-    pub errors: Vec<Arc<File>>,
+    /// The tenants' error logs: apps' stderr, rate-limited and capped, never
+    /// written on the request path (see [`crate::tenant_log`]).
+    pub errors: Vec<Arc<TenantLog>>,
 }
 
-fn take_logs(tenants: &[String], fds: Vec<OwnedFd>) -> anyhow::Result<TenantLogs> {
+/// The logs of `tenants` from their fds (access logs, error logs, berth's
+/// error log). The tenants' error logs keep their state (rate, full) across
+/// reopenings; `limits` (one per tenant) come with a new plan.
+fn take_logs(
+    tenants: &[String],
+    fds: Vec<OwnedFd>,
+    limits: Option<&[ErrorLogLimits]>,
+) -> anyhow::Result<TenantLogs> {
     if fds.len() != 2 * tenants.len() + 1 {
         bail!("{} log fds for {} tenants", fds.len(), tenants.len());
     }
+    if limits.is_some_and(|l| l.len() != tenants.len()) {
+        bail!("error log limits for other tenants than the logs");
+    }
     let mut fds = fds.into_iter();
-    let mut next = || Arc::new(File::from(fds.next().expect("counted")));
-    let access = tenants.iter().map(|_| next()).collect();
-    let errors = tenants.iter().map(|_| next()).collect();
-    crate::logging::set_file(File::from(fds.next().expect("counted")));
+    let mut next = || File::from(fds.next().expect("counted"));
+    let access = tenants.iter().map(|_| Arc::new(next())).collect();
+    let errors = tenants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| crate::tenant_log::open(t, next(), limits.map(|l| l[i])))
+        .collect();
+    if limits.is_some() {
+        crate::tenant_log::retain(tenants);
+    }
+    crate::logging::set_file(next());
     Ok(TenantLogs { access, errors })
 }
 

@@ -15,7 +15,6 @@
 //! [`AppManager::stop_all`] leaves nothing running at shutdown.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
@@ -51,7 +50,6 @@ struct AppState {
     suspects: Vec<(u32, Instant)>,
     user: String,
     uid: u32,
-    gid: u32,
     home: PathBuf,
     procs: BTreeMap<u32, Proc>,
     next_slot: u32,
@@ -108,7 +106,6 @@ pub struct AppManager {
     front_gid: Option<u32>,
     min_uid: u32,
     switch_user: bool,
-    log_dir: PathBuf,
     apps: HashMap<AppId, AppState>,
     /// How routes reach each CGI app: the only scripts it may run.
     cgi_routes: HashMap<AppId, CgiRoutes>,
@@ -148,7 +145,6 @@ impl AppManager {
             front_gid,
             min_uid: cfg.server.min_uid,
             switch_user,
-            log_dir: cfg.server.log_dir.clone(),
             apps: HashMap::new(),
             cgi_routes: HashMap::new(),
             cgi: Vec::new(),
@@ -161,19 +157,15 @@ impl AppManager {
     /// are stopped; returns them so the front end can be told.
     pub fn update(&mut self, cfg: &Config) -> Vec<(AppId, u32)> {
         self.min_uid = cfg.server.min_uid;
-        self.log_dir = cfg.server.log_dir.clone();
         self.cgi_routes = cgi_routes(cfg);
-        let mut wanted: HashMap<AppId, (App, String, PathBuf, (u32, u32))> = HashMap::new();
+        let mut wanted: HashMap<AppId, (App, String, PathBuf, u32)> = HashMap::new();
         for t in &cfg.tenants {
             for a in &t.apps {
                 let id = AppId {
                     tenant: t.name.clone(),
                     app: a.name.clone(),
                 };
-                wanted.insert(
-                    id,
-                    (a.clone(), t.user.clone(), t.home.clone(), (t.uid, t.gid)),
-                );
+                wanted.insert(id, (a.clone(), t.user.clone(), t.home.clone(), t.uid));
             }
         }
         let mut stopped = Vec::new();
@@ -189,11 +181,16 @@ impl AppManager {
             }
             keep
         });
-        for (id, (app, user, home, (uid, gid))) in wanted {
+        for (id, (app, user, home, uid)) in wanted {
             match self.apps.get_mut(&id) {
                 // Pool settings may change without restarting processes.
                 Some(state) => state.app = app,
                 None => {
+                    if app.bind == Bind::Port {
+                        warn!(
+                            "app {id}: bind = \"port\" with open_port = true: every local user can connect to its port directly, bypassing berth's auth routes and forwarded headers"
+                        );
+                    }
                     self.apps.insert(
                         id,
                         AppState {
@@ -203,7 +200,6 @@ impl AppManager {
                             suspects: Vec::new(),
                             user,
                             uid,
-                            gid,
                             home,
                             procs: BTreeMap::new(),
                             next_slot: 1,
@@ -222,7 +218,6 @@ impl AppManager {
         let front_gid = self.front_gid;
         let min_uid = self.min_uid;
         let switch_user = self.switch_user;
-        let log_dir = self.log_dir.clone();
         let state = self
             .apps
             .get_mut(id)
@@ -313,8 +308,22 @@ impl AppManager {
                 process.owner = Some(owner);
             }
         }
-        let log = open_app_log(&log_dir, &id.tenant, front_gid.map(|_| state.gid))
-            .map_err(|e| format!("app {id}: error log: {e}"))?;
+        // The app's fd 1 and 2: a pipe read into the tenant's error log, with
+        // its limits (a process writing to its own stderr must not bypass them).
+        let output = match crate::tenant_log::get(&id.tenant) {
+            Some(log) => {
+                let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                    .map_err(|e| format!("app {id}: output pipe: {e}"))?;
+                Some((log, r, w))
+            }
+            None => {
+                warn!(
+                    "app {id}: no error log for tenant {}; output discarded",
+                    id.tenant
+                );
+                None
+            }
+        };
         let app = &state.app;
         let argv = app.command.clone();
         if app.protocol == Protocol::FastCgi {
@@ -327,9 +336,15 @@ impl AppManager {
             env.push(("PHP_FCGI_CHILDREN".into(), "0".into()));
         }
         env.extend(app.env.iter().cloned());
-        let log2 = log
-            .try_clone()
-            .map_err(|e| format!("app {id}: error log: {e}"))?;
+        let (output, reader) = match output {
+            Some((log, r, w)) => {
+                let w2 = w
+                    .try_clone()
+                    .map_err(|e| format!("app {id}: output pipe: {e}"))?;
+                (vec![(w, 1), (w2, 2)], Some((log, r)))
+            }
+            None => (Vec::new(), None),
+        };
         let spec = SpawnSpec {
             tenant: &id.tenant,
             user: &state.user,
@@ -340,7 +355,7 @@ impl AppManager {
             dir: &app.dir,
             env: &env,
             fds: {
-                fds.extend([(log, 1), (log2, 2)]);
+                fds.extend(output);
                 fds
             },
             switch_user,
@@ -352,6 +367,9 @@ impl AppManager {
             format!("app {id}: not started: {e}")
         })?;
         info!("app {id}: process {slot} started (pid {})", child.id());
+        if let Some((log, r)) = reader {
+            crate::tenant_log::read_pipe(r, log, id.to_string());
+        }
         if let (Some(socket), Some(gid)) = (self_bound_socket, front_gid) {
             // The app creates its socket with its own umask (022: not
             // connectable by the front end's group); root makes it so.
@@ -847,15 +865,6 @@ fn end_or_kill(id: &AppId, slot: u32, child: &mut Child, deadline: Instant) {
         }
     }
     let _ = killpg(pgid(child), Signal::SIGKILL);
-}
-
-/// `log_dir/TENANT/error.log`: the app's stdout and stderr (readable by the
-/// tenant's group when berth runs as root).
-fn open_app_log(log_dir: &Path, tenant: &str, group: Option<u32>) -> std::io::Result<OwnedFd> {
-    let dir = log_dir.join(tenant);
-    super::open_log(&dir, "error.log", group)
-        .map(|fd| OwnedFd::from(File::from(fd)))
-        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 #[cfg(test)]

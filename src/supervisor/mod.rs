@@ -90,6 +90,7 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
     };
     prepare_dir(&sup.config.server.log_dir, root)?;
     let logs = sup.open_logs()?;
+    sup.use_logs(&logs)?;
     crate::logging::set_file(File::from(logs.error.try_clone()?));
     sup.listeners.sync(&sup.config)?;
     raise_nofile_limit();
@@ -100,6 +101,7 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
     let result = rt.block_on(sup.serve(logs));
     // Whatever way the loop ended, no app outlives berth.
     sup.apps.stop_all();
+    crate::tenant_log::flush_all();
     result
 }
 
@@ -119,6 +121,8 @@ struct Logs {
     access: Vec<OwnedFd>,
     /// Each tenant's `error.log` (its apps' stderr).
     errors: Vec<OwnedFd>,
+    /// Each tenant's limits on it.
+    limits: Vec<crate::config::ErrorLogLimits>,
     error: OwnedFd,
 }
 
@@ -180,7 +184,7 @@ impl Supervisor {
                     }
                     Err(e) => error!("reload refused: {e}; still serving the previous configuration"),
                 },
-                _ = usr1.recv() => match self.open_logs() {
+                _ = usr1.recv() => match self.open_logs().and_then(|l| self.use_logs(&l).map(|()| l)) {
                     Ok(new_logs) => {
                         if let Ok(f) = new_logs.error.try_clone() {
                             crate::logging::set_file(File::from(f));
@@ -256,6 +260,7 @@ impl Supervisor {
             tmp_dir(&self.config.server.state_dir.join(TMP_DIR), front.as_ref())?;
             let logs = self.open_logs()?;
             self.listeners.sync(&self.config)?;
+            self.use_logs(&logs)?;
             Ok(logs)
         })();
         match result {
@@ -409,6 +414,7 @@ impl Supervisor {
             limits: cfg.server.limits.clone(),
             listeners,
             logs: logs.tenants.clone(),
+            error_logs: logs.limits.clone(),
             sites,
             apps: cfg
                 .tenants
@@ -436,12 +442,14 @@ impl Supervisor {
         let mut tenants = Vec::new();
         let mut access = Vec::new();
         let mut errors = Vec::new();
+        let mut limits = Vec::new();
         for t in &self.config.tenants {
             let tdir = dir.join(&t.name);
             prepare_dir(&tdir, self.root)?;
             let group = self.root.then_some(t.gid);
             access.push(open_log(&tdir, "access.log", group)?);
             errors.push(open_log(&tdir, "error.log", group)?);
+            limits.push(t.error_log);
             tenants.push(t.name.clone());
         }
         let error = open_log(dir, "error.log", None)?;
@@ -449,8 +457,19 @@ impl Supervisor {
             tenants,
             access,
             errors,
+            limits,
             error,
         })
+    }
+
+    /// Makes `logs` the tenants' error logs of this process (the app
+    /// processes' output goes there, see [`crate::tenant_log`]).
+    fn use_logs(&self, logs: &Logs) -> Result<(), Error> {
+        for ((tenant, fd), limits) in logs.tenants.iter().zip(&logs.errors).zip(&logs.limits) {
+            crate::tenant_log::open(tenant, File::from(fd.try_clone()?), Some(*limits));
+        }
+        crate::tenant_log::retain(&logs.tenants);
+        Ok(())
     }
 }
 
