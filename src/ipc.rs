@@ -26,7 +26,7 @@ pub enum ToFront {
     /// A new configuration. Fds: one per `listeners` entry, then per `logs`
     /// entry its access log, then per `logs` entry its error log, then berth's
     /// error log.
-    Plan(Plan),
+    Plan(Box<Plan>),
     /// Reopened log files (SIGUSR1). Fds: as for a plan, without the listeners.
     Logs { tenants: Vec<String> },
     /// Stop accepting, finish requests in flight, exit.

@@ -114,7 +114,7 @@ pub fn run() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(sock, plan, fds))
+    rt.block_on(serve(sock, *plan, fds))
 }
 
 /// How many workers: one per CPU this process may run on (the affinity mask,
@@ -296,7 +296,7 @@ fn on_control(
     match msg {
         ToFront::Plan(plan) => {
             let app_plans = plan.apps.clone();
-            match build(plan, fds) {
+            match build(*plan, fds) {
                 Ok((generation, listener_fds, logs)) => {
                     shared.apps.update(&app_plans);
                     resize_limit(shared, generation.limits.max_connections);

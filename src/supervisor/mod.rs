@@ -380,7 +380,7 @@ impl Supervisor {
         self.generation += 1;
         let (plan, mut fds) = self.plan(logs);
         fds.extend(logs.fds());
-        ipc::send(front.sock.as_fd(), &ToFront::Plan(plan), &fds)
+        ipc::send(front.sock.as_fd(), &ToFront::Plan(Box::new(plan)), &fds)
             .map_err(|e| Error::Io(io::Error::other(e.to_string())))
     }
 
