@@ -1,5 +1,6 @@
 //! The few system calls that need `unsafe`: what a forked child does between
-//! `fork` and `exec` to become someone else.
+//! `fork` and `exec` to become someone else, adopting inherited descriptors,
+//! and registering a descriptor with the runtime.
 //!
 //! Everything else in berth is `#![deny(unsafe_code)]`.
 #![allow(unsafe_code)]
@@ -110,6 +111,20 @@ pub fn inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     // process owns it: it was placed at this number by our parent for us alone,
     // and this function is called once, at start-up.
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Registers `fd` with the current tokio runtime for `interest` (the
+/// supervisor waits for its channel to the front end to become writable).
+/// Must be called within the runtime.
+pub fn watch_fd(
+    fd: std::sync::Arc<OwnedFd>,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<std::sync::Arc<OwnedFd>>> {
+    // SAFETY: the AsyncFd owns a strong reference to the OwnedFd, so the
+    // descriptor stays open, on the same file description, for as long as the
+    // AsyncFd lives (nothing closes an OwnedFd but its drop); and
+    // `Arc<OwnedFd>::as_raw_fd` returns that same descriptor every time.
+    Ok(unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }?)
 }
 
 pub use app::{AppExec, AppStep, spawn_app};

@@ -1,5 +1,6 @@
 //! The life of a running berth: privileges of the two processes, reload (good,
-//! bad, new listeners), graceful drain on SIGTERM, restarts after a crash, the
+//! bad, new listeners), graceful drain on SIGTERM, restarts after a crash, a
+//! front end that stops reading (the supervisor never waits on it), the
 //! limits that protect the front end from hostile clients (slowloris, idle
 //! keep-alive, oversized heads, the connection cap), access logs and their
 //! reopening, log files that a tenant could redirect (invariant 7), and running
@@ -1429,4 +1430,217 @@ root = "{}"
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0), "{}", run.output());
+}
+
+// ---------------------------------------------------------------------------
+// 13. Invariant 9: the supervisor never waits on the front end
+// ---------------------------------------------------------------------------
+
+/// The tenant of the stalled-front-end tests.
+const STALL_USER: &str = "berth-tstall";
+
+/// Writes its pid where the app's `PIDFILE` says, then sleeps.
+const PID_THEN_SLEEP_CGI: &str = "#!/bin/sh\necho $$ > \"$PIDFILE\"\nexec sleep 300\n";
+
+/// Sites in the stalled-front-end tests: a plan for them (~300 KB of JSON)
+/// is larger than a socket buffer, so a front end that does not read leaves
+/// the supervisor with most of it to send.
+const MANY_SITES: usize = 3000;
+
+/// Starts berth with `[server]` lines `extra` and tenant `ts` (user
+/// [`STALL_USER`]): a.test with index.html, a CGI app `slow` for `/cgi/*.cgi`
+/// (timeout 2 s) that writes its pid to `home/cgi.pid` and sleeps, a FastCGI
+/// app `php` (php-cgi) kept warm, and [`MANY_SITES`] more sites.
+fn start_with_many_sites(dir: &Dir, extra: &str) -> (Server, common::apps::Home) {
+    use common::apps::{Home, app_table, tenant_site};
+    let home = Home::new(dir, "home/ts", STALL_USER, ensure_user(STALL_USER));
+    home.write("public/index.html", "site A\n", 0o644);
+    home.write("public/cgi/slow.cgi", PID_THEN_SLEEP_CGI, 0o755);
+    home.own();
+    let mut config = tenant_site("ts", &home, "a.test");
+    config.push_str(
+        "\n[[tenant.ts.site.route]]\npath = \"/cgi/\"\napp = \"slow\"\nextensions = [\"cgi\"]\n",
+    );
+    for i in 0..MANY_SITES {
+        config.push_str(&format!(
+            "\n[[tenant.ts.site]]\nhosts = [\"s{i}.test\"]\nroot = \"{}\"\n",
+            home.public().display()
+        ));
+    }
+    config.push_str(&format!(
+        "\n[tenant.ts.app.slow]\nprotocol = \"cgi\"\ntimeout = \"2s\"\nenv = {{ PIDFILE = \"{}\" }}\n",
+        home.join("cgi.pid").display()
+    ));
+    config.push_str(&app_table(
+        "ts",
+        "php",
+        "fastcgi",
+        &home.public(),
+        &["/usr/bin/php-cgi"],
+        "min_processes = 1",
+    ));
+    let (server, port, tls_port) = server_block(dir, extra);
+    let s = Server::start(dir, &format!("{server}{config}"), port, tls_port);
+    (s, home)
+}
+
+/// The php-cgi processes the supervisor `sup` runs.
+fn php_processes(sup: u32) -> Vec<u32> {
+    children(sup)
+        .into_iter()
+        .filter(|&p| {
+            fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.contains("php-cgi"))
+        })
+        .collect()
+}
+
+/// SIGSTOPs the front end and sends `n` SIGHUPs, each a big plan for it;
+/// returns the front end's pid.
+fn stop_front_and_reload(s: &Server, n: usize) -> u32 {
+    let front = s.front_pid();
+    kill(front, Signal::SIGSTOP);
+    for _ in 0..n {
+        s.signal(Signal::SIGHUP);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    front
+}
+
+#[test]
+fn stopped_front_end_and_reloads_do_not_block_the_supervisor() {
+    require_root();
+    let dir = Dir::new();
+    let (uid, _) = ensure_user(STALL_USER);
+    // No replacement during this test: the stalled front end stays.
+    let (mut s, home) = start_with_many_sites(
+        &dir,
+        "front_stall_timeout = \"10m\"\ndrain_timeout = \"2s\"",
+    );
+    let mut php = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            php = php_processes(s.pid());
+            php.len() == 1
+        }),
+        "no warm php-cgi: {php:?}\n{}",
+        s.output()
+    );
+    // A CGI request in flight when the front end stops.
+    let addr = s.addr();
+    std::thread::spawn(move || {
+        let _ = try_raw(
+            addr,
+            b"GET /cgi/slow.cgi HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        );
+    });
+    let mut cgi = 0;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            cgi = fs::read_to_string(home.join("cgi.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or(0);
+            cgi != 0
+        }),
+        "the CGI script did not start:\n{}",
+        s.output()
+    );
+
+    let front = stop_front_and_reload(&s, 5);
+    // Every reload is handled, though no plan after the first can be sent.
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            s.output().matches("configuration reloaded").count() == 5
+        }),
+        "reloads stopped being handled:\n{}",
+        s.output()
+    );
+    // An app process that dies is reaped, and another is kept warm.
+    kill(php[0], Signal::SIGKILL);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            !Path::new(&format!("/proc/{}", php[0])).exists()
+        }),
+        "php-cgi {} was not reaped:\n{}",
+        php[0],
+        s.output()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            php_processes(s.pid()).iter().any(|&p| p != php[0])
+        }),
+        "no new warm php-cgi:\n{}",
+        s.output()
+    );
+    // The CGI script is killed at its timeout (2 s, then 2 s of grace; the
+    // bound is generous for a loaded machine).
+    assert!(
+        eventually(Duration::from_secs(20), || !alive(cgi)),
+        "CGI script {cgi} outlived its timeout:\n{}",
+        s.output()
+    );
+    assert_eq!(
+        s.front_pid(),
+        front,
+        "front end replaced before its stall timeout"
+    );
+
+    // SIGTERM: the front end cannot read its Shutdown; berth ends after
+    // drain_timeout (2 s) + 5 s all the same (30 s is generous for that).
+    let started = Instant::now();
+    let code = s.stop();
+    let took = started.elapsed();
+    assert_eq!(code, Some(0), "{}", s.output());
+    assert!(took < Duration::from_secs(30), "stopping took {took:?}");
+    assert!(!alive(front), "the stopped front end outlived berth");
+    assert!(
+        eventually(Duration::from_secs(5), || processes_of(uid).is_empty()),
+        "left running: {:?}",
+        processes_of(uid)
+    );
+}
+
+#[test]
+fn front_end_that_stops_reading_is_replaced() {
+    require_root();
+    let dir = Dir::new();
+    let (s, _home) =
+        start_with_many_sites(&dir, "front_stall_timeout = \"2s\"\ndrain_timeout = \"2s\"");
+    let started = Instant::now();
+    let old = stop_front_and_reload(&s, 3);
+    let mut new = 0;
+    // 2 s of stall, up to 1 s until the check, 0.5 s of backoff: 30 s is
+    // generous.
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            new = children(s.pid())
+                .into_iter()
+                .find(|&p| p != old && alive(p))
+                .unwrap_or(0);
+            new != 0
+        }),
+        "the stalled front end was not replaced:\n{}",
+        s.output()
+    );
+    println!("replaced after {:?}", started.elapsed());
+    assert!(
+        eventually(Duration::from_secs(10), || !alive(old)),
+        "the stalled front end {old} still runs"
+    );
+    assert!(
+        s.output().contains("has read nothing for"),
+        "{}",
+        s.output()
+    );
+    // The new front end has the whole configuration.
+    for host in ["a.test", "s2999.test"] {
+        let ok = eventually(Duration::from_secs(10), || {
+            try_raw(
+                s.addr(),
+                format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
+        });
+        assert!(ok, "{host} not served after the restart:\n{}", s.output());
+    }
 }

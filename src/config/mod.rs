@@ -51,6 +51,9 @@ pub struct Server {
     pub log_dir: PathBuf,
     /// No tenant runs as a uid or gid below this.
     pub min_uid: u32,
+    /// A front end that reads nothing of what the supervisor has for it for
+    /// this long is killed and restarted (its queue is dropped).
+    pub front_stall_timeout: Duration,
     pub limits: ClientLimits,
 }
 
@@ -184,6 +187,12 @@ impl std::fmt::Display for Origin {
 
 const SERVER_DEFAULT_USER: &str = "www-data";
 
+/// The front end reads the supervisor's messages on a thread that does nothing
+/// else, within milliseconds even under load; 30 s without reading a byte means
+/// it is stopped or wedged. Restarting drops every connection it holds, so the
+/// bound stays far above any pause a swapping or overloaded machine causes.
+const DEFAULT_FRONT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Default for Server {
     /// The built-in defaults, below `[server]`.
     fn default() -> Self {
@@ -194,6 +203,7 @@ impl Default for Server {
             state_dir: "/var/lib/berth".into(),
             log_dir: "/var/log/berth".into(),
             min_uid: 1000,
+            front_stall_timeout: DEFAULT_FRONT_STALL_TIMEOUT,
             limits: ClientLimits::default(),
         }
     }
@@ -399,6 +409,18 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
         match u32::try_from(n.value) {
             Ok(v) if v >= 1 => s.min_uid = v,
             _ => walk.problem(n.line, &n.key, "must be between 1 and 4294967295"),
+        }
+    }
+    if let Some(at) = t.string("front_stall_timeout") {
+        let (line, key) = (at.line, at.key.clone());
+        match duration(walk, Some(at)) {
+            Some(d) if d < Duration::from_secs(1) => walk.problem(
+                line,
+                &key,
+                "must be at least \"1s\" (a front end busy for a moment must not be restarted)",
+            ),
+            Some(d) => s.front_stall_timeout = d,
+            None => {}
         }
     }
     let l = &mut s.limits;

@@ -500,7 +500,7 @@ impl AppManager {
     /// Collects ended CGI scripts and kills those past their app's `timeout`.
     /// A script's process group goes with it: what it left running in the
     /// background does not outlive it.
-    fn reap_cgi(&mut self) {
+    pub fn reap_cgi(&mut self) {
         let now = Instant::now();
         for mut run in std::mem::take(&mut self.cgi) {
             match run.child.try_wait() {
