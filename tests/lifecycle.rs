@@ -1268,6 +1268,60 @@ fn symlinked_log_directory_is_refused() {
     assert!(!dir.join("elsewhere/access.log").exists());
 }
 
+/// Starts berth with `state_dir` and `log_dir` as given (relative to `dir`)
+/// and expects it to refuse to start; returns its output.
+fn expect_dir_refusal(dir: &Dir, state: &str, log: &str, what: &str) -> String {
+    dir.write("a/index.html", "site A\n");
+    let port = free_port();
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\nuser = \"berth-tfront\"\nstate_dir = \"{}\"\nlog_dir = \"{}\"\n{LIMITS}\n{}",
+        dir.join(state).display(),
+        dir.join(log).display(),
+        tenant_a(dir, "a", r#""a.test""#)
+    );
+    ensure_user("berth-tfront");
+    let path = dir.write("berth.toml", config);
+    let mut s = Server::spawn(&path, port, free_port(), dir.join(log));
+    let st = wait_exit(&mut s, Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("berth started despite {what}:\n{}", s.output()));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!st.success(), "{what}: exit {st}:\n{}", s.output());
+    s.output()
+}
+
+#[test]
+fn symlink_in_a_parent_of_state_dir_is_refused() {
+    require_root();
+    let dir = Dir::new();
+    dir.mkdir("elsewhere");
+    dir.symlink(dir.join("elsewhere"), "link");
+    let out = expect_dir_refusal(&dir, "link/state", "log", "a symlink above state_dir");
+    let link = dir.join("link").display().to_string();
+    assert!(
+        out.contains(&format!("{link} is a symbolic link")),
+        "the message must name {link}:\n{out}"
+    );
+    assert!(
+        !dir.join("elsewhere/state").exists(),
+        "berth created state_dir through the link"
+    );
+}
+
+#[test]
+fn symlink_in_a_parent_of_log_dir_is_refused() {
+    require_root();
+    let dir = Dir::new();
+    dir.mkdir("elsewhere/logs");
+    dir.symlink("elsewhere", "link");
+    let out = expect_dir_refusal(&dir, "state", "link/logs/berth", "a symlink above log_dir");
+    let link = dir.join("link").display().to_string();
+    assert!(
+        out.contains(&format!("{link} is a symbolic link")),
+        "the message must name {link}:\n{out}"
+    );
+    assert!(!dir.join("elsewhere/logs/berth").exists());
+}
+
 #[test]
 fn log_files_are_root_owned_and_group_readable_by_the_tenant() {
     require_root();

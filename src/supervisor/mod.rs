@@ -11,7 +11,6 @@ use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -715,43 +714,89 @@ impl Supervisor {
     }
 }
 
-/// Creates `path` if needed and checks that it is a real directory (not a
-/// symlink) that nobody but its owner can write, owned by us. These are the
-/// directories log files are created in: if a tenant could write to one, it
-/// could plant a symlink for root to follow (invariant 7).
+/// Creates `path` if needed and checks that it is a real directory that nobody
+/// but its owner can write, owned by us. These are the directories log files
+/// are created in: if a tenant could write to one, it could plant a symlink
+/// for root to follow (invariant 7).
+///
+/// The path is walked from `/` one component at a time, each opened
+/// `O_PATH | O_NOFOLLOW` relative to the one before: a symbolic link anywhere
+/// on the way is refused, naming it (a link in a parent leads root's writes
+/// wherever its owner points it). `..` is taken lexically, which is what it
+/// means when no component is a link. Missing components are created (0755).
 fn prepare_dir(path: &Path, root: bool) -> Result<(), Error> {
+    use rustix::fs::{FileType, fstat, mkdirat, openat};
+    use std::path::Component;
     let fail = |why: String| Error::Dir {
         path: path.to_path_buf(),
         why,
     };
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(path).map_err(|e| fail(format!("cannot create: {e}")))?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-                .map_err(|e| fail(e.to_string()))?;
+    if !path.is_absolute() {
+        return Err(fail("is not an absolute path".into()));
+    }
+    let mut names = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(name) => names.push(name),
+            Component::ParentDir => {
+                names.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
         }
-        Err(e) => return Err(fail(e.to_string())),
-        Ok(_) => {}
     }
-    let meta = std::fs::symlink_metadata(path).map_err(|e| fail(e.to_string()))?;
-    if meta.file_type().is_symlink() {
-        return Err(fail("is a symbolic link; refusing to use it".into()));
+    let walk_flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut dir = rustix::fs::open("/", walk_flags | OFlags::DIRECTORY, Mode::empty())
+        .map_err(|e| fail(format!("/: {e}")))?;
+    let mut walked = PathBuf::from("/");
+    for name in names {
+        walked.push(name);
+        let at = |e: rustix::io::Errno| fail(format!("{}: {e}", walked.display()));
+        let fd = match openat(&dir, name, walk_flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => {
+                match mkdirat(&dir, name, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(fail(format!("cannot create {}: {e}", walked.display()))),
+                }
+                let fd = openat(&dir, name, walk_flags, Mode::empty()).map_err(at)?;
+                // 0755 whatever the umask (an O_PATH fd cannot be chmodded).
+                if let Ok(opened) = openat(
+                    &fd,
+                    ".",
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                ) {
+                    rustix::fs::fchmod(&opened, Mode::from_raw_mode(0o755)).map_err(at)?;
+                }
+                fd
+            }
+            Err(e) => return Err(at(e)),
+        };
+        let st = fstat(&fd).map_err(at)?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => dir = fd,
+            FileType::Symlink => {
+                return Err(fail(format!(
+                    "{} is a symbolic link; refusing to follow it (give the real path)",
+                    walked.display()
+                )));
+            }
+            _ => return Err(fail(format!("{} is not a directory", walked.display()))),
+        }
     }
-    if !meta.is_dir() {
-        return Err(fail("is not a directory".into()));
-    }
+    let st = fstat(&dir).map_err(|e| fail(e.to_string()))?;
     let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me {
+    if st.st_uid != me {
         return Err(fail(format!(
             "is owned by uid {}, not by uid {me}{}",
-            meta.uid(),
+            st.st_uid,
             if root { " (root)" } else { "" }
         )));
     }
-    if meta.mode() & 0o022 != 0 {
+    if st.st_mode & 0o022 != 0 {
         return Err(fail(format!(
             "is writable by group or others (mode {:o})",
-            meta.mode() & 0o7777
+            st.st_mode & 0o7777
         )));
     }
     Ok(())
