@@ -673,6 +673,54 @@ fn front_end_is_restarted_and_exits_with_the_supervisor() {
     );
 }
 
+/// Leaves a sleep running in its process group, notes its pid, and exits a
+/// second later.
+const LEAVES_A_CHILD_APP: &str = "#!/bin/sh
+sleep 300 </dev/null >/dev/null 2>&1 &
+echo $! >> \"$HOME/left.pids\"
+exec sleep 1
+";
+
+#[test]
+fn app_process_leaves_nothing_running_in_its_group_when_it_exits() {
+    use common::apps::{Home, app_table, tenant_site};
+    require_root();
+    let dir = Dir::new();
+    let user = "berth-tgroup";
+    let home = Home::new(&dir, "home/tg", user, ensure_user(user));
+    home.write("bin/app.sh", LEAVES_A_CHILD_APP, 0o755);
+    home.own();
+    let mut config = tenant_site("tg", &home, "g.test");
+    config.push_str(&app_table(
+        "tg",
+        "leaves",
+        "fastcgi",
+        &home.path,
+        &[home.join("bin/app.sh").to_str().unwrap()],
+        "min_processes = 1",
+    ));
+    let (server, port, tls_port) = server_block(&dir, LIMITS);
+    let s = Server::start(&dir, &format!("{server}{config}"), port, tls_port);
+    let mut first = 0;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            first = fs::read_to_string(home.join("left.pids"))
+                .ok()
+                .and_then(|t| t.lines().next().and_then(|l| l.parse().ok()))
+                .unwrap_or(0);
+            first != 0
+        }),
+        "the app did not start:\n{}",
+        s.output()
+    );
+    // The app exits after a second; its group is killed with it.
+    assert!(
+        eventually(Duration::from_secs(15), || !alive(first)),
+        "sleep {first}, left by an app process that exited, still runs:\n{}",
+        s.output()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 6, 7. Slow and idle clients
 // ---------------------------------------------------------------------------
