@@ -158,6 +158,8 @@ mod app {
         Dup,
         /// Closing every other descriptor.
         CloseFds,
+        /// Setting RLIMIT_NOFILE.
+        Limits,
         Setgroups,
         Setresgid,
         Setresuid,
@@ -168,13 +170,14 @@ mod app {
 
     impl AppStep {
         /// In discriminant order: the child reports a step as its index.
-        const ALL: [AppStep; 12] = [
+        const ALL: [AppStep; 13] = [
             AppStep::Prepare,
             AppStep::Fork,
             AppStep::Signals,
             AppStep::Setsid,
             AppStep::Dup,
             AppStep::CloseFds,
+            AppStep::Limits,
             AppStep::Setgroups,
             AppStep::Setresgid,
             AppStep::Setresuid,
@@ -193,6 +196,7 @@ mod app {
                 AppStep::Setsid => "setsid",
                 AppStep::Dup => "placing descriptors",
                 AppStep::CloseFds => "closing descriptors",
+                AppStep::Limits => "setting RLIMIT_NOFILE",
                 AppStep::Setgroups => "setgroups",
                 AppStep::Setresgid => "setresgid",
                 AppStep::Setresuid => "setresuid",
@@ -218,6 +222,8 @@ mod app {
         pub fds: Vec<(OwnedFd, RawFd)>,
         /// Who to become; `None` keeps the caller's identity.
         pub identity: Option<&'a Identity>,
+        /// RLIMIT_NOFILE, soft and hard.
+        pub open_files: u64,
     }
 
     /// `LISTEN_PID=` followed by room for any pid and a NUL.
@@ -358,7 +364,8 @@ mod app {
     /// numbers (all are first copied above the highest target, so a source
     /// whose number is another one's target is not clobbered) and /dev/null
     /// fills 0, 1 and 2 where nothing was given; every other descriptor is
-    /// closed, inherited ones without close-on-exec included; `setgroups` →
+    /// closed, inherited ones without close-on-exec included; RLIMIT_NOFILE
+    /// (soft and hard) becomes `open_files`; `setgroups` →
     /// `setresgid` → `setresuid` when `identity` is given; `chdir(dir)` as that
     /// identity; umask 022; `no_new_privs`; `execve(program, argv, env)`. When
     /// the environment has `LISTEN_FDS`, `LISTEN_PID` is set to the child's own
@@ -438,6 +445,10 @@ mod app {
         if listen {
             envp.add_pid_slot();
         }
+        let nofile = libc::rlimit {
+            rlim_cur: app.open_files,
+            rlim_max: app.open_files,
+        };
         let ids = app.identity.map(|id| (id.uid, id.gid));
         let groups: Vec<libc::gid_t> = app.identity.map(|id| id.groups.clone()).unwrap_or_default();
 
@@ -450,7 +461,7 @@ mod app {
             .stderr(Stdio::inherit());
         // SAFETY: the closure runs in the forked child and calls only
         // async-signal-safe functions (sigprocmask, sigaction, setsid, fcntl,
-        // dup2, close_range/close, getrlimit, setgroups, setresgid, setresuid,
+        // dup2, close_range/close, getrlimit, setrlimit, setgroups, setresgid, setresuid,
         // chdir, umask, prctl, getpid, execve, write, _exit) on memory prepared
         // before the fork (it writes only into `tmp` and the LISTEN_PID buffer,
         // which it owns); it allocates nothing and never returns: it execs or
@@ -514,6 +525,10 @@ mod app {
                 }
                 if !close_fds(prev + 1, (report - 1) as u32) || !close_fds(report + 1, u32::MAX) {
                     child_fail(report, AppStep::CloseFds);
+                }
+                // Still privileged: a hard limit above ours can be set too.
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &nofile) != 0 {
+                    child_fail(report, AppStep::Limits);
                 }
 
                 if let Some((uid, gid)) = ids {

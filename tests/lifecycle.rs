@@ -721,6 +721,86 @@ fn app_process_leaves_nothing_running_in_its_group_when_it_exits() {
     );
 }
 
+/// Prints its soft and hard RLIMIT_NOFILE.
+const LIMITS_CGI: &str = "#!/bin/sh
+printf 'Content-Type: text/plain\\n\\n%s %s\\n' \"$(ulimit -Sn)\" \"$(ulimit -Hn)\"
+";
+
+/// The soft and hard "Max open files" of `/proc/PID/limits`.
+fn open_files_of(pid: u32) -> String {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    line.split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn apps_get_the_tenants_open_files_not_berths_limit() {
+    use common::apps::{Home, app_table, get_host, tenant_site};
+    require_root();
+    let dir = Dir::new();
+    let mut config = String::from("\n[defaults.limits]\nopen_files = 2048\n");
+    let mut homes = Vec::new();
+    for (t, user, own) in [
+        (
+            "l1",
+            "berth-tlim1",
+            "\n[tenant.l1.limits]\nopen_files = 512\n",
+        ),
+        ("l2", "berth-tlim2", ""),
+    ] {
+        let home = Home::new(&dir, &format!("home/{t}"), user, ensure_user(user));
+        home.write("public/cgi/limits.cgi", LIMITS_CGI, 0o755);
+        home.write("public/x.php", "<?php echo \"ok\\n\";\n", 0o644);
+        home.own();
+        config.push_str(&tenant_site(t, &home, &format!("{t}.test")));
+        config.push_str(&format!(
+            "\n[[tenant.{t}.site.route]]\npath = \"/cgi/\"\napp = \"cgi\"\nextensions = [\"cgi\"]\n\n[[tenant.{t}.site.route]]\npath = \"/\"\napp = \"php\"\nextensions = [\"php\"]\n\n[tenant.{t}.app.cgi]\nprotocol = \"cgi\"\n"
+        ));
+        config.push_str(&app_table(
+            t,
+            "php",
+            "fastcgi",
+            &home.public(),
+            &["/usr/bin/php-cgi"],
+            "",
+        ));
+        config.push_str(own);
+        homes.push(home);
+    }
+    let (server, port, tls_port) = server_block(&dir, LIMITS);
+    let s = Server::start(&dir, &format!("{server}{config}"), port, tls_port);
+    // berth's own limit, which its children used to inherit: set to a
+    // value of its own (lowering needs no privilege).
+    let berth = rustix::process::Pid::from_raw(s.pid() as i32);
+    let own = rustix::process::Rlimit {
+        current: Some(3000),
+        maximum: Some(3000),
+    };
+    rustix::process::prlimit(berth, rustix::process::Resource::Nofile, own).unwrap();
+
+    for (t, want) in [("l1", "512 512"), ("l2", "2048 2048")] {
+        let r = get_host(s.addr(), &format!("{t}.test"), "/cgi/limits.cgi");
+        assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+        assert_eq!(r.text().trim(), want, "CGI script of {t}");
+        let r = get_host(s.addr(), &format!("{t}.test"), "/x.php");
+        assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+        let (uid, _) = ensure_user(&format!("berth-tlim{}", &t[1..]));
+        let php: Vec<u32> = children(s.pid())
+            .into_iter()
+            .filter(|&p| proc_status(p).is_some_and(|st| field(&st, "Uid")[0] == uid as u64))
+            .collect();
+        assert_eq!(php.len(), 1, "{php:?}");
+        assert_eq!(open_files_of(php[0]), want, "php-cgi of {t}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 6, 7. Slow and idle clients
 // ---------------------------------------------------------------------------

@@ -31,7 +31,7 @@ use nix::unistd::Pid;
 use tracing::{info, warn};
 
 use super::spawn::{self, SpawnSpec};
-use crate::config::{App, Bind, Config, Protocol};
+use crate::config::{App, Bind, Config, Limits, Protocol};
 use crate::ipc::{AppId, AppProcess};
 
 /// One running process of an app.
@@ -56,6 +56,8 @@ struct AppState {
     uid: u32,
     gid: u32,
     home: PathBuf,
+    /// The tenant's limits, applied to every process started from now on.
+    limits: Limits,
     procs: BTreeMap<u32, Proc>,
     next_slot: u32,
 }
@@ -166,7 +168,7 @@ impl AppManager {
         self.min_uid = cfg.server.min_uid;
         self.log_dir = cfg.server.log_dir.clone();
         self.cgi_routes = cgi_routes(cfg);
-        let mut wanted: HashMap<AppId, (App, String, PathBuf, (u32, u32))> = HashMap::new();
+        let mut wanted: HashMap<AppId, (App, String, PathBuf, (u32, u32), Limits)> = HashMap::new();
         for t in &cfg.tenants {
             for a in &t.apps {
                 let id = AppId {
@@ -175,13 +177,19 @@ impl AppManager {
                 };
                 wanted.insert(
                     id,
-                    (a.clone(), t.user.clone(), t.home.clone(), (t.uid, t.gid)),
+                    (
+                        a.clone(),
+                        t.user.clone(),
+                        t.home.clone(),
+                        (t.uid, t.gid),
+                        t.limits,
+                    ),
                 );
             }
         }
         let mut stopped = Vec::new();
         self.apps.retain(|id, state| {
-            let keep = wanted.get(id).is_some_and(|(a, user, home, _)| {
+            let keep = wanted.get(id).is_some_and(|(a, user, home, _, _)| {
                 same_program(a, &state.app) && *user == state.user && *home == state.home
             });
             if !keep {
@@ -192,10 +200,14 @@ impl AppManager {
             }
             keep
         });
-        for (id, (app, user, home, (uid, gid))) in wanted {
+        for (id, (app, user, home, (uid, gid), limits)) in wanted {
             match self.apps.get_mut(&id) {
-                // Pool settings may change without restarting processes.
-                Some(state) => state.app = app,
+                // Pool settings and limits may change without restarting
+                // processes (new ones get the new limits).
+                Some(state) => {
+                    state.app = app;
+                    state.limits = limits;
+                }
                 None => {
                     self.apps.insert(
                         id,
@@ -208,6 +220,7 @@ impl AppManager {
                             uid,
                             gid,
                             home,
+                            limits,
                             procs: BTreeMap::new(),
                             next_slot: 1,
                         },
@@ -346,6 +359,7 @@ impl AppManager {
                 fds.extend([(log, 1), (log2, 2)]);
                 fds
             },
+            open_files: state.limits.open_files,
             switch_user,
         };
         let socket = process.socket.clone();
@@ -488,6 +502,7 @@ impl AppManager {
             dir: &dir,
             env: &vars,
             fds: vec![(stdin_r, 0), (stdout_w, 1), (stderr_w, 2)],
+            open_files: state.limits.open_files,
             switch_user: self.switch_user,
         };
         let child = spawn::spawn(spec).map_err(|e| format!("app {id}: not started: {e}"))?;

@@ -918,7 +918,8 @@ fn bind(addr: SocketAddr) -> Result<OwnedFd, Error> {
 }
 
 /// Lets the front end hold many connections: raise the soft open-file limit to
-/// the hard one (children inherit it).
+/// the hard one (the front end inherits it; app processes get their tenant's
+/// `open_files` instead, set by `spawn`).
 fn raise_nofile_limit() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut lim = getrlimit(Resource::Nofile);
