@@ -47,8 +47,6 @@ pub fn read_limits(mut t: TableReader<'_>, base: Limits) -> Limits {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     /// Loads a main file made of `[server]` and `rest`.
     fn load(rest: &str) -> Result<crate::config::Config, crate::config::Problems> {
         let dir = tempfile::tempdir().unwrap();

@@ -11,7 +11,7 @@
 //! tenant's block (from the main file or an included file; a tenant may be defined
 //! only once). App pool settings and tenants' limits layer built-in defaults →
 //! `[defaults.app]` / `[defaults.limits]` → the app's or tenant's own table
-//! ([`app`], [`limits`]).
+//! (`app.rs`, `limits.rs`).
 //!
 //! Disk checks (roots, certificates, htpasswd files, users) happen here too, so
 //! `berth check` and `berth serve` agree on what is valid.

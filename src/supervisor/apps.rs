@@ -31,7 +31,7 @@ use nix::unistd::Pid;
 use tracing::{info, warn};
 
 use super::spawn::{self, SpawnSpec};
-use crate::config::{App, Bind, Config, Limits, Protocol};
+use crate::config::{App, Bind, Config, Limits, Protocol, Tenant};
 use crate::ipc::{AppId, AppProcess};
 
 /// One running process of an app.
@@ -168,29 +168,20 @@ impl AppManager {
         self.min_uid = cfg.server.min_uid;
         self.log_dir = cfg.server.log_dir.clone();
         self.cgi_routes = cgi_routes(cfg);
-        let mut wanted: HashMap<AppId, (App, String, PathBuf, (u32, u32), Limits)> = HashMap::new();
+        let mut wanted: HashMap<AppId, (App, &Tenant)> = HashMap::new();
         for t in &cfg.tenants {
             for a in &t.apps {
                 let id = AppId {
                     tenant: t.name.clone(),
                     app: a.name.clone(),
                 };
-                wanted.insert(
-                    id,
-                    (
-                        a.clone(),
-                        t.user.clone(),
-                        t.home.clone(),
-                        (t.uid, t.gid),
-                        t.limits,
-                    ),
-                );
+                wanted.insert(id, (a.clone(), t));
             }
         }
         let mut stopped = Vec::new();
         self.apps.retain(|id, state| {
-            let keep = wanted.get(id).is_some_and(|(a, user, home, _, _)| {
-                same_program(a, &state.app) && *user == state.user && *home == state.home
+            let keep = wanted.get(id).is_some_and(|(a, t)| {
+                same_program(a, &state.app) && t.user == state.user && t.home == state.home
             });
             if !keep {
                 for (slot, proc) in std::mem::take(&mut state.procs) {
@@ -200,13 +191,13 @@ impl AppManager {
             }
             keep
         });
-        for (id, (app, user, home, (uid, gid), limits)) in wanted {
+        for (id, (app, t)) in wanted {
             match self.apps.get_mut(&id) {
                 // Pool settings and limits may change without restarting
                 // processes (new ones get the new limits).
                 Some(state) => {
                     state.app = app;
-                    state.limits = limits;
+                    state.limits = t.limits;
                 }
                 None => {
                     self.apps.insert(
@@ -216,11 +207,11 @@ impl AppManager {
                             failures: 0,
                             retry_at: None,
                             suspects: Vec::new(),
-                            user,
-                            uid,
-                            gid,
-                            home,
-                            limits,
+                            user: t.user.clone(),
+                            uid: t.uid,
+                            gid: t.gid,
+                            home: t.home.clone(),
+                            limits: t.limits,
                             procs: BTreeMap::new(),
                             next_slot: 1,
                         },
