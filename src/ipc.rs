@@ -5,12 +5,19 @@
 //! `SCM_RIGHTS`, split over several `sendmsg` calls when there are many, and are
 //! collected by the reader until the frame is complete. Messages are a closed set:
 //! the front end can only ask for what [`ToSupervisor`] names, never "run this".
+//!
+//! Each side reads on a thread of its own with the blocking [`recv`]. The front
+//! end writes with the blocking [`send`]; the supervisor never waits on the front
+//! end: it queues frames in an [`Outbox`] and sends them without blocking as the
+//! socket drains (invariant 9).
 
+use std::collections::VecDeque;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
+use std::time::Instant;
 
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
@@ -152,6 +159,11 @@ pub struct AppPlan {
 const MAX_FRAME: usize = 64 << 20;
 /// Fds per `sendmsg` (the kernel's SCM_MAX_FD is 253).
 const FDS_PER_SEND: usize = 200;
+/// Most bytes the supervisor keeps waiting for a front end that does not
+/// read: one largest frame. Plans and reopened logs replace their unsent
+/// predecessors ([`Outbox::push`]), so only the small messages accumulate, and
+/// a front end that lets this many pile up is as good as stalled.
+pub const OUTBOX_LIMIT: usize = MAX_FRAME;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpcError {
@@ -165,43 +177,254 @@ pub enum IpcError {
     TooLarge(usize),
     #[error("control data truncated: file descriptors lost")]
     FdsTruncated,
+    #[error("{fds} file descriptors are too many for a frame of {bytes} bytes")]
+    TooManyFds { fds: usize, bytes: usize },
+    #[error("{queued} bytes are already waiting for the peer (at most {limit})")]
+    QueueFull { queued: usize, limit: usize },
 }
 
-/// Sends one message with its fds. Blocking.
+/// One message, encoded: a 4-byte big-endian length and the JSON.
+fn encode<T: Serialize>(msg: &T, fds: usize) -> Result<Vec<u8>, IpcError> {
+    let payload = serde_json::to_vec(msg)?;
+    if payload.len() > MAX_FRAME {
+        return Err(IpcError::TooLarge(payload.len()));
+    }
+    let mut frame = Vec::with_capacity(4 + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    // Every batch of fds needs a byte of its own to ride on.
+    if fds.div_ceil(FDS_PER_SEND) > frame.len() {
+        return Err(IpcError::TooManyFds {
+            fds,
+            bytes: frame.len(),
+        });
+    }
+    Ok(frame)
+}
+
+/// How far a frame has gone out: bytes sent and batches of fds sent.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Progress {
+    off: usize,
+    batches: usize,
+}
+
+impl Progress {
+    fn started(&self) -> bool {
+        self.off > 0
+    }
+}
+
+/// Sends what the socket takes of `frame` from `at` on, advancing `at`: all of
+/// it with blocking `flags`; with `DONTWAIT`, until the socket is full (then
+/// `AGAIN`). Each batch of fds rides on the first `sendmsg` of its own slice
+/// of the frame, and only on that one: once any byte of it is sent, the kernel
+/// has the fds, and a partial send resumes without them. Every batch's slice
+/// keeps at least one byte for each batch after it ([`encode`] made sure the
+/// frame is long enough).
+fn send_some(
+    sock: BorrowedFd<'_>,
+    frame: &[u8],
+    fds: &[BorrowedFd<'_>],
+    at: &mut Progress,
+    flags: SendFlags,
+) -> Result<(), rustix::io::Errno> {
+    let batches = fds.len().div_ceil(FDS_PER_SEND);
+    let step = frame.len().div_ceil(batches.max(1));
+    while at.off < frame.len() {
+        let sent = if at.batches < batches {
+            let first = at.batches * FDS_PER_SEND;
+            let batch = &fds[first..(first + FDS_PER_SEND).min(fds.len())];
+            let after = batches - at.batches - 1;
+            let end = ((at.batches + 1) * step)
+                .min(frame.len() - after)
+                .max(at.off + 1);
+            let mut space =
+                vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(batch.len()))];
+            let mut cmsg = SendAncillaryBuffer::new(&mut space);
+            cmsg.push(SendAncillaryMessage::ScmRights(batch));
+            rustix::net::sendmsg(sock, &[IoSlice::new(&frame[at.off..end])], &mut cmsg, flags)
+        } else {
+            rustix::net::send(sock, &frame[at.off..], flags)
+        };
+        match sent {
+            Ok(n) => {
+                if at.batches < batches {
+                    at.batches += 1;
+                }
+                at.off += n;
+            }
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Sends one message with its fds. Blocking: for the front end, whose
+/// requests to the supervisor are small and read at once by the supervisor's
+/// reader thread. The supervisor itself never blocks on the front end: it
+/// queues in an [`Outbox`].
+///
+/// Frames of threads sending at the same time must not interleave on the
+/// stream (a frame larger than one socket buffer goes out in several pieces),
+/// so one frame is sent at a time per process. Only the front end sends this
+/// way, on its one channel.
 pub fn send<T: Serialize>(
     sock: BorrowedFd<'_>,
     msg: &T,
     fds: &[BorrowedFd<'_>],
 ) -> Result<(), IpcError> {
-    let payload = serde_json::to_vec(msg)?;
-    let mut frame = Vec::with_capacity(4 + payload.len());
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&payload);
+    static ONE_FRAME_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let frame = encode(msg, fds.len())?;
+    let _sending = ONE_FRAME_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    send_some(
+        sock,
+        &frame,
+        fds,
+        &mut Progress::default(),
+        SendFlags::NOSIGNAL,
+    )
+    .map_err(|e| IpcError::Io(e.into()))
+}
 
-    // Each batch of fds rides on its own slice of the frame.
-    let batches: Vec<&[BorrowedFd<'_>]> = fds.chunks(FDS_PER_SEND).collect();
-    let step = frame.len().div_ceil(batches.len().max(1));
-    let mut off = 0;
-    for batch in &batches {
-        let end = (off + step).min(frame.len());
-        let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(batch.len()))];
-        let mut cmsg = SendAncillaryBuffer::new(&mut space);
-        cmsg.push(SendAncillaryMessage::ScmRights(batch));
-        let n = rustix::net::sendmsg(
-            sock,
-            &[IoSlice::new(&frame[off..end])],
-            &mut cmsg,
-            SendFlags::NOSIGNAL,
-        )
-        .map_err(std::io::Error::from)?;
-        off += n;
+/// Which messages make an unsent earlier one pointless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A whole configuration with its logs: replaces an unsent older plan
+    /// and unsent reopened logs.
+    Plan,
+    /// Reopened logs: replace unsent older ones.
+    Logs,
+    Other,
+}
+
+/// One frame waiting in an [`Outbox`], with its fds (kept open until the
+/// kernel has them).
+struct Queued {
+    kind: Kind,
+    frame: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    at: Progress,
+}
+
+/// The supervisor's side of the channel to the front end: frames queue here
+/// and go out as the socket takes them, with `MSG_DONTWAIT`, so a front end
+/// that stops reading never stops the supervisor (invariant 9).
+///
+/// The queue is bounded ([`OUTBOX_LIMIT`] bytes) and knows how long it has
+/// waited without the socket taking a byte ([`Outbox::waiting_since`]); what to
+/// do with a front end that is full or stalled is the supervisor's decision.
+pub struct Outbox {
+    queue: VecDeque<Queued>,
+    /// Unsent bytes.
+    bytes: usize,
+    limit: usize,
+    /// When the socket last took a byte, or the queue last became non-empty.
+    since: Instant,
+}
+
+impl Outbox {
+    pub fn new(limit: usize) -> Outbox {
+        Outbox {
+            queue: VecDeque::new(),
+            bytes: 0,
+            limit,
+            since: Instant::now(),
+        }
     }
-    while off < frame.len() {
-        let n = rustix::net::send(sock, &frame[off..], SendFlags::NOSIGNAL)
-            .map_err(std::io::Error::from)?;
-        off += n;
+
+    /// Queues `msg` with `fds` (sent in one frame, in the order given). A plan
+    /// takes the place of an older plan not begun yet and drops reopened logs
+    /// not begun yet (it carries the current logs); reopened logs take the
+    /// place of older ones not begun yet. So however often the configuration
+    /// is reloaded while the front end does not read, one plan waits.
+    ///
+    /// Refused when the queue would hold more than its limit (a frame always
+    /// fits an empty queue).
+    pub fn push(&mut self, msg: &ToFront, fds: Vec<OwnedFd>) -> Result<(), IpcError> {
+        let frame = encode(msg, fds.len())?;
+        let kind = match msg {
+            ToFront::Plan(_) => Kind::Plan,
+            ToFront::Logs { .. } => Kind::Logs,
+            _ => Kind::Other,
+        };
+        let unsent = |q: &Queued, k: Kind| q.kind == k && !q.at.started();
+        if kind == Kind::Plan {
+            let before = self.queue.len();
+            self.queue.retain(|q| !unsent(q, Kind::Logs));
+            if self.queue.len() != before {
+                self.bytes = self.queue.iter().map(|q| q.frame.len() - q.at.off).sum();
+            }
+        }
+        let replaces = self.queue.iter().position(|q| unsent(q, kind));
+        let freed = match (kind, replaces) {
+            (Kind::Plan | Kind::Logs, Some(i)) => self.queue[i].frame.len(),
+            _ => 0,
+        };
+        let queued = self.bytes - freed;
+        if queued > 0 && queued + frame.len() > self.limit {
+            return Err(IpcError::QueueFull {
+                queued: self.bytes,
+                limit: self.limit,
+            });
+        }
+        if self.queue.is_empty() {
+            self.since = Instant::now();
+        }
+        self.bytes = queued + frame.len();
+        let entry = Queued {
+            kind,
+            frame,
+            fds,
+            at: Progress::default(),
+        };
+        match (kind, replaces) {
+            (Kind::Plan | Kind::Logs, Some(i)) => self.queue[i] = entry,
+            _ => self.queue.push_back(entry),
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Sends what the socket takes without blocking. `Ok` once the queue is
+    /// empty; `WouldBlock` when the socket is full (the rest waits for the
+    /// next call); any other error means the channel is broken.
+    pub fn flush(&mut self, sock: BorrowedFd<'_>) -> std::io::Result<()> {
+        while let Some(front) = self.queue.front_mut() {
+            let before = front.at.off;
+            let result = send_some(
+                sock,
+                &front.frame,
+                &borrow_all(&front.fds),
+                &mut front.at,
+                SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+            );
+            if front.at.off > before {
+                self.bytes -= front.at.off - before;
+                self.since = Instant::now();
+            }
+            result?;
+            self.queue.pop_front();
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Unsent bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Since when the queue has waited for the socket to take a byte (None
+    /// when nothing waits).
+    pub fn waiting_since(&self) -> Option<Instant> {
+        (!self.queue.is_empty()).then_some(self.since)
+    }
 }
 
 /// Receives one message and the fds that came with it. Blocking.
@@ -273,6 +496,7 @@ pub fn borrow_all(fds: &[OwnedFd]) -> Vec<BorrowedFd<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ClientLimits;
     use std::io::{Read, Seek, Write};
 
     #[test]
@@ -307,5 +531,206 @@ mod tests {
             assert_eq!(s, i.to_string());
         }
         assert!(matches!(recv::<ToFront>(b.as_fd()), Err(IpcError::Closed)));
+    }
+
+    fn plan(generation: u64, sites: usize) -> ToFront {
+        ToFront::Plan(Box::new(Plan {
+            generation,
+            limits: ClientLimits::default(),
+            listeners: Vec::new(),
+            logs: Vec::new(),
+            error_logs: Vec::new(),
+            sites: (0..sites)
+                .map(|i| SitePlan {
+                    tenant: "t".into(),
+                    hosts: vec![format!("site{i}.test")],
+                    root: "/srv/www".into(),
+                    tls: None,
+                    routes: Vec::new(),
+                    max_body: None,
+                })
+                .collect(),
+            apps: Vec::new(),
+            tmp_dir: "/var/lib/berth/tmp".into(),
+        }))
+    }
+
+    /// A file holding `text`, as an fd to pass.
+    fn file_with(text: &str) -> OwnedFd {
+        let mut f = tempfile::tempfile().unwrap();
+        write!(f, "{text}").unwrap();
+        OwnedFd::from(f)
+    }
+
+    fn text_of(fd: OwnedFd) -> String {
+        let mut f = std::fs::File::from(fd);
+        f.rewind().unwrap();
+        let mut s = String::new();
+        f.read_to_string(&mut s).unwrap();
+        s
+    }
+
+    #[test]
+    fn outbox_does_not_block_on_a_peer_that_does_not_read() {
+        let (a, b) = pair().unwrap();
+        rustix::net::sockopt::set_socket_send_buffer_size(&a, 4096).unwrap();
+        let mut out = Outbox::new(OUTBOX_LIMIT);
+        // Far more than the socket holds: frames of ~40 KB, every other one
+        // with 210 fds (two batches). (Few fds in all: the suite may run
+        // with a soft limit of 1024.)
+        const FRAMES: usize = 3;
+        const FDS: usize = 210;
+        let app = AppId {
+            tenant: "t".into(),
+            app: "a".into(),
+        };
+        for n in 0..FRAMES {
+            let filler = format!("frame {n} ").repeat(4000);
+            let why = filler.clone();
+            let exited = ToFront::Exited {
+                app: app.clone(),
+                slot: n as u32,
+                why,
+            };
+            out.push(&exited, Vec::new()).unwrap();
+            let fds = (0..FDS).map(|i| file_with(&format!("{n}/{i}"))).collect();
+            let started = ToFront::Started {
+                req: n as u64,
+                result: Err(filler),
+            };
+            out.push(&started, fds).unwrap();
+        }
+        let queued = out.bytes();
+        let err = out.flush(a.as_fd()).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+        assert!(out.bytes() < queued, "the socket took nothing");
+        assert!(out.bytes() > 0);
+        assert!(out.waiting_since().is_some());
+
+        // A reader drains; the rest goes out as the socket takes it,
+        // partially sent frames resuming where they stopped.
+        let reader = std::thread::spawn(move || {
+            let mut order = Vec::new();
+            for _ in 0..2 * FRAMES {
+                let (msg, fds) = recv::<ToFront>(b.as_fd()).unwrap();
+                match msg {
+                    ToFront::Exited { slot, .. } => {
+                        assert!(fds.is_empty());
+                        order.push(format!("exited {slot}"));
+                    }
+                    ToFront::Started { req, .. } => {
+                        assert_eq!(fds.len(), FDS);
+                        for (i, fd) in fds.into_iter().enumerate() {
+                            assert_eq!(text_of(fd), format!("{req}/{i}"));
+                        }
+                        order.push(format!("started {req}"));
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            order
+        });
+        while let Err(e) = out.flush(a.as_fd()) {
+            assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(out.is_empty());
+        assert_eq!(out.bytes(), 0);
+        assert_eq!(out.waiting_since(), None);
+        let want: Vec<String> = (0..FRAMES)
+            .flat_map(|n| [format!("exited {n}"), format!("started {n}")])
+            .collect();
+        assert_eq!(reader.join().unwrap(), want);
+    }
+
+    #[test]
+    fn unsent_plans_and_logs_are_replaced_not_queued() {
+        let (a, b) = pair().unwrap();
+        let mut out = Outbox::new(OUTBOX_LIMIT);
+        let logs = |name: &str| ToFront::Logs {
+            tenants: vec![name.into()],
+        };
+        out.push(&plan(1, 10), vec![file_with("plan 1")]).unwrap();
+        out.push(&logs("logs 1"), vec![file_with("logs 1")])
+            .unwrap();
+        out.push(&ToFront::Shutdown, Vec::new()).unwrap();
+        out.push(&logs("logs 2"), vec![file_with("logs 2")])
+            .unwrap();
+        let small = out.bytes();
+        for generation in 2..=100 {
+            out.push(
+                &plan(generation, 10),
+                vec![file_with(&format!("plan {generation}"))],
+            )
+            .unwrap();
+        }
+        assert!(out.bytes() < small + 200, "{} bytes queued", out.bytes());
+        out.flush(a.as_fd()).unwrap();
+        drop(a);
+        // The newest plan where the first one was; the logs went with it.
+        let (msg, fds) = recv::<ToFront>(b.as_fd()).unwrap();
+        let ToFront::Plan(p) = msg else {
+            panic!("not a plan")
+        };
+        assert_eq!(p.generation, 100);
+        assert_eq!(
+            fds.into_iter().map(text_of).collect::<Vec<_>>(),
+            ["plan 100"]
+        );
+        assert!(matches!(
+            recv::<ToFront>(b.as_fd()).unwrap().0,
+            ToFront::Shutdown
+        ));
+        assert!(matches!(recv::<ToFront>(b.as_fd()), Err(IpcError::Closed)));
+    }
+
+    #[test]
+    fn a_plan_partly_sent_is_finished_before_the_next() {
+        let (a, b) = pair().unwrap();
+        rustix::net::sockopt::set_socket_send_buffer_size(&a, 4096).unwrap();
+        let mut out = Outbox::new(OUTBOX_LIMIT);
+        out.push(&plan(1, 2000), Vec::new()).unwrap();
+        assert!(out.flush(a.as_fd()).is_err());
+        out.push(&plan(2, 2000), Vec::new()).unwrap();
+        out.push(&plan(3, 2000), Vec::new()).unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut generations = Vec::new();
+            while let Ok((ToFront::Plan(p), _)) = recv::<ToFront>(b.as_fd()) {
+                generations.push(p.generation);
+            }
+            generations
+        });
+        while out.flush(a.as_fd()).is_err() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(a);
+        assert_eq!(reader.join().unwrap(), [1, 3]);
+    }
+
+    #[test]
+    fn outbox_refuses_what_passes_its_limit() {
+        let (a, _b) = pair().unwrap();
+        rustix::net::sockopt::set_socket_send_buffer_size(&a, 4096).unwrap();
+        let mut out = Outbox::new(100_000);
+        // One frame always fits an empty queue, even a large one.
+        out.push(&plan(1, 2000), Vec::new()).unwrap();
+        let err = out
+            .push(
+                &ToFront::Exited {
+                    app: AppId {
+                        tenant: "t".into(),
+                        app: "a".into(),
+                    },
+                    slot: 1,
+                    why: "x".repeat(50_000),
+                },
+                Vec::new(),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, IpcError::QueueFull { limit: 100_000, .. }),
+            "{err}"
+        );
+        assert!(out.flush(a.as_fd()).is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! The few system calls that need `unsafe`: what a forked child does between
-//! `fork` and `exec` to become someone else.
+//! `fork` and `exec` to become someone else, adopting inherited descriptors,
+//! and registering a descriptor with the runtime.
 //!
 //! Everything else in berth is `#![deny(unsafe_code)]`.
 #![allow(unsafe_code)]
@@ -112,6 +113,20 @@ pub fn inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
+/// Registers `fd` with the current tokio runtime for `interest` (the
+/// supervisor waits for its channel to the front end to become writable).
+/// Must be called within the runtime.
+pub fn watch_fd(
+    fd: std::sync::Arc<OwnedFd>,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<std::sync::Arc<OwnedFd>>> {
+    // SAFETY: the AsyncFd owns a strong reference to the OwnedFd, so the
+    // descriptor stays open, on the same file description, for as long as the
+    // AsyncFd lives (nothing closes an OwnedFd but its drop); and
+    // `Arc<OwnedFd>::as_raw_fd` returns that same descriptor every time.
+    Ok(unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }?)
+}
+
 pub use app::{AppExec, AppStep, spawn_app};
 
 /// App processes: a tenant's program, started by the supervisor after
@@ -143,6 +158,8 @@ mod app {
         Dup,
         /// Closing every other descriptor.
         CloseFds,
+        /// Setting RLIMIT_NOFILE.
+        Limits,
         Setgroups,
         Setresgid,
         Setresuid,
@@ -153,13 +170,14 @@ mod app {
 
     impl AppStep {
         /// In discriminant order: the child reports a step as its index.
-        const ALL: [AppStep; 12] = [
+        const ALL: [AppStep; 13] = [
             AppStep::Prepare,
             AppStep::Fork,
             AppStep::Signals,
             AppStep::Setsid,
             AppStep::Dup,
             AppStep::CloseFds,
+            AppStep::Limits,
             AppStep::Setgroups,
             AppStep::Setresgid,
             AppStep::Setresuid,
@@ -178,6 +196,7 @@ mod app {
                 AppStep::Setsid => "setsid",
                 AppStep::Dup => "placing descriptors",
                 AppStep::CloseFds => "closing descriptors",
+                AppStep::Limits => "setting RLIMIT_NOFILE",
                 AppStep::Setgroups => "setgroups",
                 AppStep::Setresgid => "setresgid",
                 AppStep::Setresuid => "setresuid",
@@ -203,6 +222,8 @@ mod app {
         pub fds: Vec<(OwnedFd, RawFd)>,
         /// Who to become; `None` keeps the caller's identity.
         pub identity: Option<&'a Identity>,
+        /// RLIMIT_NOFILE, soft and hard.
+        pub open_files: u64,
     }
 
     /// `LISTEN_PID=` followed by room for any pid and a NUL.
@@ -343,7 +364,8 @@ mod app {
     /// numbers (all are first copied above the highest target, so a source
     /// whose number is another one's target is not clobbered) and /dev/null
     /// fills 0, 1 and 2 where nothing was given; every other descriptor is
-    /// closed, inherited ones without close-on-exec included; `setgroups` →
+    /// closed, inherited ones without close-on-exec included; RLIMIT_NOFILE
+    /// (soft and hard) becomes `open_files`; `setgroups` →
     /// `setresgid` → `setresuid` when `identity` is given; `chdir(dir)` as that
     /// identity; umask 022; `no_new_privs`; `execve(program, argv, env)`. When
     /// the environment has `LISTEN_FDS`, `LISTEN_PID` is set to the child's own
@@ -423,6 +445,10 @@ mod app {
         if listen {
             envp.add_pid_slot();
         }
+        let nofile = libc::rlimit {
+            rlim_cur: app.open_files,
+            rlim_max: app.open_files,
+        };
         let ids = app.identity.map(|id| (id.uid, id.gid));
         let groups: Vec<libc::gid_t> = app.identity.map(|id| id.groups.clone()).unwrap_or_default();
 
@@ -435,7 +461,7 @@ mod app {
             .stderr(Stdio::inherit());
         // SAFETY: the closure runs in the forked child and calls only
         // async-signal-safe functions (sigprocmask, sigaction, setsid, fcntl,
-        // dup2, close_range/close, getrlimit, setgroups, setresgid, setresuid,
+        // dup2, close_range/close, getrlimit, setrlimit, setgroups, setresgid, setresuid,
         // chdir, umask, prctl, getpid, execve, write, _exit) on memory prepared
         // before the fork (it writes only into `tmp` and the LISTEN_PID buffer,
         // which it owns); it allocates nothing and never returns: it execs or
@@ -499,6 +525,10 @@ mod app {
                 }
                 if !close_fds(prev + 1, (report - 1) as u32) || !close_fds(report + 1, u32::MAX) {
                     child_fail(report, AppStep::CloseFds);
+                }
+                // Still privileged: a hard limit above ours can be set too.
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &nofile) != 0 {
+                    child_fail(report, AppStep::Limits);
                 }
 
                 if let Some((uid, gid)) = ids {

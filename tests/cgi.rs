@@ -435,6 +435,31 @@ fn sigterm_leaves_no_script_running() {
     assert_nothing_left(&dir, USER_STOP, ids.0);
 }
 
+/// Leaves a sleep running in its process group and answers with its pid.
+const LEAVES_A_CHILD_CGI: &str = "#!/bin/sh
+sleep 300 </dev/null >/dev/null 2>&1 &
+printf 'Content-Type: text/plain\\n\\n%s\\n' $!
+";
+
+#[test]
+fn what_a_script_leaves_in_its_group_ends_with_it() {
+    require_root();
+    let ids = user();
+    let dir = Dir::new();
+    let home = home_with_scripts(&dir, "home/tc", USER, ids);
+    home.write("public/cgi/leaves.cgi", LEAVES_A_CHILD_CGI, 0o755);
+    let s = start(&dir, &home, "");
+    let r = get_c(&s, "/cgi/leaves.cgi");
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+    let left: u32 = r.text().trim().parse().unwrap();
+    // Killed with the script's group, while the script was not yet reaped
+    // (so the group's number could not have been reused).
+    assert!(
+        eventually(Duration::from_secs(10), || !alive(left)),
+        "sleep {left}, left by a CGI script, outlived it"
+    );
+}
+
 #[test]
 fn config_check_knows_cgi_apps() {
     require_root();

@@ -1,5 +1,6 @@
 //! The life of a running berth: privileges of the two processes, reload (good,
-//! bad, new listeners), graceful drain on SIGTERM, restarts after a crash, the
+//! bad, new listeners), graceful drain on SIGTERM, restarts after a crash, a
+//! front end that stops reading (the supervisor never waits on it), the
 //! limits that protect the front end from hostile clients (slowloris, idle
 //! keep-alive, oversized heads, the connection cap), access logs and their
 //! reopening, log files that a tenant could redirect (invariant 7), and running
@@ -672,6 +673,134 @@ fn front_end_is_restarted_and_exits_with_the_supervisor() {
     );
 }
 
+/// Leaves a sleep running in its process group, notes its pid, and exits a
+/// second later.
+const LEAVES_A_CHILD_APP: &str = "#!/bin/sh
+sleep 300 </dev/null >/dev/null 2>&1 &
+echo $! >> \"$HOME/left.pids\"
+exec sleep 1
+";
+
+#[test]
+fn app_process_leaves_nothing_running_in_its_group_when_it_exits() {
+    use common::apps::{Home, app_table, tenant_site};
+    require_root();
+    let dir = Dir::new();
+    let user = "berth-tgroup";
+    let home = Home::new(&dir, "home/tg", user, ensure_user(user));
+    home.write("bin/app.sh", LEAVES_A_CHILD_APP, 0o755);
+    home.own();
+    let mut config = tenant_site("tg", &home, "g.test");
+    config.push_str(&app_table(
+        "tg",
+        "leaves",
+        "fastcgi",
+        &home.path,
+        &[home.join("bin/app.sh").to_str().unwrap()],
+        "min_processes = 1",
+    ));
+    let (server, port, tls_port) = server_block(&dir, LIMITS);
+    let s = Server::start(&dir, &format!("{server}{config}"), port, tls_port);
+    let mut first = 0;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            first = fs::read_to_string(home.join("left.pids"))
+                .ok()
+                .and_then(|t| t.lines().next().and_then(|l| l.parse().ok()))
+                .unwrap_or(0);
+            first != 0
+        }),
+        "the app did not start:\n{}",
+        s.output()
+    );
+    // The app exits after a second; its group is killed with it.
+    assert!(
+        eventually(Duration::from_secs(15), || !alive(first)),
+        "sleep {first}, left by an app process that exited, still runs:\n{}",
+        s.output()
+    );
+}
+
+/// Prints its soft and hard RLIMIT_NOFILE.
+const LIMITS_CGI: &str = "#!/bin/sh
+printf 'Content-Type: text/plain\\n\\n%s %s\\n' \"$(ulimit -Sn)\" \"$(ulimit -Hn)\"
+";
+
+/// The soft and hard "Max open files" of `/proc/PID/limits`.
+fn open_files_of(pid: u32) -> String {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    line.split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn apps_get_the_tenants_open_files_not_berths_limit() {
+    use common::apps::{Home, app_table, get_host, tenant_site};
+    require_root();
+    let dir = Dir::new();
+    let mut config = String::from("\n[defaults.limits]\nopen_files = 2048\n");
+    let mut homes = Vec::new();
+    for (t, user, own) in [
+        (
+            "l1",
+            "berth-tlim1",
+            "\n[tenant.l1.limits]\nopen_files = 512\n",
+        ),
+        ("l2", "berth-tlim2", ""),
+    ] {
+        let home = Home::new(&dir, &format!("home/{t}"), user, ensure_user(user));
+        home.write("public/cgi/limits.cgi", LIMITS_CGI, 0o755);
+        home.write("public/x.php", "<?php echo \"ok\\n\";\n", 0o644);
+        home.own();
+        config.push_str(&tenant_site(t, &home, &format!("{t}.test")));
+        config.push_str(&format!(
+            "\n[[tenant.{t}.site.route]]\npath = \"/cgi/\"\napp = \"cgi\"\nextensions = [\"cgi\"]\n\n[[tenant.{t}.site.route]]\npath = \"/\"\napp = \"php\"\nextensions = [\"php\"]\n\n[tenant.{t}.app.cgi]\nprotocol = \"cgi\"\n"
+        ));
+        config.push_str(&app_table(
+            t,
+            "php",
+            "fastcgi",
+            &home.public(),
+            &["/usr/bin/php-cgi"],
+            "",
+        ));
+        config.push_str(own);
+        homes.push(home);
+    }
+    let (server, port, tls_port) = server_block(&dir, LIMITS);
+    let s = Server::start(&dir, &format!("{server}{config}"), port, tls_port);
+    // berth's own limit, which its children used to inherit: set to a
+    // value of its own (lowering needs no privilege).
+    let berth = rustix::process::Pid::from_raw(s.pid() as i32);
+    let own = rustix::process::Rlimit {
+        current: Some(3000),
+        maximum: Some(3000),
+    };
+    rustix::process::prlimit(berth, rustix::process::Resource::Nofile, own).unwrap();
+
+    for (t, want) in [("l1", "512 512"), ("l2", "2048 2048")] {
+        let r = get_host(s.addr(), &format!("{t}.test"), "/cgi/limits.cgi");
+        assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+        assert_eq!(r.text().trim(), want, "CGI script of {t}");
+        let r = get_host(s.addr(), &format!("{t}.test"), "/x.php");
+        assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+        let (uid, _) = ensure_user(&format!("berth-tlim{}", &t[1..]));
+        let php: Vec<u32> = children(s.pid())
+            .into_iter()
+            .filter(|&p| proc_status(p).is_some_and(|st| field(&st, "Uid")[0] == uid as u64))
+            .collect();
+        assert_eq!(php.len(), 1, "{php:?}");
+        assert_eq!(open_files_of(php[0]), want, "php-cgi of {t}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 6, 7. Slow and idle clients
 // ---------------------------------------------------------------------------
@@ -1265,6 +1394,60 @@ fn symlinked_log_directory_is_refused() {
     assert!(!dir.join("elsewhere/access.log").exists());
 }
 
+/// Starts berth with `state_dir` and `log_dir` as given (relative to `dir`)
+/// and expects it to refuse to start; returns its output.
+fn expect_dir_refusal(dir: &Dir, state: &str, log: &str, what: &str) -> String {
+    dir.write("a/index.html", "site A\n");
+    let port = free_port();
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\nuser = \"berth-tfront\"\nstate_dir = \"{}\"\nlog_dir = \"{}\"\n{LIMITS}\n{}",
+        dir.join(state).display(),
+        dir.join(log).display(),
+        tenant_a(dir, "a", r#""a.test""#)
+    );
+    ensure_user("berth-tfront");
+    let path = dir.write("berth.toml", config);
+    let mut s = Server::spawn(&path, port, free_port(), dir.join(log));
+    let st = wait_exit(&mut s, Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("berth started despite {what}:\n{}", s.output()));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!st.success(), "{what}: exit {st}:\n{}", s.output());
+    s.output()
+}
+
+#[test]
+fn symlink_in_a_parent_of_state_dir_is_refused() {
+    require_root();
+    let dir = Dir::new();
+    dir.mkdir("elsewhere");
+    dir.symlink(dir.join("elsewhere"), "link");
+    let out = expect_dir_refusal(&dir, "link/state", "log", "a symlink above state_dir");
+    let link = dir.join("link").display().to_string();
+    assert!(
+        out.contains(&format!("{link} is a symbolic link")),
+        "the message must name {link}:\n{out}"
+    );
+    assert!(
+        !dir.join("elsewhere/state").exists(),
+        "berth created state_dir through the link"
+    );
+}
+
+#[test]
+fn symlink_in_a_parent_of_log_dir_is_refused() {
+    require_root();
+    let dir = Dir::new();
+    dir.mkdir("elsewhere/logs");
+    dir.symlink("elsewhere", "link");
+    let out = expect_dir_refusal(&dir, "state", "link/logs/berth", "a symlink above log_dir");
+    let link = dir.join("link").display().to_string();
+    assert!(
+        out.contains(&format!("{link} is a symbolic link")),
+        "the message must name {link}:\n{out}"
+    );
+    assert!(!dir.join("elsewhere/logs/berth").exists());
+}
+
 #[test]
 fn log_files_are_root_owned_and_group_readable_by_the_tenant() {
     require_root();
@@ -1427,4 +1610,243 @@ root = "{}"
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0), "{}", run.output());
+}
+
+// ---------------------------------------------------------------------------
+// 13. Invariant 9: the supervisor never waits on the front end
+// ---------------------------------------------------------------------------
+
+/// The tenant of the stalled-front-end tests.
+const STALL_USER: &str = "berth-tstall";
+
+/// Writes its pid where the app's `PIDFILE` says, then sleeps.
+const PID_THEN_SLEEP_CGI: &str = "#!/bin/sh\necho $$ > \"$PIDFILE\"\nexec sleep 300\n";
+
+/// Sites in the stalled-front-end tests: a plan for them (~300 KB of JSON)
+/// is larger than a socket buffer, so a front end that does not read leaves
+/// the supervisor with most of it to send.
+const MANY_SITES: usize = 3000;
+
+/// Starts berth with `[server]` lines `extra` and tenant `ts` (user
+/// [`STALL_USER`]): a.test with index.html, a CGI app `slow` for `/cgi/*.cgi`
+/// (timeout 2 s) that writes its pid to `home/cgi.pid` and sleeps, a FastCGI
+/// app `php` (php-cgi) kept warm, and [`MANY_SITES`] more sites.
+fn start_with_many_sites(dir: &Dir, extra: &str) -> (Server, common::apps::Home) {
+    use common::apps::{Home, app_table, tenant_site};
+    let home = Home::new(dir, "home/ts", STALL_USER, ensure_user(STALL_USER));
+    home.write("public/index.html", "site A\n", 0o644);
+    home.write("public/cgi/slow.cgi", PID_THEN_SLEEP_CGI, 0o755);
+    home.own();
+    let mut config = tenant_site("ts", &home, "a.test");
+    config.push_str(
+        "\n[[tenant.ts.site.route]]\npath = \"/cgi/\"\napp = \"slow\"\nextensions = [\"cgi\"]\n",
+    );
+    for i in 0..MANY_SITES {
+        config.push_str(&format!(
+            "\n[[tenant.ts.site]]\nhosts = [\"s{i}.test\"]\nroot = \"{}\"\n",
+            home.public().display()
+        ));
+    }
+    config.push_str(&format!(
+        "\n[tenant.ts.app.slow]\nprotocol = \"cgi\"\ntimeout = \"2s\"\nenv = {{ PIDFILE = \"{}\" }}\n",
+        home.join("cgi.pid").display()
+    ));
+    config.push_str(&app_table(
+        "ts",
+        "php",
+        "fastcgi",
+        &home.public(),
+        &["/usr/bin/php-cgi"],
+        "min_processes = 1",
+    ));
+    let (server, port, tls_port) = server_block(dir, extra);
+    let s = Server::start(dir, &format!("{server}{config}"), port, tls_port);
+    (s, home)
+}
+
+/// The php-cgi processes the supervisor `sup` runs.
+fn php_processes(sup: u32) -> Vec<u32> {
+    children(sup)
+        .into_iter()
+        .filter(|&p| {
+            fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.contains("php-cgi"))
+        })
+        .collect()
+}
+
+/// The front ends among the supervisor's children (it also runs the apps).
+fn front_ends(sup: u32) -> Vec<u32> {
+    children(sup)
+        .into_iter()
+        .filter(|&p| {
+            alive(p)
+                && fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| c.starts_with(b"berth\0front\0"))
+        })
+        .collect()
+}
+
+/// The one front end of the supervisor `sup`.
+fn the_front_end(sup: u32) -> u32 {
+    let mut fronts = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            fronts = front_ends(sup);
+            fronts.len() == 1
+        }),
+        "front ends: {fronts:?}"
+    );
+    fronts[0]
+}
+
+/// SIGSTOPs the front end and reloads `n` times, each reload a big plan for
+/// it (each SIGHUP once the reload before it is done: signals arriving
+/// during a reload would merge). Panics if a reload is not handled. Returns
+/// the front end's pid.
+fn stop_front_and_reload(s: &Server, n: usize) -> u32 {
+    let front = the_front_end(s.pid());
+    kill(front, Signal::SIGSTOP);
+    let reloads = || s.output().matches("configuration reloaded").count();
+    let before = reloads();
+    for i in 1..=n {
+        s.signal(Signal::SIGHUP);
+        assert!(
+            eventually(Duration::from_secs(20), || reloads() == before + i),
+            "reload {i} was not handled:\n{}",
+            s.output()
+        );
+    }
+    front
+}
+
+#[test]
+fn stopped_front_end_and_reloads_do_not_block_the_supervisor() {
+    require_root();
+    let dir = Dir::new();
+    let (uid, _) = ensure_user(STALL_USER);
+    // No replacement during this test: the stalled front end stays.
+    let (mut s, home) = start_with_many_sites(
+        &dir,
+        "front_stall_timeout = \"10m\"\ndrain_timeout = \"2s\"",
+    );
+    let mut php = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            php = php_processes(s.pid());
+            php.len() == 1
+        }),
+        "no warm php-cgi: {php:?}\n{}",
+        s.output()
+    );
+    // A CGI request in flight when the front end stops.
+    let addr = s.addr();
+    std::thread::spawn(move || {
+        let _ = try_raw(
+            addr,
+            b"GET /cgi/slow.cgi HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        );
+    });
+    let mut cgi = 0;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            cgi = fs::read_to_string(home.join("cgi.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or(0);
+            cgi != 0
+        }),
+        "the CGI script did not start:\n{}",
+        s.output()
+    );
+
+    // Every reload is handled, though no plan after the first can be sent.
+    let front = stop_front_and_reload(&s, 5);
+    // An app process that dies is reaped, and another is kept warm.
+    kill(php[0], Signal::SIGKILL);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            !Path::new(&format!("/proc/{}", php[0])).exists()
+        }),
+        "php-cgi {} was not reaped:\n{}",
+        php[0],
+        s.output()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            php_processes(s.pid()).iter().any(|&p| p != php[0])
+        }),
+        "no new warm php-cgi:\n{}",
+        s.output()
+    );
+    // The CGI script is killed at its timeout (2 s, then 2 s of grace; the
+    // bound is generous for a loaded machine).
+    assert!(
+        eventually(Duration::from_secs(20), || !alive(cgi)),
+        "CGI script {cgi} outlived its timeout:\n{}",
+        s.output()
+    );
+    assert_eq!(
+        front_ends(s.pid()),
+        [front],
+        "front end replaced before its stall timeout"
+    );
+
+    // SIGTERM: the front end cannot read its Shutdown; berth ends after
+    // drain_timeout (2 s) + 5 s all the same (30 s is generous for that).
+    let started = Instant::now();
+    let code = s.stop();
+    let took = started.elapsed();
+    assert_eq!(code, Some(0), "{}", s.output());
+    assert!(took < Duration::from_secs(30), "stopping took {took:?}");
+    assert!(!alive(front), "the stopped front end outlived berth");
+    assert!(
+        eventually(Duration::from_secs(5), || processes_of(uid).is_empty()),
+        "left running: {:?}",
+        processes_of(uid)
+    );
+}
+
+#[test]
+fn front_end_that_stops_reading_is_replaced() {
+    require_root();
+    let dir = Dir::new();
+    let (s, _home) =
+        start_with_many_sites(&dir, "front_stall_timeout = \"2s\"\ndrain_timeout = \"2s\"");
+    let started = Instant::now();
+    let old = stop_front_and_reload(&s, 3);
+    let mut new = 0;
+    // 2 s of stall, up to 1 s until the check, 0.5 s of backoff: 30 s is
+    // generous.
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            new = front_ends(s.pid())
+                .into_iter()
+                .find(|&p| p != old)
+                .unwrap_or(0);
+            new != 0
+        }),
+        "the stalled front end was not replaced:\n{}",
+        s.output()
+    );
+    println!("replaced after {:?}", started.elapsed());
+    assert!(
+        eventually(Duration::from_secs(10), || !alive(old)),
+        "the stalled front end {old} still runs"
+    );
+    assert!(
+        s.output().contains("has read nothing for"),
+        "{}",
+        s.output()
+    );
+    // The new front end has the whole configuration.
+    for host in ["a.test", "s2999.test"] {
+        let ok = eventually(Duration::from_secs(10), || {
+            try_raw(
+                s.addr(),
+                format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
+        });
+        assert!(ok, "{host} not served after the restart:\n{}", s.output());
+    }
 }

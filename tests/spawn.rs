@@ -106,6 +106,7 @@ struct Case {
     dir: PathBuf,
     env: Vec<(String, String)>,
     min_uid: u32,
+    open_files: u64,
     switch_user: bool,
 }
 
@@ -119,6 +120,7 @@ impl Case {
             dir: home.into(),
             env: Vec::new(),
             min_uid: 1000,
+            open_files: 1024,
             switch_user: true,
         }
     }
@@ -139,6 +141,7 @@ impl Case {
             dir: &self.dir,
             env: &self.env,
             fds,
+            open_files: self.open_files,
             switch_user: self.switch_user,
         }
     }
@@ -467,6 +470,35 @@ fn a_dir_the_tenant_cannot_enter_fails_at_chdir_as_the_tenant() {
             assert_eq!(source.raw_os_error(), Some(libc::EACCES));
         }
         other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_app_gets_open_files_as_its_limit_not_berths() {
+    use rustix::thread::CapabilitySet;
+    require_root();
+    let (uid, gid) = tenant_a();
+    let home = home_of(uid, gid);
+    let ours = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(1 << 19)
+        .min(1 << 19);
+    // Above our own hard limit only with CAP_SYS_RESOURCE (some containers'
+    // root lacks it); else berth gives its own.
+    let may_raise = rustix::thread::capabilities(None)
+        .unwrap()
+        .effective
+        .contains(CapabilitySet::SYS_RESOURCE);
+    let above = if may_raise { ours + 1 } else { ours };
+    for (want, got) in [(512, 512), (ours + 1, above)] {
+        let mut case = Case::new("berth-tsa", home.path());
+        case.argv = ["/bin/sh", "-c", "ulimit -Sn; ulimit -Hn"]
+            .map(String::from)
+            .to_vec();
+        case.open_files = want;
+        let (_, out, status) = case.run(Vec::new());
+        assert!(status.success(), "{status}: {out}");
+        assert_eq!(out, format!("{got}\n{got}\n"), "soft and hard for {want}");
     }
 }
 

@@ -115,6 +115,12 @@ fn fixture() -> Fixture {
     dir.symlink(dir.join("secret.txt"), "a/secret-abs.txt");
     dir.symlink("foreign.txt", "a/other.txt");
     dir.symlink("loop", "a/loop");
+    // Links whose names are plain but whose targets are hidden.
+    dir.symlink(".env", "a/env.txt");
+    dir.symlink("../.env", "a/sub/up-env.txt");
+    dir.symlink(".git", "a/repo");
+    dir.symlink("sub/../.git/config", "a/gitconfig.txt");
+    dir.symlink(".well-known/acme-challenge", "a/acme");
     // A precompressed sibling that points outside the root.
     dir.symlink("../secret.txt", "a/leak.txt.gz");
     // A FIFO, and a link to it (slow path).
@@ -928,6 +934,46 @@ fn dotfiles_hidden_but_well_known_served() {
         r.text()
     );
     assert_eq!(r.body, b"ACME-TOKEN-CONTENT\n", "ACME token body");
+}
+
+/// Asserts that `path` on a.test is 404 without `content`, for GET and HEAD.
+fn assert_hidden(a: SocketAddr, path: &str, content: &str) {
+    let r = get(a, "a.test", path, &[]);
+    assert_eq!(r.status, 404, "{path} must be 404:\n{}", r.text());
+    assert!(!r.contains(content), "{path} leaked:\n{}", r.text());
+    let h = request(a, "HEAD", "a.test", path, &[]);
+    assert_eq!(h.status, 404, "HEAD {path} must be 404");
+}
+
+#[test]
+fn symlink_to_a_dotfile_does_not_serve_the_dotfile() {
+    let f = fixture();
+    let a = f.s.addr();
+    // env.txt -> .env, sub/up-env.txt -> ../.env, gitconfig.txt ->
+    // sub/../.git/config: the URL names no dotfile, the link's target does.
+    assert_hidden(a, "/env.txt", "DOTENV-SECRET");
+    assert_hidden(a, "/sub/up-env.txt", "DOTENV-SECRET");
+    assert_hidden(a, "/gitconfig.txt", "GIT-CONFIG-SECRET");
+    // A link to /.well-known/ is as public as the directory itself.
+    let r = get(a, "a.test", "/acme/token", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body, b"ACME-TOKEN-CONTENT\n");
+}
+
+#[test]
+fn symlink_to_a_dot_directory_does_not_serve_its_files() {
+    let f = fixture();
+    let a = f.s.addr();
+    // repo -> .git
+    assert_hidden(a, "/repo/config", "GIT-CONFIG-SECRET");
+    assert_hidden(a, "/repo/", "GIT-CONFIG-SECRET");
+    let r = get(a, "a.test", "/repo", &[]);
+    assert_eq!(
+        r.status,
+        404,
+        "no redirect into a hidden directory:\n{}",
+        r.text()
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -9,12 +9,15 @@
 //!
 //! Layering, last wins: built-in defaults → `[server]` of the main file → each
 //! tenant's block (from the main file or an included file; a tenant may be defined
-//! only once).
+//! only once). App pool settings and tenants' limits layer built-in defaults →
+//! `[defaults.app]` / `[defaults.limits]` → the app's or tenant's own table
+//! (`app.rs`, `limits.rs`).
 //!
 //! Disk checks (roots, certificates, htpasswd files, users) happen here too, so
 //! `berth check` and `berth serve` agree on what is valid.
 
 mod app;
+mod limits;
 mod problem;
 mod reader;
 
@@ -28,6 +31,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use app::{App, Bind, Pool, Protocol};
+pub use limits::Limits;
 pub use problem::{Problem, Problems};
 use reader::{At, Source, TableReader, Walk};
 
@@ -51,6 +55,9 @@ pub struct Server {
     pub log_dir: PathBuf,
     /// No tenant runs as a uid or gid below this.
     pub min_uid: u32,
+    /// A front end that reads nothing of what the supervisor has for it for
+    /// this long is killed and restarted (its queue is dropped).
+    pub front_stall_timeout: Duration,
     pub limits: ClientLimits,
     /// Tenants' error logs, unless a tenant's block says otherwise.
     pub error_log: ErrorLogLimits,
@@ -153,6 +160,8 @@ pub struct Tenant {
     pub resolved: bool,
     pub sites: Vec<Site>,
     pub apps: Vec<App>,
+    /// What each of its processes may use.
+    pub limits: Limits,
     /// Where the tenant was defined, for messages.
     pub origin: Origin,
     /// The line of its `user` key.
@@ -248,6 +257,12 @@ impl std::fmt::Display for Origin {
 
 const SERVER_DEFAULT_USER: &str = "www-data";
 
+/// The front end reads the supervisor's messages on a thread that does nothing
+/// else, within milliseconds even under load; 30 s without reading a byte means
+/// it is stopped or wedged. Restarting drops every connection it holds, so the
+/// bound stays far above any pause a swapping or overloaded machine causes.
+const DEFAULT_FRONT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Default for Server {
     /// The built-in defaults, below `[server]`.
     fn default() -> Self {
@@ -258,6 +273,7 @@ impl Default for Server {
             state_dir: "/var/lib/berth".into(),
             log_dir: "/var/log/berth".into(),
             min_uid: 1000,
+            front_stall_timeout: DEFAULT_FRONT_STALL_TIMEOUT,
             limits: ClientLimits::default(),
             error_log: ErrorLogLimits::default(),
         }
@@ -271,7 +287,7 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
     let mut files = Vec::new();
     let mut tenants: Vec<Tenant> = Vec::new();
     let mut server = None;
-    let mut defaults = Pool::default();
+    let mut defaults = Defaults::default();
 
     match read_source(path) {
         Ok(src) => {
@@ -297,7 +313,10 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
                 }
                 if let Some(mut d) = top.table("defaults") {
                     if let Some(t) = d.table("app") {
-                        defaults = app::read_defaults(t);
+                        defaults.pool = app::read_defaults(t);
+                    }
+                    if let Some(t) = d.table("limits") {
+                        defaults.limits = limits::read_limits(t, Limits::default());
                     }
                     d.finish();
                 }
@@ -368,10 +387,17 @@ fn parse(src: &Source, problems: &RefCell<Problems>) -> Option<toml_edit::Docume
     }
 }
 
+/// `[defaults]`: what a tenant's tables layer over.
+#[derive(Debug, Default)]
+struct Defaults {
+    pool: Pool,
+    limits: Limits,
+}
+
 /// An included file may only define tenants.
 fn load_include(
     path: &Path,
-    defaults: &Pool,
+    defaults: &Defaults,
     problems: &RefCell<Problems>,
     files: &mut Vec<PathBuf>,
     tenants: &mut Vec<Tenant>,
@@ -471,6 +497,18 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
         match u32::try_from(n.value) {
             Ok(v) if v >= 1 => s.min_uid = v,
             _ => walk.problem(n.line, &n.key, "must be between 1 and 4294967295"),
+        }
+    }
+    if let Some(at) = t.string("front_stall_timeout") {
+        let (line, key) = (at.line, at.key.clone());
+        match duration(walk, Some(at)) {
+            Some(d) if d < Duration::from_secs(1) => walk.problem(
+                line,
+                &key,
+                "must be at least \"1s\" (a front end busy for a moment must not be restarted)",
+            ),
+            Some(d) => s.front_stall_timeout = d,
+            None => {}
         }
     }
     let l = &mut s.limits;
@@ -651,7 +689,7 @@ fn duration(walk: &Walk<'_>, at: Option<At<String>>) -> Option<Duration> {
     }
 }
 
-fn read_tenants(t: TableReader<'_>, defaults: &Pool, tenants: &mut Vec<Tenant>) {
+fn read_tenants(t: TableReader<'_>, defaults: &Defaults, tenants: &mut Vec<Tenant>) {
     for (name, mut tt) in t.into_named_tables() {
         let walk = tt.walk();
         if !valid_name(&name) {
@@ -678,8 +716,11 @@ fn read_tenants(t: TableReader<'_>, defaults: &Pool, tenants: &mut Vec<Tenant>) 
         let error_log_own = read_error_log(&mut tt);
         let apps = tt
             .table("app")
-            .map(|t| app::read_apps(t, defaults))
+            .map(|t| app::read_apps(t, &defaults.pool))
             .unwrap_or_default();
+        let limits = tt
+            .table("limits")
+            .map_or(defaults.limits, |t| limits::read_limits(t, defaults.limits));
         let sites: Vec<Site> = tt
             .tables("site")
             .into_iter()
@@ -727,6 +768,7 @@ fn read_tenants(t: TableReader<'_>, defaults: &Pool, tenants: &mut Vec<Tenant>) 
             resolved: false,
             sites,
             apps,
+            limits,
             origin,
             user_line: 0,
             error_log: ErrorLogLimits::default(),
@@ -1138,6 +1180,7 @@ fn validate(server: &Server, tenants: &[Tenant], problems: &mut Problems) {
                     dir: &app.dir,
                     env: &app.env,
                     fds: Vec::new(),
+                    open_files: tenant.limits.open_files,
                     switch_user,
                 };
                 if let Err(refused) = crate::supervisor::spawn::check(&spec) {
@@ -1314,6 +1357,38 @@ fn check_identities(server: &Server, tenants: &[Tenant], problems: &mut Problems
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn front_stall_timeout_is_read_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let load_with = |value: &str| {
+            let path = dir.path().join("berth.toml");
+            let text =
+                format!("[server]\nlisten = [\"127.0.0.1:1\"]\nfront_stall_timeout = {value}\n");
+            std::fs::write(&path, text).unwrap();
+            load(&path)
+        };
+        let cfg = load_with("\"45s\"").unwrap();
+        assert_eq!(cfg.server.front_stall_timeout, Duration::from_secs(45));
+        for (bad, why) in [
+            ("\"500ms\"", "must be at least \"1s\""),
+            ("\"soon\"", "is not a duration"),
+            ("30", "expected a string"),
+        ] {
+            let text = load_with(bad)
+                .unwrap_err()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert!(
+                text.contains(":3: server.front_stall_timeout: ") && text.contains(why),
+                "{bad}: {text}"
+            );
+        }
+        let default = Server::default();
+        assert_eq!(default.front_stall_timeout, Duration::from_secs(30));
+    }
 
     #[test]
     fn sizes_read_as_nginx_and_apache_write_them() {

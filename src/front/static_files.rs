@@ -15,7 +15,7 @@
 //! be swapped under us between checking and opening. Symlinks are allowed only if
 //! the link and its target have the same owner (Apache's `SymLinksIfOwnerMatch`),
 //! which needs a slower component-by-component walk, taken only when the fast open
-//! met a symlink.
+//! met a symlink; that walk also refuses a hidden name met through a link.
 //!
 //! `serve` is synchronous: reads come from the page cache, as in nginx, and files
 //! too large for the cache are read lazily, [`CHUNK`] bytes per poll.
@@ -427,6 +427,8 @@ fn open(root: &Root, rel: &str) -> Result<(OwnedFd, Stat), Reject> {
 /// and gives 404 just as `RESOLVE_BENEATH` would), and once it is fully resolved
 /// its owner must equal the link's owner, else 403. A nested link is checked
 /// against its own final target too, so chains need the same owner throughout.
+/// A hidden name anywhere on the way, in a link's target too, is 404 like a
+/// hidden URL.
 ///
 /// Per-component opens use `RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS` as a second line
 /// of defence: a single name relative to a directory fd cannot go anywhere else.
@@ -482,6 +484,12 @@ fn open_slow(root: &Root, rel: &str) -> Result<(OwnedFd, Stat), Reject> {
                 return Err(err(Errno::XDEV));
             }
             continue;
+        }
+        // Every name met counts, a link's target included: the URL `x.txt`
+        // must not reach `.env` through `x.txt -> .env`. The same rule as
+        // `is_hidden`: only `.well-known` right under the root is public.
+        if name.starts_with(b".") && !(dirs.is_empty() && *name == *b".well-known") {
+            return Err(Reject::NotFound);
         }
         let parent = dirs.last().map_or(root.fd.as_fd(), |d| d.fd.as_fd());
         let fd = retry(|| {
@@ -1486,6 +1494,33 @@ mod tests {
         }
         let resp = ok(site.get("/.well-known/acme-challenge/tok", &[]));
         assert_eq!(text(resp).await, b"challenge");
+    }
+
+    #[tokio::test]
+    async fn links_to_hidden_names_are_hidden() {
+        let site = Site::new();
+        site.file(".env", "SECRET");
+        site.file(".git/config", "SECRET");
+        site.file("sub/x", "x");
+        site.file(".well-known/acme-challenge/tok", "challenge");
+        site.link("env.txt", ".env");
+        site.link("repo", ".git");
+        site.link("sub/up.txt", "../.env");
+        site.link("sub/dots", "../sub/../.git");
+        site.link("acme", ".well-known/acme-challenge");
+        site.link("sub/wk", "../sub/.well-known");
+        for uri in [
+            "/env.txt",
+            "/repo/config",
+            "/repo/",
+            "/repo",
+            "/sub/up.txt",
+            "/sub/dots/config",
+            "/sub/wk/x",
+        ] {
+            assert!(matches!(site.get(uri, &[]), Err(Reject::NotFound)), "{uri}");
+        }
+        assert_eq!(text(ok(site.get("/acme/tok", &[]))).await, b"challenge");
     }
 
     #[tokio::test]

@@ -11,8 +11,11 @@
 //! when a process dies its socket refuses connections instead of queueing them.
 //!
 //! Every process runs in its own session; stopping one signals its whole process
-//! group. [`AppManager::reap`] collects exits and reports them to the front end;
-//! [`AppManager::stop_all`] leaves nothing running at shutdown.
+//! group, and when one ends, what it left in its group is killed. A group is
+//! signalled only while its leader is not reaped, so its number cannot have
+//! been reused ([`Leader`]). [`AppManager::reap`] collects exits and reports
+//! them to the front end; [`AppManager::stop_all`] leaves nothing running at
+//! shutdown.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
@@ -27,12 +30,12 @@ use nix::unistd::Pid;
 use tracing::{info, warn};
 
 use super::spawn::{self, SpawnSpec};
-use crate::config::{App, Bind, Config, Protocol};
+use crate::config::{App, Bind, Config, Limits, Protocol, Tenant};
 use crate::ipc::{AppId, AppProcess};
 
 /// One running process of an app.
 struct Proc {
-    child: Child,
+    leader: Leader,
     /// Where the front end connects (its socket is removed when it ends).
     process: AppProcess,
     started: Instant,
@@ -51,6 +54,8 @@ struct AppState {
     user: String,
     uid: u32,
     home: PathBuf,
+    /// The tenant's limits, applied to every process started from now on.
+    limits: Limits,
     procs: BTreeMap<u32, Proc>,
     next_slot: u32,
 }
@@ -93,7 +98,7 @@ fn cgi_routes(cfg: &Config) -> HashMap<AppId, CgiRoutes> {
 /// One CGI script running for one request.
 struct CgiRun {
     id: AppId,
-    child: Child,
+    leader: Leader,
     /// Killed (its whole process group) when still running at this time.
     deadline: Instant,
 }
@@ -158,20 +163,20 @@ impl AppManager {
     pub fn update(&mut self, cfg: &Config) -> Vec<(AppId, u32)> {
         self.min_uid = cfg.server.min_uid;
         self.cgi_routes = cgi_routes(cfg);
-        let mut wanted: HashMap<AppId, (App, String, PathBuf, u32)> = HashMap::new();
+        let mut wanted: HashMap<AppId, (App, &Tenant)> = HashMap::new();
         for t in &cfg.tenants {
             for a in &t.apps {
                 let id = AppId {
                     tenant: t.name.clone(),
                     app: a.name.clone(),
                 };
-                wanted.insert(id, (a.clone(), t.user.clone(), t.home.clone(), t.uid));
+                wanted.insert(id, (a.clone(), t));
             }
         }
         let mut stopped = Vec::new();
         self.apps.retain(|id, state| {
-            let keep = wanted.get(id).is_some_and(|(a, user, home, _)| {
-                same_program(a, &state.app) && *user == state.user && *home == state.home
+            let keep = wanted.get(id).is_some_and(|(a, t)| {
+                same_program(a, &state.app) && t.user == state.user && t.home == state.home
             });
             if !keep {
                 for (slot, proc) in std::mem::take(&mut state.procs) {
@@ -181,10 +186,14 @@ impl AppManager {
             }
             keep
         });
-        for (id, (app, user, home, uid)) in wanted {
+        for (id, (app, t)) in wanted {
             match self.apps.get_mut(&id) {
-                // Pool settings may change without restarting processes.
-                Some(state) => state.app = app,
+                // Pool settings and limits may change without restarting
+                // processes (new ones get the new limits).
+                Some(state) => {
+                    state.app = app;
+                    state.limits = t.limits;
+                }
                 None => {
                     if app.bind == Bind::Port {
                         warn!(
@@ -198,9 +207,10 @@ impl AppManager {
                             failures: 0,
                             retry_at: None,
                             suspects: Vec::new(),
-                            user,
-                            uid,
-                            home,
+                            user: t.user.clone(),
+                            uid: t.uid,
+                            home: t.home.clone(),
+                            limits: t.limits,
                             procs: BTreeMap::new(),
                             next_slot: 1,
                         },
@@ -358,6 +368,7 @@ impl AppManager {
                 fds.extend(output);
                 fds
             },
+            open_files: state.limits.open_files,
             switch_user,
         };
         let socket = process.socket.clone();
@@ -367,6 +378,7 @@ impl AppManager {
             format!("app {id}: not started: {e}")
         })?;
         info!("app {id}: process {slot} started (pid {})", child.id());
+        let leader = Leader(child);
         if let Some((log, r)) = reader {
             crate::tenant_log::read_pipe(r, log, id.to_string());
         }
@@ -382,7 +394,7 @@ impl AppManager {
         state.procs.insert(
             slot,
             Proc {
-                child,
+                leader,
                 process: process.clone(),
                 started: Instant::now(),
             },
@@ -502,12 +514,13 @@ impl AppManager {
             dir: &dir,
             env: &vars,
             fds: vec![(stdin_r, 0), (stdout_w, 1), (stderr_w, 2)],
+            open_files: state.limits.open_files,
             switch_user: self.switch_user,
         };
         let child = spawn::spawn(spec).map_err(|e| format!("app {id}: not started: {e}"))?;
         self.cgi.push(CgiRun {
             id: id.clone(),
-            child,
+            leader: Leader(child),
             // The front end ends the response at `timeout`; this is the
             // backstop, a moment later.
             deadline: Instant::now() + app.pool.timeout + CGI_GRACE,
@@ -517,30 +530,29 @@ impl AppManager {
 
     /// Collects ended CGI scripts and kills those past their app's `timeout`.
     /// A script's process group goes with it: what it left running in the
-    /// background does not outlive it.
-    fn reap_cgi(&mut self) {
+    /// background does not outlive it. The group is killed before the script
+    /// is reaped (see [`Leader`]).
+    pub fn reap_cgi(&mut self) {
         let now = Instant::now();
-        for mut run in std::mem::take(&mut self.cgi) {
-            match run.child.try_wait() {
-                Ok(Some(_)) => {
-                    let _ = killpg(pgid(&run.child), Signal::SIGKILL);
-                }
-                _ if now >= run.deadline => {
-                    warn!(
-                        "app {}: CGI script (pid {}) still running after its timeout; killed",
-                        run.id,
-                        run.child.id()
-                    );
-                    let _ = killpg(pgid(&run.child), Signal::SIGKILL);
-                    // Waited for on a thread: one stuck in the kernel must not
-                    // hold up the supervisor.
-                    let _ = std::thread::Builder::new()
-                        .name("cgi-reap".into())
-                        .spawn(move || {
-                            let _ = run.child.wait();
-                        });
-                }
-                _ => self.cgi.push(run),
+        for run in std::mem::take(&mut self.cgi) {
+            if run.leader.exited() {
+                run.leader.kill_and_reap();
+            } else if now >= run.deadline {
+                warn!(
+                    "app {}: CGI script (pid {}) still running after its timeout; killed",
+                    run.id,
+                    run.leader.pid()
+                );
+                run.leader.signal_group(Signal::SIGKILL);
+                // Reaped on a thread: one stuck in the kernel must not hold
+                // up the supervisor.
+                let _ = std::thread::Builder::new()
+                    .name("cgi-reap".into())
+                    .spawn(move || {
+                        run.leader.kill_and_reap();
+                    });
+            } else {
+                self.cgi.push(run);
             }
         }
     }
@@ -628,27 +640,31 @@ impl AppManager {
         self.reap_cgi();
         let mut gone = Vec::new();
         for (id, state) in &mut self.apps {
-            let mut dead = Vec::new();
-            for (slot, proc) in &mut state.procs {
-                if let Ok(Some(status)) = proc.child.try_wait() {
-                    dead.push((*slot, status));
-                }
-            }
-            for (slot, status) in dead {
+            let dead: Vec<u32> = state
+                .procs
+                .iter()
+                .filter(|(_, proc)| proc.leader.exited())
+                .map(|(slot, _)| *slot)
+                .collect();
+            for slot in dead {
                 if let Some(proc) = state.procs.remove(&slot) {
+                    // What it left in its group goes with it.
+                    let status = proc.leader.kill_and_reap();
+                    let success = status.is_some_and(|s| s.success());
+                    let status = status.map_or_else(|| "ended".into(), |s| s.to_string());
                     let _ = std::fs::remove_file(&proc.process.socket);
                     let lived = proc.started.elapsed();
                     // Dying young again and again is a crash loop: back off (see
                     // `settle`). One death (a crash, the OOM killer) just means
                     // a new process for the next request.
-                    if lived < YOUNG && !status.success() {
+                    if lived < YOUNG && !success {
                         state.suspects.push((slot, Instant::now()));
                     } else {
                         state.failures = 0;
                         state.retry_at = None;
                     }
                     warn!("app {id}: process {slot} exited ({status}) after {lived:.1?}");
-                    gone.push((id.clone(), slot, status.to_string()));
+                    gone.push((id.clone(), slot, status));
                 }
             }
         }
@@ -658,22 +674,20 @@ impl AppManager {
     /// Stops every process: SIGTERM to each process group, SIGKILL to what is
     /// left after a grace period.
     pub fn stop_all(&mut self) {
-        for run in &mut self.cgi {
-            let _ = killpg(pgid(&run.child), Signal::SIGKILL);
-            let _ = run.child.wait();
+        for run in self.cgi.drain(..) {
+            run.leader.kill_and_reap();
         }
-        self.cgi.clear();
         let mut procs = Vec::new();
         for (id, state) in &mut self.apps {
             for (slot, proc) in std::mem::take(&mut state.procs) {
-                let _ = killpg(pgid(&proc.child), Signal::SIGTERM);
+                proc.leader.signal_group(Signal::SIGTERM);
                 procs.push((id.clone(), slot, proc));
             }
         }
         let deadline = Instant::now() + STOP_GRACE;
-        for (id, slot, mut proc) in procs {
+        for (id, slot, proc) in procs {
             let _ = std::fs::remove_file(&proc.process.socket);
-            end_or_kill(&id, slot, &mut proc.child, deadline);
+            end_or_kill(&id, slot, proc.leader, deadline);
         }
     }
 }
@@ -833,38 +847,92 @@ fn own_dir(dir: &Path, owner: Option<(u32, u32)>, mode: u32) -> std::io::Result<
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
 }
 
-fn pgid(child: &Child) -> Pid {
-    // Every app process leads its own session and process group.
-    Pid::from_raw(child.id() as i32)
+/// An app process or CGI script, which leads its own session and process
+/// group (`setsid` in [`spawn`]), and the only way berth signals that group.
+///
+/// A group is named by its leader's pid, and a pid is free for reuse once its
+/// process has been reaped: a `killpg` by that number afterwards could hit an
+/// unrelated group (another tenant's, or root's) that got the number. So a
+/// group is signalled only while its leader is not reaped (alive, or a zombie
+/// still holding the number): the leader's exit is seen with
+/// `waitid(WNOWAIT)`, which leaves it a zombie, the group is killed, and only
+/// then is the leader reaped, which consumes the `Leader`, so no signal can
+/// follow.
+struct Leader(Child);
+
+impl Leader {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Whether the leader is still ours to wait for: running, or exited and
+    /// not reaped. Only then does its pid name its group.
+    fn unreaped(&self) -> bool {
+        use rustix::process::{WaitId, WaitIdOptions};
+        let Some(pid) = rustix::process::Pid::from_raw(self.pid() as i32) else {
+            return false;
+        };
+        rustix::process::waitid(
+            WaitId::Pid(pid),
+            WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG,
+        )
+        .is_ok()
+    }
+
+    /// Whether the leader has exited, without reaping it.
+    fn exited(&self) -> bool {
+        use rustix::process::{WaitId, WaitIdOptions};
+        let Some(pid) = rustix::process::Pid::from_raw(self.pid() as i32) else {
+            return true;
+        };
+        !matches!(
+            rustix::process::waitid(
+                WaitId::Pid(pid),
+                WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG,
+            ),
+            Ok(None)
+        )
+    }
+
+    /// Sends `sig` to the whole group.
+    fn signal_group(&self, sig: Signal) {
+        if self.unreaped() {
+            let _ = killpg(Pid::from_raw(self.pid() as i32), sig);
+        }
+    }
+
+    /// SIGKILL to what is left of the group, then reaps the leader (at once
+    /// if it has exited; else once the signal has ended it). None if it was
+    /// not ours to reap.
+    fn kill_and_reap(mut self) -> Option<std::process::ExitStatus> {
+        self.signal_group(Signal::SIGKILL);
+        self.0.wait().ok()
+    }
 }
 
 /// SIGTERM to the process group, then SIGKILL after the grace period, without
 /// blocking the supervisor: a thread waits for it.
-fn stop(id: &AppId, slot: u32, mut proc: Proc) {
-    let _ = killpg(pgid(&proc.child), Signal::SIGTERM);
+fn stop(id: &AppId, slot: u32, proc: Proc) {
+    proc.leader.signal_group(Signal::SIGTERM);
     let _ = std::fs::remove_file(&proc.process.socket);
     let id = id.clone();
     let _ = std::thread::Builder::new()
         .name("app-stop".into())
-        .spawn(move || end_or_kill(&id, slot, &mut proc.child, Instant::now() + STOP_GRACE));
+        .spawn(move || end_or_kill(&id, slot, proc.leader, Instant::now() + STOP_GRACE));
 }
 
-/// Waits for a process sent SIGTERM to exit, SIGKILLs it at `deadline`, and
-/// then whatever else it left in its process group.
-fn end_or_kill(id: &AppId, slot: u32, child: &mut Child, deadline: Instant) {
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) | Err(_) => break,
-            Ok(None) if Instant::now() >= deadline => {
-                warn!("app {id}: process {slot} ignored SIGTERM; killing it");
-                let _ = killpg(pgid(child), Signal::SIGKILL);
-                let _ = child.wait();
-                break;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+/// Waits for a process sent SIGTERM to exit, until `deadline`; then SIGKILL
+/// to whatever is left in its process group (the process too, if it ignored
+/// SIGTERM), and reaps it.
+fn end_or_kill(id: &AppId, slot: u32, leader: Leader, deadline: Instant) {
+    while !leader.exited() {
+        if Instant::now() >= deadline {
+            warn!("app {id}: process {slot} ignored SIGTERM; killing it");
+            break;
         }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    let _ = killpg(pgid(child), Signal::SIGKILL);
+    leader.kill_and_reap();
 }
 
 #[cfg(test)]
@@ -909,6 +977,51 @@ mod tests {
             script_allowed(None, &root.join("ok.cgi")).is_err(),
             "no route, no script"
         );
+    }
+
+    /// The state letter of `/proc/PID/stat` (None once the pid is gone).
+    fn state_of(pid: u32) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(") ")?.1.chars().next()
+    }
+
+    #[test]
+    fn a_group_is_killed_while_its_leader_is_a_zombie_then_the_leader_is_reaped() {
+        use std::io::BufRead;
+        // setsid(1) execs in place (the test is not a group leader): the
+        // shell leads a new group and leaves a sleep in it.
+        let mut child = std::process::Command::new("setsid")
+            .args(["sh", "-c", "sleep 300 & echo $!"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let left: u32 = line.trim().parse().unwrap();
+        let leader = Leader(child);
+        let pid = leader.pid();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !leader.exited() {
+            assert!(Instant::now() < deadline, "the leader did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Seen, not reaped: the zombie still holds the group's number.
+        assert_eq!(state_of(pid), Some('Z'));
+        assert!(leader.unreaped());
+        assert!(
+            matches!(state_of(left), Some(c) if c != 'Z'),
+            "sleep {left}"
+        );
+        let status = leader.kill_and_reap().expect("reaped");
+        assert!(status.success());
+        assert_eq!(state_of(pid), None, "the leader is reaped");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(state_of(left), Some(c) if c != 'Z') {
+            assert!(Instant::now() < deadline, "sleep {left} outlived its group");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]

@@ -11,7 +11,6 @@ use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,6 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::fs::{Mode, OFlags};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -87,6 +88,7 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
         listeners: Listeners::default(),
         generation: 0,
         apps,
+        front: FrontEnd::new(),
     };
     prepare_dir(&sup.config.server.log_dir, root)?;
     let logs = sup.open_logs()?;
@@ -99,7 +101,9 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
         .enable_all()
         .build()?;
     let result = rt.block_on(sup.serve(logs));
-    // Whatever way the loop ended, no app outlives berth.
+    // Whatever way the loop ended, no app outlives berth (the front end goes
+    // with the supervisor: its parent-death signal).
+    drop(sup.front.current.take());
     sup.apps.stop_all();
     crate::tenant_log::flush_all();
     result
@@ -113,6 +117,7 @@ struct Supervisor {
     listeners: Listeners,
     generation: u64,
     apps: apps::AppManager,
+    front: FrontEnd,
 }
 
 /// Open log files: one access log per tenant (in config order) and the error log.
@@ -137,18 +142,201 @@ impl Logs {
     }
 }
 
-/// The running front end: its process and our end of the channel.
+/// The running front end: its process, our end of the channel and what waits
+/// to be sent on it.
 struct Front {
     child: Child,
-    sock: Arc<OwnedFd>,
+    /// Numbers the front ends of this run; events of an earlier one are stale.
+    id: u64,
+    /// Our end of the channel, registered with the runtime for writability
+    /// only: a thread of its own reads it.
+    sock: AsyncFd<Arc<OwnedFd>>,
+    out: ipc::Outbox,
+    started: Instant,
 }
 
 enum Event {
-    FromFront(ToSupervisor),
-    FrontGone,
+    FromFront(u64, ToSupervisor),
+    /// The channel of this front end closed, or carried something unreadable.
+    FrontGone(u64, ipc::IpcError),
+}
+
+/// The first wait before a lost front end is restarted; it doubles up to
+/// [`FRONT_BACKOFF_MAX`] while front ends keep dying within a minute.
+const FRONT_BACKOFF_START: Duration = Duration::from_millis(500);
+const FRONT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A front end that closed its channel is exiting; after this it is killed.
+const FRONT_EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// The front end as the supervisor's loop sees it: the one running, if any;
+/// those gone or killed but not reaped yet; when the next one starts. Nothing
+/// here ever waits for a front end: messages queue in its [`ipc::Outbox`],
+/// exits are collected with `try_wait` on SIGCHLD and every tick.
+struct FrontEnd {
+    current: Option<Front>,
+    /// Front ends not reaped yet, and when one still running gets SIGKILL
+    /// (None: it has had it).
+    dying: Vec<(Child, Option<Instant>)>,
+    restart_at: Option<Instant>,
+    backoff: Duration,
+    last_id: u64,
+    /// berth is stopping: a lost front end is not replaced.
+    stopping: bool,
+}
+
+impl FrontEnd {
+    fn new() -> FrontEnd {
+        FrontEnd {
+            current: None,
+            dying: Vec::new(),
+            restart_at: None,
+            backoff: FRONT_BACKOFF_START,
+            last_id: 0,
+            stopping: false,
+        }
+    }
+
+    /// Queues `msg` for the running front end; dropped when none runs (a new
+    /// one gets a fresh plan and every live process). A front end whose queue
+    /// is full is lost.
+    fn tell(&mut self, msg: &ToFront, fds: Vec<OwnedFd>) {
+        let Some(front) = &mut self.current else {
+            return;
+        };
+        match front.out.push(msg, fds) {
+            Ok(()) => {}
+            Err(e @ ipc::IpcError::QueueFull { .. }) => {
+                self.lose(&format!("reads too slowly: {e}"), Duration::ZERO);
+            }
+            Err(e) => error!("cannot send a message to the front end: {e}"),
+        }
+    }
+
+    /// The running front end is gone or of no use: it is killed after
+    /// `grace` if it still runs (and reaped whenever it ends), its queue is
+    /// dropped, and unless berth is stopping another one starts after the
+    /// backoff.
+    fn lose(&mut self, why: &str, grace: Duration) {
+        let Some(front) = self.current.take() else {
+            return;
+        };
+        let pid = front.child.id();
+        if self.stopping {
+            info!("front end (pid {pid}) {why}");
+        } else {
+            if front.started.elapsed() > Duration::from_secs(60) {
+                self.backoff = FRONT_BACKOFF_START;
+            }
+            error!(
+                "front end (pid {pid}) {why}; restarting it in {:?}",
+                self.backoff
+            );
+            self.restart_at = Some(Instant::now() + self.backoff);
+            self.backoff = (self.backoff * 2).min(FRONT_BACKOFF_MAX);
+        }
+        self.dying.push((front.child, Some(Instant::now() + grace)));
+        self.reap();
+    }
+
+    /// Collects front ends that ended, kills those past their grace, and
+    /// notices the running one ending.
+    fn reap(&mut self) {
+        if let Some(front) = &mut self.current
+            && !matches!(front.child.try_wait(), Ok(None))
+        {
+            // Its status is kept in `child`; reported below.
+            self.lose("ended", Duration::ZERO);
+            return;
+        }
+        let now = Instant::now();
+        self.dying
+            .retain_mut(|(child, kill_at)| match child.try_wait() {
+                Ok(Some(status)) => {
+                    warn!("front end (pid {}) exited ({status})", child.id());
+                    false
+                }
+                Ok(None) => {
+                    if kill_at.is_some_and(|at| now >= at) {
+                        // Not reaped yet, so the pid is still this process's.
+                        let _ = child.kill();
+                        *kill_at = None;
+                    }
+                    true
+                }
+                Err(e) => {
+                    error!("front end (pid {}): {e}", child.id());
+                    false
+                }
+            });
+    }
+
+    /// A front end that has not read a byte for `timeout` of what waits for
+    /// it is stopped or wedged: lost.
+    fn check_stall(&mut self, timeout: Duration) {
+        let Some(front) = &self.current else {
+            return;
+        };
+        if let Some(since) = front.out.waiting_since()
+            && since.elapsed() >= timeout
+        {
+            let why = format!(
+                "has read nothing for {:.1?} ({} bytes wait for it; front_stall_timeout is {timeout:?})",
+                since.elapsed(),
+                front.out.bytes()
+            );
+            self.lose(&why, Duration::ZERO);
+        }
+    }
+
+    /// Whether no front end runs or waits to be reaped.
+    fn all_gone(&self) -> bool {
+        self.current.is_none() && self.dying.is_empty()
+    }
+
+    /// At the end: SIGKILL to every front end left, and reap them.
+    fn kill_all(&mut self) {
+        if let Some(front) = self.current.take() {
+            self.dying.push((front.child, None));
+        }
+        for (mut child, _) in self.dying.drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends what waits for the front end as its socket takes it; returns when
+/// nothing waits or the channel broke. Cancel-safe: the outbox records what
+/// went out as it goes.
+async fn flush(front: Option<&mut Front>) -> io::Result<()> {
+    let Some(front) = front else {
+        return std::future::pending().await;
+    };
+    loop {
+        let mut ready = front.sock.writable().await?;
+        match ready.try_io(|sock| front.out.flush(sock.get_ref().as_fd())) {
+            Ok(result) => return result,
+            // The socket is full: wait until the front end reads.
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+/// Sleeps until `at` (for ever without one).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Supervisor {
+    /// The event loop. It never waits on the front end (invariant 9): what
+    /// the front end is sent queues and goes out as it reads, one that stops
+    /// reading is replaced after `front_stall_timeout`, and its exit is
+    /// noticed on SIGCHLD. SIGTERM asks it to drain while the loop goes on
+    /// serving its requests; berth ends when it has exited (or after
+    /// `drain_timeout` + 5 s).
     async fn serve(&mut self, mut logs: Logs) -> Result<(), Error> {
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
@@ -158,41 +346,48 @@ impl Supervisor {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut front = self.spawn_front(&logs, tx.clone())?;
-        let mut backoff = Duration::from_millis(500);
-        let mut started = Instant::now();
+        self.spawn_front(&logs, tx.clone())?;
+        // When berth is stopping: the time by which it ends regardless.
+        let mut stopping: Option<Instant> = None;
         info!("berth started from {}", self.path.display());
         loop {
+            let flushing = self
+                .front
+                .current
+                .as_ref()
+                .is_some_and(|f| !f.out.is_empty());
+            let restart_at = self
+                .front
+                .restart_at
+                .filter(|_| self.front.current.is_none() && stopping.is_none());
             tokio::select! {
-                _ = hup.recv() => match self.reload() {
-                    Ok(new_logs) => {
-                        logs = new_logs;
-                        if let Err(e) = self.send_plan(&front, &logs) {
-                            error!("cannot send the new configuration to the front end: {e}");
-                        }
-                        for (app, slot) in self.apps.update(&self.config) {
-                            let why = "stopped: its configuration changed".to_string();
-                            tell(&front, &ToFront::Exited { app, slot, why });
-                        }
-                        self.warm(&front);
+                result = flush(self.front.current.as_mut()), if flushing => {
+                    if let Err(e) = result {
+                        self.front.lose(&format!("cannot be written to: {e}"), Duration::ZERO);
                     }
-                    Err(Error::Config(problems)) => {
-                        for p in problems.iter() {
-                            error!("reload: {p}");
-                        }
-                        error!("reload refused: {} problem(s); still serving the previous configuration", problems.len());
+                }
+                _ = sleep_until(restart_at), if restart_at.is_some() => {
+                    self.front.restart_at = None;
+                    self.spawn_front(&logs, tx.clone())?;
+                }
+                _ = hup.recv() => {
+                    if stopping.is_some() {
+                        info!("stopping: reload ignored");
+                    } else {
+                        self.on_reload(&mut logs);
                     }
-                    Err(e) => error!("reload refused: {e}; still serving the previous configuration"),
-                },
+                }
                 _ = usr1.recv() => match self.open_logs().and_then(|l| self.use_logs(&l).map(|()| l)) {
                     Ok(new_logs) => {
                         if let Ok(f) = new_logs.error.try_clone() {
                             crate::logging::set_file(File::from(f));
                         }
-                        let fds = new_logs.fds();
-                        let msg = ToFront::Logs { tenants: new_logs.tenants.clone() };
-                        if let Err(e) = ipc::send(front.sock.as_fd(), &msg, &fds) {
-                            error!("cannot pass reopened logs to the front end: {e}");
+                        match dup_all(&new_logs.fds()) {
+                            Ok(fds) => {
+                                let msg = ToFront::Logs { tenants: new_logs.tenants.clone() };
+                                self.front.tell(&msg, fds);
+                            }
+                            Err(e) => error!("cannot pass reopened logs to the front end: {e}"),
                         }
                         logs = new_logs;
                         info!("log files reopened");
@@ -201,51 +396,121 @@ impl Supervisor {
                 },
                 _ = chld.recv() => {
                     for (app, slot, why) in self.apps.reap() {
-                        tell(&front, &ToFront::Exited { app, slot, why });
+                        self.front.tell(&ToFront::Exited { app, slot, why }, Vec::new());
+                    }
+                    self.front.reap();
+                }
+                _ = tick.tick() => {
+                    self.front.reap();
+                    self.front.check_stall(self.config.server.front_stall_timeout);
+                    if stopping.is_none() {
+                        self.warm();
+                    } else {
+                        self.apps.reap_cgi();
                     }
                 }
-                _ = tick.tick() => self.warm(&front),
-                _ = term.recv() => return self.stop(front).await,
-                _ = int.recv() => return self.stop(front).await,
-                ev = rx.recv() => match ev {
-                    Some(Event::FromFront(ToSupervisor::Applied { generation })) => {
-                        info!("front end serving configuration generation {generation}");
+                _ = term.recv() => stopping = stopping.or_else(|| Some(self.begin_stop())),
+                _ = int.recv() => stopping = stopping.or_else(|| Some(self.begin_stop())),
+                ev = rx.recv() => {
+                    // `tx` lives as long as the loop: never None.
+                    if let Some(ev) = ev {
+                        self.on_event(ev);
                     }
-                    Some(Event::FromFront(ToSupervisor::StartProcess { req, app })) => {
-                        let result = self.apps.start(&app);
-                        tell(&front, &ToFront::Started { req, result });
-                    }
-                    Some(Event::FromFront(ToSupervisor::Retire { app, slot })) => {
-                        self.apps.retire(&app, slot);
-                    }
-                    Some(Event::FromFront(ToSupervisor::RunCgi { req, app, script, env })) => {
-                        let (result, fds) = match self.apps.run_cgi(&app, script, env) {
-                            Ok(fds) => (Ok(()), Vec::from(fds)),
-                            Err(e) => (Err(e), Vec::new()),
-                        };
-                        let borrowed = ipc::borrow_all(&fds);
-                        if let Err(e) = ipc::send(front.sock.as_fd(), &ToFront::CgiStarted { req, result }, &borrowed) {
-                            warn!("cannot pass a CGI run to the front end: {e}");
-                        }
-                    }
-                    Some(Event::FrontGone) | None => {
-                        let status = front.child.wait()?;
-                        if started.elapsed() > Duration::from_secs(60) {
-                            backoff = Duration::from_millis(500);
-                        }
-                        error!("front end exited ({status}); restarting in {backoff:?}");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = term.recv() => return Ok(()),
-                            _ = int.recv() => return Ok(()),
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                        // Drain stale events of the dead front end.
-                        while rx.try_recv().is_ok() {}
-                        front = self.spawn_front(&logs, tx.clone())?;
-                        started = Instant::now();
-                    }
-                },
+                }
+            }
+            if let Some(deadline) = stopping {
+                if self.front.all_gone() {
+                    self.apps.stop_all();
+                    info!("stopped");
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    warn!("the front end did not exit in time; killing it");
+                    self.front.kill_all();
+                    self.apps.stop_all();
+                    info!("stopped");
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// SIGTERM/SIGINT: the front end is asked to drain. Returns the time by
+    /// which berth ends whatever the front end does.
+    fn begin_stop(&mut self) -> Instant {
+        info!("stopping: draining requests in flight");
+        self.front.stopping = true;
+        self.front.restart_at = None;
+        self.front.tell(&ToFront::Shutdown, Vec::new());
+        Instant::now() + self.config.server.limits.drain_timeout + Duration::from_secs(5)
+    }
+
+    /// SIGHUP: a valid configuration becomes current and goes to the front
+    /// end; an invalid one changes nothing.
+    fn on_reload(&mut self, logs: &mut Logs) {
+        match self.reload() {
+            Ok(new_logs) => {
+                *logs = new_logs;
+                self.send_plan(logs);
+                for (app, slot) in self.apps.update(&self.config) {
+                    let why = "stopped: its configuration changed".to_string();
+                    self.front
+                        .tell(&ToFront::Exited { app, slot, why }, Vec::new());
+                }
+                self.warm();
+            }
+            Err(Error::Config(problems)) => {
+                for p in problems.iter() {
+                    error!("reload: {p}");
+                }
+                error!(
+                    "reload refused: {} problem(s); still serving the previous configuration",
+                    problems.len()
+                );
+            }
+            Err(e) => error!("reload refused: {e}; still serving the previous configuration"),
+        }
+    }
+
+    /// What the front end's reader thread passed on. Events of a front end
+    /// that has been replaced are dropped: their answers would go nowhere.
+    fn on_event(&mut self, ev: Event) {
+        let current = self.front.current.as_ref().map(|f| f.id);
+        match ev {
+            Event::FrontGone(id, e) if Some(id) == current => match e {
+                ipc::IpcError::Closed => self.front.lose("closed its channel", FRONT_EXIT_GRACE),
+                e => self
+                    .front
+                    .lose(&format!("broke its channel: {e}"), Duration::ZERO),
+            },
+            Event::FromFront(id, msg) if Some(id) == current => self.on_request(msg),
+            Event::FrontGone(..) | Event::FromFront(..) => {}
+        }
+    }
+
+    /// One request of the front end, answered through its queue.
+    fn on_request(&mut self, msg: ToSupervisor) {
+        match msg {
+            ToSupervisor::Applied { generation } => {
+                info!("front end serving configuration generation {generation}");
+            }
+            ToSupervisor::StartProcess { req, app } => {
+                let result = self.apps.start(&app);
+                self.front
+                    .tell(&ToFront::Started { req, result }, Vec::new());
+            }
+            ToSupervisor::Retire { app, slot } => self.apps.retire(&app, slot),
+            ToSupervisor::RunCgi {
+                req,
+                app,
+                script,
+                env,
+            } => {
+                let (result, fds) = match self.apps.run_cgi(&app, script, env) {
+                    Ok(fds) => (Ok(()), Vec::from(fds)),
+                    Err(e) => (Err(e), Vec::new()),
+                };
+                self.front.tell(&ToFront::CgiStarted { req, result }, fds);
             }
         }
     }
@@ -276,34 +541,10 @@ impl Supervisor {
     }
 
     /// Keeps `min_processes` of every app running and tells the front end.
-    fn warm(&mut self, front: &Front) {
+    fn warm(&mut self) {
         for (app, process) in self.apps.warm() {
-            tell(front, &ToFront::Spawned { app, process });
-        }
-    }
-
-    async fn stop(&mut self, mut front: Front) -> Result<(), Error> {
-        info!("stopping: draining requests in flight");
-        let _ = ipc::send(front.sock.as_fd(), &ToFront::Shutdown, &[]);
-        let limit = self.config.server.limits.drain_timeout + Duration::from_secs(5);
-        let deadline = Instant::now() + limit;
-        loop {
-            match front.child.try_wait()? {
-                Some(status) => {
-                    info!("front end exited ({status}); stopping apps");
-                    self.apps.stop_all();
-                    info!("stopped");
-                    return Ok(());
-                }
-                None if Instant::now() >= deadline => {
-                    warn!("front end did not exit within {limit:?}; killing it");
-                    let _ = front.child.kill();
-                    let _ = front.child.wait();
-                    self.apps.stop_all();
-                    return Ok(());
-                }
-                None => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
+            self.front
+                .tell(&ToFront::Spawned { app, process }, Vec::new());
         }
     }
 
@@ -314,11 +555,13 @@ impl Supervisor {
         front_identity(&self.config.server.user).map(Some)
     }
 
+    /// Starts a front end, with a thread reading its channel into `events`,
+    /// and queues its plan and every live app process for it.
     fn spawn_front(
         &mut self,
         logs: &Logs,
         events: mpsc::UnboundedSender<Event>,
-    ) -> Result<Front, Error> {
+    ) -> Result<(), Error> {
         let identity = self.front_identity()?;
         let (ours, theirs) = ipc::pair()?;
         // Exec through an fd opened now: the front user may not be able to reach
@@ -340,48 +583,71 @@ impl Supervisor {
         drop(theirs);
         drop(exe);
         let sock = Arc::new(ours);
-        let front = Front { child, sock };
+        self.front.last_id += 1;
+        let id = self.front.last_id;
         match &identity {
-            Some(id) => info!(
+            Some(ident) => info!(
                 "front end started (pid {}) as {} (uid {}, gid {})",
-                front.child.id(),
+                child.id(),
                 self.config.server.user,
-                id.uid,
-                id.gid
+                ident.uid,
+                ident.gid
             ),
-            None => info!("front end started (pid {})", front.child.id()),
+            None => info!("front end started (pid {})", child.id()),
         }
-        let reader = front.sock.clone();
-        std::thread::Builder::new()
+        let reader = sock.clone();
+        let spawned = std::thread::Builder::new()
             .name("front-channel".into())
             .spawn(move || {
                 loop {
                     match ipc::recv::<ToSupervisor>(reader.as_fd()) {
                         Ok((msg, _fds)) => {
-                            if events.send(Event::FromFront(msg)).is_err() {
+                            if events.send(Event::FromFront(id, msg)).is_err() {
                                 return;
                             }
                         }
-                        Err(_) => {
-                            let _ = events.send(Event::FrontGone);
+                        Err(e) => {
+                            let _ = events.send(Event::FrontGone(id, e));
                             return;
                         }
                     }
                 }
-            })?;
-        self.send_plan(&front, logs)?;
+            });
+        let sock = spawned.and_then(|_| sys::watch_fd(sock, Interest::WRITABLE));
+        let sock = match sock {
+            Ok(sock) => sock,
+            Err(e) => {
+                let mut child = child;
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e.into());
+            }
+        };
+        self.front.current = Some(Front {
+            child,
+            id,
+            sock,
+            out: ipc::Outbox::new(ipc::OUTBOX_LIMIT),
+            started: Instant::now(),
+        });
+        self.send_plan(logs);
         for (app, process) in self.apps.live() {
-            tell(&front, &ToFront::Spawned { app, process });
+            self.front
+                .tell(&ToFront::Spawned { app, process }, Vec::new());
         }
-        Ok(front)
+        Ok(())
     }
 
-    fn send_plan(&mut self, front: &Front, logs: &Logs) -> Result<(), Error> {
+    /// Queues the current configuration for the front end, with copies of the
+    /// listener and log fds (kept open until they are sent).
+    fn send_plan(&mut self, logs: &Logs) {
         self.generation += 1;
         let (plan, mut fds) = self.plan(logs);
         fds.extend(logs.fds());
-        ipc::send(front.sock.as_fd(), &ToFront::Plan(Box::new(plan)), &fds)
-            .map_err(|e| Error::Io(io::Error::other(e.to_string())))
+        match dup_all(&fds) {
+            Ok(fds) => self.front.tell(&ToFront::Plan(Box::new(plan)), fds),
+            Err(e) => error!("cannot pass the configuration to the front end: {e}"),
+        }
     }
 
     fn plan(&self, logs: &Logs) -> (Plan, Vec<BorrowedFd<'_>>) {
@@ -473,43 +739,89 @@ impl Supervisor {
     }
 }
 
-/// Creates `path` if needed and checks that it is a real directory (not a
-/// symlink) that nobody but its owner can write, owned by us. These are the
-/// directories log files are created in: if a tenant could write to one, it
-/// could plant a symlink for root to follow (invariant 7).
+/// Creates `path` if needed and checks that it is a real directory that nobody
+/// but its owner can write, owned by us. These are the directories log files
+/// are created in: if a tenant could write to one, it could plant a symlink
+/// for root to follow (invariant 7).
+///
+/// The path is walked from `/` one component at a time, each opened
+/// `O_PATH | O_NOFOLLOW` relative to the one before: a symbolic link anywhere
+/// on the way is refused, naming it (a link in a parent leads root's writes
+/// wherever its owner points it). `..` is taken lexically, which is what it
+/// means when no component is a link. Missing components are created (0755).
 fn prepare_dir(path: &Path, root: bool) -> Result<(), Error> {
+    use rustix::fs::{FileType, fstat, mkdirat, openat};
+    use std::path::Component;
     let fail = |why: String| Error::Dir {
         path: path.to_path_buf(),
         why,
     };
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(path).map_err(|e| fail(format!("cannot create: {e}")))?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
-                .map_err(|e| fail(e.to_string()))?;
+    if !path.is_absolute() {
+        return Err(fail("is not an absolute path".into()));
+    }
+    let mut names = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(name) => names.push(name),
+            Component::ParentDir => {
+                names.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
         }
-        Err(e) => return Err(fail(e.to_string())),
-        Ok(_) => {}
     }
-    let meta = std::fs::symlink_metadata(path).map_err(|e| fail(e.to_string()))?;
-    if meta.file_type().is_symlink() {
-        return Err(fail("is a symbolic link; refusing to use it".into()));
+    let walk_flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut dir = rustix::fs::open("/", walk_flags | OFlags::DIRECTORY, Mode::empty())
+        .map_err(|e| fail(format!("/: {e}")))?;
+    let mut walked = PathBuf::from("/");
+    for name in names {
+        walked.push(name);
+        let at = |e: rustix::io::Errno| fail(format!("{}: {e}", walked.display()));
+        let fd = match openat(&dir, name, walk_flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => {
+                match mkdirat(&dir, name, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(fail(format!("cannot create {}: {e}", walked.display()))),
+                }
+                let fd = openat(&dir, name, walk_flags, Mode::empty()).map_err(at)?;
+                // 0755 whatever the umask (an O_PATH fd cannot be chmodded).
+                if let Ok(opened) = openat(
+                    &fd,
+                    ".",
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                ) {
+                    rustix::fs::fchmod(&opened, Mode::from_raw_mode(0o755)).map_err(at)?;
+                }
+                fd
+            }
+            Err(e) => return Err(at(e)),
+        };
+        let st = fstat(&fd).map_err(at)?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => dir = fd,
+            FileType::Symlink => {
+                return Err(fail(format!(
+                    "{} is a symbolic link; refusing to follow it (give the real path)",
+                    walked.display()
+                )));
+            }
+            _ => return Err(fail(format!("{} is not a directory", walked.display()))),
+        }
     }
-    if !meta.is_dir() {
-        return Err(fail("is not a directory".into()));
-    }
+    let st = fstat(&dir).map_err(|e| fail(e.to_string()))?;
     let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me {
+    if st.st_uid != me {
         return Err(fail(format!(
             "is owned by uid {}, not by uid {me}{}",
-            meta.uid(),
+            st.st_uid,
             if root { " (root)" } else { "" }
         )));
     }
-    if meta.mode() & 0o022 != 0 {
+    if st.st_mode & 0o022 != 0 {
         return Err(fail(format!(
             "is writable by group or others (mode {:o})",
-            meta.mode() & 0o7777
+            st.st_mode & 0o7777
         )));
     }
     Ok(())
@@ -674,7 +986,8 @@ fn bind(addr: SocketAddr) -> Result<OwnedFd, Error> {
 }
 
 /// Lets the front end hold many connections: raise the soft open-file limit to
-/// the hard one (children inherit it).
+/// the hard one (the front end inherits it; app processes get their tenant's
+/// `open_files` instead, set by `spawn`).
 fn raise_nofile_limit() {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut lim = getrlimit(Resource::Nofile);
@@ -699,10 +1012,7 @@ fn front_identity(name: &str) -> Result<Identity, Error> {
     Identity::of(&user).map_err(|e| fail(format!("cannot read its groups: {e}")))
 }
 
-/// Sends a message to the front end; a failure means it is gone, which the
-/// event loop notices on its own.
-fn tell(front: &Front, msg: &ToFront) {
-    if let Err(e) = ipc::send(front.sock.as_fd(), msg, &[]) {
-        warn!("front end channel: {e}");
-    }
+/// Copies of `fds` that stay open while a frame waits to be sent.
+fn dup_all(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<OwnedFd>> {
+    fds.iter().map(|fd| fd.try_clone_to_owned()).collect()
 }

@@ -47,6 +47,9 @@ pub struct SpawnSpec<'a> {
     /// whatever of 0, 1 and 2 is not given is /dev/null, and nothing else is
     /// open in the app.
     pub fds: Vec<(OwnedFd, RawFd)>,
+    /// RLIMIT_NOFILE, soft and hard (the tenant's `open_files`): set in the
+    /// child, so the app never inherits the supervisor's raised limit.
+    pub open_files: u64,
     /// False when berth runs unprivileged: the app runs as the caller, and
     /// the checks on the user (exists, not root, uid and gid >= `min_uid`) are
     /// skipped; the ownership checks then expect the caller's uid instead of
@@ -331,6 +334,7 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, SpawnError> {
         dir: &checked.dir,
         fds: spec.fds,
         identity: checked.switch_user.then_some(&checked.identity),
+        open_files: open_files_limit(spec.open_files),
     })
     .map_err(|(step, source)| {
         warn!(
@@ -340,6 +344,29 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, SpawnError> {
         );
         SpawnError::Exec { step, source }
     })
+}
+
+/// The RLIMIT_NOFILE an app gets: `want`, unless that is above berth's own
+/// hard limit and berth may not raise a hard limit (not root, or root without
+/// CAP_SYS_RESOURCE, as in some containers); then berth's hard limit, said
+/// once in the log.
+fn open_files_limit(want: u64) -> u64 {
+    use rustix::thread::CapabilitySet;
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let Some(hard) = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum else {
+        return want;
+    };
+    let may_raise = rustix::thread::capabilities(None)
+        .is_ok_and(|c| c.effective.contains(CapabilitySet::SYS_RESOURCE));
+    if want <= hard || may_raise {
+        return want;
+    }
+    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        warn!(
+            "open_files = {want} is above berth's own hard limit ({hard}), which berth may not raise (no CAP_SYS_RESOURCE): apps get {hard}"
+        );
+    }
+    hard
 }
 
 /// The app's whole environment: PATH (safe), HOME, USER and LOGNAME, then
@@ -529,6 +556,7 @@ mod tests {
                 dir,
                 env,
                 fds: Vec::new(),
+                open_files: 1024,
                 switch_user: true,
             };
             check_paths(&spec, tenant_uid())
@@ -603,6 +631,7 @@ mod tests {
             dir: h.path(),
             env: &[],
             fds: Vec::new(),
+            open_files: 1024,
             switch_user: false,
         })
         .unwrap();
@@ -674,6 +703,7 @@ mod tests {
                 dir: h.path(),
                 env: &[],
                 fds: Vec::new(),
+                open_files: 1024,
                 switch_user: true,
             },
             tenant_uid(),
