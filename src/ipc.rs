@@ -41,7 +41,7 @@ pub enum ToFront {
     /// The answer to [`ToSupervisor::StartProcess`].
     Started {
         req: u64,
-        result: Result<AppProcess, String>,
+        result: Result<AppProcess, StartRefused>,
     },
     /// An app process ended (crashed, retired, or stopped by a reload).
     Exited { app: AppId, slot: u32, why: String },
@@ -54,6 +54,18 @@ pub enum ToFront {
         req: u64,
         result: Result<(), String>,
     },
+}
+
+/// Why the supervisor started no process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum StartRefused {
+    /// The app already runs `max_processes`, some of which the front end
+    /// may not have heard of yet (a process kept warm for `min_processes`
+    /// just started: its `Spawned` came before this answer).
+    #[error("{0}")]
+    Full(String),
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Names one app of one tenant.
@@ -596,7 +608,7 @@ mod tests {
             let fds = (0..FDS).map(|i| file_with(&format!("{n}/{i}"))).collect();
             let started = ToFront::Started {
                 req: n as u64,
-                result: Err(filler),
+                result: Err(StartRefused::Failed(filler)),
             };
             out.push(&started, fds).unwrap();
         }

@@ -467,6 +467,53 @@ fn a_process_is_retired_after_max_requests() {
 }
 
 #[test]
+fn a_request_while_the_warm_process_starts_is_not_refused() {
+    // min_processes = max_processes = 1: the first request may come while
+    // the supervisor starts the warm process, before the front end has heard
+    // of it; the supervisor's "already runs max_processes" was a 503.
+    require_root();
+    let dir = Dir::new();
+    let home = Home::new(&dir, "home-a", USER_A, user_a());
+    home.page("pid.php", "<?php echo getmypid();");
+    let apps = app(
+        "ta",
+        "php",
+        &home,
+        &[PHP],
+        "min_processes = 1\nmax_processes = 1",
+    );
+    home.own();
+    let (block, port, tls_port) = server(&dir);
+    let config = dir.write(
+        "berth.toml",
+        format!("{block}{}", tenant("ta", &home, "a.test", &apps)),
+    );
+    for round in 0..5 {
+        let mut s = Server::spawn(&config, port, tls_port, dir.join("log"));
+        // The first request as soon as the port answers.
+        let addr = s.addr();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let first = loop {
+            let head = "GET /pid.php HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+            if let Ok(raw) = try_raw(addr, head.as_bytes())
+                && raw.starts_with("HTTP/1.1")
+            {
+                break raw;
+            }
+            assert!(Instant::now() < deadline, "berth did not answer");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(
+            status_of(&first),
+            200,
+            "round {round}: {first}\n{}",
+            s.output()
+        );
+        s.stop();
+    }
+}
+
+#[test]
 fn idle_processes_stop_and_min_processes_stay_warm() {
     require_root();
     let dir = Dir::new();

@@ -30,7 +30,7 @@ use tracing::{debug, warn};
 
 use crate::backend::http_proxy::AppConn;
 use crate::config::Pool;
-use crate::ipc::{self, AppId, AppPlan, AppProcess, ToSupervisor};
+use crate::ipc::{self, AppId, AppPlan, AppProcess, StartRefused, ToSupervisor};
 
 /// Why no process could be had.
 #[derive(Debug, thiserror::Error)]
@@ -192,7 +192,7 @@ pub struct Apps {
 }
 
 /// What the supervisor answers to a start request.
-type StartAnswer = Result<AppProcess, String>;
+type StartAnswer = Result<AppProcess, StartRefused>;
 
 /// What the supervisor answers to a CGI run: the script's pipes, or why not.
 type CgiAnswer = Result<Vec<OwnedFd>, String>;
@@ -303,10 +303,11 @@ impl Apps {
     pub async fn lease(self: &Arc<Self>, id: &AppId) -> Result<Lease, LeaseError> {
         // Set when the request first has to wait, from the plan of that moment.
         let mut deadline: Option<(Instant, Duration)> = None;
+        let mut full_answers = 0;
         loop {
             enum Next {
                 Wait(oneshot::Receiver<Grant>),
-                Start(u64, oneshot::Receiver<Result<AppProcess, String>>),
+                Start(u64, oneshot::Receiver<StartAnswer>),
             }
             let next = {
                 let mut pools = self.pools.lock().expect("apps lock");
@@ -378,11 +379,20 @@ impl Apps {
                                 return Ok(lease);
                             }
                         }
-                        Ok(Err(why)) => {
+                        // The supervisor runs processes this end has not
+                        // heard of when it asked (one kept warm, just
+                        // started): they are in the pool by now, since
+                        // their news came first. Look again, once or twice.
+                        Ok(Err(StartRefused::Full(why))) if full_answers < 2 => {
+                            debug!("{why}; looking again");
+                            full_answers += 1;
+                            self.start_done(id, None);
+                        }
+                        Ok(Err(refused)) => {
                             self.start_done(id, None);
                             return Err(LeaseError::StartFailed {
                                 app: id.clone(),
-                                why,
+                                why: refused.to_string(),
                             });
                         }
                         Err(_) => {
@@ -527,7 +537,7 @@ impl Apps {
     }
 
     /// The supervisor answered a start request.
-    pub fn started(self: &Arc<Self>, req: u64, result: Result<AppProcess, String>) {
+    pub fn started(self: &Arc<Self>, req: u64, result: StartAnswer) {
         let Some((id, tx)) = self.pending.lock().expect("pending lock").remove(&req) else {
             return;
         };

@@ -31,7 +31,7 @@ use tracing::{info, warn};
 
 use super::spawn::{self, SpawnSpec};
 use crate::config::{App, Bind, Config, Limits, Protocol, Tenant};
-use crate::ipc::{AppId, AppProcess};
+use crate::ipc::{AppId, AppProcess, StartRefused};
 
 /// One running process of an app.
 struct Proc {
@@ -222,8 +222,22 @@ impl AppManager {
     }
 
     /// Starts one more process of `id` if its configuration allows it.
-    pub fn start(&mut self, id: &AppId) -> Result<AppProcess, String> {
+    pub fn start(&mut self, id: &AppId) -> Result<AppProcess, StartRefused> {
         self.settle();
+        if let Some(state) = self.apps.get(id)
+            && state.app.protocol != Protocol::Cgi
+            && state.procs.len() >= state.app.pool.max_processes as usize
+        {
+            return Err(StartRefused::Full(format!(
+                "app {id} already runs max_processes ({})",
+                state.app.pool.max_processes
+            )));
+        }
+        self.start_process(id).map_err(StartRefused::Failed)
+    }
+
+    /// Starts one more process of `id`, checked against its configuration.
+    fn start_process(&mut self, id: &AppId) -> Result<AppProcess, String> {
         let dir = self.dir.clone();
         let front_gid = self.front_gid;
         let min_uid = self.min_uid;
@@ -232,12 +246,6 @@ impl AppManager {
             .apps
             .get_mut(id)
             .ok_or_else(|| format!("no app {id} in the configuration"))?;
-        if state.procs.len() >= state.app.pool.max_processes as usize {
-            return Err(format!(
-                "app {id} already runs max_processes ({})",
-                state.app.pool.max_processes
-            ));
-        }
         if let Some(at) = state.retry_at
             && at > Instant::now()
         {
