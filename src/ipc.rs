@@ -113,6 +113,8 @@ pub struct Plan {
     pub logs: Vec<String>,
     pub sites: Vec<SitePlan>,
     pub apps: Vec<AppPlan>,
+    /// The host whose site's certificate answers TLS clients without SNI.
+    pub default_tls_host: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

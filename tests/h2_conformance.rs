@@ -1,11 +1,13 @@
 //! Protocol conformance at the frame level, for what h2spec found: a broken
 //! HTTP/2 preface (after ALPN `h2` and on h2c) answered with an HTTP/1.1 400
-//! instead of GOAWAY(PROTOCOL_ERROR). Raw bytes over TCP, and over rustls as a
-//! client.
+//! instead of GOAWAY(PROTOCOL_ERROR); TLS clients without SNI refused outright;
+//! the client's cipher order winning over the server's. Raw bytes over TCP, and
+//! over rustls as a client.
 mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +15,7 @@ use common::*;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, ring};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 /// Two tenants (a.test, b.test), both with certificates, `extra` in `[server]`.
@@ -208,4 +211,161 @@ fn invalid_preface_on_h2c_gets_goaway_not_an_http1_400() {
     assert_eq!(status_of(&r), 400, "{r}");
     let r = get_raw(s.addr(), "a.test", "/");
     assert!(r.ends_with("site A\n"), "{r}");
+}
+
+/// The end-entity certificate in a PEM file, as DER.
+fn cert_der(dir: &Dir, name: &str) -> Vec<u8> {
+    let pem = std::fs::read(dir.join(&format!("{name}.pem"))).unwrap();
+    CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+/// `GET /` for `host` over HTTP/1.1 on a TLS connection; the status and body.
+fn get_over(tls: &mut Tls, host: &str) -> String {
+    write!(
+        tls,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    tls.flush().unwrap();
+    String::from_utf8_lossy(&read_all(tls)).into_owned()
+}
+
+fn no_sni(s: &Server) -> Tls {
+    tls_connect(s.tls_addr(), None, &[b"http/1.1"], ring::default_provider())
+        .expect("a TLS client without SNI is served")
+}
+
+#[test]
+fn tls_client_without_sni_gets_the_first_tls_site_not_a_refusal() {
+    let (dir, s) = two_sites("");
+    let mut tls = no_sni(&s);
+    let shown = tls.conn.peer_certificates().unwrap()[0].to_vec();
+    assert_eq!(
+        shown,
+        cert_der(&dir, "a"),
+        "a.test is the first site with TLS"
+    );
+    let r = get_over(&mut tls, "a.test");
+    assert_eq!(status_of(&r), 200, "{r}");
+    assert!(r.ends_with("site A\n"), "{r}");
+    // The connection is a.test's: another site's Host is misdirected.
+    let r = get_over(&mut no_sni(&s), "b.test");
+    assert_eq!(status_of(&r), 421, "{r}");
+}
+
+#[test]
+fn default_tls_site_chooses_the_certificate_for_clients_without_sni() {
+    let (dir, s) = two_sites("default_tls_site = \"B.test\"");
+    let mut tls = no_sni(&s);
+    let shown = tls.conn.peer_certificates().unwrap()[0].to_vec();
+    assert_eq!(shown, cert_der(&dir, "b"));
+    let r = get_over(&mut tls, "b.test");
+    assert!(r.ends_with("site B\n"), "{r}");
+    let r = get_over(&mut no_sni(&s), "a.test");
+    assert_eq!(status_of(&r), 421, "{r}");
+    // A name no site has is still refused, not given the default.
+    let unknown = tls_connect(
+        s.tls_addr(),
+        Some("c.test"),
+        &[b"http/1.1"],
+        ring::default_provider(),
+    );
+    assert!(unknown.is_err(), "c.test got a certificate");
+    // And a client that names a site still gets that site.
+    let mut tls = tls_connect(
+        s.tls_addr(),
+        Some("a.test"),
+        &[b"http/1.1"],
+        ring::default_provider(),
+    )
+    .unwrap();
+    assert_eq!(
+        tls.conn.peer_certificates().unwrap()[0].to_vec(),
+        cert_der(&dir, "a")
+    );
+    assert!(get_over(&mut tls, "a.test").ends_with("site A\n"));
+}
+
+#[test]
+fn default_tls_site_must_name_a_site_with_a_certificate() {
+    require_root();
+    ensure_user("berth-ta");
+    let dir = Dir::new();
+    dir.mkdir("a");
+    let pki = Pki::new();
+    let (cert, key) = pki.issue(&dir, "a", &["a.test"]);
+    for (host, why) in [
+        ("nowhere.test", "no site has the host \"nowhere.test\""),
+        ("plain.test", "the site of \"plain.test\" (tenant ta, "),
+    ] {
+        let (server, _, _) = server_block(&dir, &format!("default_tls_site = \"{host}\""));
+        let config = format!(
+            r#"{server}
+[tenant.ta]
+user = "berth-ta"
+[[tenant.ta.site]]
+hosts = ["a.test"]
+root = "{root}"
+tls = {{ cert = "{cert}", key = "{key}" }}
+[[tenant.ta.site]]
+hosts = ["plain.test"]
+root = "{root}"
+"#,
+            root = dir.join("a").display(),
+            cert = cert.display(),
+            key = key.display(),
+        );
+        let path = dir.write("berth.toml", config);
+        let out = Command::new(BERTH)
+            .args(["check", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+        // `default_tls_site` is the 7th line of the [server] block.
+        let want = format!("{}:7: server.default_tls_site: {why}", path.display());
+        assert!(
+            stderr.contains(&want) || stdout.contains(&want),
+            "want {want:?} in:\n{stdout}{stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_servers_cipher_order_wins_over_the_clients() {
+    use rustls::crypto::ring::cipher_suite::*;
+    let (_dir, s) = two_sites("");
+    // Each client lists the suites weakest first; berth picks its own first
+    // choice among them (AES-256-GCM), for TLS 1.3 and TLS 1.2.
+    for (offered, want) in [
+        (
+            vec![
+                TLS13_CHACHA20_POLY1305_SHA256,
+                TLS13_AES_128_GCM_SHA256,
+                TLS13_AES_256_GCM_SHA384,
+            ],
+            TLS13_AES_256_GCM_SHA384,
+        ),
+        (
+            vec![
+                TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            ],
+            TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ),
+    ] {
+        let provider = CryptoProvider {
+            cipher_suites: offered,
+            ..ring::default_provider()
+        };
+        let tls = tls_connect(s.tls_addr(), Some("a.test"), &[b"http/1.1"], provider).unwrap();
+        let chosen = tls.conn.negotiated_cipher_suite().unwrap().suite();
+        assert_eq!(chosen, want.suite());
+    }
 }

@@ -52,6 +52,17 @@ pub struct Server {
     /// No tenant runs as a uid or gid below this.
     pub min_uid: u32,
     pub limits: ClientLimits,
+    /// `default_tls_site`: a host whose site's certificate answers TLS clients
+    /// that send no SNI (checked against the sites once they are read).
+    pub default_tls_site: Option<DefaultTlsSite>,
+}
+
+/// `[server] default_tls_site` as written, and its line in the main file.
+#[derive(Debug, Clone)]
+pub struct DefaultTlsSite {
+    /// Lowercase.
+    pub host: String,
+    pub line: usize,
 }
 
 /// Limits that protect the front end from hostile or broken clients.
@@ -195,6 +206,7 @@ impl Default for Server {
             log_dir: "/var/log/berth".into(),
             min_uid: 1000,
             limits: ClientLimits::default(),
+            default_tls_site: None,
         }
     }
 }
@@ -251,6 +263,7 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
     let server = server.unwrap_or_default();
     let mut problems = problems.into_inner();
     validate(&server, &tenants, &mut problems);
+    check_default_tls_site(path, &server, &tenants, &mut problems);
     // Report in reading order: file by file, line by line.
     problems.0.sort_by_key(|p| {
         let file = files
@@ -423,6 +436,12 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
     if let Some(n) = bounded(walk, t.integer("max_connections"), 1, 1_000_000) {
         l.max_connections = n;
     }
+    if let Some(h) = t.string("default_tls_site") {
+        s.default_tls_site = Some(DefaultTlsSite {
+            host: h.value.trim_end_matches('.').to_ascii_lowercase(),
+            line: h.line,
+        });
+    }
     let mut includes = Vec::new();
     if let Some(globs) = t.strings("include") {
         for g in &globs.value {
@@ -443,6 +462,62 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
     }
     t.finish();
     (s, includes)
+}
+
+/// `default_tls_site` must name a host of a site that has a certificate.
+fn check_default_tls_site(
+    main: &Path,
+    server: &Server,
+    tenants: &[Tenant],
+    problems: &mut Problems,
+) {
+    let Some(default) = &server.default_tls_site else {
+        return;
+    };
+    let key = "server.default_tls_site";
+    let site = tenants
+        .iter()
+        .flat_map(|t| t.sites.iter().map(move |s| (t, s)))
+        .find(|(_, s)| s.hosts.contains(&default.host));
+    match site {
+        None => problems.push(
+            main,
+            default.line,
+            key,
+            format!(
+                "no site has the host {:?}; name a host of a site with `tls`",
+                default.host
+            ),
+        ),
+        Some((tenant, site)) if site.tls.is_none() => problems.push(
+            main,
+            default.line,
+            key,
+            format!(
+                "the site of {:?} (tenant {}, {}:{}) has no `tls` certificate to offer",
+                default.host,
+                tenant.name,
+                site.lines.file.display(),
+                site.lines.hosts
+            ),
+        ),
+        Some(_) => {}
+    }
+}
+
+impl Config {
+    /// The host whose certificate answers TLS clients without SNI:
+    /// `default_tls_site`, else the first host of the first site with TLS.
+    pub fn default_tls_host(&self) -> Option<&str> {
+        if let Some(d) = &self.server.default_tls_site {
+            return Some(&d.host);
+        }
+        self.tenants
+            .iter()
+            .flat_map(|t| &t.sites)
+            .find(|s| s.tls.is_some())
+            .map(|s| s.hosts[0].as_str())
+    }
 }
 
 /// A path as written; a relative one is relative to the directory of the file

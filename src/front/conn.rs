@@ -5,7 +5,9 @@
 //! hyper's HTTP/1.1 + HTTP/2 connection (h2c by prior knowledge on plain
 //! listeners, ALPN on TLS). After ALPN `h2` the connection is HTTP/2 only: a
 //! client that does not start with the HTTP/2 preface gets GOAWAY(PROTOCOL_ERROR)
-//! ([`expect_preface`]), never an HTTP/1.1 answer.
+//! ([`expect_preface`]), never an HTTP/1.1 answer. A TLS client that sent no SNI
+//! got the default site's certificate and is treated as if it had named that
+//! site.
 //!
 //! A watchdog closes connections that sit without a
 //! request in flight: longer than `header_timeout` before the first request (a
@@ -98,7 +100,8 @@ async fn connection(stream: TcpStream, peer: SocketAddr, spec: ListenerSpec, sha
         });
         return super::h1::serve(stream, info, limits, shared).await;
     }
-    let Some(acceptor) = shared.current.load().tls.clone() else {
+    let generation = shared.current.load_full();
+    let Some(acceptor) = generation.tls.clone() else {
         debug!("{peer}: TLS connection but no site has a certificate");
         return;
     };
@@ -115,7 +118,13 @@ async fn connection(stream: TcpStream, peer: SocketAddr, spec: ListenerSpec, sha
     };
     let session = tls.get_ref().1;
     let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
-    let sni = session.server_name().map(|s| s.to_ascii_lowercase());
+    // Without SNI the client was shown the default site's certificate: the
+    // connection belongs to that site as if the client had named it.
+    let sni = match session.server_name() {
+        Some(name) => Some(name.to_ascii_lowercase()),
+        None => generation.default_tls_host.clone(),
+    };
+    drop(generation);
     let info = Arc::new(ConnInfo {
         peer,
         local,

@@ -54,6 +54,9 @@ pub struct Generation {
     pub limits: ClientLimits,
     pub router: Router<SiteRt>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The host a TLS connection without SNI is treated as having named (its
+    /// site's certificate was offered).
+    pub default_tls_host: Option<String>,
     pub http: auto::Builder<TokioExecutor>,
 }
 
@@ -404,6 +407,15 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
             },
         ));
     }
+    let default_tls_host = plan.default_tls_host.filter(|host| {
+        let found = resolver.set_default(host);
+        if !found {
+            error!(
+                "default TLS site {host}: no certificate loaded; clients without SNI are refused"
+            );
+        }
+        found
+    });
     let tls = (!resolver.is_empty())
         .then(|| tokio_rustls::TlsAcceptor::from(tls::server_config(resolver)));
     let generation = Generation {
@@ -413,6 +425,7 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
         limits: plan.limits,
         router: Router::new(sites),
         tls,
+        default_tls_host,
     };
     Ok((generation, listeners, logs))
 }

@@ -405,6 +405,7 @@ impl Supervisor {
             listeners,
             logs: logs.tenants.clone(),
             sites,
+            default_tls_host: cfg.default_tls_host().map(str::to_owned),
             apps: cfg
                 .tenants
                 .iter()
