@@ -1,8 +1,12 @@
 //! Protocol conformance at the frame level, for what h2spec found: a broken
 //! HTTP/2 preface (after ALPN `h2` and on h2c) answered with an HTTP/1.1 400
-//! instead of GOAWAY(PROTOCOL_ERROR); TLS clients without SNI refused outright;
-//! the client's cipher order winning over the server's. Raw bytes over TCP, and
-//! over rustls as a client.
+//! instead of GOAWAY(PROTOCOL_ERROR); malformed frames on a stream berth had
+//! already answered, ignored after berth reset the stream; TLS clients without
+//! SNI refused outright; the client's cipher order winning over the server's.
+//!
+//! The HTTP/2 frames are sent by Debian's python3-h2 (its hpack and hyperframe)
+//! through [`H2FRAMES`], written into each test's directory; the TLS checks use
+//! rustls as a client.
 mod common;
 
 use std::io::{Read, Write};
@@ -369,3 +373,222 @@ fn the_servers_cipher_order_wins_over_the_clients() {
         assert_eq!(chosen, want.suite());
     }
 }
+
+/// Runs [`H2FRAMES`] for `case` and returns what berth sent after the
+/// offending frames.
+fn after_offending_frames(dir: &Dir, addr: SocketAddr, case: &str, tls: bool) -> Vec<String> {
+    let script = dir.write("h2frames.py", H2FRAMES);
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(&script)
+        .args(["127.0.0.1", &addr.port().to_string(), "a.test", case]);
+    if tls {
+        cmd.arg("tls");
+    }
+    let out = cmd.output().expect("run /usr/bin/python3 (python3-h2)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{case}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = stdout.lines().map(str::to_owned).collect();
+    let sent = lines.iter().position(|l| l == "sent");
+    let sent = sent.unwrap_or_else(|| panic!("{case}: {lines:?}"));
+    assert!(
+        lines[..sent].iter().any(|l| l.ends_with(" end")),
+        "{case}: berth answered before the frames: {lines:?}"
+    );
+    lines[sent + 1..].to_vec()
+}
+
+#[test]
+fn malformed_request_ends_after_berth_answered_get_protocol_error_not_ignored() {
+    let (dir, s) = two_sites("");
+    for case in [
+        "trailers-without-end-stream",   // h2spec http2/8.1/1
+        "pseudo-header-in-trailers",     // h2spec http2/8.1.2.1/3
+        "more-data-than-content-length", // h2spec http2/8.1.2.6/2
+    ] {
+        for (addr, tls) in [(s.addr(), false), (s.tls_addr(), true)] {
+            let after = after_offending_frames(&dir, addr, case, tls);
+            assert!(
+                after.iter().any(|l| l == "rst 1 PROTOCOL_ERROR"
+                    || l.starts_with("goaway") && l.ends_with("PROTOCOL_ERROR")),
+                "{case} (tls: {tls}): refused with PROTOCOL_ERROR, not ignored: {after:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn headers_after_the_client_reset_an_answered_stream_are_refused_not_ignored() {
+    // h2spec http2/5.1/9: STREAM_CLOSED for the stream, or a connection error.
+    let (dir, s) = two_sites("");
+    for (addr, tls) in [(s.addr(), false), (s.tls_addr(), true)] {
+        let after = after_offending_frames(&dir, addr, "headers-after-client-reset", tls);
+        assert!(
+            after.iter().any(|l| l == "rst 1 STREAM_CLOSED")
+                || after.last().is_some_and(|l| l == "closed"),
+            "tls: {tls}: {after:?}"
+        );
+    }
+}
+
+/// Sends HTTP/2 frames that berth must refuse after it has answered the
+/// stream, and prints what berth sends back (Debian's python3-h2).
+const H2FRAMES: &str = r#""""Sends HTTP/2 frames that a conformant server must refuse, after the server
+has already answered the stream, and prints what the server sends back.
+
+usage: h2frames.py HOST PORT AUTHORITY CASE [tls]
+
+One event per line: `settings`, `headers STREAM STATUS [end]`,
+`data STREAM LEN [end]`, `rst STREAM CODE`, `goaway LAST CODE`, `closed`,
+`silent` (nothing for the read timeout); `sent` marks where the offending
+frames went out.
+"""
+import socket
+import ssl
+import sys
+
+import hpack
+from h2.errors import ErrorCodes
+from hyperframe.frame import (DataFrame, Frame, GoAwayFrame, HeadersFrame,
+                              RstStreamFrame, SettingsFrame)
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+TIMEOUT = 10.0
+
+
+def code(c):
+    try:
+        return ErrorCodes(c).name
+    except ValueError:
+        return str(c)
+
+
+class Conn:
+    def __init__(self, host, port, tls, authority):
+        sock = socket.create_connection((host, port), timeout=TIMEOUT)
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["h2"])
+            sock = ctx.wrap_socket(sock, server_hostname=authority)
+            assert sock.selected_alpn_protocol() == "h2", "no ALPN h2"
+        self.sock = sock
+        self.buf = b""
+        self.enc = hpack.Encoder()
+        self.dec = hpack.Decoder()
+
+    def send(self, frame):
+        self.sock.sendall(frame.serialize())
+
+    def read_exact(self, n):
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def next_frame(self):
+        """The next frame, or 'closed' / 'silent'."""
+        try:
+            head = self.read_exact(9)
+            frame, length = Frame.parse_frame_header(memoryview(head))
+            frame.parse_body(memoryview(self.read_exact(length)))
+            return frame
+        except (EOFError, ConnectionResetError, ssl.SSLError):
+            return "closed"
+        except socket.timeout:
+            return "silent"
+
+    def event(self):
+        """Reads one frame, answers SETTINGS, prints and returns the event."""
+        f = self.next_frame()
+        if isinstance(f, str):
+            ev = f
+        elif isinstance(f, SettingsFrame):
+            if "ACK" in f.flags:
+                return self.event()
+            self.send(SettingsFrame(0, flags=["ACK"]))
+            ev = "settings"
+        elif isinstance(f, HeadersFrame):
+            status = dict(self.dec.decode(f.data)).get(":status", "-")
+            ev = f"headers {f.stream_id} {status}"
+            if "END_STREAM" in f.flags:
+                ev += " end"
+        elif isinstance(f, DataFrame):
+            ev = f"data {f.stream_id} {len(f.data)}"
+            if "END_STREAM" in f.flags:
+                ev += " end"
+        elif isinstance(f, RstStreamFrame):
+            ev = f"rst {f.stream_id} {code(f.error_code)}"
+        elif isinstance(f, GoAwayFrame):
+            ev = f"goaway {f.last_stream_id} {code(f.error_code)}"
+        else:
+            return self.event()  # WINDOW_UPDATE, PING: not what we wait for
+        print(ev, flush=True)
+        return ev
+
+    def headers(self, stream, fields, end_stream):
+        flags = ["END_HEADERS"] + (["END_STREAM"] if end_stream else [])
+        self.send(HeadersFrame(stream, self.enc.encode(fields), flags=flags))
+
+    def data(self, stream, payload, end_stream):
+        self.send(DataFrame(stream, payload, flags=["END_STREAM"] if end_stream else []))
+
+
+def main():
+    host, port, authority, case = sys.argv[1:5]
+    tls = sys.argv[5:] == ["tls"]
+    c = Conn(host, int(port), tls, authority)
+    c.sock.sendall(PREFACE)
+    c.send(SettingsFrame(0))
+    scheme = "https" if tls else "http"
+
+    def request(method, extra=()):
+        return [(":method", method), (":scheme", scheme), (":path", "/"),
+                (":authority", authority)] + list(extra)
+
+    # The request, its body still open, and the server's whole answer.
+    if case == "headers-after-client-reset":
+        c.headers(1, request("GET"), end_stream=False)
+    elif case == "more-data-than-content-length":
+        c.headers(1, request("POST", [("content-length", "1")]), end_stream=False)
+    else:
+        c.headers(1, request("POST"), end_stream=False)
+    while True:
+        ev = c.event()
+        if ev in ("closed", "silent"):
+            sys.exit(f"no complete response: {ev}")
+        if ev.startswith(("headers 1", "data 1")) and ev.endswith(" end"):
+            break
+
+    # Then the frames the server must refuse.
+    if case == "trailers-without-end-stream":  # h2spec http2/8.1/1
+        c.data(1, b"test", end_stream=False)
+        c.headers(1, [("x-test", "ok")], end_stream=False)
+    elif case == "pseudo-header-in-trailers":  # h2spec http2/8.1.2.1/3
+        c.data(1, b"test", end_stream=False)
+        c.headers(1, [(":method", "POST")], end_stream=False)
+    elif case == "more-data-than-content-length":  # h2spec http2/8.1.2.6/2
+        c.data(1, b"test", end_stream=False)
+        c.data(1, b"test", end_stream=True)
+    elif case == "headers-after-client-reset":  # h2spec http2/5.1/9
+        c.send(RstStreamFrame(1, error_code=ErrorCodes.CANCEL))
+        c.headers(1, request("GET"), end_stream=True)
+    else:
+        sys.exit(f"unknown case {case}")
+    print("sent", flush=True)
+    # Until the server refuses the stream or closes (after a GOAWAY, it does).
+    while True:
+        ev = c.event()
+        if ev in ("closed", "silent") or ev.startswith("rst 1 ") and "NO_ERROR" not in ev:
+            break
+
+
+main()
+"#;

@@ -3,9 +3,10 @@
 //! answer is a [`Reject`], turned into a response in `respond`.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use http::{HeaderValue, Request, Response, StatusCode, header, request::Parts};
+use http::{HeaderValue, Request, Response, StatusCode, Version, header, request::Parts};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use percent_encoding::utf8_percent_encode;
 
@@ -40,7 +41,11 @@ pub async fn respond(
     let time = SystemTime::now();
     activity.begin();
     let generation = shared.current.load_full();
-    let (site, user, result) = route(&parts, body, conn, shared, &generation).await;
+    let mut body = body;
+    let (site, user, result) = route(&parts, &mut body, conn, shared, &generation).await;
+    if let Some(body) = body {
+        discard(body, parts.version, generation.limits.header_timeout);
+    }
     let response = result.unwrap_or_else(Reject::into_response);
     let (head, body) = response.into_parts();
 
@@ -71,11 +76,44 @@ pub async fn respond(
     Response::from_parts(head, Counted::new(body, done))
 }
 
-/// Finds the site and route and runs the handler. Returns the site's index (for
-/// the access log, once the host is known) and the authenticated user.
+/// The most of an unread HTTP/2 request body that [`discard`] reads.
+const DISCARD_LIMIT: usize = 64 * 1024;
+
+/// Reads and drops an HTTP/2 request body that no handler took (static files,
+/// redirects, refusals), up to [`DISCARD_LIMIT`] bytes and for at most `within`.
+///
+/// Dropped unread, the stream would be reset with NO_ERROR as soon as the
+/// response is sent (RFC 9113 §8.1 allows it), and from then on h2 must ignore
+/// whatever the client still sends on it (§5.1), malformed frames included.
+/// Read, the stream stays open until the client ends it, and a malformed end
+/// (trailers without END_STREAM, a pseudo-header in trailers, more DATA than
+/// `content-length` said) is answered RST_STREAM(PROTOCOL_ERROR) as §8.1.1
+/// requires, however early berth answered. HTTP/1.1 bodies are hyper's to drain.
+fn discard(body: Incoming, version: Version, within: Duration) {
+    if version != Version::HTTP_2 || http_body::Body::is_end_stream(&body) {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut body = body;
+        let mut read = 0;
+        let _ = tokio::time::timeout(within, async {
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, |d| d.len());
+                if read > DISCARD_LIMIT {
+                    return;
+                }
+            }
+        })
+        .await;
+    });
+}
+
+/// Finds the site and route and runs the handler; a handler that reads the
+/// request body takes it from `body`. Returns the site's index (for the access
+/// log, once the host is known) and the authenticated user.
 async fn route(
     parts: &Parts,
-    body: Option<Incoming>,
+    body: &mut Option<Incoming>,
     conn: &ConnInfo,
     shared: &Shared,
     generation: &Generation,
@@ -146,7 +184,7 @@ async fn route(
                 extensions,
                 path: &path,
                 parts,
-                body,
+                body: body.take(),
                 remote: conn.peer,
                 local: conn.local,
                 tls: conn.tls,
