@@ -1,8 +1,9 @@
 //! Protocol conformance at the frame level, for what h2spec found: a broken
 //! HTTP/2 preface (after ALPN `h2` and on h2c) answered with an HTTP/1.1 400
 //! instead of GOAWAY(PROTOCOL_ERROR); malformed frames on a stream berth had
-//! already answered, ignored after berth reset the stream; TLS clients without
-//! SNI refused outright; the client's cipher order winning over the server's.
+//! answered before the request was complete, ignored after berth reset the
+//! stream; TLS clients without SNI refused outright; the client's cipher order
+//! winning over the server's.
 //!
 //! The HTTP/2 frames are sent by Debian's python3-h2 (its hpack and hyperframe)
 //! through [`H2FRAMES`], written into each test's directory; the TLS checks use
@@ -374,9 +375,8 @@ fn the_servers_cipher_order_wins_over_the_clients() {
     }
 }
 
-/// Runs [`H2FRAMES`] for `case` and returns what berth sent after the
-/// offending frames.
-fn after_offending_frames(dir: &Dir, addr: SocketAddr, case: &str, tls: bool) -> Vec<String> {
+/// Runs [`H2FRAMES`] for `case`; the events it printed.
+fn h2frames(dir: &Dir, addr: SocketAddr, case: &str, tls: bool) -> Vec<String> {
     let script = dir.write("h2frames.py", H2FRAMES);
     let mut cmd = Command::new("/usr/bin/python3");
     cmd.arg(&script)
@@ -391,18 +391,28 @@ fn after_offending_frames(dir: &Dir, addr: SocketAddr, case: &str, tls: bool) ->
         "{case}: {stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines: Vec<String> = stdout.lines().map(str::to_owned).collect();
+    stdout.lines().map(str::to_owned).collect()
+}
+
+/// Runs [`H2FRAMES`] for `case` and returns what berth sent after the
+/// offending frames, having checked that it did not answer the request before
+/// the request was complete.
+fn after_offending_frames(dir: &Dir, addr: SocketAddr, case: &str, tls: bool) -> Vec<String> {
+    let lines = h2frames(dir, addr, case, tls);
     let sent = lines.iter().position(|l| l == "sent");
     let sent = sent.unwrap_or_else(|| panic!("{case}: {lines:?}"));
+    // Answered early, the stream is reset and what follows ignored.
     assert!(
-        lines[..sent].iter().any(|l| l.ends_with(" end")),
-        "{case}: berth answered before the frames: {lines:?}"
+        !lines[..sent]
+            .iter()
+            .any(|l| l.starts_with("headers 1") || l.starts_with("data 1")),
+        "{case} (tls: {tls}): berth answered before the request was complete: {lines:?}"
     );
     lines[sent + 1..].to_vec()
 }
 
 #[test]
-fn malformed_request_ends_after_berth_answered_get_protocol_error_not_ignored() {
+fn malformed_request_end_is_refused_not_ignored_after_an_early_answer() {
     let (dir, s) = two_sites("");
     for case in [
         "trailers-without-end-stream",   // h2spec http2/8.1/1
@@ -421,7 +431,21 @@ fn malformed_request_ends_after_berth_answered_get_protocol_error_not_ignored() 
 }
 
 #[test]
-fn headers_after_the_client_reset_an_answered_stream_are_refused_not_ignored() {
+fn window_past_the_limit_is_refused_not_ignored_after_an_early_answer() {
+    // h2spec http2/6.9.1/3: h2 checks a stream's window only while it may still
+    // send on it.
+    let (dir, s) = two_sites("");
+    for (addr, tls) in [(s.addr(), false), (s.tls_addr(), true)] {
+        let after = after_offending_frames(&dir, addr, "window-past-the-limit", tls);
+        assert!(
+            after.iter().any(|l| l == "rst 1 FLOW_CONTROL_ERROR"),
+            "tls: {tls}: {after:?}"
+        );
+    }
+}
+
+#[test]
+fn headers_after_the_client_reset_a_stream_are_refused_not_ignored_after_an_early_answer() {
     // h2spec http2/5.1/9: STREAM_CLOSED for the stream, or a connection error.
     let (dir, s) = two_sites("");
     for (addr, tls) in [(s.addr(), false), (s.tls_addr(), true)] {
@@ -434,16 +458,36 @@ fn headers_after_the_client_reset_an_answered_stream_are_refused_not_ignored() {
     }
 }
 
-/// Sends HTTP/2 frames that berth must refuse after it has answered the
-/// stream, and prints what berth sends back (Debian's python3-h2).
-const H2FRAMES: &str = r#""""Sends HTTP/2 frames that a conformant server must refuse, after the server
-has already answered the stream, and prints what the server sends back.
+#[test]
+fn a_client_waiting_for_100_continue_is_answered_without_waiting_for_its_body() {
+    // hyper's HTTP/2 sends no 100 (Continue): berth must not wait for a body
+    // that the client holds back until it hears from berth. A header_timeout
+    // far beyond the test's 10 s read timeout tells the two apart.
+    let (dir, s) = two_sites("header_timeout = \"120s\"");
+    for (addr, tls) in [(s.addr(), false), (s.tls_addr(), true)] {
+        let lines = h2frames(&dir, addr, "expect-continue", tls);
+        assert!(
+            lines.iter().any(|l| l.starts_with("headers 1 ")),
+            "tls: {tls}: {lines:?}"
+        );
+    }
+}
+
+/// Opens a request, waits a moment for an early answer, then sends frames
+/// that berth must refuse on that stream, and prints what berth sends back
+/// (Debian's python3-h2).
+const H2FRAMES: &str = r#""""Opens a request whose body is still to come, gives the server a moment to
+answer it early, then sends frames that a conformant server must refuse on
+that stream, and prints what the server sends back.
 
 usage: h2frames.py HOST PORT AUTHORITY CASE [tls]
 
+Case `expect-continue` only opens a request that waits for 100-continue and
+prints the answer (for up to the read timeout).
+
 One event per line: `settings`, `headers STREAM STATUS [end]`,
 `data STREAM LEN [end]`, `rst STREAM CODE`, `goaway LAST CODE`, `closed`,
-`silent` (nothing for the read timeout); `sent` marks where the offending
+`silent` (nothing within the read timeout); `sent` marks where the offending
 frames went out.
 """
 import socket
@@ -453,10 +497,12 @@ import sys
 import hpack
 from h2.errors import ErrorCodes
 from hyperframe.frame import (DataFrame, Frame, GoAwayFrame, HeadersFrame,
-                              RstStreamFrame, SettingsFrame)
+                              RstStreamFrame, SettingsFrame, WindowUpdateFrame)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 TIMEOUT = 10.0
+# How long the server gets to answer before the offending frames go out.
+EARLY = 1.0
 
 
 def code(c):
@@ -553,19 +599,23 @@ def main():
         return [(":method", method), (":scheme", scheme), (":path", "/"),
                 (":authority", authority)] + list(extra)
 
-    # The request, its body still open, and the server's whole answer.
-    if case == "headers-after-client-reset":
+    # The request, its body still open, and what the server sends meanwhile:
+    # an answer that comes now is an answer before the request was complete.
+    if case in ("headers-after-client-reset", "window-past-the-limit"):
         c.headers(1, request("GET"), end_stream=False)
     elif case == "more-data-than-content-length":
         c.headers(1, request("POST", [("content-length", "1")]), end_stream=False)
+    elif case == "expect-continue":
+        c.headers(1, request("POST", [("expect", "100-continue")]), end_stream=False)
+        while not (ev := c.event()).endswith(" end") and ev not in ("closed", "silent"):
+            pass
+        return
     else:
         c.headers(1, request("POST"), end_stream=False)
-    while True:
-        ev = c.event()
-        if ev in ("closed", "silent"):
-            sys.exit(f"no complete response: {ev}")
-        if ev.startswith(("headers 1", "data 1")) and ev.endswith(" end"):
-            break
+    c.sock.settimeout(EARLY)
+    while c.event() not in ("closed", "silent"):
+        pass
+    c.sock.settimeout(TIMEOUT)
 
     # Then the frames the server must refuse.
     if case == "trailers-without-end-stream":  # h2spec http2/8.1/1
@@ -580,6 +630,9 @@ def main():
     elif case == "headers-after-client-reset":  # h2spec http2/5.1/9
         c.send(RstStreamFrame(1, error_code=ErrorCodes.CANCEL))
         c.headers(1, request("GET"), end_stream=True)
+    elif case == "window-past-the-limit":  # h2spec http2/6.9.1/3
+        c.send(WindowUpdateFrame(1, window_increment=2**31 - 1))
+        c.send(WindowUpdateFrame(1, window_increment=2**31 - 1))
     else:
         sys.exit(f"unknown case {case}")
     print("sent", flush=True)

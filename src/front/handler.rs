@@ -44,7 +44,7 @@ pub async fn respond(
     let mut body = body;
     let (site, user, result) = route(&parts, &mut body, conn, shared, &generation).await;
     if let Some(body) = body {
-        discard(body, parts.version, generation.limits.header_timeout);
+        read_rest(body, &parts, generation.limits.header_timeout).await;
     }
     let response = result.unwrap_or_else(Reject::into_response);
     let (head, body) = response.into_parts();
@@ -76,36 +76,48 @@ pub async fn respond(
     Response::from_parts(head, Counted::new(body, done))
 }
 
-/// The most of an unread HTTP/2 request body that [`discard`] reads.
-const DISCARD_LIMIT: usize = 64 * 1024;
+/// The most of an unread HTTP/2 request body that [`read_rest`] reads.
+const REST_LIMIT: usize = 64 * 1024;
 
-/// Reads and drops an HTTP/2 request body that no handler took (static files,
-/// redirects, refusals), up to [`DISCARD_LIMIT`] bytes and for at most `within`.
+/// Reads the rest of an HTTP/2 request body that no handler took (static
+/// files, redirects, refusals) before the response goes out: up to
+/// [`REST_LIMIT`] bytes, for at most `within`, and not when the client waits
+/// for `100-continue` (which hyper's HTTP/2 does not send).
 ///
-/// Dropped unread, the stream would be reset with NO_ERROR as soon as the
-/// response is sent (RFC 9113 §8.1 allows it), and from then on h2 must ignore
-/// whatever the client still sends on it (§5.1), malformed frames included.
-/// Read, the stream stays open until the client ends it, and a malformed end
-/// (trailers without END_STREAM, a pseudo-header in trailers, more DATA than
-/// `content-length` said) is answered RST_STREAM(PROTOCOL_ERROR) as §8.1.1
-/// requires, however early berth answered. HTTP/1.1 bodies are hyper's to drain.
-fn discard(body: Incoming, version: Version, within: Duration) {
-    if version != Version::HTTP_2 || http_body::Body::is_end_stream(&body) {
+/// Answered at once and dropped, the stream would be reset with NO_ERROR after
+/// the response (RFC 9113 §8.1 allows it), and h2 must then ignore whatever the
+/// client still sends on it (§5.1), malformed frames included; once its own half
+/// is closed, h2 also stops checking WINDOW_UPDATEs against the 2^31-1 limit
+/// (§6.9.1). Whether a malformed request was refused depended on which came
+/// first, berth's answer or the client's next frame. Read first, the stream is
+/// open when those frames come, and h2 refuses them as the RFC requires: a
+/// malformed end (trailers without END_STREAM, a pseudo-header in trailers, more
+/// DATA than `content-length`) with RST_STREAM(PROTOCOL_ERROR), a window past
+/// the limit with FLOW_CONTROL_ERROR. HTTP/1.1 bodies are hyper's to drain.
+async fn read_rest(body: Incoming, parts: &Parts, within: Duration) {
+    if parts.version != Version::HTTP_2 || http_body::Body::is_end_stream(&body) {
         return;
     }
-    tokio::spawn(async move {
-        let mut body = body;
-        let mut read = 0;
-        let _ = tokio::time::timeout(within, async {
-            while let Some(Ok(frame)) = body.frame().await {
-                read += frame.data_ref().map_or(0, |d| d.len());
-                if read > DISCARD_LIMIT {
-                    return;
-                }
+    let expects_continue = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        return;
+    }
+    let mut body = body;
+    let mut read = 0;
+    let _ = tokio::time::timeout(within, async {
+        // Until the end, a stream error (the client's reset, a malformed
+        // frame), or the limit; past it the stream is reset with NO_ERROR.
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len());
+            if read > REST_LIMIT {
+                return;
             }
-        })
-        .await;
-    });
+        }
+    })
+    .await;
 }
 
 /// Finds the site and route and runs the handler; a handler that reads the
