@@ -13,14 +13,16 @@ fi
 
 # Debian packages the tests use: htpasswd (apache2-utils) to write real htpasswd
 # files, php-cgi as a real FastCGI app, Debian's python3 for HTTP apps (socket
-# activation) and perl for small clients, useradd (passwd), runuser/setpriv
-# (util-linux), mkfifo (coreutils), git and its git-http-backend (a real
-# client pushing through a CGI app), slowhttptest for slowloris and slow-body
-# attacks (tests/fairness.rs).
+# activation) and perl for small clients, python3-h2 to send raw HTTP/2 frames
+# (tests/h2_conformance.rs), useradd (passwd), runuser/setpriv (util-linux),
+# mkfifo (coreutils), git and its git-http-backend (a real client pushing
+# through a CGI app), slowhttptest for slowloris and slow-body attacks
+# (tests/fairness.rs).
 need=()
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v php-cgi >/dev/null || need+=(php-cgi)
 [ -x /usr/bin/python3 ] || need+=(python3)
+/usr/bin/python3 -c 'import h2' 2>/dev/null || need+=(python3-h2)
 [ -x /usr/bin/perl ] || need+=(perl-base)
 command -v useradd >/dev/null || need+=(passwd)
 { [ -x /usr/bin/git ] && [ -x /usr/lib/git-core/git-http-backend ]; } || need+=(git)

@@ -137,6 +137,8 @@ pub struct Plan {
     /// Where the front end keeps request and response bodies too large for
     /// memory (unlinked temporary files): a directory only it can write.
     pub tmp_dir: PathBuf,
+    /// The host whose site's certificate answers TLS clients without SNI.
+    pub default_tls_host: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -564,6 +566,7 @@ mod tests {
                 .collect(),
             apps: Vec::new(),
             tmp_dir: "/var/lib/berth/tmp".into(),
+            default_tls_host: None,
         }))
     }
 

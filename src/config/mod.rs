@@ -61,6 +61,9 @@ pub struct Server {
     pub limits: ClientLimits,
     /// Tenants' error logs, unless a tenant's block says otherwise.
     pub error_log: ErrorLogLimits,
+    /// `default_tls_site`: a host whose site's certificate answers TLS clients
+    /// that send no SNI (checked against the sites once they are read).
+    pub default_tls_site: Option<DefaultTlsSite>,
 }
 
 /// How much of a tenant's stderr reaches its `error.log` (see
@@ -88,6 +91,14 @@ impl Default for ErrorLogLimits {
             max: 64 << 20,
         }
     }
+}
+
+/// `[server] default_tls_site` as written, and its line in the main file.
+#[derive(Debug, Clone)]
+pub struct DefaultTlsSite {
+    /// Lowercase.
+    pub host: String,
+    pub line: usize,
 }
 
 /// Limits that protect the front end from hostile or broken clients.
@@ -276,6 +287,7 @@ impl Default for Server {
             front_stall_timeout: DEFAULT_FRONT_STALL_TIMEOUT,
             limits: ClientLimits::default(),
             error_log: ErrorLogLimits::default(),
+            default_tls_site: None,
         }
     }
 }
@@ -342,6 +354,7 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
     }
     let mut problems = problems.into_inner();
     validate(&server, &tenants, &mut problems);
+    check_default_tls_site(path, &server, &tenants, &mut problems);
     // Report in reading order: file by file, line by line.
     problems.0.sort_by_key(|p| {
         let file = files
@@ -556,6 +569,12 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
         rate: rate.unwrap_or(s.error_log.rate),
         max: max.unwrap_or(s.error_log.max),
     };
+    if let Some(h) = t.string("default_tls_site") {
+        s.default_tls_site = Some(DefaultTlsSite {
+            host: h.value.trim_end_matches('.').to_ascii_lowercase(),
+            line: h.line,
+        });
+    }
     let mut includes = Vec::new();
     if let Some(globs) = t.strings("include") {
         for g in &globs.value {
@@ -585,6 +604,62 @@ fn read_error_log(t: &mut TableReader<'_>) -> (Option<u32>, Option<u64>) {
     let rate = bounded(walk, t.integer("error_log_rate"), 1, 1_000_000).map(|n| n as u32);
     let max = size_in(walk, t.size("error_log_max"), 64 << 10, 1 << 40);
     (rate, max)
+}
+
+/// `default_tls_site` must name a host of a site that has a certificate.
+fn check_default_tls_site(
+    main: &Path,
+    server: &Server,
+    tenants: &[Tenant],
+    problems: &mut Problems,
+) {
+    let Some(default) = &server.default_tls_site else {
+        return;
+    };
+    let key = "server.default_tls_site";
+    let site = tenants
+        .iter()
+        .flat_map(|t| t.sites.iter().map(move |s| (t, s)))
+        .find(|(_, s)| s.hosts.contains(&default.host));
+    match site {
+        None => problems.push(
+            main,
+            default.line,
+            key,
+            format!(
+                "no site has the host {:?}; name a host of a site with `tls`",
+                default.host
+            ),
+        ),
+        Some((tenant, site)) if site.tls.is_none() => problems.push(
+            main,
+            default.line,
+            key,
+            format!(
+                "the site of {:?} (tenant {}, {}:{}) has no `tls` certificate to offer",
+                default.host,
+                tenant.name,
+                site.lines.file.display(),
+                site.lines.hosts
+            ),
+        ),
+        Some(_) => {}
+    }
+}
+
+impl Config {
+    /// The host whose certificate answers TLS clients without SNI:
+    /// `default_tls_site`, else the first host of the first site with TLS.
+    pub fn default_tls_host(&self) -> Option<&str> {
+        if let Some(d) = &self.server.default_tls_site {
+            return Some(&d.host);
+        }
+        self.tenants
+            .iter()
+            .flat_map(|t| &t.sites)
+            .find(|s| s.tls.is_some())
+            .map(|s| s.hosts[0].as_str())
+    }
 }
 
 /// A path as written; a relative one is relative to the directory of the file

@@ -3,7 +3,13 @@
 //! Each accepted socket holds a permit of the connection cap, goes through the TLS
 //! handshake (bounded by `header_timeout`) on TLS listeners, and is served by
 //! hyper's HTTP/1.1 + HTTP/2 connection (h2c by prior knowledge on plain
-//! listeners, ALPN on TLS). A watchdog closes connections that sit without a
+//! listeners, ALPN on TLS). After ALPN `h2` the connection is HTTP/2 only: a
+//! client that does not start with the HTTP/2 preface gets GOAWAY(PROTOCOL_ERROR)
+//! ([`expect_preface`]), never an HTTP/1.1 answer. A TLS client that sent no SNI
+//! got the default site's certificate and is treated as if it had named that
+//! site.
+//!
+//! A watchdog closes connections that sit without a
 //! request in flight: longer than `header_timeout` before the first request (a
 //! client that connects and sends nothing, or trickles header bytes), longer than
 //! `keepalive_timeout` after one (idle, or sending the next head slowly). It
@@ -34,15 +40,17 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, TryAcquireError};
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tracing::{debug, warn};
 
 use super::Shared;
+use super::h1::Rewind;
 use super::handler;
 use crate::config::ClientLimits;
 use crate::ipc::ListenerSpec;
@@ -332,7 +340,8 @@ async fn connection(
         });
         return super::h1::serve(stream, info, activity, limits, shared).await;
     }
-    let Some(acceptor) = shared.current.load().tls.clone() else {
+    let generation = shared.current.load_full();
+    let Some(acceptor) = generation.tls.clone() else {
         debug!("{peer}: TLS connection but no site has a certificate");
         return;
     };
@@ -347,11 +356,15 @@ async fn connection(
             return;
         }
     };
-    let sni = tls
-        .get_ref()
-        .1
-        .server_name()
-        .map(|s| s.to_ascii_lowercase());
+    let session = tls.get_ref().1;
+    let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
+    // Without SNI the client was shown the default site's certificate: the
+    // connection belongs to that site as if the client had named it.
+    let sni = match session.server_name() {
+        Some(name) => Some(name.to_ascii_lowercase()),
+        None => generation.default_tls_host.clone(),
+    };
+    drop(generation);
     let info = Arc::new(ConnInfo {
         peer,
         local,
@@ -359,7 +372,78 @@ async fn connection(
         tls: true,
         sni,
     });
-    serve(tls, info, activity, &limits, shared).await
+    if !h2 {
+        return serve(tls, info, activity, &limits, shared).await;
+    }
+    match expect_preface(tls, limits.header_timeout).await {
+        Ok(tls) => serve(tls, info, activity, &limits, shared).await,
+        Err(why) => debug!("{peer}: ALPN h2, but {why}; closed"),
+    }
+}
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The answer to a client that should have sent [`H2_PREFACE`] and sent
+/// something else: the server's preface (an empty SETTINGS frame, which must be
+/// the first frame a server sends) and GOAWAY(last stream 0, PROTOCOL_ERROR),
+/// RFC 9113 §3.4 and §6.8.
+const REFUSE_PREFACE: [u8; 26] = [
+    0, 0, 0, 0x4, 0, 0, 0, 0, 0, // SETTINGS: length 0, no flags, stream 0
+    0, 0, 8, 0x7, 0, 0, 0, 0, 0, // GOAWAY: length 8, no flags, stream 0
+    0, 0, 0, 0, // last stream id
+    0, 0, 0, 1, // PROTOCOL_ERROR
+];
+
+/// How long a refused client's remaining bytes are read and dropped before the
+/// connection is closed.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Reads the HTTP/2 preface from a connection that must speak HTTP/2 (ALPN
+/// `h2`) and returns the connection with the preface put back for hyper, which
+/// then can only take it as HTTP/2. A client that sends anything else is
+/// refused ([`refuse_h2`]) at its first wrong byte.
+async fn expect_preface<I>(mut io: I, within: Duration) -> Result<Rewind<I>, &'static str>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let deadline = Instant::now() + within;
+    let mut got = [0u8; H2_PREFACE.len()];
+    let mut n = 0;
+    while n < got.len() {
+        let read = match timeout_at(deadline, io.read(&mut got[n..])).await {
+            Ok(Ok(0)) => return Err("the client closed before its preface"),
+            Ok(Ok(read)) => read,
+            Ok(Err(_)) => return Err("reading the preface failed"),
+            Err(_) => return Err("no preface within header_timeout"),
+        };
+        if got[n..n + read] != H2_PREFACE[n..n + read] {
+            refuse_h2(io).await;
+            return Err("it sent no HTTP/2 preface");
+        }
+        n += read;
+    }
+    Ok(Rewind::new(Bytes::from_static(H2_PREFACE), io))
+}
+
+/// Refuses a client that should have started with the HTTP/2 preface: sends
+/// [`REFUSE_PREFACE`] and closes. The close lingers ([`LINGER`]), reading and
+/// dropping what the client still sends: closing a socket with unread bytes
+/// resets the connection, and a reset can destroy the GOAWAY before the client
+/// reads it.
+pub async fn refuse_h2<I>(mut io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    if io.write_all(&REFUSE_PREFACE).await.is_err() || io.flush().await.is_err() {
+        return;
+    }
+    let _ = io.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = timeout(LINGER, async {
+        while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// One connection's state, from accept to close: requests in flight, when

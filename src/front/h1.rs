@@ -17,6 +17,13 @@
 //! HTTP/2 prior-knowledge preface. So hyper remains the one judge of malformed
 //! input; this lane never has to answer it.
 //!
+//! One exception, at the start of a connection: a first line that is not an
+//! HTTP/1 request line (it does not end in `HTTP/1.x`), such as a broken HTTP/2
+//! preface, is not HTTP/1.1 at all. This listener also speaks HTTP/2 by prior
+//! knowledge, so it is refused the way HTTP/2 refuses a bad preface, with
+//! GOAWAY(PROTOCOL_ERROR) (RFC 9113 §3.4), not with an HTTP/1.1 400 that an
+//! HTTP/2 client would read as a broken frame ([`start`]).
+//!
 //! Timeouts are the watchdog's rules in `conn.rs`: the first request head must
 //! be complete within `header_timeout`, later ones within `keepalive_timeout` of
 //! the previous response; a client that accepts no bytes of a response for
@@ -44,7 +51,7 @@ use tracing::debug;
 
 use super::Shared;
 use super::access_log::Counted;
-use super::conn::{self, Activity, ConnInfo};
+use super::conn::{self, Activity, ConnInfo, H2_PREFACE};
 use super::handler;
 use super::static_files::FileRange;
 use crate::config::ClientLimits;
@@ -104,7 +111,24 @@ pub async fn serve(
         // 1. A complete head in `buf`, or a reason to stop.
         let (parts, len, keep_alive) = loop {
             if !buf.is_empty() {
-                match parse(&buf) {
+                let mut head = parse(&buf);
+                if !served && !matches!(head, Head::Fast { .. }) {
+                    match start(&buf, limits.max_header_bytes) {
+                        Start::Http2 => {
+                            return handoff(stream, buf, info, activity, &limits, shared).await;
+                        }
+                        Start::NotHttp1 => {
+                            debug!(
+                                "{}: neither HTTP/1 nor the HTTP/2 preface; GOAWAY",
+                                info.peer
+                            );
+                            return conn::refuse_h2(stream).await;
+                        }
+                        Start::Partial => head = Head::Partial,
+                        Start::Http1 => {}
+                    }
+                }
+                match head {
                     Head::Fast {
                         parts,
                         len,
@@ -254,6 +278,52 @@ fn parse(buf: &[u8]) -> Head {
         len,
         keep_alive,
     }
+}
+
+/// How a plain connection starts, when its first bytes are no request for the
+/// lane.
+#[derive(Debug, PartialEq)]
+enum Start {
+    /// The HTTP/2 preface: h2c by prior knowledge, for hyper.
+    Http2,
+    /// The beginning of the preface, or of a first line: more bytes are needed.
+    Partial,
+    /// A first line that is not an HTTP/1 request line.
+    NotHttp1,
+    /// HTTP/1 (well-formed or not): the lane or hyper answers it.
+    Http1,
+}
+
+fn start(buf: &[u8], max_header_bytes: usize) -> Start {
+    if buf.starts_with(H2_PREFACE) {
+        return Start::Http2;
+    }
+    if H2_PREFACE.starts_with(buf) {
+        return Start::Partial;
+    }
+    // Empty lines before the request line are allowed (RFC 9112 §2.2).
+    let text = match buf.iter().position(|&b| b != b'\r' && b != b'\n') {
+        Some(at) => &buf[at..],
+        None => return Start::Partial,
+    };
+    let Some(end) = text.iter().position(|&b| b == b'\n') else {
+        // A line still arriving: wait for its end. Binary bytes (TLS on the
+        // plain port) are hyper's to refuse, as is a line past the limit.
+        let printable = text
+            .iter()
+            .all(|&b| b == b'\r' || b == b'\t' || (0x20..0x7f).contains(&b));
+        return if printable && buf.len() < max_header_bytes {
+            Start::Partial
+        } else {
+            Start::Http1
+        };
+    };
+    let line = text[..end].strip_suffix(b"\r").unwrap_or(&text[..end]);
+    // request-line = method SP request-target SP HTTP-version (RFC 9112 §3).
+    let http1 = line.len() > 9
+        && line[line.len() - 9..line.len() - 1] == *b" HTTP/1."
+        && line[line.len() - 1].is_ascii_digit();
+    if http1 { Start::Http1 } else { Start::NotHttp1 }
 }
 
 /// Writes the response head and body. Returns whether the connection may carry
@@ -523,20 +593,23 @@ async fn handoff(
     limits: &ClientLimits,
     shared: Arc<Shared>,
 ) {
-    let io = Rewind {
-        prefix: Bytes::from(buffered),
-        inner: stream,
-    };
+    let io = Rewind::new(Bytes::from(buffered), stream);
     conn::serve(io, info, activity, limits, shared).await
 }
 
 /// A stream that first yields `prefix`, then reads from `inner`.
-pub struct Rewind {
+pub struct Rewind<I> {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: I,
 }
 
-impl AsyncRead for Rewind {
+impl<I> Rewind<I> {
+    pub fn new(prefix: Bytes, inner: I) -> Rewind<I> {
+        Rewind { prefix, inner }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -552,7 +625,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -635,6 +708,7 @@ mod tests {
             "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
             "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",
             "GET / HTTP/1.1\r\nHost : x\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
             "GARBAGE\r\n\r\n",
@@ -649,6 +723,39 @@ mod tests {
             parse(b"GET / HTTP/1.1\r\nHost: x\r\n"),
             Head::Partial
         ));
+    }
+
+    #[test]
+    fn a_first_line_that_is_not_http1_is_a_broken_h2_preface() {
+        let start = |b: &str| start(b.as_bytes(), 16384);
+        assert_eq!(start("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"), Start::Http2);
+        assert_eq!(start("PRI * HTTP/2.0\r\n"), Start::Partial);
+        assert_eq!(start("INVALID CONNECTION PRE"), Start::Partial);
+        assert_eq!(start("\r\n"), Start::Partial);
+        for not_http1 in [
+            "INVALID CONNECTION PREFACE\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",
+            "GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+            "GARBAGE\r\n\r\n",
+            "GET /\n",
+        ] {
+            assert_eq!(start(not_http1), Start::NotHttp1, "{not_http1:?}");
+        }
+        for http1 in [
+            "GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+            "POST / HTTP/1.0\r\n",
+            "\r\nGET / HTTP/1.1\r\nHost: x\r\n",
+            "GET /\x01 HTTP/1.1\r\n",
+            "\x16\x03\x01\x02\x00\x01",
+        ] {
+            assert_eq!(start(http1), Start::Http1, "{http1:?}");
+        }
+        let long = "GET /".to_string() + &"a".repeat(20000);
+        assert_eq!(
+            start(&long),
+            Start::Http1,
+            "past the limit: hyper's 414/431"
+        );
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! answer is a [`Reject`], turned into a response in `respond`.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use http::{HeaderValue, Request, Response, StatusCode, header, request::Parts};
+use http::{HeaderValue, Request, Response, StatusCode, Version, header, request::Parts};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use percent_encoding::utf8_percent_encode;
 
@@ -46,7 +47,12 @@ pub async fn respond(
         let activity = activity.clone();
         Arc::new(move || activity.abandon())
     };
-    let (site, user, result) = route(&parts, body, conn, shared, &generation, &on_stall).await;
+    let mut body = body;
+    let (site, user, result) =
+        route(&parts, &mut body, conn, shared, &generation, &on_stall).await;
+    if let Some(body) = body {
+        read_rest(body, &parts, generation.limits.header_timeout).await;
+    }
     let response = result.unwrap_or_else(Reject::into_response);
     let (head, body) = response.into_parts();
 
@@ -78,11 +84,56 @@ pub async fn respond(
     Response::from_parts(head, Counted::new(body, done, progress))
 }
 
-/// Finds the site and route and runs the handler. Returns the site's index (for
-/// the access log, once the host is known) and the authenticated user.
+/// The most of an unread HTTP/2 request body that [`read_rest`] reads.
+const REST_LIMIT: usize = 64 * 1024;
+
+/// Reads the rest of an HTTP/2 request body that no handler took (static
+/// files, redirects, refusals) before the response goes out: up to
+/// [`REST_LIMIT`] bytes, for at most `within`, and not when the client waits
+/// for `100-continue` (which hyper's HTTP/2 does not send).
+///
+/// Answered at once and dropped, the stream would be reset with NO_ERROR after
+/// the response (RFC 9113 §8.1 allows it), and h2 must then ignore whatever the
+/// client still sends on it (§5.1), malformed frames included; once its own half
+/// is closed, h2 also stops checking WINDOW_UPDATEs against the 2^31-1 limit
+/// (§6.9.1). Whether a malformed request was refused depended on which came
+/// first, berth's answer or the client's next frame. Read first, the stream is
+/// open when those frames come, and h2 refuses them as the RFC requires: a
+/// malformed end (trailers without END_STREAM, a pseudo-header in trailers, more
+/// DATA than `content-length`) with RST_STREAM(PROTOCOL_ERROR), a window past
+/// the limit with FLOW_CONTROL_ERROR. HTTP/1.1 bodies are hyper's to drain.
+async fn read_rest(body: Incoming, parts: &Parts, within: Duration) {
+    if parts.version != Version::HTTP_2 || http_body::Body::is_end_stream(&body) {
+        return;
+    }
+    let expects_continue = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        return;
+    }
+    let mut body = body;
+    let mut read = 0;
+    let _ = tokio::time::timeout(within, async {
+        // Until the end, a stream error (the client's reset, a malformed
+        // frame), or the limit; past it the stream is reset with NO_ERROR.
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len());
+            if read > REST_LIMIT {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+/// Finds the site and route and runs the handler; a handler that reads the
+/// request body takes it from `body`. Returns the site's index (for the access
+/// log, once the host is known) and the authenticated user.
 async fn route(
     parts: &Parts,
-    body: Option<Incoming>,
+    body: &mut Option<Incoming>,
     conn: &ConnInfo,
     shared: &Shared,
     generation: &Generation,
@@ -164,7 +215,7 @@ async fn route(
                 extensions,
                 path: &path,
                 parts,
-                body,
+                body: body.take(),
                 remote: conn.peer,
                 local: conn.local,
                 tls: conn.tls,

@@ -58,6 +58,9 @@ pub struct Generation {
     pub limits: ClientLimits,
     pub router: Router<SiteRt>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The host a TLS connection without SNI is treated as having named (its
+    /// site's certificate was offered).
+    pub default_tls_host: Option<String>,
     pub http: auto::Builder<TokioExecutor>,
     /// The directory for temporary files (request and response bodies).
     pub tmp: spool::TmpDir,
@@ -426,6 +429,15 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
     // Bodies in memory, all clients together: 1024 whole response buffers
     // (256 MiB by default), at least 64 MiB.
     spool::set_memory_limit((plan.limits.response_buffer * 1024).max(64 << 20));
+    let default_tls_host = plan.default_tls_host.filter(|host| {
+        let found = resolver.set_default(host);
+        if !found {
+            error!(
+                "default TLS site {host}: no certificate loaded; clients without SNI are refused"
+            );
+        }
+        found
+    });
     let tls = (!resolver.is_empty())
         .then(|| tokio_rustls::TlsAcceptor::from(tls::server_config(resolver)));
     let generation = Generation {
@@ -436,6 +448,7 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
         router: Router::new(sites),
         tls,
         tmp,
+        default_tls_host,
     };
     Ok((generation, listeners, logs))
 }

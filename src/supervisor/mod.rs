@@ -682,6 +682,7 @@ impl Supervisor {
             logs: logs.tenants.clone(),
             error_logs: logs.limits.clone(),
             sites,
+            default_tls_host: cfg.default_tls_host().map(str::to_owned),
             apps: cfg
                 .tenants
                 .iter()

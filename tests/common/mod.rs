@@ -205,9 +205,14 @@ log_dir = "{log}"
 /// root `dir/a`) and tenant `tb` (berth-tb; b.test, root `dir/b`), each site
 /// with a certificate from `pki`.
 pub fn start_a_and_b(dir: &Dir, pki: &Pki) -> Server {
+    start_a_and_b_with(dir, pki, "")
+}
+
+/// [`start_a_and_b`] with `extra` lines in `[server]`.
+pub fn start_a_and_b_with(dir: &Dir, pki: &Pki, extra: &str) -> Server {
     let (ca, ka) = pki.issue(dir, "a", &["a.test", "www.a.test"]);
     let (cb, kb) = pki.issue(dir, "b", &["b.test"]);
-    let (server, port, tls_port) = server_block(dir, "");
+    let (server, port, tls_port) = server_block(dir, extra);
     let config = format!(
         r#"{server}
 [tenant.ta]
