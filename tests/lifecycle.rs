@@ -962,7 +962,8 @@ drain_timeout = "5s""#,
     let t = wait_closed(c.stream(), sent, Duration::from_secs(9)).expect("never closed");
     assert!(
         t >= Duration::from_millis(3900),
-        "closed {t:?} after the second request"
+        "closed {t:?} after the second request\n{}",
+        s.output()
     );
 }
 
