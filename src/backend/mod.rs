@@ -96,10 +96,15 @@ impl IdleTimer {
 /// `Content-Length` and chunked framing, and an app cannot make its
 /// response end elsewhere than where the client is told it ends. For HEAD
 /// and 304 the app's `Content-Length` stays (it describes the GET response).
+///
+/// The surplus is reported in the tenant's error log (`log`), which is
+/// rate-limited: it is the app's doing, and a line per response in berth's
+/// own log would let a tenant flood that.
 pub fn frame_cgi_response(
     resp: http::Response<crate::front::body::Body>,
     head_only: bool,
     app: &str,
+    log: Option<std::sync::Arc<crate::tenant_log::TenantLog>>,
 ) -> http::Response<crate::front::body::Body> {
     use http_body_util::BodyExt;
     let (mut head, body) = resp.into_parts();
@@ -125,6 +130,7 @@ pub fn frame_cgi_response(
         remaining: length,
         surplus: 0,
         app: app.to_string(),
+        log,
     };
     http::Response::from_parts(head, body.boxed_unsync())
 }
@@ -136,6 +142,7 @@ struct Exact {
     remaining: u64,
     surplus: u64,
     app: String,
+    log: Option<std::sync::Arc<crate::tenant_log::TenantLog>>,
 }
 
 impl Exact {
@@ -149,12 +156,16 @@ impl Exact {
             }
         }
         if self.surplus > 0 {
-            tracing::warn!(
-                "app {}: sent {} bytes past its Content-Length ({}); dropped",
-                self.app,
-                self.surplus,
-                self.declared
+            let line = format!(
+                "berth: the response had {} bytes past its Content-Length ({}); they were dropped",
+                self.surplus, self.declared
             );
+            match &self.log {
+                Some(log) => {
+                    log.line(&self.app, line.as_bytes());
+                }
+                None => tracing::warn!("app {}: {line}", self.app),
+            }
             self.surplus = 0;
         }
     }
@@ -250,7 +261,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_apps_length_frames_its_body() {
-        let resp = frame_cgi_response(app_response("5", &[b"hel", b"lo"]), false, "t/a");
+        let resp = frame_cgi_response(app_response("5", &[b"hel", b"lo"]), false, "t/a", None);
         assert!(!resp.headers().contains_key(http::header::CONTENT_LENGTH));
         assert_eq!(http_body::Body::size_hint(resp.body()).exact(), Some(5));
         let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -259,25 +270,30 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_past_the_length_are_dropped() {
-        let resp = frame_cgi_response(app_response("3", &[b"ab", b"cdef", b"gh"]), false, "t/a");
+        let resp = frame_cgi_response(
+            app_response("3", &[b"ab", b"cdef", b"gh"]),
+            false,
+            "t/a",
+            None,
+        );
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"abc");
     }
 
     #[tokio::test]
     async fn a_body_short_of_its_length_ends_in_an_error() {
-        let resp = frame_cgi_response(app_response("10", &[b"short"]), false, "t/a");
+        let resp = frame_cgi_response(app_response("10", &[b"short"]), false, "t/a", None);
         let err = resp.into_body().collect().await.err();
         assert!(err.is_some_and(|e| e.kind() == io::ErrorKind::UnexpectedEof));
     }
 
     #[tokio::test]
     async fn head_and_not_modified_keep_the_apps_length() {
-        let resp = frame_cgi_response(app_response("42", &[]), true, "t/a");
+        let resp = frame_cgi_response(app_response("42", &[]), true, "t/a", None);
         assert_eq!(resp.headers()[http::header::CONTENT_LENGTH], "42");
         let mut not_modified = app_response("42", &[]);
         *not_modified.status_mut() = http::StatusCode::NOT_MODIFIED;
-        let resp = frame_cgi_response(not_modified, false, "t/a");
+        let resp = frame_cgi_response(not_modified, false, "t/a", None);
         assert_eq!(resp.headers()[http::header::CONTENT_LENGTH], "42");
         assert!(resp.into_body().collect().await.is_ok());
     }

@@ -161,6 +161,7 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
         let length = spool.as_ref().map(Spool::unread).or(declared.then_some(0));
         let spool = spool.filter(|s| !s.is_empty());
         let params = cgi_env::variables(req.parts, &script, &peer, length);
+        let log = req.error_log.clone();
         let answer = if plan.protocol == Protocol::Cgi {
             let script = (!req.extensions.is_empty()).then_some(filename);
             cgi(
@@ -176,7 +177,7 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
         } else {
             fastcgi(req.apps, &id, &plan.pool, params, spool, req.error_log).await
         };
-        answer.map(|resp| crate::backend::frame_cgi_response(resp, head_only, &id.to_string()))
+        answer.map(|resp| crate::backend::frame_cgi_response(resp, head_only, &id.to_string(), log))
     };
     Some(answer.and_then(|resp| buffer::response(resp, &req.buffer, req.on_stall)))
 }

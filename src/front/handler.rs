@@ -48,8 +48,7 @@ pub async fn respond(
         Arc::new(move || activity.abandon())
     };
     let mut body = body;
-    let (site, user, result) =
-        route(&parts, &mut body, conn, shared, &generation, &on_stall).await;
+    let (site, user, result) = route(&parts, &mut body, conn, shared, &generation, &on_stall).await;
     if let Some(body) = body {
         read_rest(body, &parts, generation.limits.header_timeout).await;
     }
