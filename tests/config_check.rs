@@ -841,3 +841,27 @@ error_log_rate = "fast"
     // The four above and the two unknown users.
     assert_eq!(lines.len(), 6, "{}", lines.join("\n"));
 }
+
+#[test]
+fn without_server_user_the_front_end_needs_a_dedicated_berth_user() {
+    // The built-in default was www-data, which other services share and
+    // whose group then reaches every tenant's app socket.
+    require_root();
+    let dir = Dir::new();
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:{}\"]\nstate_dir = \"{}\"\nlog_dir = \"{}\"\n",
+        free_port(),
+        dir.join("state").display(),
+        dir.join("log").display()
+    );
+    let path = dir.write("berth.toml", &text);
+    let exists = nix::unistd::User::from_name("berth").unwrap().is_some();
+    let (code, stdout, stderr) = check(&path);
+    if exists {
+        assert_eq!(code, Some(0), "{stdout}{stderr}");
+    } else {
+        let lines = problems(&path);
+        let l = line_starting(&lines, &format!("{}:1: server.user: ", path.display()));
+        assert!(l.contains("useradd --system"), "{l}");
+    }
+}

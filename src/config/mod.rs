@@ -266,7 +266,10 @@ impl std::fmt::Display for Origin {
     }
 }
 
-const SERVER_DEFAULT_USER: &str = "www-data";
+/// The front end's user when `[server] user` is not set: a dedicated one
+/// (DESIGN.md: not `www-data`, which other services on a host share, and
+/// whose group may reach every tenant's app socket).
+const SERVER_DEFAULT_USER: &str = "berth";
 
 /// The front end reads the supervisor's messages on a thread that does nothing
 /// else, within milliseconds even under load; 30 s without reading a byte means
@@ -499,6 +502,19 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
             Err(e) => walk.problem(u.line, &u.key, format!("cannot look up {:?}: {e}", u.value)),
         }
         s.user = u.value;
+    } else if rustix::process::geteuid().is_root()
+        && matches!(nix::unistd::User::from_name(SERVER_DEFAULT_USER), Ok(None))
+    {
+        // (Started as a normal user, berth switches to no user at all.)
+        walk.problem(
+            t.line(),
+            "server.user",
+            format!(
+                "not set, and there is no user {SERVER_DEFAULT_USER:?} to run the front end as: \
+                 create a dedicated one (useradd --system --no-create-home --shell \
+                 /usr/sbin/nologin {SERVER_DEFAULT_USER}) or name one"
+            ),
+        );
     }
     if let Some(d) = t.string("state_dir") {
         s.state_dir = resolve_path(walk, &d);
