@@ -53,7 +53,7 @@ mod tests {
         let path = dir.path().join("berth.toml");
         std::fs::write(
             &path,
-            format!("[server]\nlisten = [\"127.0.0.1:1\"]\n{rest}"),
+            format!("[server]\nlisten = [\"127.0.0.1:1\"]\nuser = \"daemon\"\n{rest}"),
         )
         .unwrap();
         crate::config::load(&path)
@@ -89,11 +89,11 @@ mod tests {
             .collect::<Vec<_>>()
             .join("\n");
         assert!(
-            text.contains(":4: defaults.limits.memory: unknown key; expected one of: open_files"),
+            text.contains(":5: defaults.limits.memory: unknown key; expected one of: open_files"),
             "{text}"
         );
         assert!(
-            text.contains(":8: tenant.t.limits.open_files: must be between 16 and 1048576"),
+            text.contains(":9: tenant.t.limits.open_files: must be between 16 and 1048576"),
             "{text}"
         );
     }

@@ -1454,8 +1454,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let load_with = |value: &str| {
             let path = dir.path().join("berth.toml");
-            let text =
-                format!("[server]\nlisten = [\"127.0.0.1:1\"]\nfront_stall_timeout = {value}\n");
+            let text = format!(
+                "[server]\nlisten = [\"127.0.0.1:1\"]\nuser = \"daemon\"\nfront_stall_timeout = {value}\n"
+            );
             std::fs::write(&path, text).unwrap();
             load(&path)
         };
@@ -1473,7 +1474,7 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join("\n");
             assert!(
-                text.contains(":3: server.front_stall_timeout: ") && text.contains(why),
+                text.contains(":4: server.front_stall_timeout: ") && text.contains(why),
                 "{bad}: {text}"
             );
         }
