@@ -60,6 +60,10 @@ pub const THROTTLE: Duration = Duration::from_millis(50);
 pub struct TenantLog {
     tenant: String,
     state: Mutex<State>,
+    /// Held from taking the queue to having written it, so that two
+    /// flushes (the writer thread's and `flush_all`'s) cannot write their
+    /// pieces out of order.
+    writing: Mutex<()>,
 }
 
 struct State {
@@ -96,6 +100,7 @@ impl TenantLog {
                 full: false,
                 scheduled: false,
             }),
+            writing: Mutex::new(()),
         });
         writer().register(&log);
         log
@@ -195,6 +200,7 @@ impl TenantLog {
     /// Writes what is queued, as much as the cap allows. Called by the writer
     /// thread (and [`flush_all`]); the lock is not held while writing.
     fn flush(&self) {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let (queue, file, max) = {
             let mut st = self.state();
             st.scheduled = false;
