@@ -143,6 +143,7 @@ impl Case {
             fds,
             open_files: self.open_files,
             switch_user: self.switch_user,
+            isolation: None,
         }
     }
 

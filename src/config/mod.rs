@@ -1273,6 +1273,8 @@ fn validate(server: &Server, tenants: &[Tenant], problems: &mut Problems) {
                     fds: Vec::new(),
                     open_files: tenant.limits.open_files,
                     switch_user,
+                    // Reported by check_identities, at the user's line.
+                    isolation: None,
                 };
                 if let Err(refused) = crate::supervisor::spawn::check(&spec) {
                     problems.push(
@@ -1331,116 +1333,55 @@ fn validate(server: &Server, tenants: &[Tenant], problems: &mut Problems) {
 
 /// Identities that would break isolation, each reported at the tenant's
 /// `user` line (only when berth switches users, as root: run unprivileged,
-/// the front end and every app are the caller anyway).
-///
-/// - A tenant may not be `server.user`, nor have its uid.
-/// - A tenant may not have the front end's primary group, as its own primary
-///   group or a supplementary one: berth gives the front end the app sockets
-///   (`state_dir/apps`, root:that group 0750, sockets 0660) and the
-///   directories of self-bound sockets by that group, and the front end's own
-///   files get it; a member could connect to every tenant's app and name any
-///   file as SCRIPT_FILENAME. The front end's supplementary groups are not
-///   refused: adding the front user to each tenant's group, so that it can
-///   read 0640 site files, is a common and sound setup.
-/// - Two tenants may not share a uid (each could signal and read the other's
-///   processes and files) or a primary group.
-/// - A tenant may not be a member of another tenant's primary group (its apps
-///   could read and write the other's group-accessible files); reported at
-///   the member's line.
+/// the front end and every app are the caller anyway). The rules are
+/// [`crate::supervisor::spawn::breaches`], which the supervisor also runs
+/// before every start (groups can change while berth runs); here a pair of
+/// tenants sharing a uid or primary group is reported once, at the later
+/// one, naming the first earlier one it shares with.
 fn check_identities(server: &Server, tenants: &[Tenant], problems: &mut Problems) {
+    use crate::supervisor::spawn::{Breach, FrontId, Peer, breaches};
     use crate::sys::Identity;
-    use nix::unistd::{Gid, Group, User};
-    let group_of = |gid: u32| match Group::from_gid(Gid::from_raw(gid)) {
-        Ok(Some(g)) => g.name,
-        _ => gid.to_string(),
-    };
-    let group_name = |gid: u32| format!("{:?} (gid {gid})", group_of(gid));
+    use nix::unistd::User;
     let identity = |name: &str| {
         let user = User::from_name(name).ok().flatten()?;
         Identity::of(&user).ok()
     };
-    let front = identity(&server.user);
+    let front = identity(&server.user).map(|id| FrontId {
+        user: server.user.clone(),
+        uid: id.uid,
+        gid: id.gid,
+    });
     let ids: Vec<(&Tenant, Identity)> = tenants
         .iter()
         .filter(|t| t.resolved)
         .filter_map(|t| identity(&t.user).map(|id| (t, id)))
         .collect();
+    let peers: Vec<Peer> = ids
+        .iter()
+        .map(|(t, id)| Peer {
+            tenant: t.name.clone(),
+            user: t.user.clone(),
+            uid: id.uid,
+            gid: id.gid,
+        })
+        .collect();
+    let position = |name: &str| peers.iter().position(|p| p.tenant == name);
     for (i, (tenant, id)) in ids.iter().enumerate() {
-        let mut refuse = |why: String| {
+        let mut shared_reported = false;
+        for breach in breaches(&tenant.name, &tenant.user, id, front.as_ref(), &peers) {
+            if let Breach::SharedUser { other, .. } | Breach::SharedGroup { other, .. } = &breach {
+                // At the later of the two, once.
+                if shared_reported || position(&other.tenant).is_none_or(|j| j > i) {
+                    continue;
+                }
+                shared_reported = true;
+            }
             problems.push(
                 &tenant.origin.file,
                 tenant.user_line,
                 format!("tenant.{}.user", tenant.name),
-                why,
-            )
-        };
-        let user = &tenant.user;
-        // Groups already named in a problem of this tenant.
-        let mut reported = Vec::new();
-        if let Some(front) = &front {
-            if id.uid == front.uid {
-                let what = if *user == server.user {
-                    format!("is server.user {user:?}")
-                } else {
-                    format!("has uid {}, as server.user {:?}", id.uid, server.user)
-                };
-                refuse(format!(
-                    "user {user:?} {what}, the front end's user: its apps could connect to every tenant's app socket and read whatever the front end reads; give the tenant a user of its own"
-                ));
-                continue;
-            }
-            if id.groups.contains(&front.gid) || id.gid == front.gid {
-                reported.push(front.gid);
-                let how = if id.gid == front.gid {
-                    "has as its primary group"
-                } else {
-                    "is a member of"
-                };
-                refuse(format!(
-                    "user {user:?} {how} {}, the primary group of server.user {:?} (the front end): its apps would get that group and could connect to every tenant's app socket; take it out of the group (gpasswd -d {user} {}) or give the front end a dedicated user",
-                    group_name(front.gid),
-                    server.user,
-                    group_of(front.gid)
-                ));
-            }
-        }
-        // One problem per kind: the first earlier tenant it shares with.
-        if let Some((other, oid)) = ids[..i]
-            .iter()
-            .find(|(_, o)| o.uid == id.uid || o.gid == id.gid)
-        {
-            let at = format!(
-                "tenant {:?} (user {:?}, {})",
-                other.name, other.user, other.origin
+                breach.to_string(),
             );
-            if oid.uid == id.uid {
-                refuse(format!(
-                    "user {user:?} has uid {}, as {at}: two tenants may not share a Unix user (each could signal and read the other's processes and files)",
-                    id.uid
-                ));
-            } else {
-                refuse(format!(
-                    "user {user:?} has the primary group {}, as {at}: two tenants may not share a group (each could read and write the other's group-accessible files)",
-                    group_name(id.gid)
-                ));
-            }
-        }
-        for (other, oid) in &ids {
-            if oid.uid == id.uid
-                || oid.gid == id.gid
-                || !id.groups.contains(&oid.gid)
-                || reported.contains(&oid.gid)
-            {
-                continue;
-            }
-            reported.push(oid.gid);
-            refuse(format!(
-                "user {user:?} is a member of {}, the primary group of tenant {:?} (user {:?}): its apps could read and write that tenant's group-accessible files; take it out of the group (gpasswd -d {user} {})",
-                group_name(oid.gid),
-                other.name,
-                other.user,
-                group_of(oid.gid)
-            ));
         }
     }
 }

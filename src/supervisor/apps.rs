@@ -29,7 +29,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
-use super::spawn::{self, SpawnSpec};
+use super::spawn::{self, FrontId, Isolation, Peer, SpawnSpec};
 use crate::config::{App, Bind, Config, Limits, Protocol, Tenant};
 use crate::ipc::{AppId, AppProcess, StartRefused};
 
@@ -111,6 +111,9 @@ pub struct AppManager {
     front_gid: Option<u32>,
     min_uid: u32,
     switch_user: bool,
+    /// The front end's identity and every tenant's, which each start is
+    /// checked against (None when berth runs unprivileged).
+    isolation: Option<Isolation>,
     apps: HashMap<AppId, AppState>,
     /// How routes reach each CGI app: the only scripts it may run.
     cgi_routes: HashMap<AppId, CgiRoutes>,
@@ -132,8 +135,14 @@ const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 impl AppManager {
-    /// Prepares `state_dir/apps` (root:front-group, mode 0750).
-    pub fn new(cfg: &Config, front_gid: Option<u32>, switch_user: bool) -> std::io::Result<Self> {
+    /// Prepares `state_dir/apps` (root:front-group, mode 0750). `front` is
+    /// the front end's identity (when berth switches users).
+    pub fn new(
+        cfg: &Config,
+        front: Option<&crate::sys::Identity>,
+        switch_user: bool,
+    ) -> std::io::Result<Self> {
+        let front_gid = front.map(|id| id.gid);
         let dir = cfg.server.state_dir.join("apps");
         match front_gid {
             Some(gid) => own_dir(&dir, Some((0, gid)), 0o750)?,
@@ -150,6 +159,14 @@ impl AppManager {
             front_gid,
             min_uid: cfg.server.min_uid,
             switch_user,
+            isolation: front.filter(|_| switch_user).map(|id| Isolation {
+                front: FrontId {
+                    user: cfg.server.user.clone(),
+                    uid: id.uid,
+                    gid: id.gid,
+                },
+                tenants: Vec::new(),
+            }),
             apps: HashMap::new(),
             cgi_routes: HashMap::new(),
             cgi: Vec::new(),
@@ -163,6 +180,19 @@ impl AppManager {
     pub fn update(&mut self, cfg: &Config) -> Vec<(AppId, u32)> {
         self.min_uid = cfg.server.min_uid;
         self.cgi_routes = cgi_routes(cfg);
+        if let Some(iso) = &mut self.isolation {
+            iso.tenants = cfg
+                .tenants
+                .iter()
+                .filter(|t| t.resolved)
+                .map(|t| Peer {
+                    tenant: t.name.clone(),
+                    user: t.user.clone(),
+                    uid: t.uid,
+                    gid: t.gid,
+                })
+                .collect();
+        }
         let mut wanted: HashMap<AppId, (App, &Tenant)> = HashMap::new();
         for t in &cfg.tenants {
             for a in &t.apps {
@@ -378,6 +408,7 @@ impl AppManager {
             },
             open_files: state.limits.open_files,
             switch_user,
+            isolation: self.isolation.as_ref(),
         };
         let socket = process.socket.clone();
         let child = spawn::spawn(spec).map_err(|e| {
@@ -524,6 +555,7 @@ impl AppManager {
             fds: vec![(stdin_r, 0), (stdout_w, 1), (stderr_w, 2)],
             open_files: state.limits.open_files,
             switch_user: self.switch_user,
+            isolation: self.isolation.as_ref(),
         };
         let child = spawn::spawn(spec).map_err(|e| format!("app {id}: not started: {e}"))?;
         self.cgi.push(CgiRun {

@@ -74,9 +74,8 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
     } else {
         None
     };
-    let front_gid = front.as_ref().map(|id| id.gid);
     tmp_dir(&config.server.state_dir.join(TMP_DIR), front.as_ref())?;
-    let apps = apps::AppManager::new(&config, front_gid, root).map_err(|e| Error::Dir {
+    let apps = apps::AppManager::new(&config, front.as_ref(), root).map_err(|e| Error::Dir {
         path: config.server.state_dir.join("apps"),
         why: e.to_string(),
     })?;

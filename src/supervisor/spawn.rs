@@ -55,6 +55,205 @@ pub struct SpawnSpec<'a> {
     /// skipped; the ownership checks then expect the caller's uid instead of
     /// the tenant's.
     pub switch_user: bool,
+    /// The front end's identity and the other tenants', to check the
+    /// tenant's identity against (see [`breaches`]) as it is read for this
+    /// start. None skips those rules (`berth check` reports them itself).
+    pub isolation: Option<&'a Isolation>,
+}
+
+/// What a tenant's identity must keep apart from: the front end's user and
+/// the other tenants (see [`breaches`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Isolation {
+    pub front: FrontId,
+    /// Every tenant, this one included (skipped by name).
+    pub tenants: Vec<Peer>,
+}
+
+/// The front end's user (`server.user`) and its ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontId {
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A tenant as the isolation rules see it: its user's uid and primary group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub tenant: String,
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A way a tenant's identity breaks isolation (see [`breaches`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Breach {
+    /// The tenant's uid is the front end's.
+    FrontUser {
+        user: String,
+        front: FrontId,
+        uid: u32,
+    },
+    /// The tenant has the front end's primary group (as its own primary
+    /// group when `primary`, else as a supplementary one).
+    FrontGroup {
+        user: String,
+        front: FrontId,
+        primary: bool,
+    },
+    /// Another tenant has the same uid.
+    SharedUser { user: String, uid: u32, other: Peer },
+    /// Another tenant has the same primary group.
+    SharedGroup { user: String, gid: u32, other: Peer },
+    /// The tenant is a member of another tenant's primary group.
+    OtherGroup { user: String, other: Peer },
+}
+
+impl Breach {
+    /// The other tenant this breach is shared with, if any.
+    pub fn other(&self) -> Option<&Peer> {
+        match self {
+            Breach::SharedUser { other, .. }
+            | Breach::SharedGroup { other, .. }
+            | Breach::OtherGroup { other, .. } => Some(other),
+            Breach::FrontUser { .. } | Breach::FrontGroup { .. } => None,
+        }
+    }
+}
+
+/// A group's name, or its number when it has none.
+fn group_of(gid: u32) -> String {
+    match nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)) {
+        Ok(Some(g)) => g.name,
+        _ => gid.to_string(),
+    }
+}
+
+impl std::fmt::Display for Breach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let group_name = |gid: u32| format!("{:?} (gid {gid})", group_of(gid));
+        match self {
+            Breach::FrontUser { user, front, uid } => {
+                let what = if *user == front.user {
+                    format!("is server.user {user:?}")
+                } else {
+                    format!("has uid {uid}, as server.user {:?}", front.user)
+                };
+                write!(
+                    f,
+                    "user {user:?} {what}, the front end's user: its apps could connect to every tenant's app socket and read whatever the front end reads; give the tenant a user of its own"
+                )
+            }
+            Breach::FrontGroup {
+                user,
+                front,
+                primary,
+            } => {
+                let how = if *primary {
+                    "has as its primary group"
+                } else {
+                    "is a member of"
+                };
+                write!(
+                    f,
+                    "user {user:?} {how} {}, the primary group of server.user {:?} (the front end): its apps would get that group and could connect to every tenant's app socket; take it out of the group (gpasswd -d {user} {}) or give the front end a dedicated user",
+                    group_name(front.gid),
+                    front.user,
+                    group_of(front.gid)
+                )
+            }
+            Breach::SharedUser { user, uid, other } => write!(
+                f,
+                "user {user:?} has uid {uid}, as tenant {:?} (user {:?}): two tenants may not share a Unix user (each could signal and read the other's processes and files)",
+                other.tenant, other.user
+            ),
+            Breach::SharedGroup { user, gid, other } => write!(
+                f,
+                "user {user:?} has the primary group {}, as tenant {:?} (user {:?}): two tenants may not share a group (each could read and write the other's group-accessible files)",
+                group_name(*gid),
+                other.tenant,
+                other.user
+            ),
+            Breach::OtherGroup { user, other } => write!(
+                f,
+                "user {user:?} is a member of {}, the primary group of tenant {:?} (user {:?}): its apps could read and write that tenant's group-accessible files; take it out of the group (gpasswd -d {user} {})",
+                group_name(other.gid),
+                other.tenant,
+                other.user,
+                group_of(other.gid)
+            ),
+        }
+    }
+}
+
+/// The isolation rules on the identity of `tenant` (user `user`), as read
+/// now: what `berth check` refuses in a configuration
+/// (`config::check_identities`) and what [`check`] refuses before every
+/// start, since groups can change while berth runs (`usermod -aG`).
+///
+/// - Its uid may not be the front end's (then nothing else is reported).
+/// - It may not have the front end's primary group, as its primary group or
+///   a supplementary one: that group may enter `state_dir/apps` and connect
+///   to every tenant's app socket, and a member could name any file as
+///   SCRIPT_FILENAME. (The front end in a tenant's group is sound: it reads
+///   the tenant's 0640 files.)
+/// - No other tenant may have its uid or its primary group.
+/// - It may not be a member of another tenant's primary group (its apps
+///   could read and write the other's group-accessible files).
+///
+/// `tenants` may include `tenant` itself (skipped by name). Each group is
+/// reported once.
+pub fn breaches(
+    tenant: &str,
+    user: &str,
+    id: &Identity,
+    front: Option<&FrontId>,
+    tenants: &[Peer],
+) -> Vec<Breach> {
+    let mut found = Vec::new();
+    // Groups already named.
+    let mut reported = Vec::new();
+    if let Some(front) = front {
+        if id.uid == front.uid {
+            return vec![Breach::FrontUser {
+                user: user.into(),
+                front: front.clone(),
+                uid: id.uid,
+            }];
+        }
+        if id.gid == front.gid || id.groups.contains(&front.gid) {
+            reported.push(front.gid);
+            found.push(Breach::FrontGroup {
+                user: user.into(),
+                front: front.clone(),
+                primary: id.gid == front.gid,
+            });
+        }
+    }
+    for other in tenants.iter().filter(|p| p.tenant != tenant) {
+        if other.uid == id.uid {
+            found.push(Breach::SharedUser {
+                user: user.into(),
+                uid: id.uid,
+                other: other.clone(),
+            });
+        } else if other.gid == id.gid {
+            found.push(Breach::SharedGroup {
+                user: user.into(),
+                gid: id.gid,
+                other: other.clone(),
+            });
+        } else if id.groups.contains(&other.gid) && !reported.contains(&other.gid) {
+            reported.push(other.gid);
+            found.push(Breach::OtherGroup {
+                user: user.into(),
+                other: other.clone(),
+            });
+        }
+    }
+    found
 }
 
 /// What [`check`] established: who the app runs as and the canonical paths.
@@ -98,6 +297,9 @@ pub enum Refused {
     },
     #[error("cannot read the groups of user {user:?}: {source}")]
     Groups { user: String, source: nix::Error },
+    /// The identity read for this start breaks isolation ([`breaches`]).
+    #[error("{0}")]
+    Isolation(Breach),
     #[error("the command is empty")]
     EmptyCommand,
     #[error("program {program:?} is not an absolute path")]
@@ -162,8 +364,9 @@ pub enum SpawnError {
 
 /// Runs suEXEC's checks, in this order, each a distinct refusal:
 /// 1. the user exists; it is not root (uid 0) and its primary gid is not 0;
-///    its uid and gid are >= `min_uid`; its supplementary groups can be read
-///    (all skipped when `switch_user` is false);
+///    its uid and gid are >= `min_uid`; its supplementary groups can be read;
+///    with `isolation`, the identity so read (uid, gid, groups) breaks none
+///    of the rules of [`breaches`] (all skipped when `switch_user` is false);
 /// 2. the command is not empty and `argv[0]` is an absolute path;
 /// 3. the home resolves (symlinks followed);
 /// 4. the program resolves and is a regular file; it is not setuid or setgid;
@@ -180,7 +383,21 @@ pub enum SpawnError {
 /// (`/home/al` does not contain `/home/alice2`).
 pub fn check(spec: &SpawnSpec) -> Result<Checked, Refused> {
     let identity = if spec.switch_user {
-        tenant_identity(spec.user, spec.min_uid)?
+        let identity = tenant_identity(spec.user, spec.min_uid)?;
+        if let Some(iso) = spec.isolation
+            && let Some(breach) = breaches(
+                spec.tenant,
+                spec.user,
+                &identity,
+                Some(&iso.front),
+                &iso.tenants,
+            )
+            .into_iter()
+            .next()
+        {
+            return Err(Refused::Isolation(breach));
+        }
+        identity
     } else {
         caller_identity()?
     };
@@ -558,6 +775,7 @@ mod tests {
                 fds: Vec::new(),
                 open_files: 1024,
                 switch_user: true,
+                isolation: None,
             };
             check_paths(&spec, tenant_uid())
         }
@@ -591,6 +809,77 @@ mod tests {
         for mode in [0o775, 0o757, 0o777, 0o1777, 0o720, 0o702] {
             assert!(writable_by_others(mode), "{mode:o}");
         }
+    }
+
+    #[test]
+    fn isolation_rules_on_an_identity() {
+        let front = FrontId {
+            user: "front".into(),
+            uid: 2000,
+            gid: 2000,
+        };
+        let peer = |tenant: &str, uid, gid| Peer {
+            tenant: tenant.into(),
+            user: format!("u{tenant}"),
+            uid,
+            gid,
+        };
+        let tenants = [
+            peer("a", 3000, 3000),
+            peer("b", 3001, 3001),
+            peer("c", 3002, 3001),
+        ];
+        let id = |uid, gid, groups: &[u32]| Identity {
+            uid,
+            gid,
+            groups: groups.to_vec(),
+        };
+        let rules = |tenant, id: &Identity| breaches(tenant, "u", id, Some(&front), &tenants);
+        // On its own, or with the front end in its group: nothing.
+        assert_eq!(rules("a", &id(3000, 3000, &[3000])), []);
+        // The front end's uid: that alone.
+        let found = rules("a", &id(2000, 3000, &[3000, 3001]));
+        assert!(
+            matches!(found[..], [Breach::FrontUser { uid: 2000, .. }]),
+            "{found:?}"
+        );
+        // The front end's group, as primary or supplementary group.
+        let found = rules("a", &id(3000, 2000, &[2000]));
+        assert!(
+            matches!(found[..], [Breach::FrontGroup { primary: true, .. }]),
+            "{found:?}"
+        );
+        let found = rules("a", &id(3000, 3000, &[3000, 2000]));
+        assert!(
+            matches!(found[..], [Breach::FrontGroup { primary: false, .. }]),
+            "{found:?}"
+        );
+        // Another tenant's primary group (b's and c's, once).
+        let found = rules("a", &id(3000, 3000, &[3000, 3001]));
+        assert!(
+            matches!(&found[..], [Breach::OtherGroup { other, .. }] if other.tenant == "b"),
+            "{found:?}"
+        );
+        // Sharing a uid or a primary group, with each tenant that does.
+        let found = rules("b", &id(3001, 3001, &[3001]));
+        assert!(
+            matches!(&found[..], [Breach::SharedGroup { other, .. }] if other.tenant == "c"),
+            "{found:?}"
+        );
+        let found = rules("x", &id(3000, 3001, &[3001]));
+        assert!(
+            matches!(
+                &found[..],
+                [Breach::SharedUser { other: a, .. }, Breach::SharedGroup { other: b, .. }, Breach::SharedGroup { other: c, .. }]
+                    if a.tenant == "a" && b.tenant == "b" && c.tenant == "c"
+            ),
+            "{found:?}"
+        );
+        // Without a front end (berth unprivileged) only the tenants count.
+        assert_eq!(
+            breaches("a", "u", &id(2000, 2000, &[2000]), None, &tenants),
+            []
+        );
     }
 
     #[test]
@@ -633,6 +922,7 @@ mod tests {
             fds: Vec::new(),
             open_files: 1024,
             switch_user: false,
+            isolation: None,
         })
         .unwrap();
         assert!(!c.switch_user);
@@ -705,6 +995,7 @@ mod tests {
                 fds: Vec::new(),
                 open_files: 1024,
                 switch_user: true,
+                isolation: None,
             },
             tenant_uid(),
         );
