@@ -13,7 +13,11 @@
 //!   token from the tenant's bucket (`error_log_rate` lines per second, a
 //!   burst of [`BURST_SECONDS`] seconds' worth), formats the line
 //!   (`[time] [tenant/app] text`, the text cut at [`MAX_LINE`] bytes) and
-//!   appends it to the tenant's queue (at most [`QUEUE_BYTES`]). A line
+//!   appends it to the tenant's queue (at most [`QUEUE_BYTES`]). The text is
+//!   escaped ([`escape_into`]): every byte of a control character (C0 but
+//!   TAB, DEL, C1, U+2028 and U+2029) and every byte that is not UTF-8 is
+//!   written `\xNN`, so that no app can end a line, forge another tenant's
+//!   line or drive the terminal of an admin reading the log. A line
 //!   without a token or room is counted and dropped. [`Lines`] takes the
 //!   tokens for a whole piece of a stream at once, so dropping costs a scan
 //!   for newlines, and says when it dropped: the reader then leaves the app's
@@ -177,17 +181,20 @@ impl TenantLog {
         }
         let cut = text.len() > MAX_LINE;
         let text = &text[..text.len().min(MAX_LINE)];
-        if st.queue.len() + text.len() + app.len() + 100 > QUEUE_BYTES {
-            st.backlog += 1;
-            return false;
-        }
         let queue = &mut st.queue;
+        let before = queue.len();
         stamp(queue, app);
-        queue.extend(text.iter().map(|&b| if b == b'\r' { b' ' } else { b }));
+        escape_into(queue, text);
         if cut {
             queue.extend_from_slice(CUT);
         }
         queue.push(b'\n');
+        // (Measured once escaped: escaping can make a line four times longer.)
+        if queue.len() > QUEUE_BYTES {
+            queue.truncate(before);
+            st.backlog += 1;
+            return false;
+        }
         let schedule = !st.scheduled;
         st.scheduled = true;
         drop(st);
@@ -274,6 +281,52 @@ impl TenantLog {
             );
         }
         true
+    }
+}
+
+/// Appends `text` to `out` with every byte of a control character written
+/// `\xNN` (lowercase hex): C0 controls but TAB (NUL, CR, LF, ESC, VT, FF,
+/// ...), DEL, the C1 controls as UTF-8 encodes them (U+0080 to U+009F,
+/// bytes 0xC2 0x80 to 0xC2 0x9F: NEL, CSI, OSC, ...), the line and
+/// paragraph separators U+2028 and U+2029, and every byte that is not part
+/// of valid UTF-8 (an 8-bit terminal takes a lone 0x9B for CSI). The rest of
+/// UTF-8 passes as it is, and so does `\`. Such a line cannot end itself,
+/// look like the start of another, or move an admin's terminal cursor.
+pub fn escape_into(out: &mut Vec<u8>, text: &[u8]) {
+    fn plain(b: u8) -> bool {
+        (0x20..0x7f).contains(&b) || b == b'\t'
+    }
+    fn hex(out: &mut Vec<u8>, bytes: &[u8]) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for &b in bytes {
+            out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]);
+        }
+    }
+    if text.iter().all(|&b| plain(b)) {
+        out.extend_from_slice(text);
+        return;
+    }
+    for chunk in text.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            let mut buf = [0u8; 4];
+            let bytes = c.encode_utf8(&mut buf).as_bytes();
+            let control = match c {
+                '\t' => false,
+                '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' => true,
+                _ => false,
+            };
+            if control {
+                hex(out, bytes);
+            } else {
+                out.extend_from_slice(bytes);
+            }
+        }
+        hex(out, chunk.invalid());
     }
 }
 
@@ -686,6 +739,50 @@ mod tests {
             .collect();
         let cut = format!("{} [line cut]", "y".repeat(MAX_LINE));
         assert_eq!(got, ["one", "two", "three", cut.as_str(), "four", "last"]);
+    }
+
+    /// The finding: only CR was replaced; ESC, NUL, VT, FF, NEL, U+2028 and
+    /// OSC sequences went to the file as they came, so `ESC[2K ESC[1G` made a
+    /// line show in an admin's terminal as a line of another tenant.
+    #[test]
+    fn control_characters_in_a_tenants_line_are_escaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, path) = log_in(&dir, limits(1000, 1 << 20));
+        let forged = "\x1b[2K\x1b[1G[01/Jan/2026:00:00:00 +0000] [tb/app] forged";
+        let lines: [&[u8]; 7] = [
+            forged.as_bytes(),
+            b"nul\0 vt\x0b ff\x0c cr\r del\x7f tab\tkept",
+            "nel\u{85} csi\u{9b}[31m osc\x1b]0;title\x07 ls\u{2028} ps\u{2029}".as_bytes(),
+            "caf\u{e9} \u{2192} \\x1b stays".as_bytes(),
+            b"lone \x9b[31m and \xff",
+            // A C1 control cut in half by the line's end.
+            b"half \xc2",
+            b"plain line",
+        ];
+        for line in lines {
+            assert!(log.line("ta/app", line));
+        }
+        let text = written(&path);
+        let got: Vec<&str> = text
+            .lines()
+            .map(|l| l.split("] [ta/app] ").nth(1).unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                r"\x1b[2K\x1b[1G[01/Jan/2026:00:00:00 +0000] [tb/app] forged",
+                "nul\\x00 vt\\x0b ff\\x0c cr\\x0d del\\x7f tab\tkept",
+                r"nel\xc2\x85 csi\xc2\x9b[31m osc\x1b]0;title\x07 ls\xe2\x80\xa8 ps\xe2\x80\xa9",
+                "caf\u{e9} \u{2192} \\x1b stays",
+                r"lone \x9b[31m and \xff",
+                r"half \xc2",
+                "plain line",
+            ]
+        );
+        assert!(
+            !text.bytes().any(|b| b < 0x20 && b != b'\n' && b != b'\t'),
+            "{text:?}"
+        );
     }
 
     #[test]
