@@ -139,6 +139,8 @@ pub struct Plan {
     pub tmp_dir: PathBuf,
     /// The host whose site's certificate answers TLS clients without SNI.
     pub default_tls_host: Option<String>,
+    /// Lines a second the front end's own log takes (`[server] log_rate`).
+    pub log_rate: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -567,6 +569,7 @@ mod tests {
             apps: Vec::new(),
             tmp_dir: "/var/lib/berth/tmp".into(),
             default_tls_host: None,
+            log_rate: 100,
         }))
     }
 

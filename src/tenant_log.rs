@@ -73,9 +73,7 @@ pub struct TenantLog {
 struct State {
     file: Option<Arc<File>>,
     limits: ErrorLogLimits,
-    /// The token bucket.
-    tokens: f64,
-    refilled: Instant,
+    bucket: Bucket,
     /// Formatted lines waiting for the writer.
     queue: Vec<u8>,
     /// Lines dropped since the last summary: over the rate, and for want of
@@ -96,8 +94,7 @@ impl TenantLog {
             state: Mutex::new(State {
                 file: None,
                 limits,
-                tokens: burst(limits),
-                refilled: Instant::now(),
+                bucket: Bucket::full(burst(limits)),
                 queue: Vec::new(),
                 over_rate: 0,
                 backlog: 0,
@@ -128,7 +125,7 @@ impl TenantLog {
     pub fn set_limits(&self, limits: ErrorLogLimits) {
         let mut st = self.state();
         st.limits = limits;
-        st.tokens = st.tokens.min(burst(limits));
+        st.bucket.cap(burst(limits));
     }
 
     /// Queues one line from `app` (its text without the newline; an empty
@@ -147,20 +144,15 @@ impl TenantLog {
         if st.full || st.file.is_none() {
             return 0;
         }
-        let now = Instant::now();
-        let rate = f64::from(st.limits.rate);
-        let since = now.saturating_duration_since(st.refilled).as_secs_f64();
-        st.tokens = (st.tokens + since * rate).min(burst(st.limits));
-        st.refilled = now;
-        let n = (st.tokens.floor() as usize).min(wanted);
-        st.tokens -= n as f64;
-        n
+        let (rate, burst) = (f64::from(st.limits.rate), burst(st.limits));
+        st.bucket.take(wanted, rate, burst)
     }
 
     /// Puts back tokens that [`TenantLog::grant`] gave and no line used.
     fn give_back(&self, n: usize) {
         let mut st = self.state();
-        st.tokens = (st.tokens + n as f64).min(burst(st.limits));
+        let burst = burst(st.limits);
+        st.bucket.give_back(n, burst);
     }
 
     /// Counts lines dropped for want of tokens (not while the file is full:
@@ -332,6 +324,48 @@ pub fn escape_into(out: &mut Vec<u8>, text: &[u8]) {
 
 /// What ends a line that was cut at [`MAX_LINE`].
 const CUT: &[u8] = b" [line cut]";
+
+/// A token bucket: tokens come at a rate, up to a burst, and each line takes
+/// one. The rate and burst are given at each call, so that they can change
+/// (a reload) without touching the tokens. Shared with berth's own log
+/// ([`crate::logging`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Bucket {
+    /// A bucket holding `burst` tokens.
+    pub fn full(burst: f64) -> Bucket {
+        Bucket {
+            tokens: burst,
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Refills for the time since the last call (`rate` a second, up to
+    /// `burst`), then takes up to `wanted` whole tokens; returns how many.
+    pub fn take(&mut self, wanted: usize, rate: f64, burst: f64) -> usize {
+        let now = Instant::now();
+        let since = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + since * rate).min(burst);
+        self.refilled = now;
+        let n = (self.tokens.floor() as usize).min(wanted);
+        self.tokens -= n as f64;
+        n
+    }
+
+    /// Puts back `n` tokens that were taken and not used (up to `burst`).
+    pub fn give_back(&mut self, n: usize, burst: f64) {
+        self.tokens = (self.tokens + n as f64).min(burst);
+    }
+
+    /// Keeps at most `burst` tokens (the burst became smaller).
+    pub fn cap(&mut self, burst: f64) {
+        self.tokens = self.tokens.min(burst);
+    }
+}
 
 fn burst(limits: ErrorLogLimits) -> f64 {
     f64::from(limits.rate) * f64::from(BURST_SECONDS)

@@ -9,8 +9,9 @@ use common::apps::*;
 use common::*;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The front end's user in these tests (a group of its own to join).
 const FRONT: &str = "berth-thfront";
@@ -196,4 +197,88 @@ fn front_gid() -> u32 {
         .unwrap()
         .gid
         .as_raw()
+}
+
+/// php-cgi behind a wrapper the test can make group-writable, so that every
+/// start is refused.
+const WRAPPER_SH: &str = "#!/bin/sh\nexec /usr/bin/php-cgi \"$@\"\n";
+
+/// The finding: berth's own `error.log` took every line, and clients and
+/// tenants cause lines: 5 s of wrk against a full app queue (a warning per
+/// 503) added 4.2 MB. Here each request is refused a process (its program
+/// became group-writable), a few warnings each in both processes; with
+/// `log_rate = 20`, the file keeps a burst and the rate, and says how many
+/// lines it dropped.
+#[test]
+fn a_warning_per_request_does_not_flood_berths_own_log() {
+    require_root();
+    const RATE: u64 = 20;
+    const REQUESTS: usize = 1000;
+    let dir = Dir::new();
+    let ids = ensure_user(USER_A);
+    let home = Home::new(&dir, "home-a", USER_A, ids);
+    home.write("public/index.php", "<?php echo 'php A';", 0o644);
+    let wrapper = home.write("bin/php.sh", WRAPPER_SH, 0o755);
+    home.own();
+    let (block, port, tls_port) = server(&dir);
+    let mut config = format!("{block}log_rate = {RATE}\n");
+    config.push_str(&tenant_site("ta", &home, "a.test"));
+    config.push_str(
+        "[[tenant.ta.site.route]]\npath = \"/\"\nextensions = [\"php\"]\napp = \"php\"\n",
+    );
+    config.push_str(&app_table(
+        "ta",
+        "php",
+        "fastcgi",
+        &home.public(),
+        &[wrapper.to_str().unwrap()],
+        "",
+    ));
+    let s = Server::start(&dir, &config, port, tls_port);
+    let log = s.log_dir.join("error.log");
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o775)).unwrap();
+    let t0 = Instant::now();
+    for _ in 0..REQUESTS {
+        let r = get_host(s.addr(), "a.test", "/index.php");
+        assert_eq!(r.status, 503, "{r:?}");
+    }
+    let took = t0.elapsed();
+    assert!(
+        s.wait_output(
+            "lines of berth's log dropped: more than log_rate (20 lines a second)",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        s.output()
+    );
+    let text = fs::read_to_string(&log).unwrap();
+    let refused = text.matches("refused to start").count();
+    // Each process keeps its burst (10 s of the rate) and the rate over the
+    // time the flood took; a second more of it is slack for the start-up
+    // and for the time the last summary took.
+    let bound = 2 * (10 * RATE + RATE * (took.as_secs() + 2)) as usize;
+    assert!(
+        text.lines().count() <= bound,
+        "{} lines in {took:?} ({refused} refusals; at most {bound}):\n{}",
+        text.lines().count(),
+        &text[..text.len().min(4000)]
+    );
+    assert!(refused > 0, "the refusals are logged at first:\n{text}");
+    // The summary counts what is missing.
+    let dropped: usize = text
+        .lines()
+        .filter_map(|l| {
+            l.split(" lines of berth's log dropped")
+                .next()?
+                .rsplit(' ')
+                .next()
+        })
+        .filter_map(|n| n.parse::<usize>().ok())
+        .sum();
+    assert!(
+        dropped >= REQUESTS - refused,
+        "{dropped} dropped, {refused} kept"
+    );
+    // And berth still answers.
+    assert_eq!(get_host(s.addr(), "a.test", "/index.php").status, 503);
 }

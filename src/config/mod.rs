@@ -61,6 +61,9 @@ pub struct Server {
     pub limits: ClientLimits,
     /// Tenants' error logs, unless a tenant's block says otherwise.
     pub error_log: ErrorLogLimits,
+    /// Lines a second berth's own log takes from each process (see
+    /// [`crate::logging`]).
+    pub log_rate: u32,
     /// `default_tls_site`: a host whose site's certificate answers TLS clients
     /// that send no SNI (checked against the sites once they are read).
     pub default_tls_site: Option<DefaultTlsSite>,
@@ -290,6 +293,7 @@ impl Default for Server {
             front_stall_timeout: DEFAULT_FRONT_STALL_TIMEOUT,
             limits: ClientLimits::default(),
             error_log: ErrorLogLimits::default(),
+            log_rate: crate::logging::DEFAULT_RATE,
             default_tls_site: None,
         }
     }
@@ -579,6 +583,9 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
     }
     if let Some(n) = bounded(walk, t.integer("max_connections_per_ip"), 1, 1_000_000) {
         l.max_connections_per_ip = n;
+    }
+    if let Some(n) = bounded(walk, t.integer("log_rate"), 1, 1_000_000) {
+        s.log_rate = n as u32;
     }
     let (rate, max) = read_error_log(&mut t);
     s.error_log = ErrorLogLimits {
@@ -1421,6 +1428,23 @@ mod tests {
         }
         let default = Server::default();
         assert_eq!(default.front_stall_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn log_rate_is_read_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let load_with = |line: &str| {
+            let path = dir.path().join("berth.toml");
+            let text = format!("[server]\nlisten = [\"127.0.0.1:1\"]\nuser = \"daemon\"\n{line}\n");
+            std::fs::write(&path, text).unwrap();
+            load(&path)
+        };
+        assert_eq!(load_with("").unwrap().server.log_rate, 100);
+        assert_eq!(load_with("log_rate = 5").unwrap().server.log_rate, 5);
+        for bad in ["log_rate = 0", "log_rate = 2000000", "log_rate = \"fast\""] {
+            let text = load_with(bad).unwrap_err().to_string();
+            assert!(text.contains(":4: server.log_rate: "), "{bad}: {text}");
+        }
     }
 
     #[test]

@@ -359,6 +359,7 @@ type Built = (Generation, Vec<(ListenerSpec, OwnedFd)>, TenantLogs);
 
 /// Turns a plan and its fds into a generation, the listeners and the logs.
 fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
+    crate::logging::set_rate(plan.log_rate);
     let expected = plan.listeners.len() + 2 * plan.logs.len() + 1;
     if fds.len() != expected {
         bail!("plan came with {} fds, expected {expected}", fds.len());

@@ -56,6 +56,7 @@ pub const FRONT_IPC_FD: i32 = 3;
 /// Runs berth until SIGTERM/SIGINT. Returns after the front end has drained.
 pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
     let config = config::load(path).map_err(Error::Config)?;
+    crate::logging::set_rate(config.server.log_rate);
     let root = rustix::process::geteuid().is_root();
     if !root {
         let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
@@ -529,6 +530,7 @@ impl Supervisor {
         })();
         match result {
             Ok(logs) => {
+                crate::logging::set_rate(self.config.server.log_rate);
                 info!("configuration reloaded from {}", self.path.display());
                 Ok(logs)
             }
@@ -698,6 +700,7 @@ impl Supervisor {
                 })
                 .collect(),
             tmp_dir: cfg.server.state_dir.join(TMP_DIR),
+            log_rate: cfg.server.log_rate,
         };
         (plan, fds)
     }
