@@ -76,8 +76,20 @@ pub struct AppId {
 }
 
 impl std::fmt::Display for AppId {
+    /// `tenant/app`. Names from the configuration are plain; one that is not
+    /// (an id the front end made up, to forge a log line) is written quoted
+    /// and escaped.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.tenant, self.app)
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        };
+        if plain(&self.tenant) && plain(&self.app) {
+            write!(f, "{}/{}", self.tenant, self.app)
+        } else {
+            write!(f, "{:?}/{:?}", self.tenant, self.app)
+        }
     }
 }
 

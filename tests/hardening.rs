@@ -8,7 +8,10 @@ mod common;
 use common::apps::*;
 use common::*;
 
+use berth::ipc::{self, AppId, ToFront, ToSupervisor};
+
 use std::fs;
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -281,4 +284,243 @@ fn a_warning_per_request_does_not_flood_berths_own_log() {
     );
     // And berth still answers.
     assert_eq!(get_host(s.addr(), "a.test", "/index.php").status, 503);
+}
+
+// ---------------------------------------------------------------------------
+// A compromised front end
+// ---------------------------------------------------------------------------
+
+/// The front end's pid: the supervisor's child running `berth front` (its
+/// first child may be an app).
+fn front_of(s: &Server) -> u32 {
+    let sup = s.pid();
+    let mut found = None;
+    let ok = eventually(Duration::from_secs(10), || {
+        let children =
+            fs::read_to_string(format!("/proc/{sup}/task/{sup}/children")).unwrap_or_default();
+        found = children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+            .find(|&p| cmdline(p).contains("front"));
+        found.is_some()
+    });
+    assert!(ok, "no front end:\n{}", s.output());
+    found.unwrap()
+}
+
+/// A copy of the front end's end of its channel to the supervisor (its fd
+/// 3), taken as root with pidfd_getfd: what a compromised front end holds.
+fn channel_of(front: u32) -> std::os::fd::OwnedFd {
+    use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
+    let pidfd = pidfd_open(Pid::from_raw(front as i32).unwrap(), PidfdFlags::empty()).unwrap();
+    let fd = pidfd_getfd(&pidfd, 3, PidfdGetfdFlags::empty()).unwrap();
+    // Reading the supervisor's answers: never for ever.
+    rustix::net::sockopt::set_socket_timeout(
+        &fd,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(Duration::from_secs(10)),
+    )
+    .unwrap();
+    fd
+}
+
+/// SIGSTOP to a process for as long as this lives, then SIGCONT.
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> Stopped {
+        signal(pid, nix::sys::signal::Signal::SIGSTOP);
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+}
+
+/// Tenant `tc` (c.test) with CGI app `scripts` for `.cgi` files under
+/// `/cgi/`.
+fn start_cgi_tenant(dir: &Dir) -> (Server, Home) {
+    let ids = ensure_user(USER_C);
+    Membership::remove(USER_C, FRONT);
+    let home = Home::new(dir, "home-c", USER_C, ids);
+    home.write("public/index.html", "static C\n", 0o644);
+    home.write("public/cgi/who.cgi", WHO_CGI, 0o755);
+    let mut tenants = tenant_site("tc", &home, "c.test");
+    tenants.push_str(
+        "[[tenant.tc.site.route]]\npath = \"/cgi/\"\nextensions = [\"cgi\"]\napp = \"scripts\"\n\n[tenant.tc.app.scripts]\nprotocol = \"cgi\"\n",
+    );
+    let s = start_tenants(dir, &[&home], &tenants);
+    (s, home)
+}
+
+fn scripts_app() -> AppId {
+    AppId {
+        tenant: "tc".into(),
+        app: "scripts".into(),
+    }
+}
+
+/// The finding: the supervisor looked at the script path a front end named
+/// as root and answered why it refused: "not under a site root" for a file
+/// that exists, "No such file" for one that does not, so a compromised
+/// front end could learn which of root's files exist. It is now told only
+/// that the run was refused; the reasons stay in root's log.
+#[test]
+fn a_refused_cgi_run_tells_the_front_end_nothing_of_roots_files() {
+    require_root();
+    let dir = Dir::new();
+    let secret = dir.mkdir("secret");
+    let exists = dir.write("secret/exists.cgi", WHO_CGI);
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o700)).unwrap();
+    let missing = secret.join("missing.cgi");
+    let (s, _home) = start_cgi_tenant(&dir);
+    let front = front_of(&s);
+    let chan = channel_of(front);
+    // The real front end must not read the answers meant for us.
+    let answers = {
+        let _stopped = Stopped::new(front);
+        for (req, script) in [(1, &exists), (2, &missing)] {
+            let msg = ToSupervisor::RunCgi {
+                req,
+                app: scripts_app(),
+                script: Some(script.clone()),
+                env: Vec::new(),
+            };
+            ipc::send(chan.as_fd(), &msg, &[]).unwrap();
+        }
+        let mut answers = std::collections::BTreeMap::new();
+        while answers.len() < 2 {
+            let (msg, _fds) = ipc::recv::<ToFront>(chan.as_fd())
+                .unwrap_or_else(|e| panic!("no answer: {e}\n{}", s.output()));
+            if let ToFront::CgiStarted { req, result } = msg {
+                answers.insert(req, result);
+            }
+        }
+        answers
+    };
+    let (a, b) = (&answers[&1], &answers[&2]);
+    assert!(a.is_err() && b.is_err(), "{answers:?}");
+    assert_eq!(a, b, "the answers tell the two paths apart");
+    // The reasons are in root's log, escaped.
+    for (path, why) in [
+        (&exists, "not under a site root"),
+        (&missing, "No such file"),
+    ] {
+        let line = format!("CGI run refused: app tc/scripts: script {path:?}: ");
+        assert!(
+            s.wait_output(&line, Duration::from_secs(5)),
+            "{line}\n{}",
+            s.output()
+        );
+        let out = s.output();
+        let l = out.lines().find(|l| l.contains(&line)).unwrap();
+        assert!(l.contains(why), "{l}");
+    }
+    // The front end, running again, still serves.
+    assert_eq!(get_host(s.addr(), "c.test", "/cgi/who.cgi").status, 200);
+}
+
+/// The finding: a script path with a newline in a `RunCgi` frame wrote a
+/// line of the front end's choosing into root's log. Whatever the front end
+/// sends is logged escaped.
+#[test]
+fn a_compromised_front_end_cannot_forge_lines_in_roots_log() {
+    require_root();
+    let dir = Dir::new();
+    let (s, home) = start_cgi_tenant(&dir);
+    let chan = channel_of(front_of(&s));
+    let forged = "\nsupervisor: 2026-01-01T00:00:00.000000Z  INFO FORGED";
+    let frames = [
+        ToSupervisor::RunCgi {
+            req: 1,
+            app: scripts_app(),
+            script: Some(format!("/nonexistent{forged} by a script path").into()),
+            env: Vec::new(),
+        },
+        // A script that runs (the answer goes to the real front end, which
+        // asked for none and drops it), with a variable it may not set.
+        ToSupervisor::RunCgi {
+            req: 4,
+            app: scripts_app(),
+            script: Some(home.join("public/cgi/who.cgi")),
+            env: vec![(format!("X{forged} by a variable"), "v".into())],
+        },
+        ToSupervisor::RunCgi {
+            req: 2,
+            app: AppId {
+                tenant: format!("tc{forged} by a tenant"),
+                app: "scripts".into(),
+            },
+            script: None,
+            env: Vec::new(),
+        },
+        ToSupervisor::RunCgi {
+            req: 3,
+            app: AppId {
+                tenant: "tc".into(),
+                app: format!("scripts{forged} by an app"),
+            },
+            script: Some("/x.cgi".into()),
+            env: Vec::new(),
+        },
+    ];
+    for msg in &frames {
+        ipc::send(chan.as_fd(), msg, &[]).unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let out = s.output();
+            out.matches("CGI run refused").count() >= 3 && out.contains("; dropped")
+        }),
+        "{}",
+        s.output()
+    );
+    let log = fs::read_to_string(s.log_dir.join("error.log")).unwrap();
+    for text in [&log, &s.output()] {
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("supervisor: 2026-01-01")),
+            "a forged line:\n{text}"
+        );
+        assert_eq!(text.matches("INFO FORGED by").count(), 4, "{text}");
+    }
+}
+
+/// The finding: `Applied` frames flooded by a front end each wrote an INFO
+/// line to root's log (182 MB). One line per generation the supervisor
+/// sent; repeats, older and unknown generations say nothing.
+#[test]
+fn applied_frames_flooded_by_the_front_end_are_not_logged_each() {
+    require_root();
+    let dir = Dir::new();
+    let (mut s, _home) = start_cgi_tenant(&dir);
+    let said = "front end serving configuration generation";
+    assert!(s.wait_output(&format!("{said} 1"), Duration::from_secs(5)));
+    let chan = channel_of(front_of(&s));
+    let frames = (0..20_000u64)
+        .map(|i| i % 2)
+        .chain(1000..2000)
+        .map(|generation| ToSupervisor::Applied { generation });
+    for msg in frames {
+        ipc::send(chan.as_fd(), &msg, &[]).unwrap();
+    }
+    // A real reload is still said.
+    s.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        s.wait_output(&format!("{said} 2"), Duration::from_secs(10)),
+        "{}",
+        s.output()
+    );
+    assert_eq!(get_host(s.addr(), "c.test", "/index.html").status, 200);
+    s.stop();
+    let log = fs::read_to_string(s.log_dir.join("error.log")).unwrap();
+    assert_eq!(log.matches(said).count(), 2, "{log}");
 }

@@ -443,24 +443,33 @@ impl AppManager {
 
     /// Runs one request of CGI app `id` (see [`crate::ipc::ToSupervisor::RunCgi`]):
     /// returns the parent's ends of the script's stdin, stdout and stderr.
+    /// A refusal is logged here with its reason (what a confused or
+    /// compromised front end looks like); the caller learns only that it was
+    /// refused, which it tells the front end: the reasons say what exists
+    /// among root's files.
     pub fn run_cgi(
+        &mut self,
+        id: &AppId,
+        script: Option<PathBuf>,
+        env: Vec<(String, String)>,
+    ) -> Result<[OwnedFd; 3], ()> {
+        self.try_run_cgi(id, script, env)
+            .map_err(|why| warn!("CGI run refused: {why}"))
+    }
+
+    fn try_run_cgi(
         &mut self,
         id: &AppId,
         script: Option<PathBuf>,
         env: Vec<(String, String)>,
     ) -> Result<[OwnedFd; 3], String> {
         self.reap_cgi();
-        let refuse = |why: String| {
-            // What a confused or compromised front end looks like: logged.
-            warn!("CGI run refused: {why}");
-            why
-        };
         let state = self
             .apps
             .get(id)
-            .ok_or_else(|| refuse(format!("no app {id} in the configuration")))?;
+            .ok_or_else(|| format!("no app {id} in the configuration"))?;
         if state.app.protocol != Protocol::Cgi {
-            return Err(refuse(format!("app {id} is not a CGI app")));
+            return Err(format!("app {id} is not a CGI app"));
         }
         let routes = self.cgi_routes.get(id);
         // The front end keeps to max_processes; this is the backstop. A
@@ -481,9 +490,9 @@ impl AppManager {
         let mut script_path = None;
         let (argv, dir, filename) = match script {
             Some(script) => {
-                let (script, root) = script_allowed(routes, &script).map_err(|why| {
-                    refuse(format!("app {id}: script {}: {why}", script.display()))
-                })?;
+                // (Named as the front end sent it: escaped.)
+                let (script, root) = script_allowed(routes, &script)
+                    .map_err(|why| format!("app {id}: script {script:?}: {why}"))?;
                 document_root = Some(root);
                 script_path = Some(script.clone());
                 let dir = script
@@ -496,7 +505,7 @@ impl AppManager {
                 (argv, dir, text)
             }
             None if app.command.is_empty() || !routes.is_some_and(|r| r.mounted) => {
-                return Err(refuse(format!("app {id} is not mounted by any route")));
+                return Err(format!("app {id} is not mounted by any route"));
             }
             None => (app.command.clone(), app.dir.clone(), app.command[0].clone()),
         };

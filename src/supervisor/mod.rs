@@ -153,12 +153,44 @@ struct Front {
     sock: AsyncFd<Arc<OwnedFd>>,
     out: ipc::Outbox,
     started: Instant,
+    /// The newest generation it said it serves (`ToSupervisor::Applied`).
+    applied: u64,
 }
 
 enum Event {
     FromFront(u64, ToSupervisor),
     /// The channel of this front end closed, or carried something unreadable.
     FrontGone(u64, ipc::IpcError),
+}
+
+/// Events the front end's reader thread may have waiting for the loop. When
+/// they are this many the thread waits, and so, once the socket is full, do
+/// the front end's sends: a front end that floods the supervisor (a
+/// compromised one) holds up only itself, never the supervisor's memory.
+const FRONT_EVENTS: usize = 1024;
+
+/// What the front end is told when the supervisor refuses to run a CGI
+/// script: nothing more, whatever the reason (logged here). The reasons
+/// come from looking at paths as root ("no such file" or "not under a site
+/// root"), which must not tell a compromised front end what exists.
+const CGI_REFUSED: &str = "refused by the supervisor (the reason is in its log)";
+
+/// Reads the front end `id`'s messages from `sock` into `events` until the
+/// channel closes or breaks (then a last [`Event::FrontGone`]), or the loop
+/// is gone. Runs on a thread of its own; waits while `events` is full.
+fn read_front(sock: &OwnedFd, id: u64, events: &mpsc::Sender<Event>) {
+    loop {
+        let event = match ipc::recv::<ToSupervisor>(sock.as_fd()) {
+            Ok((msg, _fds)) => Event::FromFront(id, msg),
+            Err(e) => {
+                let _ = events.blocking_send(Event::FrontGone(id, e));
+                return;
+            }
+        };
+        if events.blocking_send(event).is_err() {
+            return;
+        }
+    }
 }
 
 /// The first wait before a lost front end is restarted; it doubles up to
@@ -345,7 +377,7 @@ impl Supervisor {
         let mut chld = signal(SignalKind::child())?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::channel(FRONT_EVENTS);
         self.spawn_front(&logs, tx.clone())?;
         // When berth is stopping: the time by which it ends regardless.
         let mut stopping: Option<Instant> = None;
@@ -479,9 +511,11 @@ impl Supervisor {
         match ev {
             Event::FrontGone(id, e) if Some(id) == current => match e {
                 ipc::IpcError::Closed => self.front.lose("closed its channel", FRONT_EXIT_GRACE),
-                e => self
-                    .front
-                    .lose(&format!("broke its channel: {e}"), Duration::ZERO),
+                // (A decoding error quotes what the front end sent.)
+                e => self.front.lose(
+                    &format!("broke its channel: {:?}", e.to_string()),
+                    Duration::ZERO,
+                ),
             },
             Event::FromFront(id, msg) if Some(id) == current => self.on_request(msg),
             Event::FrontGone(..) | Event::FromFront(..) => {}
@@ -492,7 +526,16 @@ impl Supervisor {
     fn on_request(&mut self, msg: ToSupervisor) {
         match msg {
             ToSupervisor::Applied { generation } => {
-                info!("front end serving configuration generation {generation}");
+                // Said once per generation it was sent: repeats, older ones
+                // and ones never sent (a front end flooding the channel) are
+                // not worth a line each.
+                if let Some(front) = &mut self.front.current
+                    && generation > front.applied
+                    && generation <= self.generation
+                {
+                    front.applied = generation;
+                    info!("front end serving configuration generation {generation}");
+                }
             }
             ToSupervisor::StartProcess { req, app } => {
                 let result = self.apps.start(&app);
@@ -508,7 +551,7 @@ impl Supervisor {
             } => {
                 let (result, fds) = match self.apps.run_cgi(&app, script, env) {
                     Ok(fds) => (Ok(()), Vec::from(fds)),
-                    Err(e) => (Err(e), Vec::new()),
+                    Err(()) => (Err(CGI_REFUSED.to_string()), Vec::new()),
                 };
                 self.front.tell(&ToFront::CgiStarted { req, result }, fds);
             }
@@ -558,11 +601,7 @@ impl Supervisor {
 
     /// Starts a front end, with a thread reading its channel into `events`,
     /// and queues its plan and every live app process for it.
-    fn spawn_front(
-        &mut self,
-        logs: &Logs,
-        events: mpsc::UnboundedSender<Event>,
-    ) -> Result<(), Error> {
+    fn spawn_front(&mut self, logs: &Logs, events: mpsc::Sender<Event>) -> Result<(), Error> {
         let identity = self.front_identity()?;
         let (ours, theirs) = ipc::pair()?;
         // Exec through an fd opened now: the front user may not be able to reach
@@ -599,21 +638,7 @@ impl Supervisor {
         let reader = sock.clone();
         let spawned = std::thread::Builder::new()
             .name("front-channel".into())
-            .spawn(move || {
-                loop {
-                    match ipc::recv::<ToSupervisor>(reader.as_fd()) {
-                        Ok((msg, _fds)) => {
-                            if events.send(Event::FromFront(id, msg)).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            let _ = events.send(Event::FrontGone(id, e));
-                            return;
-                        }
-                    }
-                }
-            });
+            .spawn(move || read_front(&reader, id, &events));
         let sock = spawned.and_then(|_| sys::watch_fd(sock, Interest::WRITABLE));
         let sock = match sock {
             Ok(sock) => sock,
@@ -630,6 +655,7 @@ impl Supervisor {
             sock,
             out: ipc::Outbox::new(ipc::OUTBOX_LIMIT),
             started: Instant::now(),
+            applied: 0,
         });
         self.send_plan(logs);
         for (app, process) in self.apps.live() {
@@ -1018,4 +1044,68 @@ fn front_identity(name: &str) -> Result<Identity, Error> {
 /// Copies of `fds` that stay open while a frame waits to be sent.
 fn dup_all(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<OwnedFd>> {
     fds.iter().map(|fd| fd.try_clone_to_owned()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The finding: a front end (a compromised one) flooding `Applied` frames
+    /// grew the supervisor from 15 to 145 MB, the reader thread queueing
+    /// every frame in an unbounded channel for a loop that could not keep
+    /// up. Now the reader waits when `FRONT_EVENTS` wait, the socket fills,
+    /// and the flooding front end waits in its sends.
+    #[test]
+    fn a_front_end_flooding_its_channel_waits_and_the_queue_stays_bounded() {
+        const FRAMES: usize = 200_000;
+        let (ours, theirs) = ipc::pair().unwrap();
+        let (tx, mut rx) = mpsc::channel(FRONT_EVENTS);
+        let reader = std::thread::spawn(move || read_front(&ours, 7, &tx));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let flood = {
+            let sent = sent.clone();
+            std::thread::spawn(move || {
+                for generation in 0..FRAMES as u64 {
+                    let msg = ToSupervisor::Applied { generation };
+                    ipc::send(theirs.as_fd(), &msg, &[]).unwrap();
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+                theirs
+            })
+        };
+        // Nobody takes events: the flood stops when the queue and the socket
+        // are full (it has, once nothing more is sent for a while).
+        let mut last = usize::MAX;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = sent.load(Ordering::Relaxed);
+            if now == last || now == FRAMES || Instant::now() > deadline {
+                break;
+            }
+            last = now;
+        }
+        let held = sent.load(Ordering::Relaxed);
+        assert!(
+            held < FRAMES,
+            "the front end sent all {FRAMES} frames to a supervisor that took none"
+        );
+        assert_eq!(rx.len(), FRONT_EVENTS, "{held} frames sent");
+        // Taken, every frame arrives, in order.
+        for want in 0..FRAMES as u64 {
+            match rx.blocking_recv() {
+                Some(Event::FromFront(7, ToSupervisor::Applied { generation })) => {
+                    assert_eq!(generation, want)
+                }
+                _ => panic!("frame {want} missing"),
+            }
+        }
+        drop(flood.join().unwrap());
+        assert!(matches!(
+            rx.blocking_recv(),
+            Some(Event::FrontGone(7, ipc::IpcError::Closed))
+        ));
+        reader.join().unwrap();
+    }
 }
