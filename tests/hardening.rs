@@ -12,7 +12,8 @@ use berth::ipc::{self, AppId, ToFront, ToSupervisor};
 
 use std::fs;
 use std::os::fd::AsFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -523,4 +524,153 @@ fn applied_frames_flooded_by_the_front_end_are_not_logged_each() {
     s.stop();
     let log = fs::read_to_string(s.log_dir.join("error.log")).unwrap();
     assert_eq!(log.matches(said).count(), 2, "{log}");
+}
+
+// ---------------------------------------------------------------------------
+// state_dir and log_dir
+// ---------------------------------------------------------------------------
+
+/// A configuration with `state_dir` and `log_dir` as given and tenant `ta`
+/// serving a static site; returns its path and the ports.
+fn dirs_config(dir: &Dir, state: &std::path::Path, log: &std::path::Path) -> (PathBuf, u16) {
+    let ids = ensure_user(USER_A);
+    let home = Home::new(dir, "home-a", USER_A, ids);
+    home.write("public/index.html", "static A\n", 0o644);
+    home.own();
+    let (block, port, _) = server(dir);
+    let block = block
+        .replace(
+            &format!("state_dir = \"{}\"", dir.join("state").display()),
+            &format!("state_dir = \"{}\"", state.display()),
+        )
+        .replace(
+            &format!("log_dir = \"{}\"", dir.join("log").display()),
+            &format!("log_dir = \"{}\"", log.display()),
+        );
+    let config = format!("{block}{}", tenant_site("ta", &home, "a.test"));
+    (dir.write("berth.toml", &config), port)
+}
+
+/// `berth check`: (exit code, stdout).
+fn check(config: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(BERTH)
+        .args(["check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Starts berth and expects it to refuse to start; returns its output.
+fn refuses_to_start(config: &std::path::Path, port: u16, log: PathBuf) -> String {
+    let mut s = Server::spawn(config, port, free_port(), log);
+    let ended = eventually(Duration::from_secs(15), || {
+        s.child.as_mut().unwrap().try_wait().unwrap().is_some()
+    });
+    assert!(ended, "berth started:\n{}", s.output());
+    let st = s.child.as_mut().unwrap().wait().unwrap();
+    // Let the output threads catch up.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!st.success(), "exit {st}:\n{}", s.output());
+    s.output()
+}
+
+/// The line of `key = ` in `config`.
+fn line_of(config: &std::path::Path, key: &str) -> usize {
+    fs::read_to_string(config)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with(&format!("{key} = ")))
+        .unwrap()
+        + 1
+}
+
+/// The finding: with `log_dir` inside a directory tenant C owns, C swapped
+/// its entries (the real log directory and a symlink) in a loop with
+/// `renameat2(RENAME_EXCHANGE)` while logs were reopened, and a root-only
+/// file at the symlink's target became root:tenant 0640. berth checked
+/// each component for a symlink only at the moment it looked, then opened
+/// the path again by name. Now every directory above `log_dir` and
+/// `state_dir` must be root's and writable by nobody else (unless sticky),
+/// as OpenSSH's `safe_path` requires, and berth walks the rest by fd.
+#[test]
+fn log_dir_inside_a_tenants_directory_is_refused() {
+    require_root();
+    let dir = Dir::new();
+    let (uid, gid) = ensure_user(USER_C);
+    // The tenant's directory, and root's log directory inside it (what the
+    // admin set up); a root-only file the tenant would like to read.
+    let home_c = dir.mkdir("home-c");
+    let log = dir.mkdir("home-c/berthlogs");
+    fs::set_permissions(&log, fs::Permissions::from_mode(0o755)).unwrap();
+    dir.chown("home-c", uid, gid);
+    std::os::unix::fs::chown(&log, Some(0), Some(0)).unwrap();
+    let secret = dir.mkdir("secret");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o700)).unwrap();
+    let target = dir.write("secret/error.log", "root only\n");
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
+    dir.symlink(&secret, "home-c/swap");
+    let (config, port) = dirs_config(&dir, &dir.join("state"), &log);
+
+    let want = format!(
+        "{} is owned by uid {uid} (\"{USER_C}\") (mode 755), not root: whoever can write there could swap",
+        home_c.display()
+    );
+    let out = refuses_to_start(&config, port, log.clone());
+    assert!(out.contains(&want), "{want}\nnot in:\n{out}");
+    assert!(
+        !log.join("error.log").exists(),
+        "berth wrote in {}",
+        log.display()
+    );
+    let meta = fs::metadata(&target).unwrap();
+    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (0, 0, 0o600));
+    // berth check says so, at the key's line.
+    let (code, stdout) = check(&config);
+    assert_eq!(code, Some(1), "{stdout}");
+    let at = format!(
+        "{}:{}: server.log_dir: {want}",
+        config.display(),
+        line_of(&config, "log_dir")
+    );
+    assert!(stdout.contains(&at), "{at}\nnot in:\n{stdout}");
+}
+
+/// A directory above `state_dir` that others may write to is refused
+/// (naming it and its mode), unless it is sticky like /tmp, where nobody
+/// can move root's entries.
+#[test]
+fn state_dir_under_a_directory_others_can_write_is_refused_unless_sticky() {
+    require_root();
+    let dir = Dir::new();
+    let shared = dir.mkdir("shared");
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o775)).unwrap();
+    let state = shared.join("state");
+    let (config, port) = dirs_config(&dir, &state, &dir.join("log"));
+    let want = format!(
+        "{} is writable by group or others without the sticky bit (mode 775)",
+        shared.display()
+    );
+    let out = refuses_to_start(&config, port, dir.join("log"));
+    assert!(out.contains(&want), "{want}\nnot in:\n{out}");
+    assert!(!state.exists(), "berth created state_dir");
+    let (code, stdout) = check(&config);
+    assert_eq!(code, Some(1), "{stdout}");
+    let at = format!(
+        "{}:{}: server.state_dir: {want}",
+        config.display(),
+        line_of(&config, "state_dir")
+    );
+    assert!(stdout.contains(&at), "{at}\nnot in:\n{stdout}");
+
+    // Sticky, as /tmp: fine.
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
+    let (code, stdout) = check(&config);
+    assert_eq!(code, Some(0), "{stdout}");
+    let mut s = Server::spawn(&config, port, free_port(), dir.join("log"));
+    s.wait_ready();
+    assert_eq!(get_host(s.addr(), "a.test", "/index.html").status, 200);
+    assert!(state.join("tmp").is_dir());
 }

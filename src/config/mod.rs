@@ -53,6 +53,9 @@ pub struct Server {
     pub user: String,
     pub state_dir: PathBuf,
     pub log_dir: PathBuf,
+    /// The lines of `state_dir` and `log_dir` in the main file (that of
+    /// `[server]` when one is not set), for problems found on disk.
+    pub dir_lines: (usize, usize),
     /// No tenant runs as a uid or gid below this.
     pub min_uid: u32,
     /// A front end that reads nothing of what the supervisor has for it for
@@ -289,6 +292,7 @@ impl Default for Server {
             user: SERVER_DEFAULT_USER.into(),
             state_dir: "/var/lib/berth".into(),
             log_dir: "/var/log/berth".into(),
+            dir_lines: (1, 1),
             min_uid: 1000,
             front_stall_timeout: DEFAULT_FRONT_STALL_TIMEOUT,
             limits: ClientLimits::default(),
@@ -362,6 +366,7 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
     let mut problems = problems.into_inner();
     validate(&server, &tenants, &mut problems);
     check_default_tls_site(path, &server, &tenants, &mut problems);
+    check_dirs(path, &server, &mut problems);
     // Report in reading order: file by file, line by line.
     problems.0.sort_by_key(|p| {
         let file = files
@@ -520,11 +525,14 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
             ),
         );
     }
+    s.dir_lines = (t.line(), t.line());
     if let Some(d) = t.string("state_dir") {
         s.state_dir = resolve_path(walk, &d);
+        s.dir_lines.0 = d.line;
     }
     if let Some(d) = t.string("log_dir") {
         s.log_dir = resolve_path(walk, &d);
+        s.dir_lines.1 = d.line;
     }
     if let Some(n) = t.integer("min_uid") {
         match u32::try_from(n.value) {
@@ -668,6 +676,62 @@ fn check_default_tls_site(
         ),
         Some(_) => {}
     }
+}
+
+/// `state_dir` and `log_dir` as the supervisor walks them before it
+/// creates files there (`supervisor::prepare_dir`, with the same rule,
+/// [`crate::supervisor::dir_rule`]): no symbolic link on the way, every
+/// directory above them root's (or berth's own) and writable by nobody else
+/// unless sticky, and the directories themselves berth's and writable by
+/// nobody else. What does not exist yet is fine: berth creates it.
+fn check_dirs(main: &Path, server: &Server, problems: &mut Problems) {
+    for (key, path, line) in [
+        ("server.state_dir", &server.state_dir, server.dir_lines.0),
+        ("server.log_dir", &server.log_dir, server.dir_lines.1),
+    ] {
+        if let Some(why) = unsafe_dir(path) {
+            problems.push(main, line, key, why);
+        }
+    }
+}
+
+/// Why berth would refuse to create files in `path` (see [`check_dirs`]).
+fn unsafe_dir(path: &Path) -> Option<String> {
+    use std::path::Component;
+    let mut names = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(name) => names.push(name),
+            Component::ParentDir => {
+                names.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    let mut walked = PathBuf::from("/");
+    for i in 0..=names.len() {
+        if i > 0 {
+            walked.push(names[i - 1]);
+        }
+        let meta = match std::fs::symlink_metadata(&walked) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => return Some(format!("{}: {e}", walked.display())),
+        };
+        let name = walked.display();
+        if meta.file_type().is_symlink() {
+            return Some(format!(
+                "{name} is a symbolic link; berth refuses to follow it (give the real path)"
+            ));
+        }
+        if !meta.is_dir() {
+            return Some(format!("{name} is not a directory"));
+        }
+        if let Err(why) = crate::supervisor::dir_rule(meta.uid(), meta.mode(), i == names.len()) {
+            return Some(format!("{name} {why}"));
+        }
+    }
+    None
 }
 
 impl Config {

@@ -69,13 +69,13 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
             rustix::process::geteuid().as_raw()
         );
     }
-    prepare_dir(&config.server.state_dir, root)?;
+    let state = prepare_dir(&config.server.state_dir)?;
     let front = if root {
         Some(front_identity(&config.server.user)?)
     } else {
         None
     };
-    tmp_dir(&config.server.state_dir.join(TMP_DIR), front.as_ref())?;
+    tmp_dir(&state, front.as_ref())?;
     let apps = apps::AppManager::new(&config, front.as_ref(), root).map_err(|e| Error::Dir {
         path: config.server.state_dir.join("apps"),
         why: e.to_string(),
@@ -90,7 +90,6 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
         apps,
         front: FrontEnd::new(),
     };
-    prepare_dir(&sup.config.server.log_dir, root)?;
     let logs = sup.open_logs()?;
     sup.use_logs(&logs)?;
     crate::logging::set_file(File::from(logs.error.try_clone()?));
@@ -563,9 +562,9 @@ impl Supervisor {
         let config = config::load(&self.path).map_err(Error::Config)?;
         let old = std::mem::replace(&mut self.config, config);
         let result = (|| {
-            prepare_dir(&self.config.server.log_dir, self.root)?;
+            let state = prepare_dir(&self.config.server.state_dir)?;
             let front = self.front_identity()?;
-            tmp_dir(&self.config.server.state_dir.join(TMP_DIR), front.as_ref())?;
+            tmp_dir(&state, front.as_ref())?;
             let logs = self.open_logs()?;
             self.listeners.sync(&self.config)?;
             self.use_logs(&logs)?;
@@ -733,21 +732,20 @@ impl Supervisor {
 
     /// Opens `log_dir/TENANT/access.log` for every tenant and `log_dir/error.log`.
     fn open_logs(&self) -> Result<Logs, Error> {
-        let dir = &self.config.server.log_dir;
+        let dir = prepare_dir(&self.config.server.log_dir)?;
         let mut tenants = Vec::new();
         let mut access = Vec::new();
         let mut errors = Vec::new();
         let mut limits = Vec::new();
         for t in &self.config.tenants {
-            let tdir = dir.join(&t.name);
-            prepare_dir(&tdir, self.root)?;
+            let tdir = sub_dir(&dir, &t.name)?;
             let group = self.root.then_some(t.gid);
             access.push(open_log(&tdir, "access.log", group)?);
             errors.push(open_log(&tdir, "error.log", group)?);
             limits.push(t.error_log);
             tenants.push(t.name.clone());
         }
-        let error = open_log(dir, "error.log", None)?;
+        let error = open_log(&dir, "error.log", None)?;
         Ok(Logs {
             tenants,
             access,
@@ -768,18 +766,35 @@ impl Supervisor {
     }
 }
 
-/// Creates `path` if needed and checks that it is a real directory that nobody
-/// but its owner can write, owned by us. These are the directories log files
-/// are created in: if a tenant could write to one, it could plant a symlink
-/// for root to follow (invariant 7).
+/// A directory berth creates files in (`state_dir`, `log_dir` and the
+/// tenants' log directories), reached from `/` without following a symlink
+/// and checked all the way ([`prepare_dir`]); everything berth creates,
+/// opens or changes in it goes through `fd`, never through the path again.
+struct SafeDir {
+    /// `O_PATH`: for `openat` and `mkdirat`.
+    fd: OwnedFd,
+    /// For messages.
+    path: PathBuf,
+}
+
+/// Opens `path`, creating what is missing (0755), as a [`SafeDir`]. These
+/// are the directories log files are created in: if a tenant could write
+/// to one, or to any directory above it, it could make root write (or
+/// chown) through a symlink (invariant 7).
 ///
 /// The path is walked from `/` one component at a time, each opened
-/// `O_PATH | O_NOFOLLOW` relative to the one before: a symbolic link anywhere
-/// on the way is refused, naming it (a link in a parent leads root's writes
-/// wherever its owner points it). `..` is taken lexically, which is what it
-/// means when no component is a link. Missing components are created (0755).
-fn prepare_dir(path: &Path, root: bool) -> Result<(), Error> {
-    use rustix::fs::{FileType, fstat, mkdirat, openat};
+/// `O_PATH | O_NOFOLLOW` relative to the one before: a symbolic link
+/// anywhere on the way is refused, naming it. As OpenSSH's `safe_path`
+/// does, every directory above `path` must belong to root (or to berth's
+/// own uid when not root) and be writable by nobody else unless it has the
+/// sticky bit (like /tmp: there an entry owned by root cannot be renamed
+/// away); `path` itself must be berth's and writable by nobody else
+/// ([`dir_rule`]). Otherwise whoever can write to a directory on the way
+/// could swap what is below it for a symlink between two steps of berth's,
+/// as a tenant did with `renameat2(RENAME_EXCHANGE)` in a loop. `..` is
+/// taken lexically, which is what it means when no component is a link.
+fn prepare_dir(path: &Path) -> Result<SafeDir, Error> {
+    use rustix::fs::openat;
     use std::path::Component;
     let fail = |why: String| Error::Dir {
         path: path.to_path_buf(),
@@ -799,59 +814,145 @@ fn prepare_dir(path: &Path, root: bool) -> Result<(), Error> {
         }
     }
     let walk_flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let mut dir = rustix::fs::open("/", walk_flags | OFlags::DIRECTORY, Mode::empty())
+    let fd = rustix::fs::open("/", walk_flags | OFlags::DIRECTORY, Mode::empty())
         .map_err(|e| fail(format!("/: {e}")))?;
-    let mut walked = PathBuf::from("/");
-    for name in names {
-        walked.push(name);
-        let at = |e: rustix::io::Errno| fail(format!("{}: {e}", walked.display()));
-        let fd = match openat(&dir, name, walk_flags, Mode::empty()) {
+    let mut dir = SafeDir {
+        fd,
+        path: PathBuf::from("/"),
+    };
+    let last = names.len();
+    check_dir(&dir, last == 0).map_err(fail)?;
+    for (i, name) in names.into_iter().enumerate() {
+        let walked = dir.path.join(name);
+        let fd = match openat(&dir.fd, name, walk_flags, Mode::empty()) {
             Ok(fd) => fd,
-            Err(rustix::io::Errno::NOENT) => {
-                match mkdirat(&dir, name, Mode::from_raw_mode(0o755)) {
-                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-                    Err(e) => return Err(fail(format!("cannot create {}: {e}", walked.display()))),
-                }
-                let fd = openat(&dir, name, walk_flags, Mode::empty()).map_err(at)?;
-                // 0755 whatever the umask (an O_PATH fd cannot be chmodded).
-                if let Ok(opened) = openat(
-                    &fd,
-                    ".",
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                ) {
-                    rustix::fs::fchmod(&opened, Mode::from_raw_mode(0o755)).map_err(at)?;
-                }
-                fd
-            }
-            Err(e) => return Err(at(e)),
+            Err(rustix::io::Errno::NOENT) => create_dir(&dir, name).map_err(fail)?,
+            Err(e) => return Err(fail(format!("{}: {e}", walked.display()))),
         };
-        let st = fstat(&fd).map_err(at)?;
-        match FileType::from_raw_mode(st.st_mode) {
-            FileType::Directory => dir = fd,
-            FileType::Symlink => {
-                return Err(fail(format!(
-                    "{} is a symbolic link; refusing to follow it (give the real path)",
-                    walked.display()
-                )));
-            }
-            _ => return Err(fail(format!("{} is not a directory", walked.display()))),
+        dir = SafeDir { fd, path: walked };
+        check_dir(&dir, i + 1 == last).map_err(fail)?;
+    }
+    Ok(dir)
+}
+
+/// `parent/name` as a [`SafeDir`] (a tenant's log directory), created if
+/// missing; refused if it is a symlink or not berth's own, as in
+/// [`prepare_dir`].
+fn sub_dir(parent: &SafeDir, name: &str) -> Result<SafeDir, Error> {
+    let path = parent.path.join(name);
+    let fail = |why: String| Error::Dir {
+        path: path.clone(),
+        why,
+    };
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(&parent.fd, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => create_dir(parent, name).map_err(fail)?,
+        Err(e) => return Err(fail(e.to_string())),
+    };
+    let dir = SafeDir {
+        fd,
+        path: path.clone(),
+    };
+    check_dir(&dir, true).map_err(fail)?;
+    Ok(dir)
+}
+
+/// Creates `parent/name` (0755 whatever the umask) and opens it `O_PATH`.
+fn create_dir(parent: &SafeDir, name: impl AsRef<std::ffi::OsStr>) -> Result<OwnedFd, String> {
+    use rustix::fs::{mkdirat, openat};
+    let name = name.as_ref();
+    let path = parent.path.join(name);
+    match mkdirat(&parent.fd, name, Mode::from_raw_mode(0o755)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", path.display())),
+    }
+    let at = |e: rustix::io::Errno| format!("{}: {e}", path.display());
+    let fd = openat(
+        &parent.fd,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(at)?;
+    // (An O_PATH fd cannot be chmodded; a link found here is refused by the
+    // caller's check, and "." of it is never opened.)
+    if let Ok(opened) = openat(
+        &fd,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        rustix::fs::fchmod(&opened, Mode::from_raw_mode(0o755)).map_err(at)?;
+    }
+    Ok(fd)
+}
+
+/// Checks what `dir.fd` is: a directory (not a symlink) that passes
+/// [`dir_rule`]. The message names the directory.
+fn check_dir(dir: &SafeDir, last: bool) -> Result<(), String> {
+    use rustix::fs::FileType;
+    let name = dir.path.display();
+    let st = rustix::fs::fstat(&dir.fd).map_err(|e| format!("{name}: {e}"))?;
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => {}
+        FileType::Symlink => {
+            return Err(format!(
+                "{name} is a symbolic link; refusing to follow it (give the real path)"
+            ));
         }
+        _ => return Err(format!("{name} is not a directory")),
     }
-    let st = fstat(&dir).map_err(|e| fail(e.to_string()))?;
+    dir_rule(st.st_uid, st.st_mode, last).map_err(
+        |why| {
+            if last { why } else { format!("{name} {why}") }
+        },
+    )
+}
+
+/// The rule for a directory berth creates files in (`last`) or one above
+/// it, given its owner and mode: None if it holds, else why not. Shared by
+/// [`prepare_dir`] and `berth check` (`config`), so that both say the same.
+///
+/// - `last`: owned by berth's own uid, writable by nobody else;
+/// - above it: owned by root or berth's own uid, and writable by nobody
+///   else unless sticky (then nobody but root, berth and the owner of an
+///   entry can rename it: what berth walks through stays put).
+pub fn dir_rule(uid: u32, mode: u32, last: bool) -> Result<(), String> {
     let me = rustix::process::geteuid().as_raw();
-    if st.st_uid != me {
-        return Err(fail(format!(
-            "is owned by uid {}, not by uid {me}{}",
-            st.st_uid,
-            if root { " (root)" } else { "" }
-        )));
+    let owner = |uid: u32| match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => format!("uid {uid} ({:?})", u.name),
+        _ => format!("uid {uid}"),
+    };
+    let writable = mode & 0o022 != 0;
+    let sticky = mode & libc::S_ISVTX != 0;
+    let modes = mode & 0o7777;
+    if last {
+        if uid != me {
+            let who = if me == 0 { " (root)" } else { "" };
+            return Err(format!("is owned by {}, not by uid {me}{who}", owner(uid)));
+        }
+        if writable {
+            return Err(format!("is writable by group or others (mode {modes:o})"));
+        }
+        return Ok(());
     }
-    if st.st_mode & 0o022 != 0 {
-        return Err(fail(format!(
-            "is writable by group or others (mode {:o})",
-            st.st_mode & 0o7777
-        )));
+    let why = "whoever can write there could swap a directory below it for a symlink while berth opens its files; every directory above state_dir and log_dir must be root's (or berth's own) and writable by nobody else unless sticky, like /tmp";
+    if uid != 0 && uid != me {
+        let allowed = if me == 0 {
+            "root".to_string()
+        } else {
+            format!("root or berth's own uid {me}")
+        };
+        return Err(format!(
+            "is owned by {} (mode {modes:o}), not {allowed}: {why}",
+            owner(uid)
+        ));
+    }
+    if writable && !sticky {
+        return Err(format!(
+            "is writable by group or others without the sticky bit (mode {modes:o}): {why}"
+        ));
     }
     Ok(())
 }
@@ -860,29 +961,32 @@ fn prepare_dir(path: &Path, root: bool) -> Result<(), Error> {
 const TMP_DIR: &str = "tmp";
 
 /// Creates the front end's directory for temporary files (request and
-/// response bodies too large for memory, kept as unlinked `O_TMPFILE`s):
-/// owned by the front end's user, mode 0700, so no tenant can read what
-/// passes through it, nor plant anything in it. A leftover entry of any
-/// other kind, or a symlink, is refused.
-fn tmp_dir(path: &Path, front: Option<&Identity>) -> Result<(), Error> {
+/// response bodies too large for memory, kept as unlinked `O_TMPFILE`s) in
+/// `state`: owned by the front end's user, mode 0700, so no tenant can read
+/// what passes through it, nor plant anything in it. A leftover entry of
+/// any other kind, or a symlink, is refused. Created, opened and chowned
+/// through `state`'s fd.
+fn tmp_dir(state: &SafeDir, front: Option<&Identity>) -> Result<(), Error> {
+    use rustix::fs::{AtFlags, FileType, mkdirat, openat, statat};
+    let path = state.path.join(TMP_DIR);
     let fail = |why: String| Error::Dir {
-        path: path.to_path_buf(),
+        path: path.clone(),
         why,
     };
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::create_dir(path).map_err(|e| fail(format!("cannot create: {e}")))?
-        }
+    match statat(&state.fd, TMP_DIR, AtFlags::SYMLINK_NOFOLLOW) {
+        Err(rustix::io::Errno::NOENT) => mkdirat(&state.fd, TMP_DIR, Mode::from_raw_mode(0o700))
+            .map_err(|e| fail(format!("cannot create: {e}")))?,
         Err(e) => return Err(fail(e.to_string())),
-        Ok(meta) if !meta.is_dir() => {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) != FileType::Directory => {
             return Err(fail(
                 "is not a directory (a symlink?); refusing to use it".into(),
             ));
         }
         Ok(_) => {}
     }
-    let dir = rustix::fs::open(
-        path,
+    let dir = openat(
+        &state.fd,
+        TMP_DIR,
         OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
         Mode::empty(),
     )
@@ -899,23 +1003,17 @@ fn tmp_dir(path: &Path, front: Option<&Identity>) -> Result<(), Error> {
     Ok(())
 }
 
-/// Opens a log file for appending, refusing symlinks (O_NOFOLLOW) and anything
-/// but a regular file. With `group`, the file is made readable by that group
-/// (the tenant reads its own access log).
-fn open_log(dir: &Path, name: &str, group: Option<u32>) -> Result<OwnedFd, Error> {
-    let path = dir.join(name);
+/// Opens `dir/name` for appending, through `dir`'s fd, refusing symlinks
+/// (O_NOFOLLOW) and anything but a regular file. With `group`, the file is
+/// made readable by that group (the tenant reads its own access log).
+fn open_log(dir: &SafeDir, name: &str, group: Option<u32>) -> Result<OwnedFd, Error> {
+    let path = dir.path.join(name);
     let fail = |source: io::Error| Error::Log {
         path: path.clone(),
         source,
     };
-    let dirfd = rustix::fs::open(
-        dir,
-        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::PATH,
-        Mode::empty(),
-    )
-    .map_err(|e| fail(e.into()))?;
     let fd = rustix::fs::openat(
-        &dirfd,
+        &dir.fd,
         name,
         OFlags::WRONLY
             | OFlags::APPEND
