@@ -911,8 +911,8 @@ fn check_dir(dir: &SafeDir, last: bool) -> Result<(), String> {
 }
 
 /// The rule for a directory berth creates files in (`last`) or one above
-/// it, given its owner and mode: None if it holds, else why not. Shared by
-/// [`prepare_dir`] and `berth check` (`config`), so that both say the same.
+/// it, given its owner and mode: why not, if it does not hold. Shared by
+/// `prepare_dir` and `berth check` (`config`), so that both say the same.
 ///
 /// - `last`: owned by berth's own uid, writable by nobody else;
 /// - above it: owned by root or berth's own uid, and writable by nobody
