@@ -14,7 +14,9 @@
 //!   burst of [`BURST_SECONDS`] seconds' worth); a line over the rate goes
 //!   neither to the file nor to stderr, and once a second a warning says how
 //!   many were dropped. Each process (supervisor, front end) has its own
-//!   bucket, so the file can take up to twice the rate.
+//!   bucket, so the file can take up to twice the rate. Debug and trace
+//!   lines are not held to it: they are on only while an administrator
+//!   looks for something (`BERTH_LOG=debug`), and then every line counts.
 
 use std::cell::Cell;
 use std::fs::File;
@@ -50,7 +52,7 @@ pub fn init(process: &'static str, level: LevelFilter) {
         .with_max_level(level)
         .with_ansi(false)
         .with_target(false)
-        .with_writer(Tee)
+        .with_writer(Tee { limited: true })
         .fmt_fields(tracing_subscriber::fmt::format::DefaultFields::new())
         .event_format(
             tracing_subscriber::fmt::format()
@@ -148,20 +150,29 @@ fn summarise() {
     }
 }
 
+/// Writes each line to stderr and the file; `limited` lines (info and
+/// above) pass the bucket first.
 #[derive(Clone, Copy)]
-struct Tee;
+struct Tee {
+    limited: bool,
+}
 
 impl<'a> MakeWriter<'a> for Tee {
     type Writer = Tee;
     fn make_writer(&'a self) -> Tee {
-        Tee
+        Tee { limited: true }
+    }
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Tee {
+        Tee {
+            limited: *meta.level() <= tracing::Level::INFO,
+        }
     }
 }
 
 impl Write for Tee {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // One formatted event arrives in one call.
-        if !admit() {
+        if self.limited && !admit() {
             return Ok(buf.len());
         }
         // Prefix the process name so the interleaved output of both
