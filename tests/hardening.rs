@@ -337,8 +337,21 @@ fn channel_of(front: u32) -> std::os::fd::OwnedFd {
 struct Stopped(u32);
 
 impl Stopped {
+    /// Stops `pid` and waits until it has stopped (the signal is delivered
+    /// asynchronously: a thread still running could read what the test
+    /// means to read instead).
     fn new(pid: u32) -> Stopped {
         signal(pid, nix::sys::signal::Signal::SIGSTOP);
+        let stopped = eventually(Duration::from_secs(5), || {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+            tasks.flatten().all(|t| {
+                std::fs::read_to_string(t.path().join("stat"))
+                    .ok()
+                    .and_then(|st| st.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+                    .unwrap_or(true)
+            })
+        });
+        assert!(stopped, "process {pid} did not stop");
         Stopped(pid)
     }
 }
