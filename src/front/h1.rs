@@ -210,7 +210,15 @@ fn parse(buf: &[u8]) -> Head {
     let Some(path) = req.path.filter(|p| p.starts_with('/')) else {
         return Head::Hyper;
     };
-    let Ok(uri) = Uri::from_maybe_shared(Bytes::copy_from_slice(path.as_bytes())) else {
+    // The target and the header values are slices of one copy of the head:
+    // one allocation for all of them, and cloning one later (the proxy's
+    // request, the access log) is a reference count, not a copy.
+    let head = Bytes::copy_from_slice(&buf[..len]);
+    let within = |part: &[u8]| match offset_in(&buf[..len], part) {
+        Some(start) => head.slice(start..start + part.len()),
+        None => Bytes::copy_from_slice(part),
+    };
+    let Ok(uri) = Uri::from_maybe_shared(within(path.as_bytes())) else {
         return Head::Hyper;
     };
     let mut parts = http::Request::new(()).into_parts().0;
@@ -244,7 +252,7 @@ fn parse(buf: &[u8]) -> Head {
                 }
             }
         }
-        let Ok(value) = HeaderValue::from_bytes(h.value) else {
+        let Ok(value) = HeaderValue::from_maybe_shared(within(h.value)) else {
             return Head::Hyper;
         };
         parts.headers.append(name, value);
@@ -254,6 +262,13 @@ fn parse(buf: &[u8]) -> Head {
         len,
         keep_alive,
     }
+}
+
+/// Where `part` (a slice httparse took from `buf`) starts in `buf`; None for
+/// an empty part, whose pointer may lie anywhere.
+fn offset_in(buf: &[u8], part: &[u8]) -> Option<usize> {
+    let start = (part.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
+    (!part.is_empty() && start + part.len() <= buf.len()).then_some(start)
 }
 
 /// Writes the response head and body. Returns whether the connection may carry
@@ -616,6 +631,11 @@ mod tests {
         assert!(fast("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").2);
         assert!(!fast("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").2);
         assert!(fast("GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").2);
+        // Values are slices of one copy of the head; an empty one too.
+        let (parts, _, _) = fast("GET /p HTTP/1.1\r\nHost: x\r\nX-Empty:\r\nX-B: 2\r\n\r\n");
+        assert_eq!(parts.uri, "/p");
+        assert_eq!(parts.headers["x-empty"], "");
+        assert_eq!(parts.headers["x-b"], "2");
         let (parts, _, _) = fast("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
         assert_eq!(
             parts.headers.get_all("host").iter().count(),
