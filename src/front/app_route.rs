@@ -16,8 +16,9 @@
 //! - without: the app is mounted at the prefix: SCRIPT_NAME is the prefix,
 //!   PATH_INFO the rest, SCRIPT_FILENAME the app's program.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,32 +79,35 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
         Ok(root) => root,
         Err(why) => return Some(Err(Reject::Internal(why.clone()))),
     };
-    let id = AppId {
-        tenant: req.site.tenant.clone(),
-        app: req.app.to_string(),
-    };
-    let Some(plan) = req.apps.plan(&id) else {
+    let Some(plan) = req.apps.plan(&req.site.tenant, req.app) else {
+        let id = AppId {
+            tenant: req.site.tenant.clone(),
+            app: req.app.to_string(),
+        };
         return Some(Err(Reject::Internal(format!("app {id} is not configured"))));
     };
-    let (name, path_info, filename): (String, String, PathBuf) = if req.extensions.is_empty() {
-        let name = if req.prefix == "/" { "" } else { req.prefix };
-        let rest = &req.path[name.len()..];
-        (name.to_string(), rest.to_string(), plan.program.clone())
-    } else {
-        match split_script(req.path, req.extensions) {
-            Some((script, rest)) => match static_files::script_path(root, &script) {
-                Ok(file) => (script, rest, file),
-                Err(e) => return Some(Err(e)),
-            },
-            // A directory: its index.EXT, if there is one.
-            None if req.path.ends_with('/') => req.extensions.iter().find_map(|ext| {
-                let candidate = format!("{}index.{ext}", req.path);
-                let file = static_files::script_path(root, &candidate).ok()?;
-                Some((candidate, String::new(), file))
-            })?,
-            None => return None,
-        }
-    };
+    let id = &plan.id;
+    // (Borrowed for a mounted app: an HTTP app needs none of them.)
+    let (name, path_info, filename): (Cow<'_, str>, Cow<'_, str>, Cow<'_, Path>) =
+        if req.extensions.is_empty() {
+            let name = if req.prefix == "/" { "" } else { req.prefix };
+            let rest = &req.path[name.len()..];
+            (name.into(), rest.into(), plan.program.as_path().into())
+        } else {
+            match split_script(req.path, req.extensions) {
+                Some((script, rest)) => match static_files::script_path(root, &script) {
+                    Ok(file) => (script.into(), rest.into(), file.into()),
+                    Err(e) => return Some(Err(e)),
+                },
+                // A directory: its index.EXT, if there is one.
+                None if req.path.ends_with('/') => req.extensions.iter().find_map(|ext| {
+                    let candidate = format!("{}index.{ext}", req.path);
+                    let file = static_files::script_path(root, &candidate).ok()?;
+                    Some((candidate.into(), "".into(), file.into()))
+                })?,
+                None => return None,
+            }
+        };
     let body = req.body.filter(|b| !http_body::Body::is_end_stream(b));
     let head_only = req.parts.method == http::Method::HEAD;
     let answer = if plan.protocol == Protocol::Http {
@@ -162,7 +166,7 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
         let spool = spool.filter(|s| !s.is_empty());
         let params = cgi_env::variables(req.parts, &script, &peer, length);
         let answer = if plan.protocol == Protocol::Cgi {
-            let script = (!req.extensions.is_empty()).then_some(filename);
+            let script = (!req.extensions.is_empty()).then(|| filename.into_owned());
             cgi(
                 req.apps,
                 &id,
