@@ -2,6 +2,7 @@
 //! handler (static files or redirect) → access log. Everything that is not a normal
 //! answer is a [`Reject`], turned into a response in `respond`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -202,7 +203,7 @@ async fn route(
 /// than the authority, are refused (RFC 9112 §3.2, RFC 9113 §8.3.1): a proxy in
 /// front of berth might read the other one and file one tenant's response under
 /// another tenant's name.
-fn request_host(parts: &Parts) -> Result<String, Reject> {
+fn request_host(parts: &Parts) -> Result<Cow<'_, str>, Reject> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let header_host = hosts.next();
     if hosts.next().is_some() {
