@@ -54,8 +54,20 @@ pub struct BufferLimits {
     pub send_timeout: Duration,
 }
 
-/// Called when a client let a response stall past `send_timeout`.
-pub type OnStall = Arc<dyn Fn() + Send + Sync>;
+/// Told when a client let a response stall past `send_timeout`: the
+/// connection's `Activity` (a reference to it, not a closure allocated per
+/// request), or any `Fn()`.
+pub trait Stall: Send + Sync {
+    fn stalled(&self);
+}
+
+impl<F: Fn() + Send + Sync> Stall for F {
+    fn stalled(&self) {
+        self()
+    }
+}
+
+pub type OnStall = Arc<dyn Stall>;
 
 /// nginx's header for an app to turn buffering off (or on) per response.
 const X_ACCEL_BUFFERING: &str = "x-accel-buffering";
@@ -303,7 +315,7 @@ async fn pump(
     drop(body);
     if stalled {
         tracing::debug!("response abandoned: the client took nothing for {send_timeout:?}");
-        on_stall();
+        on_stall.stalled();
     }
 }
 

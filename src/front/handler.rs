@@ -10,7 +10,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header, request::Parts};
 use hyper::body::Incoming;
 use percent_encoding::utf8_percent_encode;
 
-use super::access_log::{Counted, Entry};
+use super::access_log::{Counted, Done, Entry};
 use super::body::{self, Body};
 use super::buffer::{BufferLimits, OnStall};
 use super::conn::{Activity, ConnInfo};
@@ -43,10 +43,7 @@ pub async fn respond(
     let time = SystemTime::now();
     activity.begin();
     let generation = shared.current.load_full();
-    let on_stall: OnStall = {
-        let activity = activity.clone();
-        Arc::new(move || activity.abandon())
-    };
+    let on_stall: OnStall = activity.clone();
     let (site, user, result) = route(&parts, body, conn, shared, &generation, &on_stall).await;
     let response = result.unwrap_or_else(Reject::into_response);
     let (head, body) = response.into_parts();
@@ -70,12 +67,7 @@ pub async fn respond(
         Some((file, entry))
     });
     let progress = activity.watch_response();
-    let done = Box::new(move |bytes: u64| {
-        if let Some((file, entry)) = log {
-            entry.write(&file, bytes);
-        }
-        activity.end();
-    });
+    let done = Done { log, activity };
     Response::from_parts(head, Counted::new(body, done, progress))
 }
 
