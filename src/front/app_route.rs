@@ -118,23 +118,30 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
         };
         // HTTP apps stream the body on, after its first `request_buffer`
         // bytes (a small body whole) have come: a client trickling a small
-        // body holds no process.
-        let fault = ClientFault::default();
+        // body holds no process. Only a streamed body can fail the exchange
+        // for the client (`fault`).
+        let mut fault = None;
         let body = match body {
             None => None,
             Some(body) => match request_body::read_prefix(body, &req.body_limits).await {
                 Ok(Prefix::Whole(spool)) if spool.is_empty() => None,
                 Ok(Prefix::Whole(spool)) => Some(SpoolBody(spool).boxed_unsync()),
                 Ok(Prefix::Partial(head, rest)) => {
-                    let mut streamed = Streamed::new(head, rest, &req.body_limits);
-                    streamed.fault = fault.clone();
+                    let streamed = Streamed::new(head, rest, &req.body_limits);
+                    fault = Some(streamed.fault.clone());
                     Some(streamed.boxed_unsync())
                 }
                 Err(e) => return Some(Err(e)),
             },
         };
         http(
-            req.apps, &id, &plan.pool, req.parts, body, &forwarded, &fault,
+            req.apps,
+            &id,
+            &plan.pool,
+            req.parts,
+            body,
+            &forwarded,
+            fault.as_ref(),
         )
         .await
     } else {
@@ -211,8 +218,7 @@ async fn fastcgi(
 ) -> Result<Response<Body>, Reject> {
     let retry = body.is_none();
     let mut body = body;
-    let no_fault = ClientFault::default();
-    with_process(apps, id, pool, retry, &no_fault, |lease, first_byte| {
+    with_process(apps, id, pool, retry, None, |lease, first_byte| {
         let stderr = write_stderr(error_log.clone(), id);
         fastcgi_conn::request(
             lease,
@@ -268,7 +274,7 @@ async fn http(
     parts: &Parts,
     body: Option<Body>,
     forwarded: &Forwarded<'_>,
-    fault: &ClientFault,
+    fault: Option<&ClientFault>,
 ) -> Result<Response<Body>, Reject> {
     let retry = body.is_none();
     let mut body = body;
@@ -289,7 +295,7 @@ async fn with_process<F, Fut>(
     id: &AppId,
     pool: &crate::config::Pool,
     retry: bool,
-    fault: &ClientFault,
+    fault: Option<&ClientFault>,
     mut exchange: F,
 ) -> Result<Response<Body>, Reject>
 where
@@ -310,7 +316,7 @@ where
             Ok(resp) => return Ok(resp),
             Err(failed) => failed,
         };
-        if let Some(reject) = fault.lock().expect("fault lock").take() {
+        if let Some(reject) = fault.and_then(|f| f.lock().expect("fault lock").take()) {
             tracing::debug!("app {id}: request abandoned: {failure}");
             return Err(reject);
         }
