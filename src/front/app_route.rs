@@ -173,7 +173,7 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
         let spool = spool.filter(|s| !s.is_empty());
         let params = cgi_env::variables(req.parts, &script, &peer, length);
         let answer = if plan.protocol == Protocol::Cgi {
-            let script = (!req.extensions.is_empty()).then(|| filename.into_owned());
+            let script = (!req.extensions.is_empty()).then(|| filename.to_path_buf());
             cgi(
                 req.apps,
                 &id,
@@ -212,7 +212,7 @@ async fn fastcgi(
     apps: &Arc<Apps>,
     id: &AppId,
     pool: &crate::config::Pool,
-    params: Vec<(Vec<u8>, Vec<u8>)>,
+    params: cgi_env::Vars<'_>,
     body: Option<Spool>,
     error_log: Option<Arc<TenantLog>>,
 ) -> Result<Response<Body>, Reject> {
@@ -239,7 +239,7 @@ async fn cgi(
     id: &AppId,
     pool: &crate::config::Pool,
     script: Option<PathBuf>,
-    params: Vec<(Vec<u8>, Vec<u8>)>,
+    params: cgi_env::Vars<'_>,
     body: Option<Spool>,
     error_log: Option<Arc<TenantLog>>,
 ) -> Result<Response<Body>, Reject> {
