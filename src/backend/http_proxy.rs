@@ -343,8 +343,13 @@ fn closed_early(e: &hyper::Error) -> bool {
 }
 
 /// Whether a kept connection can take a request at once. Just after a
-/// response its connection task may not have run yet, so it gets a moment.
+/// response its connection task may not have run yet, so it gets a moment
+/// (a timer only then: nearly always it is ready at the first look).
 async fn idle_now(sender: &mut AppConn) -> bool {
+    if let Poll::Ready(ready) = std::future::poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await
+    {
+        return ready.is_ok();
+    }
     matches!(
         tokio::time::timeout(Duration::from_millis(5), sender.ready()).await,
         Ok(Ok(()))

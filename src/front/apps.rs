@@ -638,16 +638,17 @@ impl Apps {
             return;
         };
         let p = &mut pool.procs[i];
+        let now = Instant::now();
         p.active = p.active.saturating_sub(1);
         p.served += 1;
         p.fresh = false;
         if p.active == 0 {
-            p.idle_since = Instant::now();
+            p.idle_since = now;
         }
         if let Some(conn) = lease.conn.take()
             && p.conns.len() < concurrency as usize
         {
-            p.conns.push((conn, Instant::now()));
+            p.conns.push((conn, now));
         }
         // FastCGI servers such as php-cgi serve one connection at a time: a
         // kept one would block the next connection, so with several requests
