@@ -86,7 +86,11 @@ pub async fn serve(
     let mut stream = stream;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut out: Vec<u8> = Vec::with_capacity(4096);
-    let mut drain = shared.drain.clone();
+    let drain = shared.drain.clone();
+    // One wait for the drain for the whole connection: a `changed()` made
+    // per request registered and removed a waiter (a lock each) every time.
+    let mut drain_wait = shared.drain.clone();
+    let mut drained = pin!(drain_wait.changed());
     let mut served = false;
     let timer = pin!(sleep_until(Instant::now() + limits.header_timeout));
     let mut timer = timer;
@@ -137,7 +141,7 @@ pub async fn serve(
                     debug!("{}: no complete request within {allowed:?}; closing", info.peer);
                     return;
                 }
-                _ = drain.changed(), if buf.is_empty() => return,
+                _ = drained.as_mut(), if buf.is_empty() => return,
             }
         };
 
