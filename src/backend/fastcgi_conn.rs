@@ -49,7 +49,7 @@ const REQUEST_ID: u16 = 1;
 /// response body has been read to the end (the process is busy until then).
 pub async fn request(
     lease: Lease,
-    params: &[(Vec<u8>, Vec<u8>)],
+    params: &crate::backend::cgi_env::Vars<'_>,
     body: Option<Spool>,
     first_byte: Duration,
     idle: Duration,
@@ -59,10 +59,7 @@ pub async fn request(
     let keep = body.is_none();
     let mut head = BytesMut::with_capacity(1024);
     fastcgi::begin_request(&mut head, REQUEST_ID, keep);
-    let pairs: Vec<(&[u8], &[u8])> = params
-        .iter()
-        .map(|(k, v)| (k.as_slice(), v.as_slice()))
-        .collect();
+    let pairs: Vec<(&[u8], &[u8])> = params.iter().map(|(k, v)| (&**k, &**v)).collect();
     fastcgi::params(&mut head, REQUEST_ID, &pairs);
     if keep {
         fastcgi::stdin(&mut head, REQUEST_ID, &[]);

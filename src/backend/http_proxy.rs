@@ -46,7 +46,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::{BodyExt, Either, Empty};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -136,7 +136,9 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 /// Proxy headers a client may send to pass as someone else; never forwarded.
-/// berth sets the first five itself.
+/// berth sets the first five itself. ([`never_forwarded`] matches them; a
+/// test holds the two together.)
+#[cfg(test)]
 const PROXY_HEADERS: [HeaderName; 13] = [
     header::FORWARDED,
     X_FORWARDED_FOR,
@@ -341,8 +343,13 @@ fn closed_early(e: &hyper::Error) -> bool {
 }
 
 /// Whether a kept connection can take a request at once. Just after a
-/// response its connection task may not have run yet, so it gets a moment.
+/// response its connection task may not have run yet, so it gets a moment
+/// (a timer only then: nearly always it is ready at the first look).
 async fn idle_now(sender: &mut AppConn) -> bool {
+    if let Poll::Ready(ready) = std::future::poll_fn(|cx| Poll::Ready(sender.poll_ready(cx))).await
+    {
+        return ready.is_ok();
+    }
     matches!(
         tokio::time::timeout(Duration::from_millis(5), sender.ready()).await,
         Ok(Ok(()))
@@ -472,6 +479,11 @@ fn refuse_unless(
 }
 
 /// The request as the app gets it (see the module doc).
+///
+/// Built in one pass over the client's headers into a map sized for them and
+/// the proxy headers: what the app must not see is skipped, not copied and
+/// removed (a removal hashes and probes once per name; this ran for every
+/// proxied request and was a quarter of berth's own work on it).
 fn to_app<B>(
     parts: &Parts,
     body: Option<B>,
@@ -485,27 +497,43 @@ where
     let Parts {
         method,
         uri,
-        headers,
+        headers: client,
         ..
     } = parts;
-    let mut headers = headers.clone();
-    let upgrade_values: Vec<HeaderValue> = if upgrade {
-        headers.get_all(header::UPGRADE).iter().cloned().collect()
+    // Without a length hyper sends no body at all for GET and HEAD unless
+    // told it is chunked; without a body, a client's length means nothing.
+    let chunked = body
+        .as_ref()
+        .is_some_and(|b| b.size_hint().exact().is_none() && !b.is_end_stream());
+    let keep_length = body.is_some() && !chunked;
+    // Names the client's `Connection` lists are hop-by-hop too (never Host:
+    // `Connection: host` would leave the app guessing the site).
+    let named: Vec<&str> = if client.contains_key(header::CONNECTION) {
+        connection_tokens(client).collect()
     } else {
         Vec::new()
     };
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::EXPECT);
-    for name in PROXY_HEADERS {
-        headers.remove(name);
+    let mut headers = HeaderMap::with_capacity(client.len() + PROXY_SET + 3);
+    let mut has_host = false;
+    for (name, value) in client {
+        if never_forwarded(name)
+            || (*name == header::CONTENT_LENGTH && !keep_length)
+            || (!named.is_empty()
+                && *name != header::HOST
+                && named.iter().any(|t| t.eq_ignore_ascii_case(name.as_str())))
+        {
+            continue;
+        }
+        has_host |= *name == header::HOST;
+        headers.append(name.clone(), value.clone());
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        for value in upgrade_values {
-            headers.append(header::UPGRADE, value);
+        for value in client.get_all(header::UPGRADE) {
+            headers.append(header::UPGRADE, value.clone());
         }
     }
-    if !headers.contains_key(header::HOST) {
+    if !has_host {
         // HTTP/2 clients (and HTTP/1.0 ones) may send none; HTTP/1.1 needs it.
         let host = uri.authority().map_or(forwarded.host, |a| a.as_str());
         if let Ok(value) = HeaderValue::from_str(host) {
@@ -513,26 +541,19 @@ where
         }
     }
     set_proxy_headers(&mut headers, forwarded);
+    if chunked {
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
 
     let body = match body {
-        Some(body) => {
-            // Without a length hyper sends no body at all for GET and HEAD
-            // unless told it is chunked.
-            if body.size_hint().exact().is_none() && !body.is_end_stream() {
-                headers.remove(header::CONTENT_LENGTH);
-                headers.insert(
-                    header::TRANSFER_ENCODING,
-                    HeaderValue::from_static("chunked"),
-                );
-            }
-            Either::Left(body)
-        }
-        None => {
-            headers.remove(header::CONTENT_LENGTH);
-            Either::Right(Empty::new())
-        }
+        Some(body) => body.map_err(Into::<BoxError>::into).boxed_unsync(),
+        // A zero-sized body: boxing it allocates nothing.
+        None => Empty::new().map_err(|never| match never {}).boxed_unsync(),
     };
-    let mut req = Request::new(body.map_err(Into::<BoxError>::into).boxed_unsync());
+    let mut req = Request::new(body);
     *req.method_mut() = method.clone();
     *req.uri_mut() = uri
         .path_and_query()
@@ -542,6 +563,53 @@ where
     req
 }
 
+/// How many headers [`set_proxy_headers`] adds.
+const PROXY_SET: usize = 5;
+
+/// Whether a client's header never reaches an app under its own name:
+/// hop-by-hop ([`HOP_BY_HOP`]), `Expect` (the front end answered it), or a
+/// proxy header (`Forwarded`, `X-Forwarded-*`, `X-Real-IP` and other
+/// spoofable variants; berth sets its own). One `match`, not a
+/// lookup per name.
+fn never_forwarded(name: &HeaderName) -> bool {
+    is_hop_by_hop(name)
+        || matches!(
+            name.as_str(),
+            "expect"
+                | "forwarded"
+                | "x-forwarded-for"
+                | "x-forwarded-proto"
+                | "x-forwarded-host"
+                | "x-real-ip"
+                | "x-forwarded-port"
+                | "x-forwarded-prefix"
+                | "x-forwarded-protocol"
+                | "x-forwarded-scheme"
+                | "x-forwarded-ssl"
+                | "x-forwarded-server"
+                | "x-url-scheme"
+                | "front-end-https"
+        )
+}
+
+/// Whether `name` is one of [`HOP_BY_HOP`].
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+    )
+}
+
+/// Sets the proxy headers berth vouches for. Their values are written into
+/// one buffer and sliced from it: two allocations in all, no `format!`.
 fn set_proxy_headers(headers: &mut HeaderMap, forwarded: &Forwarded<'_>) {
     // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d.
     let ip = forwarded.client.ip().to_canonical();
@@ -550,44 +618,91 @@ fn set_proxy_headers(headers: &mut HeaderMap, forwarded: &Forwarded<'_>) {
     } else {
         "http"
     };
-    if let Ok(ip_text) = HeaderValue::from_str(&ip.to_string()) {
+    let host = Some(forwarded.host).filter(|h| valid_value(h));
+    let mut text = Vec::with_capacity(2 * 45 + 32 + 2 * forwarded.host.len());
+    write_ip(&mut text, ip);
+    let ip_end = text.len();
+    write_forwarded(&mut text, ip, proto, host);
+    let forwarded_end = text.len();
+    if let Some(host) = host {
+        text.extend_from_slice(host.as_bytes());
+    }
+    let text = Bytes::from(text);
+    let value = |range: std::ops::Range<usize>| HeaderValue::from_maybe_shared(text.slice(range));
+    if let Ok(ip_text) = value(0..ip_end) {
         headers.insert(X_FORWARDED_FOR, ip_text.clone());
         headers.insert(X_REAL_IP, ip_text);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    let host = HeaderValue::from_str(forwarded.host).ok();
-    let value = match host {
-        Some(host) => {
-            headers.insert(X_FORWARDED_HOST, host);
-            forwarded_value(ip, proto, Some(forwarded.host))
-        }
-        None => forwarded_value(ip, proto, None),
-    };
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    if host.is_some()
+        && let Ok(host) = value(forwarded_end..text.len())
+    {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    if let Ok(value) = value(ip_end..forwarded_end) {
         headers.insert(header::FORWARDED, value);
+    }
+}
+
+/// Whether `s` may be a header value as it is (what `HeaderValue::from_str`
+/// accepts).
+fn valid_value(s: &str) -> bool {
+    s.bytes().all(|b| (b >= 32 && b != 127) || b == b'\t')
+}
+
+/// The address as text (an IPv4 address digit by digit, without the
+/// formatting machinery).
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(digits.format(octet).as_bytes());
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
 /// `for=<ip>;proto=<proto>;host="<host>"`, an IPv6 address quoted and in
 /// brackets (RFC 7239 §6).
-fn forwarded_value(ip: IpAddr, proto: &str, host: Option<&str>) -> String {
-    let mut out = match ip {
-        IpAddr::V4(v4) => format!("for={v4}"),
-        IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
-    };
-    out.push_str(";proto=");
-    out.push_str(proto);
-    if let Some(host) = host {
-        out.push_str(";host=\"");
-        for c in host.chars() {
-            if c == '"' || c == '\\' {
-                out.push('\\');
-            }
-            out.push(c);
+fn write_forwarded(out: &mut Vec<u8>, ip: IpAddr, proto: &str, host: Option<&str>) {
+    match ip {
+        IpAddr::V4(_) => {
+            out.extend_from_slice(b"for=");
+            write_ip(out, ip);
         }
-        out.push('"');
+        IpAddr::V6(_) => {
+            out.extend_from_slice(b"for=\"[");
+            write_ip(out, ip);
+            out.extend_from_slice(b"]\"");
+        }
     }
-    out
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(proto.as_bytes());
+    if let Some(host) = host {
+        out.extend_from_slice(b";host=\"");
+        for b in host.bytes() {
+            if b == b'"' || b == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    }
+}
+
+#[cfg(test)]
+fn forwarded_value(ip: IpAddr, proto: &str, host: Option<&str>) -> String {
+    let mut out = Vec::new();
+    write_forwarded(&mut out, ip, proto, host);
+    String::from_utf8(out).expect("ASCII")
 }
 
 /// The tokens of every `Connection` header.
@@ -607,6 +722,11 @@ fn wants_upgrade(headers: &HeaderMap) -> bool {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most responses carry none: one pass over the names finds that out,
+    // where the removals below would hash and probe for each.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
@@ -1442,6 +1562,48 @@ mod tests {
             headers["forwarded"],
             "for=192.0.2.1;proto=http;host=\"alice.test\""
         );
+    }
+
+    #[test]
+    fn the_name_matches_cover_the_lists() {
+        for name in HOP_BY_HOP {
+            assert!(is_hop_by_hop(&name) && never_forwarded(&name), "{name}");
+        }
+        for name in PROXY_HEADERS.iter().chain([&header::EXPECT]) {
+            assert!(never_forwarded(name) && !is_hop_by_hop(name), "{name}");
+        }
+        for kept in ["host", "cookie", "x-forwarded", "x-app", "content-length"] {
+            let name = HeaderName::from_static(kept);
+            assert!(!never_forwarded(&name) && !is_hop_by_hop(&name), "{kept}");
+        }
+    }
+
+    #[test]
+    fn proxy_header_values_are_what_the_app_is_told() {
+        let mut headers = HeaderMap::new();
+        let fwd = Forwarded {
+            client: "203.0.113.254:1".parse().unwrap(),
+            proto_https: true,
+            host: "Alice.test:8443",
+        };
+        set_proxy_headers(&mut headers, &fwd);
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.254");
+        assert_eq!(headers["x-real-ip"], "203.0.113.254");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["x-forwarded-host"], "Alice.test:8443");
+        assert_eq!(
+            headers["forwarded"],
+            "for=203.0.113.254;proto=https;host=\"Alice.test:8443\""
+        );
+        // A host that cannot be a header value is left out, not passed on.
+        let mut headers = HeaderMap::new();
+        let fwd = Forwarded {
+            host: "a\nb",
+            ..fwd
+        };
+        set_proxy_headers(&mut headers, &fwd);
+        assert!(!headers.contains_key("x-forwarded-host"));
+        assert_eq!(headers["forwarded"], "for=203.0.113.254;proto=https");
     }
 
     #[test]

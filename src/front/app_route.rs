@@ -16,8 +16,9 @@
 //! - without: the app is mounted at the prefix: SCRIPT_NAME is the prefix,
 //!   PATH_INFO the rest, SCRIPT_FILENAME the app's program.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,32 +79,35 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
         Ok(root) => root,
         Err(why) => return Some(Err(Reject::Internal(why.clone()))),
     };
-    let id = AppId {
-        tenant: req.site.tenant.clone(),
-        app: req.app.to_string(),
-    };
-    let Some(plan) = req.apps.plan(&id) else {
+    let Some(plan) = req.apps.plan(&req.site.tenant, req.app) else {
+        let id = AppId {
+            tenant: req.site.tenant.clone(),
+            app: req.app.to_string(),
+        };
         return Some(Err(Reject::Internal(format!("app {id} is not configured"))));
     };
-    let (name, path_info, filename): (String, String, PathBuf) = if req.extensions.is_empty() {
-        let name = if req.prefix == "/" { "" } else { req.prefix };
-        let rest = &req.path[name.len()..];
-        (name.to_string(), rest.to_string(), plan.program.clone())
-    } else {
-        match split_script(req.path, req.extensions) {
-            Some((script, rest)) => match static_files::script_path(root, &script) {
-                Ok(file) => (script, rest, file),
-                Err(e) => return Some(Err(e)),
-            },
-            // A directory: its index.EXT, if there is one.
-            None if req.path.ends_with('/') => req.extensions.iter().find_map(|ext| {
-                let candidate = format!("{}index.{ext}", req.path);
-                let file = static_files::script_path(root, &candidate).ok()?;
-                Some((candidate, String::new(), file))
-            })?,
-            None => return None,
-        }
-    };
+    let id = &plan.id;
+    // (Borrowed for a mounted app: an HTTP app needs none of them.)
+    let (name, path_info, filename): (Cow<'_, str>, Cow<'_, str>, Cow<'_, Path>) =
+        if req.extensions.is_empty() {
+            let name = if req.prefix == "/" { "" } else { req.prefix };
+            let rest = &req.path[name.len()..];
+            (name.into(), rest.into(), plan.program.as_path().into())
+        } else {
+            match split_script(req.path, req.extensions) {
+                Some((script, rest)) => match static_files::script_path(root, &script) {
+                    Ok(file) => (script.into(), rest.into(), file.into()),
+                    Err(e) => return Some(Err(e)),
+                },
+                // A directory: its index.EXT, if there is one.
+                None if req.path.ends_with('/') => req.extensions.iter().find_map(|ext| {
+                    let candidate = format!("{}index.{ext}", req.path);
+                    let file = static_files::script_path(root, &candidate).ok()?;
+                    Some((candidate.into(), "".into(), file.into()))
+                })?,
+                None => return None,
+            }
+        };
     let body = req.body.filter(|b| !http_body::Body::is_end_stream(b));
     let head_only = req.parts.method == http::Method::HEAD;
     let answer = if plan.protocol == Protocol::Http {
@@ -114,23 +118,30 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
         };
         // HTTP apps stream the body on, after its first `request_buffer`
         // bytes (a small body whole) have come: a client trickling a small
-        // body holds no process.
-        let fault = ClientFault::default();
+        // body holds no process. Only a streamed body can fail the exchange
+        // for the client (`fault`).
+        let mut fault = None;
         let body = match body {
             None => None,
             Some(body) => match request_body::read_prefix(body, &req.body_limits).await {
                 Ok(Prefix::Whole(spool)) if spool.is_empty() => None,
                 Ok(Prefix::Whole(spool)) => Some(SpoolBody(spool).boxed_unsync()),
                 Ok(Prefix::Partial(head, rest)) => {
-                    let mut streamed = Streamed::new(head, rest, &req.body_limits);
-                    streamed.fault = fault.clone();
+                    let streamed = Streamed::new(head, rest, &req.body_limits);
+                    fault = Some(streamed.fault.clone());
                     Some(streamed.boxed_unsync())
                 }
                 Err(e) => return Some(Err(e)),
             },
         };
         http(
-            req.apps, &id, &plan.pool, req.parts, body, &forwarded, &fault,
+            req.apps,
+            id,
+            &plan.pool,
+            req.parts,
+            body,
+            &forwarded,
+            fault.as_ref(),
         )
         .await
     } else {
@@ -163,10 +174,10 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
         let params = cgi_env::variables(req.parts, &script, &peer, length);
         let log = req.error_log.clone();
         let answer = if plan.protocol == Protocol::Cgi {
-            let script = (!req.extensions.is_empty()).then_some(filename);
+            let script = (!req.extensions.is_empty()).then(|| filename.to_path_buf());
             cgi(
                 req.apps,
-                &id,
+                id,
                 &plan.pool,
                 script,
                 params,
@@ -175,7 +186,7 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
             )
             .await
         } else {
-            fastcgi(req.apps, &id, &plan.pool, params, spool, req.error_log).await
+            fastcgi(req.apps, id, &plan.pool, params, spool, req.error_log).await
         };
         answer.map(|resp| crate::backend::frame_cgi_response(resp, head_only, &id.to_string(), log))
     };
@@ -202,14 +213,13 @@ async fn fastcgi(
     apps: &Arc<Apps>,
     id: &AppId,
     pool: &crate::config::Pool,
-    params: Vec<(Vec<u8>, Vec<u8>)>,
+    params: cgi_env::Vars<'_>,
     body: Option<Spool>,
     error_log: Option<Arc<TenantLog>>,
 ) -> Result<Response<Body>, Reject> {
     let retry = body.is_none();
     let mut body = body;
-    let no_fault = ClientFault::default();
-    with_process(apps, id, pool, retry, &no_fault, |lease, first_byte| {
+    with_process(apps, id, pool, retry, None, |lease, first_byte| {
         let stderr = write_stderr(error_log.clone(), id);
         fastcgi_conn::request(
             lease,
@@ -230,7 +240,7 @@ async fn cgi(
     id: &AppId,
     pool: &crate::config::Pool,
     script: Option<PathBuf>,
-    params: Vec<(Vec<u8>, Vec<u8>)>,
+    params: cgi_env::Vars<'_>,
     body: Option<Spool>,
     error_log: Option<Arc<TenantLog>>,
 ) -> Result<Response<Body>, Reject> {
@@ -265,7 +275,7 @@ async fn http(
     parts: &Parts,
     body: Option<Body>,
     forwarded: &Forwarded<'_>,
-    fault: &ClientFault,
+    fault: Option<&ClientFault>,
 ) -> Result<Response<Body>, Reject> {
     let retry = body.is_none();
     let mut body = body;
@@ -286,7 +296,7 @@ async fn with_process<F, Fut>(
     id: &AppId,
     pool: &crate::config::Pool,
     retry: bool,
-    fault: &ClientFault,
+    fault: Option<&ClientFault>,
     mut exchange: F,
 ) -> Result<Response<Body>, Reject>
 where
@@ -307,7 +317,7 @@ where
             Ok(resp) => return Ok(resp),
             Err(failed) => failed,
         };
-        if let Some(reject) = fault.lock().expect("fault lock").take() {
+        if let Some(reject) = fault.and_then(|f| f.lock().expect("fault lock").take()) {
             tracing::debug!("app {id}: request abandoned: {failure}");
             return Err(reject);
         }

@@ -17,13 +17,16 @@
 //! The supervisor decides what runs: the front end can only name an app the
 //! configuration has, and ask for one more process of it or to stop one.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxBuildHasher;
 use tokio::net::UnixStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tracing::{debug, warn};
@@ -58,7 +61,7 @@ pub enum Overload {
 
 struct ProcState {
     slot: u32,
-    socket: PathBuf,
+    socket: Arc<Path>,
     port: Option<u16>,
     owner: Option<u32>,
     /// Idle keep-alive connections (HTTP apps), at most `concurrency`, with
@@ -78,7 +81,10 @@ struct ProcState {
 }
 
 struct AppPool {
-    plan: AppPlan,
+    /// Shared with every lease of the app (a reference count per request,
+    /// not a copy of the names).
+    id: Arc<AppId>,
+    plan: Arc<AppPlan>,
     /// CGI scripts running at once, at most `max_processes`.
     runs: Arc<Semaphore>,
     /// CGI requests waiting for room under `max_processes`.
@@ -104,7 +110,7 @@ enum Grant {
 /// A [`Grant::Retry`] not acted on yet.
 struct RetryToken {
     apps: Arc<Apps>,
-    app: AppId,
+    app: Arc<AppId>,
     armed: bool,
 }
 
@@ -116,9 +122,9 @@ impl Drop for RetryToken {
                 .pools
                 .lock()
                 .expect("apps lock")
-                .get_mut(&self.app)
+                .get_mut(&*self.app)
         {
-            retry_one(&self.apps, &self.app, pool);
+            retry_one(&self.apps, pool);
         }
     }
 }
@@ -126,7 +132,7 @@ impl Drop for RetryToken {
 /// A process handed to one request: what its [`Lease`] needs.
 struct Granted {
     slot: u32,
-    socket: PathBuf,
+    socket: Arc<Path>,
     port: Option<u16>,
     owner: Option<u32>,
     fresh: bool,
@@ -167,7 +173,7 @@ impl ProcState {
     fn new(p: AppProcess) -> ProcState {
         ProcState {
             slot: p.slot,
-            socket: p.socket,
+            socket: p.socket.into(),
             port: p.port,
             owner: p.owner,
             conns: Vec::new(),
@@ -183,13 +189,54 @@ impl ProcState {
 
 /// Every app's pool, shared by all workers.
 pub struct Apps {
-    pools: Mutex<HashMap<AppId, AppPool>>,
+    pools: Mutex<HashMap<AppId, AppPool, FxBuildHasher>>,
     channel: Arc<OwnedFd>,
     next_req: AtomicU64,
     /// Start requests sent to the supervisor: for which app, and who waits.
     pending: Mutex<HashMap<u64, (AppId, oneshot::Sender<StartAnswer>)>>,
     pending_cgi: Mutex<HashMap<u64, oneshot::Sender<CgiAnswer>>>,
 }
+
+/// An app's name borrowed as (tenant, app), so that a pool is found without
+/// building an [`AppId`] (two strings) per request. Hashes and compares as
+/// `AppId`'s derived `Hash` and `Eq` do: the tenant, then the app.
+trait AppKey {
+    fn key(&self) -> (&str, &str);
+}
+
+impl AppKey for AppId {
+    fn key(&self) -> (&str, &str) {
+        (&self.tenant, &self.app)
+    }
+}
+
+impl AppKey for (&str, &str) {
+    fn key(&self) -> (&str, &str) {
+        *self
+    }
+}
+
+impl<'a> Borrow<dyn AppKey + 'a> for AppId {
+    fn borrow(&self) -> &(dyn AppKey + 'a) {
+        self
+    }
+}
+
+impl Hash for dyn AppKey + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (tenant, app) = self.key();
+        tenant.hash(state);
+        app.hash(state);
+    }
+}
+
+impl PartialEq for dyn AppKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for dyn AppKey + '_ {}
 
 /// What the supervisor answers to a start request.
 type StartAnswer = Result<AppProcess, StartRefused>;
@@ -209,10 +256,10 @@ pub struct CgiRun {
 /// One process, held for one request.
 pub struct Lease {
     apps: Arc<Apps>,
-    pub app: AppId,
+    pub app: Arc<AppId>,
     pub slot: u32,
     /// Its Unix socket (empty when it listens on `port`).
-    pub socket: PathBuf,
+    pub socket: Arc<Path>,
     /// The app listens on 127.0.0.1 at this port.
     pub port: Option<u16>,
     /// The app binds by itself: its listener must belong to this uid.
@@ -241,7 +288,7 @@ const KEPT_FOR: Duration = Duration::from_secs(1);
 impl Apps {
     pub fn new(channel: Arc<OwnedFd>) -> Apps {
         Apps {
-            pools: Mutex::new(HashMap::new()),
+            pools: Mutex::new(HashMap::default()),
             channel,
             next_req: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
@@ -261,14 +308,14 @@ impl Apps {
                         // Runs under the old limit finish under it.
                         pool.runs = Arc::new(Semaphore::new(plan.pool.max_processes as usize));
                     }
-                    pool.plan = plan.clone();
+                    pool.plan = Arc::new(plan.clone());
                     // A higher concurrency or max_processes: room for waiters.
                     for i in 0..pool.procs.len() {
-                        hand_off(self, &plan.id, pool, i);
+                        hand_off(self, pool, i);
                     }
                     let total = pool.procs.len() as u32 + pool.starting;
                     for _ in total..plan.pool.max_processes {
-                        retry_one(self, &plan.id, pool);
+                        retry_one(self, pool);
                     }
                 }
                 None => {
@@ -277,7 +324,8 @@ impl Apps {
                         AppPool {
                             runs: Arc::new(Semaphore::new(plan.pool.max_processes as usize)),
                             cgi_waiting: Arc::new(AtomicU32::new(0)),
-                            plan: plan.clone(),
+                            id: Arc::new(plan.id.clone()),
+                            plan: Arc::new(plan.clone()),
                             procs: Vec::new(),
                             starting: 0,
                             waiters: VecDeque::new(),
@@ -288,12 +336,12 @@ impl Apps {
         }
     }
 
-    /// The plan of an app, if configured.
-    pub fn plan(&self, id: &AppId) -> Option<AppPlan> {
+    /// The plan of `tenant`'s app `app`, if configured.
+    pub fn plan(&self, tenant: &str, app: &str) -> Option<Arc<AppPlan>> {
         self.pools
             .lock()
             .expect("apps lock")
-            .get(id)
+            .get(&(tenant, app) as &dyn AppKey)
             .map(|p| p.plan.clone())
     }
 
@@ -318,7 +366,7 @@ impl Apps {
                 // An idle process first; then a new one while there is room;
                 // then the least busy one that can take another request.
                 if let Some(p) = pool.procs.iter_mut().find(|p| !p.draining && p.active == 0) {
-                    return Ok(self.lease_of(id, p.grant(max_requests)));
+                    return Ok(self.lease_of(&pool.id, p.grant(max_requests)));
                 }
                 let total = pool.procs.len() as u32 + pool.starting;
                 let Pool {
@@ -343,7 +391,7 @@ impl Apps {
                     .filter(|p| !p.draining && p.active < concurrency)
                     .min_by_key(|p| p.active)
                 {
-                    return Ok(self.lease_of(id, p.grant(max_requests)));
+                    return Ok(self.lease_of(&pool.id, p.grant(max_requests)));
                 } else {
                     // Requests that went away leave no place behind.
                     pool.waiters.retain(|w| !w.is_closed());
@@ -417,7 +465,7 @@ impl Apps {
         }
     }
 
-    fn lease_of(self: &Arc<Self>, id: &AppId, g: Granted) -> Lease {
+    fn lease_of(self: &Arc<Self>, id: &Arc<AppId>, g: Granted) -> Lease {
         Lease {
             apps: self.clone(),
             app: id.clone(),
@@ -522,15 +570,15 @@ impl Apps {
         match process {
             Some(p) => {
                 let mut proc = ProcState::new(p);
-                let lease = self.lease_of(id, proc.grant(pool.plan.pool.max_requests));
+                let lease = self.lease_of(&pool.id, proc.grant(pool.plan.pool.max_requests));
                 pool.procs.push(proc);
                 // Room for more requests on it (concurrency > 1): waiters.
                 let last = pool.procs.len() - 1;
-                hand_off(self, id, pool, last);
+                hand_off(self, pool, last);
                 Some(lease)
             }
             None => {
-                retry_one(self, id, pool);
+                retry_one(self, pool);
                 None
             }
         }
@@ -557,7 +605,7 @@ impl Apps {
         {
             pool.procs.push(ProcState::new(process));
             let last = pool.procs.len() - 1;
-            hand_off(self, id, pool, last);
+            hand_off(self, pool, last);
         }
     }
 
@@ -566,7 +614,7 @@ impl Apps {
         let mut pools = self.pools.lock().expect("apps lock");
         if let Some(pool) = pools.get_mut(id) {
             pool.procs.retain(|p| p.slot != slot);
-            retry_one(self, id, pool);
+            retry_one(self, pool);
         }
     }
 
@@ -578,7 +626,7 @@ impl Apps {
 
     fn release(self: &Arc<Self>, lease: &mut Lease) {
         let mut pools = self.pools.lock().expect("apps lock");
-        let Some(pool) = pools.get_mut(&lease.app) else {
+        let Some(pool) = pools.get_mut(&*lease.app) else {
             return;
         };
         let Pool {
@@ -590,16 +638,17 @@ impl Apps {
             return;
         };
         let p = &mut pool.procs[i];
+        let now = Instant::now();
         p.active = p.active.saturating_sub(1);
         p.served += 1;
         p.fresh = false;
         if p.active == 0 {
-            p.idle_since = Instant::now();
+            p.idle_since = now;
         }
         if let Some(conn) = lease.conn.take()
             && p.conns.len() < concurrency as usize
         {
-            p.conns.push((conn, Instant::now()));
+            p.conns.push((conn, now));
         }
         // FastCGI servers such as php-cgi serve one connection at a time: a
         // kept one would block the next connection, so with several requests
@@ -618,9 +667,9 @@ impl Apps {
             // any request can ask it for a replacement (it would still
             // count the old process against max_processes).
             self.retire(&lease.app, lease.slot);
-            retry_one(self, &lease.app, pool);
+            retry_one(self, pool);
         } else {
-            hand_off(self, &lease.app, pool, i);
+            hand_off(self, pool, i);
         }
     }
 
@@ -683,8 +732,9 @@ impl Drop for Place<'_> {
 
 /// Process `i` can take requests again: as many as it has room for go to the
 /// oldest waiting requests still there. Called under the pools lock.
-fn hand_off(apps: &Arc<Apps>, id: &AppId, pool: &mut AppPool, i: usize) {
+fn hand_off(apps: &Arc<Apps>, pool: &mut AppPool, i: usize) {
     let AppPool {
+        id,
         procs,
         waiters,
         plan,
@@ -708,11 +758,11 @@ fn hand_off(apps: &Arc<Apps>, id: &AppId, pool: &mut AppPool, i: usize) {
 
 /// Room for one more process: the oldest waiting request may start it.
 /// Called under the pools lock.
-fn retry_one(apps: &Arc<Apps>, id: &AppId, pool: &mut AppPool) {
+fn retry_one(apps: &Arc<Apps>, pool: &mut AppPool) {
     while let Some(w) = pool.waiters.pop_front() {
         let token = RetryToken {
             apps: apps.clone(),
-            app: id.clone(),
+            app: pool.id.clone(),
             armed: true,
         };
         match w.send(Grant::Retry(token)) {

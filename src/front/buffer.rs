@@ -54,8 +54,20 @@ pub struct BufferLimits {
     pub send_timeout: Duration,
 }
 
-/// Called when a client let a response stall past `send_timeout`.
-pub type OnStall = Arc<dyn Fn() + Send + Sync>;
+/// Told when a client let a response stall past `send_timeout`: the
+/// connection's `Activity` (a reference to it, not a closure allocated per
+/// request), or any `Fn()`.
+pub trait Stall: Send + Sync {
+    fn stalled(&self);
+}
+
+impl<F: Fn() + Send + Sync> Stall for F {
+    fn stalled(&self) {
+        self()
+    }
+}
+
+pub type OnStall = Arc<dyn Stall>;
 
 /// nginx's header for an app to turn buffering off (or on) per response.
 const X_ACCEL_BUFFERING: &str = "x-accel-buffering";
@@ -72,8 +84,9 @@ pub fn response(
     let total = body.size_hint().exact();
 
     // What the app has sent already, without waiting (within this
-    // response's memory and the process's budget).
-    let mut ready = VecDeque::new();
+    // response's memory and the process's budget). Most bodies are one
+    // piece: it needs no queue.
+    let mut ready = Pieces::default();
     let mut ready_len = 0;
     let mut reserved = Reservation::default();
     let mut trailers = None;
@@ -87,7 +100,7 @@ pub fn response(
                 Ok(data) => {
                     let fits = reserved.try_add(data.len());
                     ready_len += data.len();
-                    ready.push_back(data);
+                    ready.push(data);
                     if !fits {
                         // The spool below puts it in the file.
                         break false;
@@ -124,7 +137,7 @@ pub fn response(
         if streaming { None } else { limits.tmp.clone() },
     );
     drop(reserved);
-    for data in ready {
+    for data in ready.first.into_iter().chain(ready.rest) {
         spool
             .push(data)
             .map_err(|e| Reject::Internal(format!("response buffer: {e}")))?;
@@ -302,7 +315,7 @@ async fn pump(
     drop(body);
     if stalled {
         tracing::debug!("response abandoned: the client took nothing for {send_timeout:?}");
-        on_stall();
+        on_stall.stalled();
     }
 }
 
@@ -371,9 +384,35 @@ impl Drop for Buffered {
     }
 }
 
+/// Pieces of a body in order: the first one apart, so that a body of one
+/// piece allocates no queue.
+#[derive(Default)]
+struct Pieces {
+    first: Option<Bytes>,
+    rest: VecDeque<Bytes>,
+}
+
+impl Pieces {
+    fn push(&mut self, data: Bytes) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(data);
+        } else {
+            self.rest.push_back(data);
+        }
+    }
+
+    fn pop(&mut self) -> Option<Bytes> {
+        self.first.take().or_else(|| self.rest.pop_front())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none() && self.rest.is_empty()
+    }
+}
+
 /// A response body complete in memory.
 struct Ready {
-    chunks: VecDeque<Bytes>,
+    chunks: Pieces,
     len: u64,
     trailers: Option<HeaderMap>,
     /// Its share of the process's memory budget.
@@ -388,7 +427,7 @@ impl HttpBody for Ready {
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        if let Some(data) = self.chunks.pop_front() {
+        if let Some(data) = self.chunks.pop() {
             self.len -= data.len() as u64;
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }

@@ -674,6 +674,12 @@ impl Activity {
     }
 }
 
+impl super::buffer::Stall for Activity {
+    fn stalled(&self) {
+        self.abandon();
+    }
+}
+
 const NOT_STALLED: u64 = u64::MAX;
 const NOT_WAITING: u64 = u64::MAX;
 

@@ -54,6 +54,9 @@ impl Key {
 pub struct Cached {
     pub etag: HeaderValue,
     pub last_modified: Option<HeaderValue>,
+    /// The `Content-Length` of the whole file (formatting it allocated a
+    /// value per request).
+    pub length: HeaderValue,
     /// The whole contents, for files up to [`MAX_FILE`].
     pub bytes: Option<Bytes>,
 }
@@ -119,6 +122,7 @@ mod tests {
         Cached {
             etag: HeaderValue::from_static("\"x\""),
             last_modified: None,
+            length: HeaderValue::from(bytes.len()),
             bytes: Some(Bytes::from_static(bytes)),
         }
     }

@@ -2,6 +2,7 @@
 //! handler (static files or redirect) → access log. Everything that is not a normal
 //! answer is a [`Reject`], turned into a response in `respond`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -10,7 +11,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use percent_encoding::utf8_percent_encode;
 
-use super::access_log::{Counted, Entry};
+use super::access_log::{Counted, Done, Entry};
 use super::body::{self, Body};
 use super::buffer::{BufferLimits, OnStall};
 use super::conn::{Activity, ConnInfo};
@@ -43,10 +44,7 @@ pub async fn respond(
     let time = SystemTime::now();
     activity.begin();
     let generation = shared.current.load_full();
-    let on_stall: OnStall = {
-        let activity = activity.clone();
-        Arc::new(move || activity.abandon())
-    };
+    let on_stall: OnStall = activity.clone();
     let mut body = body;
     let (site, user, result) = route(&parts, &mut body, conn, shared, &generation, &on_stall).await;
     if let Some(body) = body {
@@ -74,12 +72,7 @@ pub async fn respond(
         Some((file, entry))
     });
     let progress = activity.watch_response();
-    let done = Box::new(move |bytes: u64| {
-        if let Some((file, entry)) = log {
-            entry.write(&file, bytes);
-        }
-        activity.end();
-    });
+    let done = Done { log, activity };
     Response::from_parts(head, Counted::new(body, done, progress))
 }
 
@@ -252,7 +245,7 @@ async fn route(
 /// than the authority, are refused (RFC 9112 §3.2, RFC 9113 §8.3.1): a proxy in
 /// front of berth might read the other one and file one tenant's response under
 /// another tenant's name.
-fn request_host(parts: &Parts) -> Result<String, Reject> {
+fn request_host(parts: &Parts) -> Result<Cow<'_, str>, Reject> {
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     let header_host = hosts.next();
     if hosts.next().is_some() {

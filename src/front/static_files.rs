@@ -203,6 +203,7 @@ fn respond(
             let cached = file_cache::Cached {
                 etag,
                 last_modified: http_date(mtime),
+                length: HeaderValue::from(size),
                 bytes,
             };
             CACHE.insert(key, cached.clone());
@@ -250,30 +251,37 @@ fn respond(
 
     let len = end - start;
     headers.insert(header::CONTENT_TYPE, content_type);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    let length = if len == size {
+        cached.length.clone()
+    } else {
+        HeaderValue::from(len)
+    };
+    headers.insert(header::CONTENT_LENGTH, length);
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Some(enc) = rep.encoding {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
     }
 
-    let fd = Arc::new(rep.fd);
-    let body = if head {
-        body::empty()
-    } else if let Some(bytes) = &cached.bytes {
+    let sendfile = !head && len >= SENDFILE_MIN;
+    // The fd is kept only by what reads from it: a small cached body (or a
+    // HEAD) closes it here.
+    let fd = (!head && (sendfile || cached.bytes.is_none())).then(|| Arc::new(rep.fd));
+    let body = match (&cached.bytes, &fd) {
         // `end` <= `size` <= MAX_FILE: fits in usize.
-        body::full(bytes.slice(start as usize..end as usize))
-    } else {
-        FileBody {
+        (Some(bytes), _) if !head => body::full(bytes.slice(start as usize..end as usize)),
+        (None, Some(fd)) => FileBody {
             fd: fd.clone(),
             pos: start,
             end,
         }
-        .boxed_unsync()
+        .boxed_unsync(),
+        // HEAD
+        _ => body::empty(),
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
-    if !head && len >= SENDFILE_MIN {
+    if sendfile && let Some(fd) = fd {
         resp.extensions_mut().insert(FileRange { fd, start, end });
     }
     Ok(resp)

@@ -3,12 +3,16 @@
 //! Request flow position: after accept/TLS, before the handler. The host comes
 //! from the request (`:authority` or `Host`), the path from `path::normalize`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+
+use rustc_hash::FxBuildHasher;
 
 /// Host name → site. `S` is whatever the front end keeps per site.
 #[derive(Debug)]
 pub struct Router<S> {
-    by_host: HashMap<String, usize>,
+    /// (Fx: its keys come from the configuration; a client only looks up.)
+    by_host: HashMap<String, usize, FxBuildHasher>,
     sites: Vec<S>,
 }
 
@@ -16,7 +20,7 @@ impl<S> Router<S> {
     /// Builds the table; `hosts` of each site must already be lowercase and
     /// unique across sites (the configuration guarantees both).
     pub fn new(sites: Vec<(Vec<String>, S)>) -> Router<S> {
-        let mut by_host = HashMap::new();
+        let mut by_host = HashMap::default();
         let mut out = Vec::with_capacity(sites.len());
         for (i, (hosts, site)) in sites.into_iter().enumerate() {
             for h in hosts {
@@ -43,7 +47,8 @@ impl<S> Router<S> {
 
 /// Lowercases a Host header or authority and strips the port and a trailing dot.
 /// Returns None for values that are not a plausible host name or IP literal.
-pub fn normalize_host(raw: &str) -> Option<String> {
+/// A name that is lowercase already is borrowed, not copied.
+pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
     let raw = raw.trim();
     let host = if let Some(rest) = raw.strip_prefix('[') {
         // IPv6 literal: "[::1]:8080" → "[::1]"
@@ -52,7 +57,10 @@ pub fn normalize_host(raw: &str) -> Option<String> {
         if !(after.is_empty() || valid_port(after.strip_prefix(':')?)) {
             return None;
         }
-        return Some(format!("[{}]", rest[..end].to_ascii_lowercase()));
+        return Some(Cow::Owned(format!(
+            "[{}]",
+            rest[..end].to_ascii_lowercase()
+        )));
     } else {
         match raw.rsplit_once(':') {
             Some((h, port)) if valid_port(port) => h,
@@ -68,7 +76,11 @@ pub fn normalize_host(raw: &str) -> Option<String> {
     {
         return None;
     }
-    Some(host.to_ascii_lowercase())
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 fn valid_port(p: &str) -> bool {
