@@ -157,6 +157,20 @@ const BIG_PHP: &str = "<?php header('Content-Type: application/octet-stream'); e
 /// Declares 3 bytes, sends 6.
 const LONG_PHP: &str = "<?php header('Content-Length: 3'); echo 'abcdef';";
 
+/// A route `/pys` to a second HTTP app on the same program (`pys`) that
+/// takes request bodies as they come (`request_buffering = false`).
+const STREAMING_APP: &str = r#"
+[[tenant.ta.site.route]]
+path = "/pys"
+app = "pys"
+
+[tenant.ta.app.pys]
+protocol = "http"
+command = ["/usr/bin/python3", "APP_PY"]
+dir = "HOME"
+request_buffering = false
+"#;
+
 struct Setup {
     _dir: Dir,
     a: Home,
@@ -168,6 +182,7 @@ struct Setup {
 /// CGI (`cgi`), `/py` mounted on the python app (`py`); `routes` adds
 /// `[[tenant.ta.site.route]]` tables. Tenant `tb` (b.test): `*.php` to
 /// php-cgi. Every pool has `pool` settings; `server` goes into `[server]`.
+/// (`APP_PY` and `HOME` in `routes` stand for tenant a's app.py and home.)
 fn start(server: &str, pool: &str, routes: &str) -> Setup {
     require_root();
     let dir = Dir::new();
@@ -210,6 +225,9 @@ fn start(server: &str, pool: &str, routes: &str) -> Setup {
         "#!/bin/sh\nprintf 'Content-Type: text/plain\\nContent-Length: 100\\n\\nsh'\nsleep 0.3\nprintf 'ort'\n",
         0o755,
     );
+    let routes = routes
+        .replace("APP_PY", a.join("app.py").to_str().unwrap())
+        .replace("HOME", a.path.to_str().unwrap());
     let tenants = format!(
         r#"{site_a}
 [[tenant.ta.site.route]]
@@ -375,20 +393,27 @@ max_body = "1MiB"
 
 #[test]
 fn a_streamed_body_past_max_body_is_refused_and_no_app_takes_it_as_whole() {
-    let t = start("max_body = \"100KiB\"\nrequest_buffer = \"16KiB\"", "", "");
+    let t = start(
+        "max_body = \"100KiB\"\nrequest_buffer = \"16KiB\"",
+        "",
+        STREAMING_APP,
+    );
     let body = payload(300_000);
     for path in ["/up.php", "/cgi-bin/echo.cgi", "/py/upload"] {
         let r = post_chunked(t.s.addr(), "a.test", path, &body, 4096);
         assert_eq!(r.status, 413, "{path}: {r:?}\n{}", t.s.output());
     }
-    // FastCGI and CGI apps never ran; the HTTP app saw a cut body, never a
-    // complete one.
+    // Apps that get whole bodies never ran.
     assert!(!t.a.join("php-ran.log").exists());
     assert!(!t.a.join("cgi-ran.log").exists());
+    assert!(lines(t.a.join("bodies.log")).is_empty());
+    // One that takes it as it comes saw a cut body, never a complete one.
+    let r = post_chunked(t.s.addr(), "a.test", "/pys/upload", &body, 4096);
+    assert_eq!(r.status, 413, "{r:?}\n{}", t.s.output());
     assert!(
         eventually(Duration::from_secs(5), || !lines(t.a.join("bodies.log"))
             .is_empty()),
-        "the HTTP app heard nothing of the body\n{}",
+        "the streaming HTTP app heard nothing of the body\n{}",
         t.s.output()
     );
     let log = lines(t.a.join("bodies.log"));
@@ -398,9 +423,11 @@ fn a_streamed_body_past_max_body_is_refused_and_no_app_takes_it_as_whole() {
     );
     // Within the limit, all is well.
     let small = payload(50_000);
-    let r = post_chunked(t.s.addr(), "a.test", "/py/upload", &small, 4096);
-    assert_eq!(r.status, 200);
-    assert_eq!(r.json()["md5"], md5_of(&small));
+    for path in ["/py/upload", "/pys/upload"] {
+        let r = post_chunked(t.s.addr(), "a.test", path, &small, 4096);
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.json()["md5"], md5_of(&small));
+    }
 }
 
 #[test]
@@ -670,4 +697,103 @@ fn an_event_stream_quiet_longer_than_send_timeout_is_not_cut() {
     let mut text = String::new();
     std::io::Read::read_to_string(&mut r, &mut text).unwrap();
     assert_eq!(text, "data: 0\n\ndata: 1\n\ndata: 2\n\n");
+}
+
+/// A POST to `path` declaring `len` bytes: `first` at once, then one byte
+/// every `gap`, `drips` times, on a thread of its own; returns it.
+fn slow_upload(
+    addr: SocketAddr,
+    path: &str,
+    len: usize,
+    first: usize,
+    drips: usize,
+    gap: Duration,
+) -> std::thread::JoinHandle<()> {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: a.test\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    std::thread::spawn(move || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(head.as_bytes()).unwrap();
+        c.write_all(&payload(first)).unwrap();
+        for _ in 0..drips {
+            std::thread::sleep(gap);
+            if c.write_all(b"x").is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[test]
+fn slow_uploads_to_an_http_app_do_not_hold_its_processes() {
+    // The review's attack: bodies that announce 100 kB, send 70 kB (past the
+    // first request_buffer) and then a byte now and then held the app's only
+    // process (streamed to it), for as long as the client liked; everyone
+    // else waited for it.
+    let t = start("", "max_processes = 1\ntimeout = \"30s\"", "");
+    let uploads: Vec<_> = (0..2)
+        .map(|_| {
+            slow_upload(
+                t.s.addr(),
+                "/py/upload",
+                100_000,
+                70_000,
+                8,
+                Duration::from_millis(500),
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let head = "GET /py/big?n=10 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n";
+    let (raw, closed) = exchange(t.s.addr(), head, &[], Duration::from_secs(10));
+    assert!(
+        closed && !raw.is_empty(),
+        "no answer within 10 s: a slow upload holds the app\n{}",
+        t.s.output()
+    );
+    assert_eq!(parse(&raw).status, 200);
+    for u in uploads {
+        u.join().unwrap();
+    }
+    // The uploads never reached the app: no body was cut at it.
+    assert!(
+        lines(t.a.join("bodies.log"))
+            .iter()
+            .all(|l| !l.starts_with("cut ")),
+        "{:?}",
+        lines(t.a.join("bodies.log"))
+    );
+}
+
+#[test]
+fn an_upload_slower_than_the_apps_timeout_is_not_cut() {
+    // A real upload at 100 kB/s for 4 s, against an app `timeout` of 2 s:
+    // the app was given its timeout from the first byte, so it got 504 (or,
+    // fresh, `start_timeout`) and its process was killed, for the client's
+    // slowness. Buffered (the default) and streamed (request_buffering =
+    // false, where the timeout counts from the body's end).
+    let t = start(
+        "",
+        "timeout = \"2s\"\nstart_timeout = \"2s\"",
+        &format!("{STREAMING_APP}timeout = \"2s\"\nstart_timeout = \"2s\"\n"),
+    );
+    let body = payload(400_000);
+    for path in ["/py/upload", "/pys/upload"] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: a.test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let mut c = TcpStream::connect(t.s.addr()).unwrap();
+        c.write_all(head.as_bytes()).unwrap();
+        for piece in body.chunks(25_000) {
+            c.write_all(piece).unwrap();
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let (raw, closed) = read_until_closed(&mut c, Duration::from_secs(20));
+        assert!(closed);
+        let r = parse(&raw);
+        assert_eq!(r.status, 200, "{path}: {r:?}\n{}", t.s.output());
+        assert_eq!(r.json()["md5"], md5_of(&body), "{path}");
+    }
 }

@@ -38,6 +38,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -57,6 +58,7 @@ use tracing::debug;
 use super::AppFailure;
 use crate::front::apps::Lease;
 use crate::front::body::Body;
+use crate::front::request_body::Sent;
 
 /// Who asked, as berth saw it: what the app is told in the proxy headers.
 pub struct Forwarded<'a> {
@@ -183,6 +185,7 @@ pub async fn request(
     forwarded: &Forwarded<'_>,
     first_byte: Duration,
     idle: Duration,
+    sent: Option<Arc<Sent>>,
 ) -> Result<Response<Body>, (AppFailure, Lease)> {
     let socket = lease.socket.clone();
     let target = Target {
@@ -194,6 +197,7 @@ pub async fn request(
         first_byte,
         fresh: lease.fresh,
         idle,
+        sent,
     };
     exchange(&target, lease, parts, body, forwarded, timing).await
 }
@@ -203,6 +207,35 @@ struct Timing {
     /// Whether a missed `first_byte` is a start-up failure.
     fresh: bool,
     idle: Duration,
+    /// A body streamed from the client: `first_byte` counts from its end.
+    sent: Option<Arc<Sent>>,
+}
+
+impl Timing {
+    /// Runs `fut` (sending the request, waiting for the head) until
+    /// `deadline`; while a streamed body is still coming from the client, the
+    /// deadline moves: the app's time to answer starts at the body's end (the
+    /// client's own silence is bounded by `body_timeout` meanwhile).
+    async fn in_time<F: std::future::Future>(
+        &self,
+        fut: F,
+        deadline: Instant,
+    ) -> Option<F::Output> {
+        let mut fut = std::pin::pin!(fut);
+        let mut deadline = deadline;
+        loop {
+            match timeout_at(deadline, fut.as_mut()).await {
+                Ok(out) => return Some(out),
+                Err(_) => match self.sent.as_deref().map(Sent::finished_at) {
+                    Some(None) => deadline = Instant::now() + self.first_byte,
+                    Some(Some(at)) if at + self.first_byte > Instant::now() => {
+                        deadline = at + self.first_byte;
+                    }
+                    _ => return None,
+                },
+            }
+        }
+    }
 }
 
 /// The exchange behind [`request`]. `guard` stands for the lease: anything
@@ -250,9 +283,9 @@ where
         && idle_now(&mut sender).await
         && let Err(req) = answer
     {
-        answer = match timeout_at(deadline, sender.try_send_request(req)).await {
-            Ok(Ok(resp)) => Ok((resp, sender)),
-            Ok(Err(mut e)) => match e.take_message() {
+        answer = match timing.in_time(sender.try_send_request(req), deadline).await {
+            Some(Ok(resp)) => Ok((resp, sender)),
+            Some(Err(mut e)) => match e.take_message() {
                 Some(back) => Err(back),
                 None if again && closed_early(e.error()) => {
                     debug!("kept connection to an HTTP app closed; sending again");
@@ -260,7 +293,7 @@ where
                 }
                 None => return Err((failure(e.into_error()), guard)),
             },
-            Err(_) => return Err((late(), guard)),
+            None => return Err((late(), guard)),
         };
     }
     let (mut resp, sender) = match answer {
@@ -283,15 +316,19 @@ where
                     debug!("connection to an HTTP app: {}", chain(&e));
                 }
             });
-            let answer = timeout_at(deadline, async {
-                sender.ready().await?;
-                sender.send_request(req).await
-            })
-            .await;
+            let answer = timing
+                .in_time(
+                    async {
+                        sender.ready().await?;
+                        sender.send_request(req).await
+                    },
+                    deadline,
+                )
+                .await;
             match answer {
-                Ok(Ok(resp)) => (resp, sender),
-                Ok(Err(e)) => return Err((failure(e), guard)),
-                Err(_) => return Err((late(), guard)),
+                Some(Ok(resp)) => (resp, sender),
+                Some(Err(e)) => return Err((failure(e), guard)),
+                None => return Err((late(), guard)),
             }
         }
     };
@@ -915,6 +952,7 @@ mod tests {
             first_byte,
             fresh,
             idle: Duration::from_secs(5),
+            sent: None,
         }
     }
 

@@ -58,6 +58,12 @@ pub struct Pool {
     /// the body) before 504; a CGI script is killed once it has run this long.
     /// A request waits at most this long in the queue for a process (then 503).
     pub timeout: Duration,
+    /// HTTP apps: the request body is read whole before a process is taken
+    /// (as nginx's `proxy_request_buffering`), so a slow client holds no
+    /// process. `false` streams it (after its first `request_buffer` bytes),
+    /// for apps that must see an upload as it comes. FastCGI and CGI apps
+    /// always get the whole body (CGI's `CONTENT_LENGTH`).
+    pub request_buffering: bool,
 }
 
 impl Default for Pool {
@@ -70,6 +76,7 @@ impl Default for Pool {
             max_requests: 10_000,
             start_timeout: Duration::from_secs(10),
             queue: 64,
+            request_buffering: true,
             timeout: Duration::from_secs(60),
         }
     }
@@ -135,6 +142,9 @@ fn read_pool(mut t: TableReader<'_>, base: Pool) -> Pool {
     }
     if let Some(n) = bounded(walk, t.integer("queue"), 0, 100_000) {
         pool.queue = n as u32;
+    }
+    if let Some(b) = t.boolean("request_buffering") {
+        pool.request_buffering = b.value;
     }
     if pool.max_processes == 0 || pool.min_processes > pool.max_processes {
         let (line, key) = max_line.unwrap_or((t.line(), format!("{}.max_processes", t.key())));

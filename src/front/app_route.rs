@@ -31,7 +31,7 @@ use super::SiteRt;
 use super::apps::{Apps, Lease, LeaseError};
 use super::body::Body;
 use super::buffer::{self, BufferLimits, OnStall};
-use super::request_body::{self, BodyLimits, ClientFault, Prefix, SpoolBody, Streamed};
+use super::request_body::{self, BodyLimits, ClientFault, Prefix, Sent, SpoolBody, Streamed};
 use super::respond::Reject;
 use super::spool::Spool;
 use super::static_files;
@@ -116,19 +116,27 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
             proto_https: req.tls,
             host: req.raw_host,
         };
-        // HTTP apps stream the body on, after its first `request_buffer`
-        // bytes (a small body whole) have come: a client trickling a small
-        // body holds no process. Only a streamed body can fail the exchange
-        // for the client (`fault`).
-        let mut fault = None;
+        // The body whole before a process is taken (a slow client holds
+        // none), unless the app wants it as it comes (`request_buffering =
+        // false`): then after its first `request_buffer` bytes (a small body
+        // whole). Only a streamed body can fail the exchange for the client
+        // (`fault`), and the app's timeout counts from its end (`sent`).
+        let mut streamed_state = None;
         let body = match body {
             None => None,
+            Some(body) if plan.pool.request_buffering => {
+                match request_body::read_whole(body, &req.body_limits).await {
+                    Ok(spool) if spool.is_empty() => None,
+                    Ok(spool) => Some(SpoolBody(spool).boxed_unsync()),
+                    Err(e) => return Some(Err(e)),
+                }
+            }
             Some(body) => match request_body::read_prefix(body, &req.body_limits).await {
                 Ok(Prefix::Whole(spool)) if spool.is_empty() => None,
                 Ok(Prefix::Whole(spool)) => Some(SpoolBody(spool).boxed_unsync()),
                 Ok(Prefix::Partial(head, rest)) => {
                     let streamed = Streamed::new(head, rest, &req.body_limits);
-                    fault = Some(streamed.fault.clone());
+                    streamed_state = Some((streamed.fault.clone(), streamed.sent.clone()));
                     Some(streamed.boxed_unsync())
                 }
                 Err(e) => return Some(Err(e)),
@@ -141,7 +149,7 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
             req.parts,
             body,
             &forwarded,
-            fault.as_ref(),
+            streamed_state,
         )
         .await
     } else {
@@ -275,14 +283,23 @@ async fn http(
     parts: &Parts,
     body: Option<Body>,
     forwarded: &Forwarded<'_>,
-    fault: Option<&ClientFault>,
+    streamed: Option<(ClientFault, Arc<Sent>)>,
 ) -> Result<Response<Body>, Reject> {
     let retry = body.is_none();
     let mut body = body;
-    with_process(apps, id, pool, retry, fault, |lease, first_byte| {
-        let idle = pool.timeout;
-        http_proxy::request(lease, parts, body.take(), forwarded, first_byte, idle)
-    })
+    let (fault, sent) = streamed.unzip();
+    with_process(
+        apps,
+        id,
+        pool,
+        retry,
+        fault.as_ref(),
+        |lease, first_byte| {
+            let idle = pool.timeout;
+            let sent = sent.clone();
+            http_proxy::request(lease, parts, body.take(), forwarded, first_byte, idle, sent)
+        },
+    )
     .await
 }
 

@@ -11,14 +11,20 @@
 //!   `content-length`) reaches them as one of known length, and an app never
 //!   reads a body that was cut short: a client that stops sending gets 400 and
 //!   no app hears of it.
-//! - HTTP apps keep streaming ([`read_prefix`]): up to `request_buffer` is read
-//!   first (a small body whole), then the rest streams to the app, counted
-//!   against `max_body`; a body that passes it ends in an error, which the app
-//!   sees as an aborted body, never as a complete one.
+//! - HTTP apps get it whole too by default (`request_buffering = true`, as
+//!   nginx's `proxy_request_buffering`): a client trickling its body holds a
+//!   connection and a buffer, not one of the app's few processes. With
+//!   `request_buffering = false` it streams ([`read_prefix`]): up to
+//!   `request_buffer` is read first (a small body whole), then the rest goes to
+//!   the app as it comes, counted against `max_body`; a body that passes it
+//!   ends in an error, which the app sees as an aborted body, never as a
+//!   complete one, and the app's `timeout` for its answer counts from the end
+//!   of the body ([`Sent`]).
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,6 +32,7 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tokio::time::Instant;
 
 use super::respond::Reject;
 use super::spool::{Spool, TmpDir};
@@ -146,13 +153,48 @@ pub struct Streamed {
     idle: Duration,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     pub fault: ClientFault,
+    /// Set once the body is all sent (or failed, or dropped).
+    pub sent: Arc<Sent>,
 }
 
 /// Set when a streamed body failed by the client's doing.
 pub type ClientFault = Arc<Mutex<Option<Reject>>>;
 
+/// When a streamed body ended: until then the client, not the app, is the
+/// one being waited for, so the app's `timeout` for its answer counts from
+/// there (a slow upload is no app that does not answer).
+#[derive(Default)]
+pub struct Sent(AtomicU64);
+
+/// What [`Sent`] counts from.
+static SENT_BASE: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+impl Sent {
+    fn finish(&self) {
+        let ms = SENT_BASE.elapsed().as_millis() as u64 + 1;
+        let _ = self
+            .0
+            .compare_exchange(0, ms, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// When the body ended, if it has.
+    pub fn finished_at(&self) -> Option<Instant> {
+        match self.0.load(Ordering::Acquire) {
+            0 => None,
+            ms => Some(*SENT_BASE + Duration::from_millis(ms - 1)),
+        }
+    }
+}
+
+impl Drop for Streamed {
+    fn drop(&mut self) {
+        self.sent.finish();
+    }
+}
+
 impl Streamed {
     fn fail(&self, reject: Reject, why: String) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.sent.finish();
         let mut fault = self.fault.lock().expect("fault lock");
         fault.get_or_insert(reject);
         Poll::Ready(Some(Err(io::Error::other(why))))
@@ -169,6 +211,7 @@ impl Streamed {
             idle: limits.idle,
             timer: None,
             fault: ClientFault::default(),
+            sent: Arc::default(),
         }
     }
 }
@@ -204,7 +247,10 @@ impl HttpBody for Streamed {
                 let why = format!("the client's body failed: {e}");
                 this.fail(Reject::BodyIncomplete(why.clone()), why)
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.sent.finish();
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 let idle = this.idle;
                 let timer = this
