@@ -16,7 +16,7 @@ use common::*;
 
 use std::fs;
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -278,6 +278,18 @@ app = "php"
 
 /// A POST of `body` in chunks of `chunk` bytes (HTTP/1.1, chunked framing).
 fn post_chunked(addr: SocketAddr, host: &str, path: &str, body: &[u8], chunk: usize) -> Resp {
+    post_chunked_from(Ipv4Addr::LOCALHOST, addr, host, path, body, chunk)
+}
+
+/// The same from the client address `from`.
+fn post_chunked_from(
+    from: Ipv4Addr,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    body: &[u8],
+    chunk: usize,
+) -> Resp {
     let mut framed = Vec::new();
     for piece in body.chunks(chunk) {
         framed.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
@@ -288,7 +300,7 @@ fn post_chunked(addr: SocketAddr, host: &str, path: &str, body: &[u8], chunk: us
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     );
-    let mut c = TcpStream::connect(addr).unwrap();
+    let mut c = connect_from(from, addr);
     c.write_all(head.as_bytes()).unwrap();
     // berth may answer (413) and stop reading before the body is all sent.
     for piece in framed.chunks(64 * 1024) {
@@ -796,4 +808,67 @@ fn an_upload_slower_than_the_apps_timeout_is_not_cut() {
         assert_eq!(r.status, 200, "{path}: {r:?}\n{}", t.s.output());
         assert_eq!(r.json()["md5"], md5_of(&body), "{path}");
     }
+}
+
+/// Bytes in the front end's temporary files now (they have no name: found
+/// through its open descriptors).
+fn temp_bytes(s: &Server) -> u64 {
+    let front = s.front_pid();
+    let mut total = 0;
+    for fd in fs::read_dir(format!("/proc/{front}/fd")).unwrap().flatten() {
+        let Ok(target) = fs::read_link(fd.path()) else {
+            continue;
+        };
+        if target.to_string_lossy().contains("/state/tmp/")
+            && let Ok(meta) = fs::metadata(fd.path())
+        {
+            total += meta.len();
+        }
+    }
+    total
+}
+
+#[test]
+fn temporary_files_are_bounded_per_client_address_and_in_all() {
+    // The review: one zero-window HTTP/2 connection with 8 streams of a
+    // 256 MB response had berth write 2 GiB of temporary files in 3 s, and
+    // uploads the same; nothing bounded them but each body's own limits.
+    // Here the process may hold 8 MiB in files, a client address a quarter.
+    let t = start(
+        "max_buffer_disk = \"8MiB\"\nresponse_buffer = \"64KiB\"\nrequest_buffer = \"64KiB\"\nsend_timeout = \"30s\"",
+        "max_processes = 8",
+        "",
+    );
+    let targets: Vec<(&str, String)> = (0..8)
+        .map(|_| ("a.test", "/py/big?n=3000000".to_string()))
+        .collect();
+    let targets: Vec<(&str, &str)> = targets.iter().map(|(h, p)| (*h, p.as_str())).collect();
+    let _attacker = zero_window(t.s.addr(), &targets);
+    // The responses are read as far as the client's share allows (plus a
+    // piece each), no further.
+    let share = 2 << 20;
+    let mut peak = 0;
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline {
+        peak = peak.max(temp_bytes(&t.s));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        peak > 0,
+        "nothing went to temporary files: the test proves nothing"
+    );
+    assert!(
+        peak <= share + 8 * (64 << 10),
+        "{peak} bytes in temporary files for one client (its share is {share})"
+    );
+    // An upload from the same address past what is left of its share is
+    // refused (503), not held in memory; one from another address is not.
+    let body = payload(3 << 20);
+    let r = post_chunked(t.s.addr(), "a.test", "/up.php", &body, 64 << 10);
+    assert_eq!(r.status, 503, "{r:?}");
+    let small = payload(1 << 20);
+    let other = Ipv4Addr::new(127, 0, 0, 2);
+    let r = post_chunked_from(other, t.s.addr(), "a.test", "/up.php", &small, 64 << 10);
+    assert_eq!(r.status, 200, "{r:?}\n{}", t.s.output());
+    assert_eq!(r.vars()["md5"], md5_of(&small));
 }

@@ -12,7 +12,7 @@ use common::*;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -116,15 +116,6 @@ app = "php"
 // ---------------------------------------------------------------------------
 // Clients
 // ---------------------------------------------------------------------------
-
-/// A TCP connection to `to` from the local address `from`.
-fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
-    use rustix::net::{AddressFamily, SocketType};
-    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
-    rustix::net::bind(&fd, &SocketAddrV4::new(from, 0)).unwrap();
-    rustix::net::connect(&fd, &to).unwrap();
-    TcpStream::from(fd)
-}
 
 /// `GET path` for `host` from `from`, with Connection: close; the response
 /// and how long it took from connecting to the end of it.

@@ -250,7 +250,7 @@ fn untouched(stream: &UnixStream) -> bool {
 async fn connect(lease: &Lease) -> Result<(OwnedReadHalf, OwnedWriteHalf), AppFailure> {
     match UnixStream::connect(&lease.socket).await {
         Ok(stream) => Ok(stream.into_split()),
-        Err(e) => Err(AppFailure::Gone(e)),
+        Err(e) => Err(super::connect_failed(e)),
     }
 }
 

@@ -421,14 +421,14 @@ async fn connect(
                             .await
                             .map(|()| Box::new(stream) as Box<dyn AppIo>)
                     }
-                    Ok(Err(e)) => Err(connect_failure(e)),
+                    Ok(Err(e)) => Err(super::connect_failed(e)),
                     Err(_) => return Err(ConnectError::Late),
                 }
             }
             None => match timeout_at(deadline, UnixStream::connect(target.socket)).await {
                 Ok(Ok(stream)) => unix_owner(&stream, target.socket, target.owner)
                     .map(|()| Box::new(stream) as Box<dyn AppIo>),
-                Ok(Err(e)) => Err(connect_failure(e)),
+                Ok(Err(e)) => Err(super::connect_failed(e)),
                 Err(_) => return Err(ConnectError::Late),
             },
         };
@@ -442,17 +442,6 @@ async fn connect(
             Err(f) => return Err(ConnectError::Failed(f)),
             Ok(stream) => return Ok(stream),
         }
-    }
-}
-
-fn connect_failure(e: io::Error) -> AppFailure {
-    match e.kind() {
-        // Permission denied: a self-bound socket the supervisor has not
-        // opened to the front end yet (or one the app made again since).
-        io::ErrorKind::ConnectionRefused
-        | io::ErrorKind::NotFound
-        | io::ErrorKind::PermissionDenied => AppFailure::Gone(e),
-        _ => AppFailure::Io(e),
     }
 }
 

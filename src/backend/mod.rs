@@ -51,6 +51,27 @@ pub enum AppFailure {
     },
 }
 
+/// How a failed connect to an app process counts: the front end out of
+/// descriptors or memory, or the app's accept queue full (EAGAIN on a Unix
+/// socket), is being busy, not the app being gone: its process is not
+/// blamed (and killed) for it.
+pub(crate) fn connect_failed(e: io::Error) -> AppFailure {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+            AppFailure::Busy(format!("the front end is out of resources: {e}"))
+        }
+        Some(libc::EAGAIN) => AppFailure::Busy(format!("its accept queue is full: {e}")),
+        _ => match e.kind() {
+            // Permission denied: a self-bound socket the supervisor has not
+            // opened to the front end yet (or one the app made again since).
+            io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::NotFound
+            | io::ErrorKind::PermissionDenied => AppFailure::Gone(e),
+            _ => AppFailure::Io(e),
+        },
+    }
+}
+
 /// The longest silence an app may keep in the middle of a response body (the
 /// app's `timeout`), for the bodies the backends stream to the client.
 pub(crate) struct IdleTimer {
@@ -256,6 +277,26 @@ mod tests {
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, io::Error>>> {
             Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+        }
+    }
+
+    #[test]
+    fn a_front_end_out_of_descriptors_does_not_blame_the_app() {
+        // The review: at its open-file limit, the front end took EMFILE on
+        // connect for the app being gone, and had php-cgi killed.
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::EAGAIN] {
+            let failure = connect_failed(io::Error::from_raw_os_error(errno));
+            assert!(
+                matches!(failure, AppFailure::Busy(_)),
+                "{errno}: {failure:?}"
+            );
+        }
+        for errno in [libc::ECONNREFUSED, libc::ENOENT, libc::EACCES] {
+            let failure = connect_failed(io::Error::from_raw_os_error(errno));
+            assert!(
+                matches!(failure, AppFailure::Gone(_)),
+                "{errno}: {failure:?}"
+            );
         }
     }
 

@@ -141,6 +141,13 @@ pub struct ClientLimits {
     /// At most this many bytes of one response go to the temporary file;
     /// beyond it the app is read only as fast as the client takes.
     pub max_response_buffer: u64,
+    /// Request and response bodies in memory, all clients together; one
+    /// client address may hold a quarter of it. Past it, bodies go to files.
+    pub max_buffer_memory: u64,
+    /// Bytes in temporary files, all clients together (a quarter per client
+    /// address). Past it, a request body is refused (503) and a response is
+    /// read only as fast as its client takes it.
+    pub max_buffer_disk: u64,
     /// Most connections open at once from one IPv4 address or IPv6 /64.
     pub max_connections_per_ip: usize,
 }
@@ -160,6 +167,8 @@ impl Default for ClientLimits {
             request_buffer: 64 << 10,
             response_buffer: 256 << 10,
             max_response_buffer: 1 << 30,
+            max_buffer_memory: 256 << 20,
+            max_buffer_disk: 4 << 30,
             max_connections_per_ip: 256,
         }
     }
@@ -588,6 +597,12 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
     }
     if let Some(n) = size_in(walk, t.size("max_response_buffer"), 0, MAX_SIZE) {
         l.max_response_buffer = n;
+    }
+    if let Some(n) = size_in(walk, t.size("max_buffer_memory"), 16 << 20, MAX_SIZE) {
+        l.max_buffer_memory = n;
+    }
+    if let Some(n) = size_in(walk, t.size("max_buffer_disk"), 0, MAX_SIZE) {
+        l.max_buffer_disk = n;
     }
     if let Some(n) = bounded(walk, t.integer("max_connections_per_ip"), 1, 1_000_000) {
         l.max_connections_per_ip = n;

@@ -40,7 +40,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::body::Body;
 use super::respond::Reject;
-use super::spool::{Reservation, Spool, TmpDir};
+use super::spool::{Peer, Reservation, Spool, TmpDir};
 
 /// How one response may be buffered.
 #[derive(Clone)]
@@ -52,6 +52,8 @@ pub struct BufferLimits {
     pub tmp: TmpDir,
     /// `send_timeout`: the longest a client may leave waiting data untaken.
     pub send_timeout: Duration,
+    /// The client's address's share of the budgets (`spool::Peer`).
+    pub peer: Option<Arc<Peer>>,
 }
 
 /// Told when a client let a response stall past `send_timeout`: the
@@ -88,7 +90,7 @@ pub fn response(
     // piece: it needs no queue.
     let mut ready = Pieces::default();
     let mut ready_len = 0;
-    let mut reserved = Reservation::default();
+    let mut reserved = Reservation::memory(limits.peer.clone());
     let mut trailers = None;
     let mut cx = Context::from_waker(Waker::noop());
     let ended = loop {
@@ -135,11 +137,13 @@ pub fn response(
     let mut spool = Spool::new(
         if streaming { usize::MAX } else { limits.memory },
         if streaming { None } else { limits.tmp.clone() },
+        limits.peer.clone(),
     );
     drop(reserved);
     for data in ready.first.into_iter().chain(ready.rest) {
+        // (At most `response_buffer`, read already.)
         spool
-            .push(data)
+            .push_anyway(data)
             .map_err(|e| Reject::Internal(format!("response buffer: {e}")))?;
     }
     let shared = Arc::new(Mutex::new(State {
@@ -197,14 +201,17 @@ enum Cap {
     OnePiece,
 }
 
+/// The most one piece read from an app is expected to be (FastCGI records
+/// and hyper's reads are smaller); the pump asks for this much room.
+const PIECE: usize = 64 * 1024;
+
 impl Cap {
+    /// Whether the pump may read another piece. With nothing waiting, always
+    /// (one piece, as when streaming): so a response makes progress however
+    /// full the budgets are, and only at its client's pace.
     fn room(self, spool: &Spool) -> bool {
         match self {
-            Cap::Bytes(n) => {
-                spool.unread() < n
-                    // Without a file, memory is all there is.
-                    && (spool.can_spill() || spool.in_memory() < n as usize)
-            }
+            Cap::Bytes(n) => spool.is_empty() || (spool.unread() < n && spool.has_room(PIECE)),
             Cap::OnePiece => spool.is_empty(),
         }
     }
@@ -263,7 +270,7 @@ async fn pump(
                             // The client's time to take it starts now.
                             st.last_take = Instant::now();
                         }
-                        if let Err(e) = st.spool.push(data) {
+                        if let Err(e) = st.spool.push_anyway(data) {
                             st.error = Some(io::Error::other(format!("response buffer: {e}")));
                             body = None;
                         }
@@ -301,7 +308,7 @@ async fn pump(
                     format!("the client took nothing for {send_timeout:?}"),
                 ));
                 // Free the buffer now; the client may never poll again.
-                st.spool = Spool::new(0, None);
+                st.spool = Spool::new(0, None, None);
                 st.done = false;
                 st.trailers = None;
                 st.wake_reader();
@@ -456,6 +463,7 @@ mod tests {
             file,
             tmp,
             send_timeout,
+            peer: None,
         }
     }
 

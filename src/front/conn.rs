@@ -254,6 +254,13 @@ impl Conns {
                 }
             }
         }
+        // The address's share of the body budgets, one for all its
+        // connections.
+        let peer = list
+            .iter()
+            .find_map(|a| a.peer.get().cloned())
+            .unwrap_or_default();
+        let _ = activity.peer.set(peer);
         list.push(activity.clone());
         Some(Registered {
             conns: self.clone(),
@@ -462,6 +469,9 @@ pub struct Activity {
     /// A response was abandoned because the client left it untaken for
     /// `send_timeout` (an HTTP/2 stream without window): the connection goes.
     abandoned: AtomicBool,
+    /// What the client's address holds of the body budgets (shared with its
+    /// other connections); set when the connection is admitted.
+    peer: std::sync::OnceLock<Arc<crate::front::spool::Peer>>,
     /// Whether responses are watched one by one (hyper's connections).
     watch_responses: AtomicBool,
     /// The responses in flight, when watched.
@@ -501,6 +511,7 @@ impl Activity {
             stalled_since_ms: AtomicU64::new(NOT_STALLED),
             served: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
+            peer: std::sync::OnceLock::new(),
             watch_responses: AtomicBool::new(false),
             responses: Mutex::new(Vec::new()),
             changed: Notify::new(),
@@ -593,6 +604,11 @@ impl Activity {
         self.served.store(true, Ordering::Release);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.changed.notify_one();
+    }
+
+    /// The client's address's share of the body budgets.
+    pub fn peer(&self) -> Option<Arc<crate::front::spool::Peer>> {
+        self.peer.get().cloned()
     }
 
     /// A [`Progress`] for a new response, when this connection watches

@@ -13,7 +13,7 @@ use percent_encoding::utf8_percent_encode;
 
 use super::access_log::{Counted, Done, Entry};
 use super::body::{self, Body};
-use super::buffer::{BufferLimits, OnStall};
+use super::buffer::BufferLimits;
 use super::conn::{Activity, ConnInfo};
 use super::request_body::BodyLimits;
 use super::respond::Reject;
@@ -44,9 +44,8 @@ pub async fn respond(
     let time = SystemTime::now();
     activity.begin();
     let generation = shared.current.load_full();
-    let on_stall: OnStall = activity.clone();
     let mut body = body;
-    let (site, user, result) = route(&parts, &mut body, conn, shared, &generation, &on_stall).await;
+    let (site, user, result) = route(&parts, &mut body, conn, shared, &generation, &activity).await;
     if let Some(body) = body {
         read_rest(body, &parts, generation.limits.header_timeout).await;
     }
@@ -129,7 +128,7 @@ async fn route(
     conn: &ConnInfo,
     shared: &Shared,
     generation: &Generation,
-    on_stall: &OnStall,
+    activity: &Arc<Activity>,
 ) -> (
     Option<usize>,
     Option<String>,
@@ -219,14 +218,16 @@ async fn route(
                     buffer: generation.limits.request_buffer,
                     tmp: generation.tmp.clone(),
                     idle: generation.limits.body_timeout,
+                    peer: activity.peer(),
                 },
                 buffer: BufferLimits {
                     memory: generation.limits.response_buffer,
                     file: generation.limits.max_response_buffer,
                     tmp: generation.tmp.clone(),
                     send_timeout: generation.limits.send_timeout,
+                    peer: activity.peer(),
                 },
-                on_stall: on_stall.clone(),
+                on_stall: activity.clone(),
             };
             match app_route::serve(request).await {
                 Some(result) => result,

@@ -427,9 +427,12 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
         ));
     }
     let tmp = Some(Arc::from(plan.tmp_dir.as_path()));
-    // Bodies in memory, all clients together: 1024 whole response buffers
-    // (256 MiB by default), at least 64 MiB.
-    spool::set_memory_limit((plan.limits.response_buffer * 1024).max(64 << 20));
+    // Bodies held, all clients together (see `spool::Budget`); temporary
+    // files may take a quarter of the descriptors the front end may open.
+    spool::MEMORY.set_limit(plan.limits.max_buffer_memory);
+    spool::DISK.set_limit(plan.limits.max_buffer_disk);
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    spool::FILES.set_limit(nofile.unwrap_or(4096) / 4);
     let default_tls_host = plan.default_tls_host.filter(|host| {
         let found = resolver.set_default(host);
         if !found {

@@ -35,7 +35,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::respond::Reject;
-use super::spool::{Spool, TmpDir};
+use super::spool::{Peer, Spool, SpoolError, TmpDir};
 
 /// What bounds the reading of one request body.
 #[derive(Clone)]
@@ -47,21 +47,33 @@ pub struct BodyLimits {
     pub tmp: TmpDir,
     /// The longest the client may stay silent in the middle of its body.
     pub idle: Duration,
+    /// The client's address's share of the budgets (`spool::Peer`).
+    pub peer: Option<Arc<Peer>>,
 }
 
 /// Reads the whole body (FastCGI and CGI apps).
 pub async fn read_whole(body: Incoming, limits: &BodyLimits) -> Result<Spool, Reject> {
-    let mut spool = Spool::new(limits.buffer, limits.tmp.clone());
+    let mut spool = Spool::new(limits.buffer, limits.tmp.clone(), limits.peer.clone());
     let mut body = body;
     while let Some(data) = next_data(&mut body, limits).await? {
         if spool.unread() + data.len() as u64 > limits.max {
             return Err(Reject::PayloadTooLarge { max: limits.max });
         }
-        spool
-            .push(data)
-            .map_err(|e| Reject::Internal(format!("request body: temporary file: {e}")))?;
+        spool.push(data).map_err(spool_refusal)?;
     }
     Ok(spool)
+}
+
+/// A body the budgets cannot hold is refused (503: berth is busy, the client
+/// may try again), never kept in memory instead.
+fn spool_refusal(e: SpoolError) -> Reject {
+    match e {
+        SpoolError::Full(what) => Reject::Unavailable {
+            why: format!("request body: no room ({what})"),
+            retry_after: 5,
+        },
+        SpoolError::Io(e) => Reject::Internal(format!("request body: temporary file: {e}")),
+    }
 }
 
 /// What [`read_prefix`] read.
@@ -72,12 +84,15 @@ pub enum Prefix {
     Partial(Spool, Incoming),
 }
 
-/// Reads the body up to `request_buffer` bytes (HTTP apps).
+/// Reads the body up to `request_buffer` bytes, in memory (HTTP apps that
+/// take bodies as they come). With no room left in the memory budgets, what
+/// came so far goes on at once.
 pub async fn read_prefix(body: Incoming, limits: &BodyLimits) -> Result<Prefix, Reject> {
-    let mut spool = Spool::new(usize::MAX, None);
+    let mut spool = Spool::new(usize::MAX, None, limits.peer.clone());
     let mut body = body;
     loop {
-        if spool.unread() >= limits.buffer as u64 && !body.is_end_stream() {
+        let full = spool.unread() >= limits.buffer as u64 || !spool.has_room(16 * 1024);
+        if full && !body.is_end_stream() {
             return Ok(Prefix::Partial(spool, body));
         }
         match next_data(&mut body, limits).await? {
@@ -85,9 +100,8 @@ pub async fn read_prefix(body: Incoming, limits: &BodyLimits) -> Result<Prefix, 
                 if spool.unread() + data.len() as u64 > limits.max {
                     return Err(Reject::PayloadTooLarge { max: limits.max });
                 }
-                spool
-                    .push(data)
-                    .map_err(|e| Reject::Internal(e.to_string()))?;
+                // One piece past the budget at most: it was asked above.
+                spool.push_anyway(data).map_err(spool_refusal)?;
             }
             None => return Ok(Prefix::Whole(spool)),
         }

@@ -18,7 +18,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use rustix::fs::{Mode, OFlags};
@@ -29,60 +29,181 @@ pub type TmpDir = Option<Arc<Path>>;
 /// Largest piece read back from the file at once.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Body bytes held in memory by every spool and buffered response of this
-/// process, and the most there may be. Each body's own limit
-/// (`request_buffer`, `response_buffer`) is per body; this bounds them all
-/// together, so many clients each leaving a response untaken (an HTTP/2
-/// connection opens 128 streams) cannot make berth hold gigabytes in memory:
-/// past it, bodies go to their temporary files.
-static HELD: AtomicUsize = AtomicUsize::new(0);
-static HELD_LIMIT: AtomicUsize = AtomicUsize::new(256 << 20);
-
-/// Sets the process-wide limit on body bytes in memory.
-pub fn set_memory_limit(bytes: usize) {
-    HELD_LIMIT.store(bytes, Ordering::Relaxed);
+/// What all bodies held by this process may take together, and what one
+/// client address may take of it. Each body's own limits (`request_buffer`,
+/// `response_buffer`, `max_response_buffer`) are per body; these bound them
+/// all together, so that many clients (an HTTP/2 connection alone opens 128
+/// streams) cannot make berth hold gigabytes in memory, fill the disk or run
+/// out of file descriptors:
+/// - memory (`max_buffer_memory`): past it, bodies go to their files;
+/// - temporary-file bytes (`max_buffer_disk`) and files open (a quarter of
+///   the front end's `RLIMIT_NOFILE`): past them, a request body is refused
+///   (503) and a response is read only as fast as its client takes it;
+/// - one client address (an IPv4 address or IPv6 /64, as the connection caps
+///   count them) may hold at most 1/[`PEER_SHARE`] of each, so it takes more
+///   than one to crowd out the rest.
+pub struct Budget {
+    used: AtomicU64,
+    limit: AtomicU64,
 }
 
-/// Body bytes in memory now, process-wide.
-pub fn held() -> usize {
-    HELD.load(Ordering::Relaxed)
+impl Budget {
+    const fn new(limit: u64) -> Budget {
+        Budget {
+            used: AtomicU64::new(0),
+            limit: AtomicU64::new(limit),
+        }
+    }
+
+    pub fn set_limit(&self, limit: u64) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Takes `n` if the total stays within `limit`.
+    fn try_take(used: &AtomicU64, n: u64, limit: u64) -> bool {
+        used.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| {
+            u.checked_add(n).filter(|&t| t <= limit)
+        })
+        .is_ok()
+    }
 }
 
-/// A share of the process-wide memory budget; given back when dropped.
-#[derive(Default)]
-pub struct Reservation(usize);
+/// Body bytes in memory, process-wide (`max_buffer_memory`).
+pub static MEMORY: Budget = Budget::new(256 << 20);
+/// Bytes in temporary files, process-wide (`max_buffer_disk`).
+pub static DISK: Budget = Budget::new(4 << 30);
+/// Temporary files open, process-wide.
+pub static FILES: Budget = Budget::new(1024);
+
+/// One client address may hold at most this fraction of each budget.
+pub const PEER_SHARE: u64 = 4;
+
+/// What one client address holds (shared by its connections).
+#[derive(Default, Debug)]
+pub struct Peer {
+    memory: AtomicU64,
+    disk: AtomicU64,
+    files: AtomicU64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Memory,
+    Disk,
+    Files,
+}
+
+impl Kind {
+    fn global(self) -> &'static Budget {
+        match self {
+            Kind::Memory => &MEMORY,
+            Kind::Disk => &DISK,
+            Kind::Files => &FILES,
+        }
+    }
+
+    fn of(self, peer: &Peer) -> &AtomicU64 {
+        match self {
+            Kind::Memory => &peer.memory,
+            Kind::Disk => &peer.disk,
+            Kind::Files => &peer.files,
+        }
+    }
+}
+
+/// A share of one budget (and of its client's part of it); given back when
+/// dropped.
+pub struct Reservation {
+    kind: Kind,
+    n: u64,
+    peer: Option<Arc<Peer>>,
+}
 
 impl Reservation {
-    /// Takes `n` more bytes of the budget, if there is room.
+    /// Body bytes in memory, charged to `peer` too.
+    pub fn memory(peer: Option<Arc<Peer>>) -> Reservation {
+        Reservation::of(Kind::Memory, peer)
+    }
+
+    fn of(kind: Kind, peer: Option<Arc<Peer>>) -> Reservation {
+        Reservation { kind, n: 0, peer }
+    }
+
+    /// Whether `n` more would fit now (nothing is taken).
+    fn fits(&self, n: u64) -> bool {
+        let global = self.kind.global();
+        let limit = global.limit();
+        global.used().saturating_add(n) <= limit
+            && self.peer.as_deref().is_none_or(|p| {
+                self.kind.of(p).load(Ordering::Relaxed).saturating_add(n) <= limit / PEER_SHARE
+            })
+    }
+
+    /// Takes `n` more, if there is room process-wide and in the client's
+    /// share.
     pub fn try_add(&mut self, n: usize) -> bool {
-        let limit = HELD_LIMIT.load(Ordering::Relaxed);
-        let taken = HELD.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |held| {
-            held.checked_add(n).filter(|&total| total <= limit)
-        });
-        if taken.is_ok() {
-            self.0 += n;
+        let n = n as u64;
+        let global = self.kind.global();
+        let limit = global.limit();
+        if !Budget::try_take(&global.used, n, limit) {
+            return false;
         }
-        taken.is_ok()
+        if let Some(p) = &self.peer
+            && !Budget::try_take(self.kind.of(p), n, limit / PEER_SHARE)
+        {
+            global.used.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        self.n += n;
+        true
     }
 
-    /// Takes `n` more bytes whatever the limit (memory is all there is).
+    /// Takes `n` more whatever the limits (one piece past them, which the
+    /// caller bounds).
     fn force_add(&mut self, n: usize) {
-        HELD.fetch_add(n, Ordering::AcqRel);
-        self.0 += n;
+        let n = n as u64;
+        self.kind.global().used.fetch_add(n, Ordering::AcqRel);
+        if let Some(p) = &self.peer {
+            self.kind.of(p).fetch_add(n, Ordering::AcqRel);
+        }
+        self.n += n;
     }
 
-    /// Gives `n` bytes back.
+    /// Gives `n` back.
     pub fn release(&mut self, n: usize) {
-        let n = n.min(self.0);
-        HELD.fetch_sub(n, Ordering::AcqRel);
-        self.0 -= n;
+        let n = (n as u64).min(self.n);
+        self.kind.global().used.fetch_sub(n, Ordering::AcqRel);
+        if let Some(p) = &self.peer {
+            self.kind.of(p).fetch_sub(n, Ordering::AcqRel);
+        }
+        self.n -= n;
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        HELD.fetch_sub(self.0, Ordering::AcqRel);
+        let n = self.n as usize;
+        self.release(n);
     }
+}
+
+/// Why a spool took no more.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// No room: the memory, temporary-file or open-file budget is spent
+    /// (process-wide, or this client's share), or no file could be made.
+    #[error("no room for more body bytes: {0}")]
+    Full(&'static str),
+    #[error("temporary file: {0}")]
+    Io(#[from] io::Error),
 }
 
 enum Segment {
@@ -97,34 +218,38 @@ enum Segment {
 /// Bytes appended at one end and taken from the other.
 pub struct Spool {
     segments: VecDeque<Segment>,
-    /// Bytes in memory segments, and their share of the process budget.
+    /// Bytes in memory segments, and their share of the budget.
     mem: usize,
     reserved: Reservation,
     mem_limit: usize,
     tmp: TmpDir,
     file: Option<File>,
+    /// The file's bytes on disk (up to `file_end`) and the file itself,
+    /// counted against the budgets.
+    disk: Reservation,
+    file_slot: Reservation,
     /// Where the next byte goes in the file.
     file_end: u64,
     /// Bytes not taken yet, in memory and file.
     unread: u64,
-    /// The file could not be made: memory only from then on.
-    file_failed: bool,
 }
 
 impl Spool {
     /// An empty spool keeping up to `mem_limit` bytes in memory, the rest in
-    /// a temporary file in `tmp`.
-    pub fn new(mem_limit: usize, tmp: TmpDir) -> Spool {
+    /// a temporary file in `tmp`, charged to the process's budgets and to
+    /// `peer`'s share of them.
+    pub fn new(mem_limit: usize, tmp: TmpDir, peer: Option<Arc<Peer>>) -> Spool {
         Spool {
             segments: VecDeque::new(),
             mem: 0,
-            reserved: Reservation::default(),
+            reserved: Reservation::of(Kind::Memory, peer.clone()),
             mem_limit,
             tmp,
             file: None,
+            disk: Reservation::of(Kind::Disk, peer.clone()),
+            file_slot: Reservation::of(Kind::Files, peer),
             file_end: 0,
             unread: 0,
-            file_failed: false,
         }
     }
 
@@ -142,46 +267,91 @@ impl Spool {
         self.mem
     }
 
-    /// Whether more bytes may go to the file (one could be made).
-    pub fn can_spill(&self) -> bool {
-        self.tmp.is_some() && !self.file_failed
+    /// Whether `n` more bytes would be taken now (in memory or the file),
+    /// as far as the budgets go; nothing is reserved.
+    pub fn has_room(&self, n: usize) -> bool {
+        let file_waiting = matches!(self.segments.back(), Some(Segment::File { .. }));
+        let memory =
+            !file_waiting && self.mem + n <= self.mem_limit && self.reserved.fits(n as u64);
+        let file = self.tmp.is_some()
+            && self.disk.fits(n as u64)
+            && (self.file.is_some() || self.file_slot.fits(1));
+        memory || file
     }
 
     /// Appends `data`: in memory while it fits this spool's limit and the
-    /// process-wide budget (and nothing is waiting in the file, to keep the
-    /// order), else to the file. Without a file (none configured, or it
-    /// could not be made), memory takes it all: the callers bound what they
-    /// push by [`Spool::can_spill`].
-    pub fn push(&mut self, data: Bytes) -> io::Result<()> {
+    /// budgets (and nothing is waiting in the file, to keep the order), else
+    /// to the file, while the budgets allow. [`SpoolError::Full`] when
+    /// neither can take it: a body over the budgets is refused, never held
+    /// in memory instead.
+    pub fn push(&mut self, data: Bytes) -> Result<(), SpoolError> {
         if data.is_empty() {
             return Ok(());
         }
         let len = data.len();
         let file_waiting = matches!(self.segments.back(), Some(Segment::File { .. }));
-        let in_memory = if !self.can_spill() {
-            self.reserved.force_add(len);
-            true
-        } else {
-            !file_waiting && self.mem + len <= self.mem_limit && self.reserved.try_add(len)
-        };
-        if in_memory {
-            self.mem += len;
-            self.unread += len as u64;
-            self.segments.push_back(Segment::Mem(data));
+        if !file_waiting && self.mem + len <= self.mem_limit && self.reserved.try_add(len) {
+            self.push_memory(data);
             return Ok(());
         }
-        let file = match &self.file {
-            Some(f) => f,
-            None => match self.tmp.as_deref().map(tmpfile) {
-                Some(Ok(f)) => self.file.insert(f),
-                Some(Err(e)) => {
-                    self.file_failed = true;
-                    tracing::error!("temporary file: {e}; holding bodies in memory");
-                    return self.push(data);
+        if self.tmp.is_none() {
+            return Err(SpoolError::Full("memory"));
+        }
+        self.push_file(data)
+    }
+
+    /// Appends `data` in memory whatever the budgets (one piece past them:
+    /// a response's pump, which asked [`Spool::has_room`] before reading
+    /// it).
+    pub fn push_anyway(&mut self, data: Bytes) -> Result<(), SpoolError> {
+        match self.push(data.clone()) {
+            Err(SpoolError::Full(_)) => {
+                if matches!(self.segments.back(), Some(Segment::File { .. })) {
+                    // Keep the order: after what waits in the file.
+                    self.disk.force_add(data.len());
+                    return self.write_file(data);
                 }
-                None => unreachable!("can_spill() checked for a directory"),
-            },
-        };
+                self.reserved.force_add(data.len());
+                self.push_memory(data);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn push_memory(&mut self, data: Bytes) {
+        self.mem += data.len();
+        self.unread += data.len() as u64;
+        self.segments.push_back(Segment::Mem(data));
+    }
+
+    fn push_file(&mut self, data: Bytes) -> Result<(), SpoolError> {
+        if !self.disk.try_add(data.len()) {
+            return Err(SpoolError::Full("temporary files"));
+        }
+        if self.file.is_none() {
+            if !self.file_slot.try_add(1) {
+                self.disk.release(data.len());
+                return Err(SpoolError::Full("open temporary files"));
+            }
+            let dir = self.tmp.as_deref().expect("checked by the caller");
+            match tmpfile(dir) {
+                Ok(f) => self.file = Some(f),
+                Err(e) => {
+                    self.disk.release(data.len());
+                    self.file_slot.release(1);
+                    tracing::warn!("temporary file in {}: {e}", dir.display());
+                    return Err(SpoolError::Full("a temporary file could not be made"));
+                }
+            }
+        }
+        self.write_file(data)
+    }
+
+    /// Writes `data` at the end of the file (its bytes reserved already).
+    fn write_file(&mut self, data: Bytes) -> Result<(), SpoolError> {
+        let len = data.len();
+        let file = self.file.as_ref().expect("a file was made");
         file.write_all_at(&data, self.file_end)?;
         let start = self.file_end;
         self.file_end += len as u64;
@@ -229,6 +399,7 @@ impl Spool {
             if let Some(f) = &self.file {
                 let _ = f.set_len(0);
             }
+            self.disk.release(self.file_end as usize);
             self.file_end = 0;
         }
         Ok(Some(data))
@@ -289,7 +460,7 @@ mod tests {
     #[test]
     fn bytes_come_back_in_order_across_memory_and_file() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Spool::new(10, Some(Arc::from(dir.path())));
+        let mut s = Spool::new(10, Some(Arc::from(dir.path())), None);
         let mut want = Vec::new();
         for i in 0..50u8 {
             let piece = vec![i; (i as usize % 7) + 1];
@@ -309,7 +480,7 @@ mod tests {
     #[test]
     fn interleaved_pushes_and_pops_keep_the_order() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Spool::new(4, Some(Arc::from(dir.path())));
+        let mut s = Spool::new(4, Some(Arc::from(dir.path())), None);
         let mut got = Vec::new();
         let mut want = Vec::new();
         for i in 0..200u32 {
@@ -327,7 +498,7 @@ mod tests {
     #[test]
     fn large_file_segments_come_back_in_pieces() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Spool::new(0, Some(Arc::from(dir.path())));
+        let mut s = Spool::new(0, Some(Arc::from(dir.path())), None);
         let big: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
         s.push(Bytes::from(big.clone())).unwrap();
         assert_eq!(s.in_memory(), 0);
@@ -339,30 +510,69 @@ mod tests {
     }
 
     #[test]
-    fn without_a_directory_memory_takes_it_all() {
-        let mut s = Spool::new(4, None);
-        assert!(!s.can_spill());
-        s.push(Bytes::from_static(b"hello world")).unwrap();
-        assert_eq!(s.in_memory(), 11);
-        assert_eq!(drain(&mut s), b"hello world");
+    fn without_a_directory_a_body_past_its_memory_is_refused() {
+        let mut s = Spool::new(4, None, None);
+        s.push(Bytes::from_static(b"abc")).unwrap();
+        assert!(matches!(
+            s.push(Bytes::from_static(b"hello")),
+            Err(SpoolError::Full(_))
+        ));
+        // A pump may put one piece past it.
+        s.push_anyway(Bytes::from_static(b"hello")).unwrap();
+        assert_eq!(drain(&mut s), b"abchello");
+    }
+
+    /// A client address that holds `memory`, `disk` and `files` already.
+    fn client(memory: u64, disk: u64, files: u64) -> Arc<Peer> {
+        Arc::new(Peer {
+            memory: AtomicU64::new(memory),
+            disk: AtomicU64::new(disk),
+            files: AtomicU64::new(files),
+        })
     }
 
     #[test]
-    fn the_process_wide_budget_sends_bodies_to_their_files() {
+    fn a_clients_share_sends_its_bodies_to_files_then_refuses_them() {
+        // (The client's counters start full; the process-wide budgets, which
+        // other tests share, are not touched.)
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Spool::new(1 << 20, Some(Arc::from(dir.path())));
+        let memory_share = MEMORY.limit() / PEER_SHARE;
+        let peer = client(memory_share, 0, 0);
+        let mut s = Spool::new(1 << 20, Some(Arc::from(dir.path())), Some(peer.clone()));
+        assert!(s.has_room(1000));
         s.push(Bytes::from(vec![1u8; 1000])).unwrap();
-        assert_eq!(s.in_memory(), 1000);
-        // No room left in the budget: the next bytes go to the file.
-        set_memory_limit(0);
-        s.push(Bytes::from(vec![2u8; 1000])).unwrap();
-        assert!(!Reservation::default().try_add(1));
-        set_memory_limit(256 << 20);
-        assert_eq!(s.in_memory(), 1000);
-        let mut all = drain(&mut s);
-        assert_eq!(all.len(), 2000);
-        all.dedup();
-        assert_eq!(all, [1, 2]);
+        assert_eq!(s.in_memory(), 0, "its memory share is spent: the file");
+        assert_eq!(peer.disk.load(Ordering::Relaxed), 1000);
+        assert_eq!(peer.files.load(Ordering::Relaxed), 1);
+        // Its disk share spent too: refused, not held in memory instead.
+        peer.disk
+            .fetch_add(DISK.limit() / PEER_SHARE, Ordering::Relaxed);
+        assert!(!s.has_room(1000));
+        assert!(matches!(
+            s.push(Bytes::from(vec![2u8; 1000])),
+            Err(SpoolError::Full(_))
+        ));
+        peer.disk
+            .fetch_sub(DISK.limit() / PEER_SHARE, Ordering::Relaxed);
+        assert_eq!(drain(&mut s), vec![1u8; 1000]);
+        assert_eq!(peer.disk.load(Ordering::Relaxed), 0, "given back once read");
+        drop(s);
+        assert_eq!(peer.files.load(Ordering::Relaxed), 0);
+        assert_eq!(peer.memory.load(Ordering::Relaxed), memory_share);
+    }
+
+    #[test]
+    fn a_client_at_its_share_of_open_files_gets_no_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory_share = MEMORY.limit() / PEER_SHARE;
+        let files_share = FILES.limit() / PEER_SHARE;
+        let peer = client(memory_share, 0, files_share);
+        let mut s = Spool::new(0, Some(Arc::from(dir.path())), Some(peer.clone()));
+        assert!(matches!(
+            s.push(Bytes::from_static(b"x")),
+            Err(SpoolError::Full(_))
+        ));
+        assert_eq!(peer.disk.load(Ordering::Relaxed), 0, "nothing kept of it");
     }
 
     #[test]

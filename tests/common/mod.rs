@@ -377,6 +377,17 @@ impl Drop for Server {
     }
 }
 
+/// A TCP connection to `to` from the local address `from` (any 127/8
+/// address is loopback: another client address for berth's per-address
+/// limits).
+pub fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> TcpStream {
+    use rustix::net::{AddressFamily, SocketType};
+    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    rustix::net::bind(&fd, &std::net::SocketAddrV4::new(from, 0)).unwrap();
+    rustix::net::connect(&fd, &to).unwrap();
+    TcpStream::from(fd)
+}
+
 /// Sends raw bytes and reads until the server closes the connection (or 5 s).
 pub fn try_raw(addr: SocketAddr, request: &[u8]) -> std::io::Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
