@@ -587,3 +587,37 @@ fn a_client_that_gave_up_kept_its_place_in_the_apps_queue() {
         "only the last was refused"
     );
 }
+
+#[test]
+fn slow_bodies_from_many_addresses_do_not_lock_out_other_clients() {
+    // The review: 600 POSTs from four addresses (150 each, under the
+    // per-address cap), each sending a byte of its body every few seconds,
+    // kept every other client out for the whole attack: a request whose body
+    // was still being read counted as in flight, so its connection was never
+    // closed to make room, and `body_timeout` only bounds each silence.
+    let _one = exclusive();
+    let t = Tenants::new();
+    let s = t.start("max_connections = 100\nbody_timeout = \"60s\"", "", "");
+    let mut attackers = Vec::new();
+    for i in 0..120u8 {
+        let from = Ipv4Addr::new(127, 0, 0, 10 + i % 4);
+        let mut c = connect_from(from, s.addr());
+        let head = "POST /index.php HTTP/1.1\r\nHost: a.test\r\nContent-Length: 100000\r\n\r\n";
+        c.write_all(head.as_bytes()).unwrap();
+        c.write_all(b"x").unwrap();
+        attackers.push(c);
+    }
+    // Past the grace, with every slot taken by a trickling body.
+    std::thread::sleep(Duration::from_millis(1500));
+    for c in &mut attackers {
+        let _ = c.write_all(b"x");
+    }
+    for path in ["/index.html", "/hello.php"] {
+        let (r, took) = timed_get(SOMEONE_ELSE, s.addr(), "b.test", path);
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        assert!(
+            took < Duration::from_secs(10),
+            "{path}: answered after {took:?}; slow bodies held every connection"
+        );
+    }
+}

@@ -150,6 +150,12 @@ async fn room(shared: &Shared) -> Option<OwnedSemaphorePermit> {
                 Instant::now() + SHED_WAIT
             }
             Shed::NoneBefore(at) => at,
+            Shed::AllBusy(at) => {
+                shared
+                    .conns
+                    .warn_full(shared.max_connections.load(Ordering::Relaxed));
+                at
+            }
         };
         tokio::select! {
             permit = shared.conn_limit.clone().acquire_owned() => return permit.ok(),
@@ -195,6 +201,9 @@ enum Shed {
     Asked(usize),
     /// None can be closed before this instant.
     NoneBefore(Instant),
+    /// None could be closed: every connection has a request in flight (or
+    /// a response not yet taken). Look again at this instant.
+    AllBusy(Instant),
 }
 
 /// A connection's place in [`Conns`], given up when dropped.
@@ -277,6 +286,7 @@ impl Conns {
         // Any connection that ends a request from now on is a candidate only
         // a grace later.
         let mut first_candidate = now + SHED_GRACE;
+        let mut any = false;
         let mut oldest: Vec<(Instant, &Arc<Activity>)> = Vec::with_capacity(SHED_BATCH + 1);
         let mut candidates = 0;
         let by_peer = self.by_peer.lock().expect("conns lock");
@@ -284,6 +294,7 @@ impl Conns {
             if !a.between_requests() {
                 continue;
             }
+            any = true;
             let since = a.idle_since();
             if since + SHED_GRACE > now {
                 first_candidate = first_candidate.min(since + SHED_GRACE);
@@ -298,7 +309,11 @@ impl Conns {
             oldest.truncate(SHED_BATCH);
         }
         if oldest.is_empty() {
-            return Shed::NoneBefore(first_candidate);
+            return if any {
+                Shed::NoneBefore(first_candidate)
+            } else {
+                Shed::AllBusy(first_candidate)
+            };
         }
         oldest.truncate((candidates / 8).max(1));
         for (_, a) in &oldest {
@@ -309,21 +324,36 @@ impl Conns {
 
     /// Says (at most every 10 s) that the cap was reached.
     fn warn_at_cap(&self, max: usize, closed: usize) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let last = self.warned_at.load(Ordering::Relaxed);
-        if now >= last + 10
-            && self
-                .warned_at
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.time_to_warn() {
             warn!(
                 "at max_connections ({max}): closing connections without a request for {SHED_GRACE:?} to make room ({closed} now)"
             );
         }
         debug!("at max_connections: asked {closed} connection(s) to close");
+    }
+
+    /// Says (at most every 10 s) that the cap was reached with no
+    /// connection to close: new clients wait in the listen backlog.
+    fn warn_full(&self, max: usize) {
+        if self.time_to_warn() {
+            warn!(
+                "at max_connections ({max}) with every connection busy: new clients wait in the backlog"
+            );
+        }
+    }
+
+    /// Whether 10 s have passed since the last warning (and this one takes
+    /// the turn).
+    fn time_to_warn(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.warned_at.load(Ordering::Relaxed);
+        now >= last + 10
+            && self
+                .warned_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 }
 
@@ -469,6 +499,10 @@ pub struct Activity {
     /// A response was abandoned because the client left it untaken for
     /// `send_timeout` (an HTTP/2 stream without window): the connection goes.
     abandoned: AtomicBool,
+    /// Requests whose bodies berth is reading before any app has them, and
+    /// when a byte of one last came (ms since `base`).
+    reading: AtomicUsize,
+    body_at_ms: AtomicU64,
     /// What the client's address holds of the body budgets (shared with its
     /// other connections); set when the connection is admitted.
     peer: std::sync::OnceLock<Arc<crate::front::spool::Peer>>,
@@ -492,6 +526,16 @@ const RUNNING: u8 = 1;
 /// Asked to close to make room.
 const ASKED: u8 = 2;
 
+/// A request body berth is reading, for as long as this lives (see
+/// [`Activity::reading_body`]).
+pub struct ReadingBody(Arc<Activity>);
+
+impl Drop for ReadingBody {
+    fn drop(&mut self) {
+        self.0.reading.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A request being answered, for as long as this lives.
 #[must_use = "the request counts only while this lives"]
 pub struct Busy(Arc<Activity>);
@@ -511,6 +555,8 @@ impl Activity {
             stalled_since_ms: AtomicU64::new(NOT_STALLED),
             served: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
+            reading: AtomicUsize::new(0),
+            body_at_ms: AtomicU64::new(0),
             peer: std::sync::OnceLock::new(),
             watch_responses: AtomicBool::new(false),
             responses: Mutex::new(Vec::new()),
@@ -537,16 +583,47 @@ impl Activity {
     }
 
     /// When the connection last had no request in flight.
+    /// For one whose requests are all still sending their bodies, when a
+    /// byte of a body last came.
     fn idle_since(&self) -> Instant {
-        self.base + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire))
+        let ms = if self.reading.load(Ordering::Acquire) > 0 {
+            self.body_at_ms.load(Ordering::Acquire)
+        } else {
+            self.idle_since_ms.load(Ordering::Acquire)
+        };
+        self.base + Duration::from_millis(ms)
     }
 
-    /// Whether it is served, has no request in flight, and the bytes of its
-    /// last response were all taken by the kernel.
+    /// Whether no request in flight has reached an app or a response yet,
+    /// beyond berth reading its body (each request in the handler counts
+    /// twice in `in_flight`: from its complete head, and in the handler).
+    fn only_reading_bodies(&self) -> bool {
+        let in_flight = self.in_flight.load(Ordering::Acquire);
+        in_flight == 0 || in_flight == 2 * self.reading.load(Ordering::Acquire)
+    }
+
+    /// Whether it is served, has no request in flight but ones whose bodies
+    /// berth is still reading (before any app has them: a slow body is as
+    /// much a slowloris as a slow head), and the bytes of its last response
+    /// were all taken by the kernel.
     fn between_requests(&self) -> bool {
         self.shed_state.load(Ordering::Acquire) == RUNNING
-            && self.in_flight.load(Ordering::Acquire) == 0
+            && self.only_reading_bodies()
             && self.stalled_since_ms.load(Ordering::Relaxed) == NOT_STALLED
+    }
+
+    /// Counts a request whose body berth reads (before an app has it) until
+    /// the guard is dropped; a connection with only such requests may be
+    /// closed to make room once its bodies have been silent for the grace.
+    pub fn reading_body(self: &Arc<Self>) -> ReadingBody {
+        self.body_progress();
+        self.reading.fetch_add(1, Ordering::AcqRel);
+        ReadingBody(self.clone())
+    }
+
+    /// A byte of a request body came.
+    pub fn body_progress(&self) {
+        self.body_at_ms.store(self.now_ms(), Ordering::Release);
     }
 
     /// Whether it may be closed to make room at `now`.
@@ -576,7 +653,7 @@ impl Activity {
     async fn shed_asked(&self) {
         loop {
             self.shed.notified().await;
-            if self.in_flight.load(Ordering::Acquire) == 0
+            if self.only_reading_bodies()
                 && self.stalled_since_ms.load(Ordering::Relaxed) == NOT_STALLED
             {
                 return;
@@ -1004,13 +1081,13 @@ mod tests {
         let _r = conns.admit(ip(), &young, 10).unwrap();
         match conns.shed_oldest() {
             Shed::NoneBefore(at) => assert_eq!(at, young.idle_since() + SHED_GRACE),
-            Shed::Asked(_) => panic!("nothing is past the grace"),
+            Shed::Asked(_) | Shed::AllBusy(_) => panic!("nothing is past the grace"),
         }
         let waiting = Arc::new(Activity::new());
         let _w = conns.admit(ip(), &waiting, 10).unwrap();
         let _busy = young.busy();
         assert!(
-            matches!(conns.shed_oldest(), Shed::NoneBefore(_)),
+            matches!(conns.shed_oldest(), Shed::AllBusy(_)),
             "neither a busy connection nor one not yet served"
         );
     }

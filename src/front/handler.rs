@@ -219,6 +219,7 @@ async fn route(
                     tmp: generation.tmp.clone(),
                     idle: generation.limits.body_timeout,
                     peer: activity.peer(),
+                    conn: Some(activity.clone()),
                 },
                 buffer: BufferLimits {
                     memory: generation.limits.response_buffer,

@@ -34,6 +34,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::conn::Activity;
 use super::respond::Reject;
 use super::spool::{Peer, Spool, SpoolError, TmpDir};
 
@@ -49,10 +50,15 @@ pub struct BodyLimits {
     pub idle: Duration,
     /// The client's address's share of the budgets (`spool::Peer`).
     pub peer: Option<Arc<Peer>>,
+    /// The connection: told while its body is read, and as bytes come, so
+    /// a connection whose client only trickles a body may be closed to
+    /// make room at the caps.
+    pub conn: Option<Arc<Activity>>,
 }
 
 /// Reads the whole body (FastCGI and CGI apps).
 pub async fn read_whole(body: Incoming, limits: &BodyLimits) -> Result<Spool, Reject> {
+    let _reading = limits.conn.as_ref().map(|c| c.reading_body());
     let mut spool = Spool::new(limits.buffer, limits.tmp.clone(), limits.peer.clone());
     let mut body = body;
     while let Some(data) = next_data(&mut body, limits).await? {
@@ -88,6 +94,7 @@ pub enum Prefix {
 /// take bodies as they come). With no room left in the memory budgets, what
 /// came so far goes on at once.
 pub async fn read_prefix(body: Incoming, limits: &BodyLimits) -> Result<Prefix, Reject> {
+    let _reading = limits.conn.as_ref().map(|c| c.reading_body());
     let mut spool = Spool::new(usize::MAX, None, limits.peer.clone());
     let mut body = body;
     loop {
@@ -126,6 +133,9 @@ async fn next_data(body: &mut Incoming, limits: &BodyLimits) -> Result<Option<By
         if let Ok(data) = frame.into_data()
             && !data.is_empty()
         {
+            if let Some(c) = &limits.conn {
+                c.body_progress();
+            }
             return Ok(Some(data));
         }
     }
