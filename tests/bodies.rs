@@ -872,3 +872,31 @@ fn temporary_files_are_bounded_per_client_address_and_in_all() {
     assert_eq!(r.status, 200, "{r:?}\n{}", t.s.output());
     assert_eq!(r.vars()["md5"], md5_of(&small));
 }
+
+#[test]
+fn head_over_http2_to_a_cgi_script_that_prints_a_body_gets_no_body() {
+    // The review: CGI output after the head went out as DATA on an HTTP/2
+    // HEAD response (HTTP/1.1 dropped it), a protocol error for the client
+    // (curl -I exited 92).
+    let t = start("", "", "");
+    let c = client(true, None, &["a.test"], t.s.port);
+    for path in ["/cgi-bin/exact.cgi", "/cgi-bin/echo.cgi", "/big.php?n=5000"] {
+        let r = c
+            .head(format!("http://a.test:{}{path}", t.s.port))
+            .send()
+            .unwrap_or_else(|e| panic!("HEAD {path}: {e}"));
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(r.bytes().unwrap().is_empty(), "{path}");
+    }
+    // The app's length stays for HEAD; and the next request is served.
+    let r = c
+        .head(format!("http://a.test:{}/cgi-bin/exact.cgi", t.s.port))
+        .send()
+        .unwrap();
+    assert_eq!(r.headers()["content-length"], "5");
+    let r = c
+        .get(format!("http://a.test:{}/cgi-bin/exact.cgi", t.s.port))
+        .send()
+        .unwrap();
+    assert_eq!(r.bytes().unwrap().as_ref(), b"hello");
+}

@@ -129,19 +129,22 @@ pub fn frame_cgi_response(
 ) -> http::Response<crate::front::body::Body> {
     use http_body_util::BodyExt;
     let (mut head, body) = resp.into_parts();
-    // HEAD and 304 have no body: a Content-Length describes the one GET
-    // would have.
+    // 204 has no body and no length (RFC 9110 §8.6).
+    if head.status == http::StatusCode::NO_CONTENT {
+        head.headers.remove(http::header::CONTENT_LENGTH);
+        return http::Response::from_parts(head, without_body(body));
+    }
+    // HEAD and 304 have no body either: what the app printed after the head
+    // is read and dropped (RFC 3875 §6.3.3: HTTP/2 would send it as DATA),
+    // and its Content-Length stays, describing the body GET would have.
     if head_only || head.status == http::StatusCode::NOT_MODIFIED {
-        return http::Response::from_parts(head, body);
+        return http::Response::from_parts(head, without_body(body));
     }
     // The head parser accepted at most one, all digits.
     let declared = head
         .headers
         .remove(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if head.status == http::StatusCode::NO_CONTENT {
-        return http::Response::from_parts(head, crate::front::body::empty());
-    }
     let Some(length) = declared else {
         return http::Response::from_parts(head, body);
     };
@@ -155,6 +158,30 @@ pub fn frame_cgi_response(
     };
     http::Response::from_parts(head, body.boxed_unsync())
 }
+
+/// An empty body for the client; what the app sends instead is read (up
+/// to [`DRAIN_AT_MOST`], on a task of its own) and dropped, so the app ends
+/// its answer as usual (and its process goes back to its pool) rather than
+/// meeting a closed connection.
+fn without_body(app: crate::front::body::Body) -> crate::front::body::Body {
+    use http_body::Body as _;
+    if !app.is_end_stream() {
+        tokio::spawn(async move {
+            let mut app = app;
+            let mut read = 0;
+            while read < DRAIN_AT_MOST {
+                match http_body_util::BodyExt::frame(&mut app).await {
+                    Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+                    _ => break,
+                }
+            }
+        });
+    }
+    crate::front::body::empty()
+}
+
+/// The most of an app's unwanted body that is read before it is cut off.
+const DRAIN_AT_MOST: usize = 1 << 20;
 
 /// A body held to the length its app declared.
 struct Exact {
@@ -330,12 +357,24 @@ mod tests {
 
     #[tokio::test]
     async fn head_and_not_modified_keep_the_apps_length() {
-        let resp = frame_cgi_response(app_response("42", &[]), true, "t/a", None);
+        let resp = frame_cgi_response(app_response("42", &[b"not for HEAD"]), true, "t/a", None);
         assert_eq!(resp.headers()[http::header::CONTENT_LENGTH], "42");
+        assert!(
+            http_body::Body::is_end_stream(resp.body()),
+            "HEAD has no body"
+        );
         let mut not_modified = app_response("42", &[]);
         *not_modified.status_mut() = http::StatusCode::NOT_MODIFIED;
         let resp = frame_cgi_response(not_modified, false, "t/a", None);
         assert_eq!(resp.headers()[http::header::CONTENT_LENGTH], "42");
         assert!(resp.into_body().collect().await.is_ok());
+        // 204 has no length at all, HEAD or not.
+        for head_only in [false, true] {
+            let mut no_content = app_response("5", &[b"hello"]);
+            *no_content.status_mut() = http::StatusCode::NO_CONTENT;
+            let resp = frame_cgi_response(no_content, head_only, "t/a", None);
+            assert!(!resp.headers().contains_key(http::header::CONTENT_LENGTH));
+            assert!(http_body::Body::is_end_stream(resp.body()));
+        }
     }
 }
