@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, StatusCode, header, request::Parts};
 use hyper::body::Incoming;
@@ -40,7 +40,7 @@ pub async fn respond(
     activity: Arc<Activity>,
 ) -> Response<Counted> {
     let started = Instant::now();
-    let time = SystemTime::now();
+    let time = super::access_log::coarse_now();
     activity.begin();
     let generation = shared.current.load_full();
     let on_stall: OnStall = activity.clone();
