@@ -53,13 +53,13 @@ impl Entry {
     }
 
     /// Appends the line to `line`.
-    fn format_into(&self, mut line: &mut Vec<u8>, bytes: u64) {
-        escape_into(&mut line, self.vhost.as_bytes());
+    fn format_into(&self, line: &mut Vec<u8>, bytes: u64) {
+        escape_into(line, self.vhost.as_bytes());
         line.push(b' ');
         line.extend_from_slice(self.remote.as_bytes());
         line.extend_from_slice(b" - ");
         match &self.user {
-            Some(u) => escape_into(&mut line, u.as_bytes()),
+            Some(u) => escape_into(line, u.as_bytes()),
             None => line.push(b'-'),
         }
         line.extend_from_slice(b" [");
@@ -75,10 +75,10 @@ impl Entry {
             line.extend_from_slice(cache.1.as_bytes());
         });
         line.extend_from_slice(b"] \"");
-        escape_into(&mut line, self.method.as_str().as_bytes());
+        escape_into(line, self.method.as_str().as_bytes());
         line.push(b' ');
         escape_into(
-            &mut line,
+            line,
             self.target
                 .as_ref()
                 .map_or(b"/".as_slice(), |t| t.as_str().as_bytes()),
@@ -101,7 +101,7 @@ impl Entry {
         for v in [&self.referer, &self.user_agent] {
             line.extend_from_slice(b" \"");
             match v {
-                Some(v) => escape_into(&mut line, v.as_bytes()),
+                Some(v) => escape_into(line, v.as_bytes()),
                 None => line.push(b'-'),
             }
             line.push(b'"');

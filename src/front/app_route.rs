@@ -136,7 +136,7 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
         };
         http(
             req.apps,
-            &id,
+            id,
             &plan.pool,
             req.parts,
             body,
@@ -176,7 +176,7 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
             let script = (!req.extensions.is_empty()).then(|| filename.to_path_buf());
             cgi(
                 req.apps,
-                &id,
+                id,
                 &plan.pool,
                 script,
                 params,
@@ -185,7 +185,7 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
             )
             .await
         } else {
-            fastcgi(req.apps, &id, &plan.pool, params, spool, req.error_log).await
+            fastcgi(req.apps, id, &plan.pool, params, spool, req.error_log).await
         };
         answer.map(|resp| crate::backend::frame_cgi_response(resp, head_only, &id.to_string()))
     };
