@@ -36,7 +36,7 @@ use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -618,7 +618,7 @@ fn http_date_now() -> [u8; 29] {
     thread_local! {
         static CACHE: std::cell::Cell<(u64, [u8; 29])> = const { std::cell::Cell::new((0, [0; 29])) };
     }
-    let now = SystemTime::now();
+    let now = super::access_log::coarse_now();
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     CACHE.with(|c| {
         let (at, text) = c.get();

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Request, Response, StatusCode, Version, header, request::Parts};
 use http_body_util::BodyExt;
@@ -41,7 +41,7 @@ pub async fn respond(
     activity: Arc<Activity>,
 ) -> Response<Counted> {
     let started = Instant::now();
-    let time = SystemTime::now();
+    let time = super::access_log::coarse_now();
     activity.begin();
     let generation = shared.current.load_full();
     let mut body = body;

@@ -62,21 +62,26 @@ pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
             rest[..end].to_ascii_lowercase()
         )));
     } else {
-        match raw.rsplit_once(':') {
-            Some((h, port)) if valid_port(port) => h,
+        // A byte loop, not string searchers: this runs for every request.
+        match raw.bytes().rposition(|b| b == b':') {
+            Some(i) if valid_port(&raw[i + 1..]) => &raw[..i],
             Some(_) => return None,
             None => raw,
         }
     };
     let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty()
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
-    {
+    let mut upper = false;
+    for b in host.bytes() {
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {}
+            b'A'..=b'Z' => upper = true,
+            _ => return None,
+        }
+    }
+    if host.is_empty() {
         return None;
     }
-    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+    Some(if upper {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
         Cow::Borrowed(host)
@@ -120,6 +125,15 @@ mod tests {
         assert_eq!(normalize_host("alice.test:http"), None);
         assert_eq!(normalize_host("alice.test/../x"), None);
         assert_eq!(normalize_host(""), None);
+        assert_eq!(normalize_host("a:b:80"), None, "one port");
+        assert_eq!(normalize_host(":80"), None);
+        assert_eq!(normalize_host("a.test:"), None);
+        assert_eq!(normalize_host("a.test:123456"), None);
+        assert_eq!(normalize_host(" Alice.test "), Some("alice.test".into()));
+        assert!(matches!(
+            normalize_host("alice.test"),
+            Some(Cow::Borrowed(_))
+        ));
     }
 
     #[test]
