@@ -126,13 +126,30 @@ impl Dir {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+/// A free TCP port on 127.0.0.1 for a server a test starts: bound and
+/// released, never the same twice in one test binary, and below the
+/// kernel's ephemeral range (32768 and up by default), where the tests'
+/// own outgoing connections take their ports. A port from the ephemeral
+/// range (as binding port 0 gave) could be taken by a client connection of
+/// another test between its release and berth's bind ("Address already in
+/// use").
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    // Start somewhere different in each test binary (they run one after
+    // another, but a server of the last may be ending).
+    let seed = std::process::id() as usize;
+    for i in 0..12000 {
+        let port = 20000 + ((seed * 7919 + i * 613) % 12000) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000")
 }
 
 /// A test certificate authority and certificates for host names.
