@@ -37,6 +37,7 @@ use tokio::time::Instant;
 use super::conn::Activity;
 use super::respond::Reject;
 use super::spool::{Peer, Spool, SpoolError, TmpDir};
+use crate::backend::IdleTimer;
 
 /// What bounds the reading of one request body.
 #[derive(Clone)]
@@ -174,8 +175,7 @@ pub struct Streamed {
     rest: Incoming,
     seen: u64,
     max: u64,
-    idle: Duration,
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    timer: IdleTimer,
     pub fault: ClientFault,
     /// Set once the body is all sent (or failed, or dropped).
     pub sent: Arc<Sent>,
@@ -232,8 +232,7 @@ impl Streamed {
             head,
             rest,
             max: limits.max,
-            idle: limits.idle,
-            timer: None,
+            timer: IdleTimer::new(limits.idle),
             fault: ClientFault::default(),
             sent: Arc::default(),
         }
@@ -254,7 +253,7 @@ impl HttpBody for Streamed {
         }
         match Pin::new(&mut this.rest).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.timer = None;
+                this.timer.progress();
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.max {
@@ -275,19 +274,13 @@ impl HttpBody for Streamed {
                 this.sent.finish();
                 Poll::Ready(None)
             }
-            Poll::Pending => {
-                let idle = this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        let why = format!("the client sent nothing of its body for {idle:?}");
-                        this.fail(Reject::BodyIncomplete(why.clone()), why)
-                    }
-                    Poll::Pending => Poll::Pending,
+            Poll::Pending => match this.timer.poll_expired(cx, "the client's body") {
+                Poll::Ready(e) => {
+                    let why = e.to_string();
+                    this.fail(Reject::BodyIncomplete(why.clone()), why)
                 }
-            }
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 
