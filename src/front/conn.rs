@@ -910,9 +910,8 @@ pub async fn serve<I>(
     }
     activity.watch_responses.store(true, Ordering::Relaxed);
     loop {
-        let untaken = activity
-            .response_deadline(limits)
-            .is_some_and(|at| at <= Instant::now());
+        let response_at = activity.response_deadline(limits);
+        let untaken = response_at.is_some_and(|at| at <= Instant::now());
         if untaken || activity.abandoned.load(Ordering::Acquire) {
             debug!(
                 "{}: left a response untaken for {:?}; closing",
@@ -923,13 +922,10 @@ pub async fn serve<I>(
         // `changed` wakes us when a request starts or ends, to recompute this.
         let wake = match closing {
             Some(until) => Some(until),
-            None => [
-                activity.deadline(limits),
-                activity.response_deadline(limits),
-            ]
-            .into_iter()
-            .flatten()
-            .min(),
+            None => [activity.deadline(limits), response_at]
+                .into_iter()
+                .flatten()
+                .min(),
         };
         let sleep = async {
             match wake {
