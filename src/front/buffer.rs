@@ -341,8 +341,8 @@ impl HttpBody for Buffered {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let shared = self.shared.clone();
-        let mut st = shared.lock().expect("buffer lock");
+        let this = &mut *self;
+        let mut st = this.shared.lock().expect("buffer lock");
         match st.spool.pop() {
             Ok(Some(data)) => {
                 st.last_take = Instant::now();
@@ -350,7 +350,7 @@ impl HttpBody for Buffered {
                 if let Some(w) = st.pump.take() {
                     w.wake();
                 }
-                if let Some(n) = self.remaining.as_mut() {
+                if let Some(n) = this.remaining.as_mut() {
                     *n = n.saturating_sub(data.len() as u64);
                 }
                 return Poll::Ready(Some(Ok(Frame::data(data))));

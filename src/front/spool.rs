@@ -288,35 +288,48 @@ impl Spool {
         if data.is_empty() {
             return Ok(());
         }
-        let len = data.len();
-        let file_waiting = matches!(self.segments.back(), Some(Segment::File { .. }));
-        if !file_waiting && self.mem + len <= self.mem_limit && self.reserved.try_add(len) {
+        if self.try_memory(&data) {
             self.push_memory(data);
             return Ok(());
         }
         if self.tmp.is_none() {
             return Err(SpoolError::Full("memory"));
         }
-        self.push_file(data)
+        self.reserve_file(data.len())?;
+        self.write_file(data)
     }
 
-    /// Appends `data` in memory whatever the budgets (one piece past them:
-    /// a response's pump, which asked [`Spool::has_room`] before reading
-    /// it).
+    /// Appends `data` whatever the budgets (one piece past them: a
+    /// response's pump, which asked [`Spool::has_room`] before reading it):
+    /// where [`Spool::push`] would put it, else in memory, or in the file
+    /// when something waits there (to keep the order).
     pub fn push_anyway(&mut self, data: Bytes) -> Result<(), SpoolError> {
-        match self.push(data.clone()) {
-            Err(SpoolError::Full(_)) => {
-                if matches!(self.segments.back(), Some(Segment::File { .. })) {
-                    // Keep the order: after what waits in the file.
-                    self.disk.force_add(data.len());
-                    return self.write_file(data);
-                }
-                self.reserved.force_add(data.len());
-                self.push_memory(data);
-                Ok(())
-            }
-            other => other,
+        if data.is_empty() {
+            return Ok(());
         }
+        if self.try_memory(&data) {
+            self.push_memory(data);
+            return Ok(());
+        }
+        if self.tmp.is_some() && self.reserve_file(data.len()).is_ok() {
+            return self.write_file(data);
+        }
+        if matches!(self.segments.back(), Some(Segment::File { .. })) {
+            self.disk.force_add(data.len());
+            return self.write_file(data);
+        }
+        self.reserved.force_add(data.len());
+        self.push_memory(data);
+        Ok(())
+    }
+
+    /// Whether `data` may go to memory (this spool's limit and the memory
+    /// budgets, nothing waiting in the file before it); reserves it if so.
+    fn try_memory(&mut self, data: &Bytes) -> bool {
+        let file_waiting = matches!(self.segments.back(), Some(Segment::File { .. }));
+        !file_waiting
+            && self.mem + data.len() <= self.mem_limit
+            && self.reserved.try_add(data.len())
     }
 
     fn push_memory(&mut self, data: Bytes) {
@@ -325,27 +338,30 @@ impl Spool {
         self.segments.push_back(Segment::Mem(data));
     }
 
-    fn push_file(&mut self, data: Bytes) -> Result<(), SpoolError> {
-        if !self.disk.try_add(data.len()) {
+    /// Reserves `len` bytes of the disk budgets, and makes the file if
+    /// there is none yet (within the open-files budgets); nothing is kept
+    /// reserved when it fails.
+    fn reserve_file(&mut self, len: usize) -> Result<(), SpoolError> {
+        if !self.disk.try_add(len) {
             return Err(SpoolError::Full("temporary files"));
         }
         if self.file.is_none() {
             if !self.file_slot.try_add(1) {
-                self.disk.release(data.len());
+                self.disk.release(len);
                 return Err(SpoolError::Full("open temporary files"));
             }
             let dir = self.tmp.as_deref().expect("checked by the caller");
             match tmpfile(dir) {
                 Ok(f) => self.file = Some(f),
                 Err(e) => {
-                    self.disk.release(data.len());
+                    self.disk.release(len);
                     self.file_slot.release(1);
                     tracing::warn!("temporary file in {}: {e}", dir.display());
                     return Err(SpoolError::Full("a temporary file could not be made"));
                 }
             }
         }
-        self.write_file(data)
+        Ok(())
     }
 
     /// Writes `data` at the end of the file (its bytes reserved already).
