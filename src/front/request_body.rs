@@ -23,14 +23,12 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -62,7 +60,8 @@ pub async fn read_whole(body: Incoming, limits: &BodyLimits) -> Result<Spool, Re
     let _reading = limits.conn.as_ref().map(|c| c.reading_body());
     let mut spool = Spool::new(limits.buffer, limits.tmp.clone(), limits.peer.clone());
     let mut body = body;
-    while let Some(data) = next_data(&mut body, limits).await? {
+    let mut idle = IdleTimer::new(limits.idle);
+    while let Some(data) = next_data(&mut body, &mut idle, limits).await? {
         if spool.unread() + data.len() as u64 > limits.max {
             return Err(Reject::PayloadTooLarge { max: limits.max });
         }
@@ -98,12 +97,13 @@ pub async fn read_prefix(body: Incoming, limits: &BodyLimits) -> Result<Prefix, 
     let _reading = limits.conn.as_ref().map(|c| c.reading_body());
     let mut spool = Spool::new(usize::MAX, None, limits.peer.clone());
     let mut body = body;
+    let mut idle = IdleTimer::new(limits.idle);
     loop {
         let full = spool.unread() >= limits.buffer as u64 || !spool.has_room(16 * 1024);
         if full && !body.is_end_stream() {
             return Ok(Prefix::Partial(spool, body));
         }
-        match next_data(&mut body, limits).await? {
+        match next_data(&mut body, &mut idle, limits).await? {
             Some(data) => {
                 if spool.unread() + data.len() as u64 > limits.max {
                     return Err(Reject::PayloadTooLarge { max: limits.max });
@@ -118,28 +118,38 @@ pub async fn read_prefix(body: Incoming, limits: &BodyLimits) -> Result<Prefix, 
 
 /// The next data frame (trailers are dropped: CGI has no place for them),
 /// or None at the end.
-async fn next_data(body: &mut Incoming, limits: &BodyLimits) -> Result<Option<Bytes>, Reject> {
-    loop {
-        let frame = match tokio::time::timeout(limits.idle, body.frame()).await {
-            Ok(Some(Ok(frame))) => frame,
-            Ok(Some(Err(e))) => return Err(Reject::BodyIncomplete(e.to_string())),
-            Ok(None) => return Ok(None),
-            Err(_) => {
-                return Err(Reject::BodyIncomplete(format!(
-                    "the client sent nothing of its body for {:?}",
-                    limits.idle
-                )));
+async fn next_data(
+    body: &mut Incoming,
+    idle: &mut IdleTimer,
+    limits: &BodyLimits,
+) -> Result<Option<Bytes>, Reject> {
+    std::future::poll_fn(|cx| {
+        loop {
+            match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    idle.progress();
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        if let Some(c) = &limits.conn {
+                            c.body_progress();
+                        }
+                        return Poll::Ready(Ok(Some(data)));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Err(Reject::BodyIncomplete(e.to_string())));
+                }
+                Poll::Ready(None) => return Poll::Ready(Ok(None)),
+                Poll::Pending => {
+                    return idle
+                        .poll_expired(cx, "the client's body")
+                        .map(|e| Err(Reject::BodyIncomplete(e.to_string())));
+                }
             }
-        };
-        if let Ok(data) = frame.into_data()
-            && !data.is_empty()
-        {
-            if let Some(c) = &limits.conn {
-                c.body_progress();
-            }
-            return Ok(Some(data));
         }
-    }
+    })
+    .await
 }
 
 /// A body read whole, as the app gets it: exact length.
@@ -188,25 +198,16 @@ pub type ClientFault = Arc<Mutex<Option<Reject>>>;
 /// one being waited for, so the app's `timeout` for its answer counts from
 /// there (a slow upload is no app that does not answer).
 #[derive(Default)]
-pub struct Sent(AtomicU64);
-
-/// What [`Sent`] counts from.
-static SENT_BASE: LazyLock<Instant> = LazyLock::new(Instant::now);
+pub struct Sent(OnceLock<Instant>);
 
 impl Sent {
     fn finish(&self) {
-        let ms = SENT_BASE.elapsed().as_millis() as u64 + 1;
-        let _ = self
-            .0
-            .compare_exchange(0, ms, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.0.set(Instant::now());
     }
 
     /// When the body ended, if it has.
     pub fn finished_at(&self) -> Option<Instant> {
-        match self.0.load(Ordering::Acquire) {
-            0 => None,
-            ms => Some(*SENT_BASE + Duration::from_millis(ms - 1)),
-        }
+        self.0.get().copied()
     }
 }
 
