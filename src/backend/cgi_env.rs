@@ -168,20 +168,9 @@ pub fn variables<'a>(
 /// An address as text, an IPv4 one digit by digit (without the formatting
 /// machinery, which cost more than the rest of the variables together).
 fn ip_text(ip: IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut out = Vec::with_capacity(15);
-            let mut digits = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                out.extend_from_slice(digits.format(octet).as_bytes());
-            }
-            out
-        }
-        IpAddr::V6(v6) => v6.to_string().into_bytes(),
-    }
+    let mut out = Vec::with_capacity(15);
+    super::write_ip(&mut out, ip);
+    out
 }
 
 fn number(n: u64) -> Vec<u8> {

@@ -646,7 +646,7 @@ fn set_proxy_headers(headers: &mut HeaderMap, forwarded: &Forwarded<'_>) {
     };
     let host = Some(forwarded.host).filter(|h| valid_value(h));
     let mut text = Vec::with_capacity(2 * 45 + 32 + 2 * forwarded.host.len());
-    write_ip(&mut text, ip);
+    super::write_ip(&mut text, ip);
     let ip_end = text.len();
     write_forwarded(&mut text, ip, proto, host);
     let forwarded_end = text.len();
@@ -676,37 +676,17 @@ fn valid_value(s: &str) -> bool {
     s.bytes().all(|b| (b >= 32 && b != 127) || b == b'\t')
 }
 
-/// The address as text (an IPv4 address digit by digit, without the
-/// formatting machinery).
-fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut digits = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                out.extend_from_slice(digits.format(octet).as_bytes());
-            }
-        }
-        IpAddr::V6(v6) => {
-            use std::io::Write as _;
-            let _ = write!(out, "{v6}");
-        }
-    }
-}
-
 /// `for=<ip>;proto=<proto>;host="<host>"`, an IPv6 address quoted and in
 /// brackets (RFC 7239 §6).
 fn write_forwarded(out: &mut Vec<u8>, ip: IpAddr, proto: &str, host: Option<&str>) {
     match ip {
         IpAddr::V4(_) => {
             out.extend_from_slice(b"for=");
-            write_ip(out, ip);
+            super::write_ip(out, ip);
         }
         IpAddr::V6(_) => {
             out.extend_from_slice(b"for=\"[");
-            write_ip(out, ip);
+            super::write_ip(out, ip);
             out.extend_from_slice(b"]\"");
         }
     }

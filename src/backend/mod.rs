@@ -51,6 +51,26 @@ pub enum AppFailure {
     },
 }
 
+/// The address as text (an IPv4 address digit by digit, without the
+/// formatting machinery).
+pub(crate) fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(digits.format(octet).as_bytes());
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// How a failed connect to an app process counts: the front end out of
 /// descriptors or memory, or the app's accept queue full (EAGAIN on a Unix
 /// socket), is being busy, not the app being gone: its process is not
