@@ -30,7 +30,7 @@ use hyper::body::Incoming;
 use super::SiteRt;
 use super::apps::{Apps, Lease, LeaseError};
 use super::body::Body;
-use super::buffer::{self, BufferLimits, OnStall};
+use super::buffer::{self, BufferLimits};
 use super::request_body::{self, BodyLimits, ClientFault, Prefix, Sent, SpoolBody, Streamed};
 use super::respond::Reject;
 use super::spool::Spool;
@@ -68,8 +68,6 @@ pub struct AppRequest<'a> {
     pub body_limits: BodyLimits,
     /// How the response is buffered.
     pub buffer: BufferLimits,
-    /// Told when the client leaves the response untaken.
-    pub on_stall: OnStall,
 }
 
 /// Answers through the app, or None when the path is static under an
@@ -198,7 +196,7 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
         };
         answer.map(|resp| crate::backend::frame_cgi_response(resp, head_only, &id.to_string(), log))
     };
-    Some(answer.and_then(|resp| buffer::response(resp, &req.buffer, req.on_stall)))
+    Some(answer.and_then(|resp| buffer::response(resp, &req.buffer)))
 }
 
 /// The script part and the rest of `path`, split after the first segment that

@@ -18,25 +18,23 @@
 //! - Streaming responses (`text/event-stream`, `X-Accel-Buffering: no`) are not
 //!   buffered: the pump holds at most one piece at a time, so the app's writes
 //!   reach the client at once.
-//! - Either way, a client that takes nothing of waiting data for
-//!   `send_timeout` loses the response: the pump stops, the app body (and with
-//!   it the process) is let go, the buffer freed, the client's body ends in an
-//!   error, and `on_stall` tells the connection. This is what bounds an HTTP/2
-//!   stream whose window stays shut, which no connection-level write timeout
-//!   sees (the connection's other streams and its pings keep writing).
+//! - Either way, a client that takes nothing of a waiting response for
+//!   `send_timeout` loses it with its connection: the fast lane's write times
+//!   out, and hyper's connections are watched response by response
+//!   (`conn::Progress`, which also sees an HTTP/2 stream whose window stays
+//!   shut). The client's side of the body is dropped then, and with it the
+//!   pump stops, lets go of the app body (the process) and frees the buffer.
 
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::time::{Instant, Sleep};
 
 use super::body::Body;
 use super::respond::Reject;
@@ -50,37 +48,16 @@ pub struct BufferLimits {
     /// `max_response_buffer`: bytes in the temporary file per response.
     pub file: u64,
     pub tmp: TmpDir,
-    /// `send_timeout`: the longest a client may leave waiting data untaken.
-    pub send_timeout: Duration,
     /// The client's address's share of the budgets (`spool::Peer`).
     pub peer: Option<Arc<Peer>>,
 }
-
-/// Told when a client let a response stall past `send_timeout`: the
-/// connection's `Activity` (a reference to it, not a closure allocated per
-/// request), or any `Fn()`.
-pub trait Stall: Send + Sync {
-    fn stalled(&self);
-}
-
-impl<F: Fn() + Send + Sync> Stall for F {
-    fn stalled(&self) {
-        self()
-    }
-}
-
-pub type OnStall = Arc<dyn Stall>;
 
 /// nginx's header for an app to turn buffering off (or on) per response.
 const X_ACCEL_BUFFERING: &str = "x-accel-buffering";
 
 /// Wraps an app's response so that its body is read at the app's pace.
 /// An app body that fails before a byte of it could be sent becomes a 502.
-pub fn response(
-    resp: Response<Body>,
-    limits: &BufferLimits,
-    on_stall: OnStall,
-) -> Result<Response<Body>, Reject> {
+pub fn response(resp: Response<Body>, limits: &BufferLimits) -> Result<Response<Body>, Reject> {
     let (mut head, mut body) = resp.into_parts();
     let streaming = is_streaming(&mut head.headers);
     let total = body.size_hint().exact();
@@ -154,15 +131,8 @@ pub fn response(
         reader_gone: false,
         reader: None,
         pump: None,
-        last_take: Instant::now(),
     }));
-    tokio::spawn(pump(
-        body,
-        shared.clone(),
-        cap,
-        limits.send_timeout,
-        on_stall,
-    ));
+    tokio::spawn(pump(body, shared.clone(), cap));
     let reader = Buffered {
         shared,
         remaining: total,
@@ -223,13 +193,11 @@ struct State {
     /// The app's body has ended.
     done: bool,
     error: Option<io::Error>,
-    /// The client's side was dropped (it went away, or the response was
-    /// abandoned): the pump stops.
+    /// The client's side was dropped (it went away, or its connection was
+    /// closed for leaving the response untaken): the pump stops.
     reader_gone: bool,
     reader: Option<Waker>,
     pump: Option<Waker>,
-    /// When the client last took a piece.
-    last_take: Instant,
 }
 
 impl State {
@@ -240,24 +208,18 @@ impl State {
     }
 }
 
-/// Reads the app's body into the spool until it ends, fails, or the client
-/// stalls or goes; the body (and the lease inside it) is dropped on return.
-async fn pump(
-    body: Body,
-    shared: Arc<Mutex<State>>,
-    cap: Cap,
-    send_timeout: Duration,
-    on_stall: OnStall,
-) {
+/// Reads the app's body into the spool until it ends or fails and the
+/// client has taken it all, or the client goes; the body (and the lease
+/// inside it) is dropped as soon as it ends.
+async fn pump(body: Body, shared: Arc<Mutex<State>>, cap: Cap) {
     // None once the app's body has ended or failed: the process is let go
     // then, while the client may still be draining what was read.
     let mut body = Some(body);
-    let mut stall: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(send_timeout));
-    let stalled = std::future::poll_fn(|cx| {
+    std::future::poll_fn(|cx| {
         let mut st = shared.lock().expect("buffer lock");
         loop {
             if st.reader_gone {
-                return Poll::Ready(false);
+                return Poll::Ready(());
             }
             let Some(app) = body.as_mut() else { break };
             if !cap.room(&st.spool) {
@@ -266,10 +228,6 @@ async fn pump(
             match Pin::new(app).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
-                        if st.spool.is_empty() {
-                            // The client's time to take it starts now.
-                            st.last_take = Instant::now();
-                        }
                         if let Err(e) = st.spool.push_anyway(data) {
                             st.error = Some(io::Error::other(format!("response buffer: {e}")));
                             body = None;
@@ -293,37 +251,14 @@ async fn pump(
         }
         if body.is_none() && st.spool.is_empty() {
             // All handed to the client (or only the error is left for it).
-            return Poll::Ready(false);
+            return Poll::Ready(());
         }
-        // Waiting for the app, for room, or for the client to take the
-        // rest: data the client leaves untaken for send_timeout ends it.
-        if !st.spool.is_empty() {
-            let deadline = st.last_take + send_timeout;
-            if stall.deadline() != deadline {
-                stall.as_mut().reset(deadline);
-            }
-            if stall.as_mut().poll(cx).is_ready() {
-                st.error = Some(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("the client took nothing for {send_timeout:?}"),
-                ));
-                // Free the buffer now; the client may never poll again.
-                st.spool = Spool::new(0, None, None);
-                st.done = false;
-                st.trailers = None;
-                st.wake_reader();
-                return Poll::Ready(true);
-            }
-        }
+        // Waiting for the app, for room, or for the client to take the rest
+        // (or to go).
         st.pump = Some(cx.waker().clone());
         Poll::Pending
     })
     .await;
-    drop(body);
-    if stalled {
-        tracing::debug!("response abandoned: the client took nothing for {send_timeout:?}");
-        on_stall.stalled();
-    }
 }
 
 /// The client's side of a buffered response.
@@ -345,7 +280,6 @@ impl HttpBody for Buffered {
         let mut st = this.shared.lock().expect("buffer lock");
         match st.spool.pop() {
             Ok(Some(data)) => {
-                st.last_take = Instant::now();
                 // The pump may be waiting for room.
                 if let Some(w) = st.pump.take() {
                     w.wake();
@@ -457,12 +391,11 @@ mod tests {
     use std::sync::atomic::Ordering::SeqCst;
     use tokio::sync::mpsc;
 
-    fn limits(memory: usize, file: u64, tmp: TmpDir, send_timeout: Duration) -> BufferLimits {
+    fn limits(memory: usize, file: u64, tmp: TmpDir) -> BufferLimits {
         BufferLimits {
             memory,
             file,
             tmp,
-            send_timeout,
             peer: None,
         }
     }
@@ -504,7 +437,7 @@ mod tests {
     }
 
     fn ok(resp: Response<Body>, l: &BufferLimits) -> Response<Body> {
-        response(resp, l, Arc::new(|| {})).unwrap_or_else(|_| panic!("rejected"))
+        response(resp, l).unwrap_or_else(|_| panic!("rejected"))
     }
 
     #[tokio::test]
@@ -515,10 +448,7 @@ mod tests {
             .unwrap();
         drop(tx);
         // The channel holds one frame; the end is seen at once too.
-        let resp = ok(
-            Response::new(body),
-            &limits(1024, 0, None, Duration::from_secs(5)),
-        );
+        let resp = ok(Response::new(body), &limits(1024, 0, None));
         assert!(dropped.load(SeqCst));
         assert_eq!(resp.body().size_hint().exact(), Some(6));
         let got = resp.into_body().collect().await.unwrap().to_bytes();
@@ -531,12 +461,7 @@ mod tests {
         let (tx, body, dropped) = app_body();
         let resp = ok(
             Response::new(body),
-            &limits(
-                1000,
-                1 << 20,
-                Some(Arc::from(dir.path())),
-                Duration::from_secs(30),
-            ),
+            &limits(1000, 1 << 20, Some(Arc::from(dir.path()))),
         );
         // The app writes 200 KB while the client reads nothing.
         let mut want = Vec::new();
@@ -562,33 +487,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_client_that_takes_nothing_loses_the_response_after_send_timeout() {
+    async fn a_client_that_goes_lets_the_app_go_and_frees_the_buffer() {
+        // (What ends a client that takes nothing: its connection is closed
+        // for it, by the fast lane's write timeout or `conn::Progress`.)
         let (tx, body, dropped) = app_body();
-        let stalls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = stalls.clone();
-        let resp = response(
-            Response::new(body),
-            &limits(10, 0, None, Duration::from_millis(200)),
-            Arc::new(move || {
-                counted.fetch_add(1, SeqCst);
-            }),
-        )
-        .unwrap_or_else(|_| panic!("rejected"));
+        let resp = ok(Response::new(body), &limits(10, 0, None));
         // More than the memory budget, without a file: the pump waits.
         tx.send(Ok(Frame::data(Bytes::from_static(b"0123456789ab"))))
             .await
             .unwrap();
-        let tx2 = tx.clone();
-        tokio::spawn(async move {
-            let _ = tx2.send(Ok(Frame::data(Bytes::from_static(b"more")))).await;
-        });
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        assert!(dropped.load(SeqCst));
-        assert_eq!(stalls.load(SeqCst), 1);
-        let Err(err) = resp.into_body().collect().await else {
-            panic!("the body should end in an error");
-        };
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        tokio::task::yield_now().await;
+        assert!(!dropped.load(SeqCst));
+        drop(resp);
+        for _ in 0..100 {
+            if dropped.load(SeqCst) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            dropped.load(SeqCst),
+            "the app body is let go with the client"
+        );
         drop(tx);
     }
 
@@ -600,7 +520,7 @@ mod tests {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream; charset=utf-8"),
         );
-        let resp = ok(resp, &limits(1 << 20, 0, None, Duration::from_secs(30)));
+        let resp = ok(resp, &limits(1 << 20, 0, None));
         let mut body = resp.into_body();
         for i in 0..3 {
             let event = Bytes::from(format!("data: {i}\n\n"));
@@ -632,11 +552,7 @@ mod tests {
     async fn an_app_that_fails_before_any_byte_is_a_bad_gateway() {
         let (tx, body, _dropped) = app_body();
         tx.send(Err(io::Error::other("app died"))).await.unwrap();
-        let result = response(
-            Response::new(body),
-            &limits(1024, 0, None, Duration::from_secs(5)),
-            Arc::new(|| {}),
-        );
+        let result = response(Response::new(body), &limits(1024, 0, None));
         assert!(matches!(result, Err(Reject::BadGateway(_))));
     }
 }

@@ -496,9 +496,6 @@ pub struct Activity {
     /// `NOT_STALLED`.
     stalled_since_ms: AtomicU64,
     served: AtomicBool,
-    /// A response was abandoned because the client left it untaken for
-    /// `send_timeout` (an HTTP/2 stream without window): the connection goes.
-    abandoned: AtomicBool,
     /// Requests whose bodies berth is reading before any app has them, and
     /// when a byte of one last came (ms since `base`).
     reading: AtomicUsize,
@@ -554,7 +551,6 @@ impl Activity {
             idle_since_ms: AtomicU64::new(0),
             stalled_since_ms: AtomicU64::new(NOT_STALLED),
             served: AtomicBool::new(false),
-            abandoned: AtomicBool::new(false),
             reading: AtomicUsize::new(0),
             body_at_ms: AtomicU64::new(0),
             peer: std::sync::OnceLock::new(),
@@ -716,12 +712,6 @@ impl Activity {
             .map(|since| since + limits.send_timeout)
     }
 
-    /// A response buffer gave up on this client (see `front::buffer`).
-    pub fn abandon(&self) {
-        self.abandoned.store(true, Ordering::Release);
-        self.changed.notify_one();
-    }
-
     fn now_ms(&self) -> u64 {
         self.base.elapsed().as_millis() as u64
     }
@@ -764,12 +754,6 @@ impl Activity {
             limits.header_timeout
         };
         Some(idle_since + allowed)
-    }
-}
-
-impl super::buffer::Stall for Activity {
-    fn stalled(&self) {
-        self.abandon();
     }
 }
 
@@ -912,7 +896,7 @@ pub async fn serve<I>(
     loop {
         let response_at = activity.response_deadline(limits);
         let untaken = response_at.is_some_and(|at| at <= Instant::now());
-        if untaken || activity.abandoned.load(Ordering::Acquire) {
+        if untaken {
             debug!(
                 "{}: left a response untaken for {:?}; closing",
                 info.peer, limits.send_timeout

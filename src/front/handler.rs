@@ -225,10 +225,8 @@ async fn route(
                     memory: generation.limits.response_buffer,
                     file: generation.limits.max_response_buffer,
                     tmp: generation.tmp.clone(),
-                    send_timeout: generation.limits.send_timeout,
                     peer: activity.peer(),
                 },
-                on_stall: activity.clone(),
             };
             match app_route::serve(request).await {
                 Some(result) => result,
