@@ -144,7 +144,7 @@ impl IdleTimer {
 pub fn frame_cgi_response(
     resp: http::Response<crate::front::body::Body>,
     head_only: bool,
-    app: &str,
+    app: &crate::ipc::AppId,
     log: Option<std::sync::Arc<crate::tenant_log::TenantLog>>,
 ) -> http::Response<crate::front::body::Body> {
     use http_body_util::BodyExt;
@@ -295,6 +295,13 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
+    fn app_id() -> crate::ipc::AppId {
+        crate::ipc::AppId {
+            tenant: "t".into(),
+            app: "a".into(),
+        }
+    }
+
     fn app_response(
         length: &str,
         pieces: &[&'static [u8]],
@@ -349,7 +356,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_apps_length_frames_its_body() {
-        let resp = frame_cgi_response(app_response("5", &[b"hel", b"lo"]), false, "t/a", None);
+        let resp = frame_cgi_response(app_response("5", &[b"hel", b"lo"]), false, &app_id(), None);
         assert!(!resp.headers().contains_key(http::header::CONTENT_LENGTH));
         assert_eq!(http_body::Body::size_hint(resp.body()).exact(), Some(5));
         let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -361,7 +368,7 @@ mod tests {
         let resp = frame_cgi_response(
             app_response("3", &[b"ab", b"cdef", b"gh"]),
             false,
-            "t/a",
+            &app_id(),
             None,
         );
         let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -370,14 +377,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_short_of_its_length_ends_in_an_error() {
-        let resp = frame_cgi_response(app_response("10", &[b"short"]), false, "t/a", None);
+        let resp = frame_cgi_response(app_response("10", &[b"short"]), false, &app_id(), None);
         let err = resp.into_body().collect().await.err();
         assert!(err.is_some_and(|e| e.kind() == io::ErrorKind::UnexpectedEof));
     }
 
     #[tokio::test]
     async fn head_and_not_modified_keep_the_apps_length() {
-        let resp = frame_cgi_response(app_response("42", &[b"not for HEAD"]), true, "t/a", None);
+        let resp = frame_cgi_response(
+            app_response("42", &[b"not for HEAD"]),
+            true,
+            &app_id(),
+            None,
+        );
         assert_eq!(resp.headers()[http::header::CONTENT_LENGTH], "42");
         assert!(
             http_body::Body::is_end_stream(resp.body()),
@@ -385,14 +397,14 @@ mod tests {
         );
         let mut not_modified = app_response("42", &[]);
         *not_modified.status_mut() = http::StatusCode::NOT_MODIFIED;
-        let resp = frame_cgi_response(not_modified, false, "t/a", None);
+        let resp = frame_cgi_response(not_modified, false, &app_id(), None);
         assert_eq!(resp.headers()[http::header::CONTENT_LENGTH], "42");
         assert!(resp.into_body().collect().await.is_ok());
         // 204 has no length at all, HEAD or not.
         for head_only in [false, true] {
             let mut no_content = app_response("5", &[b"hello"]);
             *no_content.status_mut() = http::StatusCode::NO_CONTENT;
-            let resp = frame_cgi_response(no_content, head_only, "t/a", None);
+            let resp = frame_cgi_response(no_content, head_only, &app_id(), None);
             assert!(!resp.headers().contains_key(http::header::CONTENT_LENGTH));
             assert!(http_body::Body::is_end_stream(resp.body()));
         }

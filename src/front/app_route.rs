@@ -41,7 +41,7 @@ use crate::backend::cgi_env::{self, Peer, Script};
 use crate::backend::fastcgi_conn::{self, StderrSink};
 use crate::backend::http_proxy::{self, Forwarded};
 use crate::config::Protocol;
-use crate::ipc::AppId;
+use crate::ipc::{AppId, AppPlan};
 use crate::tenant_log::{self, TenantLog};
 
 /// Everything about the request the app exchange needs.
@@ -181,20 +181,11 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
         let log = req.error_log.clone();
         let answer = if plan.protocol == Protocol::Cgi {
             let script = (!req.extensions.is_empty()).then(|| filename.to_path_buf());
-            cgi(
-                req.apps,
-                id,
-                &plan.pool,
-                script,
-                params,
-                spool,
-                req.error_log,
-            )
-            .await
+            cgi(req.apps, &plan, script, params, spool, req.error_log).await
         } else {
-            fastcgi(req.apps, id, &plan.pool, params, spool, req.error_log).await
+            fastcgi(req.apps, &plan, params, spool, req.error_log).await
         };
-        answer.map(|resp| crate::backend::frame_cgi_response(resp, head_only, &id.to_string(), log))
+        answer.map(|resp| crate::backend::frame_cgi_response(resp, head_only, id, log))
     };
     Some(answer.and_then(|resp| buffer::response(resp, &req.buffer)))
 }
@@ -217,16 +208,16 @@ fn split_script(path: &str, extensions: &[String]) -> Option<(String, String)> {
 
 async fn fastcgi(
     apps: &Arc<Apps>,
-    id: &AppId,
-    pool: &crate::config::Pool,
+    plan: &Arc<AppPlan>,
     params: cgi_env::Vars<'_>,
     body: Option<Spool>,
     error_log: Option<Arc<TenantLog>>,
 ) -> Result<Response<Body>, Reject> {
+    let (id, pool) = (&plan.id, &plan.pool);
     let retry = body.is_none();
     let mut body = body;
     with_process(apps, id, pool, retry, None, |lease, first_byte| {
-        let stderr = write_stderr(error_log.clone(), id);
+        let stderr = write_stderr(error_log.clone(), plan);
         fastcgi_conn::request(
             lease,
             &params,
@@ -243,13 +234,13 @@ async fn fastcgi(
 /// app's own command when mounted) and the front end talks to its pipes.
 async fn cgi(
     apps: &Arc<Apps>,
-    id: &AppId,
-    pool: &crate::config::Pool,
+    plan: &Arc<AppPlan>,
     script: Option<PathBuf>,
     params: cgi_env::Vars<'_>,
     body: Option<Spool>,
     error_log: Option<Arc<TenantLog>>,
 ) -> Result<Response<Body>, Reject> {
+    let (id, pool) = (&plan.id, &plan.pool);
     // Environment strings: names are ASCII; a header value with bytes that
     // are not UTF-8 (obs-text) reaches the script with U+FFFD in their place.
     let env = params
@@ -262,7 +253,7 @@ async fn cgi(
         })
         .collect();
     let run = apps.run_cgi(id, script, env).await.map_err(lease_error)?;
-    let stderr = write_stderr(error_log, id);
+    let stderr = write_stderr(error_log, plan);
     cgi_conn::exchange(run, body, pool.timeout, stderr)
         .await
         .map_err(|e| match e {
@@ -396,9 +387,16 @@ fn lease_error(e: LeaseError) -> Reject {
 /// Never a write on the request path: lines are queued for the log's writer
 /// thread, within the tenant's rate; what does not fit is dropped (and
 /// counted), and the sink says so, so that the app is read more slowly.
-fn write_stderr(log: Option<Arc<TenantLog>>, app: &AppId) -> StderrSink {
-    let mut lines = log.map(|log| tenant_log::Lines::new(log, app.to_string()));
-    Box::new(move |bytes: &[u8]| lines.as_mut().is_none_or(|l| l.feed(bytes) == 0))
+fn write_stderr(log: Option<Arc<TenantLog>>, app: &Arc<AppPlan>) -> StderrSink {
+    // The app's name is written out only if the app writes to its STDERR.
+    let app = app.clone();
+    let mut lines = None;
+    Box::new(move |bytes: &[u8]| {
+        let Some(log) = &log else { return true };
+        let lines =
+            lines.get_or_insert_with(|| tenant_log::Lines::new(log.clone(), app.id.to_string()));
+        lines.feed(bytes) == 0
+    })
 }
 
 #[cfg(test)]
