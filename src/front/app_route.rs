@@ -51,7 +51,7 @@ pub struct AppRequest<'a> {
     /// The tenant's error log (the app's STDERR goes there).
     pub error_log: Option<Arc<TenantLog>>,
     pub prefix: &'a str,
-    pub app: &'a str,
+    pub app: &'a AppId,
     pub extensions: &'a [String],
     /// The normalised path.
     pub path: &'a str,
@@ -77,11 +77,8 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
         Ok(root) => root,
         Err(why) => return Some(Err(Reject::Internal(why.clone()))),
     };
-    let Some(plan) = req.apps.plan(&req.site.tenant, req.app) else {
-        let id = AppId {
-            tenant: req.site.tenant.clone(),
-            app: req.app.to_string(),
-        };
+    let Some(plan) = req.apps.plan(req.app) else {
+        let id = req.app;
         return Some(Err(Reject::Internal(format!("app {id} is not configured"))));
     };
     let id = &plan.id;

@@ -17,9 +17,7 @@
 //! The supervisor decides what runs: the front end can only name an app the
 //! configuration has, and ask for one more process of it or to stop one.
 
-use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -197,47 +195,6 @@ pub struct Apps {
     pending_cgi: Mutex<HashMap<u64, oneshot::Sender<CgiAnswer>>>,
 }
 
-/// An app's name borrowed as (tenant, app), so that a pool is found without
-/// building an [`AppId`] (two strings) per request. Hashes and compares as
-/// `AppId`'s derived `Hash` and `Eq` do: the tenant, then the app.
-trait AppKey {
-    fn key(&self) -> (&str, &str);
-}
-
-impl AppKey for AppId {
-    fn key(&self) -> (&str, &str) {
-        (&self.tenant, &self.app)
-    }
-}
-
-impl AppKey for (&str, &str) {
-    fn key(&self) -> (&str, &str) {
-        *self
-    }
-}
-
-impl<'a> Borrow<dyn AppKey + 'a> for AppId {
-    fn borrow(&self) -> &(dyn AppKey + 'a) {
-        self
-    }
-}
-
-impl Hash for dyn AppKey + '_ {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        let (tenant, app) = self.key();
-        tenant.hash(state);
-        app.hash(state);
-    }
-}
-
-impl PartialEq for dyn AppKey + '_ {
-    fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key()
-    }
-}
-
-impl Eq for dyn AppKey + '_ {}
-
 /// What the supervisor answers to a start request.
 type StartAnswer = Result<AppProcess, StartRefused>;
 
@@ -336,12 +293,12 @@ impl Apps {
         }
     }
 
-    /// The plan of `tenant`'s app `app`, if configured.
-    pub fn plan(&self, tenant: &str, app: &str) -> Option<Arc<AppPlan>> {
+    /// The plan of an app, if configured.
+    pub fn plan(&self, id: &AppId) -> Option<Arc<AppPlan>> {
         self.pools
             .lock()
             .expect("apps lock")
-            .get(&(tenant, app) as &dyn AppKey)
+            .get(id)
             .map(|p| p.plan.clone())
     }
 

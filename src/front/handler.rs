@@ -196,7 +196,10 @@ async fn route(
     };
     let result = match action {
         Action::Static => serve_static(),
-        Action::App { app, extensions } => {
+        Action::App { extensions, .. } => {
+            let app = route
+                .and_then(|r| r.app.as_ref())
+                .expect("an app route has its app's name");
             let request = app_route::AppRequest {
                 apps: &shared.apps,
                 site,

@@ -89,6 +89,9 @@ pub struct RouteRt {
     /// The largest request body: the route's `max_body`, else the site's,
     /// else the server's.
     pub max_body: u64,
+    /// For an app route, the app's name, made once here (its pool is found
+    /// by it on every request).
+    pub app: Option<crate::ipc::AppId>,
 }
 
 /// State shared by every connection.
@@ -401,7 +404,15 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
                     let users = Htpasswd::parse(&a.users).unwrap_or_default();
                     (a.realm.clone(), Arc::new(users))
                 });
+                let app = match &r.action {
+                    Action::App { app, .. } => Some(crate::ipc::AppId {
+                        tenant: site.tenant.clone(),
+                        app: app.clone(),
+                    }),
+                    _ => None,
+                };
                 RouteRt {
+                    app,
                     path: r.path,
                     action: r.action,
                     auth,
