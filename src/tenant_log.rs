@@ -40,7 +40,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, Once, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::config::ErrorLogLimits;
 
@@ -374,7 +374,8 @@ fn burst(limits: ErrorLogLimits) -> f64 {
 /// `[time] [who] ` at the end of `out`.
 fn stamp(out: &mut Vec<u8>, who: &str) {
     out.push(b'[');
-    out.extend_from_slice(crate::front::access_log::clf_time(SystemTime::now()).as_bytes());
+    use crate::front::access_log::{coarse_now, push_clf_time};
+    push_clf_time(out, coarse_now());
     out.extend_from_slice(b"] [");
     out.extend_from_slice(who.as_bytes());
     out.extend_from_slice(b"] ");
