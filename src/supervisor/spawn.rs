@@ -111,18 +111,6 @@ pub enum Breach {
     OtherGroup { user: String, other: Peer },
 }
 
-impl Breach {
-    /// The other tenant this breach is shared with, if any.
-    pub fn other(&self) -> Option<&Peer> {
-        match self {
-            Breach::SharedUser { other, .. }
-            | Breach::SharedGroup { other, .. }
-            | Breach::OtherGroup { other, .. } => Some(other),
-            Breach::FrontUser { .. } | Breach::FrontGroup { .. } => None,
-        }
-    }
-}
-
 /// A group's name, or its number when it has none.
 fn group_of(gid: u32) -> String {
     match nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)) {
