@@ -558,12 +558,21 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, SpawnError> {
 fn open_files_limit(want: u64) -> u64 {
     use rustix::thread::CapabilitySet;
     static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    // Read once, not at every spawn (every CGI request): nothing changes
+    // berth's capabilities while it runs. Its hard limit is read each time:
+    // another process may lower it (prlimit).
+    static MAY_RAISE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let may_raise = *MAY_RAISE.get_or_init(|| {
+        rustix::thread::capabilities(None)
+            .is_ok_and(|c| c.effective.contains(CapabilitySet::SYS_RESOURCE))
+    });
+    if may_raise {
+        return want;
+    }
     let Some(hard) = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum else {
         return want;
     };
-    let may_raise = rustix::thread::capabilities(None)
-        .is_ok_and(|c| c.effective.contains(CapabilitySet::SYS_RESOURCE));
-    if want <= hard || may_raise {
+    if want <= hard {
         return want;
     }
     if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
