@@ -1425,7 +1425,7 @@ fn validate(server: &Server, tenants: &[Tenant], problems: &mut Problems) {
 /// tenants sharing a uid or primary group is reported once, at the later
 /// one, naming the first earlier one it shares with.
 fn check_identities(server: &Server, tenants: &[Tenant], problems: &mut Problems) {
-    use crate::supervisor::spawn::{Breach, FrontId, Peer, breaches};
+    use crate::supervisor::spawn::{Breach, FrontId, breaches, peers};
     use crate::sys::Identity;
     use nix::unistd::User;
     let identity = |name: &str| {
@@ -1437,24 +1437,16 @@ fn check_identities(server: &Server, tenants: &[Tenant], problems: &mut Problems
         uid: id.uid,
         gid: id.gid,
     });
-    let ids: Vec<(&Tenant, Identity)> = tenants
-        .iter()
-        .filter(|t| t.resolved)
-        .filter_map(|t| identity(&t.user).map(|id| (t, id)))
-        .collect();
-    let peers: Vec<Peer> = ids
-        .iter()
-        .map(|(t, id)| Peer {
-            tenant: t.name.clone(),
-            user: t.user.clone(),
-            uid: id.uid,
-            gid: id.gid,
-        })
-        .collect();
+    let peers = peers(tenants);
     let position = |name: &str| peers.iter().position(|p| p.tenant == name);
-    for (i, (tenant, id)) in ids.iter().enumerate() {
+    // (The resolved tenants are `peers`, in the same order: `i` is the
+    // tenant's place there.)
+    for (i, tenant) in tenants.iter().filter(|t| t.resolved).enumerate() {
+        let Some(id) = identity(&tenant.user) else {
+            continue;
+        };
         let mut shared_reported = false;
-        for breach in breaches(&tenant.name, &tenant.user, id, front.as_ref(), &peers) {
+        for breach in breaches(&tenant.name, &tenant.user, &id, front.as_ref(), &peers) {
             if let Breach::SharedUser { other, .. } | Breach::SharedGroup { other, .. } = &breach {
                 // At the later of the two, once.
                 if shared_reported || position(&other.tenant).is_none_or(|j| j > i) {

@@ -29,7 +29,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
-use super::spawn::{self, FrontId, Isolation, Peer, SpawnSpec};
+use super::spawn::{self, FrontId, Isolation, SpawnSpec};
 use crate::config::{App, Bind, Config, Limits, Protocol, Tenant};
 use crate::ipc::{AppId, AppProcess, StartRefused};
 
@@ -181,17 +181,7 @@ impl AppManager {
         self.min_uid = cfg.server.min_uid;
         self.cgi_routes = cgi_routes(cfg);
         if let Some(iso) = &mut self.isolation {
-            iso.tenants = cfg
-                .tenants
-                .iter()
-                .filter(|t| t.resolved)
-                .map(|t| Peer {
-                    tenant: t.name.clone(),
-                    user: t.user.clone(),
-                    uid: t.uid,
-                    gid: t.gid,
-                })
-                .collect();
+            iso.tenants = spawn::peers(&cfg.tenants);
         }
         let mut wanted: HashMap<AppId, (App, &Tenant)> = HashMap::new();
         for t in &cfg.tenants {

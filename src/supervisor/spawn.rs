@@ -87,6 +87,21 @@ pub struct Peer {
     pub gid: u32,
 }
 
+/// The tenants whose users exist, as [`breaches`] sees them (in config
+/// order): the supervisor's [`Isolation::tenants`] and `berth check`'s.
+pub fn peers(tenants: &[crate::config::Tenant]) -> Vec<Peer> {
+    tenants
+        .iter()
+        .filter(|t| t.resolved)
+        .map(|t| Peer {
+            tenant: t.name.clone(),
+            user: t.user.clone(),
+            uid: t.uid,
+            gid: t.gid,
+        })
+        .collect()
+}
+
 /// A way a tenant's identity breaks isolation (see [`breaches`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Breach {
