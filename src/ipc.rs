@@ -213,13 +213,15 @@ pub enum IpcError {
 
 /// One message, encoded: a 4-byte big-endian length and the JSON.
 fn encode<T: Serialize>(msg: &T, fds: usize) -> Result<Vec<u8>, IpcError> {
-    let payload = serde_json::to_vec(msg)?;
-    if payload.len() > MAX_FRAME {
-        return Err(IpcError::TooLarge(payload.len()));
+    // The JSON is written behind room for its length, not copied there.
+    let mut frame = Vec::with_capacity(128);
+    frame.extend_from_slice(&[0; 4]);
+    serde_json::to_writer(&mut frame, msg)?;
+    let len = frame.len() - 4;
+    if len > MAX_FRAME {
+        return Err(IpcError::TooLarge(len));
     }
-    let mut frame = Vec::with_capacity(4 + payload.len());
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&payload);
+    frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
     // Every batch of fds needs a byte of its own to ride on.
     if fds.div_ceil(FDS_PER_SEND) > frame.len() {
         return Err(IpcError::TooManyFds {

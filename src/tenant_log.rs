@@ -40,7 +40,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, Once, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::config::ErrorLogLimits;
 
@@ -148,19 +148,17 @@ impl TenantLog {
         st.bucket.take(wanted, rate, burst)
     }
 
-    /// Puts back tokens that [`TenantLog::grant`] gave and no line used.
-    fn give_back(&self, n: usize) {
+    /// Ends a [`Budget`]: puts back the `unused` tokens that
+    /// [`TenantLog::grant`] gave, and counts `over_rate` lines dropped for
+    /// want of tokens (not while the file is full: its notice says it all).
+    fn settle(&self, unused: usize, over_rate: usize) {
         let mut st = self.state();
-        let burst = burst(st.limits);
-        st.bucket.give_back(n, burst);
-    }
-
-    /// Counts lines dropped for want of tokens (not while the file is full:
-    /// its notice says it all).
-    fn over_rate(&self, n: usize) {
-        let mut st = self.state();
+        if unused > 0 {
+            let burst = burst(st.limits);
+            st.bucket.give_back(unused, burst);
+        }
         if !st.full && st.file.is_some() {
-            st.over_rate += n as u64;
+            st.over_rate += over_rate as u64;
         }
     }
 
@@ -374,7 +372,8 @@ fn burst(limits: ErrorLogLimits) -> f64 {
 /// `[time] [who] ` at the end of `out`.
 fn stamp(out: &mut Vec<u8>, who: &str) {
     out.push(b'[');
-    out.extend_from_slice(crate::front::access_log::clf_time(SystemTime::now()).as_bytes());
+    use crate::front::access_log::{coarse_now, push_clf_time};
+    push_clf_time(out, coarse_now());
     out.extend_from_slice(b"] [");
     out.extend_from_slice(who.as_bytes());
     out.extend_from_slice(b"] ");
@@ -389,8 +388,9 @@ fn trim_newline(mut text: &[u8]) -> &[u8] {
 
 /// Tokens for the lines of one piece of a stream, taken from the bucket at
 /// most once (the first line that needs one takes as many as the piece can
-/// hold lines), so that dropping a flood costs a scan for newlines and one
-/// lock per piece, not a lock per line.
+/// hold lines) and settled once ([`TenantLog::settle`]), so that dropping a
+/// flood costs a scan for newlines and two locks per piece, not a lock per
+/// line.
 struct Budget<'a> {
     log: &'a Arc<TenantLog>,
     /// The most lines the piece can hold.
@@ -430,11 +430,9 @@ impl<'a> Budget<'a> {
     /// Returns unused tokens and counts what was dropped; returns how many
     /// lines were dropped.
     fn settle(self) -> usize {
-        if let Some(left) = self.left.filter(|&n| n > 0) {
-            self.log.give_back(left);
-        }
-        if self.over_rate > 0 {
-            self.log.over_rate(self.over_rate);
+        let unused = self.left.unwrap_or(0);
+        if unused > 0 || self.over_rate > 0 {
+            self.log.settle(unused, self.over_rate);
         }
         self.over_rate + self.not_queued
     }

@@ -11,7 +11,8 @@
 //! tenant's block (from the main file or an included file; a tenant may be defined
 //! only once). App pool settings and tenants' limits layer built-in defaults →
 //! `[defaults.app]` / `[defaults.limits]` → the app's or tenant's own table
-//! (`app.rs`, `limits.rs`).
+//! (`app.rs`, `limits.rs`), a tenant's error log limits built-in defaults →
+//! `[server]` → its block.
 //!
 //! Disk checks (roots, certificates, htpasswd files, users) happen here too, so
 //! `berth check` and `berth serve` agree on what is valid.
@@ -195,9 +196,6 @@ pub struct Tenant {
     /// Its error log's limits: its own `error_log_rate` and `error_log_max`
     /// over `[server]`'s.
     pub error_log: ErrorLogLimits,
-    /// What its block set of those (resolved into `error_log` once
-    /// `[server]` is known).
-    error_log_own: (Option<u32>, Option<u64>),
 }
 
 /// A name-based virtual host.
@@ -334,6 +332,7 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
                 match top.table("server") {
                     Some(t) => {
                         let (s, inc) = read_server(t);
+                        defaults.error_log = s.error_log;
                         server = Some(s);
                         includes = inc;
                     }
@@ -365,13 +364,6 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
     }
 
     let server = server.unwrap_or_default();
-    for t in &mut tenants {
-        let (rate, max) = t.error_log_own;
-        t.error_log = ErrorLogLimits {
-            rate: rate.unwrap_or(server.error_log.rate),
-            max: max.unwrap_or(server.error_log.max),
-        };
-    }
     let mut problems = problems.into_inner();
     validate(&server, &tenants, &mut problems);
     check_default_tls_site(path, &server, &tenants, &mut problems);
@@ -421,11 +413,13 @@ fn parse(src: &Source, problems: &RefCell<Problems>) -> Option<toml_edit::Docume
     }
 }
 
-/// `[defaults]`: what a tenant's tables layer over.
+/// What a tenant's tables layer over: `[defaults]`, and `[server]`'s
+/// limits on the tenants' error logs (`[server]` is read before any tenant).
 #[derive(Debug, Default)]
 struct Defaults {
     pool: Pool,
     limits: Limits,
+    error_log: ErrorLogLimits,
 }
 
 /// An included file may only define tenants.
@@ -610,11 +604,7 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
     if let Some(n) = bounded(walk, t.integer("log_rate"), 1, 1_000_000) {
         s.log_rate = n as u32;
     }
-    let (rate, max) = read_error_log(&mut t);
-    s.error_log = ErrorLogLimits {
-        rate: rate.unwrap_or(s.error_log.rate),
-        max: max.unwrap_or(s.error_log.max),
-    };
+    s.error_log = read_error_log(&mut t, s.error_log);
     if let Some(h) = t.string("default_tls_site") {
         s.default_tls_site = Some(DefaultTlsSite {
             host: h.value.trim_end_matches('.').to_ascii_lowercase(),
@@ -644,12 +634,15 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
 }
 
 /// `error_log_rate` (lines per second) and `error_log_max` (a size) of
-/// `[server]` or `[tenant.T]`.
-fn read_error_log(t: &mut TableReader<'_>) -> (Option<u32>, Option<u64>) {
+/// `[server]` or `[tenant.T]`, over `base`.
+fn read_error_log(t: &mut TableReader<'_>, base: ErrorLogLimits) -> ErrorLogLimits {
     let walk = t.walk();
     let rate = bounded(walk, t.integer("error_log_rate"), 1, 1_000_000).map(|n| n as u32);
     let max = size_in(walk, t.size("error_log_max"), 64 << 10, 1 << 40);
-    (rate, max)
+    ErrorLogLimits {
+        rate: rate.unwrap_or(base.rate),
+        max: max.unwrap_or(base.max),
+    }
 }
 
 /// `default_tls_site` must name a host of a site that has a certificate.
@@ -890,7 +883,7 @@ fn read_tenants(t: TableReader<'_>, defaults: &Defaults, tenants: &mut Vec<Tenan
         };
         let user = tt.string("user");
         let home = tt.string("home");
-        let error_log_own = read_error_log(&mut tt);
+        let error_log = read_error_log(&mut tt, defaults.error_log);
         let apps = tt
             .table("app")
             .map(|t| app::read_apps(t, &defaults.pool))
@@ -948,8 +941,7 @@ fn read_tenants(t: TableReader<'_>, defaults: &Defaults, tenants: &mut Vec<Tenan
             limits,
             origin,
             user_line: 0,
-            error_log: ErrorLogLimits::default(),
-            error_log_own,
+            error_log,
         };
         match nix::unistd::User::from_name(&user.value) {
             Ok(Some(u)) => {
@@ -1425,7 +1417,7 @@ fn validate(server: &Server, tenants: &[Tenant], problems: &mut Problems) {
 /// tenants sharing a uid or primary group is reported once, at the later
 /// one, naming the first earlier one it shares with.
 fn check_identities(server: &Server, tenants: &[Tenant], problems: &mut Problems) {
-    use crate::supervisor::spawn::{Breach, FrontId, Peer, breaches};
+    use crate::supervisor::spawn::{Breach, FrontId, breaches, peers};
     use crate::sys::Identity;
     use nix::unistd::User;
     let identity = |name: &str| {
@@ -1437,24 +1429,16 @@ fn check_identities(server: &Server, tenants: &[Tenant], problems: &mut Problems
         uid: id.uid,
         gid: id.gid,
     });
-    let ids: Vec<(&Tenant, Identity)> = tenants
-        .iter()
-        .filter(|t| t.resolved)
-        .filter_map(|t| identity(&t.user).map(|id| (t, id)))
-        .collect();
-    let peers: Vec<Peer> = ids
-        .iter()
-        .map(|(t, id)| Peer {
-            tenant: t.name.clone(),
-            user: t.user.clone(),
-            uid: id.uid,
-            gid: id.gid,
-        })
-        .collect();
+    let peers = peers(tenants);
     let position = |name: &str| peers.iter().position(|p| p.tenant == name);
-    for (i, (tenant, id)) in ids.iter().enumerate() {
+    // (The resolved tenants are `peers`, in the same order: `i` is the
+    // tenant's place there.)
+    for (i, tenant) in tenants.iter().filter(|t| t.resolved).enumerate() {
+        let Some(id) = identity(&tenant.user) else {
+            continue;
+        };
         let mut shared_reported = false;
-        for breach in breaches(&tenant.name, &tenant.user, id, front.as_ref(), &peers) {
+        for breach in breaches(&tenant.name, &tenant.user, &id, front.as_ref(), &peers) {
             if let Breach::SharedUser { other, .. } | Breach::SharedGroup { other, .. } = &breach {
                 // At the later of the two, once.
                 if shared_reported || position(&other.tenant).is_none_or(|j| j > i) {
@@ -1507,6 +1491,24 @@ mod tests {
         }
         let default = Server::default();
         assert_eq!(default.front_stall_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_tenants_error_log_limits_layer_over_the_servers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.toml");
+        let text = "[server]\nlisten = [\"127.0.0.1:1\"]\nuser = \"nobody\"\nmin_uid = 1\n\
+            error_log_rate = 50\nerror_log_max = \"1MiB\"\n\n\
+            [tenant.ta]\nuser = \"daemon\"\nerror_log_rate = 7\n\n\
+            [tenant.tb]\nuser = \"bin\"\n";
+        std::fs::write(&path, text).unwrap();
+        let cfg = load(&path).unwrap_or_else(|p| panic!("{p}"));
+        let limits: Vec<_> = cfg
+            .tenants
+            .iter()
+            .map(|t| (t.error_log.rate, t.error_log.max))
+            .collect();
+        assert_eq!(limits, [(7, 1 << 20), (50, 1 << 20)]);
     }
 
     #[test]

@@ -63,17 +63,7 @@ impl Entry {
             None => line.push(b'-'),
         }
         line.extend_from_slice(b" [");
-        CLF_TIME.with(|cache| {
-            let mut cache = cache.borrow_mut();
-            let secs = self
-                .time
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            if cache.0 != secs || cache.1.is_empty() {
-                *cache = (secs, clf_time(self.time));
-            }
-            line.extend_from_slice(cache.1.as_bytes());
-        });
+        push_clf_time(line, self.time);
         line.extend_from_slice(b"] \"");
         escape_into(line, self.method.as_str().as_bytes());
         line.push(b' ');
@@ -166,6 +156,19 @@ fn escape_into(out: &mut Vec<u8>, s: &[u8]) {
             }
         }
     }
+}
+
+/// Appends [`clf_time`] of `t` to `out`, formatted once a second per thread
+/// (the access log's lines and the tenants' error log stamps), not per line.
+pub fn push_clf_time(out: &mut Vec<u8>, t: SystemTime) {
+    CLF_TIME.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if cache.0 != secs || cache.1.is_empty() {
+            *cache = (secs, clf_time(t));
+        }
+        out.extend_from_slice(cache.1.as_bytes());
+    });
 }
 
 /// `21/Nov/2026:20:51:49 +0000` (always UTC).
@@ -318,6 +321,18 @@ mod tests {
         assert_eq!(clf_time(UNIX_EPOCH), "01/Jan/1970:00:00:00 +0000");
         let leap = UNIX_EPOCH + std::time::Duration::from_secs(951_782_400);
         assert_eq!(clf_time(leap), "29/Feb/2000:00:00:00 +0000");
+    }
+
+    #[test]
+    fn the_cached_time_follows_the_second_asked_for() {
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_795_294_309);
+        let later = t + std::time::Duration::from_millis(1500);
+        let mut out = Vec::new();
+        for t in [t, t, later, t] {
+            out.clear();
+            push_clf_time(&mut out, t);
+            assert_eq!(out, clf_time(t).as_bytes());
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
-use super::spawn::{self, FrontId, Isolation, Peer, SpawnSpec};
+use super::spawn::{self, FrontId, Isolation, SpawnSpec};
 use crate::config::{App, Bind, Config, Limits, Protocol, Tenant};
 use crate::ipc::{AppId, AppProcess, StartRefused};
 
@@ -181,17 +181,7 @@ impl AppManager {
         self.min_uid = cfg.server.min_uid;
         self.cgi_routes = cgi_routes(cfg);
         if let Some(iso) = &mut self.isolation {
-            iso.tenants = cfg
-                .tenants
-                .iter()
-                .filter(|t| t.resolved)
-                .map(|t| Peer {
-                    tenant: t.name.clone(),
-                    user: t.user.clone(),
-                    uid: t.uid,
-                    gid: t.gid,
-                })
-                .collect();
+            iso.tenants = spawn::peers(&cfg.tenants);
         }
         let mut wanted: HashMap<AppId, (App, &Tenant)> = HashMap::new();
         for t in &cfg.tenants {
@@ -896,6 +886,16 @@ fn own_dir(dir: &Path, owner: Option<(u32, u32)>, mode: u32) -> std::io::Result<
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
 }
 
+/// What [`Leader::peek`] sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peek {
+    Running,
+    /// Exited, not reaped: a zombie still holding its pid.
+    Exited,
+    /// Reaped already, or not a child of ours.
+    Gone,
+}
+
 /// An app process or CGI script, which leads its own session and process
 /// group (`setsid` in [`spawn`]), and the only way berth signals that group.
 ///
@@ -914,33 +914,31 @@ impl Leader {
         self.0.id()
     }
 
+    /// The leader's state, seen with `waitid(WNOWAIT)`: without reaping it.
+    fn peek(&self) -> Peek {
+        use rustix::process::{WaitId, WaitIdOptions};
+        let Some(pid) = rustix::process::Pid::from_raw(self.pid() as i32) else {
+            return Peek::Gone;
+        };
+        match rustix::process::waitid(
+            WaitId::Pid(pid),
+            WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG,
+        ) {
+            Ok(None) => Peek::Running,
+            Ok(Some(_)) => Peek::Exited,
+            Err(_) => Peek::Gone,
+        }
+    }
+
     /// Whether the leader is still ours to wait for: running, or exited and
     /// not reaped. Only then does its pid name its group.
     fn unreaped(&self) -> bool {
-        use rustix::process::{WaitId, WaitIdOptions};
-        let Some(pid) = rustix::process::Pid::from_raw(self.pid() as i32) else {
-            return false;
-        };
-        rustix::process::waitid(
-            WaitId::Pid(pid),
-            WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG,
-        )
-        .is_ok()
+        self.peek() != Peek::Gone
     }
 
     /// Whether the leader has exited, without reaping it.
     fn exited(&self) -> bool {
-        use rustix::process::{WaitId, WaitIdOptions};
-        let Some(pid) = rustix::process::Pid::from_raw(self.pid() as i32) else {
-            return true;
-        };
-        !matches!(
-            rustix::process::waitid(
-                WaitId::Pid(pid),
-                WaitIdOptions::EXITED | WaitIdOptions::NOWAIT | WaitIdOptions::NOHANG,
-            ),
-            Ok(None)
-        )
+        self.peek() != Peek::Running
     }
 
     /// Sends `sig` to the whole group.

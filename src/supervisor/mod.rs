@@ -104,6 +104,9 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
     // with the supervisor: its parent-death signal).
     drop(sup.front.current.take());
     sup.apps.stop_all();
+    if result.is_ok() {
+        info!("stopped");
+    }
     crate::tenant_log::flush_all();
     result
 }
@@ -450,16 +453,13 @@ impl Supervisor {
                 }
             }
             if let Some(deadline) = stopping {
-                if self.front.all_gone() {
-                    self.apps.stop_all();
-                    info!("stopped");
-                    return Ok(());
-                }
-                if Instant::now() >= deadline {
-                    warn!("the front end did not exit in time; killing it");
-                    self.front.kill_all();
-                    self.apps.stop_all();
-                    info!("stopped");
+                let gone = self.front.all_gone();
+                if gone || Instant::now() >= deadline {
+                    if !gone {
+                        warn!("the front end did not exit in time; killing it");
+                        self.front.kill_all();
+                    }
+                    // (`run` stops the apps.)
                     return Ok(());
                 }
             }

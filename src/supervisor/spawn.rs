@@ -87,6 +87,21 @@ pub struct Peer {
     pub gid: u32,
 }
 
+/// The tenants whose users exist, as [`breaches`] sees them (in config
+/// order): the supervisor's [`Isolation::tenants`] and `berth check`'s.
+pub fn peers(tenants: &[crate::config::Tenant]) -> Vec<Peer> {
+    tenants
+        .iter()
+        .filter(|t| t.resolved)
+        .map(|t| Peer {
+            tenant: t.name.clone(),
+            user: t.user.clone(),
+            uid: t.uid,
+            gid: t.gid,
+        })
+        .collect()
+}
+
 /// A way a tenant's identity breaks isolation (see [`breaches`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Breach {
@@ -109,18 +124,6 @@ pub enum Breach {
     SharedGroup { user: String, gid: u32, other: Peer },
     /// The tenant is a member of another tenant's primary group.
     OtherGroup { user: String, other: Peer },
-}
-
-impl Breach {
-    /// The other tenant this breach is shared with, if any.
-    pub fn other(&self) -> Option<&Peer> {
-        match self {
-            Breach::SharedUser { other, .. }
-            | Breach::SharedGroup { other, .. }
-            | Breach::OtherGroup { other, .. } => Some(other),
-            Breach::FrontUser { .. } | Breach::FrontGroup { .. } => None,
-        }
-    }
 }
 
 /// A group's name, or its number when it has none.
@@ -570,12 +573,21 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, SpawnError> {
 fn open_files_limit(want: u64) -> u64 {
     use rustix::thread::CapabilitySet;
     static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    // Read once, not at every spawn (every CGI request): nothing changes
+    // berth's capabilities while it runs. Its hard limit is read each time:
+    // another process may lower it (prlimit).
+    static MAY_RAISE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let may_raise = *MAY_RAISE.get_or_init(|| {
+        rustix::thread::capabilities(None)
+            .is_ok_and(|c| c.effective.contains(CapabilitySet::SYS_RESOURCE))
+    });
+    if may_raise {
+        return want;
+    }
     let Some(hard) = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum else {
         return want;
     };
-    let may_raise = rustix::thread::capabilities(None)
-        .is_ok_and(|c| c.effective.contains(CapabilitySet::SYS_RESOURCE));
-    if want <= hard || may_raise {
+    if want <= hard {
         return want;
     }
     if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
