@@ -144,6 +144,9 @@ pub struct Plan {
     pub logs: Vec<String>,
     /// Each of those tenants' error-log limits, in the same order.
     pub error_logs: Vec<crate::config::ErrorLogLimits>,
+    /// Each of those tenants' limits, in the same order (the front end keeps
+    /// `concurrency`, `queue`, `queue_timeout` and `overflow_status`).
+    pub tenant_limits: Vec<crate::config::Limits>,
     pub sites: Vec<SitePlan>,
     pub apps: Vec<AppPlan>,
     /// Where the front end keeps request and response bodies too large for
@@ -570,6 +573,7 @@ mod tests {
             listeners: Vec::new(),
             logs: Vec::new(),
             error_logs: Vec::new(),
+            tenant_limits: Vec::new(),
             sites: (0..sites)
                 .map(|i| SitePlan {
                     tenant: "t".into(),

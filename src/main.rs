@@ -37,6 +37,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match berth::config::load(&config) {
             Ok(cfg) => {
+                for note in &cfg.notes {
+                    println!("note: {note}");
+                }
                 let sites: usize = cfg.tenants.iter().map(|t| t.sites.len()).sum();
                 println!(
                     "{}: ok ({} files, {} tenants, {} sites)",

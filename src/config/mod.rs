@@ -43,6 +43,9 @@ pub struct Config {
     pub tenants: Vec<Tenant>,
     /// Every file that was read, the main file first.
     pub files: Vec<PathBuf>,
+    /// What `berth check` says without refusing: every limit that
+    /// `[enforce.limits]` lowered, as `file:line: key: lowers ...`.
+    pub notes: Vec<Problem>,
 }
 
 /// `[server]`: process-wide settings.
@@ -318,6 +321,7 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
     let mut tenants: Vec<Tenant> = Vec::new();
     let mut server = None;
     let mut defaults = Defaults::default();
+    let mut ceiling = limits::Ceiling::default();
 
     match read_source(path) {
         Ok(src) => {
@@ -354,6 +358,12 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
                 if let Some(t) = top.table("tenant") {
                     read_tenants(t, &defaults, &mut tenants);
                 }
+                if let Some(mut e) = top.table("enforce") {
+                    if let Some(t) = e.table("limits") {
+                        ceiling = limits::read_ceiling(t);
+                    }
+                    e.finish();
+                }
                 top.finish();
                 for inc in includes {
                     load_include(&inc, &defaults, &problems, &mut files, &mut tenants);
@@ -365,6 +375,20 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
 
     let server = server.unwrap_or_default();
     let mut problems = problems.into_inner();
+    let mut notes = Vec::new();
+    for t in &mut tenants {
+        for l in ceiling.apply(&t.name, &mut t.limits) {
+            notes.push(Problem {
+                file: path.to_path_buf(),
+                line: l.line,
+                key: l.key,
+                why: format!(
+                    "lowers tenant {}'s value from {} to {}",
+                    l.tenant, l.from, l.to
+                ),
+            });
+        }
+    }
     validate(&server, &tenants, &mut problems);
     check_default_tls_site(path, &server, &tenants, &mut problems);
     check_dirs(path, &server, &mut problems);
@@ -381,6 +405,7 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
             server,
             tenants,
             files,
+            notes,
         })
     } else {
         Err(problems)

@@ -177,6 +177,33 @@ impl<'a> TableReader<'a> {
         }
     }
 
+    /// A number: an integer or a float ("0.5", "2").
+    pub fn number(&mut self, k: &'static str) -> Option<At<f64>> {
+        let (item, line, key) = self.item(k)?;
+        let value = match (item.as_integer(), item.as_float()) {
+            (Some(n), _) => n as f64,
+            (None, Some(f)) => f,
+            (None, None) => {
+                self.wrong_type(line, &key, "a number", item);
+                return None;
+            }
+        };
+        Some(At { value, line, key })
+    }
+
+    /// The line and full key of `k`, when the table has it.
+    pub fn place(&self, k: &str) -> Option<(usize, String)> {
+        self.table
+            .contains_key(k)
+            .then(|| (self.key_line(k).unwrap_or(self.line), self.child_key(k)))
+    }
+
+    /// The raw string value of `k` without marking it read (for keys that
+    /// take either a word such as "unlimited" or a typed value).
+    pub fn peek_str(&self, k: &str) -> Option<&'a str> {
+        self.table.get(k)?.as_str()
+    }
+
     pub fn boolean(&mut self, k: &'static str) -> Option<At<bool>> {
         let (item, line, key) = self.item(k)?;
         match item.as_bool() {

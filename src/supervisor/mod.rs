@@ -707,6 +707,7 @@ impl Supervisor {
             listeners,
             logs: logs.tenants.clone(),
             error_logs: logs.limits.clone(),
+            tenant_limits: cfg.tenants.iter().map(|t| t.limits).collect(),
             sites,
             default_tls_host: cfg.default_tls_host().map(str::to_owned),
             apps: cfg
