@@ -127,7 +127,7 @@ pub fn watch_fd(
     Ok(unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }?)
 }
 
-pub use app::{AppExec, AppStep, spawn_app};
+pub use app::{AppExec, AppStep, Rlimit, spawn_app};
 
 /// App processes: a tenant's program, started by the supervisor after
 /// suEXEC's checks (`supervisor::spawn`).
@@ -153,6 +153,8 @@ mod app {
         Fork,
         /// Resetting the signal mask.
         Signals,
+        /// Joining the app's cgroup (writing to its `cgroup.procs`).
+        Cgroup,
         Setsid,
         /// Moving the given descriptors to their numbers (and /dev/null to 0/1/2).
         Dup,
@@ -170,10 +172,11 @@ mod app {
 
     impl AppStep {
         /// In discriminant order: the child reports a step as its index.
-        const ALL: [AppStep; 13] = [
+        const ALL: [AppStep; 14] = [
             AppStep::Prepare,
             AppStep::Fork,
             AppStep::Signals,
+            AppStep::Cgroup,
             AppStep::Setsid,
             AppStep::Dup,
             AppStep::CloseFds,
@@ -193,10 +196,11 @@ mod app {
                 AppStep::Prepare => "preparing the child",
                 AppStep::Fork => "fork",
                 AppStep::Signals => "resetting signals",
+                AppStep::Cgroup => "joining the cgroup",
                 AppStep::Setsid => "setsid",
                 AppStep::Dup => "placing descriptors",
                 AppStep::CloseFds => "closing descriptors",
-                AppStep::Limits => "setting RLIMIT_NOFILE",
+                AppStep::Limits => "setting resource limits",
                 AppStep::Setgroups => "setgroups",
                 AppStep::Setresgid => "setresgid",
                 AppStep::Setresuid => "setresuid",
@@ -224,6 +228,20 @@ mod app {
         pub identity: Option<&'a Identity>,
         /// RLIMIT_NOFILE, soft and hard.
         pub open_files: u64,
+        /// `cgroup.procs` of the app's cgroup in each hierarchy, open for
+        /// writing: the child joins before it does anything else.
+        pub cgroup: Vec<OwnedFd>,
+        /// More limits, soft and hard (RLIMIT_CORE is always 0).
+        pub rlimits: Vec<(Rlimit, u64)>,
+    }
+
+    /// The resource limits an app may be given besides RLIMIT_NOFILE.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Rlimit {
+        /// Private writable memory (malloc, anonymous mmap) per process.
+        Data,
+        /// Processes and threads of the user.
+        Nproc,
     }
 
     /// `LISTEN_PID=` followed by room for any pid and a NUL.
@@ -449,6 +467,28 @@ mod app {
             rlim_cur: app.open_files,
             rlim_max: app.open_files,
         };
+        let core0 = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        let extra: Vec<(libc::__rlimit_resource_t, libc::rlimit)> = app
+            .rlimits
+            .iter()
+            .map(|&(r, v)| {
+                let res = match r {
+                    Rlimit::Data => libc::RLIMIT_DATA,
+                    Rlimit::Nproc => libc::RLIMIT_NPROC,
+                };
+                (
+                    res,
+                    libc::rlimit {
+                        rlim_cur: v,
+                        rlim_max: v,
+                    },
+                )
+            })
+            .collect();
+        let cgroup_fds: Vec<RawFd> = app.cgroup.iter().map(|fd| fd.as_raw_fd()).collect();
         let ids = app.identity.map(|id| (id.uid, id.gid));
         let groups: Vec<libc::gid_t> = app.identity.map(|id| id.groups.clone()).unwrap_or_default();
 
@@ -460,7 +500,7 @@ mod app {
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit());
         // SAFETY: the closure runs in the forked child and calls only
-        // async-signal-safe functions (sigprocmask, sigaction, setsid, fcntl,
+        // async-signal-safe functions (sigprocmask, write, sigaction, setsid, fcntl,
         // dup2, close_range/close, getrlimit, setrlimit, setgroups, setresgid, setresuid,
         // chdir, umask, prctl, getpid, execve, write, _exit) on memory prepared
         // before the fork (it writes only into `tmp` and the LISTEN_PID buffer,
@@ -474,6 +514,13 @@ mod app {
                 libc::sigemptyset(&mut set);
                 if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
                     child_fail(report, AppStep::Signals);
+                }
+                // Into the app's cgroup before anything of the tenant's runs
+                // ("0" is the writing process).
+                for &fd in &cgroup_fds {
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        child_fail(report, AppStep::Cgroup);
+                    }
                 }
                 // Handlers go at execve anyway; ignored signals would stay
                 // ignored. Errors (SIGKILL, SIGSTOP, libc's own) do not matter.
@@ -527,8 +574,15 @@ mod app {
                     child_fail(report, AppStep::CloseFds);
                 }
                 // Still privileged: a hard limit above ours can be set too.
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &nofile) != 0 {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &nofile) != 0
+                    || libc::setrlimit(libc::RLIMIT_CORE, &core0) != 0
+                {
                     child_fail(report, AppStep::Limits);
+                }
+                for (res, lim) in &extra {
+                    if libc::setrlimit(*res, lim) != 0 {
+                        child_fail(report, AppStep::Limits);
+                    }
                 }
 
                 if let Some((uid, gid)) = ids {

@@ -142,6 +142,8 @@ impl Case {
             env: &self.env,
             fds,
             open_files: self.open_files,
+            cgroup: Vec::new(),
+            rlimits: Vec::new(),
             switch_user: self.switch_user,
             isolation: None,
         }

@@ -57,6 +57,9 @@ pub struct Server {
     pub user: String,
     pub state_dir: PathBuf,
     pub log_dir: PathBuf,
+    /// Whether berth manages cgroups for the tenants (`cgroups = "auto"`,
+    /// the default) or leaves them alone (`"none"`: rlimits only).
+    pub cgroups: bool,
     /// The lines of `state_dir` and `log_dir` in the main file (that of
     /// `[server]` when one is not set), for problems found on disk.
     pub dir_lines: (usize, usize),
@@ -302,6 +305,7 @@ impl Default for Server {
             user: SERVER_DEFAULT_USER.into(),
             state_dir: "/var/lib/berth".into(),
             log_dir: "/var/log/berth".into(),
+            cgroups: true,
             dir_lines: (1, 1),
             min_uid: 1000,
             front_stall_timeout: DEFAULT_FRONT_STALL_TIMEOUT,
@@ -552,6 +556,17 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
                  /usr/sbin/nologin {SERVER_DEFAULT_USER}) or name one"
             ),
         );
+    }
+    if let Some(c) = t.string("cgroups") {
+        match c.value.as_str() {
+            "auto" => s.cgroups = true,
+            "none" => s.cgroups = false,
+            other => walk.problem(
+                c.line,
+                &c.key,
+                format!("{other:?}: expected \"auto\" (v2, else v1, else none) or \"none\""),
+            ),
+        }
     }
     s.dir_lines = (t.line(), t.line());
     if let Some(d) = t.string("state_dir") {
@@ -1375,6 +1390,8 @@ fn validate(server: &Server, tenants: &[Tenant], problems: &mut Problems) {
                     env: &app.env,
                     fds: Vec::new(),
                     open_files: tenant.limits.open_files,
+                    cgroup: Vec::new(),
+                    rlimits: Vec::new(),
                     switch_user,
                     // Reported by check_identities, at the user's line.
                     isolation: None,

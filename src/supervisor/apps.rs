@@ -29,6 +29,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
+use super::cgroup::{Cgroups, Group, Kind};
 use super::spawn::{self, FrontId, Isolation, SpawnSpec};
 use crate::config::{App, Bind, Config, Limits, Protocol, Tenant};
 use crate::ipc::{AppId, AppProcess, StartRefused};
@@ -36,6 +37,8 @@ use crate::ipc::{AppId, AppProcess, StartRefused};
 /// One running process of an app.
 struct Proc {
     leader: Leader,
+    /// Its cgroup leaf: everything it starts, `setsid` or not.
+    group: Option<Group>,
     /// Where the front end connects (its socket is removed when it ends).
     process: AppProcess,
     started: Instant,
@@ -99,6 +102,7 @@ fn cgi_routes(cfg: &Config) -> HashMap<AppId, CgiRoutes> {
 struct CgiRun {
     id: AppId,
     leader: Leader,
+    group: Option<Group>,
     /// Killed (its whole process group) when still running at this time.
     deadline: Instant,
 }
@@ -119,6 +123,13 @@ pub struct AppManager {
     cgi_routes: HashMap<AppId, CgiRoutes>,
     /// CGI scripts running now (they outlive reloads until they end or time out).
     cgi: Vec<CgiRun>,
+    /// Numbers the cgroup leaves (never reused while berth runs: a leaf
+    /// that is going may not be taken for a new one).
+    leaves: u64,
+    /// Tenants a reload removed, whose groups go at the given time (their
+    /// processes have had their time to stop by then).
+    tenants_gone: Vec<(String, Instant)>,
+    cgroups: Cgroups,
 }
 
 /// How long a CGI script may outlive its `timeout` before it is killed.
@@ -141,6 +152,7 @@ impl AppManager {
         cfg: &Config,
         front: Option<&crate::sys::Identity>,
         switch_user: bool,
+        cgroups: Cgroups,
     ) -> std::io::Result<Self> {
         let front_gid = front.map(|id| id.gid);
         let dir = cfg.server.state_dir.join("apps");
@@ -170,6 +182,9 @@ impl AppManager {
             apps: HashMap::new(),
             cgi_routes: HashMap::new(),
             cgi: Vec::new(),
+            leaves: 0,
+            tenants_gone: Vec::new(),
+            cgroups,
         };
         m.update(cfg);
         Ok(m)
@@ -185,6 +200,9 @@ impl AppManager {
         }
         let mut wanted: HashMap<AppId, (App, &Tenant)> = HashMap::new();
         for t in &cfg.tenants {
+            if let Err(e) = self.cgroups.tenant(&t.name, &t.limits) {
+                warn!("tenant {}: cgroup limits not applied: {e}", t.name);
+            }
             for a in &t.apps {
                 let id = AppId {
                     tenant: t.name.clone(),
@@ -200,12 +218,22 @@ impl AppManager {
             });
             if !keep {
                 for (slot, proc) in std::mem::take(&mut state.procs) {
-                    stop(id, slot, proc);
+                    stop(id, slot, proc, state.limits);
                     stopped.push((id.clone(), slot));
                 }
             }
             keep
         });
+        // Tenants gone from the configuration: their groups go once their
+        // processes have had their time to stop.
+        let gone: Vec<String> = self
+            .cgroups
+            .tenants()
+            .into_iter()
+            .filter(|name| !cfg.tenants.iter().any(|t| t.name == *name))
+            .collect();
+        let due = Instant::now() + STOP_GRACE + Duration::from_secs(1);
+        self.tenants_gone = gone.into_iter().map(|name| (name, due)).collect();
         for (id, (app, t)) in wanted {
             match self.apps.get_mut(&id) {
                 // Pool settings and limits may change without restarting
@@ -362,6 +390,18 @@ impl AppManager {
                 None
             }
         };
+        self.leaves += 1;
+        let group = self
+            .cgroups
+            .leaf(&id.tenant, &id.app, &format!("{}.proc", self.leaves))
+            .map_err(|e| format!("app {id}: cgroup: {e}"))?;
+        let cgroup = match &group {
+            Some(g) => g
+                .procs_files()
+                .map_err(|e| format!("app {id}: cgroup: {e}"))?,
+            None => Vec::new(),
+        };
+        let rlimits = fallback_rlimits(&self.cgroups, &state.limits, switch_user);
         let app = &state.app;
         let argv = app.command.clone();
         if app.protocol == Protocol::FastCgi {
@@ -397,12 +437,17 @@ impl AppManager {
                 fds
             },
             open_files: state.limits.open_files,
+            cgroup,
+            rlimits,
             switch_user,
             isolation: self.isolation.as_ref(),
         };
         let socket = process.socket.clone();
         let child = spawn::spawn(spec).map_err(|e| {
             let _ = std::fs::remove_file(&socket);
+            if let Some(g) = &group {
+                g.remove();
+            }
             warn!("app {id}: not started: {e}");
             format!("app {id}: not started: {e}")
         })?;
@@ -424,6 +469,7 @@ impl AppManager {
             slot,
             Proc {
                 leader,
+                group,
                 process: process.clone(),
                 started: Instant::now(),
             },
@@ -541,6 +587,17 @@ impl AppManager {
         let (stdin_r, stdin_w) = pipe()?;
         let (stdout_r, stdout_w) = pipe()?;
         let (stderr_r, stderr_w) = pipe()?;
+        self.leaves += 1;
+        let group = self
+            .cgroups
+            .leaf(&id.tenant, &id.app, &format!("{}.cgi", self.leaves))
+            .map_err(|e| format!("app {id}: cgroup: {e}"))?;
+        let cgroup = match &group {
+            Some(g) => g
+                .procs_files()
+                .map_err(|e| format!("app {id}: cgroup: {e}"))?,
+            None => Vec::new(),
+        };
         let spec = SpawnSpec {
             tenant: &id.tenant,
             user: &state.user,
@@ -553,13 +610,21 @@ impl AppManager {
             env: &vars,
             fds: vec![(stdin_r, 0), (stdout_w, 1), (stderr_w, 2)],
             open_files: state.limits.open_files,
+            cgroup,
+            rlimits: fallback_rlimits(&self.cgroups, &state.limits, self.switch_user),
             switch_user: self.switch_user,
             isolation: self.isolation.as_ref(),
         };
-        let child = spawn::spawn(spec).map_err(|e| format!("app {id}: not started: {e}"))?;
+        let child = spawn::spawn(spec).map_err(|e| {
+            if let Some(g) = &group {
+                g.remove();
+            }
+            format!("app {id}: not started: {e}")
+        })?;
         self.cgi.push(CgiRun {
             id: id.clone(),
             leader: Leader(child),
+            group,
             // The front end ends the response at `timeout`; this is the
             // backstop, a moment later.
             deadline: Instant::now() + app.pool.timeout + CGI_GRACE,
@@ -575,7 +640,14 @@ impl AppManager {
         let now = Instant::now();
         for run in std::mem::take(&mut self.cgi) {
             if run.leader.exited() {
-                run.leader.kill_and_reap();
+                let status = run.leader.kill_and_reap();
+                if let (true, Some(state)) = (killed_by_sigkill(status), self.apps.get(&run.id)) {
+                    let limits = state.limits;
+                    let leaf = run.group.as_ref();
+                    let what = "a CGI script";
+                    oom_check(&run.id, leaf, what, &limits);
+                }
+                finish(run.group);
             } else if now >= run.deadline {
                 warn!(
                     "app {}: CGI script (pid {}) still running after its timeout; killed",
@@ -589,6 +661,10 @@ impl AppManager {
                     .name("cgi-reap".into())
                     .spawn(move || {
                         run.leader.kill_and_reap();
+                        if let Some(g) = run.group {
+                            g.kill_all();
+                            g.remove();
+                        }
                     });
             } else {
                 self.cgi.push(run);
@@ -601,6 +677,15 @@ impl AppManager {
     pub fn warm(&mut self) -> Vec<(AppId, AppProcess)> {
         self.settle();
         self.reap_cgi();
+        let now = Instant::now();
+        let cgroups = &self.cgroups;
+        self.tenants_gone.retain(|(name, due)| {
+            if *due > now {
+                return true;
+            }
+            cgroups.drop_tenant(name);
+            false
+        });
         let want: Vec<AppId> = self
             .apps
             .iter()
@@ -639,9 +724,22 @@ impl AppManager {
             return;
         };
         match state.procs.remove(&slot) {
+            // Dead already (the front end saw its connection fail): reaped
+            // here, with the cause when it was the OOM killer.
+            Some(proc) if proc.leader.exited() => {
+                let status = proc.leader.kill_and_reap();
+                let _ = std::fs::remove_file(&proc.process.socket);
+                if killed_by_sigkill(status) {
+                    let what = format!("process {slot}");
+                    let leaf = proc.group.as_ref();
+                    oom_check(id, leaf, &what, &state.limits);
+                }
+                finish(proc.group);
+                info!("app {id}: process {slot} ended in a request");
+            }
             Some(proc) => {
                 info!("app {id}: retiring process {slot}");
-                stop(id, slot, proc);
+                stop(id, slot, proc, state.limits);
             }
             None => state.suspects.retain(|(s, _)| *s != slot),
         }
@@ -689,6 +787,12 @@ impl AppManager {
                 if let Some(proc) = state.procs.remove(&slot) {
                     // What it left in its group goes with it.
                     let status = proc.leader.kill_and_reap();
+                    if killed_by_sigkill(status) {
+                        let what = format!("process {slot}");
+                        let leaf = proc.group.as_ref();
+                        oom_check(id, leaf, &what, &state.limits);
+                    }
+                    finish(proc.group);
                     let success = status.is_some_and(|s| s.success());
                     let status = status.map_or_else(|| "ended".into(), |s| s.to_string());
                     let _ = std::fs::remove_file(&proc.process.socket);
@@ -727,7 +831,14 @@ impl AppManager {
         for (id, slot, proc) in procs {
             let _ = std::fs::remove_file(&proc.process.socket);
             end_or_kill(&id, slot, proc.leader, deadline);
+            if let Some(g) = proc.group {
+                g.kill_all();
+                g.remove();
+            }
         }
+        // Whatever else is left (a daemon a process started and left behind
+        // in a leaf of its own app) goes too.
+        self.cgroups.shutdown();
     }
 }
 
@@ -959,27 +1070,112 @@ impl Leader {
 
 /// SIGTERM to the process group, then SIGKILL after the grace period, without
 /// blocking the supervisor: a thread waits for it.
-fn stop(id: &AppId, slot: u32, proc: Proc) {
+fn stop(id: &AppId, slot: u32, proc: Proc, limits: Limits) {
     proc.leader.signal_group(Signal::SIGTERM);
     let _ = std::fs::remove_file(&proc.process.socket);
     let id = id.clone();
     let _ = std::thread::Builder::new()
         .name("app-stop".into())
-        .spawn(move || end_or_kill(&id, slot, proc.leader, Instant::now() + STOP_GRACE));
+        .spawn(move || {
+            let status = end_or_kill(&id, slot, proc.leader, Instant::now() + STOP_GRACE);
+            if killed_by_sigkill(status) {
+                oom_check(
+                    &id,
+                    proc.group.as_ref(),
+                    &format!("process {slot}"),
+                    &limits,
+                );
+            }
+            // What it started and left running, in a session of its own or
+            // not, is in its cgroup.
+            if let Some(g) = proc.group {
+                g.kill_all();
+                g.remove();
+            }
+        });
+}
+
+/// After a process or CGI script was reaped: its leaf goes, at once when
+/// nothing is left in it, else on a thread that kills what is left first.
+fn finish(group: Option<Group>) {
+    let Some(g) = group else {
+        return;
+    };
+    if g.pids().is_empty() {
+        g.remove();
+    } else {
+        let _ = std::thread::Builder::new()
+            .name("cgroup-kill".into())
+            .spawn(move || {
+                g.kill_all();
+                g.remove();
+            });
+    }
+}
+
+fn killed_by_sigkill(status: Option<std::process::ExitStatus>) -> bool {
+    status.is_some_and(|s| std::os::unix::process::ExitStatusExt::signal(&s) == Some(9))
+}
+
+/// A process of `id` ended by SIGKILL: when the OOM killer did it (its leaf
+/// counts an OOM kill), it was at the tenant's memory limit. Said in berth's
+/// log and in the tenant's own error log.
+fn oom_check(id: &AppId, leaf: Option<&Group>, what: &str, limits: &Limits) {
+    if leaf.is_none_or(|g| g.stats().oom_kills == 0) {
+        return;
+    }
+    let limit = limits
+        .memory
+        .map_or_else(|| "unlimited".to_string(), crate::config::show_size);
+    let text = format!(
+        "{what} was killed by the OOM killer: the tenant reached its memory limit ({limit}); requests it was serving got 502"
+    );
+    warn!("app {id}: {text}");
+    if let Some(log) = crate::tenant_log::get(&id.tenant) {
+        log.line(&id.app, text.as_bytes());
+    }
+}
+
+/// Where cgroups are off: the tenant's `memory` as each process's
+/// RLIMIT_DATA, and its `tasks` as RLIMIT_NPROC (counted per user, so only
+/// when each tenant has a user of its own).
+fn fallback_rlimits(
+    cgroups: &Cgroups,
+    limits: &Limits,
+    switch_user: bool,
+) -> Vec<(crate::sys::Rlimit, u64)> {
+    if cgroups.kind() != Kind::None {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    if let Some(m) = limits.memory {
+        out.push((crate::sys::Rlimit::Data, m));
+    }
+    if let (Some(t), true) = (limits.tasks, switch_user) {
+        out.push((crate::sys::Rlimit::Nproc, u64::from(t)));
+    }
+    out
 }
 
 /// Waits for a process sent SIGTERM to exit, until `deadline`; then SIGKILL
 /// to whatever is left in its process group (the process too, if it ignored
 /// SIGTERM), and reaps it.
-fn end_or_kill(id: &AppId, slot: u32, leader: Leader, deadline: Instant) {
+fn end_or_kill(
+    id: &AppId,
+    slot: u32,
+    leader: Leader,
+    deadline: Instant,
+) -> Option<std::process::ExitStatus> {
     while !leader.exited() {
         if Instant::now() >= deadline {
             warn!("app {id}: process {slot} ignored SIGTERM; killing it");
-            break;
+            // Killed by us, not by the OOM killer.
+            leader.kill_and_reap();
+            return None;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    leader.kill_and_reap();
+    leader.kill_and_reap()
 }
 
 #[cfg(test)]

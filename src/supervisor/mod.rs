@@ -26,6 +26,7 @@ use tracing::{error, info, warn};
 use tracing_subscriber::filter::LevelFilter;
 
 mod apps;
+pub mod cgroup;
 pub mod spawn;
 
 use crate::config::{self, Config, Problems};
@@ -76,10 +77,12 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
         None
     };
     tmp_dir(&state, front.as_ref())?;
-    let apps = apps::AppManager::new(&config, front.as_ref(), root).map_err(|e| Error::Dir {
-        path: config.server.state_dir.join("apps"),
-        why: e.to_string(),
-    })?;
+    let cgroups = start_cgroups(&config);
+    let apps =
+        apps::AppManager::new(&config, front.as_ref(), root, cgroups).map_err(|e| Error::Dir {
+            path: config.server.state_dir.join("apps"),
+            why: e.to_string(),
+        })?;
     let mut sup = Supervisor {
         path: path.to_path_buf(),
         config,
@@ -109,6 +112,25 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
     }
     crate::tenant_log::flush_all();
     result
+}
+
+/// Chooses the cgroup backend (said once), and sweeps what a berth that did
+/// not stop cleanly left in this one's cgroups.
+fn start_cgroups(config: &Config) -> cgroup::Cgroups {
+    let cg = if config.server.cgroups {
+        cgroup::Cgroups::detect(&cgroup::instance_name(&config.server.state_dir))
+    } else {
+        cgroup::Cgroups::none("cgroups = \"none\" in [server]")
+    };
+    match cg.kind() {
+        cgroup::Kind::None => warn!(
+            "cgroups: none ({}); limits fall back to rlimits: memory per process (RLIMIT_DATA), tasks per user (RLIMIT_NPROC), cpu not limited",
+            cg.about()
+        ),
+        kind => info!("cgroups: {} ({})", kind.name(), cg.about()),
+    }
+    cg.sweep();
+    cg
 }
 
 struct Supervisor {

@@ -50,6 +50,12 @@ pub struct SpawnSpec<'a> {
     /// RLIMIT_NOFILE, soft and hard (the tenant's `open_files`): set in the
     /// child, so the app never inherits the supervisor's raised limit.
     pub open_files: u64,
+    /// The app's cgroup: its `cgroup.procs` files, open for writing (empty
+    /// without cgroups).
+    pub cgroup: Vec<OwnedFd>,
+    /// Limits set where cgroups are not used (`memory` as RLIMIT_DATA,
+    /// `tasks` as RLIMIT_NPROC).
+    pub rlimits: Vec<(sys::Rlimit, u64)>,
     /// False when berth runs unprivileged: the app runs as the caller, and
     /// the checks on the user (exists, not root, uid and gid >= `min_uid`) are
     /// skipped; the ownership checks then expect the caller's uid instead of
@@ -555,6 +561,8 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, SpawnError> {
         fds: spec.fds,
         identity: checked.switch_user.then_some(&checked.identity),
         open_files: open_files_limit(spec.open_files),
+        cgroup: spec.cgroup,
+        rlimits: spec.rlimits,
     })
     .map_err(|(step, source)| {
         warn!(
@@ -786,6 +794,8 @@ mod tests {
                 env,
                 fds: Vec::new(),
                 open_files: 1024,
+                cgroup: Vec::new(),
+                rlimits: Vec::new(),
                 switch_user: true,
                 isolation: None,
             };
@@ -933,6 +943,8 @@ mod tests {
             env: &[],
             fds: Vec::new(),
             open_files: 1024,
+            cgroup: Vec::new(),
+            rlimits: Vec::new(),
             switch_user: false,
             isolation: None,
         })
@@ -1006,6 +1018,8 @@ mod tests {
                 env: &[],
                 fds: Vec::new(),
                 open_files: 1024,
+                cgroup: Vec::new(),
+                rlimits: Vec::new(),
                 switch_user: true,
                 isolation: None,
             },

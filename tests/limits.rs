@@ -1,0 +1,392 @@
+//! Limits that hold (invariant 5, issue 8), as root on this machine's
+//! cgroups (v1 controllers here; v2 runs in a guest, see cgroup_v2.rs): a
+//! memory bomb in one tenant is contained at its limit and reported as an OOM
+//! kill while another tenant keeps answering, a fork bomb stops at `tasks`,
+//! `cpu` holds a busy loop, and what an app or a CGI script leaves running in
+//! a session of its own is gone after a stop, a CGI run and berth's SIGTERM.
+//! With `cgroups = "none"` the fallbacks are rlimits.
+mod common;
+use common::apps::*;
+use common::*;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+const USER_A: &str = "berth-tlima";
+const USER_B: &str = "berth-tlimb";
+const USER_C: &str = "berth-tlimc";
+const USER_D: &str = "berth-tlimd";
+const USER_E: &str = "berth-tlime";
+
+/// A socket-activated HTTP app: `/hello`, `/alloc?mb=N` (allocates and
+/// touches N MiB, keeps it), `/spin?s=N` (a busy loop; answers the share of
+/// a core it got), `/fork?n=N` (forks N sleeping children; answers how many
+/// it could), `/daemon` (double fork and setsid; answers the daemon's pid).
+const APP_PY: &str = r#"#!/usr/bin/python3
+import os, socket, sys, time, urllib.parse
+
+held = []
+
+def answer(conn, status, body):
+    body = body.encode()
+    conn.sendall(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (status, len(body), body))
+
+def handle(conn):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = conn.recv(4096)
+        if not more:
+            return
+        data += more
+    target = data.split(b" ")[1].decode()
+    url = urllib.parse.urlparse(target)
+    q = dict(urllib.parse.parse_qsl(url.query))
+    if url.path == "/hello":
+        answer(conn, 200, "hello %d" % os.getpid())
+    elif url.path == "/alloc":
+        mb = int(q["mb"])
+        for _ in range(mb):
+            held.append(bytearray(b"x" * (1 << 20)))
+        answer(conn, 200, "held %d" % len(held))
+    elif url.path == "/spin":
+        wall0, cpu0 = time.monotonic(), time.process_time()
+        while time.monotonic() - wall0 < float(q["s"]):
+            pass
+        share = (time.process_time() - cpu0) / (time.monotonic() - wall0)
+        answer(conn, 200, "%.3f" % share)
+    elif url.path == "/fork":
+        ok, failed, kids = 0, "", []
+        for _ in range(int(q["n"])):
+            try:
+                pid = os.fork()
+            except OSError as e:
+                failed = e.strerror
+                break
+            if pid == 0:
+                time.sleep(5)
+                os._exit(0)
+            kids.append(pid)
+            ok += 1
+        for k in kids:
+            os.kill(k, 9)
+            os.waitpid(k, 0)
+        answer(conn, 200, "forked %d failed %s" % (ok, failed))
+    elif url.path == "/daemon":
+        r, w = os.pipe()
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.write(w, b"%d" % os.getpid())
+                os.closerange(0, 1024)
+                time.sleep(300)
+                os._exit(0)
+            os._exit(0)
+        os.close(w)
+        pid = os.read(r, 32).decode()
+        os.close(r)
+        os.wait()
+        answer(conn, 200, pid)
+    else:
+        answer(conn, 404, "no")
+
+listener = socket.socket(fileno=3)
+while True:
+    conn, _ = listener.accept()
+    try:
+        handle(conn)
+    except MemoryError:
+        answer(conn, 500, "MemoryError")
+    finally:
+        conn.close()
+"#;
+
+/// Leaves a sleeping child in a session of its own, then answers with its pid.
+const LEAVE_CHILD_CGI: &str = "#!/bin/sh
+setsid sleep 300 </dev/null >/dev/null 2>&1 &
+printf 'Content-Type: text/plain\\n\\n%s\\n' \"$!\"
+";
+
+/// Allocates far more than its tenant may have.
+const BOMB_CGI: &str = "#!/usr/bin/perl
+my $x = 'x' x (400 * 1024 * 1024);
+print \"Content-Type: text/plain\\n\\nsurvived\\n\";
+";
+
+fn home(dir: &Dir, rel: &str, user: &'static str) -> Home {
+    let home = Home::new(dir, rel, user, ensure_user(user));
+    home.write("public/index.html", "static\n", 0o644);
+    home.write("app/app.py", APP_PY, 0o755);
+    home.write("public/cgi/leave.cgi", LEAVE_CHILD_CGI, 0o755);
+    home.write("public/cgi/bomb.cgi", BOMB_CGI, 0o755);
+    home
+}
+
+/// A tenant with the app `py` mounted at `/` and CGI scripts by extension,
+/// with `limits` lines in its `limits` table.
+fn tenant(t: &str, home: &Home, host: &str, limits: &str, app_extra: &str) -> String {
+    format!(
+        "{site}
+[[tenant.{t}.site.route]]
+path = \"/\"
+app = \"py\"
+
+[[tenant.{t}.site.route]]
+path = \"/cgi/\"
+extensions = [\"cgi\"]
+app = \"cgi\"
+{py}
+[tenant.{t}.app.cgi]
+protocol = \"cgi\"
+max_processes = 4
+
+[tenant.{t}.limits]
+{limits}
+",
+        site = tenant_site(t, home, host),
+        py = app_table(
+            t,
+            "py",
+            "http",
+            &home.join("app"),
+            &[home.app_py().to_str().unwrap()],
+            &format!("max_processes = 1\n{app_extra}"),
+        ),
+    )
+}
+
+impl Home {
+    fn app_py(&self) -> std::path::PathBuf {
+        self.join("app/app.py")
+    }
+}
+
+fn p99(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[samples.len() * 99 / 100]
+}
+
+/// 100 requests to `/hello` of `host`, each answered 200; their p99.
+fn latency(s: &Server, host: &str) -> Duration {
+    let mut samples = Vec::new();
+    for _ in 0..100 {
+        let t0 = Instant::now();
+        let r = get_host(s.addr(), host, "/hello");
+        assert_eq!(r.status, 200, "{host}: {}", r.text());
+        samples.push(t0.elapsed());
+    }
+    p99(&mut samples)
+}
+
+fn error_log(s: &Server, tenant: &str) -> String {
+    fs::read_to_string(s.log_dir.join(tenant).join("error.log")).unwrap_or_default()
+}
+
+#[test]
+fn a_memory_bomb_is_contained_at_the_tenants_limit_and_reported_while_another_tenant_answers() {
+    require_root();
+    let dir = Dir::new();
+    let a = home(&dir, "a", USER_A);
+    let b = home(&dir, "b", USER_B);
+    let cfg = format!(
+        "{}{}",
+        tenant("ta", &a, "a.test", "memory = \"64MiB\"", ""),
+        tenant("tb", &b, "b.test", "", ""),
+    );
+    let s = start_tenants(&dir, &[&a, &b], &cfg);
+    assert_eq!(get_host(s.addr(), "a.test", "/hello").status, 200);
+    let calm = latency(&s, "b.test");
+
+    // Tenant A's app takes 400 MiB, again and again; each time the kernel's
+    // OOM killer ends it at 64 MiB and a new process takes the next request.
+    let addr = s.addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let bomber = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                statuses.push(get_host(addr, "a.test", "/alloc?mb=400").status);
+            }
+            statuses
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let bombed = latency(&s, "b.test");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = bomber.join().unwrap();
+    assert!(!statuses.is_empty());
+    assert!(
+        statuses.iter().all(|&st| st == 502 || st == 503),
+        "the bomb was never stopped: {statuses:?}"
+    );
+    assert!(
+        bombed < calm * 20 + Duration::from_millis(300),
+        "tenant B's p99 went from {calm:?} to {bombed:?} while A's app was OOM-killed"
+    );
+    // A CGI script of A's is held to the same limit.
+    let r = get_host(s.addr(), "a.test", "/cgi/bomb.cgi");
+    assert_ne!(r.text().trim(), "survived", "{}", r.status);
+
+    let mut log = String::new();
+    eventually(Duration::from_secs(5), || {
+        log = error_log(&s, "ta");
+        log.contains("a CGI script was killed")
+    });
+    assert!(
+        log.contains("[py] process")
+            && log.contains("killed by the OOM killer")
+            && log.contains("memory limit (64MiB)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("[cgi] a CGI script was killed by the OOM killer"),
+        "{log}"
+    );
+    assert!(!error_log(&s, "tb").contains("OOM"));
+    // A comes back.
+    let mut again = 0;
+    eventually(Duration::from_secs(10), || {
+        again = get_host(s.addr(), "a.test", "/hello").status;
+        again == 200
+    });
+    assert_eq!(again, 200);
+}
+
+#[test]
+fn a_fork_bomb_stops_at_tasks_and_cpu_holds_a_busy_loop() {
+    require_root();
+    let dir = Dir::new();
+    let c = home(&dir, "c", USER_C);
+    let cfg = tenant("tc", &c, "c.test", "tasks = 16\ncpu = 0.2", "");
+    let s = start_tenants(&dir, &[&c], &cfg);
+
+    let r = get_host(s.addr(), "c.test", "/fork?n=100");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    let forked: u32 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(
+        forked < 16 && text.contains("Resource temporarily unavailable"),
+        "{text}"
+    );
+
+    // 20% of a core, measured by the app itself over three seconds.
+    let r = get_host(s.addr(), "c.test", "/spin?s=3");
+    assert_eq!(r.status, 200);
+    let share: f64 = r.text().trim().parse().unwrap();
+    assert!(
+        (0.05..0.35).contains(&share),
+        "a busy loop under cpu = 0.2 got {share} of a core"
+    );
+}
+
+#[test]
+fn what_apps_and_cgi_scripts_leave_running_is_gone_after_a_stop_a_run_and_sigterm() {
+    require_root();
+    let dir = Dir::new();
+    let d = home(&dir, "d", USER_D);
+    let uid = ensure_user(USER_D).0;
+    let cfg = tenant("td", &d, "d.test", "", "");
+    let mut s = start_tenants(&dir, &[&d], &cfg);
+
+    // A CGI script's child in a session of its own goes when the script ends.
+    let r = get_host(s.addr(), "d.test", "/cgi/leave.cgi");
+    assert_eq!(r.status, 200);
+    let left: u32 = r.text().trim().parse().unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(left)),
+        "the CGI script's child {left} outlived it"
+    );
+
+    // A daemon of the app's goes when the app is stopped (a reload that
+    // changes the app's environment replaces its processes).
+    let r = get_host(s.addr(), "d.test", "/daemon");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let daemon: u32 = r.text().trim().parse().unwrap();
+    assert!(alive(daemon));
+    // It is in its app process's leaf, in every hierarchy, although it left
+    // that process's session.
+    let cgroup = fs::read_to_string(format!("/proc/{daemon}/cgroup")).unwrap();
+    for c in ["memory", "pids", "cpu", "freezer"] {
+        let line = cgroup
+            .lines()
+            .find(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|cs| cs.split(',').any(|x| x == c))
+            })
+            .unwrap_or_else(|| panic!("{c}: {cgroup}"));
+        assert!(
+            line.contains("/td.tenant/py.app/") && line.ends_with(".proc"),
+            "{cgroup}"
+        );
+    }
+    let changed = fs::read_to_string(&s.config).unwrap().replace(
+        "max_processes = 1\n",
+        "max_processes = 1\nenv = { X = \"1\" }\n",
+    );
+    fs::write(&s.config, changed).unwrap();
+    s.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(15), || !alive(daemon)),
+        "daemon {daemon} outlived its app's stop"
+    );
+
+    // And at berth's SIGTERM, everything of the tenant's is gone.
+    let r = get_host(s.addr(), "d.test", "/daemon");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let daemon: u32 = r.text().trim().parse().unwrap();
+    assert!(alive(daemon));
+    assert_eq!(s.stop(), Some(0));
+    assert_nothing_left(&dir, USER_D, uid);
+}
+
+#[test]
+fn without_cgroups_memory_and_tasks_fall_back_to_rlimits_and_cores_are_off() {
+    require_root();
+    let dir = Dir::new();
+    let e = home(&dir, "e", USER_E);
+    let cfg = tenant("te", &e, "e.test", "memory = \"96MiB\"\ntasks = 40", "");
+    e.own();
+    let (block, port, tls_port) = server_block(
+        &dir,
+        "keepalive_timeout = \"5s\"\ndrain_timeout = \"5s\"\ncgroups = \"none\"",
+    );
+    let s = Server::start(&dir, &format!("{block}{cfg}"), port, tls_port);
+    assert!(
+        s.wait_output(
+            "cgroups: none (cgroups = \"none\" in [server])",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        s.output()
+    );
+    let r = get_host(s.addr(), "e.test", "/hello");
+    assert_eq!(r.status, 200);
+    let pid: u32 = r
+        .text()
+        .trim()
+        .trim_start_matches("hello ")
+        .parse()
+        .unwrap();
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let row = |name: &str| -> String {
+        let line = limits.lines().find(|l| l.starts_with(name)).unwrap();
+        line[name.len()..]
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(
+        row("Max data size"),
+        format!("{0} {0}", 96 << 20),
+        "{limits}"
+    );
+    assert_eq!(row("Max processes"), "40 40", "{limits}");
+    assert_eq!(row("Max core file size"), "0 0", "{limits}");
+    // Past its memory, the app's allocation fails instead of the machine's.
+    let r = get_host(s.addr(), "e.test", "/alloc?mb=200");
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.text(), "MemoryError");
+    assert_eq!(get_host(s.addr(), "e.test", "/hello").status, 200);
+}
