@@ -48,6 +48,10 @@ pub enum ToFront {
     /// A process the front end did not ask for is running (kept warm for
     /// `min_processes`, or already running when the front end started).
     Spawned { app: AppId, process: AppProcess },
+    /// A process uses more memory than its tenant's `process_memory`: it
+    /// takes no more requests and is retired once those it serves have
+    /// ended (a new one takes its place).
+    Recycle { app: AppId, slot: u32 },
     /// The answer to [`ToSupervisor::RunCgi`]. Fds on success: the script's
     /// stdin (to write), stdout and stderr (to read).
     CgiStarted {

@@ -17,6 +17,7 @@ const USER_B: &str = "berth-tlimb";
 const USER_C: &str = "berth-tlimc";
 const USER_D: &str = "berth-tlimd";
 const USER_E: &str = "berth-tlime";
+const USER_F: &str = "berth-tlimf";
 
 /// A socket-activated HTTP app: `/hello`, `/alloc?mb=N` (allocates and
 /// touches N MiB, keeps it), `/spin?s=N` (a busy loop; answers the share of
@@ -389,4 +390,45 @@ fn without_cgroups_memory_and_tasks_fall_back_to_rlimits_and_cores_are_off() {
     assert_eq!(r.status, 500, "{}", r.text());
     assert_eq!(r.text(), "MemoryError");
     assert_eq!(get_host(s.addr(), "e.test", "/hello").status, 200);
+}
+
+#[test]
+fn a_process_above_process_memory_is_recycled_after_its_request_and_named_once() {
+    require_root();
+    let dir = Dir::new();
+    let f = home(&dir, "f", USER_F);
+    let cfg = tenant("tf", &f, "f.test", "process_memory = \"64MiB\"", "");
+    let s = start_tenants(&dir, &[&f], &cfg);
+    let pid_of = |s: &Server| -> String {
+        let r = get_host(s.addr(), "f.test", "/hello");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.text()
+    };
+    let first = pid_of(&s);
+    // Below the limit, the process stays.
+    assert_eq!(get_host(s.addr(), "f.test", "/alloc?mb=8").status, 200);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(pid_of(&s), first);
+    // Above it, the request is answered in full, then the process goes.
+    let r = get_host(s.addr(), "f.test", "/alloc?mb=100");
+    assert_eq!((r.status, r.text()), (200, "held 108".to_string()));
+    let mut now = first.clone();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            now = pid_of(&s);
+            now != first
+        }),
+        "still {now}"
+    );
+    let mut log = String::new();
+    eventually(Duration::from_secs(5), || {
+        log = error_log(&s, "tf");
+        log.contains("above process_memory")
+    });
+    assert!(
+        log.contains("[py] process 1 uses")
+            && log.contains("above process_memory (64MiB): recycled"),
+        "{log}"
+    );
+    assert_eq!(log.matches("above process_memory").count(), 1, "{log}");
 }

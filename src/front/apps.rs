@@ -630,6 +630,26 @@ impl Apps {
         }
     }
 
+    /// The supervisor found the process above its tenant's
+    /// `process_memory`: it takes no more requests, and goes as soon as
+    /// those it serves have ended (at once when idle).
+    pub fn recycle(self: &Arc<Self>, id: &AppId, slot: u32) {
+        let mut pools = self.pools.lock().expect("apps lock");
+        let Some(pool) = pools.get_mut(id) else {
+            return;
+        };
+        let Some(i) = pool.procs.iter().position(|p| p.slot == slot) else {
+            return;
+        };
+        let p = &mut pool.procs[i];
+        p.draining = true;
+        if p.active == 0 {
+            pool.procs.remove(i);
+            self.retire(id, slot);
+            retry_one(self, pool);
+        }
+    }
+
     fn retire(&self, app: &AppId, slot: u32) {
         let msg = ToSupervisor::Retire {
             app: app.clone(),

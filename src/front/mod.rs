@@ -331,6 +331,7 @@ fn on_control(
             shared.apps.exited(&app, slot);
         }
         ToFront::Spawned { app, process } => shared.apps.spawned(&app, process),
+        ToFront::Recycle { app, slot } => shared.apps.recycle(&app, slot),
         ToFront::CgiStarted { req, result } => {
             shared.apps.cgi_started(req, result.map(|()| fds));
         }

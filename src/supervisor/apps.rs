@@ -37,6 +37,8 @@ use crate::ipc::{AppId, AppProcess, StartRefused};
 /// One running process of an app.
 struct Proc {
     leader: Leader,
+    /// Found above `process_memory`; the front end was told to recycle it.
+    recycling: bool,
     /// Its cgroup leaf: everything it starts, `setsid` or not.
     group: Option<Group>,
     /// Where the front end connects (its socket is removed when it ends).
@@ -129,6 +131,8 @@ pub struct AppManager {
     /// Tenants a reload removed, whose groups go at the given time (their
     /// processes have had their time to stop by then).
     tenants_gone: Vec<(String, Instant)>,
+    /// Processes recycled for their memory, per tenant.
+    recycles: HashMap<String, u64>,
     cgroups: Cgroups,
 }
 
@@ -184,6 +188,7 @@ impl AppManager {
             cgi: Vec::new(),
             leaves: 0,
             tenants_gone: Vec::new(),
+            recycles: HashMap::new(),
             cgroups,
         };
         m.update(cfg);
@@ -469,6 +474,7 @@ impl AppManager {
             slot,
             Proc {
                 leader,
+                recycling: false,
                 group,
                 process: process.clone(),
                 started: Instant::now(),
@@ -704,6 +710,42 @@ impl AppManager {
             }
         }
         started
+    }
+
+    /// Processes above their tenant's `process_memory` (resident memory,
+    /// as `ps` shows it): each is named once in the tenant's error log and
+    /// returned, for the front end to retire gracefully. Counted per tenant.
+    pub fn over_memory(&mut self) -> Vec<(AppId, u32)> {
+        let mut out = Vec::new();
+        for (id, state) in &mut self.apps {
+            let Some(max) = state.limits.process_memory else {
+                continue;
+            };
+            for (slot, proc) in &mut state.procs {
+                if proc.recycling {
+                    continue;
+                }
+                let Some(rss) = resident(proc.leader.pid()) else {
+                    continue;
+                };
+                if rss <= max {
+                    continue;
+                }
+                proc.recycling = true;
+                *self.recycles.entry(id.tenant.clone()).or_default() += 1;
+                let text = format!(
+                    "process {slot} uses {} MiB, above process_memory ({}): recycled once its requests end",
+                    rss >> 20,
+                    crate::config::show_size(max)
+                );
+                info!("app {id}: {text}");
+                if let Some(log) = crate::tenant_log::get(&id.tenant) {
+                    log.line(&id.app, text.as_bytes());
+                }
+                out.push((id.clone(), *slot));
+            }
+        }
+        out
     }
 
     /// Every live process, to tell a (re)started front end.
@@ -1111,6 +1153,13 @@ fn finish(group: Option<Group>) {
                 g.remove();
             });
     }
+}
+
+/// A process's resident memory in bytes (`/proc/PID/statm`).
+fn resident(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * rustix::param::page_size() as u64)
 }
 
 fn killed_by_sigkill(status: Option<std::process::ExitStatus>) -> bool {

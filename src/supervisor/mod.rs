@@ -611,6 +611,9 @@ impl Supervisor {
             self.front
                 .tell(&ToFront::Spawned { app, process }, Vec::new());
         }
+        for (app, slot) in self.apps.over_memory() {
+            self.front.tell(&ToFront::Recycle { app, slot }, Vec::new());
+        }
     }
 
     fn front_identity(&self) -> Result<Option<Identity>, Error> {
