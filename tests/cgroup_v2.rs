@@ -1,7 +1,9 @@
 //! cgroup v2 for real, in a guest with Debian's kernel under qemu (tests/vm):
 //! this machine's kernel binds every controller to v1. These tests prove the
 //! harness (layout, shares, users, port forwarding, deadlines, running this
-//! binary inside). One boot per test.
+//! binary inside) and the kernel behaviour berth's v2 backend relies on:
+//! controllers at the root, `memory.max` with its OOM kill, `pids.max`,
+//! `cgroup.kill` against a daemon, `cpu.max`. One boot per test.
 
 mod common;
 mod vm;
@@ -21,6 +23,19 @@ fn field<'a>(out: &'a str, key: &str) -> &'a str {
         .find_map(|l| l.strip_prefix(&prefix))
         .unwrap_or_else(|| panic!("no {key}= in the output:\n{out}"))
 }
+
+/// A leaf `t/app` under the root with the memory, pids and cpu controllers
+/// enabled on the way (as berth's v2 backend lays out tenant and app).
+const LEAF: &str = r#"set -e
+cd /sys/fs/cgroup
+echo "+memory +pids +cpu" > cgroup.subtree_control
+mkdir t
+echo "+memory +pids +cpu" > t/cgroup.subtree_control
+mkdir t/app
+"#;
+
+/// Runs the rest of a `sh -c` line inside the leaf.
+const IN_LEAF: &str = "echo $$ > /sys/fs/cgroup/t/app/cgroup.procs; exec";
 
 #[test]
 fn guest_has_v2_controllers_fresh_tmpfs_and_shares() {
@@ -86,6 +101,154 @@ exit 7
         0,
         "root writes as root"
     );
+}
+
+#[test]
+fn memory_max_oom_kills_and_counts() {
+    require_root();
+    let script = format!(
+        r#"{LEAF}echo 32M > t/app/memory.max
+if [ -e t/app/memory.swap.max ]; then echo 0 > t/app/memory.swap.max; fi
+set +e
+sh -c '{IN_LEAF} python3 -c "b = bytearray(200 << 20); print(\"allocated\", len(b))"'
+echo "status=$?"
+sed 's/^/events: /' t/app/memory.events
+echo "peak=$(cat t/app/memory.peak)"
+echo "populated=$(grep populated t/app/cgroup.events)"
+"#
+    );
+    let out = vm::run(&script, &vm::Opts::default());
+    let o = out.success();
+    assert!(!o.contains("allocated"), "200 MiB fit in 32M:\n{o}");
+    assert_eq!(field(o, "status"), "137", "killed by SIGKILL:\n{o}");
+    assert!(o.lines().any(|l| l == "events: oom_kill 1"), "{o}");
+    let peak: u64 = field(o, "peak").parse().unwrap();
+    assert!(peak <= 32 << 20, "peak {peak} above memory.max");
+    assert!(
+        peak >= 16 << 20,
+        "peak {peak}: python got nowhere near the limit"
+    );
+    assert_eq!(field(o, "populated"), "populated 0");
+}
+
+#[test]
+fn pids_max_stops_a_fork_loop() {
+    require_root();
+    let script = format!(
+        r#"{LEAF}echo 8 > t/app/pids.max
+cat > /tmp/forks.pl <<'PL'
+my $n = 0;
+while ($n < 100) {{
+    my $pid = fork();
+    if (!defined $pid) {{ print "fork failed after $n: $!\n"; last }}
+    if ($pid == 0) {{ sleep 60; exit 0 }}
+    $n++;
+}}
+PL
+set +e
+sh -c '{IN_LEAF} perl /tmp/forks.pl'
+echo "current=$(cat t/app/pids.current)"
+sed 's/^/events: /' t/app/pids.events
+echo 1 > t/app/cgroup.kill
+"#
+    );
+    let out = vm::run(&script, &vm::Opts::default());
+    let o = out.success();
+    // perl itself and 7 children make 8.
+    assert!(
+        o.contains("fork failed after 7: Resource temporarily unavailable"),
+        "{o}"
+    );
+    assert_eq!(field(o, "current"), "7", "the children still sleep");
+    let max: u64 = o
+        .lines()
+        .find_map(|l| l.strip_prefix("events: max "))
+        .unwrap_or_else(|| panic!("no max in pids.events:\n{o}"))
+        .parse()
+        .unwrap();
+    assert!(max > 0, "{o}");
+}
+
+#[test]
+fn cgroup_kill_kills_a_double_forked_setsid_daemon() {
+    require_root();
+    let script = format!(
+        r#"{LEAF}cat > /tmp/daemon.pl <<'PL'
+use POSIX qw(setsid);
+defined(my $pid = fork()) or die "fork: $!";
+if ($pid) {{ waitpid($pid, 0); exit 0 }}
+setsid() or die "setsid: $!";
+defined(my $pid2 = fork()) or die "fork: $!";
+if ($pid2) {{
+    open(my $f, '>', '/tmp/daemon.pid') or die; print $f "$pid2\n"; close $f; exit 0;
+}}
+open STDIN, '<', '/dev/null'; open STDOUT, '>', '/dev/null'; open STDERR, '>&', \*STDOUT;
+exec 'sleep', '1000';
+PL
+sh -c '{IN_LEAF} perl /tmp/daemon.pl'
+pid=$(cat /tmp/daemon.pid)
+echo "ppid=$(awk '/^PPid:/ {{print $2}}' /proc/$pid/status)"
+echo "sid=$(awk '{{print $6}}' /proc/$pid/stat)"
+echo "mysid=$(awk '{{print $6}}' /proc/$$/stat)"
+echo "procs=$(cat t/app/cgroup.procs)"
+echo "daemon=$pid"
+echo "before=$(grep populated t/app/cgroup.events)"
+echo 1 > t/app/cgroup.kill
+i=0
+while ! grep -q 'populated 0' t/app/cgroup.events && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+echo "after=$(grep populated t/app/cgroup.events)"
+sleep 0.2
+if [ -e /proc/$pid ] && ! grep -q '^State:.*Z' /proc/$pid/status; then echo "daemon_state=alive"; else echo "daemon_state=gone"; fi
+"#
+    );
+    let out = vm::run(&script, &vm::Opts::default());
+    let o = out.success();
+    let pid = field(o, "daemon");
+    assert_eq!(field(o, "ppid"), "1", "the daemon was orphaned:\n{o}");
+    assert_ne!(field(o, "sid"), field(o, "mysid"), "a session of its own");
+    assert_eq!(
+        field(o, "procs"),
+        pid,
+        "only the daemon is left in the leaf"
+    );
+    assert_eq!(field(o, "before"), "populated 1");
+    assert_eq!(field(o, "after"), "populated 0");
+    assert_eq!(field(o, "daemon_state"), "gone");
+}
+
+#[test]
+fn cpu_max_holds_a_busy_loop_near_its_share() {
+    require_root();
+    // The share of a CPU a busy loop in LEAF got over 2 s, by cpu.stat
+    // (both clocks are the guest's).
+    let measure = |leaf: &str| {
+        format!(
+            r#"sh -c 'echo $$ > /sys/fs/cgroup/t/{leaf}/cgroup.procs; exec perl -e "1 while 1"' &
+loop=$!
+sleep 1
+u1=$(awk '/^usage_usec/ {{print $2}}' t/{leaf}/cpu.stat); t1=$(date +%s%N)
+sleep 2
+u2=$(awk '/^usage_usec/ {{print $2}}' t/{leaf}/cpu.stat); t2=$(date +%s%N)
+kill $loop
+echo "share {leaf}=$(awk -v u=$((u2 - u1)) -v t=$(((t2 - t1) / 1000)) 'BEGIN {{printf "%.3f", u / t}}')"
+echo "throttled {leaf}=$(awk '/^nr_throttled/ {{print $2}}' t/{leaf}/cpu.stat)"
+"#
+        )
+    };
+    let script = format!(
+        "{LEAF}echo '20000 100000' > t/app/cpu.max\nmkdir t/free\n{}{}",
+        measure("app"),
+        measure("free")
+    );
+    let out = vm::run(&script, &vm::Opts::default());
+    let o = out.success();
+    let share: f64 = field(o, "share app").parse().unwrap();
+    let free: f64 = field(o, "share free").parse().unwrap();
+    eprintln!("busy loop: {share} of a CPU at cpu.max 20000 100000, {free} without");
+    assert!((0.08..=0.35).contains(&share), "{o}");
+    assert!(field(o, "throttled app").parse::<u64>().unwrap() > 0, "{o}");
+    assert!(free > 0.5, "the loop alone takes a CPU:\n{o}");
+    assert_eq!(field(o, "throttled free"), "0");
 }
 
 #[test]
