@@ -286,14 +286,28 @@ as sh -c 'echo mine > /srv/out/by-user.txt'; echo "write=$?"
     );
 }
 
-/// GET `path` from 127.0.0.1:`port` (HTTP/1.0); the whole response.
-fn get(port: u16, path: &str) -> std::io::Result<String> {
+/// GET `path` of `host` from 127.0.0.1:`port` (HTTP/1.0); the whole response.
+fn get(port: u16, host: &str, path: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: guest\r\n\r\n")?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
     let mut r = String::new();
     s.read_to_string(&mut r)?;
     Ok(r)
+}
+
+/// GETs until the answer is a 200 (a server in the guest may not listen
+/// yet: qemu accepts at once and closes without a response), for 60 s.
+fn get_ok(guest: &vm::Guest, host: &str, path: &str) -> String {
+    let port = guest.port(8000);
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        match get(port, host, path) {
+            Ok(r) if r.get(8..).is_some_and(|t| t.starts_with(" 200 ")) => return r,
+            _ if Instant::now() < until => std::thread::sleep(Duration::from_millis(200)),
+            r => panic!("no 200 through port {port}: {r:?}\n{}", guest.console()),
+        }
+    }
 }
 
 #[test]
@@ -313,17 +327,7 @@ grep -c 'GET /index.txt' /tmp/http.log | sed 's/^/requests=/'
         "{}",
         guest.console()
     );
-    let port = guest.port(8000);
-    let until = Instant::now() + Duration::from_secs(30);
-    let response = loop {
-        // qemu accepts at once; until the server listens the connection is
-        // closed without a response.
-        match get(port, "/index.txt") {
-            Ok(r) if r.starts_with("HTTP/1.0 200") => break r,
-            _ if Instant::now() < until => std::thread::sleep(Duration::from_millis(200)),
-            r => panic!("no answer through port {port}: {r:?}\n{}", guest.console()),
-        }
-    };
+    let response = get_ok(&guest, "guest", "/index.txt");
     assert!(
         response.ends_with("\r\n\r\nhello from the guest\n"),
         "{response}"
@@ -367,4 +371,68 @@ fn this_test_binary_runs_inside_a_guest() {
     let o = out.success();
     assert!(o.contains("inside: "), "{o}");
     assert!(o.contains("1 passed"), "{o}");
+}
+
+#[test]
+fn berth_serves_from_the_guest_through_a_forwarded_port() {
+    require_root();
+    ensure_user("berth-tfront");
+    let (uid, _) = ensure_user("berth-tvm");
+    let script = format!(
+        r#"set -e
+home=/srv/tvm
+mkdir -p $home/public/pl
+echo "static in the guest" > $home/public/index.html
+cat > $home/public/pl/hello.pl <<'PL'
+print "Content-Type: text/plain\n\nperl as $< in ", `cat /proc/self/cgroup`;
+PL
+chown -R berth-tvm:berth-tvm $home
+cat > /etc/berth.toml <<'TOML'
+[server]
+listen = ["0.0.0.0:8000"]
+user = "berth-tfront"
+
+[tenant.tvm]
+user = "berth-tvm"
+home = "/srv/tvm"
+
+[[tenant.tvm.site]]
+hosts = ["vm.test"]
+root = "/srv/tvm/public"
+
+[[tenant.tvm.site.route]]
+path = "/pl/"
+extensions = ["pl"]
+app = "perl"
+
+[tenant.tvm.app.perl]
+protocol = "cgi"
+command = ["/usr/bin/perl"]
+dir = "/srv/tvm"
+TOML
+# Its log goes to the console, in the report of a failure.
+{berth} serve --config /etc/berth.toml &
+berth=$!
+vm_signal started
+vm_wait done 120
+kill -TERM $berth
+set +e
+wait $berth
+echo "berth=$?"
+"#,
+        berth = common::BERTH
+    );
+    let mut guest = vm::Guest::start(&script, &vm::Opts::default().forward(8000));
+    assert!(
+        guest.wait_file("started", Duration::from_secs(60)),
+        "{}",
+        guest.console()
+    );
+    let r = get_ok(&guest, "vm.test", "/index.html");
+    assert!(r.ends_with("\r\n\r\nstatic in the guest\n"), "{r}");
+    let r = get_ok(&guest, "vm.test", "/pl/hello.pl");
+    assert!(r.contains(&format!("\r\n\r\nperl as {uid} in 0::/")), "{r}");
+    guest.signal("done");
+    let out = guest.wait();
+    assert_eq!(field(out.success(), "berth"), "0", "stopped by SIGTERM");
 }
