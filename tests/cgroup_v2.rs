@@ -110,7 +110,7 @@ fn memory_max_oom_kills_and_counts() {
         r#"{LEAF}echo 32M > t/app/memory.max
 if [ -e t/app/memory.swap.max ]; then echo 0 > t/app/memory.swap.max; fi
 set +e
-sh -c '{IN_LEAF} python3 -c "b = bytearray(200 << 20); print(\"allocated\", len(b))"'
+sh -c '{IN_LEAF} perl -e "\$b = chr(1) x (200 << 20); print qq(allocated\n)"'
 echo "status=$?"
 sed 's/^/events: /' t/app/memory.events
 echo "peak=$(cat t/app/memory.peak)"
