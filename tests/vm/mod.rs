@@ -52,9 +52,11 @@
 //!
 //! Entry points: [`run`] (a script, to its end), [`Guest::start`] (a script
 //! in the background, for a host test that talks to it) and [`run_self`]
-//! (one test of the calling test binary, run inside: see [`in_guest`]).
-//! A boot takes 3 to 4 s to the script on an idle machine, up to 10 s on a
-//! loaded one; a program's first start reads it over 9p (python3: ~2 s).
+//! (one test of the calling test binary, by its full name, run inside: see
+//! [`in_guest`]). From qemu's start to the script takes about 3 s on a quiet
+//! machine of 2 cores, 4 to 5 s at a load of 5 and up to 14 s at 9; in a
+//! fresh guest a program's first start reads it over 9p (python3: ~2 s, perl
+//! much less).
 #![allow(dead_code)]
 
 use std::collections::HashMap;
