@@ -29,6 +29,22 @@ command -v useradd >/dev/null || need+=(passwd)
 command -v runuser >/dev/null || need+=(util-linux)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v slowhttptest >/dev/null || need+=(slowhttptest)
+# The cgroup v2 tests (tests/cgroup_v2.rs, tests/vm) boot Debian's kernel under
+# qemu (TCG) with busybox-static in an initramfs the harness writes, and xz to
+# unpack the kernel once (and modules, where they are compressed). The kernel
+# package needs an initramfs generator: when none is installed, tiny-initramfs
+# (seconds, no dependencies but cpio), not initramfs-tools, whose udev drags a
+# systemd upgrade into a container; tiny-initramfs conflicts with the others,
+# so it is never asked for next to one.
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+[[ $(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null || true) == *"ok installed" ]] ||
+  need+=(busybox-static)
+command -v xz >/dev/null || need+=(xz-utils)
+if ! compgen -G '/boot/vmlinuz-*' >/dev/null; then
+  need+=(linux-image-amd64)
+  initramfs_tools=$(dpkg-query -W -f='${Status}\n' initramfs-tools dracut tiny-initramfs 2>/dev/null || true)
+  [[ $initramfs_tools == *"ok installed"* ]] || need+=(tiny-initramfs)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
