@@ -205,7 +205,7 @@ impl AppManager {
         }
         let mut wanted: HashMap<AppId, (App, &Tenant)> = HashMap::new();
         for t in &cfg.tenants {
-            if let Err(e) = self.cgroups.tenant(&t.name, &t.limits) {
+            if let Err(e) = self.cgroups.set_tenant(&t.name, &t.limits) {
                 warn!("tenant {}: cgroup limits not applied: {e}", t.name);
             }
             for a in &t.apps {

@@ -413,7 +413,7 @@ impl Cgroups {
     }
 
     /// Creates (or updates) a tenant's group with its limits.
-    pub fn tenant(&self, tenant: &str, limits: &Limits) -> io::Result<()> {
+    pub fn set_tenant(&self, tenant: &str, limits: &Limits) -> io::Result<()> {
         if !self.active() {
             return Ok(());
         }
@@ -529,8 +529,13 @@ impl Cgroups {
 
     /// What a tenant's group counts: limit events and use now.
     pub fn tenant_stats(&self, tenant: &str) -> Option<Stats> {
+        self.tenant(tenant).map(|g| g.stats())
+    }
+
+    /// A tenant's group (None when cgroups are off).
+    pub fn tenant(&self, tenant: &str) -> Option<Group> {
         self.active()
-            .then(|| Group::at(self, &Cgroups::rel_tenant(tenant)).stats())
+            .then(|| Group::at(self, &Cgroups::rel_tenant(tenant)))
     }
 
     /// At a clean stop: kills whatever is left and removes the instance
@@ -761,6 +766,18 @@ impl Group {
             ok &= remove_tree(d);
         }
         ok
+    }
+
+    /// The file of the group's peak memory: v1's `memory.max_usage_in_bytes`
+    /// and v2's `memory.peak`, both of which a write resets (v2: for reads
+    /// through the same open file, from Linux 6.12 on).
+    pub fn peak_file(&self) -> Option<PathBuf> {
+        let name = match self.kind {
+            Kind::V2 => "memory.peak",
+            Kind::V1 => "memory.max_usage_in_bytes",
+            Kind::None => return None,
+        };
+        Some(self.memory.as_ref()?.join(name))
     }
 
     /// Limit events and use.
