@@ -26,6 +26,7 @@ pub mod request_body;
 pub mod respond;
 pub mod spool;
 pub mod static_files;
+pub mod tenants;
 pub mod tls;
 pub mod vhost;
 
