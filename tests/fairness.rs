@@ -476,7 +476,8 @@ fn a_hung_page_of_one_tenant_does_not_make_another_unreachable() {
     );
     let (r, _) = timed_get(SOMEONE_ELSE, s.addr(), "b.test", "/index.html");
     assert_eq!(r.status, 200);
-    // Past a's 4 processes and 64 waiting requests, a's requests were
+    // Past a's 32 places (its `concurrency`: 4 processes and 28 requests in
+    // the app's queue) and 64 requests in its queue, a's requests were
     // refused at once, with a time to retry.
     let refused: Vec<Resp> = hung
         .iter_mut()
@@ -487,7 +488,9 @@ fn a_hung_page_of_one_tenant_does_not_make_another_unreachable() {
         assert_eq!(r.status, 503, "{r:?}");
         assert!(r.header("retry-after").is_some(), "{r:?}");
     }
-    assert!(s.output().contains("the queue is full (64 waiting)"));
+    assert!(s.output().contains(
+        "tenant ta: every place is taken (concurrency = 32) and the queue is full (64 waiting)"
+    ));
 }
 
 #[test]

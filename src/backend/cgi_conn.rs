@@ -6,8 +6,8 @@
 //! Request flow position: handler → app route → (the supervisor started the
 //! script as the tenant and passed its pipes) → here. The front end never
 //! starts a process itself; it only holds the pipes and, through the
-//! [`CgiRun`]'s permit, the app's count of running scripts until the response
-//! body ends or is dropped. Dropping the stdout pipe early (the client went
+//! [`CgiRun`]'s hold, the app's count of running scripts and the request's
+//! place in its tenant's gate until the response body ends or is dropped. Dropping the stdout pipe early (the client went
 //! away) ends the script with SIGPIPE on its next write; the supervisor kills
 //! one that runs past the app's `timeout` either way.
 
@@ -22,11 +22,10 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::fastcgi::{self, CgiHead};
 use super::fastcgi_conn::StderrSink;
-use crate::front::apps::CgiRun;
+use crate::front::apps::{CgiHold, CgiRun};
 use crate::front::body::Body;
 use crate::front::spool::Spool;
 
@@ -59,7 +58,7 @@ pub async fn exchange(
         stdin,
         stdout,
         stderr: errors,
-        permit,
+        hold,
     } = run;
     let stdout = pipe::Receiver::from_owned_fd(stdout)?;
     let errors = pipe::Receiver::from_owned_fd(errors)?;
@@ -68,7 +67,7 @@ pub async fn exchange(
     // before (or without) reading all of it. No body: stdin is closed at once.
     let Some(mut body) = body else {
         drop(stdin);
-        return read_answer(stdout, permit, timeout).await;
+        return read_answer(stdout, hold, timeout).await;
     };
     {
         let mut stdin = pipe::Sender::from_owned_fd(stdin)?;
@@ -84,13 +83,13 @@ pub async fn exchange(
         });
     }
 
-    read_answer(stdout, permit, timeout).await
+    read_answer(stdout, hold, timeout).await
 }
 
 /// Reads the response head from the script's stdout; the rest streams.
 async fn read_answer(
     mut stdout: pipe::Receiver,
-    permit: OwnedSemaphorePermit,
+    hold: CgiHold,
     timeout: Duration,
 ) -> Result<Response<Body>, CgiFailure> {
     // The script's whole run is bounded (the supervisor kills it a moment
@@ -129,7 +128,7 @@ async fn read_answer(
             deadline,
             timeout,
             ended: false,
-            _permit: permit,
+            _hold: hold,
         }
         .boxed_unsync(),
     );
@@ -177,7 +176,7 @@ struct PipeBody {
     deadline: Pin<Box<tokio::time::Sleep>>,
     timeout: Duration,
     ended: bool,
-    _permit: OwnedSemaphorePermit,
+    _hold: CgiHold,
 }
 
 impl HttpBody for PipeBody {

@@ -1,8 +1,9 @@
 //! An app route: which script runs, its CGI variables, the request body
 //! (`request_body`: read whole, or its first bytes, before a process is
-//! taken), an app process, the exchange with it, and the response read at
-//! the app's pace (`buffer`). Request flow: handler → here → `apps` (a
-//! process, or a CGI run started by the supervisor) →
+//! taken), a place in the tenant's gate (`tenants`), an app process, the
+//! exchange with it, and the response read at the app's pace (`buffer`).
+//! Request flow: handler → here → `tenants` → `apps` (a process, or a CGI
+//! run started by the supervisor) →
 //! `backend::fastcgi_conn`, `backend::http_proxy` or `backend::cgi_conn` →
 //! `buffer`.
 //!
@@ -35,6 +36,7 @@ use super::request_body::{self, BodyLimits, ClientFault, Prefix, Sent, SpoolBody
 use super::respond::Reject;
 use super::spool::Spool;
 use super::static_files;
+use super::tenants::{self, Entry, Tenants};
 use crate::backend::AppFailure;
 use crate::backend::cgi_conn::{self, CgiFailure};
 use crate::backend::cgi_env::{self, Peer, Script};
@@ -47,6 +49,8 @@ use crate::tenant_log::{self, TenantLog};
 /// Everything about the request the app exchange needs.
 pub struct AppRequest<'a> {
     pub apps: &'a Arc<Apps>,
+    /// The tenants' gates: the request takes a place in its app's tenant's.
+    pub tenants: &'a Tenants,
     pub site: &'a SiteRt,
     /// The tenant's error log (the app's STDERR goes there).
     pub error_log: Option<Arc<TenantLog>>,
@@ -137,14 +141,18 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
                 Err(e) => return Some(Err(e)),
             },
         };
+        let entry = match enter(req.tenants, id, req.error_log.as_ref()).await {
+            Ok(entry) => entry,
+            Err(e) => return Some(Err(e)),
+        };
         http(
             req.apps,
-            id,
-            &plan.pool,
+            &plan,
             req.parts,
             body,
             &forwarded,
             streamed_state,
+            entry,
         )
         .await
     } else {
@@ -175,16 +183,41 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
         let length = spool.as_ref().map(Spool::unread).or(declared.then_some(0));
         let spool = spool.filter(|s| !s.is_empty());
         let params = cgi_env::variables(req.parts, &script, &peer, length);
+        let entry = match enter(req.tenants, id, req.error_log.as_ref()).await {
+            Ok(entry) => entry,
+            Err(e) => return Some(Err(e)),
+        };
         let log = req.error_log.clone();
         let answer = if plan.protocol == Protocol::Cgi {
             let script = (!req.extensions.is_empty()).then(|| filename.to_path_buf());
-            cgi(req.apps, &plan, script, params, spool, req.error_log).await
+            cgi(req.apps, &plan, script, params, spool, req.error_log, entry).await
         } else {
-            fastcgi(req.apps, &plan, params, spool, req.error_log).await
+            fastcgi(req.apps, &plan, params, spool, req.error_log, entry).await
         };
         answer.map(|resp| crate::backend::frame_cgi_response(resp, head_only, id, log))
     };
     Some(answer.and_then(|resp| buffer::response(resp, &req.buffer)))
+}
+
+/// A place for the request in the gate of its app's tenant (none when the
+/// plan has no limits for it), once its body has been read: a client slow to
+/// send its body holds no place. A refusal goes to the tenant's error log `log`.
+async fn enter(
+    tenants: &Tenants,
+    id: &AppId,
+    log: Option<&Arc<TenantLog>>,
+) -> Result<Option<Entry>, Reject> {
+    let Some(gate) = tenants.gate(&id.tenant) else {
+        return Ok(None);
+    };
+    match gate.enter(id, log).await {
+        Ok(entry) => Ok(Some(entry)),
+        Err(overflow) => Err(Reject::TenantBusy {
+            status: overflow.status,
+            why: overflow.to_string(),
+            retry_after: tenants::RETRY_AFTER,
+        }),
+    }
 }
 
 /// The script part and the rest of `path`, split after the first segment that
@@ -209,11 +242,12 @@ async fn fastcgi(
     params: cgi_env::Vars<'_>,
     body: Option<Spool>,
     error_log: Option<Arc<TenantLog>>,
+    entry: Option<Entry>,
 ) -> Result<Response<Body>, Reject> {
     let (id, pool) = (&plan.id, &plan.pool);
     let retry = body.is_none();
     let mut body = body;
-    with_process(apps, id, pool, retry, None, |lease, first_byte| {
+    with_process(apps, id, pool, retry, None, entry, |lease, first_byte| {
         let stderr = write_stderr(error_log.clone(), plan);
         fastcgi_conn::request(
             lease,
@@ -236,6 +270,7 @@ async fn cgi(
     params: cgi_env::Vars<'_>,
     body: Option<Spool>,
     error_log: Option<Arc<TenantLog>>,
+    entry: Option<Entry>,
 ) -> Result<Response<Body>, Reject> {
     let (id, pool) = (&plan.id, &plan.pool);
     // Environment strings: names are ASCII; a header value with bytes that
@@ -249,7 +284,10 @@ async fn cgi(
             )
         })
         .collect();
-    let run = apps.run_cgi(id, script, env).await.map_err(lease_error)?;
+    let run = apps
+        .run_cgi(id, script, env, entry)
+        .await
+        .map_err(lease_error)?;
     let stderr = write_stderr(error_log, plan);
     cgi_conn::exchange(run, body, pool.timeout, stderr)
         .await
@@ -264,13 +302,14 @@ async fn cgi(
 /// The same for an HTTP app: proxy to one process.
 async fn http(
     apps: &Arc<Apps>,
-    id: &AppId,
-    pool: &crate::config::Pool,
+    plan: &AppPlan,
     parts: &Parts,
     body: Option<Body>,
     forwarded: &Forwarded<'_>,
     streamed: Option<(ClientFault, Arc<Sent>)>,
+    entry: Option<Entry>,
 ) -> Result<Response<Body>, Reject> {
+    let (id, pool) = (&plan.id, &plan.pool);
     let retry = body.is_none();
     let mut body = body;
     let (fault, sent) = streamed.unzip();
@@ -280,6 +319,7 @@ async fn http(
         pool,
         retry,
         fault.as_ref(),
+        entry,
         |lease, first_byte| {
             let idle = pool.timeout;
             let sent = sent.clone();
@@ -289,17 +329,19 @@ async fn http(
     .await
 }
 
-/// Leases a process of `id` and runs `exchange` with it. A process that turns
+/// Leases a process of `id` and runs `exchange` with it; the lease carries
+/// `entry`, the request's place in its tenant's gate. A process that turns
 /// out to be gone is dropped and, when `retry` (a request without a body, so
-/// nothing was consumed), the request tries once more with another. An
-/// exchange that failed because the client's streamed body did (`fault`) is
-/// answered for the client, and the process keeps its place.
+/// nothing was consumed), the request tries once more with another (keeping
+/// its place). An exchange that failed because the client's streamed body
+/// did (`fault`) is answered for the client, and the process keeps its place.
 async fn with_process<F, Fut>(
     apps: &Arc<Apps>,
     id: &AppId,
     pool: &crate::config::Pool,
     retry: bool,
     fault: Option<&ClientFault>,
+    mut entry: Option<Entry>,
     mut exchange: F,
 ) -> Result<Response<Body>, Reject>
 where
@@ -308,7 +350,8 @@ where
 {
     let attempts = if retry { 2 } else { 1 };
     for attempt in 0..attempts {
-        let lease = apps.lease(id).await.map_err(lease_error)?;
+        let mut lease = apps.lease(id).await.map_err(lease_error)?;
+        lease.entry = entry.take();
         // The app's `timeout` is how long it may stay silent, like nginx's
         // `fastcgi_read_timeout`; a fresh process gets its start-up time.
         let first_byte = if lease.fresh {
@@ -320,6 +363,7 @@ where
             Ok(resp) => return Ok(resp),
             Err(failed) => failed,
         };
+        entry = lease.entry.take();
         if let Some(reject) = fault.and_then(|f| f.lock().expect("fault lock").take()) {
             tracing::debug!("app {id}: request abandoned: {failure}");
             return Err(reject);

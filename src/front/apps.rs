@@ -9,8 +9,10 @@
 //! the first process to come free, in order. The queue is bounded twice, so a
 //! hung or flooded app holds no more than its share of the front end's
 //! connections: at most the app's `queue` requests wait (past it, 503 at
-//! once), and none longer than the app's `timeout`. Dropping the [`Lease`] returns the
-//! process, with its kept connection; after `max_requests` requests (once its
+//! once), and none longer than the app's `timeout`. The request took a place
+//! in its tenant's gate (`tenants`) before it came here; the lease carries it.
+//! Dropping the [`Lease`] returns the process, with its kept connection, and
+//! then the tenant's place; after `max_requests` requests (once its
 //! requests in flight end), or after `idle_timeout` without one (above
 //! `min_processes`), the process is retired.
 //!
@@ -32,6 +34,8 @@ use tracing::{debug, warn};
 use crate::backend::http_proxy::AppConn;
 use crate::config::Pool;
 use crate::ipc::{self, AppId, AppPlan, AppProcess, StartRefused, ToSupervisor};
+
+use super::tenants::Entry;
 
 /// Why no process could be had.
 #[derive(Debug, thiserror::Error)]
@@ -201,13 +205,20 @@ type StartAnswer = Result<AppProcess, StartRefused>;
 /// What the supervisor answers to a CGI run: the script's pipes, or why not.
 type CgiAnswer = Result<Vec<OwnedFd>, String>;
 
-/// One running CGI script: its pipes, and the permit that counts it against
-/// the app's `max_processes` until dropped.
+/// One running CGI script: its pipes, and what it holds until its response
+/// ends.
 pub struct CgiRun {
     pub stdin: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
-    pub permit: OwnedSemaphorePermit,
+    pub hold: CgiHold,
+}
+
+/// What a running CGI script holds until dropped: its place under the app's
+/// `max_processes` and its request's place in the tenant's gate.
+pub struct CgiHold {
+    _run: OwnedSemaphorePermit,
+    _entry: Option<Entry>,
 }
 
 /// One process, held for one request.
@@ -237,6 +248,10 @@ pub struct Lease {
     pub(crate) conn: Option<AppConn>,
     /// The same for FastCGI apps (FCGI_KEEP_CONN).
     pub(crate) fcgi: Option<UnixStream>,
+    /// The request's place in its tenant's gate: given back with the
+    /// process (after it, so a request of the tenant let in finds the
+    /// process free), not when the client has read the response.
+    pub(crate) entry: Option<Entry>,
 }
 
 /// How long an idle kept connection to an HTTP app is used again.
@@ -436,17 +451,20 @@ impl Apps {
             drain: false,
             conn: g.conn,
             fcgi: g.fcgi,
+            entry: None,
         }
     }
 
     /// Runs one request of CGI app `id`: waits for room under
     /// `max_processes` (behind at most `queue` others, for at most the app's
-    /// `timeout`), then asks the supervisor to start the script.
+    /// `timeout`), then asks the supervisor to start the script. The run
+    /// holds `entry`, the request's place in its tenant's gate.
     pub async fn run_cgi(
         &self,
         id: &AppId,
         script: Option<PathBuf>,
         env: Vec<(String, String)>,
+        entry: Option<Entry>,
     ) -> Result<CgiRun, LeaseError> {
         let (runs, waiting, queue, timeout) = {
             let pools = self.pools.lock().expect("apps lock");
@@ -500,7 +518,10 @@ impl Apps {
                     stdin,
                     stdout,
                     stderr,
-                    permit,
+                    hold: CgiHold {
+                        _run: permit,
+                        _entry: entry,
+                    },
                 })
             }
             Ok(Err(why)) => Err(LeaseError::StartFailed {

@@ -202,6 +202,7 @@ async fn route(
                 .expect("an app route has its app's name");
             let request = app_route::AppRequest {
                 apps: &shared.apps,
+                tenants: &shared.tenants,
                 site,
                 error_log: shared.logs.load().errors.get(site.log).cloned(),
                 prefix,

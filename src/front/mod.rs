@@ -2,8 +2,9 @@
 //!
 //! Request flow, one file per step: [`conn`] (accept, TLS handshake, HTTP/1.1 and
 //! HTTP/2, timeouts) → [`tls`] (certificate by SNI) → [`vhost`] (host → site,
-//! path → route) → [`handler`] (auth, then static files, redirect) →
-//! [`static_files`] → [`access_log`]. Errors become responses in [`respond`].
+//! path → route) → [`handler`] (auth, then static files, redirect, or an app:
+//! [`app_route`] → [`tenants`] → [`apps`]) → [`static_files`] →
+//! [`access_log`]. Errors become responses in [`respond`].
 //!
 //! Lifecycle ([`run`]): adopt the IPC socket (fd 3) → wait for the first
 //! [`Plan`] → serve. Each new plan becomes a new [`Generation`], swapped in
@@ -26,6 +27,7 @@ pub mod request_body;
 pub mod respond;
 pub mod spool;
 pub mod static_files;
+pub mod tenants;
 pub mod tls;
 pub mod vhost;
 
@@ -104,6 +106,9 @@ pub struct Shared {
     pub conns: Arc<conn::Conns>,
     /// App processes and their pools.
     pub apps: Arc<apps::Apps>,
+    /// Each tenant's places for requests in its apps (`concurrency`,
+    /// `queue`), and its counters.
+    pub tenants: tenants::Tenants,
     pub max_connections: std::sync::atomic::AtomicUsize,
     pub drain: watch::Receiver<bool>,
 }
@@ -216,6 +221,7 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
     let (drain_tx, drain_rx) = watch::channel(false);
     let max = plan.limits.max_connections;
     let app_plans = plan.apps.clone();
+    let tenant_limits = (plan.logs.clone(), plan.tenant_limits.clone());
     let (generation, listener_fds, logs) = build(plan, fds)?;
     let shared = Arc::new(Shared {
         current: ArcSwap::from_pointee(generation),
@@ -223,10 +229,12 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
         conn_limit: Arc::new(Semaphore::new(max)),
         conns: Arc::default(),
         apps: Arc::new(apps::Apps::new(sock.clone())),
+        tenants: tenants::Tenants::default(),
         max_connections: max.into(),
         drain: drain_rx,
     });
     shared.apps.update(&app_plans);
+    shared.tenants.update(&tenant_limits.0, &tenant_limits.1);
     let mut workers = Vec::new();
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(worker(rx, shared.clone()));
@@ -302,9 +310,11 @@ fn on_control(
     match msg {
         ToFront::Plan(plan) => {
             let app_plans = plan.apps.clone();
+            let tenant_limits = (plan.logs.clone(), plan.tenant_limits.clone());
             match build(*plan, fds) {
                 Ok((generation, listener_fds, logs)) => {
                     shared.apps.update(&app_plans);
+                    shared.tenants.update(&tenant_limits.0, &tenant_limits.1);
                     resize_limit(shared, generation.limits.max_connections);
                     shared.current.store(Arc::new(generation));
                     shared.logs.store(Arc::new(logs));
@@ -367,6 +377,9 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
     let expected = plan.listeners.len() + 2 * plan.logs.len() + 1;
     if fds.len() != expected {
         bail!("plan came with {} fds, expected {expected}", fds.len());
+    }
+    if plan.tenant_limits.len() != plan.logs.len() {
+        bail!("limits for other tenants than the logs");
     }
     let mut fds = fds.into_iter();
     let listeners: Vec<(ListenerSpec, OwnedFd)> = plan

@@ -2,7 +2,8 @@
 //!
 //! Handlers return `Err(Reject)` for anything that is not a normal answer; the
 //! connection code calls [`Reject::into_response`]. The variant says whose fault it
-//! was (client → 4xx, overload → 503, us → 500), so status codes stay consistent.
+//! was (client → 4xx, overload → 503 or the tenant's `overflow_status`, us → 500),
+//! so status codes stay consistent.
 
 use http::{HeaderValue, Response, StatusCode, header};
 
@@ -41,6 +42,14 @@ pub enum Reject {
     /// No app process could serve now (starting failed, pool busy, crash
     /// loop); the client may retry after this many seconds.
     Unavailable { why: String, retry_after: u32 },
+    /// The tenant is at its `concurrency` and its queue is full, or the
+    /// request waited its `queue_timeout`: the tenant's `overflow_status`
+    /// (503, 429 or a 5xx such as LVE's 508), with `Retry-After`.
+    TenantBusy {
+        status: u16,
+        why: String,
+        retry_after: u32,
+    },
 }
 
 impl Reject {
@@ -59,6 +68,9 @@ impl Reject {
             Reject::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Reject::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Reject::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::TenantBusy { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
         }
     }
 
@@ -70,6 +82,15 @@ impl Reject {
             Reject::PayloadTooLarge { max } => format!(
                 "413 Content Too Large: the request body may be at most {} bytes\n",
                 max
+            ),
+            Reject::TenantBusy { retry_after, .. } => format!(
+                "{} {}: this site is busy; retry in {retry_after} seconds\n",
+                status.as_u16(),
+                // LVE's words for its 508.
+                match status.as_u16() {
+                    508 => "Resource Limit Is Reached",
+                    _ => status.canonical_reason().unwrap_or("Service Unavailable"),
+                }
             ),
             _ => format!(
                 "{} {}\n",
@@ -107,6 +128,14 @@ impl Reject {
             Reject::GatewayTimeout(why) => tracing::warn!("gateway timeout: {why}"),
             Reject::Unavailable { why, retry_after } => {
                 tracing::warn!("unavailable: {why}");
+                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            Reject::TenantBusy {
+                why, retry_after, ..
+            } => {
+                // The tenant's error log has it (rate-limited); at a flood of
+                // refusals a warning each would only crowd berth's own log.
+                tracing::debug!("refused: {why}");
                 h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
             _ => {}
