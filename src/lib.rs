@@ -14,3 +14,4 @@ pub mod logging;
 pub mod supervisor;
 pub mod sys;
 pub mod tenant_log;
+pub mod usage;

@@ -2,8 +2,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
 
-use clap::{Parser, Subcommand};
+use berth::usage::When;
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
 #[command(name = "berth", version, about = "A multi-tenant web application host")]
@@ -24,12 +26,91 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Billing report from the usage database: average and peak memory, memory
+    /// GiB-hours, CPU seconds, requests, traffic and limit events per tenant.
+    Usage {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Start of the window: RFC 3339 (2026-11-01T00:00:00Z), a date
+        /// (midnight UTC), `now`, or a time ago (-7d, -1h, -30m) [default: -30d]
+        #[arg(long, value_name = "T", allow_hyphen_values = true)]
+        since: Option<When>,
+        /// End of the window, in the same forms [default: now]
+        #[arg(long, value_name = "T", allow_hyphen_values = true)]
+        until: Option<When>,
+        /// Only this tenant
+        #[arg(long, value_name = "NAME")]
+        tenant: Option<String>,
+        /// A row for each app besides each tenant's own
+        #[arg(long)]
+        app: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// The front end; started by `serve`, never by hand.
     #[command(hide = true)]
     Front {
         #[arg(long, default_value = "info")]
         log_level: String,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+/// The default window of `berth usage`: the last 30 days.
+const USAGE_DEFAULT_DAYS: u64 = 30;
+
+fn usage(
+    config: &std::path::Path,
+    since: Option<When>,
+    until: Option<When>,
+    query_tenant: Option<String>,
+    per_app: bool,
+    format: Format,
+) -> ExitCode {
+    let cfg = match berth::config::load(config) {
+        Ok(cfg) => cfg,
+        Err(problems) => {
+            eprint!("{problems}");
+            return ExitCode::from(1);
+        }
+    };
+    // Whole seconds, so that relative times print as such.
+    let now = SystemTime::UNIX_EPOCH
+        + Duration::from_secs(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+        );
+    let default_since = When::Ago(Duration::from_secs(USAGE_DEFAULT_DAYS * 86_400));
+    let query = berth::usage::Query {
+        since: since.unwrap_or(default_since).resolve(now),
+        until: until.unwrap_or(When::Now).resolve(now),
+        tenant: query_tenant,
+        per_app,
+    };
+    let db = cfg.server.state_dir.join(berth::usage::DB_FILE);
+    match berth::usage::report(&db, &query) {
+        Ok(report) => {
+            let text = match format {
+                Format::Table => report.table(),
+                Format::Csv => report.csv(),
+                Format::Json => report.json(),
+            };
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("berth: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -77,6 +158,14 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Usage {
+            config,
+            since,
+            until,
+            tenant,
+            app,
+            format,
+        } => usage(&config, since, until, tenant, app, format),
         Command::Front { log_level } => {
             let level = berth::logging::parse_level(&log_level)
                 .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);

@@ -77,6 +77,11 @@ pub struct Server {
     /// `default_tls_site`: a host whose site's certificate answers TLS clients
     /// that send no SNI (checked against the sites once they are read).
     pub default_tls_site: Option<DefaultTlsSite>,
+    /// `usage_raw_days`: raw usage samples are kept this many days (never
+    /// longer than `usage_keep_days`), then only their hourly rollups.
+    pub usage_raw_days: u32,
+    /// `usage_keep_days`: hourly usage rows are kept this many days.
+    pub usage_keep_days: u32,
 }
 
 /// How much of a tenant's stderr reaches its `error.log` (see
@@ -313,6 +318,8 @@ impl Default for Server {
             error_log: ErrorLogLimits::default(),
             log_rate: crate::logging::DEFAULT_RATE,
             default_tls_site: None,
+            usage_raw_days: 7,
+            usage_keep_days: 400,
         }
     }
 }
@@ -645,6 +652,12 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
         s.log_rate = n as u32;
     }
     s.error_log = read_error_log(&mut t, s.error_log);
+    if let Some(n) = bounded(walk, t.integer("usage_raw_days"), 1, 366) {
+        s.usage_raw_days = n as u32;
+    }
+    if let Some(n) = bounded(walk, t.integer("usage_keep_days"), 1, 3660) {
+        s.usage_keep_days = n as u32;
+    }
     if let Some(h) = t.string("default_tls_site") {
         s.default_tls_site = Some(DefaultTlsSite {
             host: h.value.trim_end_matches('.').to_ascii_lowercase(),
@@ -1567,6 +1580,36 @@ mod tests {
         for bad in ["log_rate = 0", "log_rate = 2000000", "log_rate = \"fast\""] {
             let text = load_with(bad).unwrap_err().to_string();
             assert!(text.contains(":4: server.log_rate: "), "{bad}: {text}");
+        }
+    }
+
+    #[test]
+    fn usage_retention_days_are_read_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let load_with = |lines: &str| {
+            let path = dir.path().join("berth.toml");
+            let text =
+                format!("[server]\nlisten = [\"127.0.0.1:1\"]\nuser = \"daemon\"\n{lines}\n");
+            std::fs::write(&path, text).unwrap();
+            load(&path)
+        };
+        let default = load_with("").unwrap().server;
+        assert_eq!((default.usage_raw_days, default.usage_keep_days), (7, 400));
+        let set = load_with("usage_raw_days = 30\nusage_keep_days = 3660")
+            .unwrap()
+            .server;
+        assert_eq!((set.usage_raw_days, set.usage_keep_days), (30, 3660));
+        for (bad, key) in [
+            ("usage_raw_days = 0", "usage_raw_days"),
+            ("usage_raw_days = 367", "usage_raw_days"),
+            ("usage_keep_days = 3661", "usage_keep_days"),
+            ("usage_keep_days = \"1y\"", "usage_keep_days"),
+        ] {
+            let text = load_with(bad).unwrap_err().to_string();
+            assert!(
+                text.contains(&format!(":4: server.{key}: ")),
+                "{bad}: {text}"
+            );
         }
     }
 
