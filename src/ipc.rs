@@ -128,12 +128,35 @@ pub enum ToSupervisor {
     /// mounted and runs its own command). The supervisor checks the script as
     /// suEXEC would (under a site root of the tenant, owned by it, not
     /// writable by others) and passes on only the CGI variables from `env`.
+    /// Each tenant's request counts since the last such message (sent
+    /// every `meter_interval`; tenants with none are left out).
+    Usage {
+        tenants: Vec<(String, RequestCounts)>,
+    },
     RunCgi {
         req: u64,
         app: AppId,
         script: Option<PathBuf>,
         env: Vec<(String, String)>,
     },
+}
+
+/// What one tenant's requests used since the front end last said.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestCounts {
+    pub requests: u64,
+    pub status_2xx: u64,
+    pub status_3xx: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+    /// Request body bytes (as declared by Content-Length).
+    pub bytes_in: u64,
+    /// Response body bytes sent.
+    pub bytes_out: u64,
+    /// Requests that waited for one of the tenant's `concurrency` places.
+    pub queue_waits: u64,
+    /// Requests refused at the tenant's limit (`overflow_status`).
+    pub queue_overflows: u64,
 }
 
 /// What the front end needs to serve: everything already validated and read by
@@ -160,6 +183,8 @@ pub struct Plan {
     pub default_tls_host: Option<String>,
     /// Lines a second the front end's own log takes (`[server] log_rate`).
     pub log_rate: u32,
+    /// How often the front end sends its counts ([`ToSupervisor::Usage`]).
+    pub meter_interval: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -578,6 +603,7 @@ mod tests {
             logs: Vec::new(),
             error_logs: Vec::new(),
             tenant_limits: Vec::new(),
+            meter_interval: std::time::Duration::from_secs(10),
             sites: (0..sites)
                 .map(|i| SitePlan {
                     tenant: "t".into(),

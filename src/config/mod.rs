@@ -57,6 +57,8 @@ pub struct Server {
     pub user: String,
     pub state_dir: PathBuf,
     pub log_dir: PathBuf,
+    /// How often usage is sampled and stored (`meter_interval`).
+    pub meter_interval: Duration,
     /// Whether berth manages cgroups for the tenants (`cgroups = "auto"`,
     /// the default) or leaves them alone (`"none"`: rlimits only).
     pub cgroups: bool,
@@ -311,6 +313,7 @@ impl Default for Server {
             state_dir: "/var/lib/berth".into(),
             log_dir: "/var/log/berth".into(),
             cgroups: true,
+            meter_interval: Duration::from_secs(10),
             dir_lines: (1, 1),
             min_uid: 1000,
             front_stall_timeout: DEFAULT_FRONT_STALL_TIMEOUT,
@@ -563,6 +566,13 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
                  /usr/sbin/nologin {SERVER_DEFAULT_USER}) or name one"
             ),
         );
+    }
+    if let Some(d) = duration(walk, t.string("meter_interval")) {
+        if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+            t.problem("meter_interval", "must be between 1s and 1h");
+        } else {
+            s.meter_interval = d;
+        }
     }
     if let Some(c) = t.string("cgroups") {
         match c.value.as_str() {

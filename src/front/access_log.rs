@@ -24,6 +24,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use super::body::Body;
 use super::conn::{Activity, Progress};
+use super::usage::TenantUsage;
 
 /// What is known of a request when its response starts. Fields are cheap
 /// clones of what the request already holds; the line is formatted only when
@@ -213,10 +214,16 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 pub struct Done {
     pub log: Option<(Arc<File>, Entry)>,
     pub activity: Arc<Activity>,
+    /// The site's tenant's counters, the status and the request body's
+    /// declared length (for the usage database).
+    pub usage: Option<(Arc<TenantUsage>, u16, u64)>,
 }
 
 impl Done {
     fn run(self, bytes: u64) {
+        if let Some((usage, status, bytes_in)) = self.usage {
+            usage.record(status, bytes_in, bytes);
+        }
         if let Some((file, entry)) = self.log {
             entry.write(&file, bytes);
         }

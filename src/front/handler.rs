@@ -52,9 +52,19 @@ pub async fn respond(
     let response = result.unwrap_or_else(Reject::into_response);
     let (head, body) = response.into_parts();
 
+    let logs = shared.logs.load();
+    let usage = site.and_then(|i| {
+        let u = logs.usage.get(generation.router.sites()[i].log)?.clone();
+        let bytes_in = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        Some((u, head.status.as_u16(), bytes_in))
+    });
     let log = site.and_then(|i| {
         let site = &generation.router.sites()[i];
-        let file = shared.logs.load().access.get(site.log)?.clone();
+        let file = logs.access.get(site.log)?.clone();
         let entry = Entry {
             vhost: site.canonical.clone(),
             remote: conn.peer_ip.clone(),
@@ -71,7 +81,11 @@ pub async fn respond(
         Some((file, entry))
     });
     let progress = activity.watch_response();
-    let done = Done { log, activity };
+    let done = Done {
+        log,
+        activity,
+        usage,
+    };
     Response::from_parts(head, Counted::new(body, done, progress))
 }
 

@@ -29,6 +29,7 @@ pub mod spool;
 pub mod static_files;
 pub mod tenants;
 pub mod tls;
+pub mod usage;
 pub mod vhost;
 
 use std::collections::HashMap;
@@ -58,6 +59,8 @@ pub struct Generation {
     /// Tenant names in the order of the access logs.
     pub log_names: Vec<String>,
     pub limits: ClientLimits,
+    /// How often the tenants' counts go to the supervisor (read at start).
+    pub meter_interval: Duration,
     pub router: Router<SiteRt>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// The host a TLS connection without SNI is treated as having named (its
@@ -256,6 +259,9 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
 
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut meter = tokio::time::interval(shared.current.load().meter_interval);
+    let mut gates_seen = HashMap::new();
+    meter.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             ctl = ctl_rx.recv() => {
@@ -269,6 +275,14 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
                 }
             }
             _ = sweep.tick() => shared.apps.sweep(),
+            _ = meter.tick() => {
+                let tenants = usage::take_all(&shared.tenants.counters(), &mut gates_seen);
+                if !tenants.is_empty()
+                    && let Err(e) = ipc::send(sock.as_fd(), &ToSupervisor::Usage { tenants }, &[])
+                {
+                    warn!("cannot send usage counts to the supervisor: {e}");
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {}
@@ -472,6 +486,7 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
     let generation = Generation {
         number: plan.generation,
         log_names: plan.logs.clone(),
+        meter_interval: plan.meter_interval,
         http: http_builder(&plan.limits),
         limits: plan.limits,
         router: Router::new(sites),
@@ -488,6 +503,8 @@ pub struct TenantLogs {
     /// The tenants' error logs: apps' stderr, rate-limited and capped, never
     /// written on the request path (see [`crate::tenant_log`]).
     pub errors: Vec<Arc<TenantLog>>,
+    /// What each tenant's requests used (see [`usage`]).
+    pub usage: Vec<Arc<usage::TenantUsage>>,
 }
 
 /// The logs of `tenants` from their fds (access logs, error logs, berth's
@@ -514,9 +531,15 @@ fn take_logs(
         .collect();
     if limits.is_some() {
         crate::tenant_log::retain(tenants);
+        usage::retain(tenants);
     }
     crate::logging::set_file(next());
-    Ok(TenantLogs { access, errors })
+    let usage = tenants.iter().map(|t| usage::of(t)).collect();
+    Ok(TenantLogs {
+        access,
+        errors,
+        usage,
+    })
 }
 
 fn http_builder(limits: &ClientLimits) -> auto::Builder<TokioExecutor> {

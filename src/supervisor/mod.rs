@@ -27,6 +27,7 @@ use tracing_subscriber::filter::LevelFilter;
 
 mod apps;
 pub mod cgroup;
+mod meter;
 pub mod spawn;
 
 use crate::config::{self, Config, Problems};
@@ -78,6 +79,7 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
     };
     tmp_dir(&state, front.as_ref())?;
     let cgroups = start_cgroups(&config);
+    let meter = start_meter(&config, cgroups.clone(), root);
     let apps =
         apps::AppManager::new(&config, front.as_ref(), root, cgroups).map_err(|e| Error::Dir {
             path: config.server.state_dir.join("apps"),
@@ -91,6 +93,7 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
         listeners: Listeners::default(),
         generation: 0,
         apps,
+        meter,
         front: FrontEnd::new(),
     };
     let logs = sup.open_logs()?;
@@ -107,6 +110,9 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
     // with the supervisor: its parent-death signal).
     drop(sup.front.current.take());
     sup.apps.stop_all();
+    if let Some(meter) = sup.meter.take() {
+        meter.stop();
+    }
     if result.is_ok() {
         info!("stopped");
     }
@@ -133,6 +139,45 @@ fn start_cgroups(config: &Config) -> cgroup::Cgroups {
     cg
 }
 
+/// The tenants and apps to meter, from a configuration.
+fn metered(config: &Config, root: bool) -> Vec<meter::MeteredTenant> {
+    config
+        .tenants
+        .iter()
+        .map(|t| meter::MeteredTenant {
+            name: t.name.clone(),
+            apps: t.apps.iter().map(|a| a.name.clone()).collect(),
+            uid: root.then_some(t.uid),
+        })
+        .collect()
+}
+
+/// Opens the usage database (in `state_dir`, root's and checked by
+/// [`prepare_dir`]) and starts metering; without a database, berth serves
+/// on unmetered and says why.
+fn start_meter(config: &Config, cgroups: cgroup::Cgroups, root: bool) -> Option<meter::Meter> {
+    let s = &config.server;
+    let path = s.state_dir.join(crate::usage::DB_FILE);
+    let writer =
+        match crate::usage::UsageWriter::spawn(path.clone(), s.usage_raw_days, s.usage_keep_days) {
+            Ok(w) => w,
+            Err(e) => {
+                error!(
+                    "usage database {}: {e}; usage is not metered",
+                    path.display()
+                );
+                return None;
+            }
+        };
+    match meter::Meter::start(cgroups, writer, s.meter_interval, metered(config, root)) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            error!("cannot start the usage meter: {e}; usage is not metered");
+            None
+        }
+    }
+}
+
 struct Supervisor {
     path: PathBuf,
     config: Config,
@@ -141,6 +186,9 @@ struct Supervisor {
     listeners: Listeners,
     generation: u64,
     apps: apps::AppManager,
+    /// Usage metering into `state_dir/usage.db` (None when the database
+    /// cannot be opened: berth serves on, and says why).
+    meter: Option<meter::Meter>,
     front: FrontEnd,
 }
 
@@ -505,6 +553,9 @@ impl Supervisor {
             Ok(new_logs) => {
                 *logs = new_logs;
                 self.send_plan(logs);
+                if let Some(m) = &self.meter {
+                    m.tenants(metered(&self.config, self.root));
+                }
                 for (app, slot) in self.apps.update(&self.config) {
                     let why = "stopped: its configuration changed".to_string();
                     self.front
@@ -564,6 +615,11 @@ impl Supervisor {
                     .tell(&ToFront::Started { req, result }, Vec::new());
             }
             ToSupervisor::Retire { app, slot } => self.apps.retire(&app, slot),
+            ToSupervisor::Usage { tenants } => {
+                if let Some(m) = &self.meter {
+                    m.front(tenants);
+                }
+            }
             ToSupervisor::RunCgi {
                 req,
                 app,
@@ -612,6 +668,9 @@ impl Supervisor {
                 .tell(&ToFront::Spawned { app, process }, Vec::new());
         }
         for (app, slot) in self.apps.over_memory() {
+            if let Some(m) = &self.meter {
+                m.recycled(&app.tenant);
+            }
             self.front.tell(&ToFront::Recycle { app, slot }, Vec::new());
         }
     }
@@ -752,6 +811,7 @@ impl Supervisor {
                 .collect(),
             tmp_dir: cfg.server.state_dir.join(TMP_DIR),
             log_rate: cfg.server.log_rate,
+            meter_interval: cfg.server.meter_interval,
         };
         (plan, fds)
     }

@@ -1,0 +1,359 @@
+//! Usage metering: every `meter_interval`, what each tenant and each of its
+//! apps used, from their cgroups (memory in use less inactive file cache,
+//! peak, CPU, tasks, limit events) and from the front end's request counts,
+//! handed to the usage database's writer ([`crate::usage::UsageWriter`]).
+//!
+//! All of it runs on a thread of its own: reading a thousand tenants' cgroup
+//! files, or a slow disk under SQLite, never holds up the supervisor's event
+//! loop, which only sends it messages (never blocking: the channel is
+//! bounded and a full one drops counts, which are then said lost).
+//!
+//! Without cgroups a tenant's memory is the sum of the proportional set
+//! sizes (PSS) of the processes running as its user, and its CPU what they
+//! used while alive (when each tenant has a user of its own; otherwise only
+//! requests and traffic are metered).
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::warn;
+
+use super::cgroup::{Cgroups, Group, Kind, Stats};
+use crate::ipc::RequestCounts;
+use crate::usage::{Sample, UsageWriter};
+
+/// Messages waiting for the meter thread, at most.
+const BACKLOG: usize = 1024;
+
+/// What the meter knows of one tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeteredTenant {
+    pub name: String,
+    pub apps: Vec<String>,
+    /// Its user's uid when it has one of its own (for the fallback without
+    /// cgroups).
+    pub uid: Option<u32>,
+}
+
+enum Msg {
+    Tenants(Vec<MeteredTenant>),
+    Front(Vec<(String, RequestCounts)>),
+    Recycled(String),
+    Stop,
+}
+
+/// The supervisor's handle on the meter thread.
+pub struct Meter {
+    tx: SyncSender<Msg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Meter {
+    /// Starts metering every `interval` into `writer`.
+    pub fn start(
+        cgroups: Cgroups,
+        writer: UsageWriter,
+        interval: Duration,
+        tenants: Vec<MeteredTenant>,
+    ) -> std::io::Result<Meter> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(BACKLOG);
+        let thread = std::thread::Builder::new()
+            .name("meter".into())
+            .spawn(move || {
+                let mut m = Metering {
+                    cgroups,
+                    peaks: HashMap::new(),
+                    interval,
+                    tenants,
+                    last: Instant::now(),
+                    prev: HashMap::new(),
+                    front: HashMap::new(),
+                    recycles: HashMap::new(),
+                };
+                m.run(&rx, &writer);
+                writer.shutdown();
+            })?;
+        Ok(Meter {
+            tx,
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, msg: Msg) {
+        match self.tx.try_send(msg) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => warn!("usage meter is behind; counts dropped"),
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// The tenants and apps of a (new) configuration.
+    pub fn tenants(&self, tenants: Vec<MeteredTenant>) {
+        self.send(Msg::Tenants(tenants));
+    }
+
+    /// Request counts from the front end.
+    pub fn front(&self, counts: Vec<(String, RequestCounts)>) {
+        self.send(Msg::Front(counts));
+    }
+
+    /// A process of `tenant` was recycled for its memory.
+    pub fn recycled(&self, tenant: &str) {
+        self.send(Msg::Recycled(tenant.to_string()));
+    }
+
+    /// Takes a last sample, stores everything and stops.
+    pub fn stop(mut self) {
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Counters of a group as last read, for deltas.
+#[derive(Debug, Clone, Copy, Default)]
+struct Prev {
+    cpu_usec: u64,
+    throttled_usec: u64,
+    oom_kills: u64,
+    memory_events: u64,
+    tasks_limit_hits: u64,
+}
+
+struct Metering {
+    cgroups: Cgroups,
+    /// Each group's peak memory file, kept open: a write resets the peak
+    /// for reads through the same file (v2), so each interval has its own.
+    peaks: HashMap<(String, Option<String>), std::fs::File>,
+    interval: Duration,
+    tenants: Vec<MeteredTenant>,
+    /// When the current interval began.
+    last: Instant,
+    prev: HashMap<(String, Option<String>), Prev>,
+    front: HashMap<String, RequestCounts>,
+    recycles: HashMap<String, u64>,
+}
+
+impl Metering {
+    fn run(&mut self, rx: &Receiver<Msg>, writer: &UsageWriter) {
+        // Counters start from what the groups hold now: a restart of berth
+        // over groups that live on must not count their past again.
+        self.sample_into(None);
+        let mut next = Instant::now() + self.interval;
+        loop {
+            let wait = next.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Tenants(t)) => self.tenants = t,
+                Ok(Msg::Front(counts)) => {
+                    for (tenant, c) in counts {
+                        add(self.front.entry(tenant).or_default(), &c);
+                    }
+                }
+                Ok(Msg::Recycled(t)) => *self.recycles.entry(t).or_default() += 1,
+                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                    self.sample_into(Some(writer));
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.sample_into(Some(writer));
+                    next += self.interval;
+                    // After a long stall (a suspended machine), no burst of
+                    // catch-up samples.
+                    if next < Instant::now() {
+                        next = Instant::now() + self.interval;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One sample of every tenant and app over the interval since the last,
+    /// sent to `writer` (None: only read the counters, at start).
+    fn sample_into(&mut self, writer: Option<&UsageWriter>) {
+        let now = Instant::now();
+        let seconds = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        let at = SystemTime::now();
+        let mut batch = Vec::new();
+        let tenants = std::mem::take(&mut self.tenants);
+        for t in &tenants {
+            let group = self.cgroups.tenant(&t.name);
+            let stats = match &group {
+                None => t.uid.map(uid_stats),
+                Some(g) => Some(g.stats()),
+            };
+            let mut s = Sample::new(&t.name, None, at, seconds);
+            if let Some(stats) = stats {
+                self.fill(&mut s, &t.name, None, &stats);
+                s.memory_peak = s.memory_peak.max(self.peak(&t.name, None, group.as_ref()));
+            }
+            if let Some(c) = self.front.remove(&t.name) {
+                s.requests = c.requests;
+                s.status_2xx = c.status_2xx;
+                s.status_3xx = c.status_3xx;
+                s.status_4xx = c.status_4xx;
+                s.status_5xx = c.status_5xx;
+                s.bytes_in = c.bytes_in;
+                s.bytes_out = c.bytes_out;
+                s.queue_waits = c.queue_waits;
+                s.queue_overflows = c.queue_overflows;
+            }
+            s.recycles = self.recycles.remove(&t.name).unwrap_or(0);
+            batch.push(s);
+            for app in &t.apps {
+                let Some(group) = self.cgroups.app(&t.name, app) else {
+                    continue;
+                };
+                let stats = group.stats();
+                let mut s = Sample::new(&t.name, Some(app), at, seconds);
+                self.fill(&mut s, &t.name, Some(app), &stats);
+                s.memory_peak = s
+                    .memory_peak
+                    .max(self.peak(&t.name, Some(app), Some(&group)));
+                batch.push(s);
+            }
+        }
+        self.tenants = tenants;
+        // Counts of tenants no longer configured go with them.
+        self.front.clear();
+        self.recycles.clear();
+        if let Some(w) = writer {
+            w.send(batch);
+        }
+    }
+
+    /// Figures of a group into its sample: levels as read, counters as
+    /// deltas from the last reading (a counter that went back, a group made
+    /// anew, counts from zero).
+    fn fill(&mut self, s: &mut Sample, tenant: &str, app: Option<&str>, stats: &Stats) {
+        let key = (tenant.to_string(), app.map(str::to_string));
+        let prev = self.prev.insert(
+            key,
+            Prev {
+                cpu_usec: stats.cpu_usec,
+                throttled_usec: stats.throttled_usec,
+                oom_kills: stats.oom_kills,
+                memory_events: stats.memory_events,
+                tasks_limit_hits: stats.tasks_limit_hits,
+            },
+        );
+        let p = prev.unwrap_or_default();
+        // A group's counters only grow, unless it was made anew (from 0);
+        // the processes of a user (no cgroups) take what they used with
+        // them when they end: what ended within an interval is not counted.
+        let anew = self.cgroups.kind() != Kind::None;
+        let delta = |now: u64, before: u64| match now.checked_sub(before) {
+            Some(d) => d,
+            None if anew => now,
+            None => 0,
+        };
+        s.memory = stats.working_set;
+        s.memory_peak = stats.working_set;
+        s.tasks = stats.tasks.min(u64::from(u32::MAX)) as u32;
+        s.cpu_usec = delta(stats.cpu_usec, p.cpu_usec);
+        s.cpu_throttled_usec = delta(stats.throttled_usec, p.throttled_usec);
+        s.oom_kills = delta(stats.oom_kills, p.oom_kills);
+        s.memory_events = delta(stats.memory_events, p.memory_events);
+        s.tasks_limit_hits = delta(stats.tasks_limit_hits, p.tasks_limit_hits);
+        if prev.is_none() {
+            // The first reading of a group is its baseline, not usage.
+            s.cpu_usec = 0;
+            s.cpu_throttled_usec = 0;
+            s.oom_kills = 0;
+            s.memory_events = 0;
+            s.tasks_limit_hits = 0;
+        }
+    }
+}
+
+impl Metering {
+    /// The group's peak memory since the last call (0 when unknown).
+    fn peak(&mut self, tenant: &str, app: Option<&str>, group: Option<&Group>) -> u64 {
+        use std::io::{Read, Seek, Write};
+        let key = (tenant.to_string(), app.map(str::to_string));
+        let file = match self.peaks.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let Some(path) = group.and_then(Group::peak_file) else {
+                    return 0;
+                };
+                match std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path)
+                {
+                    Ok(f) => e.insert(f),
+                    Err(_) => return 0,
+                }
+            }
+        };
+        let mut text = String::new();
+        if file.rewind().is_err() || file.read_to_string(&mut text).is_err() {
+            return 0;
+        }
+        let _ = file.write_all(b"0\n");
+        text.trim().parse().unwrap_or(0)
+    }
+}
+
+fn add(into: &mut RequestCounts, c: &RequestCounts) {
+    into.requests += c.requests;
+    into.status_2xx += c.status_2xx;
+    into.status_3xx += c.status_3xx;
+    into.status_4xx += c.status_4xx;
+    into.status_5xx += c.status_5xx;
+    into.bytes_in += c.bytes_in;
+    into.bytes_out += c.bytes_out;
+    into.queue_waits += c.queue_waits;
+    into.queue_overflows += c.queue_overflows;
+}
+
+/// Without cgroups: the processes of `uid`, their PSS summed (memory) and
+/// the CPU they have used while alive (utime + stime), their threads counted.
+fn uid_stats(uid: u32) -> Stats {
+    let mut s = Stats::default();
+    let tick = rustix::param::clock_ticks_per_second().max(1);
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return s;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(st) = std::fs::metadata(e.path()) else {
+            continue;
+        };
+        if std::os::unix::fs::MetadataExt::uid(&st) != uid {
+            continue;
+        }
+        if let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
+            s.working_set += kib(&rollup, "Pss:") * 1024;
+        }
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            && let Some((_, rest)) = stat.rsplit_once(") ")
+        {
+            // Fields from the state on: utime is the 12th, stime the 13th,
+            // num_threads the 18th (of those after the command).
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            s.cpu_usec += (num(11) + num(12)) * 1_000_000 / tick;
+            s.tasks += num(17);
+        }
+    }
+    s.memory = s.working_set;
+    s
+}
+
+/// The value in kB of a `Key:   N kB` line.
+fn kib(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
