@@ -184,7 +184,7 @@ pub struct Plan {
     /// Lines a second the front end's own log takes (`[server] log_rate`).
     pub log_rate: u32,
     /// How often the front end sends its counts ([`ToSupervisor::Usage`]).
-    pub meter_interval: std::time::Duration,
+    pub meter_interval: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -603,7 +603,7 @@ mod tests {
             logs: Vec::new(),
             error_logs: Vec::new(),
             tenant_limits: Vec::new(),
-            meter_interval: std::time::Duration::from_secs(10),
+            meter_interval: Some(std::time::Duration::from_secs(10)),
             sites: (0..sites)
                 .map(|i| SitePlan {
                     tenant: "t".into(),

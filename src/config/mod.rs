@@ -57,8 +57,9 @@ pub struct Server {
     pub user: String,
     pub state_dir: PathBuf,
     pub log_dir: PathBuf,
-    /// How often usage is sampled and stored (`meter_interval`).
-    pub meter_interval: Duration,
+    /// How often usage is sampled and stored (`meter_interval`; None:
+    /// "off", no metering at all).
+    pub meter_interval: Option<Duration>,
     /// Whether berth manages cgroups for the tenants (`cgroups = "auto"`,
     /// the default) or leaves them alone (`"none"`: rlimits only).
     pub cgroups: bool,
@@ -313,7 +314,7 @@ impl Default for Server {
             state_dir: "/var/lib/berth".into(),
             log_dir: "/var/log/berth".into(),
             cgroups: true,
-            meter_interval: Duration::from_secs(10),
+            meter_interval: Some(Duration::from_secs(10)),
             dir_lines: (1, 1),
             min_uid: 1000,
             front_stall_timeout: DEFAULT_FRONT_STALL_TIMEOUT,
@@ -567,11 +568,14 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
             ),
         );
     }
-    if let Some(d) = duration(walk, t.string("meter_interval")) {
+    if t.peek_str("meter_interval") == Some("off") {
+        t.string("meter_interval");
+        s.meter_interval = None;
+    } else if let Some(d) = duration(walk, t.string("meter_interval")) {
         if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
-            t.problem("meter_interval", "must be between 1s and 1h");
+            t.problem("meter_interval", "must be between 1s and 1h, or \"off\"");
         } else {
-            s.meter_interval = d;
+            s.meter_interval = Some(d);
         }
     }
     if let Some(c) = t.string("cgroups") {
@@ -1574,6 +1578,39 @@ mod tests {
             .map(|t| (t.error_log.rate, t.error_log.max))
             .collect();
         assert_eq!(limits, [(7, 1 << 20), (50, 1 << 20)]);
+    }
+
+    #[test]
+    fn meter_interval_and_cgroups_are_read_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.toml");
+        let base = "[server]\nlisten = [\"127.0.0.1:1\"]\nuser = \"nobody\"\n";
+        let with = |extra: &str| {
+            std::fs::write(&path, format!("{base}{extra}")).unwrap();
+            load(&path)
+        };
+        let s = with("").unwrap().server;
+        assert_eq!(
+            (s.meter_interval, s.cgroups),
+            (Some(Duration::from_secs(10)), true)
+        );
+        let s = with("meter_interval = \"off\"\ncgroups = \"none\"\n")
+            .unwrap()
+            .server;
+        assert_eq!((s.meter_interval, s.cgroups), (None, false));
+        let s = with("meter_interval = \"1m\"\n").unwrap().server;
+        assert_eq!(s.meter_interval, Some(Duration::from_secs(60)));
+        let text = with("meter_interval = \"500ms\"\ncgroups = \"v3\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            text.contains(":4: server.meter_interval: must be between 1s and 1h, or \"off\""),
+            "{text}"
+        );
+        assert!(
+            text.contains(":5: server.cgroups: \"v3\": expected \"auto\""),
+            "{text}"
+        );
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub struct Generation {
     pub log_names: Vec<String>,
     pub limits: ClientLimits,
     /// How often the tenants' counts go to the supervisor (read at start).
-    pub meter_interval: Duration,
+    pub meter_interval: Option<Duration>,
     pub router: Router<SiteRt>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// The host a TLS connection without SNI is treated as having named (its
@@ -259,7 +259,8 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
 
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut meter = tokio::time::interval(shared.current.load().meter_interval);
+    let metering = shared.current.load().meter_interval;
+    let mut meter = tokio::time::interval(metering.unwrap_or(Duration::from_secs(3600)));
     let mut gates_seen = HashMap::new();
     meter.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -275,7 +276,7 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
                 }
             }
             _ = sweep.tick() => shared.apps.sweep(),
-            _ = meter.tick() => {
+            _ = meter.tick(), if metering.is_some() => {
                 let tenants = usage::take_all(&shared.tenants.counters(), &mut gates_seen);
                 if !tenants.is_empty()
                     && let Err(e) = ipc::send(sock.as_fd(), &ToSupervisor::Usage { tenants }, &[])

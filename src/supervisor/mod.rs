@@ -157,6 +157,10 @@ fn metered(config: &Config, root: bool) -> Vec<meter::MeteredTenant> {
 /// on unmetered and says why.
 fn start_meter(config: &Config, cgroups: cgroup::Cgroups, root: bool) -> Option<meter::Meter> {
     let s = &config.server;
+    let Some(interval) = s.meter_interval else {
+        info!("usage metering off (meter_interval = \"off\")");
+        return None;
+    };
     let path = s.state_dir.join(crate::usage::DB_FILE);
     let writer =
         match crate::usage::UsageWriter::spawn(path.clone(), s.usage_raw_days, s.usage_keep_days) {
@@ -169,7 +173,7 @@ fn start_meter(config: &Config, cgroups: cgroup::Cgroups, root: bool) -> Option<
                 return None;
             }
         };
-    match meter::Meter::start(cgroups, writer, s.meter_interval, metered(config, root)) {
+    match meter::Meter::start(cgroups, writer, interval, metered(config, root)) {
         Ok(m) => Some(m),
         Err(e) => {
             error!("cannot start the usage meter: {e}; usage is not metered");
