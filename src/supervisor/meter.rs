@@ -65,6 +65,7 @@ impl Meter {
                 let mut m = Metering {
                     cgroups,
                     peaks: HashMap::new(),
+                    no_peak: Default::default(),
                     interval,
                     tenants,
                     last: Instant::now(),
@@ -128,6 +129,8 @@ struct Metering {
     /// Each group's peak memory file, kept open: a write resets the peak
     /// for reads through the same file (v2), so each interval has its own.
     peaks: HashMap<(String, Option<String>), std::fs::File>,
+    /// Groups whose peak cannot be reset.
+    no_peak: std::collections::HashSet<(String, Option<String>)>,
     interval: Duration,
     tenants: Vec<MeteredTenant>,
     /// When the current interval began.
@@ -148,8 +151,12 @@ impl Metering {
             match rx.recv_timeout(wait) {
                 Ok(Msg::Tenants(t)) => self.tenants = t,
                 Ok(Msg::Front(counts)) => {
+                    // Only configured tenants: names a (compromised) front
+                    // end makes up would otherwise pile up here.
                     for (tenant, c) in counts {
-                        add(self.front.entry(tenant).or_default(), &c);
+                        if self.tenants.iter().any(|t| t.name == tenant) {
+                            add(self.front.entry(tenant).or_default(), &c);
+                        }
                     }
                 }
                 Ok(Msg::Recycled(t)) => *self.recycles.entry(t).or_default() += 1,
@@ -274,6 +281,9 @@ impl Metering {
     fn peak(&mut self, tenant: &str, app: Option<&str>, group: Option<&Group>) -> u64 {
         use std::io::{Read, Seek, Write};
         let key = (tenant.to_string(), app.map(str::to_string));
+        if self.no_peak.contains(&key) {
+            return 0;
+        }
         let file = match self.peaks.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -294,21 +304,39 @@ impl Metering {
         if file.rewind().is_err() || file.read_to_string(&mut text).is_err() {
             return 0;
         }
-        let _ = file.write_all(b"0\n");
-        text.trim().parse().unwrap_or(0)
+        let peak = text.trim().parse().unwrap_or(0);
+        if file.write_all(b"0\n").is_err() {
+            // A peak that cannot be reset (v2 before Linux 6.12) is the
+            // group's since it was made, not the interval's: the sampled
+            // working set stands in for it from now on.
+            self.peaks
+                .remove(&(tenant.to_string(), app.map(str::to_string)));
+            self.no_peak
+                .insert((tenant.to_string(), app.map(str::to_string)));
+            return 0;
+        }
+        peak
     }
 }
 
+/// The most any count of the front end's may add up to in one interval:
+/// far above what a machine serves, and small enough that a year of them
+/// sums in SQLite's 64-bit integers (the front end is not trusted to keep
+/// them small).
+const MAX_COUNT: u64 = 1 << 48;
+
+/// Adds counts, up to [`MAX_COUNT`].
 fn add(into: &mut RequestCounts, c: &RequestCounts) {
-    into.requests += c.requests;
-    into.status_2xx += c.status_2xx;
-    into.status_3xx += c.status_3xx;
-    into.status_4xx += c.status_4xx;
-    into.status_5xx += c.status_5xx;
-    into.bytes_in += c.bytes_in;
-    into.bytes_out += c.bytes_out;
-    into.queue_waits += c.queue_waits;
-    into.queue_overflows += c.queue_overflows;
+    let sum = |a: &mut u64, b: u64| *a = a.saturating_add(b).min(MAX_COUNT);
+    sum(&mut into.requests, c.requests);
+    sum(&mut into.status_2xx, c.status_2xx);
+    sum(&mut into.status_3xx, c.status_3xx);
+    sum(&mut into.status_4xx, c.status_4xx);
+    sum(&mut into.status_5xx, c.status_5xx);
+    sum(&mut into.bytes_in, c.bytes_in);
+    sum(&mut into.bytes_out, c.bytes_out);
+    sum(&mut into.queue_waits, c.queue_waits);
+    sum(&mut into.queue_overflows, c.queue_overflows);
 }
 
 /// Without cgroups: the processes of `uid`, their PSS summed (memory) and
@@ -356,4 +384,48 @@ fn kib(text: &str, key: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_front_end_cannot_make_the_meter_keep_made_up_tenants_or_huge_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(crate::usage::DB_FILE);
+        let writer = UsageWriter::spawn(path.clone(), 7, 400).unwrap();
+        let tenant = MeteredTenant {
+            name: "a".into(),
+            apps: Vec::new(),
+            uid: None,
+        };
+        let meter = Meter::start(
+            Cgroups::none("test"),
+            writer,
+            Duration::from_secs(3600),
+            vec![tenant],
+        )
+        .unwrap();
+        let huge = RequestCounts {
+            requests: u64::MAX,
+            status_2xx: u64::MAX,
+            ..RequestCounts::default()
+        };
+        let made_up: Vec<(String, RequestCounts)> =
+            (0..1000).map(|i| (format!("x{i}"), huge)).collect();
+        meter.front(vec![("a".into(), huge), ("a".into(), huge)]);
+        meter.front(made_up);
+        meter.stop();
+        let q = crate::usage::Query {
+            since: SystemTime::now() - Duration::from_secs(3600),
+            until: SystemTime::now() + Duration::from_secs(60),
+            tenant: None,
+            per_app: false,
+        };
+        let report = crate::usage::report(&path, &q).unwrap();
+        let names: Vec<&str> = report.rows.iter().map(|r| r.tenant.as_str()).collect();
+        assert_eq!(names, ["a"]);
+        assert_eq!(report.rows[0].requests, MAX_COUNT);
+    }
 }
