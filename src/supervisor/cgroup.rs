@@ -6,8 +6,11 @@
 //! backends chosen once at start-up:
 //! - **v2** when the unified hierarchy offers the `memory`, `pids` and `cpu`
 //!   controllers in berth's own cgroup (read from `/proc/self/cgroup`):
-//!   berth moves itself into the leaf `supervisor` (a cgroup with controllers
-//!   enabled for its children may hold no process) and enables them below.
+//!   berth moves itself into the leaf `supervisor` (a cgroup other than the
+//!   root with controllers enabled for its children may hold no process:
+//!   whatever else is in berth's goes there too) and enables them below. A
+//!   berth started from that leaf (a wrapper, moved there, starts it again)
+//!   works in the cgroup above it.
 //! - **v1** when those controllers are mounted separately (found in
 //!   `/proc/self/mountinfo`): the same tree in each hierarchy, under berth's
 //!   own cgroup there, with `freezer` (when mounted) for kills.
@@ -551,19 +554,42 @@ impl Cgroups {
     }
 }
 
+/// The leaf berth's own processes live in, in berth's v2 cgroup.
+const LEAF: &str = "supervisor";
+
 /// Moves berth into `own/supervisor`, enables the controllers for the
 /// children of `own`, and makes `own/INSTANCE` with them enabled too.
 fn prepare_v2(own: &Path, instance: &str) -> io::Result<PathBuf> {
-    let leaf = own.join("supervisor");
+    // Started from the leaf of an earlier berth (a wrapper that one moved
+    // there starts it again): that one's cgroup is ours, or our tree would
+    // nest in the leaf and what a crashed berth left would never be swept.
+    // (That the leaf has the controllers means its parent enables them.)
+    let own = match own.parent() {
+        Some(parent) if own.file_name().is_some_and(|n| n == LEAF) => parent,
+        _ => own,
+    };
+    let leaf = own.join(LEAF);
     make_dir(&leaf)?;
-    // Every process of our cgroup (berth and whatever started it with us,
-    // such as a wrapper shell in a service) goes to the leaf.
-    let procs = fs::read_to_string(own.join("cgroup.procs"))?;
-    for pid in procs.split_whitespace() {
-        // A process that exited meanwhile is no error.
-        let _ = fs::write(leaf.join("cgroup.procs"), pid);
+    let procs = leaf.join("cgroup.procs");
+    fs::write(&procs, "0")
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", procs.display())))?;
+    // A cgroup other than the root may not hold processes and enable
+    // controllers for its children: whatever else is in ours (a service's
+    // wrapper shell) goes to the leaf too, and again if it forked meanwhile.
+    // The root may, and its processes (init, the rest of the machine) stay.
+    let mut moves = 0;
+    loop {
+        match enable_controllers(own) {
+            Err(e) if e.kind() == io::ErrorKind::ResourceBusy && moves < 5 => {
+                moves += 1;
+                for pid in fs::read_to_string(own.join("cgroup.procs"))?.split_whitespace() {
+                    // A process that exited meanwhile is no error.
+                    let _ = fs::write(&procs, pid);
+                }
+            }
+            r => break r?,
+        }
     }
-    enable_controllers(own)?;
     let dir = own.join(instance);
     make_dir(&dir)?;
     enable_controllers(&dir)?;
