@@ -432,3 +432,14 @@ fn a_process_above_process_memory_is_recycled_after_its_request_and_named_once()
     );
     assert_eq!(log.matches("above process_memory").count(), 1, "{log}");
 }
+
+#[test]
+fn a_tenants_oom_kills_and_pids_refusals_count_those_of_its_leaves_gone_or_not() {
+    require_root();
+    // v1 counts both in the leaf where they happen, not in the tenant's group.
+    let instance = format!("berth-counts-{}", std::process::id());
+    let (kind, oom_kills, refusals) =
+        common::cgroups::limit_events_stay_counted_when_their_leaves_go(&instance);
+    assert_eq!(kind.name(), "v1");
+    assert_eq!((oom_kills, refusals), (2, 2));
+}

@@ -6,8 +6,11 @@
 //! backends chosen once at start-up:
 //! - **v2** when the unified hierarchy offers the `memory`, `pids` and `cpu`
 //!   controllers in berth's own cgroup (read from `/proc/self/cgroup`):
-//!   berth moves itself into the leaf `supervisor` (a cgroup with controllers
-//!   enabled for its children may hold no process) and enables them below.
+//!   berth moves itself into the leaf `supervisor` (a cgroup other than the
+//!   root with controllers enabled for its children may hold no process:
+//!   whatever else is in berth's goes there too) and enables them below. A
+//!   berth started from that leaf (a wrapper, moved there, starts it again)
+//!   works in the cgroup above it.
 //! - **v1** when those controllers are mounted separately (found in
 //!   `/proc/self/mountinfo`): the same tree in each hierarchy, under berth's
 //!   own cgroup there, with `freezer` (when mounted) for kills.
@@ -29,10 +32,12 @@
 //! share, so berths on one machine (or one test run) never touch each other's
 //! tenants; what a crashed berth left in its own is swept at start.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::warn;
@@ -88,6 +93,38 @@ pub struct Cgroups {
     hier: Vec<Hierarchy>,
     /// What was found, for the start-up line.
     about: String,
+    /// What removed groups had counted where the kernel keeps counts locally.
+    removed: Arc<Removed>,
+}
+
+/// Limit events the kernel counts in the cgroup where they happened (the
+/// process's leaf) rather than in the group whose limit caused them: OOM
+/// kills on v1, and forks refused at `pids.max` on v1 and on v2 before Linux
+/// 6.13 (which counts them up the tree from the group at its limit, and has
+/// `pids.events.local`). A tenant's or an app's figure is the sum over its
+/// groups, and what the leaves removed from it had counted: it only grows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Local {
+    oom_kills: u64,
+    tasks_limit_hits: u64,
+}
+
+impl Local {
+    fn add(&mut self, o: Local) {
+        self.oom_kills += o.oom_kills;
+        self.tasks_limit_hits += o.tasks_limit_hits;
+    }
+}
+
+/// The [`Local`] counts of removed groups, added up by each group that was
+/// above them (by its path below the instance directory).
+#[derive(Debug, Default)]
+struct Removed(Mutex<HashMap<PathBuf, Local>>);
+
+impl Removed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Local>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A line of `/proc/self/cgroup`: `ID:CONTROLLERS:PATH`.
@@ -316,6 +353,7 @@ impl Cgroups {
             kind: Kind::None,
             hier: Vec::new(),
             about: why.to_string(),
+            removed: Arc::default(),
         }
     }
 
@@ -338,6 +376,7 @@ impl Cgroups {
                         controllers: NEEDED.iter().map(|c| c.to_string()).collect(),
                         dir,
                     }],
+                    removed: Arc::default(),
                 },
                 Err(e) => Cgroups::none(&format!("v2 at {}: {e}", own.display())),
             },
@@ -361,6 +400,7 @@ impl Cgroups {
                     kind: Kind::V1,
                     hier: out,
                     about,
+                    removed: Arc::default(),
                 }
             }
             Found::None { why } => Cgroups::none(&why),
@@ -551,19 +591,42 @@ impl Cgroups {
     }
 }
 
+/// The leaf berth's own processes live in, in berth's v2 cgroup.
+const LEAF: &str = "supervisor";
+
 /// Moves berth into `own/supervisor`, enables the controllers for the
 /// children of `own`, and makes `own/INSTANCE` with them enabled too.
 fn prepare_v2(own: &Path, instance: &str) -> io::Result<PathBuf> {
-    let leaf = own.join("supervisor");
+    // Started from the leaf of an earlier berth (a wrapper that one moved
+    // there starts it again): that one's cgroup is ours, or our tree would
+    // nest in the leaf and what a crashed berth left would never be swept.
+    // (That the leaf has the controllers means its parent enables them.)
+    let own = match own.parent() {
+        Some(parent) if own.file_name().is_some_and(|n| n == LEAF) => parent,
+        _ => own,
+    };
+    let leaf = own.join(LEAF);
     make_dir(&leaf)?;
-    // Every process of our cgroup (berth and whatever started it with us,
-    // such as a wrapper shell in a service) goes to the leaf.
-    let procs = fs::read_to_string(own.join("cgroup.procs"))?;
-    for pid in procs.split_whitespace() {
-        // A process that exited meanwhile is no error.
-        let _ = fs::write(leaf.join("cgroup.procs"), pid);
+    let procs = leaf.join("cgroup.procs");
+    fs::write(&procs, "0")
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", procs.display())))?;
+    // A cgroup other than the root may not hold processes and enable
+    // controllers for its children: whatever else is in ours (a service's
+    // wrapper shell) goes to the leaf too, and again if it forked meanwhile.
+    // The root may, and its processes (init, the rest of the machine) stay.
+    let mut moves = 0;
+    loop {
+        match enable_controllers(own) {
+            Err(e) if e.kind() == io::ErrorKind::ResourceBusy && moves < 5 => {
+                moves += 1;
+                for pid in fs::read_to_string(own.join("cgroup.procs"))?.split_whitespace() {
+                    // A process that exited meanwhile is no error.
+                    let _ = fs::write(&procs, pid);
+                }
+            }
+            r => break r?,
+        }
     }
-    enable_controllers(own)?;
     let dir = own.join(instance);
     make_dir(&dir)?;
     enable_controllers(&dir)?;
@@ -599,6 +662,9 @@ pub struct Group {
     cpu: Option<PathBuf>,
     cpuacct: Option<PathBuf>,
     freezer: Option<PathBuf>,
+    /// Its path below the instance directory.
+    rel: PathBuf,
+    removed: Arc<Removed>,
 }
 
 /// Limit events and use of a group.
@@ -614,11 +680,13 @@ pub struct Stats {
     pub cpu_usec: u64,
     /// Time the group's CPU quota held it back, microseconds.
     pub throttled_usec: u64,
-    /// Processes the OOM killer ended in the group.
+    /// Processes the OOM killer ended in the group and the groups below it
+    /// (those removed too).
     pub oom_kills: u64,
     /// Times the group reached its memory limit.
     pub memory_events: u64,
-    /// Forks refused at `pids.max`.
+    /// Forks refused at `pids.max` in the group and below (those removed
+    /// too).
     pub tasks_limit_hits: u64,
 }
 
@@ -632,6 +700,8 @@ impl Group {
             cpu: cg.dir_of("cpu", rel),
             cpuacct: cg.dir_of("cpuacct", rel),
             freezer: cg.dir_of("freezer", rel),
+            rel: rel.to_path_buf(),
+            removed: cg.removed.clone(),
         }
     }
 
@@ -759,13 +829,108 @@ impl Group {
     }
 
     /// Removes the group and the groups below it (deepest first); a group
-    /// that still has processes stays.
+    /// that still has processes stays. What a removed group counted locally
+    /// is kept for the groups above it.
     pub fn remove(&self) -> bool {
+        let up = self.pids_events_up_the_tree();
+        // Held throughout: a reading of the counts finds a group either in
+        // the tree or in `removed`, never in both or neither.
+        let mut removed = self.removed.lock();
+        let mut counts: Vec<(PathBuf, Local)> = self
+            .subtree()
+            .into_iter()
+            .map(|sub| {
+                let c = self.local(&sub, up);
+                (sub, c)
+            })
+            .collect();
         let mut ok = true;
         for d in &self.dirs {
             ok &= remove_tree(d);
         }
+        // Deepest first: a group's own entry goes after its children added
+        // to it.
+        counts.reverse();
+        for (sub, c) in counts {
+            if self.dirs.first().is_none_or(|d| d.join(&sub).exists()) {
+                continue;
+            }
+            let rel = self.rel.join(&sub);
+            removed.retain(|k, _| !k.starts_with(&rel));
+            for above in rel.ancestors().skip(1) {
+                if !above.as_os_str().is_empty() {
+                    removed.entry(above.to_path_buf()).or_default().add(c);
+                }
+            }
+        }
         ok
+    }
+
+    /// The group ("") and the groups below it, as paths relative to it,
+    /// parents first.
+    fn subtree(&self) -> Vec<PathBuf> {
+        let mut out = vec![PathBuf::new()];
+        let Some(d) = self.dirs.first() else {
+            return out;
+        };
+        let mut i = 0;
+        while i < out.len() {
+            if let Ok(rd) = fs::read_dir(d.join(&out[i])) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        let sub = out[i].join(e.file_name());
+                        out.push(sub);
+                    }
+                }
+            }
+            i += 1;
+        }
+        out
+    }
+
+    /// Whether the kernel counts `pids.max` refusals in the group at its
+    /// limit and above (v2 from Linux 6.13), not in the forking process's.
+    fn pids_events_up_the_tree(&self) -> bool {
+        self.kind == Kind::V2
+            && self
+                .pids
+                .as_ref()
+                .is_some_and(|d| d.join("pids.events.local").exists())
+    }
+
+    /// The [`Local`] counts of the group `sub` below this one ("": itself).
+    fn local(&self, sub: &Path, pids_up_the_tree: bool) -> Local {
+        let key = |d: &Option<PathBuf>, file: &str, k: &str| -> u64 {
+            d.as_ref().map_or(0, |d| {
+                flat_key(
+                    &fs::read_to_string(d.join(sub).join(file)).unwrap_or_default(),
+                    k,
+                )
+            })
+        };
+        Local {
+            oom_kills: match self.kind {
+                Kind::V1 => key(&self.memory, "memory.oom_control", "oom_kill"),
+                _ => 0,
+            },
+            tasks_limit_hits: match self.kind {
+                Kind::None => 0,
+                _ if pids_up_the_tree => 0,
+                _ => key(&self.pids, "pids.events", "max"),
+            },
+        }
+    }
+
+    /// The [`Local`] counts of the group and every group below it, those
+    /// removed included.
+    fn local_sum(&self) -> Local {
+        let up = self.pids_events_up_the_tree();
+        let removed = self.removed.lock();
+        let mut sum = removed.get(&self.rel).copied().unwrap_or_default();
+        for sub in self.subtree() {
+            sum.add(self.local(&sub, up));
+        }
+        sum
     }
 
     /// The file of the group's peak memory: v1's `memory.max_usage_in_bytes`
@@ -788,24 +953,22 @@ impl Group {
         };
         let num =
             |text: Option<String>| -> u64 { text.and_then(|t| t.trim().parse().ok()).unwrap_or(0) };
-        let key = |text: &Option<String>, k: &str| -> u64 {
-            text.as_deref()
-                .and_then(|t| {
-                    t.lines()
-                        .find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')?.trim().parse().ok())
-                })
-                .unwrap_or(0)
-        };
+        let key = |text: &Option<String>, k: &str| text.as_deref().map_or(0, |t| flat_key(t, k));
         match self.kind {
             Kind::V2 => {
                 s.memory = num(read(&self.memory, "memory.current"));
                 let stat = read(&self.memory, "memory.stat");
                 s.working_set = s.memory.saturating_sub(key(&stat, "inactive_file"));
+                // memory.events counts up the tree.
                 let events = read(&self.memory, "memory.events");
                 s.oom_kills = key(&events, "oom_kill");
                 s.memory_events = key(&events, "max");
                 s.tasks = num(read(&self.pids, "pids.current"));
-                s.tasks_limit_hits = key(&read(&self.pids, "pids.events"), "max");
+                s.tasks_limit_hits = if self.pids_events_up_the_tree() {
+                    key(&read(&self.pids, "pids.events"), "max")
+                } else {
+                    self.local_sum().tasks_limit_hits
+                };
                 let cpu = read(&self.cpu, "cpu.stat");
                 s.cpu_usec = key(&cpu, "usage_usec");
                 s.throttled_usec = key(&cpu, "throttled_usec");
@@ -814,10 +977,11 @@ impl Group {
                 s.memory = num(read(&self.memory, "memory.usage_in_bytes"));
                 let stat = read(&self.memory, "memory.stat");
                 s.working_set = s.memory.saturating_sub(key(&stat, "total_inactive_file"));
-                s.oom_kills = key(&read(&self.memory, "memory.oom_control"), "oom_kill");
+                let local = self.local_sum();
+                s.oom_kills = local.oom_kills;
                 s.memory_events = num(read(&self.memory, "memory.failcnt"));
                 s.tasks = num(read(&self.pids, "pids.current"));
-                s.tasks_limit_hits = key(&read(&self.pids, "pids.events"), "max");
+                s.tasks_limit_hits = local.tasks_limit_hits;
                 s.cpu_usec = num(read(&self.cpuacct, "cpuacct.usage")) / 1000;
                 s.throttled_usec = key(&read(&self.cpu, "cpu.stat"), "throttled_time") / 1000;
             }
@@ -825,6 +989,13 @@ impl Group {
         }
         s
     }
+}
+
+/// The number after `key` on its line of a flat-keyed file (`memory.events`).
+fn flat_key(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Polls `done` for up to a second.

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod apps;
+pub mod cgroups;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
