@@ -18,6 +18,9 @@ const USER_C: &str = "berth-tlimc";
 const USER_D: &str = "berth-tlimd";
 const USER_E: &str = "berth-tlime";
 const USER_F: &str = "berth-tlimf";
+const USER_G: &str = "berth-tlimg";
+const USER_H: &str = "berth-tlimh";
+const USER_I: &str = "berth-tlimi";
 
 /// A socket-activated HTTP app: `/hello`, `/alloc?mb=N` (allocates and
 /// touches N MiB, keeps it), `/spin?s=N` (a busy loop; answers the share of
@@ -442,4 +445,205 @@ fn a_tenants_oom_kills_and_pids_refusals_count_those_of_its_leaves_gone_or_not()
         common::cgroups::limit_events_stay_counted_when_their_leaves_go(&instance);
     assert_eq!(kind.name(), "v1");
     assert_eq!((oom_kills, refusals), (2, 2));
+}
+
+/// The group of `tenant` in the v1 hierarchy of `controller` (the only one
+/// of that name under /sys/fs/cgroup/CONTROLLER).
+fn tenant_group(controller: &str, tenant: &str) -> std::path::PathBuf {
+    let mut found = Vec::new();
+    let mut stack = vec![std::path::Path::new("/sys/fs/cgroup").join(controller)];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name() == format!("{tenant}.tenant").as_str() {
+                found.push(e.path());
+            } else if !e.file_name().to_string_lossy().ends_with(".tenant") {
+                stack.push(e.path());
+            }
+        }
+    }
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.pop().unwrap()
+}
+
+fn as_user(user: &str, sh: &str) -> String {
+    let out = std::process::Command::new("runuser")
+        .args(["-u", user, "--", "sh", "-c", sh])
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn a_tenant_cannot_read_another_tenants_cgroup() {
+    require_root();
+    let dir = Dir::new();
+    let g = home(&dir, "g", USER_G);
+    let h = home(&dir, "h", USER_H);
+    let cfg = format!(
+        "{}{}",
+        tenant("tg", &g, "g.test", "", ""),
+        tenant("th", &h, "h.test", "", "")
+    );
+    let s = start_tenants(&dir, &[&g, &h], &cfg);
+    let r = get_host(s.addr(), "g.test", "/hello");
+    assert_eq!(r.status, 200);
+    let pid = r.text().trim().trim_start_matches("hello ").to_string();
+    let mem = tenant_group("memory", "tg");
+    let instance = mem.parent().unwrap();
+    // Tenant th's user: neither the list of tenants, nor tg's pids, memory
+    // or CPU (a side channel on its traffic and on the meter's samples).
+    let out = as_user(
+        USER_H,
+        &format!(
+            "ls {inst}; cat {m}/*.app/*/cgroup.procs; cat {m}/memory.usage_in_bytes; \
+             cat {m}/memory.max_usage_in_bytes; echo end",
+            inst = instance.display(),
+            m = mem.display()
+        ),
+    );
+    assert!(!out.contains(&format!("\n{pid}\n")), "{out}");
+    assert!(
+        out.lines()
+            .all(|l| l == "end" || l.contains("Permission denied")),
+        "{out}"
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(instance).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+/// Ignores SIGTERM: a retired process of it lingers STOP_GRACE in its leaf.
+const STUBBORN_PY: &str = r#"#!/usr/bin/python3
+import os, signal, socket
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+listener = socket.socket(fileno=3)
+while True:
+    conn, _ = listener.accept()
+    conn.recv(4096)
+    body = b"hello %d" % os.getpid()
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+    conn.close()
+"#;
+
+#[test]
+fn berths_own_spawns_cannot_take_a_tenant_past_tasks() {
+    require_root();
+    let dir = Dir::new();
+    let i = home(&dir, "i", USER_I);
+    i.write("app/app.py", STUBBORN_PY, 0o755);
+    // One request per process, each retired process lingering for seconds:
+    // without a check before each start, processes moved into the tenant's
+    // cgroup would pile up past pids.max (a move is not held to it).
+    let cfg = tenant("ti", &i, "i.test", "tasks = 8", "max_requests = 1");
+    let s = start_tenants(&dir, &[&i], &cfg);
+    let pids = tenant_group("pids", "ti");
+    let mut most = 0u64;
+    let mut statuses = std::collections::BTreeMap::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(6) {
+        *statuses
+            .entry(get_host(s.addr(), "i.test", "/hello").status)
+            .or_insert(0) += 1;
+        let now: u64 = fs::read_to_string(pids.join("pids.current"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        most = most.max(now);
+    }
+    assert!(
+        most <= 8,
+        "pids.current reached {most} under pids.max 8: {statuses:?}"
+    );
+    assert!(statuses.get(&200).is_some_and(|n| *n >= 2), "{statuses:?}");
+    assert!(
+        s.wait_output("is at its tasks limit", Duration::from_secs(2)),
+        "{}",
+        s.output()
+    );
+}
+
+#[test]
+fn a_memory_limit_that_cannot_be_applied_does_not_skip_tasks_and_cpu() {
+    use berth::config::Limits;
+    use berth::supervisor::cgroup::{Cgroups, Kind};
+    use std::os::fd::AsRawFd;
+    require_root();
+    let cg = Cgroups::detect("berth-test-limits-apart");
+    assert_eq!(cg.kind(), Kind::V1, "{}", cg.about());
+    cg.sweep();
+    let before = Limits {
+        memory: Some(512 << 20),
+        tasks: Some(100),
+        cpu_millis: Some(1000),
+        ..Limits::default()
+    };
+    cg.set_tenant("tj", &before).unwrap();
+    let leaf = cg.leaf("tj", "a", "1.proc").unwrap().unwrap();
+    let paths: Vec<String> = leaf
+        .procs_files()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    // A process of the tenant's holding 128 MiB.
+    let mut holder = std::process::Command::new("sh")
+        .args([
+            "-c",
+            r#"for p in $PROCS; do echo 0 > "$p" || exit 99; done; exec perl -e '$x = "x" x (128 << 20); print "ready\n"; $| = 1; sleep 30'"#,
+        ])
+        .env("PROCS", paths.join(" "))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "ready\n");
+    let after = Limits {
+        memory: Some(32 << 20),
+        tasks: Some(8),
+        cpu_millis: Some(100),
+        ..Limits::default()
+    };
+    let r = cg.set_tenant("tj", &after);
+    let read = |c: &str, f: &str| {
+        fs::read_to_string(tenant_group(c, "tj").join(f))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let now = (
+        read("pids", "pids.max"),
+        read("cpu", "cpu.cfs_quota_us"),
+        read("memory", "memory.limit_in_bytes"),
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    cg.drop_tenant("tj");
+    cg.shutdown();
+    let e = r.expect_err("memory below what is held cannot be applied");
+    assert!(
+        e.to_string()
+            .contains("memory in use is above the new limit (32MiB)"),
+        "{e}"
+    );
+    assert_eq!((now.0.as_str(), now.1.as_str()), ("8", "10000"), "{now:?}");
+    assert_ne!(now.2, (32u64 << 20).to_string());
 }

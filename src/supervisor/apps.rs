@@ -131,6 +131,9 @@ pub struct AppManager {
     /// Tenants a reload removed, whose groups go at the given time (their
     /// processes have had their time to stop by then).
     tenants_gone: Vec<(String, Instant)>,
+    /// Tenants whose limits the kernel refused (memory in use above a
+    /// lowered limit): applied again every second until they hold.
+    limits_pending: Vec<(String, Limits)>,
     /// Processes recycled for their memory, per tenant.
     recycles: HashMap<String, u64>,
     cgroups: Cgroups,
@@ -188,6 +191,7 @@ impl AppManager {
             cgi: Vec::new(),
             leaves: 0,
             tenants_gone: Vec::new(),
+            limits_pending: Vec::new(),
             recycles: HashMap::new(),
             cgroups,
         };
@@ -204,9 +208,11 @@ impl AppManager {
             iso.tenants = spawn::peers(&cfg.tenants);
         }
         let mut wanted: HashMap<AppId, (App, &Tenant)> = HashMap::new();
+        let mut pending = Vec::new();
         for t in &cfg.tenants {
             if let Err(e) = self.cgroups.set_tenant(&t.name, &t.limits) {
-                warn!("tenant {}: cgroup limits not applied: {e}", t.name);
+                warn!("tenant {}: cgroup limits not all applied: {e}", t.name);
+                pending.push((t.name.clone(), t.limits));
             }
             for a in &t.apps {
                 let id = AppId {
@@ -237,6 +243,7 @@ impl AppManager {
             .into_iter()
             .filter(|name| !cfg.tenants.iter().any(|t| t.name == *name))
             .collect();
+        self.limits_pending = pending;
         let due = Instant::now() + STOP_GRACE + Duration::from_secs(1);
         self.tenants_gone = gone.into_iter().map(|name| (name, due)).collect();
         for (id, (app, t)) in wanted {
@@ -395,6 +402,7 @@ impl AppManager {
                 None
             }
         };
+        tasks_room(&self.cgroups, id)?;
         self.leaves += 1;
         let group = self
             .cgroups
@@ -593,6 +601,7 @@ impl AppManager {
         let (stdin_r, stdin_w) = pipe()?;
         let (stdout_r, stdout_w) = pipe()?;
         let (stderr_r, stderr_w) = pipe()?;
+        tasks_room(&self.cgroups, id)?;
         self.leaves += 1;
         let group = self
             .cgroups
@@ -689,9 +698,22 @@ impl AppManager {
             if *due > now {
                 return true;
             }
-            cgroups.drop_tenant(name);
+            // On a thread: a process stuck in the kernel must not hold up
+            // the supervisor while its group is killed.
+            let (cgroups, name) = (cgroups.clone(), name.clone());
+            let _ = std::thread::Builder::new()
+                .name("cgroup-drop".into())
+                .spawn(move || cgroups.drop_tenant(&name));
             false
         });
+        self.limits_pending
+            .retain(|(name, limits)| match cgroups.set_tenant(name, limits) {
+                Ok(()) => {
+                    info!("tenant {name}: cgroup limits applied");
+                    false
+                }
+                Err(_) => true,
+            });
         let want: Vec<AppId> = self
             .apps
             .iter()
@@ -1160,6 +1182,19 @@ fn resident(pid: u32) -> Option<u64> {
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * rustix::param::page_size() as u64)
+}
+
+/// Refuses a start while the tenant has all the tasks its `tasks` allows
+/// (processes stopping count until they are gone): a process moved into
+/// its cgroup would not be held to `pids.max`.
+fn tasks_room(cgroups: &Cgroups, id: &AppId) -> Result<(), String> {
+    match cgroups.tenant(&id.tenant) {
+        Some(g) if g.at_tasks_limit() => Err(format!(
+            "app {id}: not started: tenant {} is at its tasks limit",
+            id.tenant
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn killed_by_sigkill(status: Option<std::process::ExitStatus>) -> bool {

@@ -384,7 +384,7 @@ impl Cgroups {
                 let mut out = Vec::new();
                 for (controllers, own) in hier {
                     let dir = own.join(instance);
-                    if let Err(e) = make_dir(&dir) {
+                    if let Err(e) = make_private_dir(&dir) {
                         return Cgroups::none(&format!("v1: {}: {e}", dir.display()));
                     }
                     out.push(Hierarchy { controllers, dir });
@@ -461,54 +461,84 @@ impl Cgroups {
         for h in &self.hier {
             make_dir(&h.dir.join(&rel))?;
         }
-        let write = |c: &str, file: &str, value: &str| -> io::Result<()> {
+        // Each limit on its own: one that cannot be applied (memory below
+        // what the tenant holds now) must not keep the others from holding.
+        let failed = std::cell::RefCell::new(Vec::<String>::new());
+        let write = |c: &str, file: &str, value: &str| -> bool {
             let Some(dir) = self.dir_of(c, &rel) else {
-                return Ok(());
+                return true;
             };
             let path = dir.join(file);
-            fs::write(&path, value)
-                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+            match fs::write(&path, value) {
+                Ok(()) => true,
+                Err(e) => {
+                    failed.borrow_mut().push(format!("{}: {e}", path.display()));
+                    false
+                }
+            }
         };
         match self.kind {
             Kind::V2 => {
                 let v2 = self.hier[0].dir.join(&rel);
                 enable_controllers(&v2)?;
                 let max = |v: Option<u64>| v.map_or("max".to_string(), |v| v.to_string());
-                write("memory", "memory.max", &max(limits.memory))?;
+                write("memory", "memory.max", &max(limits.memory));
                 // Swap held to the same limit: none beyond it (where the
                 // kernel has swap accounting).
                 if v2.join("memory.swap.max").exists() {
-                    write("memory", "memory.swap.max", "0")?;
+                    write("memory", "memory.swap.max", "0");
                 }
-                write("pids", "pids.max", &max(limits.tasks.map(u64::from)))?;
+                write("pids", "pids.max", &max(limits.tasks.map(u64::from)));
                 let cpu = match limits.cpu_millis {
                     Some(m) => format!("{} {CPU_PERIOD_US}", u64::from(m) * CPU_PERIOD_US / 1000),
                     None => format!("max {CPU_PERIOD_US}"),
                 };
-                write("cpu", "cpu.max", &cpu)?;
+                write("cpu", "cpu.max", &cpu);
             }
             Kind::V1 => {
                 let mem = self.dir_of("memory", &rel).expect("v1 has memory");
-                let memsw = mem.join("memory.memsw.limit_in_bytes");
+                let has_memsw = mem.join("memory.memsw.limit_in_bytes").exists();
                 let limit = limits.memory.map_or(-1i64, |v| v as i64).to_string();
-                // memsw must stay >= the limit: lower the limit first, raise
-                // memsw first. Ordering both ways keeps one of them valid.
-                let _ = write("memory", "memory.limit_in_bytes", &limit);
-                if memsw.exists() {
-                    write("memory", "memory.memsw.limit_in_bytes", &limit)?;
+                // memsw must stay >= the limit: lowering, the limit goes
+                // first; raising, memsw does. Tried in both orders, quietly
+                // first, so that one of them is valid whichever way it goes.
+                let quiet = |file: &str| fs::write(mem.join(file), &limit).is_ok();
+                let mut done = quiet("memory.limit_in_bytes");
+                if has_memsw {
+                    done &= quiet("memory.memsw.limit_in_bytes");
                 }
-                write("memory", "memory.limit_in_bytes", &limit)?;
+                if !done {
+                    if has_memsw {
+                        quiet("memory.memsw.limit_in_bytes");
+                    }
+                    if !write("memory", "memory.limit_in_bytes", &limit) {
+                        failed.borrow_mut().push(format!(
+                            "memory in use is above the new limit ({}); tried again every second",
+                            limits
+                                .memory
+                                .map_or_else(|| "unlimited".into(), crate::config::show_size)
+                        ));
+                    }
+                    if has_memsw {
+                        write("memory", "memory.memsw.limit_in_bytes", &limit);
+                    }
+                }
                 let tasks = limits.tasks.map_or("max".to_string(), |v| v.to_string());
-                write("pids", "pids.max", &tasks)?;
-                write("cpu", "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
+                write("pids", "pids.max", &tasks);
+                write("cpu", "cpu.cfs_period_us", &CPU_PERIOD_US.to_string());
                 let quota = limits
                     .cpu_millis
                     .map_or(-1i64, |m| (u64::from(m) * CPU_PERIOD_US / 1000) as i64);
-                write("cpu", "cpu.cfs_quota_us", &quota.to_string())?;
+                write("cpu", "cpu.cfs_quota_us", &quota.to_string());
             }
             Kind::None => {}
         }
-        Ok(())
+        let failed = failed.into_inner();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(io::Error::other(failed.join("; ")))
+        }
     }
 
     /// Kills everything of a tenant no longer configured and removes its group.
@@ -628,9 +658,21 @@ fn prepare_v2(own: &Path, instance: &str) -> io::Result<PathBuf> {
         }
     }
     let dir = own.join(instance);
-    make_dir(&dir)?;
+    make_private_dir(&dir)?;
     enable_controllers(&dir)?;
     Ok(dir)
+}
+
+/// The instance directory: made if missing, and 0700, so that no tenant
+/// reads another's figures (memory, CPU, its processes' pids: a side
+/// channel on its traffic, and the meter's sampling times) through it.
+/// Children join their leaf through descriptors opened before they drop
+/// privileges, so they need no way in.
+fn make_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    make_dir(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.display())))
 }
 
 /// Enables memory, pids and cpu for the children of a v2 cgroup.
@@ -664,6 +706,9 @@ pub struct Group {
     freezer: Option<PathBuf>,
     /// Its path below the instance directory.
     rel: PathBuf,
+    /// `/INSTANCE/REL`: how `/proc/PID/cgroup` names it (after berth's own
+    /// cgroup), to tell its members.
+    marker: String,
     removed: Arc<Removed>,
 }
 
@@ -701,6 +746,15 @@ impl Group {
             cpuacct: cg.dir_of("cpuacct", rel),
             freezer: cg.dir_of("freezer", rel),
             rel: rel.to_path_buf(),
+            marker: format!(
+                "/{}/{}",
+                cg.hier
+                    .first()
+                    .and_then(|h| h.dir.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                rel.display()
+            ),
             removed: cg.removed.clone(),
         }
     }
@@ -746,28 +800,22 @@ impl Group {
             .map(|d| d.join("cgroup.kill"))
             .filter(|p| self.kind == Kind::V2 && p.exists());
         let by_kernel = kill_file.is_some();
-        match kill_file {
+        if let Some(kill) = kill_file {
             // v2 with cgroup.kill: the kernel kills the subtree, new forks included.
-            Some(kill) => {
-                let _ = fs::write(kill, "1");
-            }
-            None => {
-                // Frozen, nothing can fork while we kill; a thawed process
-                // then receives its SIGKILL at once.
-                let frozen = self.freeze(true);
-                for pid in self.pids() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                if frozen {
-                    self.freeze(false);
-                }
-            }
+            let _ = fs::write(kill, "1");
         }
-        // Without a freezer, a fork may have raced the kills: go again.
+        // Otherwise pass after pass: frozen (where there is a freezer),
+        // nothing forks while we kill, and a thawed process receives its
+        // SIGKILL at once; without one a fork may race a pass.
         loop {
+            if !by_kernel {
+                self.freeze(true);
+                for pid in self.pids() {
+                    self.kill_member(pid);
+                }
+                // (Thawed even when the freeze was not confirmed.)
+                self.freeze(false);
+            }
             let left = self.pids();
             if left.is_empty() || Instant::now() >= deadline {
                 if !left.is_empty() {
@@ -779,20 +827,38 @@ impl Group {
                 }
                 break;
             }
-            if !by_kernel {
-                for pid in left {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
             std::thread::sleep(Duration::from_millis(5));
         }
         first
     }
 
-    /// Freezes (or thaws) the group; false if it has no freezer.
+    /// SIGKILL to `pid`, read from the group's `cgroup.procs`, if it is
+    /// still a member: through a pidfd opened first, so that a number
+    /// reused by another process (of another tenant, or root's) after the
+    /// read is never signalled.
+    fn kill_member(&self, pid: i32) {
+        use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
+        let Some(p) = Pid::from_raw(pid) else {
+            return;
+        };
+        let Ok(fd) = pidfd_open(p, PidfdFlags::empty()) else {
+            return;
+        };
+        let Ok(cgroups) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            return;
+        };
+        let below = format!("{}/", self.marker);
+        let member = cgroups.lines().any(|l| {
+            let path = l.splitn(3, ':').nth(2).unwrap_or("");
+            path.ends_with(&self.marker) || path.contains(&below)
+        });
+        if member {
+            let _ = pidfd_send_signal(&fd, Signal::KILL);
+        }
+    }
+
+    /// Freezes (or thaws) the group; whether it is frozen (thawed) as the
+    /// kernel says, false without a freezer.
     fn freeze(&self, on: bool) -> bool {
         match self.kind {
             Kind::V2 => {
@@ -803,13 +869,11 @@ impl Group {
                 if fs::write(&f, if on { "1" } else { "0" }).is_err() {
                     return false;
                 }
-                if on {
-                    wait_for(|| {
-                        fs::read_to_string(d.join("cgroup.events"))
-                            .is_ok_and(|e| e.lines().any(|l| l == "frozen 1"))
-                    });
-                }
-                true
+                // Frozen only once the kernel says so.
+                !on || wait_for(|| {
+                    fs::read_to_string(d.join("cgroup.events"))
+                        .is_ok_and(|e| e.lines().any(|l| l == "frozen 1"))
+                })
             }
             Kind::V1 => {
                 let Some(d) = &self.freezer else {
@@ -819,10 +883,7 @@ impl Group {
                 if fs::write(&state, if on { "FROZEN" } else { "THAWED" }).is_err() {
                     return false;
                 }
-                if on {
-                    wait_for(|| fs::read_to_string(&state).is_ok_and(|s| s.trim() == "FROZEN"));
-                }
-                true
+                !on || wait_for(|| fs::read_to_string(&state).is_ok_and(|s| s.trim() == "FROZEN"))
             }
             Kind::None => false,
         }
@@ -945,6 +1006,20 @@ impl Group {
         Some(self.memory.as_ref()?.join(name))
     }
 
+    /// Whether the group has as many tasks as its `pids.max` allows. A
+    /// process moved into a cgroup is not checked against `pids.max` (only
+    /// forks are), so berth checks before it starts one.
+    pub fn at_tasks_limit(&self) -> bool {
+        let read = |f: &str| {
+            fs::read_to_string(self.pids.as_ref()?.join(f))
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        };
+        matches!((read("pids.current"), read("pids.max")), (Some(now), Some(max)) if now >= max)
+    }
+
     /// Limit events and use.
     pub fn stats(&self) -> Stats {
         let mut s = Stats::default();
@@ -999,9 +1074,16 @@ fn flat_key(text: &str, key: &str) -> u64 {
 }
 
 /// Polls `done` for up to a second.
-fn wait_for(mut done: impl FnMut() -> bool) {
+/// Polls `done` for up to a second; whether it came true.
+fn wait_for(mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(1);
-    while !done() && Instant::now() < deadline {
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(2));
     }
 }
