@@ -798,7 +798,7 @@ fn read_admin(t: &mut TableReader<'_>, s: &Server) -> Option<Admin> {
 
 /// Whether `ip` reaches only this machine (`127.0.0.0/8`, `::1`, and
 /// IPv4-mapped loopback). `0.0.0.0` and `::` are every address: not.
-fn loopback(ip: std::net::IpAddr) -> bool {
+pub fn loopback(ip: std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(a) => a.is_loopback(),
         std::net::IpAddr::V6(a) => {

@@ -53,7 +53,7 @@ use super::Shared;
 use super::h1::Rewind;
 use super::handler;
 use crate::config::ClientLimits;
-use crate::ipc::ListenerSpec;
+use crate::ipc::{ListenerKind, ListenerSpec};
 
 /// What the handler needs to know about the connection a request came on.
 #[derive(Debug)]
@@ -367,7 +367,7 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let limits = shared.current.load().limits.clone();
     let local = stream.local_addr().unwrap_or(spec.addr);
-    if !spec.tls {
+    if spec.kind != ListenerKind::Tls {
         let info = Arc::new(ConnInfo {
             peer,
             local,

@@ -114,6 +114,8 @@ pub struct Shared {
     pub tenants: tenants::Tenants,
     pub max_connections: std::sync::atomic::AtomicUsize,
     pub drain: watch::Receiver<bool>,
+    /// The supervisor's last figures for the admin pages.
+    pub status: arc_swap::ArcSwapOption<ipc::StatusSnapshot>,
 }
 
 /// Runs the front end until told to stop.
@@ -235,6 +237,7 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
         tenants: tenants::Tenants::default(),
         max_connections: max.into(),
         drain: drain_rx,
+        status: arc_swap::ArcSwapOption::empty(),
     });
     shared.apps.update(&app_plans);
     shared.tenants.update(&tenant_limits.0, &tenant_limits.1);
@@ -360,6 +363,7 @@ fn on_control(
         ToFront::CgiStarted { req, result } => {
             shared.apps.cgi_started(req, result.map(|()| fds));
         }
+        ToFront::Status(snapshot) => shared.status.store(Some(Arc::from(snapshot))),
     }
     Flow::Continue
 }
@@ -585,7 +589,11 @@ fn sync_listeners(
                 debug!(
                     "listening on {}{}",
                     spec.addr,
-                    if spec.tls { " (TLS)" } else { "" }
+                    match spec.kind {
+                        ipc::ListenerKind::Plain => "",
+                        ipc::ListenerKind::Tls => " (TLS)",
+                        ipc::ListenerKind::Admin => " (admin: status and metrics)",
+                    }
                 );
                 running.insert(
                     spec,

@@ -814,8 +814,13 @@ impl Group {
                 s.memory = num(read(&self.memory, "memory.usage_in_bytes"));
                 let stat = read(&self.memory, "memory.stat");
                 s.working_set = s.memory.saturating_sub(key(&stat, "total_inactive_file"));
+                // (v1 counts an OOM kill in the victim's own group only,
+                // not in its parents: see the meter.)
                 s.oom_kills = key(&read(&self.memory, "memory.oom_control"), "oom_kill");
-                s.memory_events = num(read(&self.memory, "memory.failcnt"));
+                // With swap accounting, memsw (held to the same limit) is
+                // charged first and is the one that fails.
+                s.memory_events = num(read(&self.memory, "memory.failcnt"))
+                    + num(read(&self.memory, "memory.memsw.failcnt"));
                 s.tasks = num(read(&self.pids, "pids.current"));
                 s.tasks_limit_hits = key(&read(&self.pids, "pids.events"), "max");
                 s.cpu_usec = num(read(&self.cpuacct, "cpuacct.usage")) / 1000;
