@@ -66,6 +66,9 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The SNI name of a TLS connection, lowercased.
     pub sni: Option<String>,
+    /// It came on the admin listener: only berth's status pages are
+    /// served on it (`admin`), never a site.
+    pub admin: bool,
 }
 
 /// Turns a listening socket fd from the supervisor into a tokio listener.
@@ -374,6 +377,7 @@ async fn connection(
             peer_ip: peer.ip().to_string().into(),
             tls: false,
             sni: None,
+            admin: spec.kind == ListenerKind::Admin,
         });
         return super::h1::serve(stream, info, activity, limits, shared).await;
     }
@@ -408,6 +412,7 @@ async fn connection(
         peer_ip: peer.ip().to_string().into(),
         tls: true,
         sni,
+        admin: false,
     });
     if !h2 {
         return serve(tls, info, activity, &limits, shared).await;

@@ -13,6 +13,7 @@
 //! supervisor says `Shutdown` (or goes away), stop accepting and drain.
 
 pub mod access_log;
+pub mod admin;
 pub mod app_route;
 pub mod apps;
 pub mod auth;
@@ -69,6 +70,8 @@ pub struct Generation {
     pub http: auto::Builder<TokioExecutor>,
     /// The directory for temporary files (request and response bodies).
     pub tmp: spool::TmpDir,
+    /// Who may see the admin listener's pages (None: no admin listener).
+    pub admin: Option<admin::AdminRt>,
 }
 
 /// A site as the front end serves it.
@@ -264,7 +267,7 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let metering = shared.current.load().meter_interval;
     let mut meter = tokio::time::interval(metering.unwrap_or(Duration::from_secs(3600)));
-    let mut gates_seen = HashMap::new();
+    let mut seen = usage::Seen::default();
     meter.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -280,7 +283,7 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
             }
             _ = sweep.tick() => shared.apps.sweep(),
             _ = meter.tick(), if metering.is_some() => {
-                let tenants = usage::take_all(&shared.tenants.counters(), &mut gates_seen);
+                let tenants = usage::take_all(&shared.tenants.counters(), &mut seen);
                 if !tenants.is_empty()
                     && let Err(e) = ipc::send(sock.as_fd(), &ToSupervisor::Usage { tenants }, &[])
                 {
@@ -488,6 +491,17 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
     });
     let tls = (!resolver.is_empty())
         .then(|| tokio_rustls::TlsAcceptor::from(tls::server_config(resolver)));
+    let has_admin = listeners
+        .iter()
+        .any(|(spec, _)| spec.kind == ipc::ListenerKind::Admin);
+    let admin = has_admin.then(|| admin::AdminRt {
+        // The supervisor validated the file; should it still fail, an
+        // empty user list locks the pages rather than opening them.
+        users: plan
+            .admin_users
+            .as_deref()
+            .map(|text| Arc::new(Htpasswd::parse(text).unwrap_or_default())),
+    });
     let generation = Generation {
         number: plan.generation,
         log_names: plan.logs.clone(),
@@ -498,6 +512,7 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
         tls,
         tmp,
         default_tls_host,
+        admin,
     };
     Ok((generation, listeners, logs))
 }

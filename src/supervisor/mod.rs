@@ -1256,6 +1256,10 @@ impl Listeners {
             .iter()
             .map(spec(ListenerKind::Plain))
             .chain(cfg.server.tls_listen.iter().map(spec(ListenerKind::Tls)))
+            .chain(cfg.server.admin.iter().map(|a| ListenerSpec {
+                addr: a.listen,
+                kind: ListenerKind::Admin,
+            }))
             .collect();
         let mut next = BTreeMap::new();
         for spec in &wanted {
