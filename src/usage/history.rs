@@ -27,7 +27,7 @@ pub struct History {
 }
 
 impl History {
-    /// The [`HOURS`] up to `now` from the database at `db` (opened
+    /// The `HOURS` up to `now` from the database at `db` (opened
     /// read-only; berth's writer may be writing meanwhile).
     pub fn load(db: &Path, now: SystemTime) -> Result<History, UsageError> {
         let sql = |source| UsageError::Sql {

@@ -3,9 +3,9 @@
 //! its Host; no site is ever served on it, and these pages on no other
 //! listener (`handler::respond` sends a connection here by its listener).
 //!
-//! - `/status` (and `/`): the HTML page ([`page`]);
-//! - `/status.json`: the same data ([`view::View`]);
-//! - `/metrics`: the Prometheus text format ([`metrics`]).
+//! - `/status` (and `/`): the HTML page (`page`);
+//! - `/status.json`: the same data ([`View`]);
+//! - `/metrics`: the Prometheus text format (`metrics`).
 //!
 //! With `admin_htpasswd`, every request needs its Basic credentials (401
 //! with `WWW-Authenticate` otherwise). Without it, requests are answered
@@ -14,7 +14,7 @@
 //! outlives a reload that took the password away).
 //!
 //! The figures come from the supervisor's last [`crate::ipc::StatusSnapshot`]
-//! (`Shared::status`) joined with the front end's own ([`view`]); building
+//! (`Shared::status`) joined with the front end's own (`view`); building
 //! and rendering run on a blocking thread, so a page of 1,000 tenants does
 //! not hold up a worker's other connections.
 
