@@ -58,6 +58,10 @@ pub enum ToFront {
         req: u64,
         result: Result<(), String>,
     },
+    /// What the supervisor knows for the status page and the metrics: sent
+    /// every `meter_interval` (every 10 s when metering is off) while an
+    /// admin listener is configured. A newer one replaces one not sent yet.
+    Status(Box<StatusSnapshot>),
 }
 
 /// Why the supervisor started no process.
@@ -185,12 +189,28 @@ pub struct Plan {
     pub log_rate: u32,
     /// How often the front end sends its counts ([`ToSupervisor::Usage`]).
     pub meter_interval: Option<std::time::Duration>,
+    /// The admin listener's htpasswd text (`admin_htpasswd`, read by the
+    /// supervisor); None: no password is asked.
+    pub admin_users: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ListenerSpec {
     pub addr: SocketAddr,
-    pub tls: bool,
+    pub kind: ListenerKind,
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ListenerKind {
+    /// The sites, over plain HTTP (`listen`).
+    Plain,
+    /// The sites, over TLS (`tls_listen`).
+    Tls,
+    /// Only berth's status page and metrics, over plain HTTP
+    /// (`admin_listen`): no site is served here, and the admin pages
+    /// nowhere else.
+    Admin,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -213,6 +233,182 @@ pub struct AppPlan {
     pub pool: crate::config::Pool,
     /// The program, for SCRIPT_FILENAME on mounted FastCGI apps.
     pub program: PathBuf,
+}
+
+/// What the supervisor alone knows of berth now, for the front end's
+/// `/status`, `/status.json` and `/metrics` (`front::admin`): the tenants'
+/// limits and what their cgroups hold, each app's processes, the recent
+/// limit events and 24 hours of usage from the database. Bounded: 24
+/// points per tenant, [`EVENTS_KEPT`] events; about 2.5 KB a tenant with
+/// two apps of two processes, so 1,000 tenants make a frame of 2.5 MB
+/// (`MAX_FRAME` is 64 MiB), encoded off the supervisor's loop
+/// ([`Frame::encode`]). The front end treats every string in it as
+/// untrusted (escaped in HTML, encoded as label values in metrics).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusSnapshot {
+    /// When the figures were read, milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// When the supervisor started.
+    pub started_ms: i64,
+    /// The cgroup backend: "v2", "v1" or "none".
+    pub cgroups: String,
+    /// `meter_interval` in seconds; None: metering is off (no database,
+    /// no charts).
+    pub meter_interval_s: Option<f64>,
+    pub tenants: Vec<TenantStatus>,
+    /// The most recent limit events, newest first.
+    pub events: Vec<LimitEvent>,
+}
+
+/// How many limit events a [`StatusSnapshot`] carries at most.
+pub const EVENTS_KEPT: usize = 50;
+
+/// One tenant in a [`StatusSnapshot`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantStatus {
+    pub name: String,
+    pub user: String,
+    pub uid: u32,
+    pub limits: crate::config::Limits,
+    /// What its cgroup (or, without cgroups, its user's processes) holds
+    /// now; None when it is not measured.
+    pub usage: Option<UsageNow>,
+    pub apps: Vec<AppStatus>,
+    /// Its hours in the usage database over the last 24 hours, oldest
+    /// first; hours without samples are left out (empty when metering is
+    /// off).
+    pub history: Vec<HourPoint>,
+}
+
+/// A tenant's use now, and its limit events since the supervisor started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageNow {
+    /// Bytes in use (the working set: less inactive file cache).
+    pub memory: u64,
+    /// Processes and threads.
+    pub tasks: u64,
+    /// Cores used over the last interval.
+    pub cpu_cores: f64,
+    // Counted since the supervisor started:
+    pub cpu_seconds: f64,
+    pub cpu_throttled_seconds: f64,
+    pub oom_kills: u64,
+    /// Times it reached its memory limit.
+    pub memory_events: u64,
+    /// Forks refused at its `tasks`.
+    pub tasks_limit_hits: u64,
+    /// Processes recycled for `process_memory`.
+    pub recycles: u64,
+}
+
+/// One app in a [`StatusSnapshot`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub name: String,
+    pub protocol: crate::config::Protocol,
+    pub max_processes: u32,
+    /// Bytes its cgroup holds (None without cgroups).
+    pub memory: Option<u64>,
+    pub processes: Vec<ProcessStatus>,
+    /// CGI scripts running now.
+    pub cgi_running: u32,
+    /// The last thing that went wrong with it (a start refused, a process
+    /// that died), and when.
+    pub last_problem: Option<(i64, String)>,
+}
+
+/// One process of an app.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessStatus {
+    pub slot: u32,
+    pub pid: u32,
+    pub uid: u32,
+    /// Resident bytes (None until the meter has read it).
+    pub memory: Option<u64>,
+    pub started_ms: i64,
+    /// Found above `process_memory`: retired once its requests end.
+    pub recycling: bool,
+}
+
+/// One hour of a tenant's usage (the samples that end in it). On the
+/// channel, an array of its five figures: 24 of them for each of 1,000
+/// tenants are most of a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(into = "(i64, u64, u64, f64, f64)", from = "(i64, u64, u64, f64, f64)")]
+pub struct HourPoint {
+    /// The hour's start, milliseconds since the Unix epoch.
+    pub hour_ms: i64,
+    /// Time-weighted average bytes in use over the covered time.
+    pub memory_avg: u64,
+    pub memory_peak: u64,
+    pub cpu_seconds: f64,
+    /// Seconds of the hour the samples cover.
+    pub covered_s: f64,
+}
+
+impl From<HourPoint> for (i64, u64, u64, f64, f64) {
+    fn from(p: HourPoint) -> Self {
+        (
+            p.hour_ms,
+            p.memory_avg,
+            p.memory_peak,
+            p.cpu_seconds,
+            p.covered_s,
+        )
+    }
+}
+
+impl From<(i64, u64, u64, f64, f64)> for HourPoint {
+    fn from(
+        (hour_ms, memory_avg, memory_peak, cpu_seconds, covered_s): (i64, u64, u64, f64, f64),
+    ) -> Self {
+        HourPoint {
+            hour_ms,
+            memory_avg,
+            memory_peak,
+            cpu_seconds,
+            covered_s,
+        }
+    }
+}
+
+/// Something a limit did to a tenant. Repeats of one kind for one tenant
+/// and app within a minute are counted in one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitEvent {
+    /// The last time it happened (milliseconds since the Unix epoch).
+    pub at_ms: i64,
+    /// The first time, when `count` is more than one.
+    pub first_ms: i64,
+    pub count: u64,
+    pub tenant: String,
+    pub app: Option<String>,
+    pub kind: EventKind,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The OOM killer ended a process at the tenant's `memory`.
+    OomKill,
+    /// The tenant's group reached its `memory` (reclaim, or a kill).
+    MemoryLimit,
+    /// A fork was refused at the tenant's `tasks`.
+    TasksLimit,
+    /// A process above `process_memory` was recycled.
+    Recycle,
+}
+
+impl EventKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::OomKill => "OOM kill",
+            EventKind::MemoryLimit => "memory limit",
+            EventKind::TasksLimit => "tasks limit",
+            EventKind::Recycle => "recycled",
+        }
+    }
 }
 
 /// Largest frame accepted; a plan for thousands of sites fits easily.
@@ -360,7 +556,32 @@ enum Kind {
     Plan,
     /// Reopened logs: replace unsent older ones.
     Logs,
+    /// A status snapshot: replaces an unsent older one.
+    Status,
     Other,
+}
+
+/// A message to the front end, encoded for an [`Outbox`].
+#[derive(Debug)]
+pub struct Frame {
+    kind: Kind,
+    bytes: Vec<u8>,
+}
+
+impl Frame {
+    /// Encodes `msg`, to go with `fds` descriptors.
+    pub fn encode(msg: &ToFront, fds: usize) -> Result<Frame, IpcError> {
+        let kind = match msg {
+            ToFront::Plan(_) => Kind::Plan,
+            ToFront::Logs { .. } => Kind::Logs,
+            ToFront::Status(_) => Kind::Status,
+            _ => Kind::Other,
+        };
+        Ok(Frame {
+            kind,
+            bytes: encode(msg, fds)?,
+        })
+    }
 }
 
 /// One frame waiting in an [`Outbox`], with its fds (kept open until the
@@ -401,18 +622,26 @@ impl Outbox {
     /// Queues `msg` with `fds` (sent in one frame, in the order given). A plan
     /// takes the place of an older plan not begun yet and drops reopened logs
     /// not begun yet (it carries the current logs); reopened logs take the
-    /// place of older ones not begun yet. So however often the configuration
-    /// is reloaded while the front end does not read, one plan waits.
+    /// place of older ones not begun yet, and a status snapshot that of an
+    /// older one. So however often the configuration is reloaded while the
+    /// front end does not read, one plan waits, and one snapshot.
     ///
     /// Refused when the queue would hold more than its limit (a frame always
     /// fits an empty queue).
     pub fn push(&mut self, msg: &ToFront, fds: Vec<OwnedFd>) -> Result<(), IpcError> {
-        let frame = encode(msg, fds.len())?;
-        let kind = match msg {
-            ToFront::Plan(_) => Kind::Plan,
-            ToFront::Logs { .. } => Kind::Logs,
-            _ => Kind::Other,
-        };
+        self.push_frame(Frame::encode(msg, fds.len())?, fds)
+    }
+
+    /// [`Outbox::push`] of a message encoded beforehand (on another
+    /// thread: a status snapshot of 1,000 tenants takes milliseconds).
+    pub fn push_frame(&mut self, frame: Frame, fds: Vec<OwnedFd>) -> Result<(), IpcError> {
+        let Frame { kind, bytes: frame } = frame;
+        if fds.len().div_ceil(FDS_PER_SEND) > frame.len() {
+            return Err(IpcError::TooManyFds {
+                fds: fds.len(),
+                bytes: frame.len(),
+            });
+        }
         let unsent = |q: &Queued, k: Kind| q.kind == k && !q.at.started();
         if kind == Kind::Plan {
             let before = self.queue.len();
@@ -423,7 +652,7 @@ impl Outbox {
         }
         let replaces = self.queue.iter().position(|q| unsent(q, kind));
         let freed = match (kind, replaces) {
-            (Kind::Plan | Kind::Logs, Some(i)) => self.queue[i].frame.len(),
+            (Kind::Plan | Kind::Logs | Kind::Status, Some(i)) => self.queue[i].frame.len(),
             _ => 0,
         };
         let queued = self.bytes - freed;
@@ -444,7 +673,7 @@ impl Outbox {
             at: Progress::default(),
         };
         match (kind, replaces) {
-            (Kind::Plan | Kind::Logs, Some(i)) => self.queue[i] = entry,
+            (Kind::Plan | Kind::Logs | Kind::Status, Some(i)) => self.queue[i] = entry,
             _ => self.queue.push_back(entry),
         }
         Ok(())
@@ -618,6 +847,7 @@ mod tests {
             tmp_dir: "/var/lib/berth/tmp".into(),
             default_tls_host: None,
             log_rate: 100,
+            admin_users: None,
         }))
     }
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Starts the demo: berth serving two tenants on 127.0.0.1:8080 (HTTP) and :8443 (TLS).
+# Starts the demo: berth serving two tenants on 127.0.0.1:8080 (HTTP) and :8443 (TLS),
+# and its status page and metrics on 127.0.0.1:8081.
 # Works as root (tenants get their own Unix users, the front end its own: berth-demo-front)
 # and as a normal user (everything runs as you). Ctrl-C stops it.
 set -euo pipefail
@@ -41,6 +42,9 @@ berth demo: try
   curl -H 'Host: bob.test' 'http://127.0.0.1:8080/app/there?x=1'       # an HTTP app in Perl
   curl -H 'Host: bob.test' --data-binary @FILE http://127.0.0.1:8080/app/echo   # its upload echo
   curl -k --http2 --resolve alice.test:8443:127.0.0.1 https://alice.test:8443/
+  curl http://127.0.0.1:8081/status          # berth's status page (open it in a browser)
+  curl http://127.0.0.1:8081/status.json     # the same, as JSON
+  curl http://127.0.0.1:8081/metrics         # Prometheus metrics
 Logs: $run/run/log/  Config: $run/berth.toml  Stop: Ctrl-C
 MSG
 exec "$berth" serve --config "$run/berth.toml"

@@ -85,6 +85,20 @@ pub struct Server {
     pub usage_raw_days: u32,
     /// `usage_keep_days`: hourly usage rows are kept this many days.
     pub usage_keep_days: u32,
+    /// `admin_listen` and `admin_htpasswd`: where the status page and the
+    /// metrics are served (None: nowhere).
+    pub admin: Option<Admin>,
+}
+
+/// The admin listener: `/status`, `/status.json` and `/metrics` (see
+/// `docs/status.md`), served by the front end on an address of its own that
+/// no site is served on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// `admin_htpasswd`: the file and its text, read (as root) and checked
+    /// at load. None: no password, which only a loopback address may have.
+    pub htpasswd: Option<(PathBuf, String)>,
 }
 
 /// How much of a tenant's stderr reaches its `error.log` (see
@@ -324,6 +338,7 @@ impl Default for Server {
             default_tls_site: None,
             usage_raw_days: 7,
             usage_keep_days: 400,
+            admin: None,
         }
     }
 }
@@ -672,6 +687,7 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
     if let Some(n) = bounded(walk, t.integer("usage_keep_days"), 1, 3660) {
         s.usage_keep_days = n as u32;
     }
+    s.admin = read_admin(&mut t, &s);
     if let Some(h) = t.string("default_tls_site") {
         s.default_tls_site = Some(DefaultTlsSite {
             host: h.value.trim_end_matches('.').to_ascii_lowercase(),
@@ -698,6 +714,97 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
     }
     t.finish();
     (s, includes)
+}
+
+/// `admin_listen` (one address, not one of the sites' listeners) and
+/// `admin_htpasswd` (an htpasswd file, read and checked as a route's is).
+/// An address other than loopback needs the password file: the page names
+/// every tenant, its user and what it uses.
+fn read_admin(t: &mut TableReader<'_>, s: &Server) -> Option<Admin> {
+    let walk = t.walk();
+    let listen = t.string("admin_listen");
+    let htpasswd = t.string("admin_htpasswd");
+    let Some(listen) = listen else {
+        if let Some(h) = htpasswd {
+            walk.problem(
+                h.line,
+                &h.key,
+                "is set but admin_listen is not: there is no admin listener to protect",
+            );
+        }
+        return None;
+    };
+    let addr = match listen.value.parse::<SocketAddr>() {
+        Ok(addr) => addr,
+        Err(_) => {
+            walk.problem(
+                listen.line,
+                &listen.key,
+                format!(
+                    "{:?} is not an address:port such as \"127.0.0.1:8081\" or \"[::1]:8081\"",
+                    listen.value
+                ),
+            );
+            return None;
+        }
+    };
+    if s.listen.contains(&addr) || s.tls_listen.contains(&addr) {
+        walk.problem(
+            listen.line,
+            &listen.key,
+            format!("{addr} is also a site listener (listen or tls_listen); the admin listener needs an address of its own"),
+        );
+    }
+    let htpasswd = match htpasswd {
+        None => None,
+        Some(h) => {
+            let path = resolve_path(walk, &h);
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) => {
+                    walk.problem(h.line, &h.key, format!("{}: {e}", h.value));
+                    return None;
+                }
+            };
+            match crate::front::auth::Htpasswd::parse(&text) {
+                Ok(users) if users.is_empty() => {
+                    walk.problem(h.line, &h.key, format!("{}: names no user", h.value));
+                    return None;
+                }
+                Ok(_) => Some((path, text)),
+                Err(errors) => {
+                    for e in errors {
+                        walk.problem(h.line, &h.key, format!("{}:{}: {}", h.value, e.line, e.why));
+                    }
+                    return None;
+                }
+            }
+        }
+    };
+    if htpasswd.is_none() && !loopback(addr.ip()) {
+        walk.problem(
+            listen.line,
+            &listen.key,
+            format!(
+                "{addr} is not a loopback address: set admin_htpasswd (the status page names every tenant and what it uses), or listen on 127.0.0.1 or [::1]"
+            ),
+        );
+    }
+    Some(Admin {
+        listen: addr,
+        htpasswd,
+    })
+}
+
+/// Whether `ip` reaches only this machine (`127.0.0.0/8`, `::1`, and
+/// IPv4-mapped loopback). `0.0.0.0` and `::` are every address: not.
+pub fn loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(a) => a.is_loopback(),
+        std::net::IpAddr::V6(a) => {
+            a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
 }
 
 /// `error_log_rate` (lines per second) and `error_log_max` (a size) of
@@ -1627,6 +1734,69 @@ mod tests {
         for bad in ["log_rate = 0", "log_rate = 2000000", "log_rate = \"fast\""] {
             let text = load_with(bad).unwrap_err().to_string();
             assert!(text.contains(":4: server.log_rate: "), "{bad}: {text}");
+        }
+    }
+
+    #[test]
+    fn admin_listen_off_loopback_needs_admin_htpasswd() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = bcrypt::hash("secret", 4).unwrap();
+        std::fs::write(dir.path().join("admin.htpasswd"), format!("ops:{hash}\n")).unwrap();
+        std::fs::write(dir.path().join("empty.htpasswd"), "# nobody\n").unwrap();
+        let load_with = |lines: &str| {
+            let path = dir.path().join("berth.toml");
+            let text =
+                format!("[server]\nlisten = [\"127.0.0.1:1\"]\nuser = \"daemon\"\n{lines}\n");
+            std::fs::write(&path, text).unwrap();
+            load(&path)
+        };
+        assert_eq!(load_with("").unwrap().server.admin, None);
+        let open = load_with("admin_listen = \"127.0.0.1:8081\"").unwrap();
+        assert_eq!(
+            open.server.admin,
+            Some(Admin {
+                listen: "127.0.0.1:8081".parse().unwrap(),
+                htpasswd: None
+            })
+        );
+        assert!(load_with("admin_listen = \"[::1]:8081\"").is_ok());
+        let guarded =
+            load_with("admin_listen = \"0.0.0.0:8081\"\nadmin_htpasswd = \"admin.htpasswd\"")
+                .unwrap();
+        let admin = guarded.server.admin.unwrap();
+        assert_eq!(admin.htpasswd.unwrap().0, dir.path().join("admin.htpasswd"));
+        for (lines, want) in [
+            (
+                "admin_listen = \"0.0.0.0:8081\"",
+                ":4: server.admin_listen: 0.0.0.0:8081 is not a loopback address: set admin_htpasswd",
+            ),
+            (
+                "admin_listen = \"[::]:8081\"",
+                ":4: server.admin_listen: [::]:8081 is not a loopback address",
+            ),
+            (
+                "admin_listen = \"127.0.0.1:1\"",
+                ":4: server.admin_listen: 127.0.0.1:1 is also a site listener",
+            ),
+            (
+                "admin_listen = \"localhost:8081\"",
+                ":4: server.admin_listen: \"localhost:8081\" is not an address:port",
+            ),
+            (
+                "admin_htpasswd = \"admin.htpasswd\"",
+                ":4: server.admin_htpasswd: is set but admin_listen is not",
+            ),
+            (
+                "admin_listen = \"127.0.0.1:8081\"\nadmin_htpasswd = \"missing.htpasswd\"",
+                ":5: server.admin_htpasswd: missing.htpasswd: No such file",
+            ),
+            (
+                "admin_listen = \"127.0.0.1:8081\"\nadmin_htpasswd = \"empty.htpasswd\"",
+                ":5: server.admin_htpasswd: empty.htpasswd: names no user",
+            ),
+        ] {
+            let text = load_with(lines).unwrap_err().to_string();
+            assert!(text.contains(want), "{lines}: {text}");
         }
     }
 

@@ -214,15 +214,16 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 pub struct Done {
     pub log: Option<(Arc<File>, Entry)>,
     pub activity: Arc<Activity>,
-    /// The site's tenant's counters, the status and the request body's
-    /// declared length (for the usage database).
-    pub usage: Option<(Arc<TenantUsage>, u16, u64)>,
+    /// The site's tenant's counters, the status, the request body's
+    /// declared length and when the request began (for the usage database
+    /// and the metrics).
+    pub usage: Option<(Arc<TenantUsage>, u16, u64, Instant)>,
 }
 
 impl Done {
     fn run(self, bytes: u64) {
-        if let Some((usage, status, bytes_in)) = self.usage {
-            usage.record(status, bytes_in, bytes);
+        if let Some((usage, status, bytes_in, started)) = self.usage {
+            usage.record(status, bytes_in, bytes, started.elapsed());
         }
         if let Some((file, entry)) = self.log {
             entry.write(&file, bytes);

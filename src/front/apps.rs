@@ -97,6 +97,39 @@ struct AppPool {
     /// Requests waiting for a process, oldest first: a process that comes
     /// free goes to the first of them (no newcomer can take it first).
     waiters: VecDeque<oneshot::Sender<Grant>>,
+    /// Requests its processes served, and CGI scripts it started, since
+    /// the pool was made (for `/metrics`).
+    requests: Arc<AtomicU64>,
+}
+
+/// An app as the front end sees it, for the status page.
+#[derive(Debug, Clone, Default)]
+pub struct AppFront {
+    pub processes: Vec<ProcFront>,
+    /// Requests waiting for one of its processes (or CGI runs).
+    pub waiting: u32,
+    /// Requests served (CGI: scripts started) since the pool was made.
+    pub requests: u64,
+    /// CGI scripts running now.
+    pub cgi_running: u32,
+    /// Processes asked of the supervisor and not there yet.
+    pub starting: u32,
+}
+
+/// One process as the front end sees it.
+#[derive(Debug, Clone)]
+pub struct ProcFront {
+    pub slot: u32,
+    /// Requests it is serving now.
+    pub active: u32,
+    /// Requests it has served.
+    pub served: u64,
+    /// Retired once its requests end (`max_requests`, `process_memory`).
+    pub draining: bool,
+    /// It has not answered a request yet.
+    pub fresh: bool,
+    /// How long it has been without a request (zero while it serves).
+    pub idle_for: Duration,
 }
 
 /// What a waiting request is handed. Either one, dropped unread (the request
@@ -301,11 +334,53 @@ impl Apps {
                             procs: Vec::new(),
                             starting: 0,
                             waiters: VecDeque::new(),
+                            requests: Arc::default(),
                         },
                     );
                 }
             }
         }
+    }
+
+    /// Every app's processes, queue and counts, for the status page (the
+    /// lock is held while they are copied, nothing more).
+    pub fn status(&self) -> HashMap<AppId, AppFront> {
+        let pools = self.pools.lock().expect("apps lock");
+        pools
+            .iter()
+            .map(|(id, pool)| {
+                let processes = pool
+                    .procs
+                    .iter()
+                    .map(|p| ProcFront {
+                        slot: p.slot,
+                        active: p.active,
+                        served: p.served,
+                        draining: p.draining,
+                        fresh: p.fresh,
+                        idle_for: if p.active == 0 {
+                            p.idle_since.elapsed()
+                        } else {
+                            Duration::ZERO
+                        },
+                    })
+                    .collect();
+                let cgi_running = if pool.plan.protocol == crate::config::Protocol::Cgi {
+                    let max = pool.plan.pool.max_processes as usize;
+                    max.saturating_sub(pool.runs.available_permits()) as u32
+                } else {
+                    0
+                };
+                let front = AppFront {
+                    processes,
+                    waiting: pool.waiters.len() as u32 + pool.cgi_waiting.load(Ordering::Relaxed),
+                    requests: pool.requests.load(Ordering::Relaxed),
+                    cgi_running,
+                    starting: pool.starting,
+                };
+                (id.clone(), front)
+            })
+            .collect()
     }
 
     /// The plan of an app, if configured.
@@ -466,13 +541,20 @@ impl Apps {
         env: Vec<(String, String)>,
         entry: Option<Entry>,
     ) -> Result<CgiRun, LeaseError> {
-        let (runs, waiting, queue, timeout) = {
+        let (runs, waiting, queue, timeout, requests) = {
             let pools = self.pools.lock().expect("apps lock");
             let pool = pools
                 .get(id)
                 .ok_or_else(|| LeaseError::Unknown(id.clone()))?;
             let Pool { queue, timeout, .. } = pool.plan.pool;
-            (pool.runs.clone(), pool.cgi_waiting.clone(), queue, timeout)
+            let requests = pool.requests.clone();
+            (
+                pool.runs.clone(),
+                pool.cgi_waiting.clone(),
+                queue,
+                timeout,
+                requests,
+            )
         };
         let permit = match runs.clone().try_acquire_owned() {
             Ok(permit) => permit,
@@ -508,6 +590,7 @@ impl Apps {
         }
         match rx.await {
             Ok(Ok(fds)) => {
+                requests.fetch_add(1, Ordering::Relaxed);
                 let [stdin, stdout, stderr]: [OwnedFd; 3] =
                     fds.try_into()
                         .map_err(|fds: Vec<OwnedFd>| LeaseError::StartFailed {
@@ -619,6 +702,7 @@ impl Apps {
         let now = Instant::now();
         p.active = p.active.saturating_sub(1);
         p.served += 1;
+        pool.requests.fetch_add(1, Ordering::Relaxed);
         p.fresh = false;
         if p.active == 0 {
             p.idle_since = now;

@@ -53,7 +53,7 @@ use super::Shared;
 use super::h1::Rewind;
 use super::handler;
 use crate::config::ClientLimits;
-use crate::ipc::ListenerSpec;
+use crate::ipc::{ListenerKind, ListenerSpec};
 
 /// What the handler needs to know about the connection a request came on.
 #[derive(Debug)]
@@ -66,6 +66,9 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The SNI name of a TLS connection, lowercased.
     pub sni: Option<String>,
+    /// It came on the admin listener: only berth's status pages are
+    /// served on it (`admin`), never a site.
+    pub admin: bool,
 }
 
 /// Turns a listening socket fd from the supervisor into a tokio listener.
@@ -367,13 +370,14 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let limits = shared.current.load().limits.clone();
     let local = stream.local_addr().unwrap_or(spec.addr);
-    if !spec.tls {
+    if spec.kind != ListenerKind::Tls {
         let info = Arc::new(ConnInfo {
             peer,
             local,
             peer_ip: peer.ip().to_string().into(),
             tls: false,
             sni: None,
+            admin: spec.kind == ListenerKind::Admin,
         });
         return super::h1::serve(stream, info, activity, limits, shared).await;
     }
@@ -408,6 +412,7 @@ async fn connection(
         peer_ip: peer.ip().to_string().into(),
         tls: true,
         sni,
+        admin: false,
     });
     if !h2 {
         return serve(tls, info, activity, &limits, shared).await;

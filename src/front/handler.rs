@@ -45,7 +45,12 @@ pub async fn respond(
     activity.begin();
     let generation = shared.current.load_full();
     let mut body = body;
-    let (site, user, result) = route(&parts, &mut body, conn, shared, &generation, &activity).await;
+    let (site, user, result) = if conn.admin {
+        let page = super::admin::serve(&parts, conn, shared, &generation).await;
+        (None, None, page)
+    } else {
+        route(&parts, &mut body, conn, shared, &generation, &activity).await
+    };
     if let Some(body) = body {
         read_rest(body, &parts, generation.limits.header_timeout).await;
     }
@@ -60,7 +65,7 @@ pub async fn respond(
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .unwrap_or(0);
-        Some((u, head.status.as_u16(), bytes_in))
+        Some((u, head.status.as_u16(), bytes_in, started))
     });
     let log = site.and_then(|i| {
         let site = &generation.router.sites()[i];

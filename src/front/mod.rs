@@ -13,6 +13,7 @@
 //! supervisor says `Shutdown` (or goes away), stop accepting and drain.
 
 pub mod access_log;
+pub mod admin;
 pub mod app_route;
 pub mod apps;
 pub mod auth;
@@ -69,6 +70,8 @@ pub struct Generation {
     pub http: auto::Builder<TokioExecutor>,
     /// The directory for temporary files (request and response bodies).
     pub tmp: spool::TmpDir,
+    /// Who may see the admin listener's pages (None: no admin listener).
+    pub admin: Option<admin::AdminRt>,
 }
 
 /// A site as the front end serves it.
@@ -114,6 +117,8 @@ pub struct Shared {
     pub tenants: tenants::Tenants,
     pub max_connections: std::sync::atomic::AtomicUsize,
     pub drain: watch::Receiver<bool>,
+    /// The supervisor's last figures for the admin pages.
+    pub status: arc_swap::ArcSwapOption<ipc::StatusSnapshot>,
 }
 
 /// Runs the front end until told to stop.
@@ -235,6 +240,7 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
         tenants: tenants::Tenants::default(),
         max_connections: max.into(),
         drain: drain_rx,
+        status: arc_swap::ArcSwapOption::empty(),
     });
     shared.apps.update(&app_plans);
     shared.tenants.update(&tenant_limits.0, &tenant_limits.1);
@@ -261,7 +267,7 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let metering = shared.current.load().meter_interval;
     let mut meter = tokio::time::interval(metering.unwrap_or(Duration::from_secs(3600)));
-    let mut gates_seen = HashMap::new();
+    let mut seen = usage::Seen::default();
     meter.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -277,7 +283,7 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
             }
             _ = sweep.tick() => shared.apps.sweep(),
             _ = meter.tick(), if metering.is_some() => {
-                let tenants = usage::take_all(&shared.tenants.counters(), &mut gates_seen);
+                let tenants = usage::take_all(&shared.tenants.counters(), &mut seen);
                 if !tenants.is_empty()
                     && let Err(e) = ipc::send(sock.as_fd(), &ToSupervisor::Usage { tenants }, &[])
                 {
@@ -360,6 +366,7 @@ fn on_control(
         ToFront::CgiStarted { req, result } => {
             shared.apps.cgi_started(req, result.map(|()| fds));
         }
+        ToFront::Status(snapshot) => shared.status.store(Some(Arc::from(snapshot))),
     }
     Flow::Continue
 }
@@ -484,6 +491,17 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
     });
     let tls = (!resolver.is_empty())
         .then(|| tokio_rustls::TlsAcceptor::from(tls::server_config(resolver)));
+    let has_admin = listeners
+        .iter()
+        .any(|(spec, _)| spec.kind == ipc::ListenerKind::Admin);
+    let admin = has_admin.then(|| admin::AdminRt {
+        // The supervisor validated the file; should it still fail, an
+        // empty user list locks the pages rather than opening them.
+        users: plan
+            .admin_users
+            .as_deref()
+            .map(|text| Arc::new(Htpasswd::parse(text).unwrap_or_default())),
+    });
     let generation = Generation {
         number: plan.generation,
         log_names: plan.logs.clone(),
@@ -494,6 +512,7 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
         tls,
         tmp,
         default_tls_host,
+        admin,
     };
     Ok((generation, listeners, logs))
 }
@@ -585,7 +604,11 @@ fn sync_listeners(
                 debug!(
                     "listening on {}{}",
                     spec.addr,
-                    if spec.tls { " (TLS)" } else { "" }
+                    match spec.kind {
+                        ipc::ListenerKind::Plain => "",
+                        ipc::ListenerKind::Tls => " (TLS)",
+                        ipc::ListenerKind::Admin => " (admin: status and metrics)",
+                    }
                 );
                 running.insert(
                     spec,

@@ -23,7 +23,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -32,7 +32,7 @@ use tracing::{info, warn};
 use super::cgroup::{Cgroups, Group, Kind};
 use super::spawn::{self, FrontId, Isolation, SpawnSpec};
 use crate::config::{App, Bind, Config, Limits, Protocol, Tenant};
-use crate::ipc::{AppId, AppProcess, StartRefused};
+use crate::ipc::{AppId, AppProcess, AppStatus, EventKind, ProcessStatus, StartRefused};
 
 /// One running process of an app.
 struct Proc {
@@ -63,6 +63,9 @@ struct AppState {
     limits: Limits,
     procs: BTreeMap<u32, Proc>,
     next_slot: u32,
+    /// The last thing that went wrong (a start refused, a process that
+    /// died), and when, for the status page.
+    last_problem: Option<(SystemTime, String)>,
 }
 
 /// How a CGI app is reached, from the supervisor's own configuration: the
@@ -273,6 +276,7 @@ impl AppManager {
                             limits: t.limits,
                             procs: BTreeMap::new(),
                             next_slot: 1,
+                            last_problem: None,
                         },
                     );
                 }
@@ -293,7 +297,12 @@ impl AppManager {
                 state.app.pool.max_processes
             )));
         }
-        self.start_process(id).map_err(StartRefused::Failed)
+        self.start_process(id).map_err(|why| {
+            if let Some(state) = self.apps.get_mut(id) {
+                state.last_problem = Some((SystemTime::now(), why.clone()));
+            }
+            StartRefused::Failed(why)
+        })
     }
 
     /// Starts one more process of `id`, checked against its configuration.
@@ -764,10 +773,70 @@ impl AppManager {
                 if let Some(log) = crate::tenant_log::get(&id.tenant) {
                     log.line(&id.app, text.as_bytes());
                 }
+                super::events::record(&id.tenant, Some(&id.app), EventKind::Recycle, 1, text);
                 out.push((id.clone(), *slot));
             }
         }
         out
+    }
+
+    /// What the status page shows of app `id`: its processes (with the
+    /// resident memory the meter read, `rss`), its CGI runs and its last
+    /// problem. `memory` is its group's, from the meter. None when it is
+    /// not configured.
+    pub fn status(
+        &self,
+        id: &AppId,
+        rss: &HashMap<u32, u64>,
+        memory: Option<u64>,
+    ) -> Option<AppStatus> {
+        let state = self.apps.get(id)?;
+        let now = (SystemTime::now(), Instant::now());
+        let ms = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        };
+        let uid = if self.switch_user {
+            state.uid
+        } else {
+            rustix::process::geteuid().as_raw()
+        };
+        let processes = state
+            .procs
+            .iter()
+            .map(|(&slot, p)| {
+                let pid = p.leader.pid();
+                ProcessStatus {
+                    slot,
+                    pid,
+                    uid,
+                    memory: rss.get(&pid).copied(),
+                    started_ms: ms(now.0 - now.1.duration_since(p.started)),
+                    recycling: p.recycling,
+                }
+            })
+            .collect();
+        Some(AppStatus {
+            name: id.app.clone(),
+            protocol: state.app.protocol,
+            max_processes: state.app.pool.max_processes,
+            memory,
+            processes,
+            cgi_running: self.cgi.iter().filter(|r| r.id == *id).count() as u32,
+            last_problem: state
+                .last_problem
+                .as_ref()
+                .map(|(at, what)| (ms(*at), what.clone())),
+        })
+    }
+
+    /// The pids of every app process running now (for the meter to read
+    /// their memory).
+    pub fn pids(&self) -> Vec<u32> {
+        self.apps
+            .values()
+            .flat_map(|s| s.procs.values().map(|p| p.leader.pid()))
+            .collect()
     }
 
     /// Every live process, to tell a (re)started front end.
@@ -871,6 +940,10 @@ impl AppManager {
                         state.retry_at = None;
                     }
                     warn!("app {id}: process {slot} exited ({status}) after {lived:.1?}");
+                    if !success {
+                        let what = format!("process {slot} exited ({status}) after {lived:.1?}");
+                        state.last_problem = Some((SystemTime::now(), what));
+                    }
                     gone.push((id.clone(), slot, status));
                 }
             }
@@ -1178,7 +1251,7 @@ fn finish(group: Option<Group>) {
 }
 
 /// A process's resident memory in bytes (`/proc/PID/statm`).
-fn resident(pid: u32) -> Option<u64> {
+pub(super) fn resident(pid: u32) -> Option<u64> {
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * rustix::param::page_size() as u64)
@@ -1218,6 +1291,7 @@ fn oom_check(id: &AppId, leaf: Option<&Group>, what: &str, limits: &Limits) {
     if let Some(log) = crate::tenant_log::get(&id.tenant) {
         log.line(&id.app, text.as_bytes());
     }
+    super::events::record(&id.tenant, Some(&id.app), EventKind::OomKill, 1, text);
 }
 
 /// Where cgroups are off: the tenant's `memory` as each process's

@@ -1054,7 +1054,10 @@ impl Group {
                 s.working_set = s.memory.saturating_sub(key(&stat, "total_inactive_file"));
                 let local = self.local_sum();
                 s.oom_kills = local.oom_kills;
-                s.memory_events = num(read(&self.memory, "memory.failcnt"));
+                // With swap accounting, memsw (held to the same limit) is
+                // charged first and is the one that fails.
+                s.memory_events = num(read(&self.memory, "memory.failcnt"))
+                    + num(read(&self.memory, "memory.memsw.failcnt"));
                 s.tasks = num(read(&self.pids, "pids.current"));
                 s.tasks_limit_hits = local.tasks_limit_hits;
                 s.cpu_usec = num(read(&self.cpuacct, "cpuacct.usage")) / 1000;

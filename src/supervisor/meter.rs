@@ -12,8 +12,20 @@
 //! sizes (PSS) of the processes running as its user, and its CPU what they
 //! used while alive (when each tenant has a user of its own; otherwise only
 //! requests and traffic are metered).
+//!
+//! While an admin listener is configured, the meter also builds the
+//! expensive part of the status page after each sample (a [`MeterView`]:
+//! each tenant's figures now and since berth started, each app's memory,
+//! the resident memory of the processes the loop named, each tenant's last
+//! 24 hours from [`History`]) and hands it to the supervisor's loop through
+//! a channel the loop reads, so no cgroup file and no SQLite query is ever
+//! read on the loop. Without metering (`meter_interval = "off"`), it samples
+//! for the status page alone, every [`STATUS_INTERVAL`], and writes nothing.
+//! The deltas of limit counters between samples become limit events
+//! ([`super::events`]).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -21,11 +33,45 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::warn;
 
 use super::cgroup::{Cgroups, Group, Kind, Stats};
-use crate::ipc::RequestCounts;
-use crate::usage::{Sample, UsageWriter};
+use super::events;
+use crate::ipc::{EventKind, HourPoint, RequestCounts, UsageNow};
+use crate::usage::{History, Sample, UsageWriter};
 
 /// Messages waiting for the meter thread, at most.
 const BACKLOG: usize = 1024;
+
+/// How often the status page's figures are read when metering is off.
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What the meter read for the status page, after a sample.
+#[derive(Debug, Clone, Default)]
+pub struct MeterView {
+    pub at: Option<SystemTime>,
+    pub tenants: HashMap<String, TenantFigures>,
+    /// Resident bytes of the processes the loop named ([`Meter::procs`]).
+    pub rss: HashMap<u32, u64>,
+}
+
+/// One tenant's figures in a [`MeterView`].
+#[derive(Debug, Clone, Default)]
+pub struct TenantFigures {
+    /// None when it is not measured (no cgroups, no user of its own).
+    pub usage: Option<UsageNow>,
+    /// Each app's group: bytes in use (the working set).
+    pub apps: HashMap<String, u64>,
+    pub history: Vec<HourPoint>,
+}
+
+/// What the meter counted of one tenant since it started.
+#[derive(Debug, Clone, Copy, Default)]
+struct SinceStart {
+    cpu_usec: u64,
+    throttled_usec: u64,
+    oom_kills: u64,
+    memory_events: u64,
+    tasks_limit_hits: u64,
+    recycles: u64,
+}
 
 /// What the meter knows of one tenant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +87,21 @@ enum Msg {
     Tenants(Vec<MeteredTenant>),
     Front(Vec<(String, RequestCounts)>),
     Recycled(String),
+    /// Whether to build [`MeterView`]s (an admin listener is configured).
+    Status(bool),
+    /// The pids of the app processes running now.
+    Procs(Vec<u32>),
     Stop,
+}
+
+/// Where the status page's figures go: the channel the supervisor's loop
+/// reads, and the usage database the charts are read from once.
+pub struct StatusOut {
+    pub views: tokio::sync::mpsc::Sender<MeterView>,
+    /// None when metering is off.
+    pub db: Option<PathBuf>,
+    /// Whether views are wanted from the start.
+    pub on: bool,
 }
 
 /// The supervisor's handle on the meter thread.
@@ -51,17 +111,23 @@ pub struct Meter {
 }
 
 impl Meter {
-    /// Starts metering every `interval` into `writer`.
+    /// Starts metering every `interval` into `writer` (both None: metering
+    /// is off, and the thread samples only for the status page, every
+    /// [`STATUS_INTERVAL`] while `status` wants views).
     pub fn start(
         cgroups: Cgroups,
-        writer: UsageWriter,
-        interval: Duration,
+        writer: Option<(UsageWriter, Duration)>,
         tenants: Vec<MeteredTenant>,
+        status: StatusOut,
     ) -> std::io::Result<Meter> {
         let (tx, rx) = std::sync::mpsc::sync_channel(BACKLOG);
         let thread = std::thread::Builder::new()
             .name("meter".into())
             .spawn(move || {
+                let (writer, interval) = match writer {
+                    Some((w, i)) => (Some(w), Some(i)),
+                    None => (None, None),
+                };
                 let mut m = Metering {
                     cgroups,
                     peaks: HashMap::new(),
@@ -72,9 +138,18 @@ impl Meter {
                     prev: HashMap::new(),
                     front: HashMap::new(),
                     recycles: HashMap::new(),
+                    since_start: HashMap::new(),
+                    status,
+                    history: None,
+                    pids: Vec::new(),
+                    measured: Default::default(),
+                    view_figures: HashMap::new(),
+                    oom_seen: HashMap::new(),
                 };
-                m.run(&rx, &writer);
-                writer.shutdown();
+                m.run(&rx, writer.as_ref());
+                if let Some(w) = writer {
+                    w.shutdown();
+                }
             })?;
         Ok(Meter {
             tx,
@@ -105,6 +180,18 @@ impl Meter {
         self.send(Msg::Recycled(tenant.to_string()));
     }
 
+    /// Whether the status page's figures are wanted (the admin listener
+    /// came or went with a reload).
+    pub fn status(&self, on: bool) {
+        self.send(Msg::Status(on));
+    }
+
+    /// The pids of the app processes running now, whose resident memory
+    /// the next view carries.
+    pub fn procs(&self, pids: Vec<u32>) {
+        self.send(Msg::Procs(pids));
+    }
+
     /// Takes a last sample, stores everything and stops.
     pub fn stop(mut self) {
         let _ = self.tx.send(Msg::Stop);
@@ -131,24 +218,49 @@ struct Metering {
     peaks: HashMap<(String, Option<String>), std::fs::File>,
     /// Groups whose peak cannot be reset.
     no_peak: std::collections::HashSet<(String, Option<String>)>,
-    interval: Duration,
+    /// `meter_interval` (None: metering is off).
+    interval: Option<Duration>,
     tenants: Vec<MeteredTenant>,
     /// When the current interval began.
     last: Instant,
     prev: HashMap<(String, Option<String>), Prev>,
     front: HashMap<String, RequestCounts>,
     recycles: HashMap<String, u64>,
+    since_start: HashMap<String, SinceStart>,
+    status: StatusOut,
+    /// The tenants' last 24 hours, once loaded (while views are wanted
+    /// and metering is on).
+    history: Option<History>,
+    /// The app processes whose memory a view carries.
+    pids: Vec<u32>,
+    /// Tenants the last sample measured, and what the next view says of
+    /// each.
+    measured: std::collections::HashSet<String>,
+    view_figures: HashMap<String, TenantFigures>,
+    /// v1: each tenant's OOM kills the supervisor had found at the last
+    /// sample.
+    oom_seen: HashMap<String, u64>,
 }
 
 impl Metering {
-    fn run(&mut self, rx: &Receiver<Msg>, writer: &UsageWriter) {
+    /// How often to sample: every `meter_interval`; without metering, every
+    /// [`STATUS_INTERVAL`] while views are wanted, else never.
+    fn period(&self) -> Option<Duration> {
+        self.interval.or(self.status.on.then_some(STATUS_INTERVAL))
+    }
+
+    fn run(&mut self, rx: &Receiver<Msg>, writer: Option<&UsageWriter>) {
         // Counters start from what the groups hold now: a restart of berth
         // over groups that live on must not count their past again.
+        self.load_history(writer);
         self.sample_into(None);
-        let mut next = Instant::now() + self.interval;
+        let mut next = self.period().map(|p| Instant::now() + p);
         loop {
-            let wait = next.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(wait) {
+            let msg = match next {
+                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match msg {
                 Ok(Msg::Tenants(t)) => self.tenants = t,
                 Ok(Msg::Front(counts)) => {
                     // Only configured tenants: names a (compromised) front
@@ -160,31 +272,79 @@ impl Metering {
                     }
                 }
                 Ok(Msg::Recycled(t)) => *self.recycles.entry(t).or_default() += 1,
+                Ok(Msg::Status(on)) => {
+                    let was = self.status.on;
+                    self.status.on = on;
+                    if on && !was {
+                        self.load_history(writer);
+                        // Without metering, a baseline and a first view at
+                        // once; with it, a sample now would take counts
+                        // from the database's: the view comes with the next.
+                        if writer.is_none() {
+                            self.sample_into(None);
+                        }
+                    }
+                    if !on {
+                        self.history = None;
+                    }
+                    if self.period().is_none() {
+                        next = None;
+                    } else if next.is_none() {
+                        next = self.period().map(|p| Instant::now() + p);
+                    }
+                }
+                Ok(Msg::Procs(pids)) => self.pids = pids,
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                    self.sample_into(Some(writer));
+                    if writer.is_some() {
+                        self.sample_into(writer);
+                    }
                     return;
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    self.sample_into(Some(writer));
-                    next += self.interval;
+                    self.sample_into(writer);
+                    let Some(period) = self.period() else {
+                        next = None;
+                        continue;
+                    };
+                    let mut at = next.unwrap_or_else(Instant::now) + period;
                     // After a long stall (a suspended machine), no burst of
                     // catch-up samples.
-                    if next < Instant::now() {
-                        next = Instant::now() + self.interval;
+                    if at < Instant::now() {
+                        at = Instant::now() + period;
                     }
+                    next = Some(at);
                 }
             }
         }
     }
 
+    /// Reads the tenants' last 24 hours from the database, once everything
+    /// sent to the writer is in it, when views are wanted and metering is
+    /// on (the charts then go on from the samples).
+    fn load_history(&mut self, writer: Option<&UsageWriter>) {
+        let (true, Some(writer), Some(db)) = (self.status.on, writer, &self.status.db) else {
+            return;
+        };
+        writer.flush();
+        match History::load(db, SystemTime::now()) {
+            Ok(h) => self.history = Some(h),
+            Err(e) => {
+                warn!("status page: the last 24 hours could not be read: {e}");
+                self.history = Some(History::default());
+            }
+        }
+    }
+
     /// One sample of every tenant and app over the interval since the last,
-    /// sent to `writer` (None: only read the counters, at start).
+    /// sent to `writer` (None: not recorded: the baseline at start, or
+    /// metering is off). While views are wanted, one goes to the loop.
     fn sample_into(&mut self, writer: Option<&UsageWriter>) {
         let now = Instant::now();
         let seconds = now.duration_since(self.last).as_secs_f64();
         self.last = now;
         let at = SystemTime::now();
         let mut batch = Vec::new();
+        self.measured.clear();
         let tenants = std::mem::take(&mut self.tenants);
         for t in &tenants {
             let group = self.cgroups.tenant(&t.name);
@@ -193,9 +353,19 @@ impl Metering {
                 Some(g) => Some(g.stats()),
             };
             let mut s = Sample::new(&t.name, None, at, seconds);
+            if stats.is_some() {
+                self.measured.insert(t.name.clone());
+            }
             if let Some(stats) = stats {
                 self.fill(&mut s, &t.name, None, &stats);
                 s.memory_peak = s.memory_peak.max(self.peak(&t.name, None, group.as_ref()));
+            }
+            if self.cgroups.kind() == Kind::V1 {
+                // v1 counts a kill in the victim's leaf only, gone with it:
+                // the tenant's are those the supervisor found.
+                let now = events::oom_kills(&t.name);
+                let before = self.oom_seen.insert(t.name.clone(), now).unwrap_or(0);
+                s.oom_kills = now.saturating_sub(before);
             }
             if let Some(c) = self.front.remove(&t.name) {
                 s.requests = c.requests;
@@ -227,9 +397,105 @@ impl Metering {
         // Counts of tenants no longer configured go with them.
         self.front.clear();
         self.recycles.clear();
+        self.count_since_start(&batch, seconds);
         if let Some(w) = writer {
+            if let Some(h) = &mut self.history {
+                for s in &batch {
+                    h.add(s);
+                }
+            }
             w.send(batch);
         }
+        self.send_view(at);
+    }
+
+    /// Adds the tenants' samples to what was counted since the start, and
+    /// says what the limits did ([`events`]). Remembers each tenant's use
+    /// now for the view.
+    fn count_since_start(&mut self, batch: &[Sample], seconds: f64) {
+        self.view_figures.clear();
+        for s in batch {
+            let Some(app) = &s.app else {
+                let t = self.since_start.entry(s.tenant.clone()).or_default();
+                t.cpu_usec += s.cpu_usec;
+                t.throttled_usec += s.cpu_throttled_usec;
+                t.oom_kills += s.oom_kills;
+                t.memory_events += s.memory_events;
+                t.tasks_limit_hits += s.tasks_limit_hits;
+                t.recycles += s.recycles;
+                events::record(
+                    &s.tenant,
+                    None,
+                    EventKind::MemoryLimit,
+                    s.memory_events,
+                    format!(
+                        "its processes reached the tenant's memory limit {} time(s) in {seconds:.0} s",
+                        s.memory_events
+                    ),
+                );
+                events::record(
+                    &s.tenant,
+                    None,
+                    EventKind::TasksLimit,
+                    s.tasks_limit_hits,
+                    format!(
+                        "{} fork(s) refused at the tenant's tasks limit in {seconds:.0} s",
+                        s.tasks_limit_hits
+                    ),
+                );
+                let measured = self.measured.contains(&s.tenant);
+                let f = self.view_figures.entry(s.tenant.clone()).or_default();
+                f.usage = measured.then(|| UsageNow {
+                    memory: s.memory,
+                    tasks: u64::from(s.tasks),
+                    cpu_cores: if seconds > 0.0 {
+                        s.cpu_usec as f64 / 1e6 / seconds
+                    } else {
+                        0.0
+                    },
+                    cpu_seconds: t.cpu_usec as f64 / 1e6,
+                    cpu_throttled_seconds: t.throttled_usec as f64 / 1e6,
+                    oom_kills: t.oom_kills,
+                    memory_events: t.memory_events,
+                    tasks_limit_hits: t.tasks_limit_hits,
+                    recycles: t.recycles,
+                });
+                continue;
+            };
+            let f = self.view_figures.entry(s.tenant.clone()).or_default();
+            f.apps.insert(app.clone(), s.memory);
+        }
+        self.since_start
+            .retain(|name, _| self.tenants.iter().any(|t| t.name == *name));
+    }
+
+    /// The view of the last sample, to the loop (when wanted; a view the
+    /// loop has not taken yet is not replaced: the next one comes soon).
+    fn send_view(&mut self, at: SystemTime) {
+        if !self.status.on {
+            return;
+        }
+        let names: Vec<&str> = self.tenants.iter().map(|t| t.name.as_str()).collect();
+        if let Some(h) = &mut self.history {
+            h.trim(at, |name| names.contains(&name));
+        }
+        let mut tenants = std::mem::take(&mut self.view_figures);
+        for (name, f) in &mut tenants {
+            if let Some(h) = &self.history {
+                f.history = h.points(name);
+            }
+        }
+        let rss = self
+            .pids
+            .iter()
+            .filter_map(|&pid| Some((pid, super::apps::resident(pid)?)))
+            .collect();
+        let view = MeterView {
+            at: Some(at),
+            tenants,
+            rss,
+        };
+        let _ = self.status.views.try_send(view);
     }
 
     /// Figures of a group into its sample: levels as read, counters as
@@ -400,11 +666,17 @@ mod tests {
             apps: Vec::new(),
             uid: None,
         };
+        let (views, _rx) = tokio::sync::mpsc::channel(1);
+        let status = StatusOut {
+            views,
+            db: None,
+            on: false,
+        };
         let meter = Meter::start(
             Cgroups::none("test"),
-            writer,
-            Duration::from_secs(3600),
+            Some((writer, Duration::from_secs(3600))),
             vec![tenant],
+            status,
         )
         .unwrap();
         let huge = RequestCounts {

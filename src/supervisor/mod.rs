@@ -27,11 +27,13 @@ use tracing_subscriber::filter::LevelFilter;
 
 mod apps;
 pub mod cgroup;
+mod events;
 mod meter;
 pub mod spawn;
+mod status;
 
 use crate::config::{self, Config, Problems};
-use crate::ipc::{self, ListenerSpec, Plan, SitePlan, ToFront, ToSupervisor};
+use crate::ipc::{self, ListenerKind, ListenerSpec, Plan, SitePlan, ToFront, ToSupervisor};
 use crate::sys::{self, Identity};
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +81,11 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
     };
     tmp_dir(&state, front.as_ref())?;
     let cgroups = start_cgroups(&config);
-    let meter = start_meter(&config, cgroups.clone(), root);
+    // The meter's figures for the status page; one waits at most (a newer
+    // one comes every interval).
+    let (views_tx, views) = mpsc::channel(1);
+    let meter = start_meter(&config, cgroups.clone(), root, views_tx);
+    let cgroups_name = cgroups.kind().name();
     let apps =
         apps::AppManager::new(&config, front.as_ref(), root, cgroups).map_err(|e| Error::Dir {
             path: config.server.state_dir.join("apps"),
@@ -95,6 +101,10 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
         apps,
         meter,
         front: FrontEnd::new(),
+        started: std::time::SystemTime::now(),
+        cgroups_name,
+        last_view: None,
+        status_frames: None,
     };
     let logs = sup.open_logs()?;
     sup.use_logs(&logs)?;
@@ -105,7 +115,7 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = rt.block_on(sup.serve(logs));
+    let result = rt.block_on(sup.serve(logs, views));
     // Whatever way the loop ended, no app outlives berth (the front end goes
     // with the supervisor: its parent-death signal).
     drop(sup.front.current.take());
@@ -153,27 +163,46 @@ fn metered(config: &Config, root: bool) -> Vec<meter::MeteredTenant> {
 }
 
 /// Opens the usage database (in `state_dir`, root's and checked by
-/// [`prepare_dir`]) and starts metering; without a database, berth serves
-/// on unmetered and says why.
-fn start_meter(config: &Config, cgroups: cgroup::Cgroups, root: bool) -> Option<meter::Meter> {
+/// [`prepare_dir`]) and starts the meter: metering into the database, and
+/// the status page's figures into `views` while an admin listener is
+/// configured. Without a database, berth serves on unmetered and says why
+/// (the status page keeps its figures, without charts).
+fn start_meter(
+    config: &Config,
+    cgroups: cgroup::Cgroups,
+    root: bool,
+    views: mpsc::Sender<meter::MeterView>,
+) -> Option<meter::Meter> {
     let s = &config.server;
-    let Some(interval) = s.meter_interval else {
-        info!("usage metering off (meter_interval = \"off\")");
-        return None;
-    };
     let path = s.state_dir.join(crate::usage::DB_FILE);
-    let writer =
-        match crate::usage::UsageWriter::spawn(path.clone(), s.usage_raw_days, s.usage_keep_days) {
-            Ok(w) => w,
-            Err(e) => {
-                error!(
-                    "usage database {}: {e}; usage is not metered",
-                    path.display()
-                );
-                return None;
+    let writer = match s.meter_interval {
+        None => {
+            info!("usage metering off (meter_interval = \"off\")");
+            None
+        }
+        Some(interval) => {
+            match crate::usage::UsageWriter::spawn(
+                path.clone(),
+                s.usage_raw_days,
+                s.usage_keep_days,
+            ) {
+                Ok(w) => Some((w, interval)),
+                Err(e) => {
+                    error!(
+                        "usage database {}: {e}; usage is not metered",
+                        path.display()
+                    );
+                    None
+                }
             }
-        };
-    match meter::Meter::start(cgroups, writer, interval, metered(config, root)) {
+        }
+    };
+    let status = meter::StatusOut {
+        views,
+        db: writer.as_ref().map(|_| path),
+        on: s.admin.is_some(),
+    };
+    match meter::Meter::start(cgroups, writer, metered(config, root), status) {
         Ok(m) => Some(m),
         Err(e) => {
             error!("cannot start the usage meter: {e}; usage is not metered");
@@ -190,10 +219,18 @@ struct Supervisor {
     listeners: Listeners,
     generation: u64,
     apps: apps::AppManager,
-    /// Usage metering into `state_dir/usage.db` (None when the database
-    /// cannot be opened: berth serves on, and says why).
+    /// Usage metering into `state_dir/usage.db`, and the status page's
+    /// figures (None when its thread could not start: berth serves on,
+    /// and says why).
     meter: Option<meter::Meter>,
     front: FrontEnd,
+    /// For the status page: when berth started, its cgroup backend, and
+    /// the meter's last figures.
+    started: std::time::SystemTime,
+    cgroups_name: &'static str,
+    last_view: Option<meter::MeterView>,
+    /// Where snapshots come back to the loop once encoded (set by `serve`).
+    status_frames: Option<mpsc::Sender<ipc::Frame>>,
 }
 
 /// Open log files: one access log per tenant (in config order) and the error log.
@@ -308,10 +345,18 @@ impl FrontEnd {
     /// one gets a fresh plan and every live process). A front end whose queue
     /// is full is lost.
     fn tell(&mut self, msg: &ToFront, fds: Vec<OwnedFd>) {
+        match ipc::Frame::encode(msg, fds.len()) {
+            Ok(frame) => self.tell_frame(frame, fds),
+            Err(e) => error!("cannot send a message to the front end: {e}"),
+        }
+    }
+
+    /// [`FrontEnd::tell`] of a message encoded beforehand.
+    fn tell_frame(&mut self, frame: ipc::Frame, fds: Vec<OwnedFd>) {
         let Some(front) = &mut self.current else {
             return;
         };
-        match front.out.push(msg, fds) {
+        match front.out.push_frame(frame, fds) {
             Ok(()) => {}
             Err(e @ ipc::IpcError::QueueFull { .. }) => {
                 self.lose(&format!("reads too slowly: {e}"), Duration::ZERO);
@@ -445,7 +490,11 @@ impl Supervisor {
     /// noticed on SIGCHLD. SIGTERM asks it to drain while the loop goes on
     /// serving its requests; berth ends when it has exited (or after
     /// `drain_timeout` + 5 s).
-    async fn serve(&mut self, mut logs: Logs) -> Result<(), Error> {
+    async fn serve(
+        &mut self,
+        mut logs: Logs,
+        mut views: mpsc::Receiver<meter::MeterView>,
+    ) -> Result<(), Error> {
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -454,6 +503,8 @@ impl Supervisor {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (tx, mut rx) = mpsc::channel(FRONT_EVENTS);
+        let (frames_tx, mut frames) = mpsc::channel(1);
+        self.status_frames = Some(frames_tx);
         self.spawn_front(&logs, tx.clone())?;
         // When berth is stopping: the time by which it ends regardless.
         let mut stopping: Option<Instant> = None;
@@ -525,6 +576,8 @@ impl Supervisor {
                         self.on_event(ev);
                     }
                 }
+                Some(view) = views.recv() => self.on_view(view),
+                Some(frame) = frames.recv() => self.front.tell_frame(frame, Vec::new()),
             }
             if let Some(deadline) = stopping {
                 let gone = self.front.all_gone();
@@ -559,6 +612,7 @@ impl Supervisor {
                 self.send_plan(logs);
                 if let Some(m) = &self.meter {
                     m.tenants(metered(&self.config, self.root));
+                    m.status(self.config.server.admin.is_some());
                 }
                 for (app, slot) in self.apps.update(&self.config) {
                     let why = "stopped: its configuration changed".to_string();
@@ -578,6 +632,45 @@ impl Supervisor {
             }
             Err(e) => error!("reload refused: {e}; still serving the previous configuration"),
         }
+    }
+
+    /// The meter's figures after a sample: with what the loop knows, they
+    /// become the front end's status snapshot (when an admin listener is
+    /// configured); the meter is told which processes to read next.
+    fn on_view(&mut self, view: meter::MeterView) {
+        self.last_view = Some(view);
+        self.send_status();
+        if let Some(m) = &self.meter {
+            m.procs(self.apps.pids());
+        }
+    }
+
+    /// Queues the status snapshot of the last figures for the front end
+    /// (replacing one it has not read yet).
+    fn send_status(&mut self) {
+        let (Some(view), Some(_)) = (&self.last_view, &self.config.server.admin) else {
+            return;
+        };
+        let snapshot = status::snapshot(
+            &self.config,
+            &self.apps,
+            view,
+            self.started,
+            self.cgroups_name,
+        );
+        // Encoded off the loop (tens of milliseconds at 1,000 tenants),
+        // then queued by it; one that finds another waiting is dropped.
+        let Some(frames) = self.status_frames.clone() else {
+            return;
+        };
+        tokio::task::spawn_blocking(move || {
+            match ipc::Frame::encode(&ToFront::Status(Box::new(snapshot)), 0) {
+                Ok(frame) => {
+                    let _ = frames.try_send(frame);
+                }
+                Err(e) => error!("cannot encode the status snapshot: {e}"),
+            }
+        });
     }
 
     /// What the front end's reader thread passed on. Events of a front end
@@ -749,6 +842,7 @@ impl Supervisor {
             self.front
                 .tell(&ToFront::Spawned { app, process }, Vec::new());
         }
+        self.send_status();
         Ok(())
     }
 
@@ -816,6 +910,12 @@ impl Supervisor {
             tmp_dir: cfg.server.state_dir.join(TMP_DIR),
             log_rate: cfg.server.log_rate,
             meter_interval: cfg.server.meter_interval,
+            admin_users: cfg
+                .server
+                .admin
+                .as_ref()
+                .and_then(|a| a.htpasswd.as_ref())
+                .map(|(_, text)| text.clone()),
         };
         (plan, fds)
     }
@@ -1149,21 +1249,22 @@ impl Listeners {
     /// Binds what the configuration adds and closes what it removed. Nothing
     /// changes if any new address cannot be bound.
     fn sync(&mut self, cfg: &Config) -> Result<(), Error> {
+        let spec = |kind| move |&addr| ListenerSpec { addr, kind };
         let wanted: Vec<ListenerSpec> = cfg
             .server
             .listen
             .iter()
-            .map(|&addr| ListenerSpec { addr, tls: false })
-            .chain(
-                cfg.server
-                    .tls_listen
-                    .iter()
-                    .map(|&addr| ListenerSpec { addr, tls: true }),
-            )
+            .map(spec(ListenerKind::Plain))
+            .chain(cfg.server.tls_listen.iter().map(spec(ListenerKind::Tls)))
+            .chain(cfg.server.admin.iter().map(|a| ListenerSpec {
+                addr: a.listen,
+                kind: ListenerKind::Admin,
+            }))
             .collect();
         let mut next = BTreeMap::new();
         for spec in &wanted {
-            // The same address may move between listen and tls_listen.
+            // The same address may move between listen, tls_listen and
+            // admin_listen.
             let existing = self
                 .bound
                 .iter()

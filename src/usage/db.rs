@@ -118,12 +118,12 @@ const WAL_SIZE_LIMIT: i64 = 64 << 20;
 const DAY_MS: i64 = 24 * HOUR_MS;
 
 /// The columns a raw sample's figures are read from, in [`Totals`] order.
-fn raw_columns() -> String {
+pub(super) fn raw_columns() -> String {
     format!("ms, memory, memory_peak, tasks, {}", COUNTERS.join(", "))
 }
 
 /// The columns of an hourly row after `series, hour`, in [`Totals`] order.
-fn hourly_columns() -> String {
+pub(super) fn hourly_columns() -> String {
     format!(
         "samples, ms, memory_ms, memory_peak, tasks_max, {}",
         COUNTERS.join(", ")

@@ -6,6 +6,7 @@
 //! that nothing on the request path or in the supervisor's event loop ever
 //! waits on SQLite. [`UsageDb`] is the database: raw samples, kept
 //! `usage_raw_days`, rolled into exact hourly rows kept `usage_keep_days`.
+//! [`History`] is the last 24 hours of each tenant, for the status page.
 //! [`report`] reads it for `berth usage`: average and peak memory, memory
 //! GiB-hours, CPU seconds, requests, traffic and limit events per tenant over a
 //! window, with the share of the window the figures rest on (`docs/usage.md`
@@ -18,6 +19,7 @@
 //! hourly row holds exactly what its raw samples held.
 
 mod db;
+mod history;
 mod report;
 mod when;
 mod writer;
@@ -29,7 +31,8 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 pub use db::{SCHEMA_VERSION, UsageDb};
-pub use report::{Query, Report, Row, report};
+pub use history::History;
+pub use report::{Query, Report, Row, human_bytes, report, show_time};
 pub use when::When;
 pub use writer::UsageWriter;
 
