@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 const USER: &str = "berth-tmeter";
+const USER_IN: &str = "berth-tmeterin";
 
 /// Serves `/hello`, `/burn` (CPU for a moment) and `/hold` (keeps 32 MiB).
 const APP_PL: &str = r#"#!/usr/bin/perl
@@ -64,16 +65,16 @@ fn num(row: &serde_json::Value, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("{key} in {row}"))
 }
 
-#[test]
-fn requests_memory_and_cpu_reach_the_database_and_survive_a_kill_9() {
-    require_root();
-    let dir = Dir::new();
-    let home = Home::new(&dir, "m", USER, ensure_user(USER));
+/// Starts berth with tenant `tm` (its app `pl` at `/`, static files under
+/// `/static/`) metered every second; returns it and its configuration.
+fn metered(dir: &Dir, user: &'static str) -> (Server, String) {
+    let home = Home::new(dir, "m", user, ensure_user(user));
     home.write("public/index.html", "static\n", 0o644);
     home.write("app/app.pl", APP_PL, 0o755);
     let app = home.join("app/app.pl");
     let mut tenants = tenant_site("tm", &home, "m.test");
     tenants.push_str("\n[[tenant.tm.site.route]]\npath = \"/\"\napp = \"pl\"\n");
+    tenants.push_str("\n[[tenant.tm.site.route]]\npath = \"/static/\"\n");
     tenants.push_str(&app_table(
         "tm",
         "pl",
@@ -88,7 +89,16 @@ fn requests_memory_and_cpu_reach_the_database_and_survive_a_kill_9() {
         "keepalive_timeout = \"5s\"\ndrain_timeout = \"5s\"\nmeter_interval = \"1s\"",
     );
     let config = format!("{block}{tenants}");
-    let mut s = Server::start(&dir, &config, port, tls_port);
+    let s = Server::start(dir, &config, port, tls_port);
+    (s, config)
+}
+
+#[test]
+fn requests_memory_and_cpu_reach_the_database_and_survive_a_kill_9() {
+    require_root();
+    let dir = Dir::new();
+    let (mut s, config) = metered(&dir, USER);
+    let (port, tls_port) = (s.port, s.tls_port);
 
     for _ in 0..20 {
         assert_eq!(get_host(s.addr(), "m.test", "/hello").status, 200);
@@ -154,4 +164,45 @@ fn requests_memory_and_cpu_reach_the_database_and_survive_a_kill_9() {
     assert_eq!(get_host(s2.addr(), "m.test", "/hello").status, 200);
     drop(s2);
     assert_nothing_left(&dir, USER, uid);
+}
+
+/// Traffic in is what berth read of the request bodies, never what a
+/// Content-Length claims: any client could otherwise bill any tenant for
+/// petabytes it never sent, and a chunked upload went unbilled.
+#[test]
+fn traffic_in_is_the_body_bytes_received_not_the_declared_length() {
+    require_root();
+    let dir = Dir::new();
+    let (s, _) = metered(&dir, USER_IN);
+    let claim = "POST /static/index.html HTTP/1.1\r\nHost: m.test\r\n\
+                 Content-Length: 1000000000000000\r\nConnection: close\r\n\r\n";
+    for _ in 0..3 {
+        assert_eq!(status_of(&raw(s.addr(), claim)), 413);
+    }
+    // 1 MiB sent chunked to the app.
+    let mut upload = std::net::TcpStream::connect(s.addr()).unwrap();
+    let head = "POST /hello HTTP/1.1\r\nHost: m.test\r\nTransfer-Encoding: chunked\r\n\
+                Connection: close\r\n\r\n";
+    std::io::Write::write_all(&mut upload, head.as_bytes()).unwrap();
+    let piece = vec![b'x'; 64 * 1024];
+    for _ in 0..16 {
+        std::io::Write::write_all(&mut upload, format!("{:x}\r\n", piece.len()).as_bytes())
+            .unwrap();
+        std::io::Write::write_all(&mut upload, &piece).unwrap();
+        std::io::Write::write_all(&mut upload, b"\r\n").unwrap();
+    }
+    std::io::Write::write_all(&mut upload, b"0\r\n\r\n").unwrap();
+    let (answer, _) = read_until_closed(&mut upload, Duration::from_secs(10));
+    assert_eq!(status_of(&String::from_utf8_lossy(&answer)), 200);
+    let mut row = serde_json::Value::Null;
+    let counted = eventually(Duration::from_secs(10), || {
+        row = usage_json(&s.config, "tm").unwrap_or_default();
+        row["requests"].as_f64().is_some_and(|n| n >= 4.0)
+    });
+    assert!(counted, "{row}");
+    let bytes_in = num(&row, "bytes_in");
+    assert!(
+        (1048576.0..1048576.0 + 65536.0).contains(&bytes_in),
+        "bytes_in {bytes_in}: {row}"
+    );
 }

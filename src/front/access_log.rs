@@ -217,13 +217,13 @@ pub struct Done {
     /// The site's tenant's counters, the status, the request body's
     /// declared length and when the request began (for the usage database
     /// and the metrics).
-    pub usage: Option<(Arc<TenantUsage>, u16, u64, Instant)>,
+    pub usage: Option<(Arc<TenantUsage>, u16, Instant)>,
 }
 
 impl Done {
     fn run(self, bytes: u64) {
-        if let Some((usage, status, bytes_in, started)) = self.usage {
-            usage.record(status, bytes_in, bytes, started.elapsed());
+        if let Some((usage, status, started)) = self.usage {
+            usage.record(status, bytes, started.elapsed());
         }
         if let Some((file, entry)) = self.log {
             entry.write(&file, bytes);

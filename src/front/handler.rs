@@ -17,6 +17,7 @@ use super::buffer::BufferLimits;
 use super::conn::{Activity, ConnInfo};
 use super::request_body::BodyLimits;
 use super::respond::Reject;
+use super::usage::TenantUsage;
 use super::{Generation, RouteRt, Shared, SiteRt, app_route, path, static_files, vhost};
 use crate::config::Action;
 
@@ -51,22 +52,15 @@ pub async fn respond(
     } else {
         route(&parts, &mut body, conn, shared, &generation, &activity).await
     };
+    let logs = shared.logs.load();
+    let tenant_usage = site.and_then(|i| logs.usage.get(generation.router.sites()[i].log));
     if let Some(body) = body {
-        read_rest(body, &parts, generation.limits.header_timeout).await;
+        read_rest(body, &parts, generation.limits.header_timeout, tenant_usage).await;
     }
     let response = result.unwrap_or_else(Reject::into_response);
     let (head, body) = response.into_parts();
 
-    let logs = shared.logs.load();
-    let usage = site.and_then(|i| {
-        let u = logs.usage.get(generation.router.sites()[i].log)?.clone();
-        let bytes_in = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-            .unwrap_or(0);
-        Some((u, head.status.as_u16(), bytes_in, started))
-    });
+    let usage = tenant_usage.map(|u| (u.clone(), head.status.as_u16(), started));
     let log = site.and_then(|i| {
         let site = &generation.router.sites()[i];
         let file = logs.access.get(site.log)?.clone();
@@ -112,7 +106,12 @@ const REST_LIMIT: usize = 64 * 1024;
 /// malformed end (trailers without END_STREAM, a pseudo-header in trailers, more
 /// DATA than `content-length`) with RST_STREAM(PROTOCOL_ERROR), a window past
 /// the limit with FLOW_CONTROL_ERROR. HTTP/1.1 bodies are hyper's to drain.
-async fn read_rest(body: Incoming, parts: &Parts, within: Duration) {
+async fn read_rest(
+    body: Incoming,
+    parts: &Parts,
+    within: Duration,
+    usage: Option<&Arc<TenantUsage>>,
+) {
     if parts.version != Version::HTTP_2 || http_body::Body::is_end_stream(&body) {
         return;
     }
@@ -129,7 +128,11 @@ async fn read_rest(body: Incoming, parts: &Parts, within: Duration) {
         // Until the end, a stream error (the client's reset, a malformed
         // frame), or the limit; past it the stream is reset with NO_ERROR.
         while let Some(Ok(frame)) = body.frame().await {
-            read += frame.data_ref().map_or(0, |d| d.len());
+            let n = frame.data_ref().map_or(0, |d| d.len());
+            read += n;
+            if let Some(u) = usage {
+                u.received(n as u64);
+            }
             if read > REST_LIMIT {
                 return;
             }
@@ -243,6 +246,7 @@ async fn route(
                     idle: generation.limits.body_timeout,
                     peer: activity.peer(),
                     conn: Some(activity.clone()),
+                    usage: shared.logs.load().usage.get(site.log).cloned(),
                 },
                 buffer: BufferLimits {
                     memory: generation.limits.response_buffer,

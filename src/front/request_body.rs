@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use super::conn::Activity;
 use super::respond::Reject;
 use super::spool::{Peer, Spool, SpoolError, TmpDir};
+use super::usage::TenantUsage;
 use crate::backend::IdleTimer;
 
 /// What bounds the reading of one request body.
@@ -53,6 +54,10 @@ pub struct BodyLimits {
     /// a connection whose client only trickles a body may be closed to
     /// make room at the caps.
     pub conn: Option<Arc<Activity>>,
+    /// The site's tenant's counters: the body bytes berth reads from the
+    /// client count as its traffic in (what the client really sent, not
+    /// what its Content-Length says).
+    pub usage: Option<Arc<TenantUsage>>,
 }
 
 /// Reads the whole body (FastCGI and CGI apps).
@@ -134,6 +139,9 @@ async fn next_data(
                         if let Some(c) = &limits.conn {
                             c.body_progress();
                         }
+                        if let Some(u) = &limits.usage {
+                            u.received(data.len() as u64);
+                        }
                         return Poll::Ready(Ok(Some(data)));
                     }
                 }
@@ -186,6 +194,7 @@ pub struct Streamed {
     seen: u64,
     max: u64,
     timer: IdleTimer,
+    usage: Option<Arc<TenantUsage>>,
     pub fault: ClientFault,
     /// Set once the body is all sent (or failed, or dropped).
     pub sent: Arc<Sent>,
@@ -234,6 +243,7 @@ impl Streamed {
             rest,
             max: limits.max,
             timer: IdleTimer::new(limits.idle),
+            usage: limits.usage.clone(),
             fault: ClientFault::default(),
             sent: Arc::default(),
         }
@@ -257,6 +267,9 @@ impl HttpBody for Streamed {
                 this.timer.progress();
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
+                    if let Some(u) = &this.usage {
+                        u.received(data.len() as u64);
+                    }
                     if this.seen > this.max {
                         let max = this.max;
                         return this.fail(

@@ -66,15 +66,19 @@ impl Totals {
 }
 
 impl TenantUsage {
-    /// A response ended: its status, the request body's declared length,
-    /// the body bytes sent and how long the request took.
-    pub fn record(&self, status: u16, bytes_in: u64, bytes_out: u64, took: Duration) {
+    /// Request body bytes berth read from a client, as they come.
+    pub fn received(&self, n: u64) {
+        self.bytes_in.fetch_add(n, Relaxed);
+    }
+
+    /// A response ended: its status, the body bytes sent and how long the
+    /// request took.
+    pub fn record(&self, status: u16, bytes_out: u64, took: Duration) {
         let class = match status / 100 {
             c @ 1..=5 => c as usize - 1,
             _ => 5,
         };
         self.class[class].fetch_add(1, Relaxed);
-        self.bytes_in.fetch_add(bytes_in, Relaxed);
         self.bytes_out.fetch_add(bytes_out, Relaxed);
         let usec = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         let bucket = BOUNDS_USEC
@@ -181,11 +185,13 @@ mod tests {
     fn counts_by_status_class_and_start_again_after_a_take() {
         let u = of("usage-test-tenant");
         let ms = Duration::from_millis;
-        u.record(200, 10, 100, ms(1));
-        u.record(304, 0, 0, ms(7));
-        u.record(404, 0, 9, ms(30));
-        u.record(502, 0, 1, ms(20_000));
-        u.record(101, 0, 0, ms(5));
+        u.received(4);
+        u.record(200, 100, ms(1));
+        u.received(6);
+        u.record(304, 0, ms(7));
+        u.record(404, 9, ms(30));
+        u.record(502, 1, ms(20_000));
+        u.record(101, 0, ms(5));
         let gate = Arc::new(TenantCounters::default());
         let gates = [("usage-test-tenant".to_string(), gate)];
         let mut seen = Seen::default();
@@ -213,7 +219,7 @@ mod tests {
                 .iter()
                 .any(|(n, _)| n == "usage-test-tenant")
         );
-        u.record(200, 0, 1, ms(1));
+        u.record(200, 1, ms(1));
         let again = take_all(&gates, &mut seen);
         let (_, c) = again
             .iter()
