@@ -85,7 +85,7 @@ fn metered(dir: &Dir, user: &'static str) -> (Server, String) {
     ));
     home.own();
     let (block, port, tls_port) = server_block(
-        &dir,
+        dir,
         "keepalive_timeout = \"5s\"\ndrain_timeout = \"5s\"\nmeter_interval = \"1s\"",
     );
     let config = format!("{block}{tenants}");
