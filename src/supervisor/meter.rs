@@ -306,7 +306,11 @@ impl Metering {
                         next = None;
                         continue;
                     };
-                    let mut at = next.unwrap_or_else(Instant::now) + period;
+                    // Each sample a little early or late (up to a quarter
+                    // of the period): a tenant cannot learn when the next
+                    // one comes and hold its memory only between them. The
+                    // samples' lengths are measured, so averages stay exact.
+                    let mut at = next.unwrap_or_else(Instant::now) + jittered(period);
                     // After a long stall (a suspended machine), no burst of
                     // catch-up samples.
                     if at < Instant::now() {
@@ -346,10 +350,17 @@ impl Metering {
         let mut batch = Vec::new();
         self.measured.clear();
         let tenants = std::mem::take(&mut self.tenants);
+        // Without cgroups, one walk of /proc for every tenant's user.
+        let by_uid = match self.cgroups.kind() {
+            Kind::None => uid_stats(tenants.iter().filter_map(|t| t.uid).collect()),
+            _ => HashMap::new(),
+        };
         for t in &tenants {
             let group = self.cgroups.tenant(&t.name);
             let stats = match &group {
-                None => t.uid.map(uid_stats),
+                None => t
+                    .uid
+                    .map(|uid| by_uid.get(&uid).copied().unwrap_or_default()),
                 Some(g) => Some(g.stats()),
             };
             let mut s = Sample::new(&t.name, None, at, seconds);
@@ -568,6 +579,10 @@ impl Metering {
         };
         let mut text = String::new();
         if file.rewind().is_err() || file.read_to_string(&mut text).is_err() {
+            // The group was made anew (a tenant removed and added again):
+            // opened again next time.
+            self.peaks
+                .remove(&(tenant.to_string(), app.map(str::to_string)));
             return 0;
         }
         let peak = text.trim().parse().unwrap_or(0);
@@ -585,13 +600,24 @@ impl Metering {
     }
 }
 
-/// The most any count of the front end's may add up to in one interval:
-/// far above what a machine serves, and small enough that a year of them
-/// sums in SQLite's 64-bit integers (the front end is not trusted to keep
-/// them small).
+/// The most any count of the front end's may add up to in one interval: far
+/// above what a machine serves (the front end is not trusted to keep them
+/// small; the database's sums saturate beyond that).
 const MAX_COUNT: u64 = 1 << 48;
 
 /// Adds counts, up to [`MAX_COUNT`].
+/// `period` moved by up to a quarter of it either way, at random.
+fn jittered(period: Duration) -> Duration {
+    let mut b = [0u8; 4];
+    let r = match rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()) {
+        Ok(4) => u32::from_ne_bytes(b),
+        _ => return period,
+    };
+    let quarter = period / 4;
+    // 0..=2 quarters, then back by one: -1/4 ..= +1/4.
+    period - quarter + quarter.mul_f64(2.0 * f64::from(r) / f64::from(u32::MAX))
+}
+
 fn add(into: &mut RequestCounts, c: &RequestCounts) {
     let sum = |a: &mut u64, b: u64| *a = a.saturating_add(b).min(MAX_COUNT);
     sum(&mut into.requests, c.requests);
@@ -605,13 +631,14 @@ fn add(into: &mut RequestCounts, c: &RequestCounts) {
     sum(&mut into.queue_overflows, c.queue_overflows);
 }
 
-/// Without cgroups: the processes of `uid`, their PSS summed (memory) and
-/// the CPU they have used while alive (utime + stime), their threads counted.
-fn uid_stats(uid: u32) -> Stats {
-    let mut s = Stats::default();
+/// Without cgroups: for each of `uids`, its processes' PSS summed (memory),
+/// the CPU they have used while alive (utime + stime) and their threads, in
+/// one walk of /proc.
+fn uid_stats(uids: std::collections::HashSet<u32>) -> HashMap<u32, Stats> {
+    let mut out: HashMap<u32, Stats> = HashMap::new();
     let tick = rustix::param::clock_ticks_per_second().max(1);
     let Ok(rd) = std::fs::read_dir("/proc") else {
-        return s;
+        return out;
     };
     for e in rd.flatten() {
         let name = e.file_name();
@@ -624,9 +651,11 @@ fn uid_stats(uid: u32) -> Stats {
         let Ok(st) = std::fs::metadata(e.path()) else {
             continue;
         };
-        if std::os::unix::fs::MetadataExt::uid(&st) != uid {
+        let uid = std::os::unix::fs::MetadataExt::uid(&st);
+        if !uids.contains(&uid) {
             continue;
         }
+        let s = out.entry(uid).or_default();
         if let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
             s.working_set += kib(&rollup, "Pss:") * 1024;
         }
@@ -641,8 +670,10 @@ fn uid_stats(uid: u32) -> Stats {
             s.tasks += num(17);
         }
     }
-    s.memory = s.working_set;
-    s
+    for s in out.values_mut() {
+        s.memory = s.working_set;
+    }
+    out
 }
 
 /// The value in kB of a `Key:   N kB` line.
@@ -655,6 +686,20 @@ fn kib(text: &str, key: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_come_at_unpredictable_times_within_a_quarter_of_the_period() {
+        // A tenant that knew when the next sample comes could hold its
+        // memory only between samples and be billed for a quarter of it.
+        let p = Duration::from_secs(10);
+        let times: Vec<Duration> = (0..200).map(|_| jittered(p)).collect();
+        assert!(
+            times.iter().all(|t| (p * 3 / 4..=p * 5 / 4).contains(t)),
+            "{times:?}"
+        );
+        let early = times.iter().filter(|t| **t < p).count();
+        assert!((40..160).contains(&early), "{early} of 200 early");
+    }
 
     #[test]
     fn a_front_end_cannot_make_the_meter_keep_made_up_tenants_or_huge_counts() {

@@ -149,6 +149,26 @@ fn start_cgroups(config: &Config) -> cgroup::Cgroups {
     cg
 }
 
+/// The front end's usage counts that the meter takes: one entry per
+/// configured tenant (a reload may have just removed one: its counts are
+/// dropped, the others kept). A message far longer than the configuration
+/// is not believed at all (Err: its length): a compromised front end's
+/// made-up names would cost the meter memory and time.
+fn believable_usage<'a>(
+    tenants: Vec<(String, ipc::RequestCounts)>,
+    known: impl Iterator<Item = &'a str>,
+) -> Result<Vec<(String, ipc::RequestCounts)>, usize> {
+    let known: std::collections::HashSet<&str> = known.collect();
+    if tenants.len() > 2 * known.len() + 16 {
+        return Err(tenants.len());
+    }
+    let mut seen = std::collections::HashSet::new();
+    Ok(tenants
+        .into_iter()
+        .filter(|(n, _)| known.contains(n.as_str()) && seen.insert(n.clone()))
+        .collect())
+}
+
 /// The tenants and apps to meter, from a configuration.
 fn metered(config: &Config, root: bool) -> Vec<meter::MeteredTenant> {
     config
@@ -713,8 +733,14 @@ impl Supervisor {
             }
             ToSupervisor::Retire { app, slot } => self.apps.retire(&app, slot),
             ToSupervisor::Usage { tenants } => {
-                if let Some(m) = &self.meter {
-                    m.front(tenants);
+                let known = self.config.tenants.iter().map(|t| t.name.as_str());
+                match believable_usage(tenants, known) {
+                    Ok(tenants) => {
+                        if let Some(m) = &self.meter {
+                            m.front(tenants);
+                        }
+                    }
+                    Err(n) => warn!("the front end sent usage counts for {n} tenants; dropped"),
                 }
             }
             ToSupervisor::RunCgi {
@@ -1338,6 +1364,26 @@ fn dup_all(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<OwnedFd>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_front_ends_usage_counts_for_made_up_or_repeated_tenants_are_not_believed() {
+        let c = ipc::RequestCounts {
+            requests: 1,
+            ..Default::default()
+        };
+        let known = ["a", "b"];
+        let msg = vec![
+            ("a".to_string(), c),
+            ("zz".to_string(), c),
+            ("a".to_string(), c),
+            ("b".to_string(), c),
+        ];
+        let kept = believable_usage(msg, known.into_iter()).unwrap();
+        let names: Vec<&str> = kept.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        let flood: Vec<_> = (0..100_000).map(|i| (format!("x{i}"), c)).collect();
+        assert_eq!(believable_usage(flood, known.into_iter()), Err(100_000));
+    }
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// The finding: a front end (a compromised one) flooding `Applied` frames
