@@ -207,24 +207,45 @@ pub fn in_guest() -> bool {
 /// ```
 pub fn run_self(test: &str, opts: &Opts) -> Outcome {
     let exe = std::env::current_exe().expect("current_exe");
-    let mut opts = opts.clone();
-    let hidden = [
-        "/tmp",
-        "/run",
-        "/var/lib/berth",
-        "/var/log/berth",
-        "/dev/shm",
-    ];
-    if hidden.iter().any(|h| exe.starts_with(h)) {
-        let dir = exe.parent().unwrap().to_path_buf();
-        opts = opts.share(dir.clone(), dir, false);
-    }
     let script = format!(
         "{} --exact {} --nocapture --test-threads=1\n",
         shell_quote(&exe.to_string_lossy()),
         shell_quote(test)
     );
-    run(&script, &opts)
+    run(&script, opts)
+}
+
+/// Where the guest's fresh tmpfs mounts hide the host's files.
+const HIDDEN: [&str; 5] = [
+    "/tmp",
+    "/run",
+    "/var/lib/berth",
+    "/var/log/berth",
+    "/dev/shm",
+];
+
+/// `opts` with the build shared read-only at the same paths when a fresh
+/// tmpfs would hide it (a checkout under /tmp, as CI may make): the
+/// repository, and the test binaries and berth (`target/debug`) when they
+/// are elsewhere.
+fn with_build(opts: &Opts) -> Opts {
+    let mut opts = opts.clone();
+    let hidden = |p: &Path| HIDDEN.iter().any(|h| p.starts_with(h));
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if hidden(&repo) {
+        opts = opts.share(repo.clone(), repo.clone(), false);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/debug/deps/TEST: berth is in target/debug.
+    let build = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(&exe)
+        .to_path_buf();
+    if hidden(&build) && !(hidden(&repo) && build.starts_with(&repo)) {
+        opts = opts.share(build.clone(), build, false);
+    }
+    opts
 }
 
 /// A running guest.
@@ -245,6 +266,7 @@ pub struct Guest {
 impl Guest {
     /// Boots a guest that runs `script`; returns as soon as qemu is started.
     pub fn start(script: &str, opts: &Opts) -> Guest {
+        let opts = &with_build(opts);
         let kernel = kernel();
         let slot = Slot::take();
         let dir = tempfile::Builder::new()
