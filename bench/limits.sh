@@ -60,13 +60,16 @@ RELOADS=${RELOADS:-3}
 PORT_ON=${PORT_ON:-18241}
 PORT_OFF=${PORT_OFF:-18242}
 PORT_NGINX=${PORT_NGINX:-18243}
+PORT_CG=${PORT_CG:-18247}
+PORT_METER=${PORT_METER:-18248}
+HALFWAY=${HALFWAY:-1}   # also berth with cgroups + limits only, and with metering only
 PORT_MANY=${PORT_MANY:-18244}      # 18244 metered, 18245 meter off, 18246 cgroups none
 METER_SECS=10
 
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 ((TENANTS >= 1 && TENANTS <= 9999)) || { echo "TENANTS must be 1..9999" >&2; exit 1; }
 ((DUR <= 10)) || { echo "DUR must be <= 10" >&2; exit 1; }
-for p in $PORT_ON $PORT_OFF $PORT_NGINX $PORT_MANY $((PORT_MANY + 1)) $((PORT_MANY + 2)); do
+for p in $PORT_ON $PORT_OFF $PORT_NGINX $PORT_CG $PORT_METER $PORT_MANY $((PORT_MANY + 1)) $((PORT_MANY + 2)); do
   if [ -n "$(ss -ltnH "( sport = :$p )")" ]; then echo "port $p is in use" >&2; exit 1; fi
 done
 need=()
@@ -205,7 +208,7 @@ printf '<?php echo "Hello, world!\\n";\n' >"$DOC/hello.php"
 chown -R berth-bench: "$WORK/home"
 chmod -R a+rX "$WORK/home"
 
-berth_php_conf() {  # port dir on|off
+berth_php_conf() {  # port dir on|off|cg|meter
   mkdir -p "$2"
   {
     cat <<TOML
@@ -215,22 +218,17 @@ user = "www-data"
 state_dir = "$2/state"
 log_dir = "$2/log"
 TOML
-    if [ "$3" = on ]; then
-      cat <<TOML
-cgroups = "auto"           # the default
-meter_interval = "10s"     # the default
-TOML
-    else
-      cat <<TOML
-cgroups = "none"
-meter_interval = "off"
-
-[defaults.limits]
-memory = "unlimited"
-tasks = "unlimited"
-cpu = "unlimited"
-TOML
-    fi
+    case $3 in
+      on | cg) echo 'cgroups = "auto"           # the default' ;;
+      *) echo 'cgroups = "none"' ;;
+    esac
+    case $3 in
+      on | meter) echo 'meter_interval = "10s"     # the default' ;;
+      *) echo 'meter_interval = "off"' ;;
+    esac
+    case $3 in
+      off | meter) printf '\n[defaults.limits]\nmemory = "unlimited"\ntasks = "unlimited"\ncpu = "unlimited"\n' ;;
+    esac
     cat <<TOML
 
 [tenant.bench]
@@ -305,29 +303,39 @@ NGINX
 
 echo
 echo "== 1. PHP hello world: berth with limits and metering on, off; nginx + php-fpm"
-berth_php_conf "$PORT_ON" "$WORK/on" on
-berth_php_conf "$PORT_OFF" "$WORK/off" off
-launch "$WORK/on/out.log" "$BERTH" serve --config "$WORK/on/berth.toml"
-ON_PID=$LAUNCHED
-CGLOGS+=("$WORK/on/out.log")
-launch "$WORK/off/out.log" "$BERTH" serve --config "$WORK/off/berth.toml"
-OFF_PID=$LAUNCHED
+SETUPS=(on off)
+[ "$HALFWAY" = 1 ] && SETUPS+=(cg meter)
+declare -A PORT=([on]=$PORT_ON [off]=$PORT_OFF [cg]=$PORT_CG [meter]=$PORT_METER [nginx]=$PORT_NGINX)
+declare -A ROOT
+for name in "${SETUPS[@]}"; do
+  berth_php_conf "${PORT[$name]}" "$WORK/$name" "$name"
+  launch "$WORK/$name/out.log" "$BERTH" serve --config "$WORK/$name/berth.toml"
+  ROOT[$name]=$LAUNCHED
+  CGLOGS+=("$WORK/$name/out.log")
+done
+ON_PID=${ROOT[on]}
 start_nginx_fpm
-for p in $PORT_ON $PORT_OFF $PORT_NGINX; do
-  if ! wait_200 bench.test "$p" /hello.php 30; then
-    echo "port $p never answered hello.php" >&2
+ROOT[nginx]=$NGINX_ROOTS
+SETUPS+=(nginx)
+for name in "${SETUPS[@]}"; do
+  if ! wait_200 bench.test "${PORT[$name]}" /hello.php 30; then
+    echo "$name: port ${PORT[$name]} never answered hello.php" >&2
     cat "$WORK"/*/out.log "$WORK"/*/error.log >&2 2>/dev/null || true
     exit 1
   fi
 done
 # berth starts min_processes one a second: wait for all 8 of each.
-for pid in $ON_PID $OFF_PID; do
+for name in "${SETUPS[@]}"; do
+  [ "$name" = nginx ] && continue
   for _ in $(seq 200); do
-    [ "$(ps -o comm= --ppid "$pid" | grep -c '^php-cgi')" -ge 8 ] && break
+    [ "$(ps -o comm= --ppid "${ROOT[$name]}" | grep -c '^php-cgi')" -ge 8 ] && break
     sleep 0.1
   done
 done
-grep -h 'cgroups:' "$WORK/on/out.log" "$WORK/off/out.log" | sed 's/^supervisor: [^ ]* *//; s/^/  /'
+for name in "${SETUPS[@]}"; do
+  [ "$name" = nginx ] && continue
+  echo "  $name: $(grep -ho 'cgroups: [a-z0-9]*' "$WORK/$name/out.log" | head -n1), metering $(grep -q 'usage metering off' "$WORK/$name/out.log" && echo off || echo "every 10s")"
+done
 # The "on" tenant's cpu and cpuacct groups, from one of its php-cgi processes.
 php_on=$(ps -o pid=,comm= --ppid "$ON_PID" | awk '$2 ~ /^php-cgi/ {print $1; exit}')
 cg_cpu=/sys/fs/cgroup/cpu$(awk -F: '$2 == "cpu" || $2 ~ /(^|,)cpu(,|$)/ {print $3; exit}' "/proc/$php_on/cgroup")
@@ -368,29 +376,28 @@ run() {  # name port roots...: req/s, p99, and the server's CPU while wrk ran
   share=$(awk -v c="$cpu_s" -v d="$DUR" 'BEGIN {printf "%.0f", 100 * c / d}')
   busy=$(awk -v b=$((b1 - b0)) -v a=$((a1 - a0)) 'BEGIN {printf "%.0f", (a > 0 ? 100 * b / a : 0)}')
   echo "$name $rep $rps $p99 ${non2xx:-0} $per_cpu $share $busy" >>"$WORK/results"
-  printf '  %-6s %9.0f req/s  p99 %8.2f ms  %7.0f req per server CPU-s  server CPU %3s%%  CPU%s busy %3s%%%s\n' \
+  printf '  %-6s %6.0f req/s  p99 %8.2f ms  %7.0f req per server CPU-s  server CPU %3s%%  CPU%s busy %3s%%%s\n' \
     "$name" "$rps" "$p99" "$per_cpu" "$share" "$SERVER_CPU" "$busy" "$([ -n "$non2xx" ] && echo "  non-2xx: $non2xx")"
 }
 echo "warm-up (${WARMUP}s each)"
-for p in $PORT_ON $PORT_OFF $PORT_NGINX; do
-  taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -H 'Host: bench.test' "http://127.0.0.1:$p/hello.php" >/dev/null
+for name in "${SETUPS[@]}"; do
+  taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -H 'Host: bench.test' "http://127.0.0.1:${PORT[$name]}/hello.php" >/dev/null
 done
 note_load "throughput"
 : >"$WORK/results"
 read -r per0 thr0 thrt0 < <(cpu_stat)
-order=(on off nginx)
+order=("${SETUPS[@]}")
 for rep in $(seq "$REPS"); do
   echo "rep $rep/$REPS  (load average $(loadavg))"
   for name in "${order[@]}"; do
-    case $name in
-      on)
-        a=$(cat "$cg_acct/cpuacct.usage")
-        run on "$PORT_ON" "$ON_PID"
-        echo "$rep $(($(cat "$cg_acct/cpuacct.usage") - a))" >>"$WORK/on_cpu"
-        ;;
-      off) run off "$PORT_OFF" "$OFF_PID" ;;
-      nginx) run nginx "$PORT_NGINX" $NGINX_ROOTS ;;
-    esac
+    if [ "$name" = on ]; then
+      a=$(cat "$cg_acct/cpuacct.usage")
+      run on "$PORT_ON" "$ON_PID"
+      echo "$rep $(($(cat "$cg_acct/cpuacct.usage") - a))" >>"$WORK/on_cpu"
+    else
+      # shellcheck disable=SC2086 # nginx has two roots
+      run "$name" "${PORT[$name]}" ${ROOT[$name]}
+    fi
   done
   order=("${order[@]:1}" "${order[0]}")
 done
@@ -400,11 +407,9 @@ THROTTLE="$((per1 - per0)) periods, $((thr1 - thr0)) throttled, $(((thrt1 - thrt
 TENANT_CPU=$(awk -v d="$DUR" '{t += $2; n++} END {printf "%.0f%%", 100 * t / (n * d * 1e9)}' "$WORK/on_cpu")
 echo "  on tenant's cpu.stat over all runs: $THROTTLE; its php-cgi used $TENANT_CPU of a core during its own runs"
 note_load "after throughput"
-stop_pid "$ON_PID" 20
-stop_pid "$OFF_PID" 20
-for p in "${PIDS[@]}"; do stop_pid "$p" 10; done
+for p in "${PIDS[@]}"; do stop_pid "$p" 20; done
 PIDS=()
-cg_cleanup "$WORK/on/out.log"
+for name in "${SETUPS[@]}"; do [ "$name" = nginx ] || cg_cleanup "$WORK/$name/out.log"; done
 
 # ---- 2 and 3. 1,000 tenants: memory, start, reload, the meter's CPU -----------
 echo
@@ -620,7 +625,7 @@ if [ "$NONE_METER" = 1 ]; then
     echo "  CPU window: ${NONE_WINDOW}s, the same with one idle process per tenant ($(ls -d /proc/[0-9]* | wc -l) processes)"
     note_load "none + processes window"
     window "none" "$NONE_WINDOW"
-    cpu_report none "$NONE_WINDOW" "cgroups none, meter 10s, +$TENANTS processes"
+    cpu_report none "$NONE_WINDOW" "+$TENANTS processes"
     stop_idlers
   fi
   reload none $((PORT_MANY + 2))
@@ -640,30 +645,35 @@ note_load end
 echo
 echo "== Summary"
 echo "PHP hello world, wrk -t1 -c$CONNS -d${DUR}s, $REPS alternating reps; servers + PHP on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU"
-printf '%-42s %8s %15s %7s %13s %9s %15s %7s\n' setup "req/s" "(min..max)" "p99 ms" "(min..max)" "req/CPU-s" "(min..max)" "CPU0 %"
-for name in on off nginx; do
+printf '%-43s %8s %15s %7s %13s %9s %15s %7s\n' setup "req/s" "(min..max)" "p99 ms" "(min..max)" "req/CPU-s" "(min..max)" "CPU0 %"
+for name in "${SETUPS[@]}"; do
   case $name in
-    on) label="berth, limits + metering on (cgroups v1)" ;;
-    off) label="berth, off (cgroups none, no meter)" ;;
+    on) label="berth on: cgroups v1 + limits, meter 10s" ;;
+    off) label="berth off: no cgroups, unlimited, no meter" ;;
+    cg) label="berth: cgroups v1 + limits, no meter" ;;
+    meter) label="berth: no cgroups, unlimited, meter 10s" ;;
     nginx) label="nginx + php-fpm (8)" ;;
   esac
   col() { awk -v n=$name -v c="$1" '$1 == n {print $c}' "$WORK/results"; }
-  printf '%-42s %8.0f %15s %7.2f %13s %9.0f %15s %7s\n' "$label" \
+  printf '%-43s %8.0f %15s %7.2f %13s %9.0f %15s %7s\n' "$label" \
     "$(col 3 | median)" "($(col 3 | awk '{printf "%.0f\n", $1}' | spread))" \
     "$(col 4 | median)" "($(col 4 | spread))" \
     "$(col 6 | median)" "($(col 6 | spread))" "$(col 8 | median)"
 done
-ratio() {  # column: on/off of the medians, and on/off of each rep
-  local on off ngx rr
-  on=$(awk -v c="$1" '$1 == "on" {print $c}' "$WORK/results" | median)
+ratio() {  # column what: NAME/off of the medians and of each rep, on/nginx
+  local x on off ngx rr
   off=$(awk -v c="$1" '$1 == "off" {print $c}' "$WORK/results" | median)
   ngx=$(awk -v c="$1" '$1 == "nginx" {print $c}' "$WORK/results" | median)
-  rr=$(awk -v c="$1" '{v[$1, $2] = $c} END {for (r = 1; (("on", r) in v); r++) printf "%.3f\n", v["on", r] / v["off", r]}' "$WORK/results")
-  awk -v a="$on" -v b="$off" -v n="$ngx" -v rr="$(echo "$rr" | tr '\n' ' ')" -v sp="$(echo "$rr" | spread)" -v what="$2" 'BEGIN {
-    printf "%-10s berth-on / berth-off = %.3f (%+.1f%%; per rep: %s= %s)   berth-on / nginx+php-fpm = %.2fx\n", what, a / b, 100 * (a / b - 1), rr, sp, a / n }'
+  for x in on cg meter; do
+    grep -q "^$x " "$WORK/results" || continue
+    on=$(awk -v n=$x -v c="$1" '$1 == n {print $c}' "$WORK/results" | median)
+    rr=$(awk -v n=$x -v c="$1" '{v[$1, $2] = $c} END {for (r = 1; ((n, r) in v); r++) printf "%.3f\n", v[n, r] / v["off", r]}' "$WORK/results")
+    awk -v x="$x" -v a="$on" -v b="$off" -v n="$ngx" -v rr="$(echo "$rr" | tr '\n' ' ')" -v sp="$(echo "$rr" | spread)" -v what="$2" 'BEGIN {
+      printf "%-10s berth-%s / berth-off = %.3f (%+.1f%%; per rep: %s= %s)", what, x, a / b, 100 * (a / b - 1), rr, sp
+      if (x == "on") printf "   berth-on / nginx+php-fpm = %.2fx", a / n
+      printf "\n" }'
+  done
 }
-ratio 3 "req/s:"
-ratio 6 "req/CPU-s:"
 echo "(target: on within 3% of off)"
 echo "on tenant (cpu = 1.0): $THROTTLE; its php-cgi used $TENANT_CPU of a core under load"
 echo
@@ -677,7 +687,7 @@ for n in metered nometer none; do
   esac
   printf '  %-34s start %5s ms   SIGHUP reload %-16s ms   SIGTERM stop %5s ms\n' "$label" "${START_MS[$n]}" "${RELOAD_MS[$n]:-}" "${STOP_MS[$n]:-}"
 done
-echo "memory (MiB; idle${IDLE}s: the defaults alone, idle $IDLE s; +${WINDOW}s: after the CPU window; reloaded: after SIGHUP)"
+echo "memory (MiB; idle${IDLE}s: the defaults alone, idle $IDLE s; +${WINDOW}s: after the CPU window; reloadN: after the Nth SIGHUP)"
 printf '  %-8s %-10s %8s %8s %8s %8s %8s %8s %8s\n' berth when "sup RSS" "sup PSS" "sup anon" "front RSS" "fr PSS" "fr anon" "RSS sum"
 awk '{k = $1 " " $2; if (!(k in seen)) {seen[k] = 1; ord[++n] = k}
     if ($3 == "supervisor") {sr[k] = $4; sp[k] = $5; sa[k] = $6} else {fr[k] = $4; fp[k] = $5; fa[k] = $6}}
