@@ -57,19 +57,22 @@ WINDOW=${WINDOW:-60}
 NONE_METER=${NONE_METER:-1}
 NONE_WINDOW=${NONE_WINDOW:-30}   # 0: no window with one process per tenant
 RELOADS=${RELOADS:-3}
+PARTS=${PARTS:-"1 2"}   # 1: throughput; 2: the 1,000 tenants (memory, times, the meter's CPU)
 PORT_ON=${PORT_ON:-18241}
 PORT_OFF=${PORT_OFF:-18242}
 PORT_NGINX=${PORT_NGINX:-18243}
 PORT_CG=${PORT_CG:-18247}
 PORT_METER=${PORT_METER:-18248}
-HALFWAY=${HALFWAY:-1}   # also berth with cgroups + limits only, and with metering only
+PORT_NOCPU=${PORT_NOCPU:-18249}
+HALFWAY=${HALFWAY:-1}   # also berth with cgroups + limits only, with metering only, and "on"
+                        # with its PHP processes moved out of the cpu controller's groups
 PORT_MANY=${PORT_MANY:-18244}      # 18244 metered, 18245 meter off, 18246 cgroups none
 METER_SECS=10
 
 [ "$(id -u)" = 0 ] || { echo "run as root" >&2; exit 1; }
 ((TENANTS >= 1 && TENANTS <= 9999)) || { echo "TENANTS must be 1..9999" >&2; exit 1; }
 ((DUR <= 10)) || { echo "DUR must be <= 10" >&2; exit 1; }
-for p in $PORT_ON $PORT_OFF $PORT_NGINX $PORT_CG $PORT_METER $PORT_MANY $((PORT_MANY + 1)) $((PORT_MANY + 2)); do
+for p in $PORT_ON $PORT_OFF $PORT_NGINX $PORT_CG $PORT_METER $PORT_NOCPU $PORT_MANY $((PORT_MANY + 1)) $((PORT_MANY + 2)); do
   if [ -n "$(ss -ltnH "( sport = :$p )")" ]; then echo "port $p is in use" >&2; exit 1; fi
 done
 need=()
@@ -103,6 +106,7 @@ WORK=$(mktemp -d /tmp/berth-bench-limits.XXXXXX)
 chmod 755 "$WORK"
 PIDS=()       # every server this script started
 CGLOGS=()     # logs of berths with cgroups, to find and check their groups
+declare -A SUP FRONT START_MS RELOAD_MS STOP_MS   # the 1,000-tenant berths: pids, times
 
 now_ns() { date +%s%N; }
 ms_since() { echo $((($(now_ns) - $1) / 1000000)); }
@@ -202,6 +206,7 @@ spread() { sort -g | awk '{a[NR] = $1} END {printf "%s..%s", a[1], a[NR]}'; }
 note_load start
 
 # ---- 1. throughput: limits and metering on versus off ------------------------
+if [[ " $PARTS " == *" 1 "* ]]; then
 DOC=$WORK/home/public
 mkdir -p "$DOC"
 printf '<?php echo "Hello, world!\\n";\n' >"$DOC/hello.php"
@@ -219,11 +224,11 @@ state_dir = "$2/state"
 log_dir = "$2/log"
 TOML
     case $3 in
-      on | cg) echo 'cgroups = "auto"           # the default' ;;
+      on | cg | nocpu) echo 'cgroups = "auto"           # the default' ;;
       *) echo 'cgroups = "none"' ;;
     esac
     case $3 in
-      on | meter) echo 'meter_interval = "10s"     # the default' ;;
+      on | meter | nocpu) echo 'meter_interval = "10s"     # the default' ;;
       *) echo 'meter_interval = "off"' ;;
     esac
     case $3 in
@@ -304,8 +309,8 @@ NGINX
 echo
 echo "== 1. PHP hello world: berth with limits and metering on, off; nginx + php-fpm"
 SETUPS=(on off)
-[ "$HALFWAY" = 1 ] && SETUPS+=(cg meter)
-declare -A PORT=([on]=$PORT_ON [off]=$PORT_OFF [cg]=$PORT_CG [meter]=$PORT_METER [nginx]=$PORT_NGINX)
+[ "$HALFWAY" = 1 ] && SETUPS+=(cg meter nocpu)
+declare -A PORT=([on]=$PORT_ON [off]=$PORT_OFF [cg]=$PORT_CG [meter]=$PORT_METER [nocpu]=$PORT_NOCPU [nginx]=$PORT_NGINX)
 declare -A ROOT
 for name in "${SETUPS[@]}"; do
   berth_php_conf "${PORT[$name]}" "$WORK/$name" "$name"
@@ -336,6 +341,20 @@ for name in "${SETUPS[@]}"; do
   [ "$name" = nginx ] && continue
   echo "  $name: $(grep -ho 'cgroups: [a-z0-9]*' "$WORK/$name/out.log" | head -n1), metering $(grep -q 'usage metering off' "$WORK/$name/out.log" && echo off || echo "every 10s")"
 done
+# nocpu: "on", but its PHP processes go back to berth's own group in the cpu
+# controller's hierarchy (they stay in their memory, pids, cpuacct and freezer
+# groups and keep their limits but cpu): what the cpu controller's groups cost.
+if [ -n "${ROOT[nocpu]:-}" ]; then
+  cpu_dir=$(cg_dirs "$WORK/nocpu/out.log" | grep '^/sys/fs/cgroup/cpu/\|/cpu,' | head -n1 || true)
+  if [ -z "$cpu_dir" ] || [ ! -e "$(dirname "$cpu_dir")/cgroup.procs" ]; then
+    echo "  nocpu: no v1 cpu hierarchy found; it runs as on"
+  else
+    for p in $(ps -o pid=,comm= --ppid "${ROOT[nocpu]}" | awk '$2 ~ /^php-cgi/ {print $1}'); do
+      echo "$p" >"$(dirname "$cpu_dir")/cgroup.procs"
+    done
+    echo "  nocpu: its php-cgi moved to $(dirname "$cpu_dir") in the cpu hierarchy"
+  fi
+fi
 # The "on" tenant's cpu and cpuacct groups, from one of its php-cgi processes.
 php_on=$(ps -o pid=,comm= --ppid "$ON_PID" | awk '$2 ~ /^php-cgi/ {print $1; exit}')
 cg_cpu=/sys/fs/cgroup/cpu$(awk -F: '$2 == "cpu" || $2 ~ /(^|,)cpu(,|$)/ {print $3; exit}' "/proc/$php_on/cgroup")
@@ -411,7 +430,10 @@ for p in "${PIDS[@]}"; do stop_pid "$p" 20; done
 PIDS=()
 for name in "${SETUPS[@]}"; do [ "$name" = nginx ] || cg_cleanup "$WORK/$name/out.log"; done
 
+fi
+
 # ---- 2 and 3. 1,000 tenants: memory, start, reload, the meter's CPU -----------
+if [[ " $PARTS " == *" 2 "* ]]; then
 echo
 echo "== 2/3. $TENANTS tenants, configured and idle"
 MANY=$WORK/many
@@ -465,7 +487,6 @@ TOML
   } >"$2/berth.toml"
 }
 
-declare -A SUP FRONT START_MS RELOAD_MS STOP_MS
 LAST=$(tname "$TENANTS")
 start_many() {  # name port meter cgroups
   local d=$WORK/$1 s
@@ -639,11 +660,13 @@ for n in metered nometer none; do
   echo "  $n: stopped (SIGTERM) in ${STOP_MS[$n]} ms"
   cg_cleanup "$WORK/$n/out.log"
 done
+fi
 note_load end
 
 # ---- summary -------------------------------------------------------------------
 echo
 echo "== Summary"
+if [ -s "$WORK/results" ]; then
 echo "PHP hello world, wrk -t1 -c$CONNS -d${DUR}s, $REPS alternating reps; servers + PHP on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU"
 printf '%-43s %8s %15s %7s %13s %9s %15s %7s\n' setup "req/s" "(min..max)" "p99 ms" "(min..max)" "req/CPU-s" "(min..max)" "CPU0 %"
 for name in "${SETUPS[@]}"; do
@@ -651,6 +674,7 @@ for name in "${SETUPS[@]}"; do
     on) label="berth on: cgroups v1 + limits, meter 10s" ;;
     off) label="berth off: no cgroups, unlimited, no meter" ;;
     cg) label="berth: cgroups v1 + limits, no meter" ;;
+    nocpu) label="berth on, PHP out of the cpu groups" ;;
     meter) label="berth: no cgroups, unlimited, meter 10s" ;;
     nginx) label="nginx + php-fpm (8)" ;;
   esac
@@ -664,7 +688,7 @@ ratio() {  # column what: NAME/off of the medians and of each rep, on/nginx
   local x on off ngx rr
   off=$(awk -v c="$1" '$1 == "off" {print $c}' "$WORK/results" | median)
   ngx=$(awk -v c="$1" '$1 == "nginx" {print $c}' "$WORK/results" | median)
-  for x in on cg meter; do
+  for x in on cg meter nocpu; do
     grep -q "^$x " "$WORK/results" || continue
     on=$(awk -v n=$x -v c="$1" '$1 == n {print $c}' "$WORK/results" | median)
     rr=$(awk -v n=$x -v c="$1" '{v[$1, $2] = $c} END {for (r = 1; ((n, r) in v); r++) printf "%.3f\n", v[n, r] / v["off", r]}' "$WORK/results")
@@ -674,9 +698,13 @@ ratio() {  # column what: NAME/off of the medians and of each rep, on/nginx
       printf "\n" }'
   done
 }
+ratio 3 "req/s:"
+ratio 6 "req/CPU-s:"
 echo "(target: on within 3% of off)"
 echo "on tenant (cpu = 1.0): $THROTTLE; its php-cgi used $TENANT_CPU of a core under load"
 echo
+fi
+if [ -n "${SUP[metered]:-}" ]; then
 echo "$TENANTS tenants, configured and idle (one site and one php app each, min_processes = 0); berth check of the configuration: $CHECK_MS ms"
 for n in metered nometer none; do
   [ -n "${SUP[$n]:-}" ] || continue
@@ -697,4 +725,5 @@ awk '{k = $1 " " $2; if (!(k in seen)) {seen[k] = 1; ord[++n] = k}
 echo "supervisor CPU per ${METER_SECS} s interval at $TENANTS tenants, idle (utime + stime of all its threads; meter and writer threads from schedstat)"
 printf '  %-8s %-24s %11s %11s %10s %10s %10s  %s\n' berth config "ms (stat)" "ms (sched)" "meter thr" "writer thr" "front end" "per-slice ms (sched)"
 awk -F'|' '{printf "  %-8s %-24s %11.1f %11.1f %10.1f %10.1f %10.1f  %s\n", $1, $2, $3, $4, $5, $6, $7, $8}' "$WORK/cpu"
+fi
 echo "load average: ${LOADS[*]}"
