@@ -635,18 +635,22 @@ if [ "$NONE_METER" = 1 ]; then
   start_many none $((PORT_MANY + 2)) 10s none
   sleep 2
   mem none "idle2s"
-  echo "  CPU window: ${WINDOW}s, cgroups = none with metering on (the meter reads /proc per tenant; $(ls -d /proc/[0-9]* | wc -l) processes)"
+  NPROCS=$(find /proc -maxdepth 1 -name '[0-9]*' | wc -l)
+  echo "  CPU window: ${WINDOW}s, cgroups = none with metering on (the meter reads /proc per tenant; $NPROCS processes)"
   note_load "none window"
   window "none" "$WINDOW"
   cpu_report none "$WINDOW" "cgroups none, meter 10s"
+  echo "none $NPROCS" >>"$WORK/nprocs"
   mem none "+${WINDOW}s"
   if ((NONE_WINDOW > 0)); then
     start_idlers
     sleep 2
-    echo "  CPU window: ${NONE_WINDOW}s, the same with one idle process per tenant ($(ls -d /proc/[0-9]* | wc -l) processes)"
+    NPROCS=$(find /proc -maxdepth 1 -name '[0-9]*' | wc -l)
+    echo "  CPU window: ${NONE_WINDOW}s, the same with one idle process per tenant ($NPROCS processes)"
     note_load "none + processes window"
     window "none" "$NONE_WINDOW"
     cpu_report none "$NONE_WINDOW" "+$TENANTS processes"
+    echo "none $NPROCS" >>"$WORK/nprocs"
     stop_idlers
   fi
   reload none $((PORT_MANY + 2))
@@ -725,5 +729,10 @@ awk '{k = $1 " " $2; if (!(k in seen)) {seen[k] = 1; ord[++n] = k}
 echo "supervisor CPU per ${METER_SECS} s interval at $TENANTS tenants, idle (utime + stime of all its threads; meter and writer threads from schedstat)"
 printf '  %-8s %-24s %11s %11s %10s %10s %10s  %s\n' berth config "ms (stat)" "ms (sched)" "meter thr" "writer thr" "front end" "per-slice ms (sched)"
 awk -F'|' '{printf "  %-8s %-24s %11.1f %11.1f %10.1f %10.1f %10.1f  %s\n", $1, $2, $3, $4, $5, $6, $7, $8}' "$WORK/cpu"
+if [ -s "$WORK/nprocs" ]; then
+  # without cgroups the meter goes through /proc once per tenant
+  paste -d'|' <(grep '^none|' "$WORK/cpu") "$WORK/nprocs" | awk -F'|' -v t="$TENANTS" '{
+    printf "  cgroups none, %5d processes in /proc: the meter thread %.2f us per tenant per process\n", substr($9, 6), 1000 * $5 / (t * substr($9, 6)) }'
+fi
 fi
 echo "load average: ${LOADS[*]}"
