@@ -19,7 +19,11 @@
 #    core; pinned to one CPU it should never bind, and the tenant's cpu.stat
 #    (nr_throttled, throttled_time) over the runs says whether it did. Prints
 #    req/s, p99 and req/CPU-s of each, on/off of the medians and of each rep
-#    (target: within 3%), and on/nginx.
+#    (target: within 3%), and on/nginx. With HALFWAY=1 (the default) three
+#    more berths say which part costs what: cgroups + limits without the
+#    meter, the meter without cgroups, and "on" whose PHP processes the script
+#    moves back to berth's own group in the cpu controller's hierarchy (a
+#    diagnostic: they keep their memory, pids, cpuacct and freezer groups).
 # 2. Memory with $TENANTS tenants configured and idle: each tenant its own Unix
 #    user (berth-b0001.., created once and kept for later runs), one site (a host
 #    name and a root with a static file) and one php-cgi app with
@@ -40,6 +44,8 @@
 #    the default) a third with cgroups = "none" and metering on, whose meter
 #    looks for each tenant's processes in /proc, over $WINDOW s, and over
 #    $NONE_WINDOW s more with one idle process per tenant running as the tenant.
+# PARTS="1" or PARTS="2" runs one half only (e.g. PARTS=1 REPS=8 DUR=5 for a
+# closer look at the on/off ratio).
 # Loopback only; every load is bounded; whatever this starts is stopped by its
 # pid, and cgroups a berth fails to remove are removed here.
 set -euo pipefail
