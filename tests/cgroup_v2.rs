@@ -741,7 +741,7 @@ fn berth_chooses_v2_lays_out_its_tree_and_contains_a_memory_bomb_while_another_t
     let tb = instance.join("tb.tenant");
     assert_eq!(cg(&tb, "memory.max"), (1u64 << 30).to_string());
     assert_eq!(cg(&tb, "pids.max"), "256");
-    assert_eq!(cg(&tb, "cpu.max"), "100000 100000");
+    assert_eq!(cg(&tb, "cpu.max"), "max 100000");
     let swap = ta.join("memory.swap.max").exists();
     if swap {
         assert_eq!(cg(&ta, "memory.swap.max"), "0", "no swap beyond memory");
@@ -887,7 +887,7 @@ fn on_v2_a_fork_bomb_stops_at_tasks_and_cpu_holds_a_busy_loop() {
     // A reload sets the tenant's new cpu limit on the running process (set
     // only now: the app's first start, at a fifth of a slow CPU, would take
     // longer than its start_timeout).
-    assert_eq!(cg(&tc, "cpu.max"), "100000 100000");
+    assert_eq!(cg(&tc, "cpu.max"), "max 100000");
     let config = fs::read_to_string(&s.config).unwrap();
     fs::write(
         &s.config,

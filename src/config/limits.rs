@@ -48,7 +48,9 @@ impl Default for Limits {
             memory: Some(1 << 30),
             process_memory: None,
             tasks: Some(256),
-            cpu_millis: Some(1000),
+            // Unlimited: being in a cpu cgroup at all costs throughput
+            // (docs/limits.md); a tenant given a `cpu` limit pays it.
+            cpu_millis: None,
             open_files: 1024,
             concurrency: 32,
             queue: 64,

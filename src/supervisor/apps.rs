@@ -419,7 +419,7 @@ impl AppManager {
             .map_err(|e| format!("app {id}: cgroup: {e}"))?;
         let cgroup = match &group {
             Some(g) => g
-                .procs_files()
+                .procs_files(state.limits.cpu_millis.is_some())
                 .map_err(|e| format!("app {id}: cgroup: {e}"))?,
             None => Vec::new(),
         };
@@ -611,6 +611,7 @@ impl AppManager {
         let (stdout_r, stdout_w) = pipe()?;
         let (stderr_r, stderr_w) = pipe()?;
         tasks_room(&self.cgroups, id)?;
+        let cpu_limited = state.limits.cpu_millis.is_some();
         self.leaves += 1;
         let group = self
             .cgroups
@@ -618,7 +619,7 @@ impl AppManager {
             .map_err(|e| format!("app {id}: cgroup: {e}"))?;
         let cgroup = match &group {
             Some(g) => g
-                .procs_files()
+                .procs_files(cpu_limited)
                 .map_err(|e| format!("app {id}: cgroup: {e}"))?,
             None => Vec::new(),
         };

@@ -698,6 +698,8 @@ pub struct Group {
     kind: Kind,
     /// Its directory in each hierarchy.
     dirs: Vec<PathBuf>,
+    /// Its directory in a v1 hierarchy of `cpu` without `cpuacct`.
+    cpu_only: Option<PathBuf>,
     /// Its directory in each hierarchy with the named controller.
     memory: Option<PathBuf>,
     pids: Option<PathBuf>,
@@ -743,6 +745,11 @@ impl Group {
             memory: cg.dir_of("memory", rel),
             pids: cg.dir_of("pids", rel),
             cpu: cg.dir_of("cpu", rel),
+            cpu_only: cg
+                .hier
+                .iter()
+                .find(|h| cg.kind == Kind::V1 && h.has("cpu") && !h.has("cpuacct"))
+                .map(|h| h.dir.join(rel)),
             cpuacct: cg.dir_of("cpuacct", rel),
             freezer: cg.dir_of("freezer", rel),
             rel: rel.to_path_buf(),
@@ -761,9 +768,17 @@ impl Group {
 
     /// Its `cgroup.procs` files, open for writing: a child writes "0" to
     /// each between fork and exec to join the group.
-    pub fn procs_files(&self) -> io::Result<Vec<OwnedFd>> {
+    ///
+    /// `cpu`: whether the process joins the `cpu` controller's group too.
+    /// Being in a cpu cgroup at all costs a fifth of the throughput of a
+    /// PHP hello-world here (bench/limits.sh): on v1 a tenant without a
+    /// `cpu` limit stays out of it (its CPU time is counted by `cpuacct`,
+    /// unless that shares the hierarchy). On v2 the controller is the
+    /// tenant's whatever this says.
+    pub fn procs_files(&self, cpu: bool) -> io::Result<Vec<OwnedFd>> {
         self.dirs
             .iter()
+            .filter(|d| cpu || self.cpu_only.as_ref() != Some(*d))
             .map(|d| {
                 let path = d.join("cgroup.procs");
                 fs::OpenOptions::new()
@@ -773,6 +788,11 @@ impl Group {
                     .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
             })
             .collect()
+    }
+
+    /// Whether the group's directory exists.
+    pub fn exists(&self) -> bool {
+        self.dirs.first().is_some_and(|d| d.is_dir())
     }
 
     /// The processes in the group and every group below it.

@@ -392,7 +392,9 @@ impl Metering {
             s.recycles = self.recycles.remove(&t.name).unwrap_or(0);
             batch.push(s);
             for app in &t.apps {
-                let Some(group) = self.cgroups.app(&t.name, app) else {
+                // An app never started has no group: one stat, not a
+                // dozen failed opens per interval.
+                let Some(group) = self.cgroups.app(&t.name, app).filter(Group::exists) else {
                     continue;
                 };
                 let stats = group.stats();

@@ -13,7 +13,7 @@ use berth::supervisor::cgroup::{Cgroups, Group, Kind};
 /// Runs `argv` in `group`, which a shell joins (by the `cgroup.procs` files
 /// berth's children write to) before it execs `argv`; its exit status.
 pub fn run_in(group: &Group, argv: &[&str]) -> ExitStatus {
-    let files = group.procs_files().unwrap();
+    let files = group.procs_files(true).unwrap();
     let paths: Vec<String> = files
         .iter()
         .map(|f| {
