@@ -367,9 +367,14 @@ cg_cpu=/sys/fs/cgroup/cpu$(awk -F: '$2 == "cpu" || $2 ~ /(^|,)cpu(,|$)/ {print $
 cg_cpu=$(dirname "$(dirname "$cg_cpu")")   # .../TENANT.tenant/php.app/N.proc -> .../TENANT.tenant
 cg_acct=/sys/fs/cgroup/cpuacct$(awk -F: '$2 == "cpuacct" || $2 ~ /(^|,)cpuacct(,|$)/ {print $3; exit}' "/proc/$php_on/cgroup")
 cg_acct=$(dirname "$(dirname "$cg_acct")")
-[ -e "$cg_cpu/cpu.cfs_quota_us" ] || { echo "no cpu group for the on tenant (got $cg_cpu)" >&2; exit 1; }
-echo "  on tenant's cpu group: $cg_cpu (cfs_quota_us $(cat "$cg_cpu/cpu.cfs_quota_us"), period $(cat "$cg_cpu/cpu.cfs_period_us"))"
-cpu_stat() { awk '{v[$1] = $2} END {print v["nr_periods"] + 0, v["nr_throttled"] + 0, v["throttled_time"] + 0}' "$cg_cpu/cpu.stat"; }
+# Without a cpu limit (the default) the tenant is in no cpu group of its own.
+if [[ "$cg_cpu" == */*.tenant && -e "$cg_cpu/cpu.cfs_quota_us" ]]; then
+  echo "  on tenant's cpu group: $cg_cpu (cfs_quota_us $(cat "$cg_cpu/cpu.cfs_quota_us"), period $(cat "$cg_cpu/cpu.cfs_period_us"))"
+else
+  echo "  on tenant: no cpu limit, so in no cpu group of its own (docs/limits.md)"
+  cg_cpu=/nonexistent
+fi
+cpu_stat() { awk '{v[$1] = $2} END {print v["nr_periods"] + 0, v["nr_throttled"] + 0, v["throttled_time"] + 0}' "$cg_cpu/cpu.stat" 2>/dev/null || echo 0 0 0; }
 
 # CPU ticks (utime + stime + cutime + cstime) of the process trees under the given pids
 tree_ticks() {
@@ -711,7 +716,7 @@ ratio() {  # column what: NAME/off of the medians and of each rep, on/nginx
 ratio 3 "req/s:"
 ratio 6 "req/CPU-s:"
 echo "(target: on within 3% of off)"
-echo "on tenant (cpu = 1.0): $THROTTLE; its php-cgi used $TENANT_CPU of a core under load"
+echo "on tenant: $THROTTLE; its php-cgi used $TENANT_CPU of a core under load"
 echo
 fi
 if [ -n "${SUP[metered]:-}" ]; then
