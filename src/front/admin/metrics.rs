@@ -58,9 +58,12 @@ where
 }
 
 impl Metrics {
-    fn tenant_gauge<V: EncodeGaugeValue + EncodeCounterValue>(
+    /// A metric per tenant (a counter's `name` without `_total`: the
+    /// encoder adds it).
+    fn tenant_metric<V: EncodeGaugeValue + EncodeCounterValue>(
         &self,
         enc: &mut DescriptorEncoder,
+        kind: MetricType,
         name: &str,
         help: &str,
         value: impl Fn(&TenantView) -> Option<V>,
@@ -70,23 +73,7 @@ impl Metrics {
             .tenants
             .iter()
             .map(|t| ([("tenant", t.name.as_str())], value(t)));
-        family(enc, name, help, MetricType::Gauge, samples)
-    }
-
-    /// A counter per tenant; `name` without `_total` (the encoder adds it).
-    fn tenant_counter<V: EncodeGaugeValue + EncodeCounterValue>(
-        &self,
-        enc: &mut DescriptorEncoder,
-        name: &str,
-        help: &str,
-        value: impl Fn(&TenantView) -> Option<V>,
-    ) -> Result<(), std::fmt::Error> {
-        let samples = self
-            .0
-            .tenants
-            .iter()
-            .map(|t| ([("tenant", t.name.as_str())], value(t)));
-        family(enc, name, help, MetricType::Counter, samples)
+        family(enc, name, help, kind, samples)
     }
 
     fn app_metric<V: EncodeGaugeValue + EncodeCounterValue>(
@@ -136,110 +123,131 @@ impl Collector for Metrics {
         // A tenant's cgroup now.
         let usage = |t: &TenantView| t.usage;
         let limits = |t: &TenantView| t.limits.clone();
-        self.tenant_gauge(
+        self.tenant_metric(
             e,
+            MetricType::Gauge,
             "berth_tenant_memory_bytes",
             "Memory in use by the tenant's processes (the working set: less inactive file cache).",
             |t| usage(t).map(|u| u.memory),
         )?;
-        self.tenant_gauge(
+        self.tenant_metric(
             e,
+            MetricType::Gauge,
             "berth_tenant_memory_limit_bytes",
             "The tenant's memory limit (absent: unlimited).",
             |t| limits(t).and_then(|l| l.memory_bytes),
         )?;
-        self.tenant_gauge(
+        self.tenant_metric(
             e,
+            MetricType::Gauge,
             "berth_tenant_cpu_cores",
             "Cores the tenant used over the last meter interval.",
             |t| usage(t).map(|u| u.cpu_cores),
         )?;
-        self.tenant_gauge(
+        self.tenant_metric(
             e,
+            MetricType::Gauge,
             "berth_tenant_cpu_limit_cores",
             "The tenant's CPU limit in cores (absent: unlimited).",
             |t| limits(t).and_then(|l| l.cpu_cores),
         )?;
-        self.tenant_gauge(
+        self.tenant_metric(
             e,
+            MetricType::Gauge,
             "berth_tenant_tasks",
             "Processes and threads of the tenant.",
             |t| usage(t).map(|u| u.tasks),
         )?;
-        self.tenant_gauge(
+        self.tenant_metric(
             e,
+            MetricType::Gauge,
             "berth_tenant_tasks_limit",
             "The tenant's tasks limit (absent: unlimited).",
             |t| limits(t).and_then(|l| l.tasks).map(u64::from),
         )?;
         // Counted by the supervisor since it started.
-        self.tenant_counter(
+        self.tenant_metric(
             e,
+            MetricType::Counter,
             "berth_tenant_cpu_seconds",
             "CPU time the tenant's processes used since berth started.",
             |t| usage(t).map(|u| u.cpu_seconds),
         )?;
-        self.tenant_counter(
+        self.tenant_metric(
             e,
+            MetricType::Counter,
             "berth_tenant_cpu_throttled_seconds",
             "Time the tenant's CPU limit held it back since berth started.",
             |t| usage(t).map(|u| u.cpu_throttled_seconds),
         )?;
-        self.tenant_counter(
+        self.tenant_metric(
             e,
+            MetricType::Counter,
             "berth_tenant_oom_kills",
             "Processes of the tenant the OOM killer ended at its memory limit since berth started.",
             |t| usage(t).map(|u| u.oom_kills),
         )?;
-        self.tenant_counter(
+        self.tenant_metric(
             e,
+            MetricType::Counter,
             "berth_tenant_memory_limit_events",
             "Times the tenant reached its memory limit since berth started.",
             |t| usage(t).map(|u| u.memory_events),
         )?;
-        self.tenant_counter(
+        self.tenant_metric(
             e,
+            MetricType::Counter,
             "berth_tenant_tasks_limit_hits",
             "Forks refused at the tenant's tasks limit since berth started.",
             |t| usage(t).map(|u| u.tasks_limit_hits),
         )?;
-        self.tenant_counter(
+        self.tenant_metric(
             e,
+            MetricType::Counter,
             "berth_tenant_recycles",
             "Processes recycled for process_memory since berth started.",
             |t| usage(t).map(|u| u.recycles),
         )?;
 
         // The front end's: its gate now, and its requests since it started.
-        self.tenant_gauge(
+        self.tenant_metric(
             e,
+            MetricType::Gauge,
             "berth_tenant_in_flight",
             "Requests in the tenant's apps now (holding one of its concurrency places).",
             |t| Some(u64::from(t.in_flight)),
         )?;
-        self.tenant_gauge(
+        self.tenant_metric(
             e,
+            MetricType::Gauge,
             "berth_tenant_concurrency_limit",
             "The tenant's concurrency.",
             |t| limits(t).map(|l| u64::from(l.concurrency)),
         )?;
-        self.tenant_gauge(
+        self.tenant_metric(
             e,
+            MetricType::Gauge,
             "berth_tenant_queue_waiting",
             "Requests waiting for one of the tenant's places now (the queue's depth).",
             |t| Some(u64::from(t.waiting)),
         )?;
-        self.tenant_gauge(e, "berth_tenant_queue_limit", "The tenant's queue.", |t| {
-            limits(t).map(|l| u64::from(l.queue))
-        })?;
-        self.tenant_counter(
+        self.tenant_metric(
             e,
+            MetricType::Gauge,
+            "berth_tenant_queue_limit",
+            "The tenant's queue.",
+            |t| limits(t).map(|l| u64::from(l.queue)),
+        )?;
+        self.tenant_metric(
+            e,
+            MetricType::Counter,
             "berth_tenant_queue_waits",
             "Requests that had to wait for a place.",
             |t| Some(t.queue_waits),
         )?;
-        self.tenant_counter(
+        self.tenant_metric(
             e,
+            MetricType::Counter,
             "berth_tenant_queue_overflows",
             "Requests refused at the tenant's limit (overflow_status).",
             |t| Some(t.queue_overflows),
@@ -257,14 +265,16 @@ impl Collector for Metrics {
             MetricType::Counter,
             samples,
         )?;
-        self.tenant_counter(
+        self.tenant_metric(
             e,
+            MetricType::Counter,
             "berth_tenant_request_bytes",
             "Request body bytes the tenant's sites received (as declared).",
             |t| Some(t.requests.bytes_in),
         )?;
-        self.tenant_counter(
+        self.tenant_metric(
             e,
+            MetricType::Counter,
             "berth_tenant_response_bytes",
             "Response body bytes the tenant's sites sent.",
             |t| Some(t.requests.bytes_out),
