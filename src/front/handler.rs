@@ -222,11 +222,20 @@ async fn route(
             let app = route
                 .and_then(|r| r.app.as_ref())
                 .expect("an app route has its app's name");
+            // (The guard is not held across the request's awaits.)
+            let (error_log, usage) = {
+                let logs = shared.logs.load();
+                let tenant = site.log;
+                (
+                    logs.errors.get(tenant).cloned(),
+                    logs.usage.get(tenant).cloned(),
+                )
+            };
             let request = app_route::AppRequest {
                 apps: &shared.apps,
                 tenants: &shared.tenants,
                 site,
-                error_log: shared.logs.load().errors.get(site.log).cloned(),
+                error_log,
                 prefix,
                 app,
                 extensions,
@@ -246,7 +255,7 @@ async fn route(
                     idle: generation.limits.body_timeout,
                     peer: activity.peer(),
                     conn: Some(activity.clone()),
-                    usage: shared.logs.load().usage.get(site.log).cloned(),
+                    usage,
                 },
                 buffer: BufferLimits {
                     memory: generation.limits.response_buffer,
