@@ -574,7 +574,6 @@ fn berths_own_spawns_cannot_take_a_tenant_past_tasks() {
 fn a_memory_limit_that_cannot_be_applied_does_not_skip_tasks_and_cpu() {
     use berth::config::Limits;
     use berth::supervisor::cgroup::{Cgroups, Kind};
-    use std::os::fd::AsRawFd;
     require_root();
     let cg = Cgroups::detect("berth-test-limits-apart");
     assert_eq!(cg.kind(), Kind::V1, "{}", cg.about());
@@ -587,27 +586,18 @@ fn a_memory_limit_that_cannot_be_applied_does_not_skip_tasks_and_cpu() {
     };
     cg.set_tenant("tj", &before).unwrap();
     let leaf = cg.leaf("tj", "a", "1.proc").unwrap().unwrap();
-    let paths: Vec<String> = leaf
-        .procs_files(true)
-        .unwrap()
-        .iter()
-        .map(|f| {
-            fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
-                .unwrap()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
     // A process of the tenant's holding 128 MiB.
-    let mut holder = std::process::Command::new("sh")
-        .args([
-            "-c",
-            r#"for p in $PROCS; do echo 0 > "$p" || exit 99; done; exec perl -e '$x = "x" x (128 << 20); print "ready\n"; $| = 1; sleep 30'"#,
-        ])
-        .env("PROCS", paths.join(" "))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut holder = common::cgroups::in_group(
+        &leaf,
+        &[
+            "perl",
+            "-e",
+            r#"$x = "x" x (128 << 20); print "ready\n"; $| = 1; sleep 30"#,
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
     let mut line = String::new();
     std::io::BufRead::read_line(
         &mut std::io::BufReader::new(holder.stdout.take().unwrap()),

@@ -10,9 +10,9 @@ use std::process::{Command, ExitStatus};
 use berth::config::Limits;
 use berth::supervisor::cgroup::{Cgroups, Group, Kind};
 
-/// Runs `argv` in `group`, which a shell joins (by the `cgroup.procs` files
-/// berth's children write to) before it execs `argv`; its exit status.
-pub fn run_in(group: &Group, argv: &[&str]) -> ExitStatus {
+/// A command that runs `argv` in `group`: a shell joins it (by the
+/// `cgroup.procs` files berth's children write to) before it execs `argv`.
+pub fn in_group(group: &Group, argv: &[&str]) -> Command {
     let files = group.procs_files(true).unwrap();
     let paths: Vec<String> = files
         .iter()
@@ -24,16 +24,20 @@ pub fn run_in(group: &Group, argv: &[&str]) -> ExitStatus {
                 .into_owned()
         })
         .collect();
-    Command::new("sh")
-        .args([
-            "-c",
-            r#"for p in $PROCS; do echo 0 > "$p" || exit 99; done; exec "$@""#,
-            "sh",
-        ])
-        .args(argv)
-        .env("PROCS", paths.join(" "))
-        .status()
-        .unwrap()
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        r#"for p in $PROCS; do echo 0 > "$p" || exit 99; done; exec "$@""#,
+        "sh",
+    ])
+    .args(argv)
+    .env("PROCS", paths.join(" "));
+    cmd
+}
+
+/// Runs `argv` in `group` (see [`in_group`]); its exit status.
+pub fn run_in(group: &Group, argv: &[&str]) -> ExitStatus {
+    in_group(group, argv).status().unwrap()
 }
 
 /// In berth's cgroups for `instance` (made here, removed at the end): a
