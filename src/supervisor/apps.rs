@@ -666,11 +666,9 @@ impl AppManager {
         for run in std::mem::take(&mut self.cgi) {
             if run.leader.exited() {
                 let status = run.leader.kill_and_reap();
-                if let (true, Some(state)) = (killed_by_sigkill(status), self.apps.get(&run.id)) {
-                    let limits = state.limits;
+                if let Some(state) = self.apps.get(&run.id) {
                     let leaf = run.group.as_ref();
-                    let what = "a CGI script";
-                    oom_check(&run.id, leaf, what, &limits);
+                    oom_check(status, &run.id, leaf, "a CGI script", &state.limits);
                 }
                 finish(run.group);
             } else if now >= run.deadline {
@@ -863,11 +861,8 @@ impl AppManager {
             Some(proc) if proc.leader.exited() => {
                 let status = proc.leader.kill_and_reap();
                 let _ = std::fs::remove_file(&proc.process.socket);
-                if killed_by_sigkill(status) {
-                    let what = format!("process {slot}");
-                    let leaf = proc.group.as_ref();
-                    oom_check(id, leaf, &what, &state.limits);
-                }
+                let what = format!("process {slot}");
+                oom_check(status, id, proc.group.as_ref(), &what, &state.limits);
                 finish(proc.group);
                 info!("app {id}: process {slot} ended in a request");
             }
@@ -921,11 +916,8 @@ impl AppManager {
                 if let Some(proc) = state.procs.remove(&slot) {
                     // What it left in its group goes with it.
                     let status = proc.leader.kill_and_reap();
-                    if killed_by_sigkill(status) {
-                        let what = format!("process {slot}");
-                        let leaf = proc.group.as_ref();
-                        oom_check(id, leaf, &what, &state.limits);
-                    }
+                    let what = format!("process {slot}");
+                    oom_check(status, id, proc.group.as_ref(), &what, &state.limits);
                     finish(proc.group);
                     let success = status.is_some_and(|s| s.success());
                     let status = status.map_or_else(|| "ended".into(), |s| s.to_string());
@@ -1216,14 +1208,8 @@ fn stop(id: &AppId, slot: u32, proc: Proc, limits: Limits) {
         .name("app-stop".into())
         .spawn(move || {
             let status = end_or_kill(&id, slot, proc.leader, Instant::now() + STOP_GRACE);
-            if killed_by_sigkill(status) {
-                oom_check(
-                    &id,
-                    proc.group.as_ref(),
-                    &format!("process {slot}"),
-                    &limits,
-                );
-            }
+            let what = format!("process {slot}");
+            oom_check(status, &id, proc.group.as_ref(), &what, &limits);
             // What it started and left running, in a session of its own or
             // not, is in its cgroup.
             if let Some(g) = proc.group {
@@ -1271,15 +1257,19 @@ fn tasks_room(cgroups: &Cgroups, id: &AppId) -> Result<(), String> {
     }
 }
 
-fn killed_by_sigkill(status: Option<std::process::ExitStatus>) -> bool {
-    status.is_some_and(|s| std::os::unix::process::ExitStatusExt::signal(&s) == Some(9))
-}
-
-/// A process of `id` ended by SIGKILL: when the OOM killer did it (its leaf
-/// counts an OOM kill), it was at the tenant's memory limit. Said in berth's
-/// log and in the tenant's own error log.
-fn oom_check(id: &AppId, leaf: Option<&Group>, what: &str, limits: &Limits) {
-    if leaf.is_none_or(|g| g.stats().oom_kills == 0) {
+/// A process of `id` that ended (`status`): when it was by SIGKILL and the
+/// OOM killer sent it (its leaf counts an OOM kill), it was at the tenant's
+/// memory limit. Said in berth's log and in the tenant's own error log.
+fn oom_check(
+    status: Option<std::process::ExitStatus>,
+    id: &AppId,
+    leaf: Option<&Group>,
+    what: &str,
+    limits: &Limits,
+) {
+    let killed =
+        status.is_some_and(|s| std::os::unix::process::ExitStatusExt::signal(&s) == Some(9));
+    if !killed || leaf.is_none_or(|g| g.stats().oom_kills == 0) {
         return;
     }
     let limit = limits
