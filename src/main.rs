@@ -25,6 +25,13 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Only this tenant: its own file's problems (exit 1 when it is refused)
+        #[arg(long, value_name = "NAME")]
+        tenant: Option<String>,
+        /// With --tenant: its effective configuration, every value with its
+        /// origin, and every override that was refused
+        #[arg(long, requires = "tenant")]
+        explain: bool,
     },
     /// Billing report from the usage database: average and peak memory, memory
     /// GiB-hours, CPU seconds, requests, traffic and limit events per tenant.
@@ -113,29 +120,89 @@ fn usage(
     }
 }
 
+/// `berth check`: the whole configuration, or one tenant's own file (and
+/// with `explain`, its effective configuration).
+fn check(config: &std::path::Path, tenant: Option<&str>, explain: bool) -> ExitCode {
+    let cfg = match berth::config::load(config) {
+        Ok(cfg) => cfg,
+        Err(problems) => {
+            print!("{problems}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(name) = tenant {
+        let Some(t) = cfg.tenants.iter().find(|t| t.name == name) else {
+            eprintln!("berth: no tenant {name:?} in {}", config.display());
+            return ExitCode::from(1);
+        };
+        if explain {
+            match berth::config::explain::explain(&cfg, name) {
+                Ok(text) => print!("{text}"),
+                Err(e) => {
+                    eprintln!("berth: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        return match &t.own {
+            Some(own) if matches!(own.state, berth::config::own::OwnState::Refused { .. }) => {
+                if !explain {
+                    for p in &own.problems {
+                        println!("{p}");
+                    }
+                    println!("{}", own.summary());
+                }
+                ExitCode::from(1)
+            }
+            Some(own) => {
+                if !explain {
+                    println!("{}", own.summary());
+                }
+                ExitCode::SUCCESS
+            }
+            None => {
+                if !explain {
+                    println!("tenant {name}: no own file (the administrator allows none)");
+                }
+                ExitCode::SUCCESS
+            }
+        };
+    }
+    for note in &cfg.notes {
+        println!("note: {note}");
+    }
+    // A tenant's refused file stops nothing (the tenant keeps the
+    // administrator's settings, or its last good file), but the
+    // administrator should know.
+    for t in &cfg.tenants {
+        if let Some(own) = &t.own
+            && matches!(own.state, berth::config::own::OwnState::Refused { .. })
+        {
+            for p in &own.problems {
+                println!("tenant {}: {p}", t.name);
+            }
+            println!("tenant {}: own file {}", t.name, own.summary());
+        }
+    }
+    let sites: usize = cfg.tenants.iter().map(|t| t.sites.len()).sum();
+    println!(
+        "{}: ok ({} files, {} tenants, {} sites)",
+        config.display(),
+        cfg.files.len(),
+        cfg.tenants.len(),
+        sites
+    );
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match berth::config::load(&config) {
-            Ok(cfg) => {
-                for note in &cfg.notes {
-                    println!("note: {note}");
-                }
-                let sites: usize = cfg.tenants.iter().map(|t| t.sites.len()).sum();
-                println!(
-                    "{}: ok ({} files, {} tenants, {} sites)",
-                    config.display(),
-                    cfg.files.len(),
-                    cfg.tenants.len(),
-                    sites
-                );
-                ExitCode::SUCCESS
-            }
-            Err(problems) => {
-                print!("{problems}");
-                ExitCode::from(1)
-            }
-        },
+        Command::Check {
+            config,
+            tenant,
+            explain,
+        } => check(&config, tenant.as_deref(), explain),
         Command::Serve { config } => {
             let level = std::env::var("BERTH_LOG")
                 .ok()

@@ -105,6 +105,8 @@ pub struct App {
     pub pool: Pool,
     /// Where the app's table is, for messages.
     pub origin: Origin,
+    /// Defined by the tenant's own file (checked there, as the tenant's).
+    pub own: bool,
 }
 
 /// Reads `[defaults.app]` over the built-in defaults.
@@ -112,9 +114,23 @@ pub fn read_defaults(t: TableReader<'_>) -> Pool {
     read_pool(t, Pool::default())
 }
 
+/// The keys of an app's table that are pool settings: what a tenant's own
+/// file may tune on an app the administrator defined.
+pub const POOL_KEYS: &[&str] = &[
+    "min_processes",
+    "max_processes",
+    "concurrency",
+    "idle_timeout",
+    "max_requests",
+    "start_timeout",
+    "timeout",
+    "queue",
+    "request_buffering",
+];
+
 /// Reads the pool keys of `t` over `base` (the table's other keys were read
 /// already, so the unknown-key check knows them).
-fn read_pool(mut t: TableReader<'_>, base: Pool) -> Pool {
+pub(super) fn read_pool(mut t: TableReader<'_>, base: Pool) -> Pool {
     let walk = t.walk();
     let mut pool = base;
     if let Some(n) = bounded(walk, t.integer("min_processes"), 0, 1000) {
@@ -163,8 +179,16 @@ fn read_pool(mut t: TableReader<'_>, base: Pool) -> Pool {
 
 /// Reads every `[tenant.T.app.NAME]` table.
 pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
-    let mut apps = Vec::new();
-    for (name, mut at) in t.into_named_tables() {
+    t.into_named_tables()
+        .into_iter()
+        .filter_map(|(name, at)| read_app(name, at, defaults))
+        .collect()
+}
+
+/// Reads one app's table (`[tenant.T.app.NAME]`, or `[app.NAME]` of a
+/// tenant's own file); None when it is not valid (the problems are reported).
+pub(super) fn read_app(name: String, mut at: TableReader<'_>, defaults: &Pool) -> Option<App> {
+    {
         let walk = at.walk();
         if !super::valid_name(&name) {
             walk.problem(
@@ -308,9 +332,9 @@ pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
             );
         }
         let (Some(protocol), true, Some(dir)) = (protocol, command_ok, dir) else {
-            continue;
+            return None;
         };
-        apps.push(App {
+        Some(App {
             name,
             protocol,
             command: command.map(|c| c.value).unwrap_or_default(),
@@ -320,9 +344,9 @@ pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
             open_port: open_port.is_some_and(|o| o.value),
             pool,
             origin,
-        });
+            own: false,
+        })
     }
-    apps
 }
 
 /// A loopback port, unlike berth's sockets, can be reached by every local

@@ -81,6 +81,63 @@ const MAX_CPU: f64 = 4096.0;
 /// The word that lifts a limit (for `memory`, `process_memory`, `tasks`, `cpu`).
 const UNLIMITED: &str = "unlimited";
 
+impl Limits {
+    /// Every key with its value as a user writes it, in the documented
+    /// order (for `berth check --explain` and `berth ctl status`).
+    pub fn shown(&self) -> Vec<(&'static str, String)> {
+        let unlimited = || UNLIMITED.to_string();
+        let size = |v: Option<u64>| v.map_or_else(unlimited, show_size);
+        vec![
+            ("memory", size(self.memory)),
+            ("process_memory", size(self.process_memory)),
+            (
+                "tasks",
+                self.tasks.map_or_else(unlimited, |n| n.to_string()),
+            ),
+            (
+                "cpu",
+                self.cpu_millis
+                    .map_or_else(unlimited, |m| format!("{}", f64::from(m) / 1000.0)),
+            ),
+            ("open_files", self.open_files.to_string()),
+            ("concurrency", self.concurrency.to_string()),
+            ("queue", self.queue.to_string()),
+            ("queue_timeout", super::show_duration(self.queue_timeout)),
+            ("overflow_status", self.overflow_status.to_string()),
+        ]
+    }
+
+    /// The amounts in `mine` that are above `admin`'s: (key, mine, admin's),
+    /// as a user writes them. A tenant's own file may only lower them
+    /// (`overflow_status` is no amount: it may choose it).
+    pub fn raised(admin: &Limits, mine: &Limits) -> Vec<(&'static str, String, String)> {
+        fn above<T: PartialOrd>(mine: Option<T>, admin: Option<T>) -> bool {
+            match (mine, admin) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(m), Some(a)) => m > a,
+            }
+        }
+        let checks = [
+            above(mine.memory, admin.memory),
+            above(mine.process_memory, admin.process_memory),
+            above(mine.tasks, admin.tasks),
+            above(mine.cpu_millis, admin.cpu_millis),
+            mine.open_files > admin.open_files,
+            mine.concurrency > admin.concurrency,
+            mine.queue > admin.queue,
+            mine.queue_timeout > admin.queue_timeout,
+        ];
+        let (a, m) = (admin.shown(), mine.shown());
+        checks
+            .iter()
+            .zip(a.into_iter().zip(m))
+            .filter(|(up, _)| **up)
+            .map(|(_, ((k, a), (_, m)))| (k, m, a))
+            .collect()
+    }
+}
+
 /// Reads a `limits` table over `base`.
 pub fn read_limits(mut t: TableReader<'_>, base: Limits) -> Limits {
     let mut l = base;

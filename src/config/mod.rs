@@ -18,7 +18,9 @@
 //! `berth check` and `berth serve` agree on what is valid.
 
 mod app;
+pub mod explain;
 mod limits;
+pub mod own;
 mod problem;
 mod reader;
 
@@ -46,6 +48,9 @@ pub struct Config {
     /// What `berth check` says without refusing: every limit that
     /// `[enforce.limits]` lowered, as `file:line: key: lowers ...`.
     pub notes: Vec<Problem>,
+    /// What the tenants' own files layer over, kept to re-layer one
+    /// tenant when it reloads its file (`berth ctl reload`).
+    pub layers: std::sync::Arc<own::Layers>,
 }
 
 /// `[server]`: process-wide settings.
@@ -224,6 +229,15 @@ pub struct Tenant {
     /// Its error log's limits: its own `error_log_rate` and `error_log_max`
     /// over `[server]`'s.
     pub error_log: ErrorLogLimits,
+    /// Its own file (`own_config`), when the administrator allows one: what
+    /// was read, and what of it is in use.
+    pub own: Option<own::OwnFile>,
+    /// Programs outside its home that its own file may run
+    /// (`allowed_commands` of `[defaults]` and of its block).
+    pub allowed_commands: Vec<PathBuf>,
+    /// Keys of its own file the administrator locked for it (`locked` of its
+    /// block; `[enforce] locked` applies to every tenant).
+    pub locked: Vec<own::Lock>,
 }
 
 /// A name-based virtual host.
@@ -262,6 +276,12 @@ pub struct Route {
     /// Where `app` was written, for the check that the app exists.
     #[serde(skip)]
     pub app_at: Option<(usize, String)>,
+    /// Where the route was written (its table's line), and whether in the
+    /// tenant's own file, for `berth check --explain`.
+    #[serde(skip)]
+    pub line: usize,
+    #[serde(skip)]
+    pub own: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -346,12 +366,21 @@ impl Default for Server {
 /// Loads, layers and validates the configuration rooted at `path`, including
 /// checks on disk. Returns every problem found.
 pub fn load(path: &Path) -> Result<Config, Problems> {
+    load_with(path, None)
+}
+
+/// [`load`], keeping from `previous` (the configuration in use) each tenant's
+/// last good own file: a tenant whose file is now refused keeps serving
+/// what it last accepted. Problems in a tenant's own file never make the
+/// configuration invalid; they are in that tenant's [`own::OwnFile`].
+pub fn load_with(path: &Path, previous: Option<&Config>) -> Result<Config, Problems> {
     let problems = RefCell::new(Problems::default());
     let mut files = Vec::new();
     let mut tenants: Vec<Tenant> = Vec::new();
     let mut server = None;
     let mut defaults = Defaults::default();
     let mut ceiling = limits::Ceiling::default();
+    let mut locks = Vec::new();
 
     match read_source(path) {
         Ok(src) => {
@@ -383,6 +412,8 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
                     if let Some(t) = d.table("limits") {
                         defaults.limits = limits::read_limits(t, Limits::default());
                     }
+                    defaults.own_config = own::read_own_config(&mut d);
+                    defaults.allowed_commands = own::read_allowed_commands(&mut d);
                     d.finish();
                 }
                 if let Some(t) = top.table("tenant") {
@@ -392,6 +423,7 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
                     if let Some(t) = e.table("limits") {
                         ceiling = limits::read_ceiling(t);
                     }
+                    locks = own::read_locks(&mut e);
                     e.finish();
                 }
                 top.finish();
@@ -405,21 +437,25 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
 
     let server = server.unwrap_or_default();
     let mut problems = problems.into_inner();
+    // The admin's problems first: own files layer over a valid admin layer.
+    validate(&server, &tenants, &mut problems);
+    let layers = std::sync::Arc::new(own::Layers {
+        main: path.to_path_buf(),
+        pool: defaults.pool.clone(),
+        ceiling,
+        locks,
+        admin: tenants.clone(),
+        root: rustix::process::geteuid().is_root(),
+        min_uid: server.min_uid,
+        max_body: server.limits.max_body,
+    });
     let mut notes = Vec::new();
-    for t in &mut tenants {
-        for l in ceiling.apply(&t.name, &mut t.limits) {
-            notes.push(Problem {
-                file: path.to_path_buf(),
-                line: l.line,
-                key: l.key,
-                why: format!(
-                    "lowers tenant {}'s value from {} to {}",
-                    l.tenant, l.from, l.to
-                ),
-            });
+    if problems.is_empty() {
+        for t in &mut tenants {
+            let kept = previous.and_then(|p| p.tenants.iter().find(|x| x.name == t.name));
+            notes.extend(layers.finish(t, kept.and_then(|k| k.own.as_ref())));
         }
     }
-    validate(&server, &tenants, &mut problems);
     check_default_tls_site(path, &server, &tenants, &mut problems);
     check_dirs(path, &server, &mut problems);
     // Report in reading order: file by file, line by line.
@@ -436,6 +472,7 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
             tenants,
             files,
             notes,
+            layers,
         })
     } else {
         Err(problems)
@@ -475,6 +512,9 @@ struct Defaults {
     pool: Pool,
     limits: Limits,
     error_log: ErrorLogLimits,
+    /// `[defaults] own_config`: every tenant's own file, `~/` being its home.
+    own_config: Option<At<own::OwnPath>>,
+    allowed_commands: Vec<PathBuf>,
 }
 
 /// An included file may only define tenants.
@@ -1000,6 +1040,22 @@ pub fn show_size(n: u64) -> String {
     n.to_string()
 }
 
+/// A duration as a user writes it ("500ms", "10s", "5m", "1h").
+pub fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if !ms.is_multiple_of(1000) {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    if s >= 3600 && s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else if s >= 60 && s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
 /// Parses "500ms", "10s", "5m", "1h".
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
@@ -1057,6 +1113,14 @@ fn read_tenants(t: TableReader<'_>, defaults: &Defaults, tenants: &mut Vec<Tenan
         };
         let user = tt.string("user");
         let home = tt.string("home");
+        let own_config = own::read_own_config(&mut tt);
+        let mut allowed_commands = defaults.allowed_commands.clone();
+        for c in own::read_allowed_commands(&mut tt) {
+            if !allowed_commands.contains(&c) {
+                allowed_commands.push(c);
+            }
+        }
+        let locked = own::read_locks(&mut tt);
         let error_log = read_error_log(&mut tt, defaults.error_log);
         let apps = tt
             .table("app")
@@ -1075,26 +1139,9 @@ fn read_tenants(t: TableReader<'_>, defaults: &Defaults, tenants: &mut Vec<Tenan
         // command runs scripts by extension and cannot be mounted.
         for site in &sites {
             for route in &site.routes {
-                let Action::App { app, extensions } = &route.action else {
-                    continue;
-                };
-                let (line, key) = route.app_at.clone().unwrap_or((tt.line(), tt.key().into()));
-                match apps.iter().find(|a| a.name == *app) {
-                    None => walk.problem(
-                        line,
-                        &key,
-                        format!(
-                            "tenant {name:?} has no app {app:?} (define [tenant.{name}.app.{app}])"
-                        ),
-                    ),
-                    Some(a) if a.command.is_empty() && extensions.is_empty() => walk.problem(
-                        line,
-                        &key,
-                        format!(
-                            "CGI app {app:?} has no command, so it can only run scripts chosen by `extensions` (give the route extensions, or the app a command)"
-                        ),
-                    ),
-                    Some(_) => {}
+                if let Some(why) = route_app_problem(&apps, route, &format!("tenant.{name}.app")) {
+                    let (line, key) = route.app_at.clone().unwrap_or((tt.line(), tt.key().into()));
+                    walk.problem(line, &key, why);
                 }
             }
         }
@@ -1116,6 +1163,9 @@ fn read_tenants(t: TableReader<'_>, defaults: &Defaults, tenants: &mut Vec<Tenan
             origin,
             user_line: 0,
             error_log,
+            own: None,
+            allowed_commands,
+            locked,
         };
         match nix::unistd::User::from_name(&user.value) {
             Ok(Some(u)) => {
@@ -1143,7 +1193,29 @@ fn read_tenants(t: TableReader<'_>, defaults: &Defaults, tenants: &mut Vec<Tenan
             ),
         }
         tenant.user_line = user.line;
+        let own_config = own_config.or_else(|| defaults.own_config.clone());
+        if let Some(at) = own_config
+            && let Some(path) = own::own_path(walk, &at, &tenant.home)
+        {
+            tenant.own = Some(own::OwnFile::new(path));
+        }
         tenants.push(tenant);
+    }
+}
+
+/// Why `route` cannot use the app it names, if it cannot: there is no such
+/// app among `apps` (defined under `[PREFIX.NAME]`), or it is a CGI app
+/// without a command and the route chooses no scripts by extension.
+fn route_app_problem(apps: &[App], route: &Route, prefix: &str) -> Option<String> {
+    let Action::App { app, extensions } = &route.action else {
+        return None;
+    };
+    match apps.iter().find(|a| a.name == *app) {
+        None => Some(format!("there is no app {app:?} (define [{prefix}.{app}])")),
+        Some(a) if a.command.is_empty() && extensions.is_empty() => Some(format!(
+            "CGI app {app:?} has no command, so it can only run scripts chosen by `extensions` (give the route extensions, or the app a command)"
+        )),
+        Some(_) => None,
     }
 }
 
@@ -1165,7 +1237,7 @@ fn read_site(mut t: TableReader<'_>) -> Option<Site> {
     for r in t.tables("route") {
         let line = r.line();
         let key = r.key().to_string();
-        if let Some(route) = read_route(r) {
+        if let Some(route) = read_route(r, &AdminFiles) {
             if routes.iter().any(|x| x.path == route.path) {
                 walk.problem(line, &key, format!("path {:?} is routed twice", route.path));
             } else {
@@ -1284,14 +1356,36 @@ fn read_tls(mut t: TableReader<'_>) -> Option<Option<Tls>> {
     }))
 }
 
-fn read_route(mut t: TableReader<'_>) -> Option<Route> {
+/// How a file a route names (an htpasswd file) is read: as root for the
+/// administrator's configuration ([`AdminFiles`]), with the tenant's
+/// ownership checked for its own file ([`own::TenantFiles`]).
+pub(crate) trait ReadFile {
+    /// The path as resolved, and the file's text.
+    fn read(&self, walk: &Walk<'_>, at: &At<String>) -> Result<(PathBuf, String), String>;
+}
+
+/// Files the administrator names: read as root, as written.
+pub(crate) struct AdminFiles;
+
+impl ReadFile for AdminFiles {
+    fn read(&self, walk: &Walk<'_>, at: &At<String>) -> Result<(PathBuf, String), String> {
+        let path = resolve_path(walk, at);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok((path, text)),
+            Err(e) => Err(format!("{}: {e}", at.value)),
+        }
+    }
+}
+
+fn read_route(mut t: TableReader<'_>, files: &dyn ReadFile) -> Option<Route> {
     let walk = t.walk();
+    let line = t.line();
     let path = t.string("path");
     let redirect = t.string("redirect");
     let status = t.integer("status");
     let app = t.string("app");
     let extensions = t.strings("extensions");
-    let auth = t.table("auth").map(read_auth);
+    let auth = t.table("auth").map(|a| read_auth(a, files));
     let max_body = size_in(walk, t.size("max_body"), 0, MAX_SIZE);
     t.finish();
     let Some(path) = path else {
@@ -1397,6 +1491,8 @@ fn read_route(mut t: TableReader<'_>) -> Option<Route> {
         auth: auth.flatten(),
         max_body,
         app_at,
+        line,
+        own: false,
     })
 }
 
@@ -1424,7 +1520,7 @@ fn route_path(p: &str) -> Result<String, String> {
     })
 }
 
-fn read_auth(mut t: TableReader<'_>) -> Option<Auth> {
+fn read_auth(mut t: TableReader<'_>, files: &dyn ReadFile) -> Option<Auth> {
     let walk = t.walk();
     let realm = t.string("realm");
     let htpasswd = t.string("htpasswd");
@@ -1452,15 +1548,10 @@ fn read_auth(mut t: TableReader<'_>) -> Option<Auth> {
             "must not contain quotes, backslashes or control characters",
         );
     }
-    let htpasswd_path = resolve_path(walk, &htpasswd);
-    let text = match std::fs::read_to_string(&htpasswd_path) {
-        Ok(text) => text,
-        Err(e) => {
-            walk.problem(
-                htpasswd.line,
-                &htpasswd.key,
-                format!("{}: {e}", htpasswd.value),
-            );
+    let (htpasswd_path, text) = match files.read(walk, &htpasswd) {
+        Ok(read) => read,
+        Err(why) => {
+            walk.problem(htpasswd.line, &htpasswd.key, why);
             return None;
         }
     };
@@ -1512,7 +1603,11 @@ fn validate(server: &Server, tenants: &[Tenant], problems: &mut Problems) {
         if tenant.resolved {
             let switch_user = rustix::process::geteuid().is_root();
             // (A CGI app without a command runs scripts, checked per run.)
-            for app in tenant.apps.iter().filter(|a| !a.command.is_empty()) {
+            for app in tenant
+                .apps
+                .iter()
+                .filter(|a| !a.command.is_empty() && !a.own)
+            {
                 let spec = crate::supervisor::spawn::SpawnSpec {
                     tenant: &tenant.name,
                     user: &tenant.user,

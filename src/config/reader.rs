@@ -44,7 +44,7 @@ impl Source {
         }
     }
 
-    fn line(&self, span: Option<Range<usize>>) -> Option<usize> {
+    pub fn line(&self, span: Option<Range<usize>>) -> Option<usize> {
         span.map(|s| self.line_of(s.start))
     }
 }
@@ -378,6 +378,16 @@ impl<'a> TableReader<'a> {
             }
         }
         out
+    }
+
+    /// The keys this table has, as written.
+    pub fn keys(&self) -> Vec<&'a str> {
+        self.table.iter().map(|(k, _)| k).collect()
+    }
+
+    /// Marks `k` as handled without reading it (a key reported already).
+    pub fn skip(&mut self, k: &'static str) {
+        self.seen.push(k);
     }
 
     /// Reports every key of this table that was not read. Call once, after

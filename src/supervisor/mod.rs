@@ -109,6 +109,7 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
     let logs = sup.open_logs()?;
     sup.use_logs(&logs)?;
     crate::logging::set_file(File::from(logs.error.try_clone()?));
+    report_own_files(&sup.config, None);
     sup.listeners.sync(&sup.config)?;
     raise_nofile_limit();
 
@@ -128,6 +129,52 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
     }
     crate::tenant_log::flush_all();
     result
+}
+
+/// Says, in berth's log and in the tenant's error log, what became of each
+/// tenant's own file that is refused now, or was refused before (`previous`:
+/// the configuration it replaces; a file refused the same way again is not
+/// said again).
+fn report_own_files(config: &Config, previous: Option<&Config>) {
+    use crate::config::own::OwnState;
+    for t in &config.tenants {
+        let Some(own) = &t.own else { continue };
+        let before = previous
+            .and_then(|p| p.tenants.iter().find(|x| x.name == t.name))
+            .and_then(|x| x.own.as_ref());
+        let refused = |o: &crate::config::own::OwnFile| matches!(o.state, OwnState::Refused { .. });
+        let news = match before {
+            _ if refused(own) => {
+                before.is_none_or(|b| b.state != own.state || b.problems != own.problems)
+            }
+            // Mended: say so once.
+            Some(b) => refused(b) && own.state == OwnState::InUse,
+            None => false,
+        };
+        if !news {
+            continue;
+        }
+        let log = crate::tenant_log::get(&t.name);
+        let say = |text: String| {
+            if let Some(log) = &log {
+                log.line("berth", text.as_bytes());
+            }
+        };
+        for p in &own.problems {
+            warn!("tenant {}: own file: {p}", t.name);
+            say(format!("your file: {p}"));
+        }
+        match own.state {
+            OwnState::InUse => {
+                info!("tenant {}: own file {}", t.name, own.summary());
+                say(format!("your file {}", own.summary()));
+            }
+            _ => {
+                warn!("tenant {}: own file {}", t.name, own.summary());
+                say(format!("your file {}", own.summary()));
+            }
+        }
+    }
 }
 
 /// Chooses the cgroup backend (said once), and sweeps what a berth that did
@@ -760,7 +807,7 @@ impl Supervisor {
 
     /// Loads the configuration again; on success it becomes current.
     fn reload(&mut self) -> Result<Logs, Error> {
-        let config = config::load(&self.path).map_err(Error::Config)?;
+        let config = config::load_with(&self.path, Some(&self.config)).map_err(Error::Config)?;
         let old = std::mem::replace(&mut self.config, config);
         let result = (|| {
             let state = prepare_dir(&self.config.server.state_dir)?;
@@ -775,6 +822,7 @@ impl Supervisor {
             Ok(logs) => {
                 crate::logging::set_rate(self.config.server.log_rate);
                 info!("configuration reloaded from {}", self.path.display());
+                report_own_files(&self.config, Some(&old));
                 Ok(logs)
             }
             Err(e) => {
