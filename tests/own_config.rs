@@ -557,3 +557,75 @@ fn explain_names_the_origin_of_every_value_and_every_refused_override() {
     );
     assert!(out.contains("enforce.limits.concurrency"), "{out}");
 }
+
+#[test]
+fn an_own_apps_program_through_a_link_is_refused_without_a_word_about_what_lies_beyond() {
+    let dir = Dir::new();
+    let (o1, o2) = homes(&dir);
+    let (config, _, _) = two_tenants(&dir, &o1, &o2, "");
+    let main = dir.write("berth.toml", &config);
+    // A directory only root may enter, with a program in it: whether it
+    // exists, who owns it and its mode are none of o1's business.
+    let hidden = dir.mkdir("hidden");
+    fs::set_permissions(&hidden, fs::Permissions::from_mode(0o700)).unwrap();
+    let program = dir.write("hidden/tool", "#!/bin/sh\n");
+    fs::set_permissions(&program, fs::Permissions::from_mode(0o4755)).unwrap();
+    std::os::unix::fs::symlink(&hidden, o1.join("bin")).unwrap();
+    for (target, dir_line) in [
+        ("bin/tool", "dir = \"HOME\""),
+        ("bin/missing", "dir = \"HOME\""),
+        ("run.sh", "dir = \"HOME/bin\""),
+    ] {
+        o1.write(
+            "berth.toml",
+            format!("[app.x]\nprotocol = \"http\"\ncommand = [\"HOME/{target}\"]\n{dir_line}\n")
+                .replace("HOME", o1.path.to_str().unwrap()),
+            0o644,
+        );
+        o1.write("run.sh", "#!/bin/sh\n", 0o755);
+        o1.own();
+        let (code, out, _) = check(&main, &["--tenant", "o1"]);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains("symbolic link"), "{target}: {out}");
+        for leak in ["setuid", "owned by", "no such", "mode", "writable"] {
+            assert!(!out.contains(leak), "{target}: says {leak:?}: {out}");
+        }
+    }
+}
+
+#[test]
+fn an_own_file_cannot_make_the_supervisor_run_more_than_its_tenant_may() {
+    let dir = Dir::new();
+    let (o1, o2) = homes(&dir);
+    let (config, _, _) = two_tenants(&dir, &o1, &o2, "");
+    let main = dir.write("berth.toml", &config);
+    o1.write("run.sh", "#!/bin/sh\n", 0o755);
+    let home = o1.path.display().to_string();
+    let app = |i: usize, min: u32| {
+        format!(
+            "[app.a{i}]\nprotocol = \"http\"\ncommand = [\"{home}/run.sh\"]\ndir = \"{home}\"\nmin_processes = {min}\nmax_processes = 60\n"
+        )
+    };
+    // Too many apps.
+    let many: String = (0..33).map(|i| app(i, 0)).collect();
+    o1.write("berth.toml", many, 0o644);
+    o1.own();
+    let (code, out, _) = check(&main, &["--tenant", "o1"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("at most 32 apps"), "{out}");
+    // min_processes beyond the tenant's tasks (100).
+    o1.write("berth.toml", format!("{}{}", app(0, 60), app(1, 60)), 0o644);
+    o1.own();
+    let (code, out, _) = check(&main, &["--tenant", "o1"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("add up to 120"), "{out}");
+    // Too many routes.
+    let routes: String = (0..257)
+        .map(|i| format!("[[route]]\npath = \"/r{i}\"\nredirect = \"/\"\n"))
+        .collect();
+    o1.write("berth.toml", routes, 0o644);
+    o1.own();
+    let (code, out, _) = check(&main, &["--tenant", "o1"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("at most 256 routes"), "{out}");
+}

@@ -44,6 +44,13 @@ use super::{Problem, Problems, ReadFile, Tenant};
 /// routes is a few KiB).
 pub const MAX_OWN_FILE: u64 = 256 << 10;
 
+/// The most apps and routes an own file adds: far more than a tenant needs,
+/// and a bound on what one tenant's file costs the supervisor (which keeps
+/// every app's `min_processes` running) and the front end (which matches
+/// routes per request).
+pub const MAX_OWN_APPS: usize = 32;
+pub const MAX_OWN_ROUTES: usize = 256;
+
 /// What `own_config` says: where a tenant's own file is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OwnPath {
@@ -330,15 +337,38 @@ impl Layers {
             t.limits = mine;
         }
         if let Some(at) = r.table("app") {
-            for (name, a) in at.into_named_tables() {
+            let apps = at.into_named_tables();
+            if apps.len() > MAX_OWN_APPS {
+                walk.problem(
+                    apps[MAX_OWN_APPS].1.line(),
+                    apps[MAX_OWN_APPS].1.key(),
+                    format!("a tenant's own file defines at most {MAX_OWN_APPS} apps"),
+                );
+            }
+            for (name, a) in apps {
                 self.own_app(name, a, &mut t);
+            }
+            // Kept running whatever the load: together, no more than the
+            // tenant may run at all (else the supervisor would retry them
+            // every second for nothing).
+            let min: u64 = t.apps.iter().map(|a| u64::from(a.pool.min_processes)).sum();
+            if let Some(tasks) = t.limits.tasks
+                && min > u64::from(tasks)
+            {
+                walk.problem(
+                    1,
+                    "app",
+                    format!("your apps' min_processes add up to {min}, more than your tasks limit ({tasks})"),
+                );
             }
         }
         let files = TenantFiles {
             home: t.home.clone(),
             owner: self.owner(&t),
         };
-        for rt in r.tables("route") {
+        let routes = r.tables("route");
+        let mut count = routes.len();
+        for rt in routes {
             self.own_route(rt, &mut t, None, &files);
         }
         for mut st in r.tables("site") {
@@ -364,12 +394,21 @@ impl Layers {
                     None
                 }
             };
-            for rt in st.tables("route") {
+            let routes = st.tables("route");
+            count += routes.len();
+            for rt in routes {
                 if let Some(i) = site {
                     self.own_route(rt, &mut t, Some(i), &files);
                 }
             }
             st.finish();
+        }
+        if count > MAX_OWN_ROUTES {
+            walk.problem(
+                1,
+                "route",
+                format!("a tenant's own file adds at most {MAX_OWN_ROUTES} routes ({count} here)"),
+            );
         }
         let problems = problems.into_inner();
         if problems.is_empty() {
@@ -442,6 +481,26 @@ impl Layers {
                 );
                 return;
             }
+            // Checked as root from here on (suEXEC's checks): only where the
+            // tenant could look itself, so that no answer tells it about a
+            // file it cannot see. A program the administrator allows is the
+            // administrator's word.
+            if !t.allowed_commands.contains(&program)
+                && let Err(why) = beneath(&t.home, &program, false)
+            {
+                walk.problem(*line, key, why);
+                return;
+            }
+        }
+        if !app.dir.as_os_str().is_empty()
+            && inside(&app.dir, &t.home)
+            && let Err(why) = beneath(&t.home, &app.dir, true)
+        {
+            let (line, key) = dir_at
+                .clone()
+                .unwrap_or((app.origin.line, format!("app.{}", app.name)));
+            walk.problem(line, &key, why);
+            return;
         }
         if !app.dir.as_os_str().is_empty() && !inside(&app.dir, &t.home) {
             let (line, key) = dir_at.unwrap_or((app.origin.line, format!("app.{}", app.name)));
@@ -618,6 +677,48 @@ fn site_of(walk: &Walk<'_>, t: &Tenant, h: &At<String>) -> Option<usize> {
         );
     }
     found
+}
+
+/// Whether `path` (inside `home`) is there without a symbolic link on the
+/// way from `home`, as a directory or not; else why not, in words that say
+/// nothing about what lies outside the home.
+fn beneath(home: &Path, path: &Path, dir: bool) -> Result<(), String> {
+    let shown = path.display();
+    let rel = path
+        .strip_prefix(home)
+        .map_err(|_| format!("{shown} is outside your home"))?;
+    if rel.as_os_str().is_empty() {
+        return if dir {
+            Ok(())
+        } else {
+            Err(format!("{shown} is your home, not a program"))
+        };
+    }
+    let base = rustix::fs::open(
+        home,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("home {}: {e}", home.display()))?;
+    let mut flags = OFlags::PATH | OFlags::CLOEXEC;
+    if dir {
+        flags |= OFlags::DIRECTORY;
+    }
+    match rustix::fs::openat2(
+        &base,
+        rel,
+        flags,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(_) => Ok(()),
+        Err(rustix::io::Errno::LOOP) | Err(rustix::io::Errno::XDEV) => Err(format!(
+            "{shown} is a symbolic link or is reached through one: a program or directory of your file must be in your home itself (or the program one the administrator allows)"
+        )),
+        Err(rustix::io::Errno::NOENT) => Err(format!("{shown}: no such file or directory")),
+        Err(rustix::io::Errno::NOTDIR) if dir => Err(format!("{shown} is not a directory")),
+        Err(e) => Err(format!("{shown}: {e}")),
+    }
 }
 
 /// Whether route path `p` is `prefix` or lies under it (whole segments).
