@@ -452,7 +452,10 @@ pub fn load_with(path: &Path, previous: Option<&Config>) -> Result<Config, Probl
     let mut notes = Vec::new();
     if problems.is_empty() {
         for t in &mut tenants {
-            let kept = previous.and_then(|p| p.tenants.iter().find(|x| x.name == t.name));
+            // (A tenant given to another user keeps nothing of the last one's.)
+            let kept = previous
+                .and_then(|p| p.tenants.iter().find(|x| x.name == t.name))
+                .filter(|k| k.uid == t.uid);
             notes.extend(layers.finish(t, kept.and_then(|k| k.own.as_ref())));
         }
     }
