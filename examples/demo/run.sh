@@ -13,9 +13,9 @@ berth="$repo/target/release/berth"
 # A copy of the demo tree that the front end's user can read wherever the
 # repository is checked out (e.g. under /root).
 run=${BERTH_DEMO_DIR:-/tmp/berth-demo-$(id -u)}
-rm -rf "$run/sites"
+rm -rf "$run/sites" "$run/own"
 mkdir -p "$run"
-cp -r "$here/berth.toml" "$here/tenants.d" "$here/sites" "$here/apps" "$here/tls" "$here/alice.htpasswd" "$run/"
+cp -r "$here/berth.toml" "$here/tenants.d" "$here/sites" "$here/apps" "$here/tls" "$here/own" "$here/alice.htpasswd" "$run/"
 chmod -R go+rX "$run"
 chmod 755 "$run"
 chmod -R go-w "$run/apps" "$run/sites"   # berth refuses programs and scripts writable by group or others
@@ -25,7 +25,7 @@ if [ "$(id -u)" = 0 ]; then
     id "$u" >/dev/null 2>&1 || useradd --no-create-home --shell /usr/sbin/nologin "$u"
   done
   chown -R berth-demo-alice: "$run/sites/alice"
-  chown -R berth-demo-bob: "$run/sites/bob"
+  chown -R berth-demo-bob: "$run/sites/bob" "$run/own/bob.toml"
   chmod 600 "$run"/tls/*.key "$run/alice.htpasswd"
 else
   me=$(id -un)
@@ -41,6 +41,7 @@ berth demo: try
   curl -H 'Host: alice.test' 'http://127.0.0.1:8080/cgi-bin/hello.cgi/x?y=1'  # a shell CGI script
   curl -H 'Host: bob.test' 'http://127.0.0.1:8080/app/there?x=1'       # an HTTP app in Perl
   curl -H 'Host: bob.test' --data-binary @FILE http://127.0.0.1:8080/app/echo   # its upload echo
+  curl -i -H 'Host: bob.test' http://127.0.0.1:8080/docs               # a route from bob's own file
   curl -k --http2 --resolve alice.test:8443:127.0.0.1 https://alice.test:8443/
   curl http://127.0.0.1:8081/status          # berth's status page (open it in a browser)
   curl http://127.0.0.1:8081/status.json     # the same, as JSON

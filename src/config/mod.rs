@@ -989,6 +989,24 @@ fn resolve_path(walk: &Walk<'_>, d: &At<String>) -> PathBuf {
     std::path::absolute(&joined).unwrap_or(joined)
 }
 
+/// `p` (absolute) without `.` and `..` components, taken as written (the
+/// administrator's paths: a `..` after a symbolic link means what it says
+/// here, not what the kernel would make of it).
+fn plain_path(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
 fn bounded(walk: &Walk<'_>, n: Option<At<i64>>, min: i64, max: i64) -> Option<usize> {
     let n = n?;
     if n.value < min || n.value > max {
@@ -1152,7 +1170,9 @@ fn read_tenants(t: TableReader<'_>, defaults: &Defaults, tenants: &mut Vec<Tenan
             walk.problem(tt.line(), &format!("{}.user", tt.key()), "is required");
             continue;
         };
-        let home = home.map(|h| resolve_path(walk, &h));
+        // Written relative ("..") it is made plain, so that what lies inside
+        // it can be told by its path alone (own files, their apps).
+        let home = home.map(|h| plain_path(&resolve_path(walk, &h)));
         let mut tenant = Tenant {
             name,
             user: user.value.clone(),
