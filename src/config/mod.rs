@@ -922,17 +922,8 @@ fn check_dirs(main: &Path, server: &Server, problems: &mut Problems) {
 
 /// Why berth would refuse to create files in `path` (see [`check_dirs`]).
 fn unsafe_dir(path: &Path) -> Option<String> {
-    use std::path::Component;
-    let mut names = Vec::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(name) => names.push(name),
-            Component::ParentDir => {
-                names.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
+    let plain = crate::config::plain_path(path);
+    let names: Vec<&std::ffi::OsStr> = plain.iter().skip(1).collect();
     let mut walked = PathBuf::from("/");
     for i in 0..=names.len() {
         if i > 0 {
@@ -992,7 +983,7 @@ fn resolve_path(walk: &Walk<'_>, d: &At<String>) -> PathBuf {
 /// `p` (absolute) without `.` and `..` components, taken as written (the
 /// administrator's paths: a `..` after a symbolic link means what it says
 /// here, not what the kernel would make of it).
-fn plain_path(p: &Path) -> PathBuf {
+pub fn plain_path(p: &Path) -> PathBuf {
     use std::path::Component;
     let mut out = PathBuf::from("/");
     for c in p.components() {

@@ -1059,7 +1059,6 @@ struct SafeDir {
 /// taken lexically, which is what it means when no component is a link.
 fn prepare_dir(path: &Path) -> Result<SafeDir, Error> {
     use rustix::fs::openat;
-    use std::path::Component;
     let fail = |why: String| Error::Dir {
         path: path.to_path_buf(),
         why,
@@ -1067,16 +1066,8 @@ fn prepare_dir(path: &Path) -> Result<SafeDir, Error> {
     if !path.is_absolute() {
         return Err(fail("is not an absolute path".into()));
     }
-    let mut names = Vec::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(name) => names.push(name),
-            Component::ParentDir => {
-                names.pop();
-            }
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
-        }
-    }
+    let plain = crate::config::plain_path(path);
+    let names: Vec<&std::ffi::OsStr> = plain.iter().skip(1).collect();
     let walk_flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rustix::fs::open("/", walk_flags | OFlags::DIRECTORY, Mode::empty())
         .map_err(|e| fail(format!("/: {e}")))?;
