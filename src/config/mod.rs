@@ -19,6 +19,7 @@
 
 mod app;
 mod limits;
+mod log_rotate;
 mod problem;
 mod reader;
 
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 pub use app::{App, Bind, Pool, Protocol};
 pub use limits::Limits;
+pub use log_rotate::{LogRotation, Period};
 pub use problem::{Problem, Problems};
 use reader::{At, Source, TableReader, Walk};
 
@@ -77,6 +79,8 @@ pub struct Server {
     /// Lines a second berth's own log takes from each process (see
     /// [`crate::logging`]).
     pub log_rate: u32,
+    /// `log_rotate` and `log_keep`: berth's own rotation of every log file.
+    pub log_rotation: LogRotation,
     /// `default_tls_site`: a host whose site's certificate answers TLS clients
     /// that send no SNI (checked against the sites once they are read).
     pub default_tls_site: Option<DefaultTlsSite>,
@@ -335,6 +339,7 @@ impl Default for Server {
             limits: ClientLimits::default(),
             error_log: ErrorLogLimits::default(),
             log_rate: crate::logging::DEFAULT_RATE,
+            log_rotation: LogRotation::default(),
             default_tls_site: None,
             usage_raw_days: 7,
             usage_keep_days: 400,
@@ -681,6 +686,7 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
         s.log_rate = n as u32;
     }
     s.error_log = read_error_log(&mut t, s.error_log);
+    s.log_rotation = log_rotate::read(&mut t, s.log_rotation);
     if let Some(n) = bounded(walk, t.integer("usage_raw_days"), 1, 366) {
         s.usage_raw_days = n as u32;
     }
