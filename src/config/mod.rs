@@ -114,7 +114,8 @@ pub struct ErrorLogLimits {
     /// [`crate::tenant_log::BURST_SECONDS`] seconds' worth passes at once.
     pub rate: u32,
     /// Once the file is this large, lines are dropped until it is rotated
-    /// (and reopened, SIGUSR1).
+    /// (`log_rotate`, which then rotates it, or an external rotation and
+    /// SIGUSR1).
     pub max: u64,
 }
 
