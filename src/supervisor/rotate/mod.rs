@@ -42,7 +42,7 @@
 //! day's or a week's traffic.
 
 mod compress;
-pub mod plan;
+mod plan;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
@@ -64,7 +64,9 @@ const SIZE_ROUND: usize = 5;
 /// a hundred tenants or so: every second).
 const MIN_CHECKS_PER_TICK: usize = 256;
 /// The most time one tick spends rotating; what is left is rotated on the
-/// next ticks (at midnight with thousands of tenants, a few seconds).
+/// next ticks. A log with 14 old files takes about 0.3 ms (ext4): at
+/// midnight 1,000 busy tenants' logs are rotated within some 12 s, 10,000's
+/// within two minutes (idle tenants' empty logs cost an `fstat`).
 const TICK_BUDGET: Duration = Duration::from_millis(50);
 /// A log whose rotation was refused is left alone this long.
 const HOLD: Duration = Duration::from_secs(600);
