@@ -1,6 +1,7 @@
 //! The few system calls that need `unsafe`: what a forked child does between
 //! `fork` and `exec` to become someone else, adopting inherited descriptors,
-//! and registering a descriptor with the runtime.
+//! registering a descriptor with the runtime, and asking the kernel whether
+//! a file is open for writing anywhere (a lease).
 //!
 //! Everything else in berth is `#![deny(unsafe_code)]`.
 #![allow(unsafe_code)]
@@ -127,8 +128,8 @@ pub fn watch_fd(
     Ok(unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }?)
 }
 
-/// Whether any process (this one included) has the file `fd` is open on
-/// open for writing: the kernel grants a read lease (`F_SETLEASE`,
+/// Whether any process (this one included) has the file behind `fd` open
+/// for writing: the kernel grants a read lease (`F_SETLEASE`,
 /// `F_RDLCK`) exactly when nobody has (`EAGAIN` otherwise). The lease is
 /// given back at once. `fd` must be open read-only on a regular file that
 /// this process owns or has `CAP_LEASE` for. An error other than `EAGAIN`
