@@ -1,6 +1,7 @@
 //! The few system calls that need `unsafe`: what a forked child does between
 //! `fork` and `exec` to become someone else, adopting inherited descriptors,
-//! and registering a descriptor with the runtime.
+//! registering a descriptor with the runtime, and asking the kernel whether
+//! a file is open for writing anywhere (a lease).
 //!
 //! Everything else in berth is `#![deny(unsafe_code)]`.
 #![allow(unsafe_code)]
@@ -125,6 +126,34 @@ pub fn watch_fd(
     // AsyncFd lives (nothing closes an OwnedFd but its drop); and
     // `Arc<OwnedFd>::as_raw_fd` returns that same descriptor every time.
     Ok(unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }?)
+}
+
+/// Whether any process (this one included) has the file behind `fd` open
+/// for writing: the kernel grants a read lease (`F_SETLEASE`,
+/// `F_RDLCK`) exactly when nobody has (`EAGAIN` otherwise). The lease is
+/// given back at once. `fd` must be open read-only on a regular file that
+/// this process owns or has `CAP_LEASE` for. An error other than `EAGAIN`
+/// (leases off: `fs.leases-enable = 0`, a file system without them) means
+/// the question cannot be answered this way.
+///
+/// Log rotation asks this before compressing an old log: the front end
+/// writes a request's line to the file that was current when its response
+/// began, so a long download may still add to a file rotated minutes ago.
+pub fn has_writers(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: F_SETLEASE takes an int argument and touches no memory of
+    // ours; `fd` is a descriptor borrowed for the call.
+    if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) } < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN) => Ok(true),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: as above. (A lease left behind would only delay another
+    // opener of this file for the lease-break time; nobody opens it.)
+    unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+    Ok(false)
 }
 
 pub use app::{AppExec, AppStep, Rlimit, spawn_app};

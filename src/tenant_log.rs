@@ -114,11 +114,21 @@ impl TenantLog {
     }
 
     /// Writes to `file` from now on (the log was reopened, perhaps after
-    /// rotation): a full log starts taking lines again.
+    /// rotation): a full log starts taking lines again, unless `file` is
+    /// the file it writes already (logs are handed over whole: one
+    /// tenant's rotation reopens the others' on their same files).
     pub fn reopen(&self, file: File) {
+        let same = |a: &File, b: &File| {
+            use std::os::unix::fs::MetadataExt;
+            match (a.metadata(), b.metadata()) {
+                (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+                _ => false,
+            }
+        };
         let mut st = self.state();
+        let still_full = st.full && st.file.as_deref().is_some_and(|old| same(old, &file));
         st.file = Some(Arc::new(file));
-        st.full = false;
+        st.full = still_full;
     }
 
     /// New limits (a reload); the bucket keeps its tokens, up to the new burst.
@@ -750,6 +760,51 @@ mod tests {
         assert!(log.line("t/a", b"after rotation"));
         let text = written(&path);
         assert!(text.ends_with("] [t/a] after rotation\n"), "{text}");
+    }
+
+    /// The logs are handed over whole when one of them rotates: a full log
+    /// given its same file again stays full (no second notice, no line past
+    /// the cap) until it gets a new file.
+    #[test]
+    fn a_full_log_reopened_on_its_same_file_stays_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, path) = log_in(&dir, limits(1_000_000, 64 << 10));
+        let line = [b'x'; 1000];
+        for _ in 0..100 {
+            log.line("t/a", &line);
+            log.flush();
+        }
+        let full = "error log full; dropping until rotation";
+        let reopen_same = || {
+            let file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            log.reopen(file);
+        };
+        reopen_same();
+        assert!(!log.line("t/a", b"still full"));
+        for _ in 0..10 {
+            log.line("t/a", &line);
+            log.flush();
+        }
+        let text = written(&path);
+        assert_eq!(text.matches(full).count(), 1, "{}", text.len());
+        assert!(!text.contains("still full"));
+        // A new file: lines again.
+        std::fs::rename(&path, dir.path().join("error.log.1")).unwrap();
+        reopen_new(&log, &path);
+        assert!(log.line("t/a", b"new file"));
+        assert!(written(&path).ends_with("] [t/a] new file\n"));
+    }
+
+    fn reopen_new(log: &Arc<TenantLog>, path: &std::path::Path) {
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(path)
+            .unwrap();
+        log.reopen(file);
     }
 
     #[test]

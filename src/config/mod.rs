@@ -20,6 +20,7 @@
 mod app;
 pub mod explain;
 mod limits;
+mod log_rotate;
 pub mod own;
 mod problem;
 mod reader;
@@ -35,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 pub use app::{App, Bind, Pool, Protocol};
 pub use limits::Limits;
+pub use log_rotate::{LogRotation, Period};
 pub use problem::{Problem, Problems};
 use reader::{At, Source, TableReader, Walk};
 
@@ -82,6 +84,8 @@ pub struct Server {
     /// Lines a second berth's own log takes from each process (see
     /// [`crate::logging`]).
     pub log_rate: u32,
+    /// `log_rotate` and `log_keep`: berth's own rotation of every log file.
+    pub log_rotation: LogRotation,
     /// `default_tls_site`: a host whose site's certificate answers TLS clients
     /// that send no SNI (checked against the sites once they are read).
     pub default_tls_site: Option<DefaultTlsSite>,
@@ -115,7 +119,8 @@ pub struct ErrorLogLimits {
     /// [`crate::tenant_log::BURST_SECONDS`] seconds' worth passes at once.
     pub rate: u32,
     /// Once the file is this large, lines are dropped until it is rotated
-    /// (and reopened, SIGUSR1).
+    /// (`log_rotate`, which then rotates it, or an external rotation and
+    /// SIGUSR1).
     pub max: u64,
 }
 
@@ -355,6 +360,7 @@ impl Default for Server {
             limits: ClientLimits::default(),
             error_log: ErrorLogLimits::default(),
             log_rate: crate::logging::DEFAULT_RATE,
+            log_rotation: LogRotation::default(),
             default_tls_site: None,
             usage_raw_days: 7,
             usage_keep_days: 400,
@@ -724,6 +730,7 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
         s.log_rate = n as u32;
     }
     s.error_log = read_error_log(&mut t, s.error_log);
+    s.log_rotation = log_rotate::read(&mut t, s.log_rotation);
     if let Some(n) = bounded(walk, t.integer("usage_raw_days"), 1, 366) {
         s.usage_raw_days = n as u32;
     }

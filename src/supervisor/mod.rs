@@ -29,6 +29,7 @@ mod apps;
 pub mod cgroup;
 mod events;
 mod meter;
+mod rotate;
 pub mod spawn;
 mod status;
 
@@ -105,6 +106,7 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
         cgroups_name,
         last_view: None,
         status_frames: None,
+        rotation: rotate::Rotation::default(),
     };
     let logs = sup.open_logs()?;
     sup.use_logs(&logs)?;
@@ -298,6 +300,8 @@ struct Supervisor {
     last_view: Option<meter::MeterView>,
     /// Where snapshots come back to the loop once encoded (set by `serve`).
     status_frames: Option<mpsc::Sender<ipc::Frame>>,
+    /// Built-in log rotation (`log_rotate`), on the loop's tick.
+    rotation: rotate::Rotation,
 }
 
 /// Open log files: one access log per tenant (in config order) and the error log.
@@ -309,6 +313,9 @@ struct Logs {
     /// Each tenant's limits on it.
     limits: Vec<crate::config::ErrorLogLimits>,
     error: OwnedFd,
+    /// Each tenant's log directory, and `log_dir`: where rotation renames.
+    dirs: Vec<SafeDir>,
+    dir: SafeDir,
 }
 
 impl Logs {
@@ -631,6 +638,7 @@ impl Supervisor {
                     self.front.check_stall(self.config.server.front_stall_timeout);
                     if stopping.is_none() {
                         self.warm();
+                        self.rotate_logs(&mut logs);
                     } else {
                         self.apps.reap_cgi();
                     }
@@ -994,20 +1002,25 @@ impl Supervisor {
         (plan, fds)
     }
 
-    /// Opens `log_dir/TENANT/access.log` for every tenant and `log_dir/error.log`.
+    /// Opens `log_dir/TENANT/access.log` for every tenant and `log_dir/error.log`
+    /// (each tenant's directory root's, with the tenant's group, 0750:
+    /// `rotate::restrict`).
     fn open_logs(&self) -> Result<Logs, Error> {
         let dir = prepare_dir(&self.config.server.log_dir)?;
         let mut tenants = Vec::new();
         let mut access = Vec::new();
         let mut errors = Vec::new();
         let mut limits = Vec::new();
+        let mut dirs = Vec::new();
         for t in &self.config.tenants {
             let tdir = sub_dir(&dir, &t.name)?;
             let group = self.root.then_some(t.gid);
+            rotate::restrict(&tdir, group)?;
             access.push(open_log(&tdir, "access.log", group)?);
             errors.push(open_log(&tdir, "error.log", group)?);
             limits.push(t.error_log);
             tenants.push(t.name.clone());
+            dirs.push(tdir);
         }
         let error = open_log(&dir, "error.log", None)?;
         Ok(Logs {
@@ -1016,6 +1029,8 @@ impl Supervisor {
             errors,
             limits,
             error,
+            dirs,
+            dir,
         })
     }
 

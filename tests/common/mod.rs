@@ -200,10 +200,17 @@ pub struct Server {
 
 /// The `[server]` block for a test: plain and TLS listeners on free ports, state
 /// and logs inside `dir`, the front end as `berth-tfront`, short timeouts.
+/// berth's own log rotation is off unless `extra` sets `log_rotate`: a test
+/// that reads a log must not find it rotated because it ran at midnight.
 pub fn server_block(dir: &Dir, extra: &str) -> (String, u16, u16) {
     ensure_user("berth-tfront");
     let port = free_port();
     let tls_port = free_port();
+    let rotate = if extra.contains("log_rotate") {
+        ""
+    } else {
+        "log_rotate = \"off\""
+    };
     let block = format!(
         r#"[server]
 listen = ["127.0.0.1:{port}"]
@@ -211,6 +218,7 @@ tls_listen = ["127.0.0.1:{tls_port}"]
 user = "berth-tfront"
 state_dir = "{state}"
 log_dir = "{log}"
+{rotate}
 {extra}
 "#,
         state = dir.join("state").display(),
