@@ -37,14 +37,16 @@ fn php_wrapper(version: &str) -> String {
 /// It answers `version=V` and its pid; V is `@VERSION@` as the template is
 /// filled in, or, left empty, what `version.txt` in its directory said
 /// when it started. `.../slow?s=N` answers after N seconds (also to a
-/// `POST`, which berth never sends twice). With
-/// `IGNORE_TERM` set it ignores SIGTERM.
+/// `POST`, which berth never sends twice). With `IGNORE_TERM` set it
+/// ignores SIGTERM; with `START_DELAY` it sleeps that many seconds after
+/// reading its version, before it accepts.
 const APP_PY: &str = r#"#!/usr/bin/python3
 import http.server, os, signal, socket, sys, time, urllib.parse
 
 VERSION = "@VERSION@" or open("version.txt").read().strip()
 if os.environ.get("IGNORE_TERM"):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+time.sleep(float(os.environ.get("START_DELAY", "0")))
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -660,6 +662,50 @@ fn an_old_process_that_ignores_sigterm_and_holds_a_request_past_stop_timeout_is_
     );
     // The new process serves on.
     assert_eq!(get_host(s.addr(), "a.test", "/py/v").vars()["version"], "2");
+}
+
+// ---------------------------------------------------------------------------
+// A restart asked for during one
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_restart_asked_for_during_one_follows_it_and_the_last_deploy_serves() {
+    require_root();
+    const USER: &str = "berth-trollg";
+    let dir = Dir::new();
+    let home = Home::new(&dir, "home", USER, ensure_user(USER));
+    home.write("app/app.py", py_app(""), 0o755);
+    home.write("app/version.txt", "1\n", 0o644);
+    home.write("app/tmp/.keep", "", 0o644);
+    // Each process reads its version, then takes 4 s to accept.
+    let pool = "min_processes = 1\nmax_processes = 1\nmax_requests = 0\n\
+                env = { START_DELAY = \"4\" }";
+    let s = start_tenants(&dir, &[&home], &py_tenant(&home, pool));
+    let first = get_host(s.addr(), "a.test", "/py/v");
+    assert_eq!(first.vars()["version"], "1", "{first:?}");
+    home.write("app/version.txt", "2\n", 0o644);
+    touch_restart_txt(&home, "app");
+    expect_output(&s, "app ta/py: restarting (", Duration::from_secs(30));
+    // The new process has read version 2 (generous: it reads it first
+    // thing) and waits; another deploy comes meanwhile.
+    std::thread::sleep(Duration::from_secs(1));
+    home.write("app/version.txt", "3\n", 0o644);
+    touch_restart_txt(&home, "app");
+    expect_output(
+        &s,
+        "was touched) asked for while one is under way: it follows",
+        Duration::from_secs(30),
+    );
+    let restarted = || s.output().matches("app ta/py: restarted (").count();
+    assert!(
+        eventually(Duration::from_secs(60), || restarted() == 2),
+        "{}",
+        s.output()
+    );
+    let last = get_host(s.addr(), "a.test", "/py/v");
+    assert_eq!(last.vars()["version"], "3", "{last:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(restarted(), 2, "no restart more:\n{}", s.output());
 }
 
 // ---------------------------------------------------------------------------

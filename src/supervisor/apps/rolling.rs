@@ -732,6 +732,59 @@ mod tests {
         );
     }
 
+    /// An `AppManager` for tenant `t` (run as berth does unprivileged: no
+    /// user switch, no cgroups) with a CGI app `cgi` and a FastCGI app
+    /// `php`, neither running.
+    fn manager() -> (tempfile::TempDir, AppManager) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        for sub in ["public", "state"] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        let path = dir.path().join("berth.toml");
+        let config = format!(
+            "[server]\nlisten = [\"127.0.0.1:1\"]\nuser = \"root\"\nstate_dir = \"{d}/state\"\n\
+             log_dir = \"{d}/log\"\ncgroups = \"none\"\n\
+             [tenant.t]\nuser = \"nobody\"\nhome = \"{d}\"\n\
+             [[tenant.t.site]]\nhosts = [\"t.test\"]\nroot = \"{d}/public\"\n\
+             [[tenant.t.site.route]]\npath = \"/\"\napp = \"cgi\"\nextensions = [\"cgi\"]\n\
+             [tenant.t.app.cgi]\nprotocol = \"cgi\"\n\
+             [tenant.t.app.php]\nprotocol = \"fastcgi\"\ncommand = [\"/usr/bin/php-cgi\"]\n\
+             dir = \"{d}/public\"\n"
+        );
+        std::fs::write(&path, config).unwrap();
+        let cfg = crate::config::load(&path).unwrap();
+        let cgroups = super::super::Cgroups::none("a test");
+        let m = AppManager::new(&cfg, None, false, cgroups).unwrap();
+        (dir, m)
+    }
+
+    #[test]
+    fn a_restart_of_a_cgi_app_an_idle_app_or_an_unknown_one_is_answered_at_once() {
+        let (_dir, mut m) = manager();
+        let id = |app: &str| AppId {
+            tenant: "t".into(),
+            app: app.into(),
+        };
+        let cgi = m.restart(&id("cgi"), "a test").try_recv();
+        assert!(
+            matches!(&cgi, Ok(RestartOutcome::Nothing(why)) if why.contains("CGI app has no resident processes")),
+            "{cgi:?}"
+        );
+        let idle = m.restart(&id("php"), "a test").try_recv();
+        assert!(
+            matches!(&idle, Ok(RestartOutcome::Nothing(why)) if why.contains("no process was running")),
+            "{idle:?}"
+        );
+        let unknown = m.restart(&id("nope"), "a test").try_recv();
+        assert_eq!(
+            unknown,
+            Ok(RestartOutcome::Failed(
+                "no app t/nope in the configuration".into()
+            ))
+        );
+    }
+
     #[test]
     fn a_self_bound_socket_is_probed_only_if_it_is_the_tenants_socket() {
         let dir = tempfile::tempdir().unwrap();
