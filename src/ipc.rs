@@ -52,6 +52,16 @@ pub enum ToFront {
     /// takes no more requests and is retired once those it serves have
     /// ended (a new one takes its place).
     Recycle { app: AppId, slot: u32 },
+    /// A rolling restart of the app is ready: `started` (processes that
+    /// accept connections already) take every new request from now on, and
+    /// `retiring` take none and are retired once those they serve have
+    /// ended. Applied at once, so no request goes to an old process after
+    /// one went to a new one.
+    Replace {
+        app: AppId,
+        started: Vec<AppProcess>,
+        retiring: Vec<u32>,
+    },
     /// The answer to [`ToSupervisor::RunCgi`]. Fds on success: the script's
     /// stdin (to write), stdout and stderr (to read).
     CgiStarted {

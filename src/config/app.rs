@@ -48,8 +48,13 @@ pub struct Pool {
     pub idle_timeout: Duration,
     /// A process is replaced after serving this many requests (0: never).
     pub max_requests: u64,
-    /// A process that does not accept connections within this is given up on.
+    /// A process that does not accept connections within this is given up on
+    /// (a rolling restart's new processes must accept one within it).
     pub start_timeout: Duration,
+    /// After a rolling restart, how long the old processes may go on with the
+    /// requests they serve before they are stopped (SIGTERM, then SIGKILL
+    /// after a grace).
+    pub stop_timeout: Duration,
     /// Requests that may wait for a process when every process is busy
     /// (beyond `max_processes` × `concurrency` in flight); past it, 503 at once.
     pub queue: u32,
@@ -75,12 +80,21 @@ impl Default for Pool {
             idle_timeout: Duration::from_secs(300),
             max_requests: 10_000,
             start_timeout: Duration::from_secs(10),
+            stop_timeout: STOP_TIMEOUT_DEFAULT,
             queue: 64,
             request_buffering: true,
             timeout: Duration::from_secs(60),
         }
     }
 }
+
+/// `stop_timeout`'s default: as long as a request may keep the app silent
+/// by default (`timeout`), so what was within its time when a restart came
+/// may finish.
+const STOP_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+/// `stop_timeout` at most: old processes a restart replaced hold their
+/// memory (and their tenant's `tasks`) until they stop.
+const STOP_TIMEOUT_MAX: Duration = Duration::from_secs(3600);
 
 /// One app of a tenant.
 #[derive(Debug, Clone)]
@@ -123,6 +137,7 @@ pub const POOL_KEYS: &[&str] = &[
     "idle_timeout",
     "max_requests",
     "start_timeout",
+    "stop_timeout",
     "timeout",
     "queue",
     "request_buffering",
@@ -155,6 +170,23 @@ pub(super) fn read_pool(mut t: TableReader<'_>, base: Pool) -> Pool {
     }
     if let Some(d) = duration(walk, t.string("timeout")) {
         pool.timeout = d;
+    }
+    let stop_at = t.string("stop_timeout");
+    let written = stop_at
+        .as_ref()
+        .map(|a| (a.line, a.key.clone(), a.value.clone()));
+    if let (Some(d), Some((line, key, value))) = (duration(walk, stop_at), written) {
+        if d <= STOP_TIMEOUT_MAX {
+            pool.stop_timeout = d;
+        } else {
+            walk.problem(
+                line,
+                &key,
+                format!(
+                    "{value:?} is too long: at most \"1h\" (the old processes a restart replaced hold their memory until they stop)"
+                ),
+            );
+        }
     }
     if let Some(n) = bounded(walk, t.integer("queue"), 0, 100_000) {
         pool.queue = n as u32;
@@ -411,6 +443,7 @@ mod tests {
         assert_eq!(p.idle_timeout, Duration::from_secs(300));
         assert_eq!(p.max_requests, 10_000);
         assert_eq!(p.start_timeout, Duration::from_secs(10));
+        assert_eq!(p.stop_timeout, Duration::from_secs(60));
         assert_eq!(p.timeout, Duration::from_secs(60));
         assert_eq!(p.queue, 64);
     }

@@ -249,6 +249,7 @@ fn pool_values(p: &Pool) -> Vec<(&'static str, String)> {
         ("idle_timeout", show_duration(p.idle_timeout)),
         ("max_requests", p.max_requests.to_string()),
         ("start_timeout", show_duration(p.start_timeout)),
+        ("stop_timeout", show_duration(p.stop_timeout)),
         ("timeout", show_duration(p.timeout)),
         ("queue", p.queue.to_string()),
         ("request_buffering", p.request_buffering.to_string()),

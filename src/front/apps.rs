@@ -743,16 +743,52 @@ impl Apps {
         let Some(pool) = pools.get_mut(id) else {
             return;
         };
-        let Some(i) = pool.procs.iter().position(|p| p.slot == slot) else {
+        if self.drain_slot(id, pool, slot) {
+            retry_one(self, pool);
+        }
+    }
+
+    /// A rolling restart: the `started` processes (they accept connections
+    /// already) join the pool and the `retiring` ones take no more requests,
+    /// each retired once those it serves have ended, all under one lock,
+    /// so that no request is given an old process after a new one.
+    /// Waiting requests go to the new processes.
+    pub fn replace(self: &Arc<Self>, id: &AppId, started: Vec<AppProcess>, retiring: &[u32]) {
+        let mut pools = self.pools.lock().expect("apps lock");
+        let Some(pool) = pools.get_mut(id) else {
             return;
+        };
+        for p in started {
+            if !pool.procs.iter().any(|q| q.slot == p.slot) {
+                pool.procs.push(ProcState::new(p));
+            }
+        }
+        let mut gone = false;
+        for &slot in retiring {
+            gone |= self.drain_slot(id, pool, slot);
+        }
+        for i in 0..pool.procs.len() {
+            hand_off(self, pool, i);
+        }
+        if gone {
+            retry_one(self, pool);
+        }
+    }
+
+    /// Process `slot` takes no more requests; when idle it leaves the pool
+    /// at once (the supervisor is told to stop it) and this returns true.
+    fn drain_slot(&self, id: &AppId, pool: &mut AppPool, slot: u32) -> bool {
+        let Some(i) = pool.procs.iter().position(|p| p.slot == slot) else {
+            return false;
         };
         let p = &mut pool.procs[i];
         p.draining = true;
-        if p.active == 0 {
-            pool.procs.remove(i);
-            self.retire(id, slot);
-            retry_one(self, pool);
+        if p.active > 0 {
+            return false;
         }
+        pool.procs.remove(i);
+        self.retire(id, slot);
+        true
     }
 
     fn retire(&self, app: &AppId, slot: u32) {
@@ -1086,6 +1122,51 @@ mod tests {
             ),
             "the wait is bounded by the app's timeout"
         );
+    }
+
+    /// What the front end asked the supervisor to retire, in order.
+    fn retired(sup: &std::os::unix::net::UnixStream) -> Vec<u32> {
+        use std::os::fd::AsFd;
+        sup.set_nonblocking(true).unwrap();
+        let mut out = Vec::new();
+        while let Ok((msg, _)) = ipc::recv::<ToSupervisor>(sup.as_fd()) {
+            if let ToSupervisor::Retire { slot, .. } = msg {
+                out.push(slot);
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_rolling_restart_sends_new_requests_to_new_processes_and_retires_old_ones_as_they_end()
+     {
+        let (apps, id, sup) = apps_with(Pool {
+            max_processes: 2,
+            ..Pool::default()
+        });
+        apps.spawned(&id, process(1));
+        apps.spawned(&id, process(2));
+        let busy = apps.lease(&id).await.unwrap();
+        let idle_slot = 3 - busy.slot;
+        apps.replace(&id, vec![process(3), process(4)], &[1, 2]);
+        assert_eq!(
+            retired(&sup),
+            [idle_slot],
+            "the idle old process goes at once"
+        );
+        let a = apps.lease(&id).await.unwrap();
+        let b = apps.lease(&id).await.unwrap();
+        let mut slots = [a.slot, b.slot];
+        slots.sort();
+        assert_eq!(slots, [3, 4], "new requests go to the new processes only");
+        assert!(
+            retired(&sup).is_empty(),
+            "the busy one finishes its request"
+        );
+        let busy_slot = busy.slot;
+        drop(busy);
+        assert_eq!(retired(&sup), [busy_slot], "and is retired when it has");
+        assert_eq!(active(&apps, &id), [1, 1]);
     }
 
     #[tokio::test]

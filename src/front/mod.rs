@@ -363,6 +363,11 @@ fn on_control(
         }
         ToFront::Spawned { app, process } => shared.apps.spawned(&app, process),
         ToFront::Recycle { app, slot } => shared.apps.recycle(&app, slot),
+        ToFront::Replace {
+            app,
+            started,
+            retiring,
+        } => shared.apps.replace(&app, started, &retiring),
         ToFront::CgiStarted { req, result } => {
             shared.apps.cgi_started(req, result.map(|()| fds));
         }

@@ -8,7 +8,11 @@
 //! (invariant 2) — and starts the app as its tenant through [`spawn`], with the
 //! socket as fd 0 (FastCGI's `FCGI_LISTENSOCK_FILENO`) or fd 3 (socket
 //! activation for HTTP apps). The supervisor closes its copy of the listener, so
-//! when a process dies its socket refuses connections instead of queueing them.
+//! when a process dies its socket refuses connections instead of queueing them
+//! (a rolling restart keeps one until the new process accepts: [`rolling`]).
+//! A changed definition on reload, a touched program or `tmp/restart.txt`
+//! ([`touch`]) and `berth ctl restart` replace an app's processes by a
+//! rolling restart.
 //!
 //! Every process runs in its own session; stopping one signals its whole process
 //! group, and when one ends, what it left in its group is killed. A group is
@@ -23,10 +27,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::cgroup::{Cgroups, Group, Kind};
@@ -34,11 +40,23 @@ use super::spawn::{self, FrontId, Isolation, SpawnSpec};
 use crate::config::{App, Bind, Config, Limits, Protocol, Tenant};
 use crate::ipc::{AppId, AppProcess, AppStatus, EventKind, ProcessStatus, StartRefused};
 
+mod rolling;
+mod touch;
+
+// For the control socket's `berth ctl restart`.
+#[allow(unused_imports)]
+pub use rolling::RestartOutcome;
+use rolling::{Probe, Program, Rollout, Run};
+
 /// One running process of an app.
 struct Proc {
     leader: Leader,
     /// Found above `process_memory`; the front end was told to recycle it.
     recycling: bool,
+    /// Replaced by a rolling restart: it takes no new requests, and is
+    /// stopped when the front end retires it or at this time (its app's
+    /// `stop_timeout`), whichever comes first.
+    retiring: Option<Instant>,
     /// Its cgroup leaf: everything it starts, `setsid` or not.
     group: Option<Group>,
     /// Where the front end connects (its socket is removed when it ends).
@@ -66,6 +84,29 @@ struct AppState {
     /// The last thing that went wrong (a start refused, a process that
     /// died), and when, for the status page.
     last_problem: Option<(SystemTime, String)>,
+    /// The program configured, when a reload changed it and the processes
+    /// still run the one above (`app`, `user`, `uid`, `home`): until a
+    /// rolling restart to it has succeeded.
+    next: Option<Box<Program>>,
+    /// A rolling restart under way.
+    rollout: Option<Rollout>,
+}
+
+impl AppState {
+    /// Processes that take requests (not retiring after a restart).
+    fn serving(&self) -> usize {
+        self.procs.values().filter(|p| p.retiring.is_none()).count()
+    }
+
+    /// What its processes run now.
+    fn program(&self) -> Program {
+        Program {
+            app: self.app.clone(),
+            user: self.user.clone(),
+            uid: self.uid,
+            home: self.home.clone(),
+        }
+    }
 }
 
 /// How a CGI app is reached, from the supervisor's own configuration: the
@@ -140,6 +181,12 @@ pub struct AppManager {
     /// Processes recycled for their memory, per tenant.
     recycles: HashMap<String, u64>,
     cgroups: Cgroups,
+    /// Wakes the supervisor's loop to [`AppManager::roll`] (a rolling
+    /// restart's process accepts, or died; a program was touched).
+    wake: Arc<Notify>,
+    /// Watches every app's program and `tmp/restart.txt` (None when its
+    /// thread could not start: said once).
+    touch: Option<touch::Watcher>,
 }
 
 /// How long a CGI script may outlive its `timeout` before it is killed.
@@ -197,13 +244,28 @@ impl AppManager {
             limits_pending: Vec::new(),
             recycles: HashMap::new(),
             cgroups,
+            wake: Arc::new(Notify::new()),
+            touch: None,
         };
+        m.touch = touch::Watcher::start(m.wake.clone())
+            .inspect_err(|e| warn!("cannot watch apps' programs for touch-to-restart: {e}"))
+            .ok();
         m.update(cfg);
         Ok(m)
     }
 
-    /// Takes a new configuration. Processes of apps that changed or went away
-    /// are stopped; returns them so the front end can be told.
+    /// What wakes the supervisor's loop to call [`AppManager::roll`].
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Takes a new configuration. An app whose program changed (`command`,
+    /// `dir`, `env`, its tenant's user or home) gets a rolling restart to it
+    /// ([`AppManager::roll`] carries it on); pool settings and limits apply
+    /// at once (new processes get the new limits). Processes of apps that
+    /// went away, or changed `protocol` or `bind` (the front end speaks to
+    /// them as the new plan says), are stopped at once: returned, so the
+    /// front end can be told.
     pub fn update(&mut self, cfg: &Config) -> Vec<(AppId, u32)> {
         self.min_uid = cfg.server.min_uid;
         self.cgi_routes = cgi_routes(cfg);
@@ -227,10 +289,14 @@ impl AppManager {
         }
         let mut stopped = Vec::new();
         self.apps.retain(|id, state| {
-            let keep = wanted.get(id).is_some_and(|(a, t)| {
-                same_program(a, &state.app) && t.user == state.user && t.home == state.home
-            });
+            let keep = wanted
+                .get(id)
+                .is_some_and(|(a, _)| a.protocol == state.app.protocol && a.bind == state.app.bind);
             if !keep {
+                if let Some(rollout) = state.rollout.take() {
+                    let why = "the app was removed, or its protocol or bind changed, by a reload";
+                    rollout.abandon(id, state.limits, why);
+                }
                 for (slot, proc) in std::mem::take(&mut state.procs) {
                     stop(id, slot, proc, state.limits);
                     stopped.push((id.clone(), slot));
@@ -249,15 +315,36 @@ impl AppManager {
         self.limits_pending = pending;
         let due = Instant::now() + STOP_GRACE + Duration::from_secs(1);
         self.tenants_gone = gone.into_iter().map(|name| (name, due)).collect();
+        let mut changed = Vec::new();
         for (id, (app, t)) in wanted {
+            let program = Program {
+                app,
+                user: t.user.clone(),
+                uid: t.uid,
+                home: t.home.clone(),
+            };
             match self.apps.get_mut(&id) {
-                // Pool settings and limits may change without restarting
-                // processes (new ones get the new limits).
                 Some(state) => {
-                    state.app = app;
                     state.limits = t.limits;
+                    if program.same(&state.program()) {
+                        state.app = program.app;
+                        state.next = None;
+                    } else {
+                        // What runs stays until the new program has started.
+                        state.app.pool = program.app.pool.clone();
+                        state.app.open_port = program.app.open_port;
+                        state.app.origin = program.app.origin.clone();
+                        // A definition that already failed is not tried
+                        // again by every reload (a restart retries it).
+                        let new = state.next.as_ref().is_none_or(|n| !n.same(&program));
+                        state.next = Some(Box::new(program));
+                        if new {
+                            changed.push(id);
+                        }
+                    }
                 }
                 None => {
+                    let app = program.app;
                     if app.bind == Bind::Port {
                         warn!(
                             "app {id}: bind = \"port\" with open_port = true: every local user can connect to its port directly, bypassing berth's auth routes and forwarded headers"
@@ -270,18 +357,39 @@ impl AppManager {
                             failures: 0,
                             retry_at: None,
                             suspects: Vec::new(),
-                            user: t.user.clone(),
-                            uid: t.uid,
-                            home: t.home.clone(),
+                            user: program.user,
+                            uid: program.uid,
+                            home: program.home,
                             limits: t.limits,
                             procs: BTreeMap::new(),
                             next_slot: 1,
                             last_problem: None,
+                            next: None,
+                            rollout: None,
                         },
                     );
                 }
             }
         }
+        for id in changed {
+            self.request_restart(&id, "its configuration changed", None);
+        }
+        // A rollout under way to a program the configuration no longer
+        // has is followed by one to what it has now.
+        let stale: Vec<AppId> = self
+            .apps
+            .iter()
+            .filter(|(_, s)| {
+                s.rollout
+                    .as_ref()
+                    .is_some_and(|r| !r.program.same(s.next.as_deref().unwrap_or(&s.program())))
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            self.request_restart(&id, "its configuration changed", None);
+        }
+        self.watch();
         stopped
     }
 
@@ -290,7 +398,7 @@ impl AppManager {
         self.settle();
         if let Some(state) = self.apps.get(id)
             && state.app.protocol != Protocol::Cgi
-            && state.procs.len() >= state.app.pool.max_processes as usize
+            && state.serving() >= state.app.pool.max_processes as usize
         {
             return Err(StartRefused::Full(format!(
                 "app {id} already runs max_processes ({})",
@@ -305,8 +413,22 @@ impl AppManager {
         })
     }
 
-    /// Starts one more process of `id`, checked against its configuration.
+    /// Starts one more process of `id`, checked against its configuration,
+    /// into its pool.
     fn start_process(&mut self, id: &AppId) -> Result<AppProcess, String> {
+        let (proc, _) = self.spawn_process(id, Run::Serving)?;
+        let process = proc.process.clone();
+        if let Some(state) = self.apps.get_mut(id) {
+            state.procs.insert(process.slot, proc);
+        }
+        Ok(process)
+    }
+
+    /// Starts a process of `id`: of the program it serves now (checked
+    /// against the crash-loop backoff), or for a rolling restart
+    /// ([`Run::Rollout`]: of the program configured, with what tells when
+    /// it accepts connections). It joins no pool here.
+    fn spawn_process(&mut self, id: &AppId, run: Run) -> Result<(Proc, Option<Probe>), String> {
         let dir = self.dir.clone();
         let front_gid = self.front_gid;
         let min_uid = self.min_uid;
@@ -317,6 +439,7 @@ impl AppManager {
             .ok_or_else(|| format!("no app {id} in the configuration"))?;
         if let Some(at) = state.retry_at
             && at > Instant::now()
+            && run == Run::Serving
         {
             return Err(format!(
                 "app {id} crashed {} times in a row at start-up; next start in {:.1?}",
@@ -331,9 +454,14 @@ impl AppManager {
         }
         let slot = state.next_slot;
         state.next_slot = state.next_slot.wrapping_add(1).max(1);
+        let state = &*state;
+        let (app, user, uid, home) = match (&state.next, run) {
+            (Some(next), Run::Rollout) => (&next.app, &next.user, next.uid, &next.home),
+            _ => (&state.app, &state.user, state.uid, &state.home),
+        };
         // The uid a self-bound listener must belong to.
         let owner = if switch_user {
-            state.uid
+            uid
         } else {
             rustix::process::geteuid().as_raw()
         };
@@ -346,7 +474,8 @@ impl AppManager {
         let mut env: Vec<(String, String)> = Vec::new();
         let mut fds = Vec::new();
         let mut self_bound_socket = None;
-        match state.app.bind {
+        let mut probe = None;
+        match app.bind {
             Bind::Berth => {
                 let socket = dir.join(format!("{}.{}.{slot}.sock", id.tenant, id.app));
                 let _ = std::fs::remove_file(&socket);
@@ -362,7 +491,18 @@ impl AppManager {
                         })
                         .map_err(|e| format!("app {id}: socket {}: {e}", socket.display()))?;
                 }
-                let at = if state.app.protocol == Protocol::FastCgi {
+                if run == Run::Rollout {
+                    // A copy of the listener, to see when the app takes a
+                    // connection off its queue; closed once it has.
+                    let copy = listener
+                        .try_clone()
+                        .map_err(|e| format!("app {id}: socket {}: {e}", socket.display()))?;
+                    probe = Some(Probe::Listener {
+                        listener: OwnedFd::from(copy),
+                        path: socket.clone(),
+                    });
+                }
+                let at = if app.protocol == Protocol::FastCgi {
                     0
                 } else {
                     // Socket activation; spawn sets LISTEN_PID to the child's pid.
@@ -383,6 +523,9 @@ impl AppManager {
                 env.push(("PORT".into(), port.to_string()));
                 process.port = Some(port);
                 process.owner = Some(owner);
+                if run == Run::Rollout {
+                    probe = Some(Probe::Port(port));
+                }
             }
             Bind::Socket => {
                 let tenant_dir = bound_dir(&dir, &id.tenant, owner, front_gid)
@@ -391,6 +534,13 @@ impl AppManager {
                 let _ = std::fs::remove_file(&socket);
                 env.push(("BERTH_SOCKET".into(), socket.to_string_lossy().into_owned()));
                 self_bound_socket = Some(socket.clone());
+                if run == Run::Rollout {
+                    probe = Some(Probe::Socket {
+                        path: socket.clone(),
+                        uid: owner,
+                        front_gid,
+                    });
+                }
                 process.socket = socket;
                 process.owner = Some(owner);
             }
@@ -424,7 +574,6 @@ impl AppManager {
             None => Vec::new(),
         };
         let rlimits = fallback_rlimits(&self.cgroups, &state.limits, switch_user);
-        let app = &state.app;
         let argv = app.command.clone();
         if app.protocol == Protocol::FastCgi {
             // php-cgi exits after PHP_FCGI_MAX_REQUESTS (500 by default);
@@ -447,8 +596,8 @@ impl AppManager {
         };
         let spec = SpawnSpec {
             tenant: &id.tenant,
-            user: &state.user,
-            home: &state.home,
+            user,
+            home,
             min_uid,
             argv: &argv,
             script: None,
@@ -481,23 +630,21 @@ impl AppManager {
         if let (Some(socket), Some(gid)) = (self_bound_socket, front_gid) {
             // The app creates its socket with its own umask (022: not
             // connectable by the front end's group); root makes it so.
-            let deadline = Instant::now() + state.app.pool.start_timeout;
+            let deadline = Instant::now() + app.pool.start_timeout;
             let id = id.clone();
             let _ = std::thread::Builder::new()
                 .name("socket-mode".into())
                 .spawn(move || open_socket_to_front(&id, &socket, owner, gid, deadline));
         }
-        state.procs.insert(
-            slot,
-            Proc {
-                leader,
-                recycling: false,
-                group,
-                process: process.clone(),
-                started: Instant::now(),
-            },
-        );
-        Ok(process)
+        let proc = Proc {
+            leader,
+            recycling: false,
+            retiring: None,
+            group,
+            process,
+            started: Instant::now(),
+        };
+        Ok((proc, probe))
     }
 
     /// Runs one request of CGI app `id` (see [`crate::ipc::ToSupervisor::RunCgi`]):
@@ -727,7 +874,7 @@ impl AppManager {
             .iter()
             .filter(|(_, s)| {
                 s.app.protocol != Protocol::Cgi
-                    && s.procs.len() < s.app.pool.min_processes as usize
+                    && s.serving() < s.app.pool.min_processes as usize
                     && s.retry_at.is_none_or(|at| at <= Instant::now())
             })
             .map(|(id, _)| id.clone())
@@ -752,7 +899,7 @@ impl AppManager {
                 continue;
             };
             for (slot, proc) in &mut state.procs {
-                if proc.recycling {
+                if proc.recycling || proc.retiring.is_some() {
                     continue;
                 }
                 let Some(rss) = resident(proc.leader.pid()) else {
@@ -811,7 +958,8 @@ impl AppManager {
                     uid,
                     memory: rss.get(&pid).copied(),
                     started_ms: ms(now.0 - now.1.duration_since(p.started)),
-                    recycling: p.recycling,
+                    // Retired once its requests end, as after a restart.
+                    recycling: p.recycling || p.retiring.is_some(),
                 }
             })
             .collect();
@@ -834,15 +982,20 @@ impl AppManager {
     pub fn pids(&self) -> Vec<u32> {
         self.apps
             .values()
-            .flat_map(|s| s.procs.values().map(|p| p.leader.pid()))
+            .flat_map(|s| {
+                let starting = s.rollout.iter().flat_map(|r| r.procs.values());
+                s.procs.values().chain(starting).map(|p| p.leader.pid())
+            })
             .collect()
     }
 
-    /// Every live process, to tell a (re)started front end.
+    /// Every process that takes requests, to tell a (re)started front end
+    /// (not those retiring after a restart, which are stopped at their
+    /// `stop_timeout`, nor those a restart is starting).
     pub fn live(&self) -> Vec<(AppId, AppProcess)> {
         let mut out = Vec::new();
         for (id, state) in &self.apps {
-            for proc in state.procs.values() {
+            for proc in state.procs.values().filter(|p| p.retiring.is_none()) {
                 out.push((id.clone(), proc.process.clone()));
             }
         }
@@ -925,12 +1078,15 @@ impl AppManager {
                     let lived = proc.started.elapsed();
                     // Dying young again and again is a crash loop: back off (see
                     // `settle`). One death (a crash, the OOM killer) just means
-                    // a new process for the next request.
-                    if lived < YOUNG && !success {
-                        state.suspects.push((slot, Instant::now()));
-                    } else {
-                        state.failures = 0;
-                        state.retry_at = None;
+                    // a new process for the next request. (One a restart
+                    // replaced says nothing of the program now.)
+                    if proc.retiring.is_none() {
+                        if lived < YOUNG && !success {
+                            state.suspects.push((slot, Instant::now()));
+                        } else {
+                            state.failures = 0;
+                            state.retry_at = None;
+                        }
                     }
                     warn!("app {id}: process {slot} exited ({status}) after {lived:.1?}");
                     if !success {
@@ -939,6 +1095,11 @@ impl AppManager {
                     }
                     gone.push((id.clone(), slot, status));
                 }
+            }
+            if let Some(rollout) = &mut state.rollout
+                && rollout.reap(id, &state.limits)
+            {
+                self.wake.notify_one();
             }
         }
         gone
@@ -952,7 +1113,11 @@ impl AppManager {
         }
         let mut procs = Vec::new();
         for (id, state) in &mut self.apps {
-            for (slot, proc) in std::mem::take(&mut state.procs) {
+            let starting = state.rollout.take().map(|r| r.into_procs());
+            for (slot, proc) in std::mem::take(&mut state.procs)
+                .into_iter()
+                .chain(starting.into_iter().flatten())
+            {
                 proc.leader.signal_group(Signal::SIGTERM);
                 procs.push((id.clone(), slot, proc));
             }

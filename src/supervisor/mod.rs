@@ -579,6 +579,7 @@ impl Supervisor {
         let (tx, mut rx) = mpsc::channel(FRONT_EVENTS);
         let (frames_tx, mut frames) = mpsc::channel(1);
         self.status_frames = Some(frames_tx);
+        let rolling = self.apps.waker();
         self.spawn_front(&logs, tx.clone())?;
         // When berth is stopping: the time by which it ends regardless.
         let mut stopping: Option<Instant> = None;
@@ -639,6 +640,7 @@ impl Supervisor {
                     if stopping.is_none() {
                         self.warm();
                         self.rotate_logs(&mut logs);
+                        self.roll();
                     } else {
                         self.apps.reap_cgi();
                     }
@@ -651,6 +653,7 @@ impl Supervisor {
                         self.on_event(ev);
                     }
                 }
+                _ = rolling.notified(), if stopping.is_none() => self.roll(),
                 Some(view) = views.recv() => self.on_view(view),
                 Some(frame) = frames.recv() => self.front.tell_frame(frame, Vec::new()),
             }
@@ -837,6 +840,14 @@ impl Supervisor {
                 self.config = old;
                 Err(e)
             }
+        }
+    }
+
+    /// Carries rolling restarts on (`AppManager::roll`) and tells the front
+    /// end what changed.
+    fn roll(&mut self) {
+        for msg in self.apps.roll() {
+            self.front.tell(&msg, Vec::new());
         }
     }
 
