@@ -1,0 +1,6 @@
+//! The control socket and `berth ctl`: tenants and admins act on a running
+//! berth without root and without signals.
+//!
+//! - [`proto`]: the typed, versioned, length-prefixed protocol.
+
+pub mod proto;
