@@ -18,6 +18,7 @@
 //! `berth check` and `berth serve` agree on what is valid.
 
 mod app;
+mod control;
 mod limits;
 mod problem;
 mod reader;
@@ -32,6 +33,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use app::{App, Bind, Pool, Protocol};
+pub use control::{ControlConfig, DEFAULT_SOCKET};
 pub use limits::Limits;
 pub use problem::{Problem, Problems};
 use reader::{At, Source, TableReader, Walk};
@@ -88,6 +90,8 @@ pub struct Server {
     /// `admin_listen` and `admin_htpasswd`: where the status page and the
     /// metrics are served (None: nowhere).
     pub admin: Option<Admin>,
+    /// `control_socket` and `admin_group`: `berth ctl` ([`crate::control`]).
+    pub control: ControlConfig,
 }
 
 /// The admin listener: `/status`, `/status.json` and `/metrics` (see
@@ -339,6 +343,7 @@ impl Default for Server {
             usage_raw_days: 7,
             usage_keep_days: 400,
             admin: None,
+            control: ControlConfig::default(),
         }
     }
 }
@@ -422,6 +427,12 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
     validate(&server, &tenants, &mut problems);
     check_default_tls_site(path, &server, &tenants, &mut problems);
     check_dirs(path, &server, &mut problems);
+    control::check(
+        path,
+        &server,
+        rustix::process::geteuid().is_root(),
+        &mut problems,
+    );
     // Report in reading order: file by file, line by line.
     problems.0.sort_by_key(|p| {
         let file = files
@@ -688,6 +699,7 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
         s.usage_keep_days = n as u32;
     }
     s.admin = read_admin(&mut t, &s);
+    s.control = control::read(&mut t);
     if let Some(h) = t.string("default_tls_site") {
         s.default_tls_site = Some(DefaultTlsSite {
             host: h.value.trim_end_matches('.').to_ascii_lowercase(),
