@@ -17,7 +17,7 @@
 //! them to the front end; [`AppManager::stop_all`] leaves nothing running at
 //! shutdown.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
@@ -33,6 +33,8 @@ use super::cgroup::{Cgroups, Group, Kind};
 use super::spawn::{self, FrontId, Isolation, SpawnSpec};
 use crate::config::{App, Bind, Config, Limits, Protocol, Tenant};
 use crate::ipc::{AppId, AppProcess, AppStatus, EventKind, ProcessStatus, StartRefused};
+
+mod ctl;
 
 /// One running process of an app.
 struct Proc {
@@ -140,6 +142,9 @@ pub struct AppManager {
     /// Processes recycled for their memory, per tenant.
     recycles: HashMap<String, u64>,
     cgroups: Cgroups,
+    /// Apps held stopped by `berth ctl stop` (see `ctl.rs`): they start no
+    /// process and run no script.
+    held: HashSet<AppId>,
 }
 
 /// How long a CGI script may outlive its `timeout` before it is killed.
@@ -197,6 +202,7 @@ impl AppManager {
             limits_pending: Vec::new(),
             recycles: HashMap::new(),
             cgroups,
+            held: HashSet::new(),
         };
         m.update(cfg);
         Ok(m)
@@ -247,6 +253,7 @@ impl AppManager {
             .filter(|name| !cfg.tenants.iter().any(|t| t.name == *name))
             .collect();
         self.limits_pending = pending;
+        self.held.retain(|id| wanted.contains_key(id));
         let due = Instant::now() + STOP_GRACE + Duration::from_secs(1);
         self.tenants_gone = gone.into_iter().map(|name| (name, due)).collect();
         for (id, (app, t)) in wanted {
@@ -288,6 +295,11 @@ impl AppManager {
     /// Starts one more process of `id` if its configuration allows it.
     pub fn start(&mut self, id: &AppId) -> Result<AppProcess, StartRefused> {
         self.settle();
+        if self.held.contains(id) {
+            return Err(StartRefused::Failed(format!(
+                "app {id} is stopped (berth ctl stop)"
+            )));
+        }
         if let Some(state) = self.apps.get(id)
             && state.app.protocol != Protocol::Cgi
             && state.procs.len() >= state.app.pool.max_processes as usize
@@ -530,6 +542,9 @@ impl AppManager {
         if state.app.protocol != Protocol::Cgi {
             return Err(format!("app {id} is not a CGI app"));
         }
+        if self.held.contains(id) {
+            return Err(format!("app {id} is stopped (berth ctl stop)"));
+        }
         let routes = self.cgi_routes.get(id);
         // The front end keeps to max_processes; this is the backstop. A
         // script is free for the front end once its output ends, a moment
@@ -725,8 +740,9 @@ impl AppManager {
         let want: Vec<AppId> = self
             .apps
             .iter()
-            .filter(|(_, s)| {
+            .filter(|(id, s)| {
                 s.app.protocol != Protocol::Cgi
+                    && !self.held.contains(*id)
                     && s.procs.len() < s.app.pool.min_processes as usize
                     && s.retry_at.is_none_or(|at| at <= Instant::now())
             })

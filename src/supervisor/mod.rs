@@ -27,6 +27,7 @@ use tracing_subscriber::filter::LevelFilter;
 
 mod apps;
 pub mod cgroup;
+mod control;
 mod events;
 mod meter;
 pub mod spawn;
@@ -85,6 +86,7 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
     // one comes every interval).
     let (views_tx, views) = mpsc::channel(1);
     let meter = start_meter(&config, cgroups.clone(), root, views_tx);
+    let control = control::Control::new(&config, path);
     let cgroups_name = cgroups.kind().name();
     let apps =
         apps::AppManager::new(&config, front.as_ref(), root, cgroups).map_err(|e| Error::Dir {
@@ -105,17 +107,20 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
         cgroups_name,
         last_view: None,
         status_frames: None,
+        control,
     };
     let logs = sup.open_logs()?;
     sup.use_logs(&logs)?;
     crate::logging::set_file(File::from(logs.error.try_clone()?));
     sup.listeners.sync(&sup.config)?;
+    sup.control.sync(&sup.config, &sup.path, root);
     raise_nofile_limit();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let result = rt.block_on(sup.serve(logs, views));
+    sup.control.close();
     // Whatever way the loop ended, no app outlives berth (the front end goes
     // with the supervisor: its parent-death signal).
     drop(sup.front.current.take());
@@ -220,7 +225,8 @@ fn start_meter(
     let status = meter::StatusOut {
         views,
         db: writer.as_ref().map(|_| path),
-        on: s.admin.is_some(),
+        // The status page's figures, and `berth ctl status`'s.
+        on: s.admin.is_some() || s.control.effective(root).is_some(),
     };
     match meter::Meter::start(cgroups, writer, metered(config, root), status) {
         Ok(m) => Some(m),
@@ -251,6 +257,8 @@ struct Supervisor {
     last_view: Option<meter::MeterView>,
     /// Where snapshots come back to the loop once encoded (set by `serve`).
     status_frames: Option<mpsc::Sender<ipc::Frame>>,
+    /// The control socket (`berth ctl`).
+    control: control::Control,
 }
 
 /// Open log files: one access log per tenant (in config order) and the error log.
@@ -262,6 +270,8 @@ struct Logs {
     /// Each tenant's limits on it.
     limits: Vec<crate::config::ErrorLogLimits>,
     error: OwnedFd,
+    /// `audit.log`: a line per control request.
+    audit: OwnedFd,
 }
 
 impl Logs {
@@ -525,6 +535,7 @@ impl Supervisor {
         let (tx, mut rx) = mpsc::channel(FRONT_EVENTS);
         let (frames_tx, mut frames) = mpsc::channel(1);
         self.status_frames = Some(frames_tx);
+        let mut calls = self.control.take_calls();
         self.spawn_front(&logs, tx.clone())?;
         // When berth is stopping: the time by which it ends regardless.
         let mut stopping: Option<Instant> = None;
@@ -597,6 +608,7 @@ impl Supervisor {
                     }
                 }
                 Some(view) = views.recv() => self.on_view(view),
+                Some(call) = calls.recv() => self.on_control(call, &mut logs, stopping.is_some()),
                 Some(frame) = frames.recv() => self.front.tell_frame(frame, Vec::new()),
             }
             if let Some(deadline) = stopping {
@@ -626,13 +638,20 @@ impl Supervisor {
     /// SIGHUP: a valid configuration becomes current and goes to the front
     /// end; an invalid one changes nothing.
     fn on_reload(&mut self, logs: &mut Logs) {
+        let _ = self.apply_reload(logs);
+    }
+
+    /// The reload of SIGHUP (and `berth ctl reload`): on success the new
+    /// configuration is in use; a refusal is logged and returned.
+    fn apply_reload(&mut self, logs: &mut Logs) -> Result<(), Error> {
         match self.reload() {
             Ok(new_logs) => {
                 *logs = new_logs;
                 self.send_plan(logs);
+                self.control.sync(&self.config, &self.path, self.root);
                 if let Some(m) = &self.meter {
                     m.tenants(metered(&self.config, self.root));
-                    m.status(self.config.server.admin.is_some());
+                    m.status(self.config.server.admin.is_some() || self.control.on());
                 }
                 for (app, slot) in self.apps.update(&self.config) {
                     let why = "stopped: its configuration changed".to_string();
@@ -640,6 +659,7 @@ impl Supervisor {
                         .tell(&ToFront::Exited { app, slot, why }, Vec::new());
                 }
                 self.warm();
+                Ok(())
             }
             Err(Error::Config(problems)) => {
                 for p in problems.iter() {
@@ -649,8 +669,12 @@ impl Supervisor {
                     "reload refused: {} problem(s); still serving the previous configuration",
                     problems.len()
                 );
+                Err(Error::Config(problems))
             }
-            Err(e) => error!("reload refused: {e}; still serving the previous configuration"),
+            Err(e) => {
+                error!("reload refused: {e}; still serving the previous configuration");
+                Err(e)
+            }
         }
     }
 
@@ -962,12 +986,14 @@ impl Supervisor {
             tenants.push(t.name.clone());
         }
         let error = open_log(&dir, "error.log", None)?;
+        let audit = control::open_audit(&dir, &self.config, self.root)?;
         Ok(Logs {
             tenants,
             access,
             errors,
             limits,
             error,
+            audit,
         })
     }
 
@@ -978,7 +1004,7 @@ impl Supervisor {
             crate::tenant_log::open(tenant, File::from(fd.try_clone()?), Some(*limits));
         }
         crate::tenant_log::retain(&logs.tenants);
-        Ok(())
+        self.use_audit(logs)
     }
 }
 
