@@ -198,8 +198,9 @@ pub struct Server {
     output: Arc<Mutex<String>>,
 }
 
-/// The `[server]` block for a test: plain and TLS listeners on free ports, state
-/// and logs inside `dir`, the front end as `berth-tfront`, short timeouts.
+/// The `[server]` block for a test: plain and TLS listeners on free ports, state,
+/// logs and the control socket (`dir/state/control.sock`, not the shared
+/// /run/berth's) inside `dir`, the front end as `berth-tfront`, short timeouts.
 pub fn server_block(dir: &Dir, extra: &str) -> (String, u16, u16) {
     ensure_user("berth-tfront");
     let port = free_port();
@@ -211,10 +212,12 @@ tls_listen = ["127.0.0.1:{tls_port}"]
 user = "berth-tfront"
 state_dir = "{state}"
 log_dir = "{log}"
+control_socket = "{control}"
 {extra}
 "#,
         state = dir.join("state").display(),
         log = dir.join("log").display(),
+        control = dir.join("state/control.sock").display(),
     );
     (block, port, tls_port)
 }
