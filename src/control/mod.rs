@@ -13,13 +13,15 @@
 //! - [`proto`]: the typed, versioned, length-prefixed protocol;
 //! - [`auth`]: who may act on which tenant;
 //! - [`audit`]: one line per request in `log_dir/audit.log`;
-//! - [`logs`]: a tenant's log lines that concern one app.
+//! - [`logs`]: a tenant's log lines that concern one app;
+//! - [`client`]: `berth ctl`, its output for people and `--json`.
 //!
 //! `reload` and `check` answer with the problems that concern the caller's
 //! tenant ([`problems_for`], [`check_for`]).
 
 pub mod audit;
 pub mod auth;
+pub mod client;
 pub mod logs;
 pub mod proto;
 pub mod server;
