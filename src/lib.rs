@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod control;
 pub mod front;
 pub mod ipc;
 pub mod logging;

@@ -54,6 +54,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Act on a running berth over its control socket: as root or a member
+    /// of admin_group on any tenant (--tenant), as a tenant's user on its own.
+    Ctl(berth::control::client::CtlArgs),
     /// The front end; started by `serve`, never by hand.
     #[command(hide = true)]
     Front {
@@ -233,6 +236,7 @@ fn main() -> ExitCode {
             app,
             format,
         } => usage(&config, since, until, tenant, app, format),
+        Command::Ctl(args) => berth::control::client::main(args),
         Command::Front { log_level } => {
             let level = berth::logging::parse_level(&log_level)
                 .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);

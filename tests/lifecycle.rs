@@ -1219,13 +1219,14 @@ fn access_log_lines_per_tenant() {
     for l in s.access_log("tb").lines() {
         assert!(l.starts_with("b.test "), "foreign line in tb's log: {l}");
     }
-    // Nothing else was created in the log directory but the tenants' folders.
+    // Nothing else was created in the log directory but the tenants' folders
+    // (and the control socket's audit log).
     let mut names: Vec<String> = fs::read_dir(&s.log_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["error.log", "ta", "tb"]);
+    assert_eq!(names, ["audit.log", "error.log", "ta", "tb"]);
 }
 
 #[test]

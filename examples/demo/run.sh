@@ -46,6 +46,7 @@ berth demo: try
   curl http://127.0.0.1:8081/status          # berth's status page (open it in a browser)
   curl http://127.0.0.1:8081/status.json     # the same, as JSON
   curl http://127.0.0.1:8081/metrics         # Prometheus metrics
+  $berth ctl --socket $run/run/control.sock --tenant alice status   # berth ctl (README: "berth ctl")
 Logs: $run/run/log/  Config: $run/berth.toml  Stop: Ctrl-C
 MSG
 exec "$berth" serve --config "$run/berth.toml"

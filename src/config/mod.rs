@@ -18,6 +18,7 @@
 //! `berth check` and `berth serve` agree on what is valid.
 
 mod app;
+mod control;
 pub mod explain;
 mod limits;
 mod log_rotate;
@@ -35,6 +36,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use app::{App, Bind, Pool, Protocol};
+pub use control::{ControlConfig, DEFAULT_SOCKET};
 pub use limits::Limits;
 pub use log_rotate::{LogRotation, Period};
 pub use problem::{Problem, Problems};
@@ -97,6 +99,8 @@ pub struct Server {
     /// `admin_listen` and `admin_htpasswd`: where the status page and the
     /// metrics are served (None: nowhere).
     pub admin: Option<Admin>,
+    /// `control_socket` and `admin_group`: `berth ctl` ([`crate::control`]).
+    pub control: ControlConfig,
 }
 
 /// The admin listener: `/status`, `/status.json` and `/metrics` (see
@@ -365,6 +369,7 @@ impl Default for Server {
             usage_raw_days: 7,
             usage_keep_days: 400,
             admin: None,
+            control: ControlConfig::default(),
         }
     }
 }
@@ -467,6 +472,12 @@ pub fn load_with(path: &Path, previous: Option<&Config>) -> Result<Config, Probl
     }
     check_default_tls_site(path, &server, &tenants, &mut problems);
     check_dirs(path, &server, &mut problems);
+    control::check(
+        path,
+        &server,
+        rustix::process::geteuid().is_root(),
+        &mut problems,
+    );
     // Report in reading order: file by file, line by line.
     problems.0.sort_by_key(|p| {
         let file = files
@@ -738,6 +749,7 @@ fn read_server(mut t: TableReader<'_>) -> (Server, Vec<PathBuf>) {
         s.usage_keep_days = n as u32;
     }
     s.admin = read_admin(&mut t, &s);
+    s.control = control::read(&mut t);
     if let Some(h) = t.string("default_tls_site") {
         s.default_tls_site = Some(DefaultTlsSite {
             host: h.value.trim_end_matches('.').to_ascii_lowercase(),

@@ -137,6 +137,16 @@ impl OwnFile {
     }
 }
 
+/// What [`Layers::check`] found of a tenant's own file.
+#[derive(Debug, Clone)]
+pub struct OwnCheck {
+    pub path: PathBuf,
+    /// There is something at `path` (false: nothing to check).
+    pub exists: bool,
+    /// Why it would be refused (empty: it would be accepted).
+    pub problems: Vec<Problem>,
+}
+
 /// What tenants' own files layer over, kept with the configuration so that
 /// one tenant can be re-layered alone (`berth ctl reload`).
 #[derive(Debug)]
@@ -197,14 +207,19 @@ impl Layers {
 
     /// What is wrong with tenant `name`'s own file as it is on disk now,
     /// without using it (`berth ctl check`). None: the tenant has no own file
-    /// (or there is no such tenant); Some(empty): it would be accepted.
-    pub fn check(&self, name: &str) -> Option<Vec<Problem>> {
+    /// (or there is no such tenant).
+    pub fn check(&self, name: &str) -> Option<OwnCheck> {
         let t = self.admin.iter().find(|t| t.name == name)?;
         let path = t.own.as_ref()?.path.clone();
-        Some(match read_own_file(&t.home, &path, self.owner(t)) {
-            Ok(None) => Vec::new(),
-            Ok(Some(text)) => self.apply(t, &path, &text).err().unwrap_or_default(),
-            Err(why) => vec![file_problem(&path, why)],
+        let (exists, problems) = match read_own_file(&t.home, &path, self.owner(t)) {
+            Ok(None) => (false, Vec::new()),
+            Ok(Some(text)) => (true, self.apply(t, &path, &text).err().unwrap_or_default()),
+            Err(why) => (true, vec![file_problem(&path, why)]),
+        };
+        Some(OwnCheck {
+            path,
+            exists,
+            problems,
         })
     }
 

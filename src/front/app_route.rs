@@ -222,7 +222,7 @@ async fn enter(
 
 /// The script part and the rest of `path`, split after the first segment that
 /// ends in `.EXT`.
-fn split_script(path: &str, extensions: &[String]) -> Option<(String, String)> {
+pub fn split_script(path: &str, extensions: &[String]) -> Option<(String, String)> {
     let mut end = 0;
     for segment in path.split('/').skip(1) {
         end += 1 + segment.len();

@@ -21,7 +21,7 @@
 //! them to the front end; [`AppManager::stop_all`] leaves nothing running at
 //! shutdown.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
@@ -43,10 +43,9 @@ use crate::ipc::{AppId, AppProcess, AppStatus, EventKind, ProcessStatus, StartRe
 mod rolling;
 mod touch;
 
-// For the control socket's `berth ctl restart`.
-#[allow(unused_imports)]
 pub use rolling::RestartOutcome;
 use rolling::{Probe, Program, Rollout, Run};
+mod ctl;
 
 /// One running process of an app.
 struct Proc {
@@ -187,6 +186,9 @@ pub struct AppManager {
     /// Watches every app's program and `tmp/restart.txt` (None when its
     /// thread could not start: said once).
     touch: Option<touch::Watcher>,
+    /// Apps held stopped by `berth ctl stop` (see `ctl.rs`): they start no
+    /// process and run no script.
+    held: HashSet<AppId>,
 }
 
 /// How long a CGI script may outlive its `timeout` before it is killed.
@@ -246,6 +248,7 @@ impl AppManager {
             cgroups,
             wake: Arc::new(Notify::new()),
             touch: None,
+            held: HashSet::new(),
         };
         m.touch = touch::Watcher::start(m.wake.clone())
             .inspect_err(|e| warn!("cannot watch apps' programs for touch-to-restart: {e}"))
@@ -313,6 +316,7 @@ impl AppManager {
             .filter(|name| !cfg.tenants.iter().any(|t| t.name == *name))
             .collect();
         self.limits_pending = pending;
+        self.held.retain(|id| wanted.contains_key(id));
         let due = Instant::now() + STOP_GRACE + Duration::from_secs(1);
         self.tenants_gone = gone.into_iter().map(|name| (name, due)).collect();
         let mut changed = Vec::new();
@@ -396,6 +400,11 @@ impl AppManager {
     /// Starts one more process of `id` if its configuration allows it.
     pub fn start(&mut self, id: &AppId) -> Result<AppProcess, StartRefused> {
         self.settle();
+        if self.held.contains(id) {
+            return Err(StartRefused::Failed(format!(
+                "app {id} is stopped (berth ctl stop)"
+            )));
+        }
         if let Some(state) = self.apps.get(id)
             && state.app.protocol != Protocol::Cgi
             && state.serving() >= state.app.pool.max_processes as usize
@@ -677,6 +686,9 @@ impl AppManager {
         if state.app.protocol != Protocol::Cgi {
             return Err(format!("app {id} is not a CGI app"));
         }
+        if self.held.contains(id) {
+            return Err(format!("app {id} is stopped (berth ctl stop)"));
+        }
         let routes = self.cgi_routes.get(id);
         // The front end keeps to max_processes; this is the backstop. A
         // script is free for the front end once its output ends, a moment
@@ -872,8 +884,9 @@ impl AppManager {
         let want: Vec<AppId> = self
             .apps
             .iter()
-            .filter(|(_, s)| {
+            .filter(|(id, s)| {
                 s.app.protocol != Protocol::Cgi
+                    && !self.held.contains(*id)
                     && s.serving() < s.app.pool.min_processes as usize
                     && s.retry_at.is_none_or(|at| at <= Instant::now())
             })

@@ -27,6 +27,7 @@ use tracing_subscriber::filter::LevelFilter;
 
 mod apps;
 pub mod cgroup;
+mod control;
 mod events;
 mod meter;
 mod rotate;
@@ -86,6 +87,7 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
     // one comes every interval).
     let (views_tx, views) = mpsc::channel(1);
     let meter = start_meter(&config, cgroups.clone(), root, views_tx);
+    let control = control::Control::new(&config, path);
     let cgroups_name = cgroups.kind().name();
     let apps =
         apps::AppManager::new(&config, front.as_ref(), root, cgroups).map_err(|e| Error::Dir {
@@ -107,18 +109,21 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
         last_view: None,
         status_frames: None,
         rotation: rotate::Rotation::default(),
+        control,
     };
     let logs = sup.open_logs()?;
     sup.use_logs(&logs)?;
     crate::logging::set_file(File::from(logs.error.try_clone()?));
     report_own_files(&sup.config, None);
     sup.listeners.sync(&sup.config)?;
+    sup.control.sync(&sup.config, &sup.path, root);
     raise_nofile_limit();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let result = rt.block_on(sup.serve(logs, views));
+    sup.control.close();
     // Whatever way the loop ended, no app outlives berth (the front end goes
     // with the supervisor: its parent-death signal).
     drop(sup.front.current.take());
@@ -138,45 +143,46 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
 /// the configuration it replaces; a file refused the same way again is not
 /// said again).
 fn report_own_files(config: &Config, previous: Option<&Config>) {
-    use crate::config::own::OwnState;
     for t in &config.tenants {
-        let Some(own) = &t.own else { continue };
         let before = previous
             .and_then(|p| p.tenants.iter().find(|x| x.name == t.name))
             .and_then(|x| x.own.as_ref());
-        let refused = |o: &crate::config::own::OwnFile| matches!(o.state, OwnState::Refused { .. });
-        let news = match before {
-            _ if refused(own) => {
-                before.is_none_or(|b| b.state != own.state || b.problems != own.problems)
-            }
-            // Mended: say so once.
-            Some(b) => refused(b) && own.state == OwnState::InUse,
-            None => false,
-        };
-        if !news {
-            continue;
-        }
-        let log = crate::tenant_log::get(&t.name);
-        let say = |text: String| {
-            if let Some(log) = &log {
-                log.line("berth", text.as_bytes());
-            }
-        };
-        for p in &own.problems {
-            warn!("tenant {}: own file: {p}", t.name);
-            say(format!("your file: {p}"));
-        }
-        match own.state {
-            OwnState::InUse => {
-                info!("tenant {}: own file {}", t.name, own.summary());
-                say(format!("your file {}", own.summary()));
-            }
-            _ => {
-                warn!("tenant {}: own file {}", t.name, own.summary());
-                say(format!("your file {}", own.summary()));
-            }
-        }
+        report_own_file(t, before);
     }
+}
+
+/// [`report_own_files`] for one tenant, whose own file was `before`.
+fn report_own_file(t: &crate::config::Tenant, before: Option<&crate::config::own::OwnFile>) {
+    use crate::config::own::{OwnFile, OwnState};
+    let Some(own) = &t.own else { return };
+    let refused = |o: &OwnFile| matches!(o.state, OwnState::Refused { .. });
+    let news = match before {
+        _ if refused(own) => {
+            before.is_none_or(|b| b.state != own.state || b.problems != own.problems)
+        }
+        // Mended: say so once.
+        Some(b) => refused(b) && own.state == OwnState::InUse,
+        None => false,
+    };
+    if !news {
+        return;
+    }
+    let log = crate::tenant_log::get(&t.name);
+    let say = |text: String| {
+        if let Some(log) = &log {
+            log.line("berth", text.as_bytes());
+        }
+    };
+    for p in &own.problems {
+        warn!("tenant {}: own file: {p}", t.name);
+        say(format!("your file: {p}"));
+    }
+    if refused(own) {
+        warn!("tenant {}: own file {}", t.name, own.summary());
+    } else {
+        info!("tenant {}: own file {}", t.name, own.summary());
+    }
+    say(format!("your file {}", own.summary()));
 }
 
 /// Chooses the cgroup backend (said once), and sweeps what a berth that did
@@ -269,7 +275,8 @@ fn start_meter(
     let status = meter::StatusOut {
         views,
         db: writer.as_ref().map(|_| path),
-        on: s.admin.is_some(),
+        // The status page's figures, and `berth ctl status`'s.
+        on: s.admin.is_some() || s.control.effective(root).is_some(),
     };
     match meter::Meter::start(cgroups, writer, metered(config, root), status) {
         Ok(m) => Some(m),
@@ -302,6 +309,8 @@ struct Supervisor {
     status_frames: Option<mpsc::Sender<ipc::Frame>>,
     /// Built-in log rotation (`log_rotate`), on the loop's tick.
     rotation: rotate::Rotation,
+    /// The control socket (`berth ctl`).
+    control: control::Control,
 }
 
 /// Open log files: one access log per tenant (in config order) and the error log.
@@ -316,6 +325,8 @@ struct Logs {
     /// Each tenant's log directory, and `log_dir`: where rotation renames.
     dirs: Vec<SafeDir>,
     dir: SafeDir,
+    /// `audit.log`: a line per control request.
+    audit: OwnedFd,
 }
 
 impl Logs {
@@ -580,6 +591,7 @@ impl Supervisor {
         let (frames_tx, mut frames) = mpsc::channel(1);
         self.status_frames = Some(frames_tx);
         let rolling = self.apps.waker();
+        let mut calls = self.control.take_calls();
         self.spawn_front(&logs, tx.clone())?;
         // When berth is stopping: the time by which it ends regardless.
         let mut stopping: Option<Instant> = None;
@@ -655,6 +667,7 @@ impl Supervisor {
                 }
                 _ = rolling.notified(), if stopping.is_none() => self.roll(),
                 Some(view) = views.recv() => self.on_view(view),
+                Some(call) = calls.recv() => self.on_control(call, &mut logs, stopping.is_some()),
                 Some(frame) = frames.recv() => self.front.tell_frame(frame, Vec::new()),
             }
             if let Some(deadline) = stopping {
@@ -684,20 +697,17 @@ impl Supervisor {
     /// SIGHUP: a valid configuration becomes current and goes to the front
     /// end; an invalid one changes nothing.
     fn on_reload(&mut self, logs: &mut Logs) {
+        let _ = self.apply_reload(logs);
+    }
+
+    /// The reload of SIGHUP (and `berth ctl reload`): on success the new
+    /// configuration is in use; a refusal is logged and returned.
+    fn apply_reload(&mut self, logs: &mut Logs) -> Result<(), Error> {
         match self.reload() {
             Ok(new_logs) => {
                 *logs = new_logs;
-                self.send_plan(logs);
-                if let Some(m) = &self.meter {
-                    m.tenants(metered(&self.config, self.root));
-                    m.status(self.config.server.admin.is_some());
-                }
-                for (app, slot) in self.apps.update(&self.config) {
-                    let why = "stopped: its configuration changed".to_string();
-                    self.front
-                        .tell(&ToFront::Exited { app, slot, why }, Vec::new());
-                }
-                self.warm();
+                self.use_config(logs);
+                Ok(())
             }
             Err(Error::Config(problems)) => {
                 for p in problems.iter() {
@@ -707,9 +717,31 @@ impl Supervisor {
                     "reload refused: {} problem(s); still serving the previous configuration",
                     problems.len()
                 );
+                Err(Error::Config(problems))
             }
-            Err(e) => error!("reload refused: {e}; still serving the previous configuration"),
+            Err(e) => {
+                error!("reload refused: {e}; still serving the previous configuration");
+                Err(e)
+            }
         }
+    }
+
+    /// Puts `self.config`, just changed, to use: the front end's plan, the
+    /// control socket's view, the meter's tenants, the apps (changed ones
+    /// restart).
+    fn use_config(&mut self, logs: &Logs) {
+        self.send_plan(logs);
+        self.control.sync(&self.config, &self.path, self.root);
+        if let Some(m) = &self.meter {
+            m.tenants(metered(&self.config, self.root));
+            m.status(self.config.server.admin.is_some() || self.control.on());
+        }
+        for (app, slot) in self.apps.update(&self.config) {
+            let why = "stopped: its configuration changed".to_string();
+            self.front
+                .tell(&ToFront::Exited { app, slot, why }, Vec::new());
+        }
+        self.warm();
     }
 
     /// The meter's figures after a sample: with what the loop knows, they
@@ -1034,6 +1066,7 @@ impl Supervisor {
             dirs.push(tdir);
         }
         let error = open_log(&dir, "error.log", None)?;
+        let audit = control::open_audit(&dir, &self.config, self.root)?;
         Ok(Logs {
             tenants,
             access,
@@ -1042,6 +1075,7 @@ impl Supervisor {
             error,
             dirs,
             dir,
+            audit,
         })
     }
 
@@ -1052,7 +1086,7 @@ impl Supervisor {
             crate::tenant_log::open(tenant, File::from(fd.try_clone()?), Some(*limits));
         }
         crate::tenant_log::retain(&logs.tenants);
-        Ok(())
+        self.use_audit(logs)
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OpenFlags};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::db::{read_meta, schema_version, select_series, sum_hourly, sum_raw};
 use super::{HOUR_MS, SCHEMA_VERSION, Totals, UsageError, floor_hour, from_ms, to_ms};
@@ -38,7 +38,7 @@ pub struct Report {
 }
 
 /// One tenant's (`app` = None) or one app's figures.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     pub tenant: String,
     pub app: Option<String>,

@@ -198,8 +198,9 @@ pub struct Server {
     output: Arc<Mutex<String>>,
 }
 
-/// The `[server]` block for a test: plain and TLS listeners on free ports, state
-/// and logs inside `dir`, the front end as `berth-tfront`, short timeouts.
+/// The `[server]` block for a test: plain and TLS listeners on free ports, state,
+/// logs and the control socket (`dir/state/control.sock`, not the shared
+/// /run/berth's) inside `dir`, the front end as `berth-tfront`, short timeouts.
 /// berth's own log rotation is off unless `extra` sets `log_rotate`: a test
 /// that reads a log must not find it rotated because it ran at midnight.
 pub fn server_block(dir: &Dir, extra: &str) -> (String, u16, u16) {
@@ -219,10 +220,12 @@ user = "berth-tfront"
 state_dir = "{state}"
 log_dir = "{log}"
 {rotate}
+control_socket = "{control}"
 {extra}
 "#,
         state = dir.join("state").display(),
         log = dir.join("log").display(),
+        control = dir.join("state/control.sock").display(),
     );
     (block, port, tls_port)
 }

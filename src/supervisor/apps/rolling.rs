@@ -331,8 +331,6 @@ impl AppManager {
     /// logs): the answer comes on the channel once it is over (done, or
     /// failed and why; at once for a CGI app or an unknown one). The loop
     /// carries it on ([`AppManager::roll`]); nothing here waits.
-    // Called by the control socket (`berth ctl restart`).
-    #[allow(dead_code)]
     pub fn restart(&mut self, id: &AppId, asked_by: &str) -> oneshot::Receiver<RestartOutcome> {
         let (tx, rx) = oneshot::channel();
         let cause = format!("asked for by {asked_by}");
