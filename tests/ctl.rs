@@ -1081,3 +1081,69 @@ admin_group = "berth-no-such-group"
     let cfg = dir.write("berth.toml", &text);
     assert_eq!(check(&cfg).0, Some(0), "{}", check(&cfg).1);
 }
+
+#[test]
+fn the_audit_log_rotates_with_the_other_logs_and_keeps_its_owner_and_mode() {
+    let f = Fixture::start("log_rotate = \"4KiB\"\nlog_keep = 3");
+    let audit = f.s.log_dir.join("audit.log");
+    let rotated = f.s.log_dir.join("audit.log.1");
+    // At the rate a uid may keep up (five a second), until it rotates.
+    let mut asked = 0;
+    let found = (0..30).any(|_| {
+        for _ in 0..4 {
+            f.ok(None, &["--tenant", "ta", "status"]);
+            asked += 1;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        rotated.exists()
+    });
+    assert!(found, "audit.log never rotated after {asked} requests");
+    // Every request is in one of the two files, once.
+    let text = format!(
+        "{}{}",
+        fs::read_to_string(&rotated).unwrap(),
+        fs::read_to_string(&audit).unwrap()
+    );
+    let lines = audit_lines(&text, 0)
+        .into_iter()
+        .filter(|l| l.contains("command=\"status\""))
+        .count();
+    assert_eq!(lines, asked, "{text}");
+    for p in [&audit, &rotated] {
+        let st = fs::symlink_metadata(p).unwrap();
+        assert_eq!((st.uid(), st.mode() & 0o777), (0, 0o600), "{}", p.display());
+    }
+}
+
+#[test]
+fn a_request_past_its_uids_rate_is_refused_unrun_so_every_request_that_ran_has_its_audit_line() {
+    let f = Fixture::start("");
+    let (mut ran, mut refused) = (0, 0);
+    for _ in 0..130 {
+        let out = f.ctl(Some(USER_A), &["stop", "cgi"]);
+        match out.code {
+            Some(0) => ran += 1,
+            _ => {
+                assert!(out.stderr.contains("more than 5 times a second"), "{out:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "130 requests at once were all run");
+    let lines = audit_lines(&f.audit(), uid_of(USER_A));
+    let written = lines
+        .iter()
+        .filter(|l| l.contains("command=\"stop cgi\""))
+        .count();
+    assert_eq!(written, ran, "{lines:#?}");
+    // Its next lines count what was refused, every one.
+    std::thread::sleep(Duration::from_millis(500));
+    f.ok(Some(USER_A), &["start", "cgi"]);
+    let lines = audit_lines(&f.audit(), uid_of(USER_A));
+    let counted: usize = lines
+        .iter()
+        .filter_map(|l| l.split("refused=").nth(1))
+        .filter_map(|r| r.split(' ').next()?.parse::<usize>().ok())
+        .sum();
+    assert_eq!(counted, refused, "{lines:#?}");
+}

@@ -7,9 +7,11 @@
 //! result=ok|refused|error why="..."`. Every value a caller chose (names,
 //! messages quoting them) is quoted and escaped, so no caller can end a line
 //! or forge one. Any local user can connect, so each uid is held to
-//! [`RATE`] lines a second (a burst of [`BURST`]): past it, lines are
-//! counted, and the count is written with that uid's next line. A hostile
-//! user can cost the disk little, and never hides another's lines.
+//! [`RATE`] requests a second (a burst of [`BURST`], [`Audit::admit`]):
+//! past it, a request is refused without being run, counted, and the count
+//! is written with that uid's next line. So every request that ran has its
+//! line, and a hostile user can cost the disk little and never hides
+//! another's lines.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -58,26 +60,37 @@ impl Audit {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes the line of one request: by `who`, on `tenant` (the one
-    /// named or implied, when known), `command` as `berth ctl` was given
-    /// it, and how it ended.
-    pub fn record(&self, who: &Who, tenant: Option<&str>, command: &str, outcome: &Outcome) {
+    /// Whether a request of `uid` may go on (and have its line): false past
+    /// [`RATE`] a second, when it is refused unrun and counted.
+    pub fn admit(&self, uid: u32) -> bool {
         let mut st = self.lock();
         let (bucket, lost, last) = st
             .uids
-            .entry(who.uid)
+            .entry(uid)
             .or_insert_with(|| (Bucket::full(BURST), 0, Instant::now()));
         *last = Instant::now();
         if bucket.take(1, RATE, BURST) == 0 {
             *lost += 1;
-            return;
+            return false;
         }
-        let lost = std::mem::take(lost);
+        true
+    }
+
+    /// Writes the line of one request [`Audit::admit`] let through: by
+    /// `who`, on `tenant` (the one named or implied, when known), `command`
+    /// as `berth ctl` was given it, and how it ended; before it, how many
+    /// of `who`'s were refused since its last line.
+    pub fn record(&self, who: &Who, tenant: Option<&str>, command: &str, outcome: &Outcome) {
+        let mut st = self.lock();
+        let lost = st
+            .uids
+            .get_mut(&who.uid)
+            .map_or(0, |(_, lost, _)| std::mem::take(lost));
         let mut text = String::new();
         let now = stamp(SystemTime::now());
         if lost > 0 {
             text.push_str(&format!(
-                "{now} uid={} dropped={lost} why=\"more than {RATE} lines a second from this uid\"\n",
+                "{now} uid={} refused={lost} why=\"more than {RATE} requests a second from this uid: refused unrun\"\n",
                 who.uid
             ));
         }
@@ -228,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn a_flooding_uid_is_counted_not_written_and_others_still_are() {
+    fn a_flooding_uid_is_refused_and_counted_and_others_still_are_written() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         let audit = Audit::default();
@@ -240,8 +253,11 @@ mod tests {
                 .unwrap(),
         );
         for _ in 0..1000 {
-            audit.record(&who(2000), None, "status", &Outcome::Refused("no".into()));
+            if audit.admit(2000) {
+                audit.record(&who(2000), None, "status", &Outcome::Refused("no".into()));
+            }
         }
+        assert!(audit.admit(1001));
         audit.record(&who(1001), Some("alice"), "status", &Outcome::Ok);
         let text = std::fs::read_to_string(&path).unwrap();
         let flood = text.lines().filter(|l| l.contains("uid=2000")).count();
@@ -252,11 +268,12 @@ mod tests {
         assert_eq!(text.lines().filter(|l| l.contains("uid=1001")).count(), 1);
         // Once it may write again, what it lost is said.
         std::thread::sleep(std::time::Duration::from_millis(400));
+        assert!(audit.admit(2000));
         audit.record(&who(2000), None, "status", &Outcome::Ok);
         let text = std::fs::read_to_string(&path).unwrap();
         let dropped = text
             .lines()
-            .find_map(|l| l.split("dropped=").nth(1))
+            .find_map(|l| l.split("refused=").nth(1))
             .and_then(|r| r.split(' ').next())
             .and_then(|n| n.parse::<usize>().ok())
             .expect("a dropped= line");

@@ -282,6 +282,16 @@ async fn connection(shared: Arc<Shared>, stream: UnixStream) {
         }
     };
     let read = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut rd)).await;
+    // Every request that runs has its audit line: past its rate, a uid's
+    // request is refused unrun (and counted in its next line).
+    if !shared.audit.admit(uid) {
+        let message = format!(
+            "uid {uid} asks more than {} times a second: refused (try again in a moment)",
+            super::audit::RATE
+        );
+        let _ = write(&mut wr, Reply::Refused { message }).await;
+        return;
+    }
     let context = shared.context.load_full();
     let group = context.config.server.control.admin_group.clone();
     let berth_uid = context.berth_uid;

@@ -1,5 +1,6 @@
 //! Built-in log rotation (`[server] log_rotate`, `log_keep`): every tenant's
-//! `access.log` and `error.log` and berth's own `error.log`, rotated by the
+//! `access.log` and `error.log`, berth's own `error.log` and the control
+//! socket's `audit.log`, rotated by the
 //! supervisor on its loop's one-second tick ([`Supervisor::rotate_logs`]).
 //!
 //! What is due:
@@ -79,6 +80,8 @@ enum Key {
     Access(String),
     Error(String),
     Berth,
+    /// `log_dir/audit.log`: a line per control request.
+    Audit,
 }
 
 impl Key {
@@ -87,6 +90,7 @@ impl Key {
         match self {
             Key::Access(_) => "access.log",
             Key::Error(_) | Key::Berth => "error.log",
+            Key::Audit => "audit.log",
         }
     }
 }
@@ -95,7 +99,7 @@ impl std::fmt::Display for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Key::Access(t) | Key::Error(t) => write!(f, "{t}/{}", self.base()),
-            Key::Berth => f.write_str(self.base()),
+            Key::Berth | Key::Audit => f.write_str(self.base()),
         }
     }
 }
@@ -165,7 +169,8 @@ impl Rotation {
         let Some(size) = policy.size else {
             return;
         };
-        let total = 2 * logs.tenants.len() + 1;
+        // 0: berth's error.log, 1: audit.log, then each tenant's two.
+        let total = 2 * logs.tenants.len() + 2;
         let per_tick = total
             .div_ceil(SIZE_ROUND)
             .max(MIN_CHECKS_PER_TICK)
@@ -174,7 +179,8 @@ impl Rotation {
             self.cursor = (self.cursor + 1) % total;
             let (fd, threshold) = match self.cursor {
                 0 => (&logs.error, size),
-                k if k % 2 == 1 => (&logs.access[k / 2], size),
+                1 => (&logs.audit, size),
+                k if k % 2 == 0 => (&logs.access[k / 2 - 1], size),
                 k => (
                     &logs.errors[k / 2 - 1],
                     error_threshold(size, &logs.limits[k / 2 - 1]),
@@ -188,7 +194,8 @@ impl Rotation {
             }
             let key = match self.cursor {
                 0 => Key::Berth,
-                k if k % 2 == 1 => Key::Access(logs.tenants[k / 2].clone()),
+                1 => Key::Audit,
+                k if k % 2 == 0 => Key::Access(logs.tenants[k / 2 - 1].clone()),
                 k => Key::Error(logs.tenants[k / 2 - 1].clone()),
             };
             if !self.held.contains_key(&key) {
@@ -220,6 +227,7 @@ impl Rotation {
             self.queued.remove(&key);
             let (tenant, dir, current) = match &key {
                 Key::Berth => (None, &logs.dir, &mut logs.error),
+                Key::Audit => (None, &logs.dir, &mut logs.audit),
                 Key::Access(t) | Key::Error(t) => {
                     // (A reload may have removed the tenant since.)
                     let Some(&i) = index.get(t.as_str()) else {
@@ -307,6 +315,7 @@ fn all_keys(logs: &Logs) -> Vec<Key> {
         .flat_map(|t| [Key::Access(t.clone()), Key::Error(t.clone())])
         .collect();
     keys.push(Key::Berth);
+    keys.push(Key::Audit);
     keys
 }
 
@@ -359,6 +368,11 @@ impl Supervisor {
                     Ok(fd) => crate::logging::set_file(File::from(fd)),
                     Err(e) => error!("log rotation: {key}: {e}"),
                 },
+                (Key::Audit, _) => {
+                    if let Err(e) = self.use_audit(logs) {
+                        error!("log rotation: {key}: {e}");
+                    }
+                }
                 _ => {}
             }
         }
@@ -559,7 +573,10 @@ fn rotate_one(
         )
         .map_err(fail)?;
     }
-    rustix::fs::fchmod(&new, Mode::from_raw_mode(0o640)).map_err(fail)?;
+    // The mode of the file it replaces (0640 for a tenant's log, 0600 for
+    // the audit log without admin_group), never more than 0640.
+    let mode = st.st_mode & 0o640;
+    rustix::fs::fchmod(&new, Mode::from_raw_mode(mode)).map_err(fail)?;
     Ok(Some(new))
 }
 
