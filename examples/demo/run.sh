@@ -16,6 +16,7 @@ run=${BERTH_DEMO_DIR:-/tmp/berth-demo-$(id -u)}
 rm -rf "$run/sites" "$run/own"
 mkdir -p "$run"
 cp -r "$here/berth.toml" "$here/tenants.d" "$here/sites" "$here/apps" "$here/tls" "$here/own" "$here/alice.htpasswd" "$run/"
+install -m 755 "$berth" "$run/berth"    # for berth ctl as a tenant's user, who may not reach the build
 chmod -R go+rX "$run"
 chmod 755 "$run"
 chmod -R go-w "$run/apps" "$run/sites"   # berth refuses programs and scripts writable by group or others
@@ -25,11 +26,18 @@ if [ "$(id -u)" = 0 ]; then
     id "$u" >/dev/null 2>&1 || useradd --no-create-home --shell /usr/sbin/nologin "$u"
   done
   chown -R berth-demo-alice: "$run/sites/alice"
-  chown -R berth-demo-bob: "$run/sites/bob" "$run/own/bob.toml"
+  chown -R berth-demo-bob: "$run/sites/bob" "$run/own"
   chmod 600 "$run"/tls/*.key "$run/alice.htpasswd"
 else
   me=$(id -un)
   sed -i "s/\"berth-demo-\(front\|alice\|bob\)\"/\"$me\"/" "$run/berth.toml" "$run/tenants.d/bob.toml"
+fi
+
+sock="$run/run/control.sock"
+if [ "$(id -u)" = 0 ]; then
+  ctl="runuser -u berth-demo-bob -- $run/berth ctl --socket $sock"
+else
+  ctl="$run/berth ctl --socket $sock --tenant bob"
 fi
 
 cat <<MSG
@@ -46,7 +54,9 @@ berth demo: try
   curl http://127.0.0.1:8081/status          # berth's status page (open it in a browser)
   curl http://127.0.0.1:8081/status.json     # the same, as JSON
   curl http://127.0.0.1:8081/metrics         # Prometheus metrics
-  $berth ctl --socket $run/run/control.sock --tenant alice status   # berth ctl (README: "berth ctl")
+  $ctl status          # berth ctl as the tenant bob: his apps, processes, limits, use
+  $ctl reload          # bob re-reads his own file ($run/own/bob.toml) after editing it
+  $ctl logs hello-http --follow   # bob's app's access log lines as they come
 Logs: $run/run/log/  Config: $run/berth.toml  Stop: Ctrl-C
 MSG
 exec "$berth" serve --config "$run/berth.toml"
