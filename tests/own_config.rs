@@ -629,3 +629,67 @@ fn an_own_file_cannot_make_the_supervisor_run_more_than_its_tenant_may() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("at most 256 routes"), "{out}");
 }
+
+#[test]
+fn a_huge_timeout_in_an_own_file_does_not_bring_berth_down() {
+    let dir = Dir::new();
+    let (o1, o2) = homes(&dir);
+    let (config, port, tls_port) = two_tenants(&dir, &o1, &o2, "");
+    o1.write("public/pid.php", "<?php echo getmypid();", 0o644);
+    o1.write(
+        "public/c/x.cgi",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\nran\\n'\n",
+        0o755,
+    );
+    o2.write("public/index.html", "o2 here", 0o644);
+    // "now + timeout" past what a clock can hold panicked the supervisor: a
+    // rolling restart (start_timeout) or one CGI request (timeout) took
+    // every tenant down.
+    let own = "[app.php]\nstart_timeout = \"18446744073709551615s\"\n\n\
+               [app.c]\nprotocol = \"cgi\"\ntimeout = \"18446744073709551615s\"\n\n\
+               [[route]]\npath = \"/c\"\nextensions = [\"cgi\"]\napp = \"c\"\n";
+    o1.write("berth.toml", own, 0o644);
+    o1.own();
+    o2.own();
+    let main = dir.write("berth.toml", &config);
+    let (code, out, _) = check(&main, &["--tenant", "o1"]);
+    assert_eq!(code, Some(1), "{out}");
+    let file = o1.join("berth.toml");
+    for (line, key) in [
+        (line_of(own, "start_timeout"), "app.php.start_timeout"),
+        (line_of(own, "protocol = \"cgi\"") + 1, "app.c.timeout"),
+    ] {
+        let prefix = format!("{}:{line}: {key}: ", file.display());
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&prefix) && l.contains("too long")),
+            "no {prefix:?} in:\n{out}"
+        );
+    }
+    let mut s = Server::start(&dir, &config, port, tls_port);
+    let pid = get_host(s.addr(), "o1.test", "/pid.php");
+    assert_eq!(pid.status, 200, "{pid:?}");
+    let cgi = get_host(s.addr(), "o1.test", "/c/x.cgi");
+    assert!(cgi.status < 500, "{cgi:?}");
+    let restart = Command::new(BERTH)
+        .args(["ctl", "--socket"])
+        .arg(dir.join("state/control.sock"))
+        .args(["--tenant", "o1", "restart", "php"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&restart.stdout);
+    assert!(
+        restart.status.success() && said.contains("restarted"),
+        "{said}{}",
+        String::from_utf8_lossy(&restart.stderr)
+    );
+    assert!(
+        s.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "berth exited:\n{}",
+        s.output()
+    );
+    let page = get_host(s.addr(), "o2.test", "/");
+    assert_eq!((page.status, page.text()), (200, "o2 here".into()));
+    assert!(!s.output().contains("panicked"), "{}", s.output());
+    s.stop();
+}
