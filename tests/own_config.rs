@@ -693,3 +693,73 @@ fn a_huge_timeout_in_an_own_file_does_not_bring_berth_down() {
     assert!(!s.output().contains("panicked"), "{}", s.output());
     s.stop();
 }
+
+#[test]
+fn htpasswd_files_an_own_file_names_cannot_swell_the_configuration_and_cut_off_every_site() {
+    let dir = Dir::new();
+    let (o1, o2) = homes(&dir);
+    let (config, port, tls_port) = two_tenants(&dir, &o1, &o2, "");
+    o2.write("public/index.html", "o2 here", 0o644);
+    // 255KiB of valid entries, named by 256 routes: each route kept its
+    // copy, the configuration outgrew what the front end is sent, and no
+    // site of any tenant was served.
+    let hash = "$2y$05$hxLoM2ORxLOY3HzqAST4EuTNVpK7DLCOyF1fQ2hUIKoaHwQDikuj2";
+    let mut big = String::new();
+    for i in 0.. {
+        let entry = format!("u{i}:{hash}\n");
+        if big.len() + entry.len() > 255 << 10 {
+            break;
+        }
+        big.push_str(&entry);
+    }
+    o1.write("big.htpasswd", &big, 0o644);
+    o1.write("one.htpasswd", format!("me:{hash}\n"), 0o644);
+    let routes: String = (0..256)
+        .map(|i| {
+            format!(
+                "[[route]]\npath = \"/p{i}\"\nredirect = \"/\"\nauth = {{ realm = \"r\", htpasswd = \"big.htpasswd\" }}\n"
+            )
+        })
+        .collect();
+    o1.write("berth.toml", &routes, 0o644);
+    o1.own();
+    o2.own();
+    let main = dir.write("berth.toml", &config);
+    let (code, out, _) = check(&main, &["--tenant", "o1"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("route[1].auth.htpasswd") && out.contains("more than 256KiB together"),
+        "{out}"
+    );
+    let mut s = Server::start(&dir, &config, port, tls_port);
+    let page = get_host(s.addr(), "o2.test", "/");
+    assert_eq!((page.status, page.text()), (200, "o2 here".into()));
+    assert!(
+        !s.output().contains("too large"),
+        "the configuration reached the front end:\n{}",
+        s.output()
+    );
+    // A few small files, as a tenant protects its pages, are taken.
+    let few: String = (0..8)
+        .map(|i| {
+            format!(
+                "[[route]]\npath = \"/p{i}\"\nredirect = \"/\"\nauth = {{ realm = \"r\", htpasswd = \"one.htpasswd\" }}\n"
+            )
+        })
+        .collect();
+    o1.write("berth.toml", &few, 0o644);
+    o1.own();
+    s.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(10), || get_host(
+            s.addr(),
+            "o1.test",
+            "/p7"
+        )
+        .status
+            == 401),
+        "{}",
+        s.output()
+    );
+    s.stop();
+}
