@@ -1147,3 +1147,49 @@ fn a_request_past_its_uids_rate_is_refused_unrun_so_every_request_that_ran_has_i
         .sum();
     assert_eq!(counted, refused, "{lines:#?}");
 }
+
+#[test]
+fn a_strangers_request_quoting_64kib_back_cannot_write_a_64kib_audit_line() {
+    let f = Fixture::start("");
+    let ux = uid_of(STRANGER);
+    let user = nix::unistd::User::from_name(STRANGER).unwrap().unwrap();
+    // An unknown field of 60,000 bytes: the message that refuses it quotes
+    // it, and the audit line quoted the message whole, so any local user
+    // wrote 64 KiB lines at 5 a second.
+    let client = r#"
+import json, socket, struct, sys
+body = json.dumps({"version": 1, "command": "status", "k" * 60000: 1}).encode()
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(struct.pack(">I", len(body)) + body)
+n = struct.unpack(">I", s.recv(4, socket.MSG_WAITALL))[0]
+print(json.loads(s.recv(n, socket.MSG_WAITALL))["reply"]["failed"]["message"][:40])
+"#;
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={}", user.uid),
+            &format!("--regid={}", user.gid),
+            "--init-groups",
+            "/usr/bin/python3",
+            "-c",
+            client,
+        ])
+        .arg(f.socket())
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("invalid status request"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = audit_lines(&f.audit(), ux);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].len() < 2048 && lines[0].contains("more bytes)"),
+        "a line of {} bytes: {}",
+        lines[0].len(),
+        &lines[0][..lines[0].len().min(300)]
+    );
+}
