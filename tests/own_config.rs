@@ -763,3 +763,42 @@ fn htpasswd_files_an_own_file_names_cannot_swell_the_configuration_and_cut_off_e
     );
     s.stop();
 }
+
+#[test]
+fn a_lock_on_a_routes_key_covers_it_written_under_site_too() {
+    let dir = Dir::new();
+    let (o1, o2) = homes(&dir);
+    // [enforce] locks redirects in [[route]] spelling, the tenant's block
+    // locks auth in [[site.route]] spelling: each was bypassed by writing
+    // the same route the other way.
+    let (config, _, _) = two_tenants(&dir, &o1, &o2, "[enforce]\nlocked = [\"route.redirect\"]\n");
+    let config = config.replace(
+        "[tenant.o1]\n",
+        "[tenant.o1]\nlocked = [\"site.route.auth\"]\n",
+    );
+    let main = dir.write("berth.toml", &config);
+    o1.write(
+        "pw.htpasswd",
+        "me:$2y$05$hxLoM2ORxLOY3HzqAST4EuTNVpK7DLCOyF1fQ2hUIKoaHwQDikuj2\n",
+        0o644,
+    );
+    let own = "[[site]]\nhost = \"o1.test\"\n[[site.route]]\npath = \"/away\"\nredirect = \"https://elsewhere.example/\"\n\n\
+               [[route]]\npath = \"/mine\"\nredirect = \"/\"\nauth = { realm = \"r\", htpasswd = \"pw.htpasswd\" }\n";
+    o1.write("berth.toml", own, 0o644);
+    o1.own();
+    let (code, out, _) = check(&main, &["--tenant", "o1"]);
+    assert_eq!(code, Some(1), "{out}");
+    let file = o1.join("berth.toml");
+    for (needle, key) in [
+        ("redirect = \"https", "site.route.redirect"),
+        ("auth = {", "route.auth.realm"),
+        ("auth = {", "route.auth.htpasswd"),
+    ] {
+        let prefix = format!("{}:{}: {key}: ", file.display(), line_of(own, needle));
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&prefix) && l.contains("locked by the administrator")),
+            "no {prefix:?} in:\n{out}"
+        );
+    }
+}

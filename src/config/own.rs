@@ -320,11 +320,12 @@ impl Layers {
         leaves(&src, top, &mut Vec::new(), 0, &mut locked);
         for (key, line) in locked {
             let parts: Vec<&str> = key.split('.').collect();
+            let other = other_spelling(&parts);
             if let Some(lock) = self
                 .locks
                 .iter()
                 .chain(&t.locked)
-                .find(|l| l.covers(&parts))
+                .find(|l| l.covers(&parts) || other.as_ref().is_some_and(|o| l.covers(o)))
             {
                 walk.problem(
                     line,
@@ -743,6 +744,17 @@ fn beneath(home: &Path, path: &Path, dir: bool) -> Result<(), String> {
     }
 }
 
+/// The other way of writing a route's key: `[[route]]` and `[[site.route]]`
+/// add the same routes, so `route.K` and `site.route.K` are one key, and a
+/// lock on either spelling covers both.
+fn other_spelling<'a>(parts: &[&'a str]) -> Option<Vec<&'a str>> {
+    match parts {
+        ["route", rest @ ..] => Some([&["site", "route"][..], rest].concat()),
+        ["site", "route", rest @ ..] => Some([&["route"][..], rest].concat()),
+        _ => None,
+    }
+}
+
 /// Whether route path `p` is `prefix` or lies under it (whole segments).
 fn under(p: &str, prefix: &str) -> bool {
     prefix == "/"
@@ -1054,6 +1066,20 @@ mod tests {
         assert!(!lock("app.*.env").covers(&["app", "blog"]));
         assert!(lock("route").covers(&["route", "path"]));
         assert!(!lock("route").covers(&["site", "route", "path"]));
+    }
+
+    #[test]
+    fn a_routes_key_is_the_same_under_site() {
+        assert_eq!(
+            other_spelling(&["route", "auth", "htpasswd"]),
+            Some(vec!["site", "route", "auth", "htpasswd"])
+        );
+        assert_eq!(
+            other_spelling(&["site", "route", "redirect"]),
+            Some(vec!["route", "redirect"])
+        );
+        assert_eq!(other_spelling(&["site", "host"]), None);
+        assert_eq!(other_spelling(&["limits", "memory"]), None);
     }
 
     #[test]
