@@ -802,3 +802,34 @@ fn a_lock_on_a_routes_key_covers_it_written_under_site_too() {
         );
     }
 }
+
+#[test]
+fn an_own_files_keys_cannot_write_escape_sequences_or_lines_to_the_administrators_terminal() {
+    let dir = Dir::new();
+    let (o1, o2) = homes(&dir);
+    let (config, _, _) = two_tenants(&dir, &o1, &o2, "");
+    let main = dir.write("berth.toml", &config);
+    // A quoted key may hold any character; refused as unknown, it was
+    // printed as written by `berth check` (the administrator's terminal).
+    o1.write(
+        "berth.toml",
+        "\"\\u001b]0;owned\\u0007\\u001b[2J\\nforged: line\" = 1\n[app.\"\\u009b31m\"]\nprotocol = \"cgi\"\n",
+        0o644,
+    );
+    o1.own();
+    for args in [
+        &[][..],
+        &["--tenant", "o1"],
+        &["--tenant", "o1", "--explain"],
+    ] {
+        let (_, out, err) = check(&main, args);
+        for text in [&out, &err] {
+            assert!(
+                !text.chars().any(|c| c.is_control() && c != '\n'),
+                "{args:?}: {text:?}"
+            );
+            assert!(!text.lines().any(|l| l.starts_with("forged")), "{text}");
+        }
+        assert!(out.contains(r"\u{1b}]0;owned\u{7}"), "{args:?}: {out}");
+    }
+}
