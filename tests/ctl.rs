@@ -1147,3 +1147,125 @@ fn a_request_past_its_uids_rate_is_refused_unrun_so_every_request_that_ran_has_i
         .sum();
     assert_eq!(counted, refused, "{lines:#?}");
 }
+
+#[test]
+fn a_strangers_request_quoting_64kib_back_cannot_write_a_64kib_audit_line() {
+    let f = Fixture::start("");
+    let ux = uid_of(STRANGER);
+    let user = nix::unistd::User::from_name(STRANGER).unwrap().unwrap();
+    // An unknown field of 60,000 bytes: the message that refuses it quotes
+    // it, and the audit line quoted the message whole, so any local user
+    // wrote 64 KiB lines at 5 a second.
+    let client = r#"
+import json, socket, struct, sys
+body = json.dumps({"version": 1, "command": "status", "k" * 60000: 1}).encode()
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(struct.pack(">I", len(body)) + body)
+n = struct.unpack(">I", s.recv(4, socket.MSG_WAITALL))[0]
+print(json.loads(s.recv(n, socket.MSG_WAITALL))["reply"]["failed"]["message"][:40])
+"#;
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={}", user.uid),
+            &format!("--regid={}", user.gid),
+            "--init-groups",
+            "/usr/bin/python3",
+            "-c",
+            client,
+        ])
+        .arg(f.socket())
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("invalid status request"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = audit_lines(&f.audit(), ux);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].len() < 2048 && lines[0].contains("more bytes)"),
+        "a line of {} bytes: {}",
+        lines[0].len(),
+        &lines[0][..lines[0].len().min(300)]
+    );
+}
+
+#[test]
+fn eight_local_users_filling_the_control_socket_do_not_lock_root_out() {
+    let f = Fixture::start("");
+    // Any 8 local users (no tenant's, no admin's) hold 8 connections each,
+    // each with half a request: every one of the 64 places. Each is given
+    // 5 s to finish its request, and can be opened again at once.
+    let hold = r#"
+import socket, sys, time
+held = []
+for _ in range(8):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sys.argv[1])
+    s.sendall(b"\x00\x00\x00\x20{")
+    held.append(s)
+print("held", flush=True)
+time.sleep(30)
+"#;
+    let mut holders = Vec::new();
+    for i in 1..=8 {
+        let name = format!("berth-tch{i}");
+        let (uid, gid) = ensure_user(&name);
+        let mut child = Command::new("setpriv")
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--init-groups",
+                "/usr/bin/python3",
+                "-c",
+                hold,
+            ])
+            .arg(f.socket())
+            .current_dir("/")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "held");
+        holders.push(child);
+    }
+    // A local user who is not root finds them all taken (refused before
+    // it sends a byte)...
+    let user = nix::unistd::User::from_name(STRANGER).unwrap().unwrap();
+    let look = r#"
+import json, socket, struct, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+n = struct.unpack(">I", s.recv(4, socket.MSG_WAITALL))[0]
+print(json.loads(s.recv(n, socket.MSG_WAITALL))["reply"]["refused"]["message"])
+"#;
+    let stranger = Command::new("setpriv")
+        .args([
+            &format!("--reuid={}", user.uid),
+            &format!("--regid={}", user.gid),
+            "--init-groups",
+            "/usr/bin/python3",
+            "-c",
+            look,
+        ])
+        .arg(f.socket())
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let stranger = String::from_utf8_lossy(&stranger.stdout).into_owned();
+    // ...and root is still served.
+    let root = f.ctl(None, &["--tenant", "ta", "status"]);
+    for mut h in holders {
+        kill(&mut h);
+    }
+    assert!(stranger.contains("64 connections open"), "{stranger:?}");
+    assert_eq!(root.code, Some(0), "{root:?}");
+    assert!(root.stdout.contains("tenant ta:"), "{root:?}");
+}

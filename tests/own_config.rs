@@ -629,3 +629,207 @@ fn an_own_file_cannot_make_the_supervisor_run_more_than_its_tenant_may() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("at most 256 routes"), "{out}");
 }
+
+#[test]
+fn a_huge_timeout_in_an_own_file_does_not_bring_berth_down() {
+    let dir = Dir::new();
+    let (o1, o2) = homes(&dir);
+    let (config, port, tls_port) = two_tenants(&dir, &o1, &o2, "");
+    o1.write("public/pid.php", "<?php echo getmypid();", 0o644);
+    o1.write(
+        "public/c/x.cgi",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\nran\\n'\n",
+        0o755,
+    );
+    o2.write("public/index.html", "o2 here", 0o644);
+    // "now + timeout" past what a clock can hold panicked the supervisor: a
+    // rolling restart (start_timeout) or one CGI request (timeout) took
+    // every tenant down.
+    let own = "[app.php]\nstart_timeout = \"18446744073709551615s\"\n\n\
+               [app.c]\nprotocol = \"cgi\"\ntimeout = \"18446744073709551615s\"\n\n\
+               [[route]]\npath = \"/c\"\nextensions = [\"cgi\"]\napp = \"c\"\n";
+    o1.write("berth.toml", own, 0o644);
+    o1.own();
+    o2.own();
+    let main = dir.write("berth.toml", &config);
+    let (code, out, _) = check(&main, &["--tenant", "o1"]);
+    assert_eq!(code, Some(1), "{out}");
+    let file = o1.join("berth.toml");
+    for (line, key) in [
+        (line_of(own, "start_timeout"), "app.php.start_timeout"),
+        (line_of(own, "protocol = \"cgi\"") + 1, "app.c.timeout"),
+    ] {
+        let prefix = format!("{}:{line}: {key}: ", file.display());
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&prefix) && l.contains("too long")),
+            "no {prefix:?} in:\n{out}"
+        );
+    }
+    let mut s = Server::start(&dir, &config, port, tls_port);
+    let pid = get_host(s.addr(), "o1.test", "/pid.php");
+    assert_eq!(pid.status, 200, "{pid:?}");
+    let cgi = get_host(s.addr(), "o1.test", "/c/x.cgi");
+    assert!(cgi.status < 500, "{cgi:?}");
+    let restart = Command::new(BERTH)
+        .args(["ctl", "--socket"])
+        .arg(dir.join("state/control.sock"))
+        .args(["--tenant", "o1", "restart", "php"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&restart.stdout);
+    assert!(
+        restart.status.success() && said.contains("restarted"),
+        "{said}{}",
+        String::from_utf8_lossy(&restart.stderr)
+    );
+    assert!(
+        s.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "berth exited:\n{}",
+        s.output()
+    );
+    let page = get_host(s.addr(), "o2.test", "/");
+    assert_eq!((page.status, page.text()), (200, "o2 here".into()));
+    assert!(!s.output().contains("panicked"), "{}", s.output());
+    s.stop();
+}
+
+#[test]
+fn htpasswd_files_an_own_file_names_cannot_swell_the_configuration_and_cut_off_every_site() {
+    let dir = Dir::new();
+    let (o1, o2) = homes(&dir);
+    let (config, port, tls_port) = two_tenants(&dir, &o1, &o2, "");
+    o2.write("public/index.html", "o2 here", 0o644);
+    // 255KiB of valid entries, named by 256 routes: each route kept its
+    // copy, the configuration outgrew what the front end is sent, and no
+    // site of any tenant was served.
+    let hash = "$2y$05$hxLoM2ORxLOY3HzqAST4EuTNVpK7DLCOyF1fQ2hUIKoaHwQDikuj2";
+    let mut big = String::new();
+    for i in 0.. {
+        let entry = format!("u{i}:{hash}\n");
+        if big.len() + entry.len() > 255 << 10 {
+            break;
+        }
+        big.push_str(&entry);
+    }
+    o1.write("big.htpasswd", &big, 0o644);
+    o1.write("one.htpasswd", format!("me:{hash}\n"), 0o644);
+    let routes: String = (0..256)
+        .map(|i| {
+            format!(
+                "[[route]]\npath = \"/p{i}\"\nredirect = \"/\"\nauth = {{ realm = \"r\", htpasswd = \"big.htpasswd\" }}\n"
+            )
+        })
+        .collect();
+    o1.write("berth.toml", &routes, 0o644);
+    o1.own();
+    o2.own();
+    let main = dir.write("berth.toml", &config);
+    let (code, out, _) = check(&main, &["--tenant", "o1"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("route[1].auth.htpasswd") && out.contains("more than 256KiB together"),
+        "{out}"
+    );
+    let mut s = Server::start(&dir, &config, port, tls_port);
+    let page = get_host(s.addr(), "o2.test", "/");
+    assert_eq!((page.status, page.text()), (200, "o2 here".into()));
+    assert!(
+        !s.output().contains("too large"),
+        "the configuration reached the front end:\n{}",
+        s.output()
+    );
+    // A few small files, as a tenant protects its pages, are taken.
+    let few: String = (0..8)
+        .map(|i| {
+            format!(
+                "[[route]]\npath = \"/p{i}\"\nredirect = \"/\"\nauth = {{ realm = \"r\", htpasswd = \"one.htpasswd\" }}\n"
+            )
+        })
+        .collect();
+    o1.write("berth.toml", &few, 0o644);
+    o1.own();
+    s.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        eventually(Duration::from_secs(10), || get_host(
+            s.addr(),
+            "o1.test",
+            "/p7"
+        )
+        .status
+            == 401),
+        "{}",
+        s.output()
+    );
+    s.stop();
+}
+
+#[test]
+fn a_lock_on_a_routes_key_covers_it_written_under_site_too() {
+    let dir = Dir::new();
+    let (o1, o2) = homes(&dir);
+    // [enforce] locks redirects in [[route]] spelling, the tenant's block
+    // locks auth in [[site.route]] spelling: each was bypassed by writing
+    // the same route the other way.
+    let (config, _, _) = two_tenants(&dir, &o1, &o2, "[enforce]\nlocked = [\"route.redirect\"]\n");
+    let config = config.replace(
+        "[tenant.o1]\n",
+        "[tenant.o1]\nlocked = [\"site.route.auth\"]\n",
+    );
+    let main = dir.write("berth.toml", &config);
+    o1.write(
+        "pw.htpasswd",
+        "me:$2y$05$hxLoM2ORxLOY3HzqAST4EuTNVpK7DLCOyF1fQ2hUIKoaHwQDikuj2\n",
+        0o644,
+    );
+    let own = "[[site]]\nhost = \"o1.test\"\n[[site.route]]\npath = \"/away\"\nredirect = \"https://elsewhere.example/\"\n\n\
+               [[route]]\npath = \"/mine\"\nredirect = \"/\"\nauth = { realm = \"r\", htpasswd = \"pw.htpasswd\" }\n";
+    o1.write("berth.toml", own, 0o644);
+    o1.own();
+    let (code, out, _) = check(&main, &["--tenant", "o1"]);
+    assert_eq!(code, Some(1), "{out}");
+    let file = o1.join("berth.toml");
+    for (needle, key) in [
+        ("redirect = \"https", "site.route.redirect"),
+        ("auth = {", "route.auth.realm"),
+        ("auth = {", "route.auth.htpasswd"),
+    ] {
+        let prefix = format!("{}:{}: {key}: ", file.display(), line_of(own, needle));
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&prefix) && l.contains("locked by the administrator")),
+            "no {prefix:?} in:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn an_own_files_keys_cannot_write_escape_sequences_or_lines_to_the_administrators_terminal() {
+    let dir = Dir::new();
+    let (o1, o2) = homes(&dir);
+    let (config, _, _) = two_tenants(&dir, &o1, &o2, "");
+    let main = dir.write("berth.toml", &config);
+    // A quoted key may hold any character; refused as unknown, it was
+    // printed as written by `berth check` (the administrator's terminal).
+    o1.write(
+        "berth.toml",
+        "\"\\u001b]0;owned\\u0007\\u001b[2J\\nforged: line\" = 1\n[app.\"\\u009b31m\"]\nprotocol = \"cgi\"\n",
+        0o644,
+    );
+    o1.own();
+    for args in [
+        &[][..],
+        &["--tenant", "o1"],
+        &["--tenant", "o1", "--explain"],
+    ] {
+        let (_, out, err) = check(&main, args);
+        for text in [&out, &err] {
+            assert!(
+                !text.chars().any(|c| c.is_control() && c != '\n'),
+                "{args:?}: {text:?}"
+            );
+            assert!(!text.lines().any(|l| l.starts_with("forged")), "{text}");
+        }
+        assert!(out.contains(r"\u{1b}]0;owned\u{7}"), "{args:?}: {out}");
+    }
+}

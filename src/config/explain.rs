@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::app::{POOL_KEYS, Pool};
 use super::own::OwnState;
+use super::problem::printable;
 use super::reader::Source;
 use super::{Action, App, Config, show_duration};
 
@@ -174,14 +175,19 @@ pub fn explain(config: &Config, name: &str) -> Result<String, String> {
         for r in routes {
             let what = match &r.action {
                 Action::Static => "static files".to_string(),
-                Action::Redirect { to, status } => format!("redirect {status} {to}"),
+                Action::Redirect { to, status } => {
+                    format!("redirect {status} {}", printable(to))
+                }
                 Action::App { app, extensions } if extensions.is_empty() => format!("app {app}"),
                 Action::App { app, extensions } => {
                     format!("app {app} for .{}", extensions.join(" ."))
                 }
             };
             let what = match &r.auth {
-                Some(a) => format!("{what}, password ({})", a.htpasswd.display()),
+                Some(a) => format!(
+                    "{what}, password ({})",
+                    printable(&a.htpasswd.to_string_lossy())
+                ),
                 None => what,
             };
             let origin = match (&t.own, r.own) {

@@ -1102,9 +1102,23 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     }
 }
 
+/// The longest duration a key takes: far beyond any timeout or interval
+/// that makes sense, and small enough that "now + it" is a time berth can
+/// represent (a tenant's own file sets pool timeouts: one that overflowed
+/// would panic the supervisor or the front end).
+const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
 fn duration(walk: &Walk<'_>, at: Option<At<String>>) -> Option<Duration> {
     let at = at?;
     match parse_duration(&at.value) {
+        Some(d) if d > MAX_DURATION => {
+            walk.problem(
+                at.line,
+                &at.key,
+                format!("{:?} is too long: at most \"8760h\" (a year)", at.value),
+            );
+            None
+        }
         Some(d) if !d.is_zero() => Some(d),
         _ => {
             walk.problem(

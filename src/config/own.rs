@@ -27,7 +27,7 @@
 //! size: root never reads, on a tenant's word, a file the tenant could not
 //! read itself.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +43,12 @@ use super::{Problem, Problems, ReadFile, Tenant};
 /// The largest own file berth reads (a tenant's file with hundreds of
 /// routes is a few KiB).
 pub const MAX_OWN_FILE: u64 = 256 << 10;
+
+/// The most bytes the files an own file names (htpasswd files) hold
+/// together: each route keeps its copy in the configuration the supervisor
+/// holds and sends to the front end, so 256 routes naming one large file
+/// would make it too large to send (and no site would be served).
+pub const MAX_OWN_NAMED: u64 = 256 << 10;
 
 /// The most apps and routes an own file adds: far more than a tenant needs,
 /// and a bound on what one tenant's file costs the supervisor (which keeps
@@ -314,11 +320,12 @@ impl Layers {
         leaves(&src, top, &mut Vec::new(), 0, &mut locked);
         for (key, line) in locked {
             let parts: Vec<&str> = key.split('.').collect();
+            let other = other_spelling(&parts);
             if let Some(lock) = self
                 .locks
                 .iter()
                 .chain(&t.locked)
-                .find(|l| l.covers(&parts))
+                .find(|l| l.covers(&parts) || other.as_ref().is_some_and(|o| l.covers(o)))
             {
                 walk.problem(
                     line,
@@ -380,6 +387,7 @@ impl Layers {
         let files = TenantFiles {
             home: t.home.clone(),
             owner: self.owner(&t),
+            read: Cell::new(0),
         };
         let routes = r.tables("route");
         let mut count = routes.len();
@@ -736,6 +744,17 @@ fn beneath(home: &Path, path: &Path, dir: bool) -> Result<(), String> {
     }
 }
 
+/// The other way of writing a route's key: `[[route]]` and `[[site.route]]`
+/// add the same routes, so `route.K` and `site.route.K` are one key, and a
+/// lock on either spelling covers both.
+fn other_spelling<'a>(parts: &[&'a str]) -> Option<Vec<&'a str>> {
+    match parts {
+        ["route", rest @ ..] => Some([&["site", "route"][..], rest].concat()),
+        ["site", "route", rest @ ..] => Some([&["route"][..], rest].concat()),
+        _ => None,
+    }
+}
+
 /// Whether route path `p` is `prefix` or lies under it (whole segments).
 fn under(p: &str, prefix: &str) -> bool {
     prefix == "/"
@@ -810,6 +829,8 @@ fn file_problem(path: &Path, why: String) -> Problem {
 pub(super) struct TenantFiles {
     home: PathBuf,
     owner: u32,
+    /// Bytes read so far, at most [`MAX_OWN_NAMED`].
+    read: Cell<u64>,
 }
 
 impl ReadFile for TenantFiles {
@@ -822,8 +843,25 @@ impl ReadFile for TenantFiles {
                 self.home.display()
             ));
         }
+        let over = || {
+            format!(
+                "{}: the files your own file names (each route's copy counts) hold more than {} together",
+                path.display(),
+                super::show_size(MAX_OWN_NAMED)
+            )
+        };
+        if self.read.get() >= MAX_OWN_NAMED {
+            return Err(over());
+        }
         match read_own_file(&self.home, &path, self.owner)? {
-            Some(text) => Ok((path, text)),
+            Some(text) => {
+                let total = self.read.get() + text.len() as u64;
+                self.read.set(total);
+                if total > MAX_OWN_NAMED {
+                    return Err(over());
+                }
+                Ok((path, text))
+            }
             None => Err(format!("{}: no such file", path.display())),
         }
     }
@@ -1028,6 +1066,20 @@ mod tests {
         assert!(!lock("app.*.env").covers(&["app", "blog"]));
         assert!(lock("route").covers(&["route", "path"]));
         assert!(!lock("route").covers(&["site", "route", "path"]));
+    }
+
+    #[test]
+    fn a_routes_key_is_the_same_under_site() {
+        assert_eq!(
+            other_spelling(&["route", "auth", "htpasswd"]),
+            Some(vec!["site", "route", "auth", "htpasswd"])
+        );
+        assert_eq!(
+            other_spelling(&["site", "route", "redirect"]),
+            Some(vec!["route", "redirect"])
+        );
+        assert_eq!(other_spelling(&["site", "host"]), None);
+        assert_eq!(other_spelling(&["limits", "memory"]), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A problem a user caused in a configuration file, and the list of them.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -16,19 +17,33 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (key, why) = (printable(&self.key), printable(&self.why));
         if self.line == 0 {
-            write!(f, "{}: {}: {}", self.file.display(), self.key, self.why)
+            write!(f, "{}: {key}: {why}", self.file.display())
         } else {
-            write!(
-                f,
-                "{}:{}: {}: {}",
-                self.file.display(),
-                self.line,
-                self.key,
-                self.why
-            )
+            write!(f, "{}:{}: {key}: {why}", self.file.display(), self.line)
         }
     }
+}
+
+/// `text` with its control characters written as escapes (`\u{1b}`, `\n`):
+/// keys and values of a tenant's own file reach the administrator's
+/// terminal (`berth check`), where they must not start a line of their own
+/// or send the terminal an escape sequence.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    let escaped = |c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}';
+    if !text.chars().any(escaped) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if escaped(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Every problem found while loading; loading goes on past the first one so the
@@ -75,3 +90,22 @@ impl fmt::Display for Problems {
 }
 
 impl std::error::Error for Problems {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_problem_never_writes_a_control_character() {
+        let p = Problem {
+            file: "own.toml".into(),
+            line: 3,
+            key: "\u{1b}]0;x\u{7}\nforged: line".into(),
+            why: "unknown key\u{9b}2J".into(),
+        };
+        assert_eq!(
+            p.to_string(),
+            r"own.toml:3: \u{1b}]0;x\u{7}\nforged: line: unknown key\u{9b}2J"
+        );
+    }
+}

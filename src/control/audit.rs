@@ -148,12 +148,20 @@ pub fn line(
     s
 }
 
+/// The most bytes of one value a line carries. Names are at most 256
+/// bytes; a longer value is a message quoting what a caller sent (a 64 KiB
+/// request's unknown field): past this it is counted, not written, so no
+/// caller, whoever it is, writes more than a few KiB a line.
+pub const MAX_VALUE: usize = 512;
+
 /// `text` in double quotes: `"` and `\` escaped with a backslash, control
-/// characters (and bytes that were not UTF-8, as U+FFFD's) as `\xNN`.
+/// characters (and bytes that were not UTF-8, as U+FFFD's) as `\xNN`; cut
+/// at [`MAX_VALUE`] bytes, saying how many more there were.
 pub fn quote(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
+    let cut = text.floor_char_boundary(MAX_VALUE);
+    let mut out = String::with_capacity(cut + 2);
     out.push('"');
-    for c in text.chars() {
+    for c in text[..cut].chars() {
         match c {
             '"' | '\\' => {
                 out.push('\\');
@@ -167,6 +175,9 @@ pub fn quote(text: &str) -> String {
             }
             c => out.push(c),
         }
+    }
+    if cut < text.len() {
+        out.push_str(&format!("...({} more bytes)", text.len() - cut));
     }
     out.push('"');
     out
@@ -238,6 +249,14 @@ mod tests {
             ),
             "{l}"
         );
+    }
+
+    #[test]
+    fn a_long_value_is_cut_so_no_caller_writes_a_huge_line() {
+        let long = format!("{}\u{e9}{}", "k".repeat(MAX_VALUE - 1), "k".repeat(60_000));
+        let l = line("T", &who(1001), None, "-", &Outcome::Error(long));
+        assert!(l.len() < 1024, "{} bytes", l.len());
+        assert!(l.ends_with(r#"k...(60002 more bytes)""#), "{l}");
     }
 
     #[test]

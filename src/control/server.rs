@@ -3,8 +3,9 @@
 //! waits for a control client.
 //!
 //! Per connection: the caller's uid and pid from `SO_PEERCRED`; a place
-//! among [`MAX_CONNECTIONS`] (and [`MAX_PER_UID`] of one uid), else a
-//! refusal at once; one request frame within [`REQUEST_TIMEOUT`] (a length
+//! among [`MAX_CONNECTIONS`] (and [`MAX_PER_UID`] of one uid; root's are
+//! its own, besides the others'), else a refusal at once; one request
+//! frame within [`REQUEST_TIMEOUT`] (a length
 //! over [`proto::MAX_REQUEST`] is refused before its body is read); the
 //! caller looked up (user, `admin_group`) on the blocking pool and
 //! authorised ([`auth::decide`]); then the command:
@@ -40,7 +41,7 @@ use super::proto::{
 };
 use crate::config::Config;
 
-/// Connections at once, all callers together.
+/// Connections at once, all callers but root together.
 pub const MAX_CONNECTIONS: usize = 64;
 /// Connections at once of one uid.
 pub const MAX_PER_UID: usize = 8;
@@ -136,22 +137,32 @@ struct Place {
     follow: bool,
 }
 
-impl Place {
-    fn connection(shared: &Arc<Shared>, uid: u32) -> Result<Place, String> {
-        let mut c = shared.counts();
-        let mine = c.per_uid.get(&uid).copied().unwrap_or(0);
+impl Counts {
+    /// Takes a connection's place for `uid`, or says why not. Root is held
+    /// to its own [`MAX_PER_UID`] only: any 8 local users can take every
+    /// other place (each connection for up to [`REQUEST_TIMEOUT`], again and
+    /// again), and must not lock the administrator out.
+    fn connect(&mut self, uid: u32) -> Result<(), String> {
+        let mine = self.per_uid.get(&uid).copied().unwrap_or(0);
         if mine >= MAX_PER_UID {
             return Err(format!(
                 "uid {uid} has {mine} control connections open, the most one uid may have"
             ));
         }
-        if c.total >= MAX_CONNECTIONS {
+        if self.total >= MAX_CONNECTIONS && uid != 0 {
             return Err(format!(
                 "the control socket has {MAX_CONNECTIONS} connections open, the most it takes; try again"
             ));
         }
-        c.total += 1;
-        *c.per_uid.entry(uid).or_default() += 1;
+        self.total += 1;
+        *self.per_uid.entry(uid).or_default() += 1;
+        Ok(())
+    }
+}
+
+impl Place {
+    fn connection(shared: &Arc<Shared>, uid: u32) -> Result<Place, String> {
+        shared.counts().connect(uid)?;
         Ok(Place {
             shared: shared.clone(),
             uid,
@@ -644,4 +655,27 @@ fn process_state(pid: u32) -> Option<String> {
         }
         .to_string(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_uids_filling_every_place_do_not_lock_root_out() {
+        let mut c = Counts::default();
+        for uid in 2000..2008 {
+            for _ in 0..MAX_PER_UID {
+                c.connect(uid).unwrap();
+            }
+        }
+        assert_eq!(c.total, MAX_CONNECTIONS);
+        let e = c.connect(2008).unwrap_err();
+        assert!(e.contains("64 connections open"), "{e}");
+        for _ in 0..MAX_PER_UID {
+            c.connect(0).expect("root has its own places");
+        }
+        let e = c.connect(0).unwrap_err();
+        assert!(e.contains("uid 0 has 8 control connections open"), "{e}");
+    }
 }
