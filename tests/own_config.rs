@@ -833,3 +833,25 @@ fn an_own_files_keys_cannot_write_escape_sequences_or_lines_to_the_administrator
         assert!(out.contains(r"\u{1b}]0;owned\u{7}"), "{args:?}: {out}");
     }
 }
+
+#[test]
+fn lowering_tasks_alone_below_the_apps_min_processes_is_refused() {
+    let dir = Dir::new();
+    let (o1, o2) = homes(&dir);
+    // The administrator keeps 5 php-cgi processes running for o1.
+    let (config, _, _) = two_tenants(
+        &dir,
+        &o1,
+        &o2,
+        "[defaults.app]\nmin_processes = 5\nmax_processes = 8\n",
+    );
+    let main = dir.write("berth.toml", &config);
+    o1.write("berth.toml", "[limits]\ntasks = 4\n", 0o644);
+    o1.own();
+    let (code, out, _) = check(&main, &["--tenant", "o1"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("add up to 5, more than your tasks limit (4)"),
+        "{out}"
+    );
+}

@@ -370,9 +370,11 @@ impl Layers {
             for (name, a) in apps {
                 self.own_app(name, a, &mut t);
             }
-            // Kept running whatever the load: together, no more than the
-            // tenant may run at all (else the supervisor would retry them
-            // every second for nothing).
+        }
+        // Kept running whatever the load: together, no more than the
+        // tenant may run at all (else the supervisor would retry them every
+        // second for nothing). Whether its file tunes apps or lowers tasks.
+        if r.place("app").is_some() || r.place("limits").is_some() {
             let min: u64 = t.apps.iter().map(|a| u64::from(a.pool.min_processes)).sum();
             if let Some(tasks) = t.limits.tasks
                 && min > u64::from(tasks)
