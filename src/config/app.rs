@@ -163,8 +163,31 @@ fn read_pool(mut t: TableReader<'_>, base: Pool) -> Pool {
 
 /// Reads every `[tenant.T.app.NAME]` table.
 pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
-    let mut apps = Vec::new();
-    for (name, mut at) in t.into_named_tables() {
+    t.into_named_tables()
+        .into_iter()
+        .filter_map(|(name, at)| read_app(name, at, defaults, AppDir::Written))
+        .collect()
+}
+
+/// Where an app runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AppDir {
+    /// In its table's `dir` (required but for CGI apps).
+    Written,
+    /// In its tenant's home, always: the table has no `dir` (a discovery
+    /// handler, one table for every tenant). Filled in once the home is known.
+    Home,
+}
+
+/// Reads one app's table; None when it is not valid (the problems are
+/// reported).
+pub(super) fn read_app(
+    name: String,
+    mut at: TableReader<'_>,
+    defaults: &Pool,
+    in_dir: AppDir,
+) -> Option<App> {
+    {
         let walk = at.walk();
         if !super::valid_name(&name) {
             walk.problem(
@@ -180,7 +203,10 @@ pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
         let key = at.key().to_string();
         let protocol = at.string("protocol");
         let command = at.strings("command");
-        let dir = at.string("dir");
+        let dir = match in_dir {
+            AppDir::Written => at.string("dir"),
+            AppDir::Home => None,
+        };
         let env = at.table("env").map(read_env);
         let bind = at.string("bind");
         let open_port = at.boolean("open_port");
@@ -260,7 +286,7 @@ pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
             Some(d) => Some(resolve_path(walk, &d)),
             // CGI scripts run in their own directory; a mounted CGI program
             // without `dir` runs in the tenant's home (filled in once known).
-            None if protocol == Some(Protocol::Cgi) => Some(PathBuf::new()),
+            None if protocol == Some(Protocol::Cgi) || in_dir == AppDir::Home => Some(PathBuf::new()),
             None => {
                 walk.problem(
                     at.line(),
@@ -308,9 +334,9 @@ pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
             );
         }
         let (Some(protocol), true, Some(dir)) = (protocol, command_ok, dir) else {
-            continue;
+            return None;
         };
-        apps.push(App {
+        Some(App {
             name,
             protocol,
             command: command.map(|c| c.value).unwrap_or_default(),
@@ -320,9 +346,8 @@ pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
             open_port: open_port.is_some_and(|o| o.value),
             pool,
             origin,
-        });
+        })
     }
-    apps
 }
 
 /// A loopback port, unlike berth's sockets, can be reached by every local

@@ -18,6 +18,7 @@
 //! `berth check` and `berth serve` agree on what is valid.
 
 mod app;
+pub mod discovery;
 mod limits;
 mod problem;
 mod reader;
@@ -44,8 +45,11 @@ pub struct Config {
     /// Every file that was read, the main file first.
     pub files: Vec<PathBuf>,
     /// What `berth check` says without refusing: every limit that
-    /// `[enforce.limits]` lowered, as `file:line: key: lowers ...`.
+    /// `[enforce.limits]` lowered, as `file:line: key: lowers ...`, and
+    /// every directory discovery left out, as `DIR: discovery: why`.
     pub notes: Vec<Problem>,
+    /// `[discovery]`, and what it found (None: no `[discovery]`).
+    pub discovery: Option<discovery::Discovered>,
 }
 
 /// `[server]`: process-wide settings.
@@ -237,8 +241,16 @@ pub struct Site {
     pub routes: Vec<Route>,
     /// The site's own `max_body`, if it sets one.
     pub max_body: Option<u64>,
-    /// Where `hosts` and `root` were written, for problems found later.
+    /// Where `hosts` and `root` were written, for problems found later
+    /// (for a discovered site: its directory, line 0).
     pub lines: SiteLines,
+    /// The site's own file: for a discovered site, the `berth.toml` beside
+    /// its `public/`, when there is one (not read here).
+    pub own_config: Option<PathBuf>,
+    /// A discovered site: the uid its root belongs to. The front end opens
+    /// the root without following a symlink and refuses it if another user
+    /// owns it (the tenant may swap it between the scan and the open).
+    pub owner: Option<u32>,
 }
 
 /// A certificate chain and key, read and checked to match.
@@ -352,6 +364,7 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
     let mut server = None;
     let mut defaults = Defaults::default();
     let mut ceiling = limits::Ceiling::default();
+    let mut discovery = None;
 
     match read_source(path) {
         Ok(src) => {
@@ -388,6 +401,10 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
                 if let Some(t) = top.table("tenant") {
                     read_tenants(t, &defaults, &mut tenants);
                 }
+                if let Some(t) = top.table("discovery") {
+                    let dserver = server.clone().unwrap_or_default();
+                    discovery = discovery::read(t, &dserver, &defaults);
+                }
                 if let Some(mut e) = top.table("enforce") {
                     if let Some(t) = e.table("limits") {
                         ceiling = limits::read_ceiling(t);
@@ -422,6 +439,23 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
     validate(&server, &tenants, &mut problems);
     check_default_tls_site(path, &server, &tenants, &mut problems);
     check_dirs(path, &server, &mut problems);
+    // Discovered sites join a valid configuration, after the
+    // administrator's tenants; nothing found there makes it invalid.
+    let discovered = match discovery {
+        Some(d) if problems.is_empty() => match discovery::scan(&d.root, d.min_uid) {
+            Ok(scan) => {
+                let found =
+                    discovery::merge(&d, &scan, &server, &defaults, &ceiling, &mut tenants);
+                notes.extend(found.notes.iter().cloned());
+                Some(found)
+            }
+            Err(why) => {
+                problems.push(path, d.line, "discovery.root", format!("cannot read: {why}"));
+                None
+            }
+        },
+        _ => None,
+    };
     // Report in reading order: file by file, line by line.
     problems.0.sort_by_key(|p| {
         let file = files
@@ -436,6 +470,7 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
             tenants,
             files,
             notes,
+            discovery: discovered,
         })
     } else {
         Err(problems)
@@ -1232,6 +1267,8 @@ fn read_site(mut t: TableReader<'_>) -> Option<Site> {
             hosts: hosts.line,
             root: root.line,
         },
+        own_config: None,
+        owner: None,
     })
 }
 

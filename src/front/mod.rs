@@ -425,7 +425,11 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
                 Err(e) => error!("site {}: certificate: {e}", site.hosts[0]),
             }
         }
-        let root = Root::open(&site.root).map_err(|e| {
+        let root = match site.root_owner {
+            None => Root::open(&site.root),
+            Some(uid) => Root::open_owned(&site.root, uid),
+        };
+        let root = root.map_err(|e| {
             let why = format!("cannot open root {}: {e}", site.root.display());
             error!("site {}: {why}", site.hosts[0]);
             why

@@ -93,6 +93,34 @@ impl Root {
         })
     }
 
+    /// Opens the directory at `path` for a root its tenant controls (a
+    /// discovered site's `public/`): its last component is not followed if
+    /// it is a symlink, and a directory that `uid` does not own is refused,
+    /// so swapping it for a link to (or a directory of) someone else's
+    /// publishes nothing of theirs. (The directories above it are the
+    /// administrator's discovery root and the tenant's own host directory.)
+    pub fn open_owned(path: &Path, uid: u32) -> io::Result<Root> {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = rustix::fs::fstat(&fd)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+            return Err(io::Error::other("not a directory (a symbolic link?)"));
+        }
+        if st.st_uid != uid {
+            return Err(io::Error::other(format!(
+                "owned by uid {}, not by the site's owner (uid {uid})",
+                st.st_uid
+            )));
+        }
+        Ok(Root {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
     /// The path the root was opened from.
     pub fn path(&self) -> &Path {
         &self.path

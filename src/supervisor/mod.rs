@@ -27,6 +27,7 @@ use tracing_subscriber::filter::LevelFilter;
 
 mod apps;
 pub mod cgroup;
+mod discovery;
 mod events;
 mod meter;
 pub mod spawn;
@@ -105,7 +106,10 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
         cgroups_name,
         last_view: None,
         status_frames: None,
+        discovery: None,
+        discovery_tx: None,
     };
+    discovery::log_notes(&[], sup.config.discovery.as_ref());
     let logs = sup.open_logs()?;
     sup.use_logs(&logs)?;
     crate::logging::set_file(File::from(logs.error.try_clone()?));
@@ -251,6 +255,10 @@ struct Supervisor {
     last_view: Option<meter::MeterView>,
     /// Where snapshots come back to the loop once encoded (set by `serve`).
     status_frames: Option<mpsc::Sender<ipc::Frame>>,
+    /// The discovery watcher, while `[discovery]` is configured, and where
+    /// it says a reload is wanted (set by `serve`).
+    discovery: Option<discovery::Watcher>,
+    discovery_tx: Option<mpsc::Sender<()>>,
 }
 
 /// Open log files: one access log per tenant (in config order) and the error log.
@@ -525,6 +533,9 @@ impl Supervisor {
         let (tx, mut rx) = mpsc::channel(FRONT_EVENTS);
         let (frames_tx, mut frames) = mpsc::channel(1);
         self.status_frames = Some(frames_tx);
+        let (discovery_tx, mut rediscover) = mpsc::channel(1);
+        self.discovery_tx = Some(discovery_tx);
+        self.watch_discovery();
         self.spawn_front(&logs, tx.clone())?;
         // When berth is stopping: the time by which it ends regardless.
         let mut stopping: Option<Instant> = None;
@@ -597,6 +608,7 @@ impl Supervisor {
                     }
                 }
                 Some(view) = views.recv() => self.on_view(view),
+                Some(()) = rediscover.recv(), if stopping.is_none() => self.on_reload(&mut logs),
                 Some(frame) = frames.recv() => self.front.tell_frame(frame, Vec::new()),
             }
             if let Some(deadline) = stopping {
@@ -626,8 +638,16 @@ impl Supervisor {
     /// SIGHUP: a valid configuration becomes current and goes to the front
     /// end; an invalid one changes nothing.
     fn on_reload(&mut self, logs: &mut Logs) {
+        let noted = self
+            .config
+            .discovery
+            .as_ref()
+            .map(|d| d.notes.clone())
+            .unwrap_or_default();
         match self.reload() {
             Ok(new_logs) => {
+                discovery::log_notes(&noted, self.config.discovery.as_ref());
+                self.watch_discovery();
                 *logs = new_logs;
                 self.send_plan(logs);
                 if let Some(m) = &self.meter {
@@ -651,6 +671,31 @@ impl Supervisor {
                 );
             }
             Err(e) => error!("reload refused: {e}; still serving the previous configuration"),
+        }
+    }
+
+    /// Starts, replaces, stops or updates the discovery watcher to follow
+    /// the configuration.
+    fn watch_discovery(&mut self) {
+        let Some(found) = &self.config.discovery else {
+            self.discovery = None;
+            return;
+        };
+        match &self.discovery {
+            Some(w) if w.watches(&found.settings) => w.baseline(&found.scan),
+            _ => {
+                self.discovery = None;
+                let Some(tx) = self.discovery_tx.clone() else {
+                    return;
+                };
+                match discovery::Watcher::start(found, tx) {
+                    Ok(w) => self.discovery = Some(w),
+                    Err(e) => error!(
+                        "discovery: cannot watch {}: {e}; new sites are seen at SIGHUP only",
+                        found.settings.root.display()
+                    ),
+                }
+            }
         }
     }
 
@@ -906,6 +951,7 @@ impl Supervisor {
                         .map(|t| (t.cert_pem.clone(), t.key_pem.clone())),
                     routes: s.routes.clone(),
                     max_body: s.max_body,
+                    root_owner: s.owner,
                 })
             })
             .collect();
