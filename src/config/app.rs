@@ -286,7 +286,9 @@ pub(super) fn read_app(
             Some(d) => Some(resolve_path(walk, &d)),
             // CGI scripts run in their own directory; a mounted CGI program
             // without `dir` runs in the tenant's home (filled in once known).
-            None if protocol == Some(Protocol::Cgi) || in_dir == AppDir::Home => Some(PathBuf::new()),
+            None if protocol == Some(Protocol::Cgi) || in_dir == AppDir::Home => {
+                Some(PathBuf::new())
+            }
             None => {
                 walk.problem(
                     at.line(),

@@ -39,8 +39,7 @@ use super::app::{self, App, AppDir};
 use super::limits::Ceiling;
 use super::reader::TableReader;
 use super::{
-    Action, Defaults, Origin, Problem, Route, Server, Site, SiteLines, Tenant, duration,
-    route_path,
+    Action, Defaults, Origin, Problem, Route, Server, Site, SiteLines, Tenant, duration, route_path,
 };
 
 /// `[discovery]`, validated.
@@ -111,7 +110,11 @@ pub const PUBLIC: &str = "public";
 
 /// Reads `[discovery]` (after `[server]`, whose `min_uid` is the default
 /// and the floor).
-pub(super) fn read(mut t: TableReader<'_>, server: &Server, defaults: &Defaults) -> Option<Discovery> {
+pub(super) fn read(
+    mut t: TableReader<'_>,
+    server: &Server,
+    defaults: &Defaults,
+) -> Option<Discovery> {
     let walk = t.walk();
     let root = t.string("root");
     let min_uid = t.integer("min_uid");
@@ -542,9 +545,7 @@ pub fn valid_host(name: &str) -> Result<(), String> {
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '.'))
     {
-        return Err(format!(
-            "has {c:?}: host names use a-z, 0-9, '-' and '.'"
-        ));
+        return Err(format!("has {c:?}: host names use a-z, 0-9, '-' and '.'"));
     }
     if name.len() > 253 {
         return Err(format!("is {} characters long, over 253", name.len()));
@@ -554,10 +555,15 @@ pub fn valid_host(name: &str) -> Result<(), String> {
             return Err("has an empty label (\"..\" or a leading dot)".into());
         }
         if label.len() > 63 {
-            return Err(format!("has a label of {} characters, over 63", label.len()));
+            return Err(format!(
+                "has a label of {} characters, over 63",
+                label.len()
+            ));
         }
         if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!("has a label that starts or ends with '-' ({label:?})"));
+            return Err(format!(
+                "has a label that starts or ends with '-' ({label:?})"
+            ));
         }
     }
     let last = name.rsplit('.').next().unwrap_or(name);
@@ -868,8 +874,8 @@ impl Isolation {
                     return Some(format!("cannot read the groups of {:?}: {e}", tenant.user));
                 }
             };
-            if let Some(b) = breaches(&tenant.name, &tenant.user, &id, front.as_ref(), &self.peers)
-                .first()
+            if let Some(b) =
+                breaches(&tenant.name, &tenant.user, &id, front.as_ref(), &self.peers).first()
             {
                 return Some(b.to_string());
             }
@@ -888,9 +894,114 @@ impl Isolation {
 mod tests {
     use super::*;
 
+    /// A host directory `root/HOST/public/` of `uid`.
+    fn site(root: &Path, host: &str, uid: u32) {
+        let public = root.join(host).join(PUBLIC);
+        std::fs::create_dir_all(&public).unwrap();
+        for p in [root.join(host), public] {
+            rustix::fs::chown(
+                &p,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(uid)),
+            )
+            .unwrap();
+        }
+    }
+
+    /// (Run as root, as the suite is: the sites belong to daemon (uid 1)
+    /// and bin (uid 2), the front end is nobody, min_uid is 1.)
+    #[test]
+    fn a_scan_becomes_tenants_and_sites_after_the_administrators() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sites");
+        std::fs::create_dir(&root).unwrap();
+        site(&root, "b.test", 2);
+        site(&root, "a.test", 1);
+        site(&root, "a2.test", 1);
+        site(&root, "admin.test", 2);
+        std::fs::write(root.join("a.test").join(OWN_FILE), "").unwrap();
+        std::fs::create_dir(dir.path().join("adm")).unwrap();
+        let path = dir.path().join("berth.toml");
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:1\"]\nuser = \"nobody\"\nmin_uid = 1\n\n\
+             [tenant.admin]\nuser = \"bin\"\nhome = \"{adm}\"\n\
+             [[tenant.admin.site]]\nhosts = [\"admin.test\"]\nroot = \"{adm}\"\n\n\
+             [discovery]\nroot = \"{root}\"\n\
+             [discovery.handler.php]\nextensions = [\"php\"]\nprotocol = \"fastcgi\"\n\
+             command = [\"/bin/sh\"]\nmax_processes = 3\n",
+            adm = dir.path().join("adm").display(),
+            root = root.display()
+        );
+        std::fs::write(&path, text).unwrap();
+        let cfg = super::super::load(&path).unwrap_or_else(|p| panic!("{p}"));
+        let found = cfg.discovery.as_ref().unwrap();
+        assert_eq!((found.sites, found.tenants), (3, 1));
+        // The administrator's tenant first, with bin's b.test joined to it.
+        let names: Vec<&str> = cfg.tenants.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["admin", "daemon"]);
+        let admin = &cfg.tenants[0];
+        let hosts: Vec<&str> = admin.sites.iter().map(|s| s.hosts[0].as_str()).collect();
+        assert_eq!(hosts, ["admin.test", "b.test"]);
+        assert_eq!(admin.apps.len(), 1, "the handler's app joins too");
+        assert_eq!(admin.apps[0].dir, dir.path().join("adm"));
+        // daemon's tenant: made with [defaults], its sites in name order.
+        let daemon = &cfg.tenants[1];
+        assert_eq!(
+            (daemon.uid, daemon.gid, daemon.home.as_path()),
+            (1, 1, root.as_path())
+        );
+        let sites: Vec<(&str, Option<&Path>, Option<u32>)> = daemon
+            .sites
+            .iter()
+            .map(|s| (s.hosts[0].as_str(), s.own_config.as_deref(), s.owner))
+            .collect();
+        let own = root.join("a.test").join(OWN_FILE);
+        assert_eq!(
+            sites,
+            [
+                ("a.test", Some(own.as_path()), Some(1)),
+                ("a2.test", None, Some(1))
+            ]
+        );
+        assert_eq!(daemon.sites[0].root, root.join("a.test").join(PUBLIC));
+        let app = &daemon.apps[0];
+        assert_eq!((app.name.as_str(), app.pool.max_processes), ("php", 3));
+        let route = &daemon.sites[0].routes[0];
+        assert_eq!(route.path, "/");
+        assert_eq!(
+            route.action,
+            Action::App {
+                app: "php".into(),
+                extensions: vec!["php".into()]
+            }
+        );
+        // admin.test stays the administrator's, with a note.
+        let notes: Vec<String> = cfg.notes.iter().map(ToString::to_string).collect();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].starts_with(&format!(
+                "{}: discovery: skipped: the host \"admin.test\" is tenant admin's",
+                root.join("admin.test").display()
+            )),
+            "{notes:?}"
+        );
+        // An unchanged root scans the same; a new own file is a change.
+        let again = scan(&root, 1).unwrap();
+        assert_eq!(again, found.scan);
+        std::fs::write(root.join("a2.test").join(OWN_FILE), "").unwrap();
+        assert_ne!(scan(&root, 1).unwrap(), found.scan);
+    }
+
     #[test]
     fn host_names_are_refused_with_the_reason() {
-        for ok in ["a.test", "x", "www.example.com", "a-b.c1", "1.example.com", "xn--bcher-kva.example"] {
+        for ok in [
+            "a.test",
+            "x",
+            "www.example.com",
+            "a-b.c1",
+            "1.example.com",
+            "xn--bcher-kva.example",
+        ] {
             assert_eq!(valid_host(ok), Ok(()), "{ok}");
         }
         for (bad, why) in [
@@ -914,7 +1025,7 @@ mod tests {
         }
         let long_label = format!("{}.test", "a".repeat(64));
         assert!(valid_host(&long_label).unwrap_err().contains("over 63"));
-        let long = format!("{}.test", ["a".repeat(60); 5].join("."));
+        let long = format!("{}.test", vec!["a".repeat(60); 5].join("."));
         assert!(valid_host(&long).unwrap_err().contains("over 253"));
     }
 }

@@ -444,13 +444,17 @@ pub fn load(path: &Path) -> Result<Config, Problems> {
     let discovered = match discovery {
         Some(d) if problems.is_empty() => match discovery::scan(&d.root, d.min_uid) {
             Ok(scan) => {
-                let found =
-                    discovery::merge(&d, &scan, &server, &defaults, &ceiling, &mut tenants);
+                let found = discovery::merge(&d, &scan, &server, &defaults, &ceiling, &mut tenants);
                 notes.extend(found.notes.iter().cloned());
                 Some(found)
             }
             Err(why) => {
-                problems.push(path, d.line, "discovery.root", format!("cannot read: {why}"));
+                problems.push(
+                    path,
+                    d.line,
+                    "discovery.root",
+                    format!("cannot read: {why}"),
+                );
                 None
             }
         },

@@ -276,13 +276,7 @@ impl Watches {
 
 /// The thread: waits for events, a rescan or the loop; scans when due;
 /// sends on `changed` when a scan differs from `last`.
-fn watch(
-    ino: OwnedFd,
-    d: &Discovery,
-    mut last: Scan,
-    shared: &Shared,
-    changed: &mpsc::Sender<()>,
-) {
+fn watch(ino: OwnedFd, d: &Discovery, mut last: Scan, shared: &Shared, changed: &mpsc::Sender<()>) {
     let mut watches = Watches {
         ino,
         root: d.root.clone(),
@@ -330,10 +324,7 @@ fn watch(
                 return;
             }
         }
-        let (events, woken) = (
-            !fds[0].revents().is_empty(),
-            !fds[1].revents().is_empty(),
-        );
+        let (events, woken) = (!fds[0].revents().is_empty(), !fds[1].revents().is_empty());
         if woken {
             let mut buf = [0u8; 8];
             let _ = rustix::io::read(&shared.wake, &mut buf);
