@@ -403,6 +403,10 @@ pub enum Kind {
     /// A site, owned by `uid` (both the directory and `public/`).
     Site {
         uid: u32,
+        /// `public/`'s device and inode: one replaced by another directory
+        /// is a change (the front end holds the old one open until a
+        /// reload).
+        public: (u64, u64),
         /// `berth.toml` beside `public/`: its inode, size and
         /// modification time (a new or changed own file is a change).
         own: Option<(u64, i64, i64, i64)>,
@@ -502,10 +506,12 @@ fn look_at(fd: &impl rustix::fd::AsFd, raw: &[u8], name: String, min_uid: u32) -
             true,
         ));
     }
+    // (The fields' types differ between architectures.)
+    #[allow(clippy::unnecessary_cast)]
     let own = at(OWN_FILE).ok().map(|s| {
         (
-            s.st_ino,
-            s.st_size,
+            s.st_ino as u64,
+            s.st_size as i64,
             s.st_mtime as i64,
             s.st_mtime_nsec as i64,
         )
@@ -513,7 +519,11 @@ fn look_at(fd: &impl rustix::fd::AsFd, raw: &[u8], name: String, min_uid: u32) -
     Some(Entry {
         name,
         watch: true,
-        kind: Kind::Site { uid, own },
+        kind: Kind::Site {
+            uid,
+            public: (public.st_dev as u64, public.st_ino as u64),
+            own,
+        },
     })
 }
 
@@ -589,13 +599,64 @@ fn note(root: &Path, name: &str, why: impl Into<String>) -> Problem {
     }
 }
 
-/// Users looked up once per load, by uid.
-#[derive(Default)]
-struct Users(HashMap<u32, Option<nix::unistd::User>>);
+/// Owners past this many, the user and group databases are read whole,
+/// once, instead of a lookup per owner: glibc reads `/etc/passwd` through
+/// for each `getpwuid` and `/etc/group` for each `getgrouplist`, which at
+/// 1,000 owners was three quarters of a reload of 10,000 sites.
+const WALK_PAST: usize = 32;
 
-impl Users {
-    fn get(&mut self, uid: u32) -> Option<&nix::unistd::User> {
-        self.0
+/// The owners' users and the groups of those that become tenants, looked up
+/// once per load.
+struct Directory {
+    users: HashMap<u32, Option<nix::unistd::User>>,
+    /// With the databases read whole: each user's supplementary groups, by
+    /// name (None: `getgrouplist` per user).
+    member_of: Option<HashMap<String, Vec<u32>>>,
+}
+
+impl Directory {
+    /// For the owners of `scan`: read whole when they are many.
+    fn new(scan: &Scan) -> Directory {
+        let owners: HashSet<u32> = scan
+            .entries
+            .iter()
+            .filter_map(|e| match e.kind {
+                Kind::Site { uid, .. } => Some(uid),
+                Kind::Skipped(_) => None,
+            })
+            .collect();
+        if owners.len() <= WALK_PAST {
+            return Directory {
+                users: HashMap::new(),
+                member_of: None,
+            };
+        }
+        Directory::walk(&owners)
+    }
+
+    /// The users with uids in `owners`, and every user's groups, from one
+    /// walk of each database.
+    fn walk(owners: &HashSet<u32>) -> Directory {
+        let users = crate::sys::all_users()
+            .into_iter()
+            .filter(|u| owners.contains(&u.uid.as_raw()))
+            .map(|u| (u.uid.as_raw(), Some(u)))
+            .collect();
+        let mut member_of: HashMap<String, Vec<u32>> = HashMap::new();
+        for g in crate::sys::all_groups() {
+            for m in g.mem {
+                member_of.entry(m).or_default().push(g.gid.as_raw());
+            }
+        }
+        Directory {
+            users,
+            member_of: Some(member_of),
+        }
+    }
+
+    /// The user with `uid` (looked up when the walk did not list it).
+    fn user(&mut self, uid: u32) -> Option<&nix::unistd::User> {
+        self.users
             .entry(uid)
             .or_insert_with(|| {
                 nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
@@ -603,6 +664,29 @@ impl Users {
                     .flatten()
             })
             .as_ref()
+    }
+
+    /// `user`'s ids and groups. From a walk, its groups are those the group
+    /// database lists it in: a source that does not enumerate (LDAP without
+    /// `enumerate`) is not asked here, only when a process of the tenant
+    /// starts (`spawn::check` then refuses it); meanwhile its site serves
+    /// static files, which no process of the tenant's serves.
+    fn identity(&self, user: &nix::unistd::User) -> nix::Result<crate::sys::Identity> {
+        let Some(member_of) = &self.member_of else {
+            return crate::sys::Identity::of(user);
+        };
+        let gid = user.gid.as_raw();
+        let mut groups = vec![gid];
+        for &g in member_of.get(&user.name).into_iter().flatten() {
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+        Ok(crate::sys::Identity {
+            uid: user.uid.as_raw(),
+            gid,
+            groups,
+        })
     }
 }
 
@@ -639,13 +723,13 @@ pub(super) fn merge(
     // (What [enforce] lowers in [defaults] is the same for every tenant
     // made here; `berth check` notes it for the administrator's.)
     let _ = ceiling.apply("", &mut limits);
-    let mut users = Users::default();
+    let mut users = Directory::new(scan);
     // Sites by the administrator's tenant (index), and new tenants by name.
     let mut joined: Vec<(usize, Site)> = Vec::new();
     let mut made: Vec<Tenant> = Vec::new();
     let mut made_at: HashMap<String, usize> = HashMap::new();
     for entry in &scan.entries {
-        let Kind::Site { uid, own } = &entry.kind else {
+        let Kind::Site { uid, own, .. } = &entry.kind else {
             if let Kind::Skipped(why) = &entry.kind {
                 notes.push(note(&d.root, &entry.name, format!("skipped: {why}")));
             }
@@ -682,7 +766,7 @@ pub(super) fn merge(
             joined.push((i, site));
             continue;
         }
-        let Some(user) = users.get(*uid) else {
+        let Some(user) = users.user(*uid) else {
             notes.push(note(
                 &d.root,
                 host,
@@ -862,13 +946,13 @@ impl Isolation {
 
     /// Why `tenant` may not be added, if it may not; if it may, it is one
     /// of the peers of those checked after it.
-    fn refuses(&mut self, tenant: &Tenant, users: &mut Users) -> Option<String> {
+    fn refuses(&mut self, tenant: &Tenant, users: &mut Directory) -> Option<String> {
         use crate::supervisor::spawn::{Peer, breaches};
         if let Some(front) = &self.front {
-            let Some(user) = users.get(tenant.uid) else {
+            let Some(user) = users.user(tenant.uid).cloned() else {
                 return Some(format!("uid {} has no user name", tenant.uid));
             };
-            let id = match crate::sys::Identity::of(user) {
+            let id = match users.identity(&user) {
                 Ok(id) => id,
                 Err(e) => {
                     return Some(format!("cannot read the groups of {:?}: {e}", tenant.user));
@@ -990,6 +1074,27 @@ mod tests {
         assert_eq!(again, found.scan);
         std::fs::write(root.join("a2.test").join(OWN_FILE), "").unwrap();
         assert_ne!(scan(&root, 1).unwrap(), found.scan);
+    }
+
+    /// What the walk of the databases says a user's groups are is what
+    /// `getgrouplist` says, for every user the files list (the test
+    /// machines' users come from the files).
+    #[test]
+    fn a_walk_of_the_user_and_group_databases_gives_the_groups_getgrouplist_gives() {
+        let users = crate::sys::all_users();
+        assert!(users.iter().any(|u| u.uid.as_raw() == 0), "root is listed");
+        let owners: HashSet<u32> = users.iter().map(|u| u.uid.as_raw()).collect();
+        let mut walked = Directory::walk(&owners);
+        for u in &users {
+            let uid = u.uid.as_raw();
+            let user = walked.user(uid).cloned().expect("listed");
+            let mut got = walked.identity(&user).unwrap().groups;
+            let mut want = crate::sys::Identity::of(u).unwrap().groups;
+            got.sort_unstable();
+            want.sort_unstable();
+            want.dedup();
+            assert_eq!(got, want, "{}", u.name);
+        }
     }
 
     #[test]
