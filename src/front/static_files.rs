@@ -76,6 +76,8 @@ const FAST_RESOLVE: ResolveFlags = ResolveFlags::BENEATH
 pub struct Root {
     fd: OwnedFd,
     path: PathBuf,
+    /// Opened by [`Root::open_owned`] for this uid.
+    owner: Option<u32>,
 }
 
 impl Root {
@@ -90,6 +92,7 @@ impl Root {
         Ok(Root {
             fd,
             path: path.to_path_buf(),
+            owner: None,
         })
     }
 
@@ -118,7 +121,31 @@ impl Root {
         Ok(Root {
             fd,
             path: path.to_path_buf(),
+            owner: Some(uid),
         })
+    }
+
+    /// Whether opening `path` as [`Root::open`] (`owner` None) or
+    /// [`Root::open_owned`] would give this very directory again: then a
+    /// new configuration keeps this root instead of opening it anew. A
+    /// `stat` instead of an `open` and a `close`, and no second descriptor
+    /// for the same directory while two configurations overlap (10,000
+    /// discovered sites are 10,000 roots).
+    pub fn is_still(&self, path: &Path, owner: Option<u32>) -> bool {
+        use rustix::fs::{AtFlags, CWD, statat};
+        if self.path != path || self.owner != owner {
+            return false;
+        }
+        let flags = match owner {
+            Some(_) => AtFlags::SYMLINK_NOFOLLOW,
+            None => AtFlags::empty(),
+        };
+        let (Ok(now), Ok(held)) = (statat(CWD, path, flags), rustix::fs::fstat(&self.fd)) else {
+            return false;
+        };
+        FileType::from_raw_mode(now.st_mode) == FileType::Directory
+            && (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+            && owner.is_none_or(|uid| now.st_uid == uid)
     }
 
     /// The path the root was opened from.
