@@ -44,7 +44,7 @@ use crate::config::discovery::{Discovered, Discovery, Scan, scan};
 
 /// Events are gathered until none came for this long: `mkdir -p` and a
 /// `chown -R`, or a `git clone`, are one change, not dozens.
-pub const QUIET: Duration = Duration::from_millis(200);
+pub const QUIET: Duration = Duration::from_millis(100);
 /// ... but no longer than this after the first of them.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
 /// Reloads the watcher asks for are at least this far apart.
