@@ -171,13 +171,17 @@ wrk_run() {
   fi
   wait "$w"
   out=$WORK/wrk.out
-  awk -v label="$label" -v n="$n" '
+  awk -v label="$label" -v n="$n" -v vals="$WORK/latv" '
     function ms(v) { if (v ~ /us$/) { sub(/us/, "", v); return v / 1000 } if (v ~ /ms$/) { sub(/ms/, "", v); return v } if (v ~ /s$/) { sub(/s/, "", v); return v * 1000 } return v }
     $1 == "50%" { p50 = ms($2) } $1 == "99%" { p99 = ms($2) } $1 == "Latency" && !max { max = ms($4) }
-    /requests in/ { req = $1 } /Non-2xx/ { bad = $NF } /Socket errors/ { err = $0; sub(/.*Socket errors: /, "", err) }
-    END { printf "  %-34s %8d requests  p50 %7.2f ms  p99 %7.2f ms  max %8.2f ms  non-2xx %s  socket errors %s%s\n",
-            label, req, p50, p99, max, bad ? bad : 0, err ? err : "none", n ? "  (" n " reloads)" : "" }' "$out" | tee -a "$WORK/lat"
+    /requests in/ { req = $1 } /Non-2xx/ { bad = $NF } /Socket errors/ { err = $0; sub(/.*Socket errors: /, "", err)
+      k = split(err, e, /[ ,]+/); for (i = 2; i <= k; i += 2) failed += e[i] }
+    END { printf "  %-44s %8d requests  p50 %6.2f ms  p99 %6.2f ms  max %7.2f ms  non-2xx %s  socket errors %s%s\n",
+            label, req, p50, p99, max, bad ? bad : 0, err ? err : "none", n ? "  (" n " reloads)" : ""
+          printf "%s|%s|%s|%d\n", label, p99, max, failed + bad >> vals }' "$out" | tee -a "$WORK/lat"
 }
+# lat_of LABEL FIELD: p99 (2), max (3) or failed requests (4) of a wrk_run
+lat_of() { awk -F'|' -v l="$1" -v f="$2" '$1 == l {print $f}' "$WORK/latv"; }
 
 # ---- berth ---------------------------------------------------------------------
 echo
@@ -288,7 +292,7 @@ pid $N/nginx.pid;
 error_log $N/error.log;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  access_log $N/access.log;   # as berth writes its tenants' access logs
   server_names_hash_max_size 65536;
   server_names_hash_bucket_size 128;
   client_body_temp_path $N/tmp; proxy_temp_path $N/tmp; fastcgi_temp_path $N/tmp;
@@ -363,5 +367,9 @@ printf '  %-40s berth %7s ms            nginx %7s ms            %s\n' "start unt
 bm0=$(( (${B_MEM0% *} + ${B_MEM0#* }) / 1024 )); bm1=$(( (${B_MEM1% *} + ${B_MEM1#* }) / 1024 ))
 printf '  %-40s berth %4s MiB (front end %s)   nginx %4s MiB   %s\n' "RSS after start" "$bm0" "$((${B_MEM0#* } / 1024))" "$((N_MEM0 / 1024))" "$(ratio "$bm0" "$((N_MEM0 / 1024))")"
 printf '  %-40s berth %4s MiB (front end %s)   nginx %4s MiB   %s\n' "RSS after $RELOADS reloads" "$bm1" "$((${B_MEM1#* } / 1024))" "$((N_MEM1 / 1024))" "$(ratio "$bm1" "$((N_MEM1 / 1024))")"
+B_RL="berth, SIGHUP every ${EVERY}s"; N_RL="nginx, nginx -s reload every ${EVERY}s"
+printf '  %-40s berth %7s ms              nginx %7s ms              %s\n' "p99 latency, a full reload every ${EVERY}s" "$(lat_of "$B_RL" 2)" "$(lat_of "$N_RL" 2)" "$(ratio "$(lat_of "$B_RL" 2)" "$(lat_of "$N_RL" 2)")"
+printf '  %-40s berth %7s ms              nginx %7s ms              %s\n' "max latency, a full reload every ${EVERY}s" "$(lat_of "$B_RL" 3)" "$(lat_of "$N_RL" 3)" "$(ratio "$(lat_of "$B_RL" 3)" "$(lat_of "$N_RL" 3)")"
+printf '  %-40s berth %7s                 nginx %7s\n' "wrk socket errors + non-2xx then" "$(lat_of "$B_RL" 4)" "$(lat_of "$N_RL" 4)"
 echo "  latency on one site (wrk -t1 -c$CONNS -d${DUR}s):"
 cat "$WORK/lat"
