@@ -10,7 +10,10 @@
 # directories are served by
 #   berth   [discovery] root = ROOT with a PHP handler (min_processes = 0:
 #           nothing runs); defaults otherwise (cgroups, metering)
-#   nginx   one server block per site (server_name, root), generated
+#   nginx   one server block per site, generated: server_name, root, index
+#           index.php index.html, and *.php to a FastCGI pool of the owner's
+#           (php-fpm's, not running: no PHP is requested; berth's handler
+#           starts none either)
 # both pinned to CPU $SERVER_CPU, clients (curl, wrk) on CPU $CLIENT_CPU.
 # Measured, for each:
 #   start     until the last site answers 200
@@ -279,12 +282,15 @@ echo
 echo "== nginx: $SITES server blocks"
 N=$WORK/nginx
 mkdir -p "$N/sites" "$N/tmp"
-block() {  # host
-  printf 'server { listen 127.0.0.1:%s; server_name %s; root %s/%s/public; }\n' "$PORT_NGINX" "$1" "$ROOT" "$1"
+block() {  # host owner: as berth serves it, static files and *.php to the owner's pool
+  printf 'server { listen 127.0.0.1:%s; server_name %s; root %s/%s/public; index index.php index.html;\n  location ~ [^/]\\.php(/|$) { fastcgi_split_path_info ^(.+?\\.php)(/.*)$; include /etc/nginx/fastcgi_params; fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name; fastcgi_pass unix:%s/php-%s.sock; } }\n' \
+    "$PORT_NGINX" "$1" "$ROOT" "$1" "$N" "$2"
 }
 for ((i = 1; i <= SITES; i++)); do
   printf -v h 's%05d.test' "$i"
-  block "$h"
+  u=$(((i - 1) / per + 1))
+  printf -v owner 'berth-b%04d' $((u > USERS ? USERS : u))
+  block "$h" "$owner"
 done >"$N/sites/all.conf"
 cat >"$N/nginx.conf" <<CONF
 worker_processes 1;
@@ -314,7 +320,7 @@ echo "  RSS after start: master + workers $((N_MEM0 / 1024)) MiB"
 # nginx_reload HOST: a block for HOST, `nginx -s reload`, until HOST answers
 nginx_reload() {
   local s
-  block "$1" >"$N/sites/$1.conf"
+  block "$1" "$(buser 1)" >"$N/sites/$1.conf"
   s=$(now_ns)
   nginx -c "$N/nginx.conf" -s reload 2>/dev/null
   wait_code "$1" "$PORT_NGINX" 200 60 && LAST_MS=$(ms_since "$s") || LAST_MS="(none in 60 s)"
@@ -337,7 +343,7 @@ for ((k = 1; k <= MKDIRS; k++)); do
   h=nnew$k.test
   s=$(now_ns)
   new_site "$h" "$(buser $((k % USERS + 1)))"
-  block "$h" >"$N/sites/$h.conf"
+  block "$h" "$(buser $((k % USERS + 1)))" >"$N/sites/$h.conf"
   nginx -c "$N/nginx.conf" -s reload 2>/dev/null
   if wait_code "$h" "$PORT_NGINX" 200 60; then
     ms=$(ms_since "$s"); echo "$ms" >>"$WORK/n_new"
