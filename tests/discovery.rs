@@ -310,6 +310,70 @@ root = "{}"
     assert_eq!(fetch(&s, "taken.test", "/").1, "the administrator's\n");
 }
 
+/// A user whose name `useradd` takes only with `--badname` (names starting
+/// `berth-t`, as every test user's).
+fn bad_named_user(name: &str) -> (u32, u32) {
+    assert!(name.starts_with("berth-t"));
+    if nix::unistd::User::from_name(name).unwrap().is_none() {
+        let _ = std::process::Command::new("useradd")
+            .args([
+                "--badname",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ])
+            .status()
+            .unwrap();
+    }
+    let u = nix::unistd::User::from_name(name).unwrap().expect(name);
+    (u.uid.as_raw(), u.gid.as_raw())
+}
+
+#[test]
+fn an_owner_whose_name_is_no_tenant_name_or_is_the_administrators_tenants_is_left_out_with_a_log_line()
+ {
+    let dir = Dir::new();
+    let root = sites(&dir);
+    make_site(&root, "fine.test", "berth-tdisc1");
+    // Upper case: a valid user name (with --badname), not a tenant name.
+    let upper = bad_named_user("berth-tDisc");
+    make_site(&root, "upper-owner.test", "berth-tdisc2");
+    chown_r(&root.join("upper-owner.test"), upper);
+    // A user named like a tenant of the administrator's of another user.
+    let (uid, gid) = ensure_user("berth-ta");
+    dir.write("admin/index.html", "admin\n");
+    dir.chown("admin", uid, gid);
+    ensure_user("berth-tdisc4");
+    let admin = format!(
+        r#"
+[tenant.berth-tdisc4]
+user = "berth-ta"
+[[tenant.berth-tdisc4.site]]
+hosts = ["admin.test"]
+root = "{}"
+"#,
+        dir.join("admin").display()
+    );
+    make_site(&root, "taken-name.test", "berth-tdisc4");
+    let s = start(&dir, &admin);
+    assert_eq!(fetch(&s, "fine.test", "/").0, 200);
+    for (host, why) in [
+        (
+            "upper-owner.test",
+            "its owner's user name \"berth-tDisc\" is not a valid tenant name",
+        ),
+        (
+            "taken-name.test",
+            "the tenant name \"berth-tdisc4\" (its owner's user name) is taken by the administrator's tenant",
+        ),
+    ] {
+        assert_eq!(fetch(&s, host, "/").0, 421, "{host}");
+        let line = format!("{}: discovery: skipped: {why}", root.join(host).display());
+        assert_eq!(count(&s, &line), 1, "{line}\n{}", s.output());
+    }
+}
+
 #[test]
 fn a_directory_of_an_administrators_tenants_user_joins_that_tenant() {
     let dir = Dir::new();
