@@ -13,7 +13,7 @@
 #   nginx   one server block per site, generated: server_name, root, index
 #           index.php index.html, and *.php to a FastCGI pool of the owner's
 #           (php-fpm's, not running: no PHP is requested; berth's handler
-#           starts none either)
+#           starts none either); NGINX_PHP=0: server_name and root only
 # both pinned to CPU $SERVER_CPU, clients (curl, wrk) on CPU $CLIENT_CPU.
 # Measured, for each:
 #   start     until the last site answers 200
@@ -40,6 +40,7 @@ cd "$(dirname "$0")/.."
 SITES=${SITES:-10000}
 USERS=${USERS:-1000}
 RELOADS=${RELOADS:-5}
+NGINX_PHP=${NGINX_PHP:-1}   # 0: nginx's blocks without the PHP location (static files only)
 MKDIRS=${MKDIRS:-5}
 DUR=${DUR:-10}
 EVERY=${EVERY:-1}
@@ -88,7 +89,7 @@ ms_since() { echo $((($(now_ns) - $1) / 1000000)); }
 alive() { [ -e "/proc/$1" ] && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
 start_time() { awk '{sub(/^.*\) /, ""); print $20}' "/proc/$1/stat" 2>/dev/null; }
 ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat" 2>/dev/null; }
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+rss_kib() { awk '/^VmRSS:/ {r = $2} END {print r + 0}' "/proc/$1/status" 2>/dev/null || echo 0; }
 stop_pid() {  # pid:starttime: SIGTERM (SIGQUIT for nginx), then SIGKILL
   local pid=${1%%:*} i
   [ "$(start_time "$pid")" = "${1#*:}" ] || return 0
@@ -283,8 +284,21 @@ echo "== nginx: $SITES server blocks"
 N=$WORK/nginx
 mkdir -p "$N/sites" "$N/tmp"
 block() {  # host owner: as berth serves it, static files and *.php to the owner's pool
-  printf 'server { listen 127.0.0.1:%s; server_name %s; root %s/%s/public; index index.php index.html;\n  location ~ [^/]\\.php(/|$) { fastcgi_split_path_info ^(.+?\\.php)(/.*)$; include /etc/nginx/fastcgi_params; fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name; fastcgi_pass unix:%s/php-%s.sock; } }\n' \
-    "$PORT_NGINX" "$1" "$ROOT" "$1" "$N" "$2"
+  if [ "$NGINX_PHP" = 1 ]; then
+    printf 'server { listen 127.0.0.1:%s; server_name %s; root %s/%s/public; index index.php index.html;\n  location ~ [^/]\\.php(/|$) { fastcgi_split_path_info ^(.+?\\.php)(/.*)$; include /etc/nginx/fastcgi_params; fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name; fastcgi_pass unix:%s/php-%s.sock; } }\n' \
+      "$PORT_NGINX" "$1" "$ROOT" "$1" "$N" "$2"
+  else
+    printf 'server { listen 127.0.0.1:%s; server_name %s; root %s/%s/public; }\n' "$PORT_NGINX" "$1" "$ROOT" "$1"
+  fi
+}
+# settle_nginx: until the workers an earlier reload replaced have finished
+# (they close their keep-alive connections as they go)
+settle_nginx() {
+  local i
+  for ((i = 0; i < 600; i++)); do
+    [ "$(ps -o args= --ppid "$NGX" | grep -c 'shutting down')" = 0 ] && return
+    sleep 0.05
+  done
 }
 for ((i = 1; i <= SITES; i++)); do
   printf -v h 's%05d.test' "$i"
@@ -334,7 +348,7 @@ for ((k = 1; k <= RELOADS; k++)); do
   t1=$(ticks "$NGX")
   echo "$LAST_MS" >>"$WORK/n_reload"
   echo "  nginx -s reload $k: the new block answers after $LAST_MS ms (master CPU $(((t1 - t0) * 1000 / CLK_TCK)) ms)"
-  sleep 1
+  settle_nginx
 done
 N_MEM1=$(nginx_rss)
 echo "  RSS after $RELOADS reloads (old workers gone): master + workers $((N_MEM1 / 1024)) MiB"
@@ -349,12 +363,12 @@ for ((k = 1; k <= MKDIRS; k++)); do
     ms=$(ms_since "$s"); echo "$ms" >>"$WORK/n_new"
     echo "  mkdir $h + block + reload: first 200 after $ms ms"
   fi
-  sleep 1
+  settle_nginx
 done
 wrk_run "nginx, quiet" "$FIRST" "$PORT_NGINX"
 ngx_reload() { nginx -c "$N/nginx.conf" -s reload 2>/dev/null; }
 wrk_run "nginx, nginx -s reload every ${EVERY}s" "$FIRST" "$PORT_NGINX" ngx_reload
-sleep 2
+settle_nginx
 N_MEM2=$(nginx_rss)
 echo "  RSS after the loads: master + workers $((N_MEM2 / 1024)) MiB"
 kill -QUIT "$NGX" 2>/dev/null || true
