@@ -26,8 +26,9 @@
 #             chown) until it answers 200: berth sees it by itself; nginx gets a
 #             generated block and `nginx -s reload` (what a provisioning tool
 #             does), counted from the mkdir too
-#   memory    RSS of berth's supervisor and front end (nginx: master + workers)
-#             after start and after the reloads
+#   memory    PSS of berth's supervisor and front end (nginx: master + workers,
+#             whose shared pages RSS would count once per process) after start
+#             and after the reloads
 #   latency   wrk -t1 -c$CONNS -d${DUR}s --latency on one site's index.html, once
 #             quiet and once with a full reload every $EVERY s; p50, p99, max,
 #             requests, errors and non-2xx of each
@@ -89,7 +90,9 @@ ms_since() { echo $((($(now_ns) - $1) / 1000000)); }
 alive() { [ -e "/proc/$1" ] && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
 start_time() { awk '{sub(/^.*\) /, ""); print $20}' "/proc/$1/stat" 2>/dev/null; }
 ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat" 2>/dev/null; }
-rss_kib() { awk '/^VmRSS:/ {r = $2} END {print r + 0}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# PSS: nginx's workers share most of their pages with the master (fork);
+# RSS would count them once per process
+pss_kib() { awk '/^Pss:/ {r = $2} END {print r + 0}' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0; }
 stop_pid() {  # pid:starttime: SIGTERM (SIGQUIT for nginx), then SIGKILL
   local pid=${1%%:*} i
   [ "$(start_time "$pid")" = "${1#*:}" ] || return 0
@@ -219,8 +222,8 @@ B_START=$(ms_since "$s")
 FRONT=$(ps -o pid=,args= --ppid "$SUP" | awk '$2 == "berth" && $3 == "front" {print $1; exit}')
 echo "  serving all $SITES sites $B_START ms after start"
 sleep 2
-B_MEM0="$(rss_kib "$SUP") $(rss_kib "$FRONT")"
-echo "  RSS after start: supervisor $((${B_MEM0% *} / 1024)) MiB, front end $((${B_MEM0#* } / 1024)) MiB"
+B_MEM0="$(pss_kib "$SUP") $(pss_kib "$FRONT")"
+echo "  PSS after start: supervisor $((${B_MEM0% *} / 1024)) MiB, front end $((${B_MEM0#* } / 1024)) MiB"
 
 gen_now() { grep -c 'serving configuration generation' "$B/out.log"; }
 # berth_reload: SIGHUP until the next generation is served; ms in LAST_MS
@@ -245,8 +248,8 @@ for ((k = 1; k <= RELOADS; k++)); do
   echo "  SIGHUP $k: front end serving the new generation after $LAST_MS ms (supervisor CPU $(((t1 - t0) * 1000 / CLK_TCK)) ms, front end $(((f1 - f0) * 1000 / CLK_TCK)) ms)"
 done
 [ "$(code "$LAST" "$PORT_BERTH")" = 200 ] || echo "  $LAST does not answer after the reloads" >&2
-B_MEM1="$(rss_kib "$SUP") $(rss_kib "$FRONT")"
-echo "  RSS after $RELOADS reloads: supervisor $((${B_MEM1% *} / 1024)) MiB, front end $((${B_MEM1#* } / 1024)) MiB"
+B_MEM1="$(pss_kib "$SUP") $(pss_kib "$FRONT")"
+echo "  PSS after $RELOADS reloads: supervisor $((${B_MEM1% *} / 1024)) MiB, front end $((${B_MEM1#* } / 1024)) MiB"
 
 : >"$WORK/b_new"
 for ((k = 1; k <= MKDIRS; k++)); do
@@ -272,8 +275,8 @@ flap() {  # a host directory made or removed: the watcher's reload
 }
 wrk_run "berth, a directory made/removed every ${EVERY}s" "$FIRST" "$PORT_BERTH" flap
 rm -rf "$ROOT/flap.test"
-B_MEM2="$(rss_kib "$SUP") $(rss_kib "$FRONT")"
-echo "  RSS after the loads: supervisor $((${B_MEM2% *} / 1024)) MiB, front end $((${B_MEM2#* } / 1024)) MiB"
+B_MEM2="$(pss_kib "$SUP") $(pss_kib "$FRONT")"
+echo "  PSS after the loads: supervisor $((${B_MEM2% *} / 1024)) MiB, front end $((${B_MEM2#* } / 1024)) MiB"
 grep -c 'serving configuration generation' "$B/out.log" | xargs echo "  generations served:"
 stop_pid "${PIDS[0]}"
 PIDS=()
@@ -313,6 +316,7 @@ error_log $N/error.log;
 events { worker_connections 4096; }
 http {
   access_log $N/access.log;   # as berth writes its tenants' access logs
+  keepalive_requests 1000000;  # (1000 by default: wrk counts the closes as errors)
   server_names_hash_max_size 65536;
   server_names_hash_bucket_size 128;
   client_body_temp_path $N/tmp; proxy_temp_path $N/tmp; fastcgi_temp_path $N/tmp;
@@ -328,9 +332,9 @@ wait_code "$LAST" "$PORT_NGINX" 200 120 || { echo "nginx: $LAST never answered" 
 N_START=$(ms_since "$s")
 echo "  serving all $SITES sites $N_START ms after start"
 sleep 2
-nginx_rss() { local p t=0; for p in $NGX $(ps -o pid= --ppid "$NGX"); do t=$((t + $(rss_kib "$p"))); done; echo "$t"; }
-N_MEM0=$(nginx_rss)
-echo "  RSS after start: master + workers $((N_MEM0 / 1024)) MiB"
+nginx_pss() { local p t=0; for p in $NGX $(ps -o pid= --ppid "$NGX"); do t=$((t + $(pss_kib "$p"))); done; echo "$t"; }
+N_MEM0=$(nginx_pss)
+echo "  PSS after start: master + workers $((N_MEM0 / 1024)) MiB"
 # nginx_reload HOST: a block for HOST, `nginx -s reload`, until HOST answers
 nginx_reload() {
   local s
@@ -350,8 +354,8 @@ for ((k = 1; k <= RELOADS; k++)); do
   echo "  nginx -s reload $k: the new block answers after $LAST_MS ms (master CPU $(((t1 - t0) * 1000 / CLK_TCK)) ms)"
   settle_nginx
 done
-N_MEM1=$(nginx_rss)
-echo "  RSS after $RELOADS reloads (old workers gone): master + workers $((N_MEM1 / 1024)) MiB"
+N_MEM1=$(nginx_pss)
+echo "  PSS after $RELOADS reloads (old workers gone): master + workers $((N_MEM1 / 1024)) MiB"
 : >"$WORK/n_new"
 for ((k = 1; k <= MKDIRS; k++)); do
   h=nnew$k.test
@@ -369,8 +373,8 @@ wrk_run "nginx, quiet" "$FIRST" "$PORT_NGINX"
 ngx_reload() { nginx -c "$N/nginx.conf" -s reload 2>/dev/null; }
 wrk_run "nginx, nginx -s reload every ${EVERY}s" "$FIRST" "$PORT_NGINX" ngx_reload
 settle_nginx
-N_MEM2=$(nginx_rss)
-echo "  RSS after the loads: master + workers $((N_MEM2 / 1024)) MiB"
+N_MEM2=$(nginx_pss)
+echo "  PSS after the loads: master + workers $((N_MEM2 / 1024)) MiB"
 kill -QUIT "$NGX" 2>/dev/null || true
 stop_pid "${PIDS[0]}"
 PIDS=()
@@ -385,8 +389,8 @@ printf '  %-40s berth %7s ms (%s)   nginx %7s ms (%s)   %s\n' "full reload until
 printf '  %-40s berth %7s ms (%s)   nginx %7s ms (%s)   %s\n' "new site: mkdir until its first 200" "$bn" "$(spread <"$WORK/b_new")" "$nn" "$(spread <"$WORK/n_new")" "$(ratio "$bn" "$nn")"
 printf '  %-40s berth %7s ms            nginx %7s ms            %s\n' "start until the last site answers" "$B_START" "$N_START" "$(ratio "$B_START" "$N_START")"
 bm0=$(( (${B_MEM0% *} + ${B_MEM0#* }) / 1024 )); bm1=$(( (${B_MEM1% *} + ${B_MEM1#* }) / 1024 ))
-printf '  %-40s berth %4s MiB (front end %s)   nginx %4s MiB   %s\n' "RSS after start" "$bm0" "$((${B_MEM0#* } / 1024))" "$((N_MEM0 / 1024))" "$(ratio "$bm0" "$((N_MEM0 / 1024))")"
-printf '  %-40s berth %4s MiB (front end %s)   nginx %4s MiB   %s\n' "RSS after $RELOADS reloads" "$bm1" "$((${B_MEM1#* } / 1024))" "$((N_MEM1 / 1024))" "$(ratio "$bm1" "$((N_MEM1 / 1024))")"
+printf '  %-40s berth %4s MiB (front end %s)   nginx %4s MiB   %s\n' "PSS after start" "$bm0" "$((${B_MEM0#* } / 1024))" "$((N_MEM0 / 1024))" "$(ratio "$bm0" "$((N_MEM0 / 1024))")"
+printf '  %-40s berth %4s MiB (front end %s)   nginx %4s MiB   %s\n' "PSS after $RELOADS reloads" "$bm1" "$((${B_MEM1#* } / 1024))" "$((N_MEM1 / 1024))" "$(ratio "$bm1" "$((N_MEM1 / 1024))")"
 B_RL="berth, SIGHUP every ${EVERY}s"; N_RL="nginx, nginx -s reload every ${EVERY}s"
 printf '  %-40s berth %7s ms              nginx %7s ms              %s\n' "p99 latency, a full reload every ${EVERY}s" "$(lat_of "$B_RL" 2)" "$(lat_of "$N_RL" 2)" "$(ratio "$(lat_of "$B_RL" 2)" "$(lat_of "$N_RL" 2)")"
 printf '  %-40s berth %7s ms              nginx %7s ms              %s\n' "max latency, a full reload every ${EVERY}s" "$(lat_of "$B_RL" 3)" "$(lat_of "$N_RL" 3)" "$(ratio "$(lat_of "$B_RL" 3)" "$(lat_of "$N_RL" 3)")"
