@@ -297,10 +297,15 @@ block() {  # host owner: as berth serves it, static files and *.php to the owner
 # settle_nginx: until the workers an earlier reload replaced have finished
 # (they close their keep-alive connections as they go)
 settle_nginx() {
-  local i
-  for ((i = 0; i < 600; i++)); do
-    [ "$(ps -o args= --ppid "$NGX" | grep -c 'shutting down')" = 0 ] && return
-    sleep 0.05
+  local i calm=0
+  for ((i = 0; i < 600 && calm < 3; i++)); do
+    sleep 0.1
+    # one worker, not shutting down, three times in a row
+    if [ "$(ps -o args= --ppid "$NGX" | grep -c .)" = 1 ] && ! ps -o args= --ppid "$NGX" | grep -q 'shutting down'; then
+      calm=$((calm + 1))
+    else
+      calm=0
+    fi
   done
 }
 for ((i = 1; i <= SITES; i++)); do
