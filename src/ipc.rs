@@ -233,6 +233,10 @@ pub struct SitePlan {
     pub routes: Vec<Route>,
     /// The site's own `max_body`.
     pub max_body: Option<u64>,
+    /// A discovered site's owner: its root is opened without following a
+    /// symlink and refused unless this uid owns it.
+    #[serde(default)]
+    pub root_owner: Option<u32>,
 }
 
 /// What the front end knows of an app: how to talk to it and its pool limits.
@@ -851,6 +855,7 @@ mod tests {
                     tls: None,
                     routes: Vec::new(),
                     max_body: None,
+                    root_owner: None,
                 })
                 .collect(),
             apps: Vec::new(),

@@ -147,28 +147,22 @@ fn check(config: &std::path::Path, tenant: Option<&str>, explain: bool) -> ExitC
                 }
             }
         }
-        return match &t.own {
-            Some(own) if matches!(own.state, berth::config::own::OwnState::Refused { .. }) => {
-                if !explain {
-                    for p in &own.problems {
-                        println!("{p}");
-                    }
-                    println!("{}", own.summary());
+        let owns: Vec<_> = t.own_files().collect();
+        if owns.is_empty() && !explain {
+            println!("tenant {name}: no own file (the administrator allows none)");
+        }
+        for own in &owns {
+            if !explain {
+                for p in &own.problems {
+                    println!("{p}");
                 }
-                ExitCode::from(1)
+                println!("{}", own.summary());
             }
-            Some(own) => {
-                if !explain {
-                    println!("{}", own.summary());
-                }
-                ExitCode::SUCCESS
-            }
-            None => {
-                if !explain {
-                    println!("tenant {name}: no own file (the administrator allows none)");
-                }
-                ExitCode::SUCCESS
-            }
+        }
+        return if owns.iter().any(|o| o.refused()) {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
         };
     }
     for note in &cfg.notes {
@@ -178,9 +172,7 @@ fn check(config: &std::path::Path, tenant: Option<&str>, explain: bool) -> ExitC
     // administrator's settings, or its last good file), but the
     // administrator should know.
     for t in &cfg.tenants {
-        if let Some(own) = &t.own
-            && matches!(own.state, berth::config::own::OwnState::Refused { .. })
-        {
+        for own in t.own_files().filter(|o| o.refused()) {
             for p in &own.problems {
                 println!("tenant {}: {p}", t.name);
             }

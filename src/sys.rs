@@ -1,7 +1,8 @@
 //! The few system calls that need `unsafe`: what a forked child does between
 //! `fork` and `exec` to become someone else, adopting inherited descriptors,
-//! registering a descriptor with the runtime, and asking the kernel whether
-//! a file is open for writing anywhere (a lease).
+//! registering a descriptor with the runtime, asking the kernel whether a
+//! file is open for writing anywhere (a lease), and walking the user and
+//! group databases.
 //!
 //! Everything else in berth is `#![deny(unsafe_code)]`.
 #![allow(unsafe_code)]
@@ -31,6 +32,79 @@ impl Identity {
             groups: groups.iter().map(|g| g.as_raw()).collect(),
         })
     }
+}
+
+/// The password and group databases' iteration state (`setpwent`,
+/// `getgrent_r`, ...) is one per process: one walk at a time.
+static DATABASE_WALK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Grows `buf` after ERANGE, up to 1 MiB (a group with tens of thousands of
+/// members); false past it.
+fn grow(buf: &mut Vec<libc::c_char>) -> bool {
+    if buf.len() >= 1 << 20 {
+        return false;
+    }
+    let len = buf.len() * 2;
+    buf.resize(len, 0);
+    true
+}
+
+/// Every user the password database lists (`getpwent_r`): one pass over
+/// it, where a lookup per user would read the whole file each time (at
+/// 1,000 users, a million lines). The files always list theirs; other NSS
+/// sources only when they enumerate (sssd's `enumerate = true`): look up a
+/// user missing here by uid.
+pub fn all_users() -> Vec<nix::unistd::User> {
+    let _walk = DATABASE_WALK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = Vec::new();
+    let mut buf: Vec<libc::c_char> = vec![0; 16 << 10];
+    // SAFETY: the walk is this thread's alone (DATABASE_WALK) from setpwent
+    // to endpwent; `entry` and `buf` live across each call, and what
+    // `found` points to (into them) is copied out before the next call
+    // reuses them. On ERANGE glibc does not advance the walk.
+    unsafe {
+        libc::setpwent();
+        loop {
+            let mut entry: libc::passwd = std::mem::zeroed();
+            let mut found: *mut libc::passwd = std::ptr::null_mut();
+            let r = libc::getpwent_r(&mut entry, buf.as_mut_ptr(), buf.len(), &mut found);
+            if r == libc::ERANGE && grow(&mut buf) {
+                continue;
+            }
+            if r != 0 || found.is_null() {
+                break;
+            }
+            out.push(nix::unistd::User::from(&*found));
+        }
+        libc::endpwent();
+    }
+    out
+}
+
+/// Every group the group database lists (`getgrent_r`), with its members:
+/// as [`all_users`], one pass, and only what the sources enumerate.
+pub fn all_groups() -> Vec<nix::unistd::Group> {
+    let _walk = DATABASE_WALK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = Vec::new();
+    let mut buf: Vec<libc::c_char> = vec![0; 16 << 10];
+    // SAFETY: as in `all_users`.
+    unsafe {
+        libc::setgrent();
+        loop {
+            let mut entry: libc::group = std::mem::zeroed();
+            let mut found: *mut libc::group = std::ptr::null_mut();
+            let r = libc::getgrent_r(&mut entry, buf.as_mut_ptr(), buf.len(), &mut found);
+            if r == libc::ERANGE && grow(&mut buf) {
+                continue;
+            }
+            if r != 0 || found.is_null() {
+                break;
+            }
+            out.push(nix::unistd::Group::from(&*found));
+        }
+        libc::endgrent();
+    }
+    out
 }
 
 /// Which step of becoming the child failed; shown in the error.

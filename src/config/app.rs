@@ -213,13 +213,29 @@ pub(super) fn read_pool(mut t: TableReader<'_>, base: Pool) -> Pool {
 pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
     t.into_named_tables()
         .into_iter()
-        .filter_map(|(name, at)| read_app(name, at, defaults))
+        .filter_map(|(name, at)| read_app(name, at, defaults, AppDir::Written))
         .collect()
 }
 
-/// Reads one app's table (`[tenant.T.app.NAME]`, or `[app.NAME]` of a
-/// tenant's own file); None when it is not valid (the problems are reported).
-pub(super) fn read_app(name: String, mut at: TableReader<'_>, defaults: &Pool) -> Option<App> {
+/// Where an app runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AppDir {
+    /// In its table's `dir` (required but for CGI apps).
+    Written,
+    /// In its tenant's home, always: the table has no `dir` (a discovery
+    /// handler, one table for every tenant). Filled in once the home is known.
+    Home,
+}
+
+/// Reads one app's table (`[tenant.T.app.NAME]`, a discovery handler's, or
+/// `[app.NAME]` of a tenant's own file); None when it is not valid (the
+/// problems are reported).
+pub(super) fn read_app(
+    name: String,
+    mut at: TableReader<'_>,
+    defaults: &Pool,
+    in_dir: AppDir,
+) -> Option<App> {
     {
         let walk = at.walk();
         if !super::valid_name(&name) {
@@ -236,7 +252,10 @@ pub(super) fn read_app(name: String, mut at: TableReader<'_>, defaults: &Pool) -
         let key = at.key().to_string();
         let protocol = at.string("protocol");
         let command = at.strings("command");
-        let dir = at.string("dir");
+        let dir = match in_dir {
+            AppDir::Written => at.string("dir"),
+            AppDir::Home => None,
+        };
         let env = at.table("env").map(read_env);
         let bind = at.string("bind");
         let open_port = at.boolean("open_port");
@@ -316,7 +335,9 @@ pub(super) fn read_app(name: String, mut at: TableReader<'_>, defaults: &Pool) -
             Some(d) => Some(resolve_path(walk, &d)),
             // CGI scripts run in their own directory; a mounted CGI program
             // without `dir` runs in the tenant's home (filled in once known).
-            None if protocol == Some(Protocol::Cgi) => Some(PathBuf::new()),
+            None if protocol == Some(Protocol::Cgi) || in_dir == AppDir::Home => {
+                Some(PathBuf::new())
+            }
             None => {
                 walk.problem(
                     at.line(),

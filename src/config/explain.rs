@@ -190,20 +190,23 @@ pub fn explain(config: &Config, name: &str) -> Result<String, String> {
                 ),
                 None => what,
             };
-            let origin = match (&t.own, r.own) {
-                (Some(o), true) => format!("own file {}:{}", o.path.display(), r.line),
+            let origin = match (&site.own, &t.own, r.own) {
+                (Some(o), _, true) => format!("site file {}:{}", o.path.display(), r.line),
+                (None, Some(o), true) => format!("own file {}:{}", o.path.display(), r.line),
+                _ if site.lines.hosts == 0 => {
+                    format!("discovered {}", site.lines.file.display())
+                }
                 _ => format!("admin block {}:{}", site.lines.file.display(), r.line),
             };
             row(w, &r.path, &what, &origin);
         }
     }
 
-    let refused: Vec<String> = match &t.own {
-        Some(o) if matches!(o.state, OwnState::Refused { .. }) => {
-            o.problems.iter().map(|p| p.to_string()).collect()
-        }
-        _ => Vec::new(),
-    };
+    let refused: Vec<String> = t
+        .own_files()
+        .filter(|o| matches!(o.state, OwnState::Refused { .. }))
+        .flat_map(|o| o.problems.iter().map(|p| p.to_string()))
+        .collect();
     let _ = writeln!(w, "\nrefused");
     if refused.is_empty() && lowered.is_empty() {
         let _ = writeln!(w, "  nothing");

@@ -19,6 +19,7 @@
 
 mod app;
 mod control;
+pub mod discovery;
 pub mod explain;
 mod limits;
 mod log_rotate;
@@ -50,11 +51,14 @@ pub struct Config {
     /// Every file that was read, the main file first.
     pub files: Vec<PathBuf>,
     /// What `berth check` says without refusing: every limit that
-    /// `[enforce.limits]` lowered, as `file:line: key: lowers ...`.
+    /// `[enforce.limits]` lowered, as `file:line: key: lowers ...`, and
+    /// every directory discovery left out, as `DIR: discovery: why`.
     pub notes: Vec<Problem>,
     /// What the tenants' own files layer over, kept to re-layer one
     /// tenant when it reloads its file (`berth ctl reload`).
     pub layers: std::sync::Arc<own::Layers>,
+    /// `[discovery]`, and what it found (None: no `[discovery]`).
+    pub discovery: Option<discovery::Discovered>,
 }
 
 /// `[server]`: process-wide settings.
@@ -260,8 +264,18 @@ pub struct Site {
     pub routes: Vec<Route>,
     /// The site's own `max_body`, if it sets one.
     pub max_body: Option<u64>,
-    /// Where `hosts` and `root` were written, for problems found later.
+    /// Where `hosts` and `root` were written, for problems found later
+    /// (for a discovered site: its directory, line 0).
     pub lines: SiteLines,
+    /// The site's own file: for a discovered site, the `berth.toml` beside
+    /// its `public/`, when there is one (not read here).
+    pub own_config: Option<PathBuf>,
+    /// What became of that file (see [`own::OwnFile`]), once layered.
+    pub own: Option<own::OwnFile>,
+    /// A discovered site: the uid its root belongs to. The front end opens
+    /// the root without following a symlink and refuses it if another user
+    /// owns it (the tenant may swap it between the scan and the open).
+    pub owner: Option<u32>,
 }
 
 /// A certificate chain and key, read and checked to match.
@@ -392,6 +406,7 @@ pub fn load_with(path: &Path, previous: Option<&Config>) -> Result<Config, Probl
     let mut defaults = Defaults::default();
     let mut ceiling = limits::Ceiling::default();
     let mut locks = Vec::new();
+    let mut discovery = None;
 
     match read_source(path) {
         Ok(src) => {
@@ -430,6 +445,10 @@ pub fn load_with(path: &Path, previous: Option<&Config>) -> Result<Config, Probl
                 if let Some(t) = top.table("tenant") {
                     read_tenants(t, &defaults, &mut tenants);
                 }
+                if let Some(t) = top.table("discovery") {
+                    let dserver = server.clone().unwrap_or_default();
+                    discovery = discovery::read(t, &dserver, &defaults);
+                }
                 if let Some(mut e) = top.table("enforce") {
                     if let Some(t) = e.table("limits") {
                         ceiling = limits::read_ceiling(t);
@@ -450,6 +469,28 @@ pub fn load_with(path: &Path, previous: Option<&Config>) -> Result<Config, Probl
     let mut problems = problems.into_inner();
     // The admin's problems first: own files layer over a valid admin layer.
     validate(&server, &tenants, &mut problems);
+    let mut discovery_notes = Vec::new();
+    // Discovered sites join a valid configuration, after the
+    // administrator's tenants; nothing found there makes it invalid.
+    let discovered = match discovery {
+        Some(d) if problems.is_empty() => match discovery::scan(&d.root, d.min_uid) {
+            Ok(scan) => {
+                let found = discovery::merge(&d, &scan, &server, &defaults, &ceiling, &mut tenants);
+                discovery_notes = found.notes.clone();
+                Some(found)
+            }
+            Err(why) => {
+                problems.push(
+                    path,
+                    d.line,
+                    "discovery.root",
+                    format!("cannot read: {why}"),
+                );
+                None
+            }
+        },
+        _ => None,
+    };
     let layers = std::sync::Arc::new(own::Layers {
         main: path.to_path_buf(),
         pool: defaults.pool.clone(),
@@ -460,14 +501,14 @@ pub fn load_with(path: &Path, previous: Option<&Config>) -> Result<Config, Probl
         min_uid: server.min_uid,
         max_body: server.limits.max_body,
     });
-    let mut notes = Vec::new();
+    let mut notes = discovery_notes;
     if problems.is_empty() {
         for t in &mut tenants {
             // (A tenant given to another user keeps nothing of the last one's.)
             let kept = previous
                 .and_then(|p| p.tenants.iter().find(|x| x.name == t.name))
                 .filter(|k| k.uid == t.uid);
-            notes.extend(layers.finish(t, kept.and_then(|k| k.own.as_ref())));
+            notes.extend(layers.finish(t, kept));
         }
     }
     check_default_tls_site(path, &server, &tenants, &mut problems);
@@ -493,6 +534,7 @@ pub fn load_with(path: &Path, previous: Option<&Config>) -> Result<Config, Probl
             files,
             notes,
             layers,
+            discovery: discovered,
         })
     } else {
         Err(problems)
@@ -969,6 +1011,15 @@ fn unsafe_dir(path: &Path) -> Option<String> {
     None
 }
 
+impl Tenant {
+    /// Its own files as layered: its own, then its sites'.
+    pub fn own_files(&self) -> impl Iterator<Item = &own::OwnFile> {
+        self.own
+            .iter()
+            .chain(self.sites.iter().filter_map(|s| s.own.as_ref()))
+    }
+}
+
 impl Config {
     /// The host whose certificate answers TLS clients without SNI:
     /// `default_tls_site`, else the first host of the first site with TLS.
@@ -1351,6 +1402,9 @@ fn read_site(mut t: TableReader<'_>) -> Option<Site> {
             hosts: hosts.line,
             root: root.line,
         },
+        own_config: None,
+        own: None,
+        owner: None,
     })
 }
 

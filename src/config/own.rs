@@ -116,6 +116,11 @@ pub struct OwnFile {
 }
 
 impl OwnFile {
+    /// Whether the file on disk was refused.
+    pub fn refused(&self) -> bool {
+        matches!(self.state, OwnState::Refused { .. })
+    }
+
     pub fn new(path: PathBuf) -> OwnFile {
         OwnFile {
             path,
@@ -177,15 +182,29 @@ pub struct Layers {
 
 impl Layers {
     /// Layers `t` (the administrator's tenant) with its own file, when it
-    /// has one, then `[enforce]`. `kept` is its own file as the
-    /// configuration in use has it: its text stays in use if the file is now
-    /// refused. Returns the notes of what `[enforce.limits]` lowered.
-    pub fn finish(&self, t: &mut Tenant, kept: Option<&OwnFile>) -> Vec<Problem> {
+    /// has one, then each of its sites' own files (a discovered site's
+    /// `berth.toml`), then `[enforce]`. `previous` is the tenant as the
+    /// configuration in use has it: the text of a file in use there stays
+    /// in use if the file is now refused. Returns the notes of what
+    /// `[enforce.limits]` lowered.
+    pub fn finish(&self, t: &mut Tenant, previous: Option<&Tenant>) -> Vec<Problem> {
+        let kept_text = |kept: Option<&OwnFile>, path: &Path| {
+            kept.filter(|k| k.path == path).and_then(|k| k.used.clone())
+        };
         if let Some(own) = t.own.take() {
-            let kept = kept
-                .filter(|k| k.path == own.path)
-                .and_then(|k| k.used.clone());
-            t.own = Some(self.layer(t, own.path, kept));
+            let kept = kept_text(previous.and_then(|p| p.own.as_ref()), &own.path);
+            t.own = Some(self.layer(t, own.path, kept, Scope::Tenant));
+        }
+        for i in 0..t.sites.len() {
+            let Some(path) = t.sites[i].own_config.clone() else {
+                continue;
+            };
+            let before = previous
+                .and_then(|p| p.sites.iter().find(|s| s.hosts == t.sites[i].hosts))
+                .and_then(|s| s.own.as_ref());
+            let kept = kept_text(before, &path);
+            let own = self.layer(t, path, kept, Scope::Site(i));
+            t.sites[i].own = Some(own);
         }
         self.ceiling
             .apply(&t.name, &mut t.limits)
@@ -202,31 +221,50 @@ impl Layers {
             .collect()
     }
 
-    /// Tenant `name` again, its own file read anew (`berth ctl reload`),
+    /// Tenant `name` again, its own files read anew (`berth ctl reload`),
     /// over the administrator's tenant and under `[enforce]` as loaded.
     /// `current` is the tenant in use. None: no such tenant.
     pub fn reload(&self, name: &str, current: &Tenant) -> Option<Tenant> {
         let mut t = self.admin.iter().find(|t| t.name == name)?.clone();
-        self.finish(&mut t, current.own.as_ref());
+        self.finish(&mut t, Some(current));
         Some(t)
     }
 
-    /// What is wrong with tenant `name`'s own file as it is on disk now,
-    /// without using it (`berth ctl check`). None: the tenant has no own file
-    /// (or there is no such tenant).
-    pub fn check(&self, name: &str) -> Option<OwnCheck> {
-        let t = self.admin.iter().find(|t| t.name == name)?;
-        let path = t.own.as_ref()?.path.clone();
-        let (exists, problems) = match read_own_file(&t.home, &path, self.owner(t)) {
-            Ok(None) => (false, Vec::new()),
-            Ok(Some(text)) => (true, self.apply(t, &path, &text).err().unwrap_or_default()),
-            Err(why) => (true, vec![file_problem(&path, why)]),
+    /// What is wrong with tenant `name`'s own files (its own, then each
+    /// site's) as they are on disk now, without using them (`berth ctl
+    /// check`). Empty: the tenant has none (or there is no such tenant).
+    pub fn check(&self, name: &str) -> Vec<OwnCheck> {
+        let Some(t) = self.admin.iter().find(|t| t.name == name) else {
+            return Vec::new();
         };
-        Some(OwnCheck {
-            path,
-            exists,
-            problems,
-        })
+        let mut files: Vec<(PathBuf, Scope)> = Vec::new();
+        if let Some(own) = &t.own {
+            files.push((own.path.clone(), Scope::Tenant));
+        }
+        for (i, site) in t.sites.iter().enumerate() {
+            if let Some(path) = &site.own_config {
+                files.push((path.clone(), Scope::Site(i)));
+            }
+        }
+        files
+            .into_iter()
+            .map(|(path, scope)| {
+                let (exists, problems) =
+                    match read_own_file(&scope.home(t, &path), &path, self.owner(t)) {
+                        Ok(None) => (false, Vec::new()),
+                        Ok(Some(text)) => (
+                            true,
+                            self.apply(t, &path, &text, scope).err().unwrap_or_default(),
+                        ),
+                        Err(why) => (true, vec![file_problem(&path, why)]),
+                    };
+                OwnCheck {
+                    path,
+                    exists,
+                    problems,
+                }
+            })
+            .collect()
     }
 
     /// Who must own a tenant's files: the tenant, or when berth runs as a
@@ -241,14 +279,20 @@ impl Layers {
 
     /// Reads and applies `path` to `t`; on a refusal, `kept` (the last text
     /// accepted) instead, when it still applies.
-    fn layer(&self, t: &mut Tenant, path: PathBuf, kept: Option<Arc<str>>) -> OwnFile {
+    fn layer(
+        &self,
+        t: &mut Tenant,
+        path: PathBuf,
+        kept: Option<Arc<str>>,
+        scope: Scope,
+    ) -> OwnFile {
         let problems = if !t.resolved {
             // (Its missing user is the administrator's problem, reported.)
             return OwnFile::new(path);
         } else {
-            match read_own_file(&t.home, &path, self.owner(t)) {
+            match read_own_file(&scope.home(t, &path), &path, self.owner(t)) {
                 Ok(None) => return OwnFile::new(path),
-                Ok(Some(text)) => match self.apply(t, &path, &text) {
+                Ok(Some(text)) => match self.apply(t, &path, &text, scope) {
                     Ok(layered) => {
                         *t = layered;
                         return OwnFile {
@@ -264,7 +308,7 @@ impl Layers {
             }
         };
         if let Some(text) = kept
-            && let Ok(layered) = self.apply(t, &path, &text)
+            && let Ok(layered) = self.apply(t, &path, &text, scope)
         {
             *t = layered;
             return OwnFile {
@@ -288,7 +332,9 @@ impl Layers {
         base: &Tenant,
         path: &Path,
         text: &str,
+        scope: Scope,
     ) -> Result<Tenant, Vec<Problem>> {
+        let home = scope.home(base, path);
         let src = Source::new(path.to_path_buf(), text.to_string());
         let problems = RefCell::new(Problems::default());
         let Some(doc) = super::parse(&src, &problems) else {
@@ -303,7 +349,11 @@ impl Layers {
         let mut r = TableReader::new(&walk, top, String::new(), 1);
         for k in r.keys() {
             let why = match k {
-                "app" | "route" | "site" | "limits" => continue,
+                "app" | "route" => continue,
+                "site" | "limits" if scope == Scope::Tenant => continue,
+                "site" | "limits" => {
+                    "a site's berth.toml takes app and route (its routes are this site's); limits belong to the tenant"
+                }
                 "user" | "home" | "own_config" | "allowed_commands" | "locked"
                 | "error_log_rate" | "error_log_max" => {
                     "only the administrator sets this (in the tenant's block of berth's configuration)"
@@ -338,7 +388,9 @@ impl Layers {
                 );
             }
         }
-        if let Some(lt) = r.table("limits") {
+        if scope == Scope::Tenant
+            && let Some(lt) = r.table("limits")
+        {
             let places: Vec<(String, usize)> = lt
                 .keys()
                 .into_iter()
@@ -368,7 +420,7 @@ impl Layers {
                 );
             }
             for (name, a) in apps {
-                self.own_app(name, a, &mut t);
+                self.own_app(name, a, &mut t, &home);
             }
         }
         // Kept running whatever the load: together, no more than the
@@ -387,16 +439,24 @@ impl Layers {
             }
         }
         let files = TenantFiles {
-            home: t.home.clone(),
+            home: home.clone(),
             owner: self.owner(&t),
             read: Cell::new(0),
         };
         let routes = r.tables("route");
         let mut count = routes.len();
         for rt in routes {
-            self.own_route(rt, &mut t, None, &files);
+            let at = match scope {
+                Scope::Tenant => RouteSite::ByHost,
+                Scope::Site(i) => RouteSite::Within(i),
+            };
+            self.own_route(rt, &mut t, at, &files);
         }
-        for mut st in r.tables("site") {
+        for mut st in r
+            .tables("site")
+            .into_iter()
+            .filter(|_| scope == Scope::Tenant)
+        {
             let host = st.string("host");
             for k in ["hosts", "root", "tls", "max_body"] {
                 if st.place(k).is_some() {
@@ -423,7 +483,7 @@ impl Layers {
             count += routes.len();
             for rt in routes {
                 if let Some(i) = site {
-                    self.own_route(rt, &mut t, Some(i), &files);
+                    self.own_route(rt, &mut t, RouteSite::Fixed(i), &files);
                 }
             }
             st.finish();
@@ -448,8 +508,16 @@ impl Layers {
 
     /// `[app.NAME]`: the pool settings of the administrator's app NAME, or a
     /// new app, whose program and directory must be the tenant's.
-    fn own_app(&self, name: String, mut a: TableReader<'_>, t: &mut Tenant) {
+    fn own_app(&self, name: String, mut a: TableReader<'_>, t: &mut Tenant, home: &Path) {
         let walk = a.walk();
+        if let Some(existing) = t.apps.iter().find(|x| x.name == name && x.own) {
+            walk.problem(
+                a.line(),
+                a.key(),
+                format!("app {name:?} is defined already, by {}", existing.origin),
+            );
+            return;
+        }
         if let Some(existing) = t.apps.iter_mut().find(|x| x.name == name) {
             let mut tuned = true;
             for k in a.keys() {
@@ -479,13 +547,13 @@ impl Layers {
         }
         let command_at = a.place("command");
         let dir_at = a.place("dir");
-        let Some(mut app) = app::read_app(name, a, &self.pool) else {
+        let Some(mut app) = app::read_app(name, a, &self.pool, app::AppDir::Written) else {
             return;
         };
         app.own = true;
         if let (Some(program), Some((line, key))) = (app.command.first(), &command_at) {
             let program = PathBuf::from(program);
-            if !inside(&program, &t.home) && !t.allowed_commands.contains(&program) {
+            if !inside(&program, home) && !t.allowed_commands.contains(&program) {
                 let allowed = if t.allowed_commands.is_empty() {
                     "none are".to_string()
                 } else {
@@ -501,7 +569,7 @@ impl Layers {
                     format!(
                         "{} is outside your home {} and not one of the programs the administrator allows (allowed_commands: {allowed})",
                         program.display(),
-                        t.home.display()
+                        home.display()
                     ),
                 );
                 return;
@@ -511,15 +579,15 @@ impl Layers {
             // file it cannot see. A program the administrator allows is the
             // administrator's word.
             if !t.allowed_commands.contains(&program)
-                && let Err(why) = beneath(&t.home, &program, false)
+                && let Err(why) = beneath(home, &program, false)
             {
                 walk.problem(*line, key, why);
                 return;
             }
         }
         if !app.dir.as_os_str().is_empty()
-            && inside(&app.dir, &t.home)
-            && let Err(why) = beneath(&t.home, &app.dir, true)
+            && inside(&app.dir, home)
+            && let Err(why) = beneath(home, &app.dir, true)
         {
             let (line, key) = dir_at
                 .clone()
@@ -527,7 +595,7 @@ impl Layers {
             walk.problem(line, &key, why);
             return;
         }
-        if !app.dir.as_os_str().is_empty() && !inside(&app.dir, &t.home) {
+        if !app.dir.as_os_str().is_empty() && !inside(&app.dir, home) {
             let (line, key) = dir_at.unwrap_or((app.origin.line, format!("app.{}", app.name)));
             walk.problem(
                 line,
@@ -535,13 +603,13 @@ impl Layers {
                 format!(
                     "{} is outside your home {}",
                     app.dir.display(),
-                    t.home.display()
+                    home.display()
                 ),
             );
             return;
         }
         if app.dir.as_os_str().is_empty() {
-            app.dir = t.home.clone();
+            app.dir = home.to_path_buf();
         }
         if !app.command.is_empty() {
             let spec = crate::supervisor::spawn::SpawnSpec {
@@ -572,25 +640,39 @@ impl Layers {
         t.apps.push(app);
     }
 
-    /// One route of the own file, on the site `site` (of `[[site]]`) or the
-    /// one its `host` names.
+    /// One route of the own file, on the site `at` says.
     fn own_route(
         &self,
         mut rt: TableReader<'_>,
         t: &mut Tenant,
-        site: Option<usize>,
+        at: RouteSite,
         files: &TenantFiles,
     ) {
         let walk = rt.walk();
-        let site = match site {
-            Some(i) => {
+        let site = match at {
+            RouteSite::Fixed(i) => {
                 if rt.place("host").is_some() {
                     rt.problem("host", "the site is the one its [[site]] names");
                     rt.skip("host");
                 }
                 Some(i)
             }
-            None => match rt.string("host") {
+            RouteSite::Within(i) => match rt.string("host") {
+                Some(h) if !t.sites[i].hosts.contains(&h.value.to_ascii_lowercase()) => {
+                    walk.problem(
+                        h.line,
+                        &h.key,
+                        format!(
+                            "{:?} is not this site's host ({}): a site's berth.toml routes only its own site",
+                            h.value,
+                            t.sites[i].hosts.join(", ")
+                        ),
+                    );
+                    None
+                }
+                _ => Some(i),
+            },
+            RouteSite::ByHost => match rt.string("host") {
                 Some(h) => site_of(walk, t, &h),
                 None if t.sites.len() == 1 => Some(0),
                 None => {
@@ -675,6 +757,37 @@ impl Layers {
         }
         t.sites[i].routes.push(route);
     }
+}
+
+/// Which own file is being layered: the tenant's, or one of its sites'
+/// (by index), which takes only apps and routes of that site, and whose
+/// "home" is the site's directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Scope {
+    Tenant,
+    Site(usize),
+}
+
+impl Scope {
+    /// Where the file's paths must lie: the tenant's home, or the site's
+    /// directory (the file's own).
+    fn home(self, t: &Tenant, path: &Path) -> PathBuf {
+        match self {
+            Scope::Tenant => t.home.clone(),
+            Scope::Site(_) => path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        }
+    }
+}
+
+/// Which site a route of an own file is for.
+#[derive(Debug, Clone, Copy)]
+enum RouteSite {
+    /// The one its `host` names (the tenant's file's `[[route]]`).
+    ByHost,
+    /// This one, written `[[site]] host = ...` with `[[site.route]]`.
+    Fixed(usize),
+    /// This one, whose `berth.toml` it is (`host`, if written, must be its).
+    Within(usize),
 }
 
 /// The index of the tenant's site that has host `h`, or a problem.

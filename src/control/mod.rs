@@ -44,17 +44,21 @@ pub fn check_for(path: &Path, current: &Config, tenant: &str, admin: bool) -> Pr
     }
     match config::load(path) {
         Ok(cfg) => match cfg.tenants.iter().find(|t| t.name == tenant) {
-            Some(t) if t.own.as_ref().is_some_and(|o| !o.problems.is_empty()) => {
-                let own = t.own.as_ref().expect("checked");
-                ProblemsReply {
-                    ok: false,
-                    problems: own.problems.iter().map(ToString::to_string).collect(),
-                    message: format!(
-                        "the configuration loads, but tenant {tenant}'s own file would be refused: {}",
-                        own.summary()
-                    ),
-                }
-            }
+            Some(t) if t.own_files().any(|o| o.refused()) => ProblemsReply {
+                ok: false,
+                problems: t
+                    .own_files()
+                    .flat_map(|o| o.problems.iter().map(ToString::to_string))
+                    .collect(),
+                message: format!(
+                    "the configuration loads, but an own file of tenant {tenant} would be refused: {}",
+                    t.own_files()
+                        .filter(|o| o.refused())
+                        .map(|o| o.summary())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            },
             Some(t) => ProblemsReply {
                 ok: true,
                 problems: Vec::new(),
@@ -80,46 +84,38 @@ pub fn check_for(path: &Path, current: &Config, tenant: &str, admin: bool) -> Pr
     }
 }
 
-/// `berth ctl check` by a tenant's user: its own file as it is on disk now,
-/// layered over the administrator's configuration in use (not the one on
-/// disk, which the administrator may be in the middle of editing), without
-/// using it.
+/// `berth ctl check` by a tenant's user: its own files (its own, and its
+/// sites' `berth.toml`) as they are on disk now, layered over the
+/// administrator's configuration in use (not the one on disk, which the
+/// administrator may be in the middle of editing), without using them.
 pub fn own_check(current: &Config, tenant: &str) -> ProblemsReply {
-    let reply = |ok: bool, problems: Vec<String>, message: String| ProblemsReply {
-        ok,
-        problems,
-        message,
-    };
-    match current.layers.check(tenant) {
-        None => reply(
-            false,
-            Vec::new(),
-            format!("tenant {tenant} has no own file: the administrator allows none"),
-        ),
-        Some(c) if !c.exists => reply(
-            true,
-            Vec::new(),
+    let checks = current.layers.check(tenant);
+    if checks.is_empty() {
+        return ProblemsReply {
+            ok: false,
+            problems: Vec::new(),
+            message: format!("tenant {tenant} has no own file: the administrator allows none"),
+        };
+    }
+    let mut problems = Vec::new();
+    let mut said = Vec::new();
+    for c in &checks {
+        let path = c.path.display();
+        said.push(if !c.exists {
+            format!("there is no file at {path}")
+        } else if c.problems.is_empty() {
+            format!("{path} would be accepted")
+        } else {
             format!(
-                "there is no file at {}: the administrator's settings are in use",
-                c.path.display()
-            ),
-        ),
-        Some(c) if c.problems.is_empty() => reply(
-            true,
-            Vec::new(),
-            format!(
-                "{} would be accepted (berth ctl reload puts it to use)",
-                c.path.display()
-            ),
-        ),
-        Some(c) => reply(
-            false,
-            c.problems.iter().map(ToString::to_string).collect(),
-            format!(
-                "{} would be refused: {} problem(s); the version in use stays",
-                c.path.display(),
+                "{path} would be refused: {} problem(s); the version in use stays",
                 c.problems.len()
-            ),
-        ),
+            )
+        });
+        problems.extend(c.problems.iter().map(ToString::to_string));
+    }
+    ProblemsReply {
+        ok: problems.is_empty(),
+        problems,
+        message: said.join("; "),
     }
 }

@@ -81,8 +81,10 @@ pub struct SiteRt {
     pub log: usize,
     /// The first host name, used in the access log.
     pub canonical: Arc<str>,
-    /// The open root, or why it could not be opened (then static requests get 500).
-    pub root: Result<Root, String>,
+    /// The open root, or why it could not be opened (then static requests
+    /// get 500). Shared with the generation before when it is still the
+    /// same directory ([`Root::is_still`]).
+    pub root: Result<Arc<Root>, String>,
     /// Longest prefix first.
     pub routes: Vec<RouteRt>,
     /// The largest request body outside every route: the site's `max_body`,
@@ -191,7 +193,35 @@ fn dispatch_listeners(
 
 enum Control {
     Msg(Box<ToFront>, Vec<OwnedFd>),
+    /// A plan, built by the channel's reader thread.
+    Plan(Box<NewPlan>),
     Gone,
+}
+
+/// A plan built into a generation off the workers (the control loop runs
+/// on the first worker's thread: building 10,000 sites there held up its
+/// connections for tens of milliseconds at every reload), and what of it
+/// the control loop applies.
+struct NewPlan {
+    built: anyhow::Result<Built>,
+    apps: Vec<ipc::AppPlan>,
+    tenants: Vec<String>,
+    limits: Vec<crate::config::Limits>,
+}
+
+impl NewPlan {
+    /// Builds `plan` (site roots still the same directories as in
+    /// `previous` are kept).
+    fn build(plan: Plan, fds: Vec<OwnedFd>, previous: Option<&Generation>) -> NewPlan {
+        let apps = plan.apps.clone();
+        let (tenants, limits) = (plan.logs.clone(), plan.tenant_limits.clone());
+        NewPlan {
+            built: build(plan, fds, previous),
+            apps,
+            tenants,
+            limits,
+        }
+    }
 }
 
 async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<()> {
@@ -203,34 +233,11 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
 
-    let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel();
-    let reader = sock.clone();
-    std::thread::Builder::new()
-        .name("supervisor-channel".into())
-        .spawn(move || {
-            loop {
-                match ipc::recv::<ToFront>(reader.as_fd()) {
-                    Ok((msg, fds)) => {
-                        if ctl_tx.send(Control::Msg(Box::new(msg), fds)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        if !matches!(e, ipc::IpcError::Closed) {
-                            error!("supervisor channel: {e}");
-                        }
-                        let _ = ctl_tx.send(Control::Gone);
-                        return;
-                    }
-                }
-            }
-        })?;
-
     let (drain_tx, drain_rx) = watch::channel(false);
     let max = plan.limits.max_connections;
     let app_plans = plan.apps.clone();
     let tenant_limits = (plan.logs.clone(), plan.tenant_limits.clone());
-    let (generation, listener_fds, logs) = build(plan, fds)?;
+    let (generation, listener_fds, logs) = build(plan, fds, None)?;
     let shared = Arc::new(Shared {
         current: ArcSwap::from_pointee(generation),
         logs: ArcSwap::from_pointee(logs),
@@ -244,6 +251,37 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
     });
     shared.apps.update(&app_plans);
     shared.tenants.update(&tenant_limits.0, &tenant_limits.1);
+
+    // The supervisor's messages, read on a thread of their own; plans are
+    // built there too.
+    let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel();
+    let reader = sock.clone();
+    let building = shared.clone();
+    std::thread::Builder::new()
+        .name("supervisor-channel".into())
+        .spawn(move || {
+            loop {
+                let ctl = match ipc::recv::<ToFront>(reader.as_fd()) {
+                    Ok((ToFront::Plan(plan), fds)) => Control::Plan(Box::new(NewPlan::build(
+                        *plan,
+                        fds,
+                        Some(&building.current.load()),
+                    ))),
+                    Ok((msg, fds)) => Control::Msg(Box::new(msg), fds),
+                    Err(e) => {
+                        if !matches!(e, ipc::IpcError::Closed) {
+                            error!("supervisor channel: {e}");
+                        }
+                        let _ = ctl_tx.send(Control::Gone);
+                        return;
+                    }
+                };
+                if ctl_tx.send(ctl).is_err() {
+                    return;
+                }
+            }
+        })?;
+
     let mut workers = Vec::new();
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(worker(rx, shared.clone()));
@@ -272,12 +310,16 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
     loop {
         tokio::select! {
             ctl = ctl_rx.recv() => {
-                let Some(Control::Msg(msg, fds)) = ctl else {
-                    warn!("supervisor is gone; stopping");
-                    shared.apps.fail_pending();
-                    break;
+                let flow = match ctl {
+                    Some(Control::Msg(msg, fds)) => on_control(*msg, fds, &sock, &shared, &workers),
+                    Some(Control::Plan(plan)) => on_plan(*plan, &sock, &shared, &workers),
+                    Some(Control::Gone) | None => {
+                        warn!("supervisor is gone; stopping");
+                        shared.apps.fail_pending();
+                        break;
+                    }
                 };
-                if on_control(*msg, fds, &sock, &shared, &workers) == Flow::Stop {
+                if flow == Flow::Stop {
                     break;
                 }
             }
@@ -329,21 +371,10 @@ fn on_control(
     workers: &[mpsc::UnboundedSender<WorkerCmd>],
 ) -> Flow {
     match msg {
+        // (The reader thread builds plans: see `on_plan`.)
         ToFront::Plan(plan) => {
-            let app_plans = plan.apps.clone();
-            let tenant_limits = (plan.logs.clone(), plan.tenant_limits.clone());
-            match build(*plan, fds) {
-                Ok((generation, listener_fds, logs)) => {
-                    shared.apps.update(&app_plans);
-                    shared.tenants.update(&tenant_limits.0, &tenant_limits.1);
-                    resize_limit(shared, generation.limits.max_connections);
-                    shared.current.store(Arc::new(generation));
-                    shared.logs.store(Arc::new(logs));
-                    dispatch_listeners(workers, listener_fds);
-                    applied(sock, shared);
-                }
-                Err(e) => error!("new configuration not applied: {e:#}"),
-            }
+            let plan = NewPlan::build(*plan, fds, Some(&shared.current.load()));
+            return on_plan(plan, sock, shared, workers);
         }
         ToFront::Logs { tenants } if tenants != shared.current.load().log_names => {
             error!("reopened logs not applied: they are for other tenants than the configuration");
@@ -376,6 +407,34 @@ fn on_control(
     Flow::Continue
 }
 
+/// Puts a plan the reader thread built in effect.
+fn on_plan(
+    plan: NewPlan,
+    sock: &OwnedFd,
+    shared: &Arc<Shared>,
+    workers: &[mpsc::UnboundedSender<WorkerCmd>],
+) -> Flow {
+    match plan.built {
+        Ok((generation, listener_fds, logs)) => {
+            shared.apps.update(&plan.apps);
+            shared.tenants.update(&plan.tenants, &plan.limits);
+            resize_limit(shared, generation.limits.max_connections);
+            let old = shared.current.swap(Arc::new(generation));
+            // Freeing 10,000 sites takes tens of milliseconds this thread
+            // owes its connections (it is a worker too): another one does
+            // it, or the last request still on it.
+            let _ = std::thread::Builder::new()
+                .name("old-generation".into())
+                .spawn(move || drop(old));
+            shared.logs.store(Arc::new(logs));
+            dispatch_listeners(workers, listener_fds);
+            applied(sock, shared);
+        }
+        Err(e) => error!("new configuration not applied: {e:#}"),
+    }
+    Flow::Continue
+}
+
 fn applied(sock: &OwnedFd, shared: &Shared) {
     let generation = shared.current.load().number;
     if let Err(e) = ipc::send(sock.as_fd(), &ToSupervisor::Applied { generation }, &[]) {
@@ -399,7 +458,8 @@ fn resize_limit(shared: &Shared, max: usize) {
 type Built = (Generation, Vec<(ListenerSpec, OwnedFd)>, TenantLogs);
 
 /// Turns a plan and its fds into a generation, the listeners and the logs.
-fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
+/// Site roots still the same directories as in `previous` are kept.
+fn build(plan: Plan, fds: Vec<OwnedFd>, previous: Option<&Generation>) -> anyhow::Result<Built> {
     crate::logging::set_rate(plan.log_rate);
     let expected = plan.listeners.len() + 2 * plan.logs.len() + 1;
     if fds.len() != expected {
@@ -418,6 +478,18 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
 
     let mut resolver = tls::SniResolver::default();
     let mut sites = Vec::with_capacity(plan.sites.len());
+    let held: HashMap<&std::path::Path, &Arc<Root>> = previous
+        .iter()
+        .flat_map(|g| g.router.sites())
+        .filter_map(|s| s.root.as_ref().ok())
+        .map(|r| (r.path(), r))
+        .collect();
+    let log_of: HashMap<&str, usize> = plan
+        .logs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
     for site in plan.sites {
         if let Some((cert, key)) = &site.tls {
             match tls::certified_key(cert, key) {
@@ -430,7 +502,12 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
                 Err(e) => error!("site {}: certificate: {e}", site.hosts[0]),
             }
         }
-        let root = Root::open(&site.root).map_err(|e| {
+        let root = match (held.get(site.root.as_path()), site.root_owner) {
+            (Some(r), owner) if r.is_still(&site.root, owner) => Ok(Arc::clone(r)),
+            (_, None) => Root::open(&site.root).map(Arc::new),
+            (_, Some(uid)) => Root::open_owned(&site.root, uid).map(Arc::new),
+        };
+        let root = root.map_err(|e| {
             let why = format!("cannot open root {}: {e}", site.root.display());
             error!("site {}: {why}", site.hosts[0]);
             why
@@ -465,10 +542,9 @@ fn build(plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Result<Built> {
         sites.push((
             site.hosts,
             SiteRt {
-                log: plan
-                    .logs
-                    .iter()
-                    .position(|t| *t == site.tenant)
+                log: log_of
+                    .get(site.tenant.as_str())
+                    .copied()
                     .unwrap_or(usize::MAX),
                 tenant: site.tenant,
                 canonical,

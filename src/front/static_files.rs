@@ -76,6 +76,8 @@ const FAST_RESOLVE: ResolveFlags = ResolveFlags::BENEATH
 pub struct Root {
     fd: OwnedFd,
     path: PathBuf,
+    /// Opened by [`Root::open_owned`] for this uid.
+    owner: Option<u32>,
 }
 
 impl Root {
@@ -90,7 +92,60 @@ impl Root {
         Ok(Root {
             fd,
             path: path.to_path_buf(),
+            owner: None,
         })
+    }
+
+    /// Opens the directory at `path` for a root its tenant controls (a
+    /// discovered site's `public/`): its last component is not followed if
+    /// it is a symlink, and a directory that `uid` does not own is refused,
+    /// so swapping it for a link to (or a directory of) someone else's
+    /// publishes nothing of theirs. (The directories above it are the
+    /// administrator's discovery root and the tenant's own host directory.)
+    pub fn open_owned(path: &Path, uid: u32) -> io::Result<Root> {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = rustix::fs::fstat(&fd)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+            return Err(io::Error::other("not a directory (a symbolic link?)"));
+        }
+        if st.st_uid != uid {
+            return Err(io::Error::other(format!(
+                "owned by uid {}, not by the site's owner (uid {uid})",
+                st.st_uid
+            )));
+        }
+        Ok(Root {
+            fd,
+            path: path.to_path_buf(),
+            owner: Some(uid),
+        })
+    }
+
+    /// Whether opening `path` as [`Root::open`] (`owner` None) or
+    /// [`Root::open_owned`] would give this very directory again: then a
+    /// new configuration keeps this root instead of opening it anew. A
+    /// `stat` instead of an `open` and a `close`, and no second descriptor
+    /// for the same directory while two configurations overlap (10,000
+    /// discovered sites are 10,000 roots).
+    pub fn is_still(&self, path: &Path, owner: Option<u32>) -> bool {
+        use rustix::fs::{AtFlags, CWD, statat};
+        if self.path != path || self.owner != owner {
+            return false;
+        }
+        let flags = match owner {
+            Some(_) => AtFlags::SYMLINK_NOFOLLOW,
+            None => AtFlags::empty(),
+        };
+        let (Ok(now), Ok(held)) = (statat(CWD, path, flags), rustix::fs::fstat(&self.fd)) else {
+            return false;
+        };
+        FileType::from_raw_mode(now.st_mode) == FileType::Directory
+            && (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+            && owner.is_none_or(|uid| now.st_uid == uid)
     }
 
     /// The path the root was opened from.

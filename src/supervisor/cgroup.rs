@@ -95,6 +95,11 @@ pub struct Cgroups {
     about: String,
     /// What removed groups had counted where the kernel keeps counts locally.
     removed: Arc<Removed>,
+    /// The limits last written for each tenant, so that a reload writes
+    /// only those that changed (at 1,000 tenants, rewriting all of them
+    /// was a tenth of a reload: the kernel recomputes CPU bandwidth on
+    /// every `cpu.cfs_quota_us` write).
+    applied: Arc<std::sync::Mutex<HashMap<String, Limits>>>,
 }
 
 /// Limit events the kernel counts in the cgroup where they happened (the
@@ -354,6 +359,7 @@ impl Cgroups {
             hier: Vec::new(),
             about: why.to_string(),
             removed: Arc::default(),
+            applied: Arc::default(),
         }
     }
 
@@ -377,6 +383,7 @@ impl Cgroups {
                         dir,
                     }],
                     removed: Arc::default(),
+                    applied: Arc::default(),
                 },
                 Err(e) => Cgroups::none(&format!("v2 at {}: {e}", own.display())),
             },
@@ -401,6 +408,7 @@ impl Cgroups {
                     hier: out,
                     about,
                     removed: Arc::default(),
+                    applied: Arc::default(),
                 }
             }
             Found::None { why } => Cgroups::none(&why),
@@ -458,6 +466,17 @@ impl Cgroups {
             return Ok(());
         }
         let rel = Cgroups::rel_tenant(tenant);
+        let applied = |limits: &Limits| {
+            self.applied
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(tenant)
+                .is_some_and(|l| l == limits)
+        };
+        // (One hierarchy looked at: berth makes and removes them together.)
+        if applied(limits) && self.hier.first().is_some_and(|h| h.dir.join(&rel).is_dir()) {
+            return Ok(());
+        }
         for h in &self.hier {
             make_dir(&h.dir.join(&rel))?;
         }
@@ -534,15 +553,22 @@ impl Cgroups {
             Kind::None => {}
         }
         let failed = failed.into_inner();
+        let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
         if failed.is_empty() {
+            applied.insert(tenant.to_string(), *limits);
             Ok(())
         } else {
+            applied.remove(tenant);
             Err(io::Error::other(failed.join("; ")))
         }
     }
 
     /// Kills everything of a tenant no longer configured and removes its group.
     pub fn drop_tenant(&self, tenant: &str) {
+        self.applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(tenant);
         if self.active() {
             let g = Group::at(self, &Cgroups::rel_tenant(tenant));
             g.kill_all();

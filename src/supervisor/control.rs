@@ -479,44 +479,43 @@ impl Supervisor {
             return reply(false, Vec::new(), format!("no tenant {tenant:?}"));
         };
         let current = &self.config.tenants[i];
-        let before = current.own.clone();
+        let before = current.clone();
         let Some(new) = self.config.layers.reload(tenant, current) else {
             return reply(false, Vec::new(), format!("no tenant {tenant:?}"));
         };
-        let Some(own) = new.own.clone() else {
+        let owns: Vec<crate::config::own::OwnFile> = new.own_files().cloned().collect();
+        if owns.is_empty() {
             return reply(
                 false,
                 Vec::new(),
                 format!("tenant {tenant} has no own file: the administrator allows none"),
             );
-        };
+        }
         self.config.tenants[i] = new;
         self.use_config(logs);
-        super::report_own_file(&self.config.tenants[i], before.as_ref());
-        let problems = own.problems.iter().map(ToString::to_string).collect();
-        match own.state {
-            OwnState::InUse => reply(
-                true,
-                problems,
-                format!(
-                    "{} is in use (configuration generation {})",
-                    own.path.display(),
-                    self.generation
-                ),
-            ),
-            OwnState::Absent => reply(
-                true,
-                problems,
-                format!(
-                    "there is no file at {}: the administrator's settings are in use",
-                    own.path.display()
-                ),
-            ),
-            OwnState::Refused { .. } => {
-                warn!("berth ctl reload (tenant {tenant}): {}", own.summary());
-                reply(false, problems, own.summary())
-            }
+        super::report_own_file(&self.config.tenants[i], Some(&before));
+        let problems: Vec<String> = owns
+            .iter()
+            .flat_map(|o| o.problems.iter().map(ToString::to_string))
+            .collect();
+        let said: Vec<String> = owns
+            .iter()
+            .map(|o| match o.state {
+                OwnState::InUse => format!("{} is in use", o.path.display()),
+                OwnState::Absent => format!("there is no file at {}", o.path.display()),
+                OwnState::Refused { .. } => o.summary(),
+            })
+            .collect();
+        let ok = !owns.iter().any(|o| o.refused());
+        let message = format!(
+            "{} (configuration generation {})",
+            said.join("; "),
+            self.generation
+        );
+        if !ok {
+            warn!("berth ctl reload (tenant {tenant}): {message}");
         }
+        reply(ok, problems, message)
     }
 
     /// The audit log goes to `logs`' file.
