@@ -10,7 +10,7 @@
 //! - [`scan`] looks at the root only: one `readdir` and at most three
 //!   `lstat`s per entry, no user lookups. A [`Scan`] compares equal when
 //!   nothing that matters changed.
-//! - [`merge`] (in [`super::load`], after the administrator's tenants are
+//! - `merge` (in [`super::load`], after the administrator's tenants are
 //!   read and found valid) turns a scan into sites: of the administrator's
 //!   tenant with the owner's uid, else of a tenant made for the owner with
 //!   `[defaults]`, named after the owner's user name.
