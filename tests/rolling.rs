@@ -743,3 +743,73 @@ fn stop_timeout_is_read_and_bounded() {
     );
     assert!(text.contains(&not_a_duration), "{not_a_duration}\n{text}");
 }
+
+/// A socket-activated HTTP app in Perl that, like many small servers, does
+/// not ignore SIGPIPE, and answers a connection that sent nothing with a
+/// 400 a moment later (after reading its end).
+const APP_PL_PIPE: &str = r#"#!/usr/bin/perl
+use strict;
+use warnings;
+open(my $listener, '+<&=', 3) or die "fd 3: $!";
+my $version = '@VERSION@';
+while (1) {
+    accept(my $c, $listener) or next;
+    my $head = '';
+    while ($head !~ /\r\n\r\n/) {
+        sysread($c, $head, 4096, length $head) or last;
+    }
+    if ($head eq '') {
+        select(undef, undef, undef, 0.3);
+        syswrite($c, "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        close $c;
+        next;
+    }
+    my $body = "version=$version\n";
+    syswrite($c, "HTTP/1.1 200 OK\r\nContent-Length: " . length($body) . "\r\nConnection: close\r\n\r\n$body");
+    close $c;
+}
+"#;
+
+#[test]
+fn a_rolling_restart_does_not_kill_an_app_that_answers_the_readiness_probe_late() {
+    require_root();
+    const USER: &str = "berth-trolle";
+    let dir = Dir::new();
+    let home = Home::new(&dir, "home", USER, ensure_user(USER));
+    home.write("app/app.py", APP_PL_PIPE.replace("@VERSION@", "1"), 0o755);
+    let s = start_tenants(
+        &dir,
+        &[&home],
+        &py_tenant(
+            &home,
+            "min_processes = 1\nmax_processes = 1\nmax_requests = 0",
+        ),
+    );
+    let get = || get_host(s.addr(), "a.test", "/py/v");
+    assert!(
+        eventually(Duration::from_secs(20), || get()
+            .text()
+            .contains("version=1")),
+        "{}",
+        s.output()
+    );
+    // The probe's connection sends nothing; the app answers it 0.3 s later.
+    // Closed by then, it was EPIPE, and SIGPIPE ended every new process: the
+    // restart failed.
+    deploy(&home, "app/app.py", &APP_PL_PIPE.replace("@VERSION@", "2"));
+    expect_output(&s, "app ta/py: restarted (", Duration::from_secs(60));
+    // (It answers the probe 0.3 s after reading its end.)
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !s.output().contains("SIGPIPE"),
+        "a new process died of SIGPIPE:\n{}",
+        s.output()
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || get()
+            .text()
+            .contains("version=2")),
+        "{}",
+        s.output()
+    );
+}

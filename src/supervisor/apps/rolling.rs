@@ -141,7 +141,10 @@ impl Probe {
                 path,
                 uid,
                 front_gid,
-            } => self_bound_ready(path, *uid, *front_gid),
+            } => {
+                *conn = self_bound_ready(path, *uid, *front_gid);
+                conn.is_some()
+            }
             Probe::Port(port) => {
                 let to = std::net::SocketAddr::from(([127, 0, 0, 1], *port));
                 std::net::TcpStream::connect_timeout(&to, Duration::from_millis(200)).is_ok()
@@ -169,26 +172,60 @@ fn readable(listener: &OwnedFd) -> bool {
 /// in a directory of the tenant's, so it is reached without following a
 /// symlink and must be a socket of `uid` (root connects to nothing else the
 /// tenant points at), opened to the front end's group already.
-fn self_bound_ready(path: &std::path::Path, uid: u32, front_gid: Option<u32>) -> bool {
+fn self_bound_ready(
+    path: &std::path::Path,
+    uid: u32,
+    front_gid: Option<u32>,
+) -> Option<UnixStream> {
     use rustix::fs::{FileType, Mode, OFlags};
-    let Ok(fd) = rustix::fs::open(
+    let fd = rustix::fs::open(
         path,
         OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
-    ) else {
-        return false;
-    };
-    let Ok(st) = rustix::fs::fstat(&fd) else {
-        return false;
-    };
+    )
+    .ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
     if FileType::from_raw_mode(st.st_mode) != FileType::Socket || st.st_uid != uid {
-        return false;
+        return None;
     }
     if front_gid.is_some_and(|gid| st.st_gid != gid || st.st_mode & 0o060 != 0o060) {
-        return false;
+        return None;
     }
     // Through the descriptor: the very socket checked above.
-    UnixStream::connect(format!("/proc/self/fd/{}", fd.as_raw_fd())).is_ok()
+    UnixStream::connect(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
+}
+
+/// How long a probe's connection is kept, half-closed, for the app to
+/// answer it: an app that writes an error to a connection that sent
+/// nothing must not find it closed (a Unix socket's closed peer is EPIPE,
+/// and SIGPIPE ends an app that does not ignore it).
+const PROBE_DRAIN: Duration = Duration::from_secs(5);
+
+/// Ends a probe's connection politely: no more from us (the app reads the
+/// end of it), and what the app writes back is read and dropped until it
+/// closes or [`PROBE_DRAIN`] passes.
+fn half_close(conn: UnixStream) -> Option<(UnixStream, Instant)> {
+    conn.shutdown(std::net::Shutdown::Write).ok()?;
+    conn.set_nonblocking(true).ok()?;
+    Some((conn, Instant::now() + PROBE_DRAIN))
+}
+
+/// Reads what the app wrote to the half-closed probe connections; keeps
+/// those it has not closed yet, until their time is up.
+fn drain(draining: &mut Vec<(UnixStream, Instant)>) {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    draining.retain_mut(|(conn, until)| {
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) => return false,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => return false,
+            }
+        }
+        Instant::now() < *until
+    });
 }
 
 /// Waits, on a thread of its own, until each process of `probes` accepts
@@ -205,6 +242,7 @@ fn await_ready(
         .into_iter()
         .map(|(slot, p)| (slot, p, None))
         .collect();
+    let mut draining = Vec::new();
     while !pending.is_empty() {
         if cancel.load(Ordering::Relaxed) || Instant::now() >= deadline {
             break;
@@ -214,18 +252,24 @@ fn await_ready(
             if !probe.ready(conn) {
                 return true;
             }
+            draining.extend(conn.take().and_then(half_close));
             let _ = ready.send(*slot);
             false
         });
         if pending.len() < before {
             wake.notify_one();
         }
+        drain(&mut draining);
         if !pending.is_empty() {
             std::thread::sleep(PROBE_EVERY);
         }
     }
     // At the deadline the loop is woken to say so.
     wake.notify_one();
+    while !draining.is_empty() {
+        std::thread::sleep(PROBE_EVERY);
+        drain(&mut draining);
+    }
 }
 
 /// Restarts asked for while one is under way: one more follows it.
@@ -789,21 +833,21 @@ mod tests {
         let me = rustix::process::geteuid().as_raw();
         let path = dir.path().join("app.sock");
         let _listener = UnixListener::bind(&path).unwrap();
-        assert!(self_bound_ready(&path, me, None));
+        assert!(self_bound_ready(&path, me, None).is_some());
         assert!(
-            !self_bound_ready(&path, me + 1, None),
+            self_bound_ready(&path, me + 1, None).is_none(),
             "a socket of another uid"
         );
         // A symlink the tenant put there to some other socket: not followed.
         let link = dir.path().join("link.sock");
         std::os::unix::fs::symlink(&path, &link).unwrap();
-        assert!(!self_bound_ready(&link, me, None));
+        assert!(self_bound_ready(&link, me, None).is_none());
         // Not yet open to the front end's group.
         let gid = rustix::process::getegid().as_raw();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(!self_bound_ready(&path, me, Some(gid)));
+        assert!(self_bound_ready(&path, me, Some(gid)).is_none());
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).unwrap();
-        assert!(self_bound_ready(&path, me, Some(gid)));
+        assert!(self_bound_ready(&path, me, Some(gid)).is_some());
     }
 }
