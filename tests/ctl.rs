@@ -1269,3 +1269,28 @@ print(json.loads(s.recv(n, socket.MSG_WAITALL))["reply"]["refused"]["message"])
     assert_eq!(root.code, Some(0), "{root:?}");
     assert!(root.stdout.contains("tenant ta:"), "{root:?}");
 }
+
+#[test]
+fn a_request_sent_after_ctl_reload_returns_meets_the_new_configuration() {
+    let f = Fixture::start("");
+    let own = f.dir.join("home-a/berth.toml");
+    // The answer came once the supervisor had sent the plan, not once the
+    // front end served it: a request sent right after could still meet the
+    // old configuration.
+    for i in 0..15 {
+        fs::write(
+            &own,
+            format!("[[route]]\npath = \"/v\"\nredirect = \"/v{i}\"\n"),
+        )
+        .unwrap();
+        std::os::unix::fs::chown(&own, Some(uid_of(USER_A)), None).unwrap();
+        let out = f.ok(None, &["--tenant", "ta", "reload"]);
+        assert!(out.contains("configuration reloaded"), "{out}");
+        let r = f.get("/v/x");
+        assert_eq!(
+            (r.status, r.header("location")),
+            (308, Some(format!("/v{i}/x"))),
+            "reload {i}"
+        );
+    }
+}

@@ -240,6 +240,19 @@ pub(super) fn open_audit(dir: &SafeDir, config: &Config, root: bool) -> Result<O
     Ok(fd)
 }
 
+/// A `berth ctl reload` answer waiting for the front end to serve
+/// `generation`.
+pub(super) struct Awaiting {
+    generation: u64,
+    since: std::time::Instant,
+    reply: tokio::sync::oneshot::Sender<Reply>,
+    answer: Reply,
+}
+
+/// How long a reload's answer waits for the front end to confirm: it
+/// applies a plan within milliseconds, unless it is being restarted.
+const AWAIT_APPLIED: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Supervisor {
     /// A call from the control thread, answered at once.
     /// A call from the control thread, answered at once; a restart once it
@@ -284,7 +297,23 @@ impl Supervisor {
                 Err(answer) => answer,
             },
             LoopOp::Reload if stopping => failed("berth is stopping: no reload".into()),
-            LoopOp::Reload => self.reload_for(&tenant, admin, logs),
+            LoopOp::Reload => {
+                let before = self.generation;
+                let answer = self.reload_for(&tenant, admin, logs);
+                // What it put to use is served once the front end has it:
+                // the answer waits for that (a request sent after `berth ctl
+                // reload` returns meets the new configuration).
+                if self.generation > before && self.front.current.is_some() {
+                    self.awaiting.push(Awaiting {
+                        generation: self.generation,
+                        since: std::time::Instant::now(),
+                        reply,
+                        answer,
+                    });
+                    return;
+                }
+                answer
+            }
         };
         let _ = reply.send(answer);
     }
@@ -516,6 +545,36 @@ impl Supervisor {
             warn!("berth ctl reload (tenant {tenant}): {message}");
         }
         reply(ok, problems, message)
+    }
+
+    /// The front end serves `generation`: the reloads it puts to use are
+    /// answered.
+    pub(super) fn control_applied(&mut self, generation: u64) {
+        let (done, waiting) = std::mem::take(&mut self.awaiting)
+            .into_iter()
+            .partition(|a| a.generation <= generation);
+        self.awaiting = waiting;
+        for a in done {
+            let _ = a.reply.send(a.answer);
+        }
+    }
+
+    /// Reload answers the front end has not confirmed within
+    /// [`AWAIT_APPLIED`] are given anyway, saying so.
+    pub(super) fn control_overdue(&mut self) {
+        let (late, waiting) = std::mem::take(&mut self.awaiting)
+            .into_iter()
+            .partition(|a| a.since.elapsed() >= AWAIT_APPLIED);
+        self.awaiting = waiting;
+        for a in late {
+            let mut answer = a.answer;
+            if let Reply::Reload(r) = &mut answer {
+                r.message.push_str(
+                    " (the front end has not confirmed it serves it yet: it may take a moment)",
+                );
+            }
+            let _ = a.reply.send(answer);
+        }
     }
 
     /// The audit log goes to `logs`' file.

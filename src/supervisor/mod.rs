@@ -111,6 +111,7 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
         status_frames: None,
         rotation: rotate::Rotation::default(),
         control,
+        awaiting: Vec::new(),
         discovery: None,
         discovery_tx: None,
     };
@@ -332,6 +333,9 @@ struct Supervisor {
     rotation: rotate::Rotation,
     /// The control socket (`berth ctl`).
     control: control::Control,
+    /// `berth ctl reload` answers held until the front end serves what
+    /// they put to use (see `control_applied`).
+    awaiting: Vec<control::Awaiting>,
     /// The discovery watcher, while `[discovery]` is configured, and where
     /// it says a reload is wanted (set by `serve`).
     discovery: Option<discovery::Watcher>,
@@ -681,6 +685,7 @@ impl Supervisor {
                         self.warm();
                         self.rotate_logs(&mut logs);
                         self.roll();
+                        self.control_overdue();
                     } else {
                         self.apps.reap_cgi();
                     }
@@ -876,6 +881,7 @@ impl Supervisor {
                 {
                     front.applied = generation;
                     info!("front end serving configuration generation {generation}");
+                    self.control_applied(generation);
                 }
             }
             ToSupervisor::StartProcess { req, app } => {
