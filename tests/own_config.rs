@@ -855,3 +855,38 @@ fn lowering_tasks_alone_below_the_apps_min_processes_is_refused() {
         "{out}"
     );
 }
+
+#[test]
+fn an_own_file_across_a_mount_point_in_the_home_is_not_read() {
+    let dir = Dir::new();
+    let (o1, o2) = homes(&dir);
+    let (config, _, _) = two_tenants(&dir, &o1, &o2, "");
+    // A filesystem mounted in the home (a tenant's FUSE mount, with
+    // user_allow_other, could stall a read on the supervisor's loop; a bind
+    // mount stands in for it here): not crossed.
+    o2.write("conf/berth.toml", "[limits]\nmemory = \"64MiB\"\n", 0o644);
+    o1.write("conf/.keep", "", 0o644);
+    o1.own();
+    o2.own();
+    std::os::unix::fs::chown(o2.join("conf/berth.toml"), Some(o1.uid), Some(o1.gid)).unwrap();
+    let st = Command::new("mount")
+        .args([
+            "--bind",
+            o2.join("conf").to_str().unwrap(),
+            o1.join("conf").to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount --bind");
+    let main2 = dir.write(
+        "berth2.toml",
+        config.replace(
+            "[tenant.o1]\n",
+            "[tenant.o1]\nown_config = \"~/conf/berth.toml\"\n",
+        ),
+    );
+    let (code, out, _) = check(&main2, &["--tenant", "o1"]);
+    let _ = Command::new("umount").arg(o1.join("conf")).status();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("lies across a mount point"), "{out}");
+}

@@ -1007,13 +1007,25 @@ pub fn read_own_file(home: &Path, path: &Path, owner: u32) -> Result<Option<Stri
         rel,
         OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
         Mode::empty(),
-        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        // No mount point crossed either: a filesystem a tenant mounted in
+        // its home (FUSE, with user_allow_other) could hold the read, and
+        // berth reads on the supervisor's loop.
+        ResolveFlags::BENEATH
+            | ResolveFlags::NO_SYMLINKS
+            | ResolveFlags::NO_MAGICLINKS
+            | ResolveFlags::NO_XDEV,
     ) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => return Ok(None),
-        Err(rustix::io::Errno::LOOP) | Err(rustix::io::Errno::XDEV) => {
+        Err(rustix::io::Errno::LOOP) => {
             return Err(format!(
                 "{shown} is a symbolic link or is reached through one: berth does not follow links to a tenant's files"
+            ));
+        }
+        Err(rustix::io::Errno::XDEV) => {
+            return Err(format!(
+                "{shown} lies across a mount point below {}: berth reads a tenant's files only from its home's own filesystem",
+                home.display()
             ));
         }
         Err(e) => return Err(format!("{shown}: {e}")),
