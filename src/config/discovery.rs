@@ -210,23 +210,9 @@ fn read_handlers(t: TableReader<'_>, defaults: &Defaults) -> Vec<Handler> {
                 ok = false;
             }
             Some(e) => {
-                for x in &e.value {
-                    let x = x.trim_start_matches('.');
-                    if x.is_empty()
-                        || !x
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                    {
-                        walk.problem(
-                            e.line,
-                            &e.key,
-                            format!("{x:?} is not a file extension such as \"php\""),
-                        );
-                        ok = false;
-                    } else {
-                        exts.push(x.to_string());
-                    }
-                }
+                let (valid, all) = super::read_extensions(walk, e);
+                exts = valid;
+                ok &= all;
             }
         }
         let route = match &path {

@@ -1520,25 +1520,9 @@ fn read_route(mut t: TableReader<'_>, files: &dyn ReadFile) -> Option<Route> {
         None if app.is_some() => {
             let app = app.expect("checked");
             app_at = Some((app.line, app.key.clone()));
-            let mut exts = Vec::new();
-            if let Some(e) = extensions {
-                for x in e.value {
-                    let x = x.trim_start_matches('.').to_string();
-                    if x.is_empty()
-                        || !x
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                    {
-                        walk.problem(
-                            e.line,
-                            &e.key,
-                            format!("{x:?} is not a file extension such as \"php\""),
-                        );
-                    } else {
-                        exts.push(x);
-                    }
-                }
-            }
+            let exts = extensions
+                .map(|e| read_extensions(walk, &e).0)
+                .unwrap_or_default();
             if let Some(s) = &status {
                 walk.problem(
                     s.line,
@@ -1595,6 +1579,31 @@ fn read_route(mut t: TableReader<'_>, files: &dyn ReadFile) -> Option<Route> {
         line,
         own: false,
     })
+}
+
+/// The file extensions `e` lists (a leading '.' dropped), and whether all
+/// were valid (each invalid one is reported).
+fn read_extensions(walk: &Walk<'_>, e: &At<Vec<String>>) -> (Vec<String>, bool) {
+    let mut exts = Vec::new();
+    let mut ok = true;
+    for x in &e.value {
+        let x = x.trim_start_matches('.');
+        if x.is_empty()
+            || !x
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            walk.problem(
+                e.line,
+                &e.key,
+                format!("{x:?} is not a file extension such as \"php\""),
+            );
+            ok = false;
+        } else {
+            exts.push(x.to_string());
+        }
+    }
+    (exts, ok)
 }
 
 /// Validates a route path and returns it without a trailing slash ("/" stays "/").
