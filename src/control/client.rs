@@ -42,7 +42,8 @@ pub struct CtlArgs {
 pub enum CtlCommand {
     /// The tenant's apps and their processes, its limits, and what it uses now
     Status,
-    /// Stop the app's processes: new ones start with the next request
+    /// A rolling restart: new processes take the requests once they accept, the
+    /// old ones finish theirs; if the new ones fail, the old ones keep serving
     Restart { app: String },
     /// Stop the app's processes and keep it stopped (requests get 503) until `start`
     Stop { app: String },
@@ -95,7 +96,7 @@ impl CtlCommand {
             },
             CtlCommand::Reload => Command::Reload,
             CtlCommand::Usage { since } => Command::Usage {
-                since_ms: since.map(|w| ms_of(w.resolve(SystemTime::now()))),
+                since_ms: since.map(|w| crate::usage::to_ms(w.resolve(SystemTime::now()))),
             },
             CtlCommand::Check => Command::Check,
         }
@@ -270,14 +271,9 @@ fn terminal(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn ms_of(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// "3d 4h", "2h 5m", "4m 10s", "12s".
 fn ago(ms: i64) -> String {
-    let s = (ms_of(SystemTime::now()) - ms).max(0) / 1000;
+    let s = (crate::usage::to_ms(SystemTime::now()) - ms).max(0) / 1000;
     match s {
         s if s >= 86_400 => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
         s if s >= 3600 => format!("{}h {}m", s / 3600, s % 3600 / 60),
@@ -436,7 +432,7 @@ mod tests {
                     pid: 4242,
                     uid: 1001,
                     memory: Some(1 << 20),
-                    started_ms: ms_of(SystemTime::now()) - 65_000,
+                    started_ms: crate::usage::to_ms(SystemTime::now()) - 65_000,
                     state: Some("sleeping".into()),
                     recycling: false,
                 }],

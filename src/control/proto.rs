@@ -66,7 +66,7 @@ pub struct Request {
 pub enum Command {
     /// The tenant's apps and processes, limits, and usage now.
     Status,
-    /// Stops the app's processes; new ones start for the next request.
+    /// A rolling restart of the app (answered once it is over).
     Restart { app: String },
     /// Stops the app's processes and holds it stopped (503) until `start`.
     Stop { app: String },

@@ -439,10 +439,7 @@ async fn run(
                 per_app: true,
             };
             let work = tokio::task::spawn_blocking(move || crate::usage::report(&db, &query));
-            let ms = |t: SystemTime| {
-                t.duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64)
-            };
+            let ms = crate::usage::to_ms;
             match work.await {
                 Ok(Ok(report)) => Reply::Usage(UsageReply {
                     since_ms: ms(report.since),

@@ -951,10 +951,7 @@ impl AppManager {
     ) -> Option<AppStatus> {
         let state = self.apps.get(id)?;
         let now = (SystemTime::now(), Instant::now());
-        let ms = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64)
-        };
+        let ms = crate::usage::to_ms;
         let uid = if self.switch_user {
             state.uid
         } else {

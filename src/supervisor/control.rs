@@ -23,7 +23,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use rustix::fs::{AtFlags, FileType, Mode};
@@ -325,10 +324,7 @@ impl Supervisor {
         let figures = view.and_then(|v| v.tenants.get(&tenant.name));
         let no_rss = HashMap::new();
         let rss = view.map_or(&no_rss, |v| &v.rss);
-        let ms = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64)
-        };
+        let ms = crate::usage::to_ms;
         let apps = tenant
             .apps
             .iter()

@@ -20,10 +20,7 @@ pub fn snapshot(
     started: SystemTime,
     cgroups: &str,
 ) -> StatusSnapshot {
-    let ms = |t: SystemTime| {
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64)
-    };
+    let ms = crate::usage::to_ms;
     let tenants = config
         .tenants
         .iter()

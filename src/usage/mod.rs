@@ -231,7 +231,7 @@ impl Totals {
 const HOUR_MS: i64 = 3_600_000;
 
 /// Milliseconds since the Unix epoch (0 for anything before it).
-fn to_ms(t: SystemTime) -> i64 {
+pub fn to_ms(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
