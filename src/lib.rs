@@ -10,6 +10,7 @@ pub mod backend;
 pub mod config;
 pub mod control;
 pub mod front;
+pub mod isolation;
 pub mod ipc;
 pub mod logging;
 pub mod supervisor;

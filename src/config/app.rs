@@ -121,6 +121,9 @@ pub struct App {
     pub origin: Origin,
     /// Defined by the tenant's own file (checked there, as the tenant's).
     pub own: bool,
+    /// How its processes are isolated (resolved: defaults, tenant, app,
+    /// enforce).
+    pub isolation: crate::isolation::Settings,
 }
 
 /// Reads `[defaults.app]` over the built-in defaults.
@@ -398,6 +401,7 @@ pub(super) fn read_app(
             pool,
             origin,
             own: false,
+            isolation: crate::isolation::Settings::default(),
         })
     }
 }
