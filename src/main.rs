@@ -191,6 +191,11 @@ fn check(config: &std::path::Path, tenant: Option<&str>, explain: bool) -> ExitC
 }
 
 fn main() -> ExitCode {
+    // An isolated app's init (see `berth::isolation::init`): before clap,
+    // and with nothing else of berth's start-up.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "app-init") {
+        berth::isolation::init::main();
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Check {

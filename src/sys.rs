@@ -271,11 +271,15 @@ mod app {
         Chdir,
         NoNewPrivs,
         Execve,
+        /// Installing the seccomp filter.
+        Seccomp,
+        /// In berth's init: building the app's view (the report says what).
+        Isolation,
     }
 
     impl AppStep {
         /// In discriminant order: the child reports a step as its index.
-        const ALL: [AppStep; 14] = [
+        const ALL: [AppStep; 16] = [
             AppStep::Prepare,
             AppStep::Fork,
             AppStep::Signals,
@@ -290,6 +294,8 @@ mod app {
             AppStep::Chdir,
             AppStep::NoNewPrivs,
             AppStep::Execve,
+            AppStep::Seccomp,
+            AppStep::Isolation,
         ];
     }
 
@@ -310,6 +316,8 @@ mod app {
                 AppStep::Chdir => "chdir",
                 AppStep::NoNewPrivs => "no_new_privs",
                 AppStep::Execve => "execve",
+                AppStep::Seccomp => "installing the seccomp filter",
+                AppStep::Isolation => "isolation",
             })
         }
     }
@@ -336,6 +344,12 @@ mod app {
         pub cgroup: Vec<OwnedFd>,
         /// More limits, soft and hard (RLIMIT_CORE is always 0).
         pub rlimits: Vec<(Rlimit, u64)>,
+        /// A copy of the report pipe's write end at this number, kept across
+        /// execve: berth's init ([`crate::isolation::init`]) writes its own
+        /// failures there, and the pipe ends when the app itself has exec'd.
+        pub report_at: Option<RawFd>,
+        /// The seccomp filter, installed last before execve.
+        pub filter: Option<std::sync::Arc<crate::isolation::seccomp::Filter>>,
     }
 
     /// The resource limits an app may be given besides RLIMIT_NOFILE.
@@ -346,6 +360,12 @@ mod app {
         /// Processes and threads of the user.
         Nproc,
     }
+
+    /// How long the parent waits for the child to exec (berth's init builds
+    /// the app's view first).
+    const REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+    /// The longest report kept.
+    const REPORT_MAX: usize = 4096;
 
     /// `LISTEN_PID=` followed by room for any pid and a NUL.
     const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
@@ -508,6 +528,13 @@ mod app {
         if app.argv.is_empty() {
             return Err(invalid("empty argv"));
         }
+        let (report_r, report_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| prep(e.into()))?;
+        let mut app = app;
+        if let Some(at) = app.report_at {
+            let copy = report_w.try_clone().map_err(prep)?;
+            app.fds.push((copy, at));
+        }
 
         // The descriptor plan: targets are distinct and non-negative; 0, 1 and
         // 2 are always kept (given, or /dev/null); everything else is closed.
@@ -538,8 +565,6 @@ mod app {
             .open("/dev/null")
             .map_err(prep)?;
         let devnull_fd = devnull.as_raw_fd();
-        let (report_r, report_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| prep(e.into()))?;
         let report_fd = report_w.as_raw_fd();
 
         let program = cstring(app.program.as_os_str().as_bytes()).map_err(prep)?;
@@ -593,6 +618,7 @@ mod app {
             .collect();
         let cgroup_fds: Vec<RawFd> = app.cgroup.iter().map(|fd| fd.as_raw_fd()).collect();
         let ids = app.identity.map(|id| (id.uid, id.gid));
+        let filter = app.filter.clone();
         let groups: Vec<libc::gid_t> = app.identity.map(|id| id.groups.clone()).unwrap_or_default();
 
         let mut cmd = Command::new(app.program);
@@ -706,6 +732,11 @@ mod app {
                 if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                     child_fail(report, AppStep::NoNewPrivs);
                 }
+                if let Some(f) = &filter
+                    && f.install().is_err()
+                {
+                    child_fail(report, AppStep::Seccomp);
+                }
                 envp.fill_pid(libc::getpid());
                 libc::execve(program.as_ptr(), argv.ptrs.as_ptr(), envp.ptrs.as_ptr());
                 child_fail(report, AppStep::Execve)
@@ -720,12 +751,45 @@ mod app {
         drop(app.fds);
         let mut child = spawned.map_err(|e| (AppStep::Fork, e))?;
 
-        let mut msg = [0u8; 8];
-        let mut got = 0;
-        while got < msg.len() {
-            match rustix::io::read(&report_r, &mut msg[got..]) {
+        // Until end-of-file: the child exec'd (berth's init: the app did).
+        // A report is 8 bytes (step, errno), or a text from berth's init.
+        let mut msg: Vec<u8> = Vec::new();
+        let deadline = std::time::Instant::now() + REPORT_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let mut pfd = [rustix::event::PollFd::new(
+                &report_r,
+                rustix::event::PollFlags::IN,
+            )];
+            let ready = rustix::event::poll(
+                &mut pfd,
+                Some(&rustix::time::Timespec::try_from(left).unwrap_or_default()),
+            );
+            match ready {
+                Ok(0) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err((
+                        AppStep::Isolation,
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the app's view was not built within 15 s",
+                        ),
+                    ));
+                }
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err((AppStep::Prepare, e.into()));
+                }
+                Ok(_) => {}
+            }
+            let mut buf = [0u8; 1024];
+            match rustix::io::read(&report_r, &mut buf) {
                 Ok(0) => break,
-                Ok(n) => got += n,
+                Ok(n) if msg.len() < REPORT_MAX => msg.extend_from_slice(&buf[..n]),
+                Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => {
                     let _ = child.kill();
@@ -734,13 +798,18 @@ mod app {
                 }
             }
         }
-        if got == 0 {
+        if msg.is_empty() {
             // End-of-file without a report: the child exec'd (or was killed
             // before it could; its exit status says so).
             return Ok(child);
         }
         let _ = child.wait();
-        if got < msg.len() {
+        if msg.starts_with(&crate::isolation::init::TEXT_REPORT) {
+            let text = String::from_utf8_lossy(&msg[4..]).into_owned();
+            return Err((AppStep::Isolation, io::Error::other(text)));
+        }
+        let got = msg.len();
+        if got < 8 {
             return Err(invalid("short report from the child"));
         }
         let step = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]);

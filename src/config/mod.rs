@@ -1734,6 +1734,7 @@ fn validate(server: &Server, tenants: &[Tenant], problems: &mut Problems) {
                     switch_user,
                     // Reported by check_identities, at the user's line.
                     isolation: None,
+                    isolate: None,
                 };
                 if let Err(refused) = crate::supervisor::spawn::check(&spec) {
                     problems.push(

@@ -627,6 +627,7 @@ impl Layers {
                 rlimits: Vec::new(),
                 switch_user: self.root,
                 isolation: None,
+                isolate: None,
             };
             if let Err(refused) = crate::supervisor::spawn::check(&spec) {
                 walk.problem(

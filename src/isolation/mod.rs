@@ -8,7 +8,10 @@
 //! → `[enforce.isolation]`); the supervisor turns it into a plan for the
 //! init (`view`, `init`) and a filter (`seccomp`).
 
+pub mod host;
+pub mod init;
 pub mod seccomp;
+pub mod view;
 
 use std::path::PathBuf;
 

@@ -189,6 +189,8 @@ pub struct AppManager {
     /// Apps held stopped by `berth ctl stop` (see `ctl.rs`): they start no
     /// process and run no script.
     held: HashSet<AppId>,
+    /// What each tenant's apps see of the machine.
+    views: crate::isolation::host::Views,
 }
 
 /// How long a CGI script may outlive its `timeout` before it is killed.
@@ -249,6 +251,15 @@ impl AppManager {
             wake: Arc::new(Notify::new()),
             touch: None,
             held: HashSet::new(),
+            views: crate::isolation::host::Views::new(
+                cfg,
+                front.filter(|_| switch_user).map(|id| {
+                    let mut groups = id.groups.clone();
+                    groups.push(id.gid);
+                    (id.uid, groups)
+                }),
+                switch_user,
+            ),
         };
         m.touch = touch::Watcher::start(m.wake.clone())
             .inspect_err(|e| warn!("cannot watch apps' programs for touch-to-restart: {e}"))
@@ -272,6 +283,7 @@ impl AppManager {
     pub fn update(&mut self, cfg: &Config) -> Vec<(AppId, u32)> {
         self.min_uid = cfg.server.min_uid;
         self.cgi_routes = cgi_routes(cfg);
+        self.views.update(cfg);
         if let Some(iso) = &mut self.isolation {
             iso.tenants = spawn::peers(&cfg.tenants);
         }
@@ -603,6 +615,10 @@ impl AppManager {
             }
             None => (Vec::new(), None),
         };
+        let isolate = self
+            .views
+            .isolate(&id.tenant, &app.isolation)
+            .map_err(|e| format!("app {id}: not started: {e}"))?;
         let spec = SpawnSpec {
             tenant: &id.tenant,
             user,
@@ -621,6 +637,7 @@ impl AppManager {
             rlimits,
             switch_user,
             isolation: self.isolation.as_ref(),
+            isolate: isolate.as_ref(),
         };
         let socket = process.socket.clone();
         let child = spawn::spawn(spec).map_err(|e| {
@@ -632,7 +649,7 @@ impl AppManager {
             format!("app {id}: not started: {e}")
         })?;
         info!("app {id}: process {slot} started (pid {})", child.id());
-        let leader = Leader(child);
+        let leader = Leader(child, isolate.as_ref().is_some_and(|i| i.view.is_some()));
         if let Some((log, r)) = reader {
             crate::tenant_log::read_pipe(r, log, id.to_string());
         }
@@ -782,6 +799,10 @@ impl AppManager {
                 .map_err(|e| format!("app {id}: cgroup: {e}"))?,
             None => Vec::new(),
         };
+        let isolate = self
+            .views
+            .isolate(&id.tenant, &app.isolation)
+            .map_err(|e| format!("app {id}: not started: {e}"))?;
         let spec = SpawnSpec {
             tenant: &id.tenant,
             user: &state.user,
@@ -798,6 +819,7 @@ impl AppManager {
             rlimits: fallback_rlimits(&self.cgroups, &state.limits, self.switch_user),
             switch_user: self.switch_user,
             isolation: self.isolation.as_ref(),
+            isolate: isolate.as_ref(),
         };
         let child = spawn::spawn(spec).map_err(|e| {
             if let Some(g) = &group {
@@ -807,7 +829,7 @@ impl AppManager {
         })?;
         self.cgi.push(CgiRun {
             id: id.clone(),
-            leader: Leader(child),
+            leader: Leader(child, isolate.as_ref().is_some_and(|i| i.view.is_some())),
             group,
             // The front end ends the response at `timeout`; this is the
             // backstop, a moment later.
@@ -915,7 +937,7 @@ impl AppManager {
                 if proc.recycling || proc.retiring.is_some() {
                     continue;
                 }
-                let Some(rss) = resident(proc.leader.pid()) else {
+                let Some(rss) = resident(proc.leader.app_pid()) else {
                     continue;
                 };
                 if rss <= max {
@@ -961,7 +983,7 @@ impl AppManager {
             .procs
             .iter()
             .map(|(&slot, p)| {
-                let pid = p.leader.pid();
+                let pid = p.leader.app_pid();
                 ProcessStatus {
                     slot,
                     pid,
@@ -994,7 +1016,7 @@ impl AppManager {
             .values()
             .flat_map(|s| {
                 let starting = s.rollout.iter().flat_map(|r| r.procs.values());
-                s.procs.values().chain(starting).map(|p| p.leader.pid())
+                s.procs.values().chain(starting).map(|p| p.leader.app_pid())
             })
             .collect()
     }
@@ -1323,11 +1345,33 @@ enum Peek {
 /// `waitid(WNOWAIT)`, which leaves it a zombie, the group is killed, and only
 /// then is the leader reaped, which consumes the `Leader`, so no signal can
 /// follow.
-struct Leader(Child);
+/// The second field: whether berth's init runs the app in its own view (the
+/// leader is then the init's outer process; see `crate::isolation::init`).
+struct Leader(Child, bool);
 
 impl Leader {
     fn pid(&self) -> u32 {
         self.0.id()
+    }
+
+    /// The app's own process, whose memory counts: the leader, or for an
+    /// app in its own view the process two levels below it (the leader
+    /// until the init has started it).
+    fn app_pid(&self) -> u32 {
+        if !self.1 {
+            return self.pid();
+        }
+        let child_of = |pid: u32| -> Option<u32> {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        child_of(self.pid())
+            .and_then(child_of)
+            .unwrap_or(self.pid())
     }
 
     /// The leader's state, seen with `waitid(WNOWAIT)`: without reaping it.
@@ -1567,7 +1611,7 @@ mod tests {
             .read_line(&mut line)
             .unwrap();
         let left: u32 = line.trim().parse().unwrap();
-        let leader = Leader(child);
+        let leader = Leader(child, false);
         let pid = leader.pid();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !leader.exited() {

@@ -65,6 +65,9 @@ pub struct SpawnSpec<'a> {
     /// tenant's identity against (see [`breaches`]) as it is read for this
     /// start. None skips those rules (`berth check` reports them itself).
     pub isolation: Option<&'a Isolation>,
+    /// The app's own view of the machine and its seccomp filter (None:
+    /// neither; see [`crate::isolation`]).
+    pub isolate: Option<&'a crate::isolation::host::Isolate>,
 }
 
 /// What a tenant's identity must keep apart from: the front end's user and
@@ -553,25 +556,101 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, SpawnError> {
         SpawnError::Refused(e)
     })?;
     let env = environment(spec.home, spec.user, spec.env);
-    sys::spawn_app(AppExec {
-        program: &checked.program,
-        argv: spec.argv,
-        env: &env,
-        dir: &checked.dir,
-        fds: spec.fds,
-        identity: checked.switch_user.then_some(&checked.identity),
-        open_files: open_files_limit(spec.open_files),
-        cgroup: spec.cgroup,
-        rlimits: spec.rlimits,
-    })
-    .map_err(|(step, source)| {
+    let fail = |step: AppStep, source: io::Error| {
         warn!(
             "tenant {}: cannot start {}: {step} failed: {source}",
             spec.tenant,
             checked.program.display()
         );
         SpawnError::Exec { step, source }
+    };
+    let filter = match spec.isolate.and_then(|i| i.seccomp.as_ref()) {
+        Some(allow) => Some(std::sync::Arc::new(
+            crate::isolation::seccomp::Filter::new(allow)
+                .map_err(|e| fail(AppStep::Seccomp, io::Error::other(e)))?,
+        )),
+        None => None,
+    };
+    let open_files = open_files_limit(spec.open_files);
+    let Some(view) = spec.isolate.and_then(|i| i.view.as_ref()) else {
+        return sys::spawn_app(AppExec {
+            program: &checked.program,
+            argv: spec.argv,
+            env: &env,
+            dir: &checked.dir,
+            fds: spec.fds,
+            identity: checked.switch_user.then_some(&checked.identity),
+            open_files,
+            cgroup: spec.cgroup,
+            rlimits: spec.rlimits,
+            report_at: None,
+            filter,
+        })
+        .map_err(|(step, source)| fail(step, source));
+    };
+    // In its own view: berth's init builds it, then execs the app (see
+    // crate::isolation::init), which gets the filter there.
+    use crate::isolation::init::{PLAN_FD, REPORT_FD};
+    use std::os::unix::ffi::OsStrExt;
+    let mut targets: Vec<RawFd> = spec.fds.iter().map(|(_, at)| *at).collect();
+    targets.extend(0..3);
+    targets.sort_unstable();
+    targets.dedup();
+    let plan = crate::isolation::view::Plan {
+        hostname: spec.tenant.to_string(),
+        network_none: view.network_none,
+        userns: view.userns,
+        mounts: view.mounts.to_vec(),
+        program: checked.program.clone(),
+        argv: spec.argv.to_vec(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect(),
+        listen_pid: env.iter().any(|(k, _)| k == "LISTEN_FDS"),
+        dir: checked.dir.clone(),
+        identity: checked.switch_user.then(|| {
+            (
+                checked.identity.uid,
+                checked.identity.gid,
+                checked.identity.groups.clone(),
+            )
+        }),
+        seccomp: spec.isolate.and_then(|i| i.seccomp.clone()),
+        fds: targets,
+    };
+    let memfd = plan_memfd(&plan).map_err(|e| fail(AppStep::Prepare, e))?;
+    let mut fds = spec.fds;
+    fds.push((memfd, PLAN_FD));
+    let argv = [
+        "berth".to_string(),
+        "app-init".to_string(),
+        spec.tenant.to_string(),
+    ];
+    sys::spawn_app(AppExec {
+        program: Path::new("/proc/self/exe"),
+        argv: &argv,
+        env: &[],
+        dir: Path::new("/"),
+        fds,
+        identity: None,
+        open_files,
+        cgroup: spec.cgroup,
+        rlimits: spec.rlimits,
+        report_at: Some(REPORT_FD),
+        filter: None,
     })
+    .map_err(|(step, source)| fail(step, source))
+}
+
+/// The plan as JSON in a memfd, read from its start by the init.
+fn plan_memfd(plan: &crate::isolation::view::Plan) -> io::Result<OwnedFd> {
+    use std::io::{Seek, Write};
+    let fd = rustix::fs::memfd_create("berth-plan", rustix::fs::MemfdFlags::CLOEXEC)?;
+    let mut f = fs::File::from(fd);
+    f.write_all(&serde_json::to_vec(plan).map_err(io::Error::other)?)?;
+    f.rewind()?;
+    Ok(OwnedFd::from(f))
 }
 
 /// The RLIMIT_NOFILE an app gets: `want`, unless that is above berth's own
@@ -798,6 +877,7 @@ mod tests {
                 rlimits: Vec::new(),
                 switch_user: true,
                 isolation: None,
+                isolate: None,
             };
             check_paths(&spec, tenant_uid())
         }
@@ -947,6 +1027,7 @@ mod tests {
             rlimits: Vec::new(),
             switch_user: false,
             isolation: None,
+            isolate: None,
         })
         .unwrap();
         assert!(!c.switch_user);
@@ -1022,6 +1103,7 @@ mod tests {
                 rlimits: Vec::new(),
                 switch_user: true,
                 isolation: None,
+                isolate: None,
             },
             tenant_uid(),
         );

@@ -1,0 +1,633 @@
+//! berth's tiny init: what an isolated app process runs under.
+//!
+//! The supervisor forks as it does for any app (cgroup, session, the app's
+//! descriptors, resource limits: [`crate::sys::spawn_app`]) and, instead of
+//! the app, execs berth again as `berth app-init` with the [`Plan`] on
+//! descriptor [`PLAN_FD`] and its report pipe on [`REPORT_FD`]. Three
+//! processes follow, all in the app's cgroup:
+//!
+//! - the **outer** one (the pid the supervisor knows) makes the namespaces
+//!   (a user namespace first when berth is unprivileged), builds the view
+//!   ([`super::view`]), sets the host name, brings loopback up in a network
+//!   namespace of its own, and forks; then it only waits, with every signal
+//!   blocked, and ends as the app ended (the same exit code, or killed by the
+//!   same signal), so the supervisor sees what it would have seen without
+//!   isolation;
+//! - the **init**, pid 1 of the new pid namespace, mounts `/proc` for it,
+//!   forks the app, reaps every orphan, forwards the signals it gets to the
+//!   app's process group, and hands the app's wait status to the outer one
+//!   when the app ends (its own end then kills what is left in the
+//!   namespace); it dies with the outer one (`PR_SET_PDEATHSIG`);
+//! - the **app**: its own session, then the tenant's identity, `dir`,
+//!   umask 022, no_new_privs, the seccomp filter, and execve.
+//!
+//! The supervisor's signals go to the outer one's process group, which holds
+//! the outer one and the init (the app leads a session of its own): the
+//! outer one holds them blocked, the init forwards them. A failure anywhere
+//! before the app's execve is written to the report pipe as text, which the
+//! supervisor logs as why the app did not start: an app whose isolation
+//! cannot be set up never runs without it.
+
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::mount::{MoveMountFlags, OpenTreeFlags};
+
+use super::view::{Mount, Plan};
+
+/// Where the init finds its plan (a memfd of JSON).
+pub const PLAN_FD: RawFd = 100;
+/// Where the init writes why it failed (the supervisor's report pipe): a
+/// message starts with [`TEXT_REPORT`], then UTF-8.
+pub const REPORT_FD: RawFd = 101;
+/// The first four bytes of a text report (the supervisor's own reports are a
+/// step index, never this).
+pub const TEXT_REPORT: [u8; 4] = [0xff; 4];
+/// The largest plan the init reads.
+const PLAN_MAX: u64 = 16 << 20;
+
+/// `berth app-init`: never returns.
+pub fn main() -> ! {
+    if std::env::args_os().nth(2).is_some_and(|a| a == "--probe") {
+        probe()
+    }
+    let plan = match read_plan() {
+        Ok(p) => p,
+        Err(e) => fail(&format!("isolation: reading the plan: {e}")),
+    };
+    outer(&plan)
+}
+
+/// `berth app-init --probe`, run by an unprivileged supervisor once: exits 0
+/// when this user may make a view's namespaces, else says why on stderr.
+fn probe() -> ! {
+    let uid = rustix::process::geteuid().as_raw();
+    let gid = rustix::process::getegid().as_raw();
+    let tried = enter_user_namespace(uid, gid).and_then(|()| {
+        let flags =
+            libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+        // SAFETY: unshare on flags; single-threaded.
+        if unsafe { libc::unshare(flags) } != 0 {
+            return Err(errno("unshare", io::Error::last_os_error()));
+        }
+        rustix::mount::mount_change(
+            "/",
+            rustix::mount::MountPropagationFlags::DOWNSTREAM
+                | rustix::mount::MountPropagationFlags::REC,
+        )
+        .map_err(|e| errno("mount propagation", e))
+    });
+    match tried {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+fn read_plan() -> io::Result<Plan> {
+    // SAFETY: the supervisor placed the plan's memfd at PLAN_FD for us and
+    // nothing else in this process owns that number.
+    let file = unsafe { std::fs::File::from_raw_fd(PLAN_FD) };
+    let mut bytes = Vec::new();
+    file.take(PLAN_MAX).read_to_end(&mut bytes)?;
+    serde_json::from_slice(&bytes).map_err(io::Error::other)
+}
+
+/// Writes `msg` to the report pipe and exits 127, running nothing else.
+fn fail(msg: &str) -> ! {
+    let mut buf = Vec::with_capacity(4 + msg.len());
+    buf.extend_from_slice(&TEXT_REPORT);
+    buf.extend_from_slice(msg.as_bytes());
+    // SAFETY: write and _exit on our own buffer and descriptor.
+    unsafe {
+        libc::write(REPORT_FD, buf.as_ptr().cast(), buf.len());
+        libc::_exit(127)
+    }
+}
+
+fn errno(what: &str, e: impl std::fmt::Display) -> String {
+    format!("isolation: {what}: {e}")
+}
+
+fn block_all_signals() {
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: on a sigset_t of our own.
+    unsafe {
+        libc::sigfillset(&mut set);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// The outer process: namespaces, the view, then wait for the init.
+fn outer(plan: &Plan) -> ! {
+    block_all_signals();
+    if let Some((uid, gid)) = plan.userns {
+        if let Err(e) = enter_user_namespace(uid, gid) {
+            fail(&e)
+        }
+    }
+    let mut flags =
+        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    if plan.network_none {
+        flags |= libc::CLONE_NEWNET;
+    }
+    // SAFETY: unshare on flags; this process is single-threaded.
+    if unsafe { libc::unshare(flags) } != 0 {
+        fail(&errno("unshare", io::Error::last_os_error()))
+    }
+    if let Err(e) = build_view(&plan.mounts) {
+        fail(&e)
+    }
+    if let Err(e) = rustix::system::sethostname(plan.hostname.as_bytes()) {
+        fail(&errno("sethostname", e))
+    }
+    if plan.network_none {
+        if let Err(e) = loopback_up() {
+            fail(&errno("bringing loopback up", e))
+        }
+    }
+    let devnull = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        Ok(f) => OwnedFd::from(f),
+        Err(e) => fail(&errno("/dev/null", e)),
+    };
+    let (status_r, status_w) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => fail(&errno("pipe", e)),
+    };
+    // SAFETY: single-threaded; the child runs ordinary code from here on.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        fail(&errno("fork", io::Error::last_os_error()))
+    }
+    if pid == 0 {
+        drop(status_r);
+        init(plan, status_w, &devnull)
+    }
+    drop(status_w);
+    // Only the app keeps its descriptors (and the report pipe).
+    release_fds(plan, &devnull);
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: waitpid on our child into a local.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid || (r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)) {
+            break;
+        }
+    }
+    // The app's own status, when the init could hand it over.
+    let mut app = [0u8; 4];
+    if rustix::io::read(&status_r, &mut app) == Ok(4) {
+        status = libc::c_int::from_ne_bytes(app);
+    }
+    end_as(status)
+}
+
+/// Exits as a process with wait status `status` did.
+fn end_as(status: libc::c_int) -> ! {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        // SAFETY: default disposition, unblock, raise: this process dies of
+        // the signal (RLIMIT_CORE is 0: no core is written).
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::raise(sig);
+        }
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        1
+    };
+    // SAFETY: ends the process.
+    unsafe { libc::_exit(code) }
+}
+
+/// Puts /dev/null at every number the app was given and closes the report
+/// pipe: only the app holds those.
+fn release_fds(plan: &Plan, devnull: &OwnedFd) {
+    for &fd in &plan.fds {
+        // SAFETY: dup2 onto numbers the plan names.
+        unsafe { libc::dup2(devnull.as_raw_fd(), fd) };
+    }
+    // SAFETY: our copy of the report pipe.
+    unsafe { libc::close(REPORT_FD) };
+}
+
+/// Pid 1 of the app's pid namespace.
+fn init(plan: &Plan, status_w: OwnedFd, devnull: &OwnedFd) -> ! {
+    // Dies with the outer process (whose death the supervisor sees); its own
+    // death ends everything in the namespace.
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    if let Err(e) = rustix::mount::mount(
+        "proc",
+        "/proc",
+        "proc",
+        rustix::mount::MountFlags::NOSUID
+            | rustix::mount::MountFlags::NODEV
+            | rustix::mount::MountFlags::NOEXEC,
+        None,
+    ) {
+        fail(&errno("mounting /proc", e))
+    }
+    // SAFETY: single-threaded.
+    let app = unsafe { libc::fork() };
+    if app < 0 {
+        fail(&errno("fork", io::Error::last_os_error()))
+    }
+    if app == 0 {
+        drop(status_w);
+        exec_app(plan)
+    }
+    release_fds(plan, devnull);
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: on our own sigset_t.
+    unsafe { libc::sigfillset(&mut set) };
+    loop {
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waits for one of the (all blocked) signals into a local.
+        let sig = unsafe { libc::sigwaitinfo(&set, &mut info) };
+        if sig < 0 {
+            continue;
+        }
+        if sig != libc::SIGCHLD {
+            // The app leads its own session and process group.
+            // SAFETY: a signal to the app's group (or to the app).
+            if unsafe { libc::kill(-app, sig) } != 0 {
+                unsafe { libc::kill(app, sig) };
+            }
+            continue;
+        }
+        loop {
+            let mut status: libc::c_int = 0;
+            // SAFETY: reaps any child into a local.
+            let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if r <= 0 {
+                break;
+            }
+            if r == app {
+                let _ = rustix::io::write(&status_w, &status.to_ne_bytes());
+                // Pid 1's exit kills the rest of the namespace.
+                end_as(status)
+            }
+        }
+    }
+}
+
+/// The app: its own session, its identity, `dir`, no_new_privs, the filter,
+/// execve.
+fn exec_app(plan: &Plan) -> ! {
+    // SAFETY: signal dispositions and mask back to the defaults for the app.
+    unsafe {
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..65 {
+            libc::sigaction(sig, &dfl, std::ptr::null_mut());
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        libc::setsid();
+        libc::fcntl(REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+    }
+    let cstr = |b: &[u8], what: &str| {
+        CString::new(b).unwrap_or_else(|_| fail(&format!("isolation: NUL byte in {what}")))
+    };
+    let program = cstr(plan.program.as_os_str().as_bytes(), "the program");
+    let dir = cstr(plan.dir.as_os_str().as_bytes(), "dir");
+    let argv: Vec<CString> = plan
+        .argv
+        .iter()
+        .map(|a| cstr(a.as_bytes(), "argv"))
+        .collect();
+    let mut env: Vec<CString> = Vec::with_capacity(plan.env.len() + 1);
+    for (k, v) in &plan.env {
+        if plan.listen_pid && k == b"LISTEN_PID" {
+            continue;
+        }
+        let mut kv = k.clone();
+        kv.push(b'=');
+        kv.extend_from_slice(v);
+        env.push(cstr(&kv, "the environment"));
+    }
+    if plan.listen_pid {
+        env.push(cstr(
+            format!("LISTEN_PID={}", std::process::id()).as_bytes(),
+            "LISTEN_PID",
+        ));
+    }
+    let filter = match &plan.seccomp {
+        Some(allow) => match super::seccomp::Filter::new(allow) {
+            Ok(f) => Some(f),
+            Err(e) => fail(&format!("isolation: seccomp: {e}")),
+        },
+        None => None,
+    };
+    if let Some((uid, gid, groups)) = &plan.identity {
+        // SAFETY: system calls on integers and our own array.
+        unsafe {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+                fail(&errno("setgroups", io::Error::last_os_error()))
+            }
+            if libc::setresgid(*gid, *gid, *gid) != 0 {
+                fail(&errno("setresgid", io::Error::last_os_error()))
+            }
+            if libc::setresuid(*uid, *uid, *uid) != 0 {
+                fail(&errno("setresuid", io::Error::last_os_error()))
+            }
+        }
+    }
+    // SAFETY: chdir, umask and prctl on values of our own.
+    unsafe {
+        if libc::chdir(dir.as_ptr()) != 0 {
+            fail(&errno(
+                &format!("chdir {}", plan.dir.display()),
+                io::Error::last_os_error(),
+            ))
+        }
+        libc::umask(0o022);
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            fail(&errno("no_new_privs", io::Error::last_os_error()))
+        }
+    }
+    if let Some(f) = &filter {
+        if let Err(e) = f.install() {
+            fail(&errno("installing the seccomp filter", e))
+        }
+    }
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut env_p: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    env_p.push(std::ptr::null());
+    // SAFETY: NULL-terminated arrays of C strings that outlive the call.
+    unsafe { libc::execve(program.as_ptr(), argv_p.as_ptr(), env_p.as_ptr()) };
+    fail(&errno(
+        &format!("execve {}", plan.program.display()),
+        io::Error::last_os_error(),
+    ))
+}
+
+/// Unprivileged berth: a user namespace where the caller is itself (and has
+/// every capability over the namespaces it makes next).
+fn enter_user_namespace(uid: u32, gid: u32) -> Result<(), String> {
+    // SAFETY: unshare on flags; single-threaded.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
+        return Err(errno(
+            "a user namespace (the kernel allows none to this user?)",
+            io::Error::last_os_error(),
+        ));
+    }
+    let write = |file: &str, text: String| {
+        std::fs::write(file, text).map_err(|e| errno(&format!("writing {file}"), e))
+    };
+    write("/proc/self/setgroups", "deny".into())?;
+    write("/proc/self/uid_map", format!("{uid} {uid} 1\n"))?;
+    write("/proc/self/gid_map", format!("{gid} {gid} 1\n"))?;
+    Ok(())
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `mount_setattr(2)`: `set` on the mount at `path` (relative to `dirfd`;
+/// the empty path is `dirfd` itself), recursively or not.
+fn mount_setattr(dirfd: RawFd, path: &Path, set: u64, recursive: bool) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let mut flags = if path.as_os_str().is_empty() {
+        libc::AT_EMPTY_PATH as libc::c_uint
+    } else {
+        0
+    };
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: the system call reads our C string and struct, which outlive it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dirfd,
+            c.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// A detached copy of the mount tree at `path`, opened without following
+/// any symlink on the way (a tenant could otherwise point its site root at
+/// another tenant's home and have the view bind that). None when the path
+/// does not exist.
+fn capture(path: &Path) -> Result<Option<OwnedFd>, String> {
+    let fd = match rustix::fs::openat2(
+        rustix::fs::CWD,
+        path,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(rustix::io::Errno::LOOP) => {
+            return Err(errno(
+                &path.display().to_string(),
+                "a symlink on the way (the view binds real paths only)",
+            ));
+        }
+        Err(e) => return Err(errno(&path.display().to_string(), e)),
+    };
+    rustix::mount::open_tree(
+        &fd,
+        "",
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_EMPTY_PATH
+            | OpenTreeFlags::AT_RECURSIVE,
+    )
+    .map(Some)
+    .map_err(|e| errno(&format!("copying the mount of {}", path.display()), e))
+}
+
+/// Makes the mount point `target` (a directory, or a file when `file`)
+/// exist, creating what is missing (only ever inside a tmpfs the view made:
+/// the rest of the tree is read-only by then).
+fn mount_point(target: &Path, file: bool) -> Result<(), String> {
+    if target.exists() {
+        return Ok(());
+    }
+    let made = if file {
+        target
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::File::create(target).map(drop))
+    } else {
+        std::fs::create_dir_all(target)
+    };
+    made.map_err(|e| errno(&format!("mount point {}", target.display()), e))
+}
+
+/// Builds the view, in this process's new mount namespace.
+fn build_view(mounts: &[Mount]) -> Result<(), String> {
+    use rustix::mount::MountPropagationFlags as P;
+    // Nothing mounted here reaches the host; the host's new mounts still
+    // reach the view.
+    rustix::mount::mount_change("/", P::DOWNSTREAM | P::REC)
+        .map_err(|e| errno("making / a downstream mount", e))?;
+    // What is bound back is copied before anything is hidden.
+    let mut copies: Vec<Option<OwnedFd>> = Vec::with_capacity(mounts.len());
+    for m in mounts {
+        copies.push(match m {
+            Mount::Hide(_) => None,
+            Mount::Show { path, required, .. } => match capture(path)? {
+                Some(fd) => Some(fd),
+                None if *required => {
+                    return Err(errno(
+                        &path.display().to_string(),
+                        "No such file or directory",
+                    ));
+                }
+                None => None,
+            },
+            Mount::Private { source, target } => {
+                if target.exists() {
+                    Some(capture(source)?.ok_or_else(|| {
+                        errno(&source.display().to_string(), "No such file or directory")
+                    })?)
+                } else {
+                    None
+                }
+            }
+        });
+    }
+    let null = capture(Path::new("/dev/null"))?;
+    mount_setattr(libc::AT_FDCWD, Path::new("/"), MOUNT_ATTR_RDONLY, true)
+        .map_err(|e| errno("making the system read-only", e))?;
+    let mut tmpfs: Vec<&Path> = Vec::new();
+    for (m, copy) in mounts.iter().zip(copies) {
+        match m {
+            Mount::Hide(path) => {
+                let Ok(md) = std::fs::symlink_metadata(path) else {
+                    continue;
+                };
+                if md.is_dir() {
+                    rustix::mount::mount(
+                        "tmpfs",
+                        path,
+                        "tmpfs",
+                        rustix::mount::MountFlags::NOSUID
+                            | rustix::mount::MountFlags::NODEV
+                            | rustix::mount::MountFlags::NOEXEC,
+                        Some(c"mode=0755,size=1m,nr_inodes=4096"),
+                    )
+                    .map_err(|e| errno(&format!("hiding {}", path.display()), e))?;
+                    tmpfs.push(path);
+                } else if let Some(null) = &null {
+                    let copy = rustix::mount::open_tree(
+                        null,
+                        "",
+                        OpenTreeFlags::OPEN_TREE_CLONE
+                            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                            | OpenTreeFlags::AT_EMPTY_PATH,
+                    )
+                    .map_err(|e| errno("copying /dev/null", e))?;
+                    attach(&copy, path)?;
+                }
+            }
+            Mount::Show {
+                path, read_only, ..
+            } => {
+                let Some(copy) = copy else { continue };
+                mount_point(path, !is_dir_fd(&copy))?;
+                if *read_only {
+                    mount_setattr(copy.as_raw_fd(), Path::new(""), MOUNT_ATTR_RDONLY, true)
+                        .map_err(|e| errno(&format!("read-only {}", path.display()), e))?;
+                }
+                attach(&copy, path)?;
+            }
+            Mount::Private { target, .. } => {
+                let Some(copy) = copy else { continue };
+                attach(&copy, target)?;
+            }
+        }
+    }
+    for path in tmpfs {
+        mount_setattr(libc::AT_FDCWD, path, MOUNT_ATTR_RDONLY, false)
+            .map_err(|e| errno(&format!("read-only {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
+fn is_dir_fd(fd: &OwnedFd) -> bool {
+    rustix::fs::fstat(fd).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+    })
+}
+
+/// Attaches a detached mount at `target`.
+fn attach(copy: &OwnedFd, target: &Path) -> Result<(), String> {
+    rustix::mount::move_mount(
+        copy,
+        "",
+        rustix::fs::CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| errno(&format!("mounting at {}", target.display()), e))
+}
+
+/// `ip link set lo up` in the new network namespace.
+fn loopback_up() -> io::Result<()> {
+    // SAFETY: a socket, and ioctls on it with an ifreq of our own.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let s = OwnedFd::from_raw_fd(s);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
