@@ -129,6 +129,8 @@ fn block_all_signals() {
 /// The outer process: namespaces, the view, then wait for the init.
 fn outer(plan: &Plan) -> ! {
     block_all_signals();
+    // What `ps` and /proc/PID/comm show (else "exe", from /proc/self/exe).
+    let _ = rustix::thread::set_name(c"berth-init");
     if let Some((uid, gid)) = plan.userns {
         if let Err(e) = enter_user_namespace(uid, gid) {
             fail(&e)

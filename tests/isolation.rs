@@ -1,0 +1,295 @@
+//! Isolation beyond the uid (issue 10, invariant 10), as root with real
+//! users, real apps and the kernel's own namespaces: every attack runs from
+//! inside a real app of tenant A (a shell or Python CGI script, a php-cgi
+//! page) and prints what happened; the test reads it.
+//!
+//! The homes live directly under `/home` (as on a real host), so "list
+//! /home" means what it says; each test removes what it made.
+mod common;
+use common::apps::*;
+use common::*;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const USER_A: &str = "berth-tisoa";
+const USER_B: &str = "berth-tisob";
+
+/// A home at `/home/NAME-PID`, removed when dropped.
+struct HomeUnderHome(Home);
+
+impl HomeUnderHome {
+    fn new(user: &'static str) -> HomeUnderHome {
+        let ids = ensure_user(user);
+        let path = PathBuf::from(format!("/home/{user}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(path.join("public")).unwrap();
+        for p in [&path, &path.join("public")] {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        HomeUnderHome(Home {
+            path,
+            user,
+            uid: ids.0,
+            gid: ids.1,
+        })
+    }
+}
+
+impl std::ops::Deref for HomeUnderHome {
+    type Target = Home;
+    fn deref(&self) -> &Home {
+        &self.0
+    }
+}
+
+impl Drop for HomeUnderHome {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0.path);
+    }
+}
+
+/// What tenant A's shell script tries, one `key=value` line each.
+const PROBE_CGI: &str = r#"#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+echo "uid=$(id -u)"
+echo "hostname=$(hostname)"
+echo "home_listing=$(ls /home | tr '\n' ' ')"
+if cat "$OTHER_FILE" >/dev/null 2>&1; then echo "other_file=read"; else echo "other_file=refused"; fi
+for p in "$STATE_DIR" "$LOG_DIR" "$CONFIG_FILE"; do
+  if [ -e "$p" ]; then echo "visible=$p"; fi
+done
+pids=""
+for d in /proc/[0-9]*; do pids="$pids $(basename $d):$(cat $d/comm 2>/dev/null)"; done
+echo "processes=$pids"
+echo "$MARK" > /tmp/berth-tiso-mark
+echo "tmp_mark=$(cat /tmp/berth-tiso-mark)"
+if touch /usr/berth-tiso-x 2>/dev/null; then echo "usr=written"; else echo "usr=refused"; fi
+"#;
+
+/// What tenant B's script sees of /tmp.
+const B_TMP_CGI: &str = r#"#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+if [ -e /tmp/berth-tiso-mark ]; then echo "b_sees=$(cat /tmp/berth-tiso-mark)"; else echo "b_sees=nothing"; fi
+"#;
+
+/// Lines `key=value` of a probe's answer.
+fn values(text: &str, key: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+        .map(str::to_string)
+        .collect()
+}
+
+fn value(text: &str, key: &str) -> String {
+    values(text, key).into_iter().next().unwrap_or_default()
+}
+
+/// Tenants ta (a.test) and tb (b.test) with a CGI app by extension each,
+/// and `extra` appended (more apps, routes, isolation settings).
+fn config(a: &Home, b: &Home, extra: &str) -> String {
+    let mut out = tenant_site("ta", a, "a.test");
+    out.push_str(
+        "\n[[tenant.ta.site.route]]\npath = \"/\"\napp = \"sh\"\nextensions = [\"cgi\"]\n",
+    );
+    out.push_str("\n[tenant.ta.app.sh]\nprotocol = \"cgi\"\n");
+    out.push_str(&tenant_site("tb", b, "b.test"));
+    out.push_str(
+        "\n[[tenant.tb.site.route]]\npath = \"/\"\napp = \"sh\"\nextensions = [\"cgi\"]\n",
+    );
+    out.push_str("\n[tenant.tb.app.sh]\nprotocol = \"cgi\"\n");
+    out.push_str(extra);
+    out
+}
+
+fn get_from(s: &Server, host: &str, path: &str) -> Resp {
+    get_host(s.addr(), host, path)
+}
+
+#[test]
+fn an_app_sees_its_own_tree_and_nothing_of_the_other_tenants() {
+    require_root();
+    let dir = Dir::new();
+    let a = HomeUnderHome::new(USER_A);
+    let b = HomeUnderHome::new(USER_B);
+    a.write("public/probe.cgi", PROBE_CGI, 0o755);
+    b.write("public/tmp.cgi", B_TMP_CGI, 0o755);
+    // What most shared hosts leave world-readable.
+    let secret = b.write(
+        "public/wp-config.php",
+        "<?php define('DB_PASSWORD', 'hunter2');",
+        0o644,
+    );
+    let mark = format!("mark-{}", std::process::id());
+    let env = format!(
+        "env = {{ OTHER_FILE = \"{}\", STATE_DIR = \"{}\", LOG_DIR = \"{}\", CONFIG_FILE = \"{}\", MARK = \"{mark}\" }}\n",
+        secret.display(),
+        dir.join("state").display(),
+        dir.join("log").display(),
+        dir.join("berth.toml").display(),
+    );
+    let cfg = config(&a, &b, "").replace(
+        "[tenant.ta.app.sh]\nprotocol = \"cgi\"\n",
+        &format!("[tenant.ta.app.sh]\nprotocol = \"cgi\"\n{env}"),
+    );
+    let s = start_tenants(&dir, &[&a, &b], &cfg);
+
+    let r = get_from(&s, "a.test", "/probe.cgi");
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+    let text = r.text();
+    // The script really ran as the tenant (the probe is not answering for
+    // berth), in its view.
+    assert_eq!(value(&text, "uid"), a.uid.to_string(), "{text}");
+    assert_eq!(value(&text, "hostname"), "ta", "{text}");
+    assert_eq!(value(&text, "other_file"), "refused", "{text}");
+    let home_name = a.path.file_name().unwrap().to_str().unwrap();
+    assert_eq!(value(&text, "home_listing").trim(), home_name, "{text}");
+    assert_eq!(values(&text, "visible"), Vec::<String>::new(), "{text}");
+    assert_eq!(value(&text, "usr"), "refused", "{text}");
+    // Only its own processes (and berth's init as pid 1).
+    let procs = value(&text, "processes");
+    let procs: Vec<&str> = procs.split_whitespace().collect();
+    assert!(procs.contains(&"1:berth-init"), "{procs:?}");
+    assert!(
+        procs.len() <= 6,
+        "more than the script's own processes: {procs:?}"
+    );
+    for p in &procs {
+        assert!(
+            !p.contains("php") && !p.contains(":berth") || *p == "1:berth-init",
+            "{procs:?}"
+        );
+    }
+    assert_eq!(value(&text, "tmp_mark"), mark, "{text}");
+    // /tmp is the tenant's: not the host's, not B's.
+    assert!(
+        !Path::new("/tmp/berth-tiso-mark").exists(),
+        "the app's /tmp is the host's"
+    );
+    let r = get_from(&s, "b.test", "/tmp.cgi");
+    assert_eq!(value(&r.text(), "b_sees"), "nothing", "{r:?}");
+    // And it is kept: the next run of A sees what the last one left.
+    let private = dir.join("state/private/ta/tmp/berth-tiso-mark");
+    assert_eq!(fs::read_to_string(&private).unwrap().trim(), mark);
+}
+
+/// A FastCGI client in Python: sends one request to the socket `argv[1]`
+/// naming `argv[2]` as SCRIPT_FILENAME and prints what came back on stdout.
+const FCGI_CLIENT_PY: &str = r#"
+import socket, struct, sys
+def rec(t, content):
+    return struct.pack('!BBHHBx', 1, t, 1, len(content), 0) + content
+def ln(n):
+    return bytes([n]) if n < 128 else struct.pack('!I', n | 0x80000000)
+def nv(k, v):
+    k, v = k.encode(), v.encode()
+    return ln(len(k)) + ln(len(v)) + k + v
+params = b''.join(nv(k, v) for k, v in [
+    ('SCRIPT_FILENAME', sys.argv[2]), ('SCRIPT_NAME', '/x.php'), ('REQUEST_URI', '/x.php'),
+    ('REQUEST_METHOD', 'GET'), ('SERVER_PROTOCOL', 'HTTP/1.1'), ('GATEWAY_INTERFACE', 'CGI/1.1'),
+    ('REDIRECT_STATUS', '200'), ('SERVER_NAME', 'a.test'), ('QUERY_STRING', '')])
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+s.sendall(rec(1, struct.pack('!HB5x', 1, 0)) + rec(4, params) + rec(4, b'') + rec(5, b''))
+buf, out = b'', b''
+while True:
+    d = s.recv(65536)
+    if not d:
+        break
+    buf += d
+    while len(buf) >= 8:
+        _, t, _, n, pad = struct.unpack('!BBHHB', buf[:7])
+        if len(buf) < 8 + n + pad:
+            break
+        if t == 6:
+            out += buf[8:8 + n]
+        buf = buf[8 + n + pad:]
+        if t == 3:
+            sys.stdout.write(out.decode('utf-8', 'replace'))
+            sys.exit(0)
+sys.stdout.write(out.decode('utf-8', 'replace'))
+"#;
+
+/// Runs the FastCGI client as the front end's user (what a compromised
+/// front end can do): its output.
+fn fastcgi_as_front_end(socket: &Path, script: &str) -> String {
+    let out = Command::new("runuser")
+        .args(["-u", "berth-tfront", "--", "python3", "-c", FCGI_CLIENT_PY])
+        .arg(socket)
+        .arg(script)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn a_front_end_naming_a_script_outside_the_tenants_tree_runs_nothing() {
+    require_root();
+    let dir = Dir::new();
+    let a = HomeUnderHome::new(USER_A);
+    let b = HomeUnderHome::new(USER_B);
+    a.write("public/a.php", "<?php echo 'A RAN';", 0o644);
+    a.write("public/php/start.php", "<?php echo 'started';", 0o644);
+    let b_php = b.write("public/b.php", "<?php echo 'B RAN as ', posix_getuid();", 0o644);
+    let extra = format!(
+        "\n[[tenant.ta.site.route]]\npath = \"/php/\"\napp = \"php\"\nextensions = [\"php\"]\n{}",
+        app_table("ta", "php", "fastcgi", &a.public(), &["/usr/bin/php-cgi"], "")
+    );
+    let s = start_tenants(&dir, &[&a, &b], &config(&a, &b, &extra));
+    // A file the front end's user can write and anyone can read: in /tmp.
+    let evil = format!("/tmp/berth-tiso-evil-{}.php", std::process::id());
+    let st = Command::new("runuser")
+        .args(["-u", "berth-tfront", "--", "sh", "-c"])
+        .arg(format!(
+            "echo \"<?php echo 'EVIL RAN as ', posix_getuid();\" > {evil} && chmod 644 {evil}"
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    struct Rm(String);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = fs::remove_file(&self.0);
+        }
+    }
+    let _rm = Rm(evil.clone());
+
+    // Start the app through the front door, then find its socket.
+    let r = get_from(&s, "a.test", "/php/start.php");
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+    let socket = fs::read_dir(dir.join("state/apps"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("ta.php."))
+        .expect("the php app's socket");
+    // php-cgi serves one connection at a time and the front end keeps its
+    // own open: the front end goes (it is restarted), as a compromised one
+    // that drops its connections would.
+    let front = s.front_pid();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(front as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // The client works: A's own page runs.
+    let own = fastcgi_as_front_end(&socket, a.join("public/a.php").to_str().unwrap());
+    assert!(own.contains("A RAN"), "{own}");
+    // Whatever the front end planted, and B's scripts, do not.
+    for script in [evil.as_str(), b_php.to_str().unwrap()] {
+        let out = fastcgi_as_front_end(&socket, script);
+        assert!(
+            !out.contains("RAN"),
+            "{script} ran as tenant A through its socket:\n{out}"
+        );
+        assert!(out.contains("No input file specified"), "{script}: {out}");
+    }
+}
