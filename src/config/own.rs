@@ -359,8 +359,11 @@ impl Layers {
             let why = match k {
                 "app" | "route" => continue,
                 "site" | "limits" | "isolation" if scope == Scope::Tenant => continue,
-                "site" | "limits" | "isolation" => {
-                    "a site's berth.toml takes app and route (its routes are this site's); limits and isolation belong to the tenant"
+                "site" | "limits" => {
+                    "a site's berth.toml takes app and route (its routes are this site's); limits belong to the tenant"
+                }
+                "isolation" => {
+                    "a site's berth.toml takes app and route; [isolation] belongs to the tenant (an app's own isolation table may tighten it)"
                 }
                 "user" | "home" | "own_config" | "allowed_commands" | "locked"
                 | "error_log_rate" | "error_log_max" => {
