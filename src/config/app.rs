@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::isolation::Layered;
 use super::reader::{At, TableReader, Walk};
 use super::{Origin, bounded, duration, resolve_path};
 
@@ -121,8 +122,9 @@ pub struct App {
     pub origin: Origin,
     /// Defined by the tenant's own file (checked there, as the tenant's).
     pub own: bool,
-    /// How its processes are isolated (resolved: defaults, tenant, app,
-    /// enforce).
+    /// How its processes are isolated (see `config/isolation.rs`: built-in,
+    /// `[defaults.isolation]`, the tenant's, its own, the own file's, then
+    /// `[enforce.isolation]`). Filled in by the caller of `read_app`.
     pub isolation: crate::isolation::Settings,
 }
 
@@ -212,11 +214,21 @@ pub(super) fn read_pool(mut t: TableReader<'_>, base: Pool) -> Pool {
     pool
 }
 
-/// Reads every `[tenant.T.app.NAME]` table.
-pub fn read_apps(t: TableReader<'_>, defaults: &Pool) -> Vec<App> {
+/// Reads every `[tenant.T.app.NAME]` table; each app's `isolation` table
+/// layers over `isolation` (the tenant's).
+pub fn read_apps(t: TableReader<'_>, defaults: &Pool, isolation: &Layered) -> Vec<App> {
     t.into_named_tables()
         .into_iter()
-        .filter_map(|(name, at)| read_app(name, at, defaults, AppDir::Written))
+        .filter_map(|(name, mut at)| {
+            let walk = at.walk();
+            let layer = at.table("isolation").map(super::isolation::read_layer);
+            let layered = isolation.over(walk, layer.as_ref());
+            let bind_at = at.place("bind");
+            let mut app = read_app(name, at, defaults, AppDir::Written)?;
+            super::isolation::check_bind(walk, &app, bind_at, &layered);
+            app.isolation = layered.settings;
+            Some(app)
+        })
         .collect()
 }
 

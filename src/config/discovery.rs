@@ -36,6 +36,7 @@ use std::time::Duration;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use super::app::{self, App, AppDir};
+use super::isolation::Enforce;
 use super::limits::Ceiling;
 use super::reader::TableReader;
 use super::{
@@ -222,9 +223,19 @@ fn read_handlers(t: TableReader<'_>, defaults: &Defaults) -> Vec<Handler> {
                 .ok(),
         };
         let command_at = h.place("command");
-        let Some(app) = app::read_app(name.clone(), h, &defaults.pool, AppDir::Home) else {
+        if h.place("isolation").is_some() {
+            h.problem(
+                "isolation",
+                "discovered apps take [defaults.isolation]; a handler has no isolation table of its own",
+            );
+            h.skip("isolation");
+        }
+        let bind_at = h.place("bind");
+        let Some(mut app) = app::read_app(name.clone(), h, &defaults.pool, AppDir::Home) else {
             continue;
         };
+        super::isolation::check_bind(walk, &app, bind_at, &defaults.isolation);
+        app.isolation = defaults.isolation.settings.clone();
         let (Some(route), true) = (route, ok) else {
             continue;
         };
@@ -685,7 +696,7 @@ pub(super) fn merge(
     scan: &Scan,
     server: &Server,
     defaults: &Defaults,
-    ceiling: &Ceiling,
+    (ceiling, enforced): (&Ceiling, &Enforce),
     tenants: &mut Vec<Tenant>,
 ) -> Discovered {
     let mut notes = Vec::new();
@@ -709,6 +720,16 @@ pub(super) fn merge(
     // (What [enforce] lowers in [defaults] is the same for every tenant
     // made here; `berth check` notes it for the administrator's.)
     let _ = ceiling.apply("", &mut limits);
+    // And what [enforce.isolation] changes in [defaults.isolation]: the
+    // handlers' apps and the tenants made here take it alone.
+    let mut settings = defaults.isolation.settings.clone();
+    let _ = enforced.apply(&mut settings);
+    let handler_app = |h: &Handler, dir: &Path| {
+        let mut app = h.app.clone();
+        app.dir = dir.to_path_buf();
+        app.isolation = settings.clone();
+        app
+    };
     let mut users = Directory::new(scan);
     // Sites by the administrator's tenant (index), and new tenants by name.
     let mut joined: Vec<(usize, Site)> = Vec::new();
@@ -816,15 +837,7 @@ pub(super) fn merge(
                 home: d.root.clone(),
                 resolved: true,
                 sites: Vec::new(),
-                apps: d
-                    .handlers
-                    .iter()
-                    .map(|h| {
-                        let mut app = h.app.clone();
-                        app.dir = d.root.clone();
-                        app
-                    })
-                    .collect(),
+                apps: d.handlers.iter().map(|h| handler_app(h, &d.root)).collect(),
                 limits,
                 origin: Origin {
                     file: dir.clone(),
@@ -838,6 +851,7 @@ pub(super) fn merge(
                 own: None,
                 allowed_commands: defaults.allowed_commands.clone(),
                 locked: Vec::new(),
+                isolation: settings.clone(),
             });
             made.len() - 1
         });
@@ -850,8 +864,7 @@ pub(super) fn merge(
             // An app of the administrator's of that name serves it (the
             // administrator's configuration wins).
             if !tenant.apps.iter().any(|a| a.name == h.app.name) {
-                let mut app = h.app.clone();
-                app.dir = tenant.home.clone();
+                let app = handler_app(h, &tenant.home);
                 tenant.apps.push(app);
             }
         }

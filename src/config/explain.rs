@@ -1,7 +1,7 @@
 //! `berth check --tenant NAME --explain`: a tenant's effective configuration,
 //! every value with where it comes from (built-in, `[defaults]`, the
-//! administrator's block, the tenant's own file, `[enforce]`), and every
-//! override that was refused. It answers the question an administrator is
+//! administrator's block, the tenant's own file, `[enforce]`), each app's
+//! isolation with it, and every override that was refused. It answers the question an administrator is
 //! asked most: "my setting does nothing".
 //!
 //! Values are the ones berth runs on (the loaded [`Config`]); origins are
@@ -16,7 +16,7 @@ use super::app::{POOL_KEYS, Pool};
 use super::own::OwnState;
 use super::problem::printable;
 use super::reader::Source;
-use super::{Action, App, Config, show_duration};
+use super::{Action, App, Config, isolation, show_duration};
 
 /// Where each key of one file is, dotted (`tenant.alice.limits.memory`).
 struct Lines {
@@ -112,6 +112,11 @@ pub fn explain(config: &Config, name: &str) -> Result<String, String> {
         .iter()
         .filter(|n| n.why.starts_with(&format!("lowers tenant {name}'s ")))
         .collect();
+    let changed: Vec<&super::Problem> = config
+        .notes
+        .iter()
+        .filter(|n| n.why.starts_with(&format!("sets tenant {name}'s app ")))
+        .collect();
     let _ = writeln!(w, "\nlimits");
     for (k, value) in t.limits.shown() {
         let enforced = lowered
@@ -158,6 +163,41 @@ pub fn explain(config: &Config, name: &str) -> Result<String, String> {
                 )])
             };
             row(w, k, &value, &origin);
+        }
+        let handler = config.discovery.as_ref().is_some_and(|d| {
+            d.settings.handlers.iter().any(|h| {
+                h.app.origin.file == app.origin.file && h.app.origin.line == app.origin.line
+            })
+        });
+        for (k, value) in isolation::shown(&app.isolation) {
+            let key = format!("isolation.{k}");
+            let note = changed.iter().find(|n| {
+                n.key == format!("enforce.isolation.{k}")
+                    && n.why
+                        .starts_with(&format!("sets tenant {name}'s app {} ", app.name))
+            });
+            let origin = match (note, config.layers.isolation.place(k)) {
+                (Some(n), _) => format!("enforce {}:{} ({})", n.file.display(), n.line, n.why),
+                (None, Some(p)) => format!("enforce {p}"),
+                (None, None) => {
+                    let mut layers = Vec::new();
+                    if !handler {
+                        layers.push((own.as_ref(), format!("app.{}.{key}", app.name), "own file"));
+                        layers.push((own.as_ref(), key.clone(), "own file"));
+                        if !app.own {
+                            layers.push((
+                                Some(&block),
+                                format!("{prefix}.app.{}.{key}", app.name),
+                                "admin block",
+                            ));
+                        }
+                        layers.push((Some(&block), format!("{prefix}.{key}"), "admin block"));
+                    }
+                    layers.push((Some(&main), format!("defaults.{key}"), "defaults"));
+                    origin(&layers)
+                }
+            };
+            row(w, &key, &value, &origin);
         }
     }
 
@@ -208,7 +248,7 @@ pub fn explain(config: &Config, name: &str) -> Result<String, String> {
         .flat_map(|o| o.problems.iter().map(|p| p.to_string()))
         .collect();
     let _ = writeln!(w, "\nrefused");
-    if refused.is_empty() && lowered.is_empty() {
+    if refused.is_empty() && lowered.is_empty() && changed.is_empty() {
         let _ = writeln!(w, "  nothing");
     }
     for p in refused {
@@ -216,6 +256,9 @@ pub fn explain(config: &Config, name: &str) -> Result<String, String> {
     }
     for n in lowered {
         let _ = writeln!(w, "  {n} (by [enforce.limits])");
+    }
+    for n in changed {
+        let _ = writeln!(w, "  {n} (by [enforce.isolation])");
     }
     Ok(out)
 }
@@ -232,7 +275,7 @@ fn origin(layers: &[(Option<&Lines>, String, &str)]) -> String {
 }
 
 fn row(w: &mut String, key: &str, value: &str, origin: &str) {
-    let _ = writeln!(w, "  {key:<18} {value:<28} {origin}");
+    let _ = writeln!(w, "  {key:<20} {value:<28} {origin}");
 }
 
 /// An app's keys and values as a user writes them.

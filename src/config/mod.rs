@@ -12,7 +12,8 @@
 //! only once). App pool settings and tenants' limits layer built-in defaults →
 //! `[defaults.app]` / `[defaults.limits]` → the app's or tenant's own table
 //! (`app.rs`, `limits.rs`), a tenant's error log limits built-in defaults →
-//! `[server]` → its block.
+//! `[server]` → its block, an app's isolation built-in → `[defaults.isolation]`
+//! → the tenant's → the app's (`isolation.rs`).
 //!
 //! Disk checks (roots, certificates, htpasswd files, users) happen here too, so
 //! `berth check` and `berth serve` agree on what is valid.
@@ -21,6 +22,7 @@ mod app;
 mod control;
 pub mod discovery;
 pub mod explain;
+pub mod isolation;
 mod limits;
 mod log_rotate;
 pub mod own;
@@ -251,6 +253,10 @@ pub struct Tenant {
     /// Keys of its own file the administrator locked for it (`locked` of its
     /// block; `[enforce] locked` applies to every tenant).
     pub locked: Vec<own::Lock>,
+    /// What its apps' isolation starts from: `[defaults.isolation]` and its
+    /// block's `isolation` (and its own file's, and `[enforce.isolation]`);
+    /// each app has its own in [`App::isolation`].
+    pub isolation: crate::isolation::Settings,
 }
 
 /// A name-based virtual host.
@@ -405,6 +411,7 @@ pub fn load_with(path: &Path, previous: Option<&Config>) -> Result<Config, Probl
     let mut server = None;
     let mut defaults = Defaults::default();
     let mut ceiling = limits::Ceiling::default();
+    let mut enforced = isolation::Enforce::default();
     let mut locks = Vec::new();
     let mut discovery = None;
 
@@ -438,6 +445,8 @@ pub fn load_with(path: &Path, previous: Option<&Config>) -> Result<Config, Probl
                     if let Some(t) = d.table("limits") {
                         defaults.limits = limits::read_limits(t, Limits::default());
                     }
+                    let layer = d.table("isolation").map(isolation::read_layer);
+                    defaults.isolation = defaults.isolation.over(&walk, layer.as_ref());
                     defaults.own_config = own::read_own_config(&mut d);
                     defaults.allowed_commands = own::read_allowed_commands(&mut d);
                     d.finish();
@@ -452,6 +461,9 @@ pub fn load_with(path: &Path, previous: Option<&Config>) -> Result<Config, Probl
                 if let Some(mut e) = top.table("enforce") {
                     if let Some(t) = e.table("limits") {
                         ceiling = limits::read_ceiling(t);
+                    }
+                    if let Some(t) = e.table("isolation") {
+                        enforced = isolation::read_enforce(t);
                     }
                     locks = own::read_locks(&mut e);
                     e.finish();
@@ -469,13 +481,32 @@ pub fn load_with(path: &Path, previous: Option<&Config>) -> Result<Config, Probl
     let mut problems = problems.into_inner();
     // The admin's problems first: own files layer over a valid admin layer.
     validate(&server, &tenants, &mut problems);
+    let handlers = discovery.iter().flat_map(|d| &d.handlers);
+    enforced.check_apps(
+        tenants
+            .iter()
+            .flat_map(|t| {
+                t.apps
+                    .iter()
+                    .map(move |a| (format!("tenant {}'s app {}", t.name, a.name), a))
+            })
+            .chain(handlers.map(|h| (format!("discovery handler {}", h.app.name), &h.app))),
+        &mut problems,
+    );
     let mut discovery_notes = Vec::new();
     // Discovered sites join a valid configuration, after the
     // administrator's tenants; nothing found there makes it invalid.
     let discovered = match discovery {
         Some(d) if problems.is_empty() => match discovery::scan(&d.root, d.min_uid) {
             Ok(scan) => {
-                let found = discovery::merge(&d, &scan, &server, &defaults, &ceiling, &mut tenants);
+                let found = discovery::merge(
+                    &d,
+                    &scan,
+                    &server,
+                    &defaults,
+                    (&ceiling, &enforced),
+                    &mut tenants,
+                );
                 discovery_notes = found.notes.clone();
                 Some(found)
             }
@@ -495,6 +526,7 @@ pub fn load_with(path: &Path, previous: Option<&Config>) -> Result<Config, Probl
         main: path.to_path_buf(),
         pool: defaults.pool.clone(),
         ceiling,
+        isolation: enforced,
         locks,
         admin: tenants.clone(),
         root: rustix::process::geteuid().is_root(),
@@ -577,6 +609,8 @@ struct Defaults {
     /// `[defaults] own_config`: every tenant's own file, `~/` being its home.
     own_config: Option<At<own::OwnPath>>,
     allowed_commands: Vec<PathBuf>,
+    /// `[defaults.isolation]` over the built-in settings.
+    isolation: isolation::Layered,
 }
 
 /// An included file may only define tenants.
@@ -1218,9 +1252,11 @@ fn read_tenants(t: TableReader<'_>, defaults: &Defaults, tenants: &mut Vec<Tenan
         }
         let locked = own::read_locks(&mut tt);
         let error_log = read_error_log(&mut tt, defaults.error_log);
+        let layer = tt.table("isolation").map(isolation::read_layer);
+        let isolation = defaults.isolation.over(walk, layer.as_ref());
         let apps = tt
             .table("app")
-            .map(|t| app::read_apps(t, &defaults.pool))
+            .map(|t| app::read_apps(t, &defaults.pool, &isolation))
             .unwrap_or_default();
         let limits = tt
             .table("limits")
@@ -1264,6 +1300,7 @@ fn read_tenants(t: TableReader<'_>, defaults: &Defaults, tenants: &mut Vec<Tenan
             own: None,
             allowed_commands,
             locked,
+            isolation: isolation.settings,
         };
         match nix::unistd::User::from_name(&user.value) {
             Ok(Some(u)) => {

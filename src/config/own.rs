@@ -10,7 +10,10 @@
 //!   `[[site]] host = ...` with `[[site.route]]`: routes added to the
 //!   administrator's sites, never replacing one of its routes nor reaching
 //!   under a path it protects with a password;
-//! - `[limits]`: lower only.
+//! - `[limits]`: lower only;
+//! - `[isolation]` and `[app.NAME.isolation]`: tighten only
+//!   (`namespaces = true`, `seccomp = "on"`, `network = "none"`; see
+//!   `config/isolation.rs`).
 //!
 //! Nothing else: not host names, certificates, roots, its user, listeners,
 //! nor anything of another tenant. The administrator can lock any key
@@ -167,6 +170,8 @@ pub struct Layers {
     /// `[defaults.app]`: what the pool of an app of an own file starts from.
     pub pool: Pool,
     pub ceiling: Ceiling,
+    /// `[enforce.isolation]`.
+    pub isolation: super::isolation::Enforce,
     /// `[enforce] locked`.
     pub locks: Vec<Lock>,
     /// Every tenant as the administrator's files define it, before its own
@@ -186,7 +191,7 @@ impl Layers {
     /// `berth.toml`), then `[enforce]`. `previous` is the tenant as the
     /// configuration in use has it: the text of a file in use there stays
     /// in use if the file is now refused. Returns the notes of what
-    /// `[enforce.limits]` lowered.
+    /// `[enforce.limits]` lowered and `[enforce.isolation]` changed.
     pub fn finish(&self, t: &mut Tenant, previous: Option<&Tenant>) -> Vec<Problem> {
         let kept_text = |kept: Option<&OwnFile>, path: &Path| {
             kept.filter(|k| k.path == path).and_then(|k| k.used.clone())
@@ -206,7 +211,8 @@ impl Layers {
             let own = self.layer(t, path, kept, Scope::Site(i));
             t.sites[i].own = Some(own);
         }
-        self.ceiling
+        let mut notes: Vec<Problem> = self
+            .ceiling
             .apply(&t.name, &mut t.limits)
             .into_iter()
             .map(|l| Problem {
@@ -218,7 +224,9 @@ impl Layers {
                     l.tenant, l.from, l.to
                 ),
             })
-            .collect()
+            .collect();
+        notes.extend(self.isolation.apply_to(t));
+        notes
     }
 
     /// Tenant `name` again, its own files read anew (`berth ctl reload`),
@@ -350,9 +358,12 @@ impl Layers {
         for k in r.keys() {
             let why = match k {
                 "app" | "route" => continue,
-                "site" | "limits" if scope == Scope::Tenant => continue,
+                "site" | "limits" | "isolation" if scope == Scope::Tenant => continue,
                 "site" | "limits" => {
                     "a site's berth.toml takes app and route (its routes are this site's); limits belong to the tenant"
+                }
+                "isolation" => {
+                    "a site's berth.toml takes app and route; [isolation] belongs to the tenant (an app's own isolation table may tighten it)"
                 }
                 "user" | "home" | "own_config" | "allowed_commands" | "locked"
                 | "error_log_rate" | "error_log_max" => {
@@ -360,9 +371,9 @@ impl Layers {
                 }
                 "server" | "defaults" | "enforce" | "tenant" | "include" | "discovery"
                 | "listen" | "tls_listen" | "cluster" => {
-                    "a tenant's own file cannot change berth's settings or another tenant's; it takes app, route, site and limits"
+                    "a tenant's own file cannot change berth's settings or another tenant's; it takes app, route, site, limits and isolation"
                 }
-                _ => "unknown key; a tenant's own file takes: app, route, site, limits",
+                _ => "unknown key; a tenant's own file takes: app, route, site, limits, isolation",
             };
             r.problem(k, why);
         }
@@ -410,6 +421,26 @@ impl Layers {
             }
             t.limits = mine;
         }
+        // `network = "none"` written here: [isolation]'s, and each app's.
+        let mut closed: Vec<(Option<String>, super::isolation::Place)> = Vec::new();
+        if scope == Scope::Tenant
+            && let Some(it) = r.table("isolation")
+        {
+            let mut targets = vec![("your apps".to_string(), &base.isolation)];
+            targets.extend(
+                base.apps
+                    .iter()
+                    .map(|a| (format!("app {:?}", a.name), &a.isolation)),
+            );
+            let layer = super::isolation::read_own(it, &targets);
+            layer.apply(&mut t.isolation);
+            for app in &mut t.apps {
+                layer.apply(&mut app.isolation);
+            }
+            if let Some(p) = layer.closes_network() {
+                closed.push((None, p.clone()));
+            }
+        }
         if let Some(at) = r.table("app") {
             let apps = at.into_named_tables();
             if apps.len() > MAX_OWN_APPS {
@@ -420,7 +451,18 @@ impl Layers {
                 );
             }
             for (name, a) in apps {
-                self.own_app(name, a, &mut t, &home);
+                if let Some(p) = self.own_app(name.clone(), a, &mut t, base, &home) {
+                    closed.push((Some(name), p));
+                }
+            }
+        }
+        for app in &t.apps {
+            let place = closed
+                .iter()
+                .find(|(name, _)| name.as_ref() == Some(&app.name))
+                .or_else(|| closed.iter().find(|(name, _)| name.is_none()));
+            if let Some((_, p)) = place {
+                super::isolation::check_own(&walk, app, p);
             }
         }
         // Kept running whatever the load: together, no more than the
@@ -506,9 +548,18 @@ impl Layers {
         }
     }
 
-    /// `[app.NAME]`: the pool settings of the administrator's app NAME, or a
-    /// new app, whose program and directory must be the tenant's.
-    fn own_app(&self, name: String, mut a: TableReader<'_>, t: &mut Tenant, home: &Path) {
+    /// `[app.NAME]`: the pool settings of the administrator's app NAME (and
+    /// its isolation, tightened), or a new app, whose program and directory
+    /// must be the tenant's. `base` is the tenant before this file. Returns
+    /// where its `isolation` table sets `network = "none"`, if it does.
+    fn own_app(
+        &self,
+        name: String,
+        mut a: TableReader<'_>,
+        t: &mut Tenant,
+        base: &Tenant,
+        home: &Path,
+    ) -> Option<super::isolation::Place> {
         let walk = a.walk();
         if let Some(existing) = t.apps.iter().find(|x| x.name == name && x.own) {
             walk.problem(
@@ -516,16 +567,17 @@ impl Layers {
                 a.key(),
                 format!("app {name:?} is defined already, by {}", existing.origin),
             );
-            return;
+            return None;
         }
+        let who = format!("app {name:?}");
         if let Some(existing) = t.apps.iter_mut().find(|x| x.name == name) {
             let mut tuned = true;
             for k in a.keys() {
-                if !POOL_KEYS.contains(&k) {
+                if !POOL_KEYS.contains(&k) && k != "isolation" {
                     a.problem(
                         k,
                         format!(
-                            "app {name:?} is the administrator's ({}); your file may only tune its pool settings: {}",
+                            "app {name:?} is the administrator's ({}); your file may only tune its pool settings ({}) and tighten its isolation",
                             existing.origin,
                             POOL_KEYS.join(", ")
                         ),
@@ -533,11 +585,24 @@ impl Layers {
                     tuned = false;
                 }
             }
+            let admin = base
+                .apps
+                .iter()
+                .find(|x| x.name == name)
+                .map_or(&existing.isolation, |x| &x.isolation);
+            let layer = a
+                .table("isolation")
+                .map(|it| super::isolation::read_own(it, &[(who, admin)]));
             if tuned {
                 existing.pool = app::read_pool(a, existing.pool.clone());
             }
-            return;
+            let layer = layer?;
+            layer.apply(&mut existing.isolation);
+            return layer.closes_network().cloned();
         }
+        let layer = a
+            .table("isolation")
+            .map(|it| super::isolation::read_own(it, &[(who, &base.isolation)]));
         if a.place("open_port").is_some() {
             a.problem(
                 "open_port",
@@ -547,10 +612,12 @@ impl Layers {
         }
         let command_at = a.place("command");
         let dir_at = a.place("dir");
-        let Some(mut app) = app::read_app(name, a, &self.pool, app::AppDir::Written) else {
-            return;
-        };
+        let mut app = app::read_app(name, a, &self.pool, app::AppDir::Written)?;
         app.own = true;
+        app.isolation = t.isolation.clone();
+        if let Some(layer) = &layer {
+            layer.apply(&mut app.isolation);
+        }
         if let (Some(program), Some((line, key))) = (app.command.first(), &command_at) {
             let program = PathBuf::from(program);
             if !inside(&program, home) && !t.allowed_commands.contains(&program) {
@@ -572,7 +639,7 @@ impl Layers {
                         home.display()
                     ),
                 );
-                return;
+                return None;
             }
             // Checked as root from here on (suEXEC's checks): only where the
             // tenant could look itself, so that no answer tells it about a
@@ -582,7 +649,7 @@ impl Layers {
                 && let Err(why) = beneath(home, &program, false)
             {
                 walk.problem(*line, key, why);
-                return;
+                return None;
             }
         }
         if !app.dir.as_os_str().is_empty()
@@ -593,7 +660,7 @@ impl Layers {
                 .clone()
                 .unwrap_or((app.origin.line, format!("app.{}", app.name)));
             walk.problem(line, &key, why);
-            return;
+            return None;
         }
         if !app.dir.as_os_str().is_empty() && !inside(&app.dir, home) {
             let (line, key) = dir_at.unwrap_or((app.origin.line, format!("app.{}", app.name)));
@@ -606,7 +673,7 @@ impl Layers {
                     home.display()
                 ),
             );
-            return;
+            return None;
         }
         if app.dir.as_os_str().is_empty() {
             app.dir = home.to_path_buf();
@@ -635,10 +702,11 @@ impl Layers {
                     &format!("app.{}", app.name),
                     format!("would not start: {refused}"),
                 );
-                return;
+                return None;
             }
         }
         t.apps.push(app);
+        layer.and_then(|l| l.closes_network().cloned())
     }
 
     /// One route of the own file, on the site `at` says.
@@ -1157,7 +1225,8 @@ pub(super) fn read_locks(t: &mut TableReader<'_>) -> Vec<Lock> {
                 || (!s.is_empty()
                     && s.chars()
                         .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-        }) && ["app", "route", "site", "limits"].contains(&pattern[0].as_str());
+        }) && ["app", "route", "site", "limits", "isolation"]
+            .contains(&pattern[0].as_str());
         if valid {
             out.push(Lock {
                 pattern,
@@ -1169,7 +1238,7 @@ pub(super) fn read_locks(t: &mut TableReader<'_>) -> Vec<Lock> {
                 at.line,
                 &at.key,
                 format!(
-                    "{p:?} is not a key of a tenant's own file: a dotted key such as \"limits\", \"app.*.env\" or \"route\" (app, route, site or limits first; * is any name)"
+                    "{p:?} is not a key of a tenant's own file: a dotted key such as \"limits\", \"app.*.env\" or \"route\" (app, route, site, limits or isolation first; * is any name)"
                 ),
             );
         }

@@ -430,6 +430,7 @@ mod tests {
             own: None,
             allowed_commands: Vec::new(),
             locked: Vec::new(),
+            isolation: Default::default(),
             apps: Vec::new(),
             limits: crate::config::Limits::default(),
             origin: crate::config::Origin {
