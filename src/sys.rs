@@ -317,7 +317,7 @@ mod app {
                 AppStep::NoNewPrivs => "no_new_privs",
                 AppStep::Execve => "execve",
                 AppStep::Seccomp => "installing the seccomp filter",
-                AppStep::Isolation => "isolation",
+                AppStep::Isolation => "isolation (berth's init)",
             })
         }
     }

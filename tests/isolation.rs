@@ -293,3 +293,220 @@ fn a_front_end_naming_a_script_outside_the_tenants_tree_runs_nothing() {
         assert!(out.contains("No input file specified"), "{script}: {out}");
     }
 }
+
+/// Tries what the seccomp filter refuses, as raw system calls.
+const SYSCALLS_PY: &str = r#"#!/usr/bin/python3
+import ctypes, errno, platform, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+NR = {
+    'x86_64': {'ptrace': 101, 'unshare': 272, 'keyctl': 250, 'finit_module': 313, 'getpid': 39},
+    'aarch64': {'ptrace': 117, 'unshare': 97, 'keyctl': 219, 'finit_module': 273, 'getpid': 172},
+}[platform.machine()]
+def call(name, *args):
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(NR[name]), *[ctypes.c_long(a) for a in args])
+    return 'ok' if r >= 0 else errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
+print('Content-Type: text/plain\n')
+sibling = subprocess.Popen(['sleep', '10'])
+print('ptrace=' + call('ptrace', 16, sibling.pid, 0, 0))
+sibling.kill()
+print('unshare=' + call('unshare', 0x10000000))
+print('keyctl=' + call('keyctl', 0, -4, 0))
+print('finit_module=' + call('finit_module', -1, 0, 0))
+print('getpid=' + call('getpid'))
+"#;
+
+#[test]
+fn the_filter_answers_eperm_from_inside_an_app_and_its_escape_hatches_work() {
+    require_root();
+    let dir = Dir::new();
+    let a = HomeUnderHome::new(USER_A);
+    let b = HomeUnderHome::new(USER_B);
+    for d in ["filtered", "ptrace", "off"] {
+        a.write(&format!("public/{d}/calls.py"), SYSCALLS_PY, 0o755);
+    }
+    let mut extra = String::new();
+    for (d, isolation) in [
+        ("filtered", ""),
+        ("ptrace", "allow = [\"ptrace\"]"),
+        ("off", "seccomp = \"off\""),
+    ] {
+        extra.push_str(&format!(
+            "\n[[tenant.ta.site.route]]\npath = \"/{d}/\"\napp = \"{d}\"\nextensions = [\"py\"]\n\n[tenant.ta.app.{d}]\nprotocol = \"cgi\"\n\n[tenant.ta.app.{d}.isolation]\n{isolation}\n"
+        ));
+    }
+    let s = start_tenants(&dir, &[&a, &b], &config(&a, &b, &extra));
+    let answers = |d: &str| {
+        let r = get_from(&s, "a.test", &format!("/{d}/calls.py"));
+        assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+        r.text()
+    };
+    let filtered = answers("filtered");
+    for call in ["ptrace", "unshare", "keyctl", "finit_module"] {
+        assert_eq!(value(&filtered, call), "EPERM", "{call}: {filtered}");
+    }
+    assert_eq!(value(&filtered, "getpid"), "ok", "{filtered}");
+    // `allow` lets exactly the named call through.
+    let ptrace = answers("ptrace");
+    assert_eq!(value(&ptrace, "ptrace"), "ok", "{ptrace}");
+    assert_eq!(value(&ptrace, "unshare"), "EPERM", "{ptrace}");
+    // With the filter off, the kernel answers (the calls were refused by
+    // the filter, not by the kernel; loading a module stays the kernel's
+    // EPERM for a tenant).
+    let off = answers("off");
+    for call in ["ptrace", "unshare", "keyctl"] {
+        assert_eq!(value(&off, call), "ok", "{call}: {off}");
+    }
+}
+
+/// Connects to 127.0.0.1:$PORT_TO, which berth's listener holds on the host.
+const CONNECT_PY: &str = r#"#!/usr/bin/python3
+import errno, os, socket
+print('Content-Type: text/plain\n')
+s = socket.socket()
+s.settimeout(5)
+try:
+    s.connect(('127.0.0.1', int(os.environ['PORT_TO'])))
+    print('connect=ok')
+except OSError as e:
+    print('connect=' + str(errno.errorcode.get(e.errno, e)))
+"#;
+
+#[test]
+fn network_none_refuses_an_outbound_connection() {
+    require_root();
+    let dir = Dir::new();
+    let a = HomeUnderHome::new(USER_A);
+    let b = HomeUnderHome::new(USER_B);
+    for d in ["online", "offline"] {
+        a.write(&format!("public/{d}/net.py"), CONNECT_PY, 0o755);
+    }
+    let (block, port, tls_port) = server(&dir);
+    let mut extra = String::new();
+    for (d, network) in [("online", "host"), ("offline", "none")] {
+        extra.push_str(&format!(
+            "\n[[tenant.ta.site.route]]\npath = \"/{d}/\"\napp = \"{d}\"\nextensions = [\"py\"]\n\n[tenant.ta.app.{d}]\nprotocol = \"cgi\"\nenv = {{ PORT_TO = \"{port}\" }}\n\n[tenant.ta.app.{d}.isolation]\nnetwork = \"{network}\"\n"
+        ));
+    }
+    a.own();
+    b.own();
+    let s = Server::start(
+        &dir,
+        &format!("{block}{}", config(&a, &b, &extra)),
+        port,
+        tls_port,
+    );
+    let r = get_from(&s, "a.test", "/online/net.py");
+    assert_eq!(value(&r.text(), "connect"), "ok", "{r:?}\n{}", s.output());
+    let r = get_from(&s, "a.test", "/offline/net.py");
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+    assert_eq!(value(&r.text(), "connect"), "ECONNREFUSED", "{r:?}");
+}
+
+/// A CGI program mounted at a path: says it ran.
+const RAN_CGI: &str = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\nran\\n'\n";
+
+#[test]
+fn a_site_root_swapped_for_a_symlink_refuses_to_start_the_app_and_says_why() {
+    require_root();
+    let dir = Dir::new();
+    let a = HomeUnderHome::new(USER_A);
+    let b = HomeUnderHome::new(USER_B);
+    a.write("bin/ran.cgi", RAN_CGI, 0o755);
+    b.write("public/secret.txt", "B's secret\n", 0o644);
+    // A's second site has its root outside A's home, in a directory A owns.
+    let outside = PathBuf::from(format!("/home/berth-tisor-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&outside);
+    fs::create_dir_all(outside.join("public")).unwrap();
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(outside.clone());
+    let extra = format!(
+        "\n[[tenant.ta.site]]\nhosts = [\"a2.test\"]\nroot = \"{root}\"\n\n[[tenant.ta.site.route]]\npath = \"/run/\"\napp = \"ran\"\n{app}",
+        root = outside.join("public").display(),
+        app = app_table("ta", "ran", "cgi", &a.join("bin"), &[a.join("bin/ran.cgi").to_str().unwrap()], ""),
+    );
+    let cmd = Command::new("chown")
+        .args(["-R", &format!("{}:{}", a.uid, a.gid)])
+        .arg(&outside)
+        .status()
+        .unwrap();
+    assert!(cmd.success());
+    let s = start_tenants(&dir, &[&a, &b], &config(&a, &b, &extra));
+    let r = get_from(&s, "a2.test", "/run/x");
+    assert_eq!(r.text(), "ran\n", "{r:?}\n{}", s.output());
+    // A swaps its root for a symlink to B's home: had the view followed it,
+    // A's scripts would read B's files.
+    fs::remove_dir(outside.join("public")).unwrap();
+    std::os::unix::fs::symlink(&b.path, outside.join("public")).unwrap();
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        outside.join("public"),
+        Some(rustix::fs::Uid::from_raw(a.uid)),
+        Some(rustix::fs::Gid::from_raw(a.gid)),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+    let r = get_from(&s, "a2.test", "/run/x");
+    assert!(r.status >= 500, "{r:?}");
+    assert!(!r.text().contains("secret"), "{r:?}");
+    assert!(
+        s.wait_output("a symlink on the way", Duration::from_secs(5)),
+        "{}",
+        s.output()
+    );
+}
+
+#[test]
+fn berth_started_as_a_normal_user_builds_the_view_in_a_user_namespace() {
+    require_root();
+    let user = "berth-tisou";
+    let (uid, gid) = ensure_user(user);
+    let dir = Dir::new();
+    let home = Home::new(&dir, "home-u", user, (uid, gid));
+    home.write("public/probe.cgi", PROBE_CGI, 0o755);
+    let mark = format!("unprivileged-{}", std::process::id());
+    let (block, port, tls_port) = server(&dir);
+    let cfg = format!(
+        "{block}{site}\n[[tenant.tu.site.route]]\npath = \"/\"\napp = \"sh\"\nextensions = [\"cgi\"]\n\n[tenant.tu.app.sh]\nprotocol = \"cgi\"\nenv = {{ STATE_DIR = \"{state}\", LOG_DIR = \"{log}\", CONFIG_FILE = \"{config}\", MARK = \"{mark}\", OTHER_FILE = \"/nonexistent\" }}\n",
+        site = tenant_site("tu", &home, "u.test"),
+        state = dir.join("state").display(),
+        log = dir.join("log").display(),
+        config = dir.join("berth.toml").display(),
+    );
+    // Everything of this berth is the user's.
+    let st = Command::new("chown")
+        .args(["-R", &format!("{uid}:{gid}")])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        &format!("--reuid={uid}"),
+        &format!("--regid={gid}"),
+        "--clear-groups",
+        "--",
+        BERTH,
+    ]);
+    let s = Server::start_with(cmd, &dir, &cfg, port, tls_port);
+    let r = get_from(&s, "u.test", "/probe.cgi");
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+    let text = r.text();
+    assert_eq!(value(&text, "uid"), uid.to_string(), "{text}");
+    assert_eq!(value(&text, "hostname"), "tu", "{text}");
+    assert_eq!(values(&text, "visible"), Vec::<String>::new(), "{text}");
+    let procs = value(&text, "processes");
+    assert!(procs.contains("1:berth-init"), "{procs}");
+    assert!(procs.split_whitespace().count() <= 6, "{procs}");
+    assert!(!Path::new("/tmp/berth-tiso-mark").exists());
+    assert!(
+        !s.output().contains("isolation is off"),
+        "{}",
+        s.output()
+    );
+}

@@ -146,6 +146,7 @@ impl Case {
             rlimits: Vec::new(),
             switch_user: self.switch_user,
             isolation: None,
+            isolate: None,
         }
     }
 

@@ -37,6 +37,11 @@ pub struct Views {
     state_dir: PathBuf,
     /// Each tenant's home and site roots, symlinks of root's resolved.
     paths: Vec<(String, Vec<PathBuf>)>,
+    /// Every tenant's paths and berth's hidden ones, sorted, each with its
+    /// tenant (None: berth's): what lies inside a tenant's tree is found
+    /// by a range.
+    all: Vec<(PathBuf, Option<usize>)>,
+    /// [`view::common_hides`] and berth's own directories.
     hidden: Vec<PathBuf>,
     hidden_files: Vec<PathBuf>,
     /// The front end's uid and groups (when berth switches users): the
@@ -60,6 +65,7 @@ impl Views {
         let mut v = Views {
             state_dir: PathBuf::new(),
             paths: Vec::new(),
+            all: Vec::new(),
             hidden: Vec::new(),
             hidden_files: Vec::new(),
             front,
@@ -73,11 +79,25 @@ impl Views {
     /// Takes a new configuration.
     pub fn update(&mut self, cfg: &Config) {
         self.state_dir = real(&cfg.server.state_dir);
+        // A tenant discovery made has the discovery root as its home: its
+        // own part of it is each of its sites' directories (`root/HOST`),
+        // and the root's listing is as hidden as `/home`'s.
+        let discovery_root = cfg.discovery.as_ref().map(|d| real(&d.settings.root));
         self.paths = cfg
             .tenants
             .iter()
             .map(|t| {
-                let mut p = vec![real(&t.home)];
+                let home = real(&t.home);
+                let mut p = Vec::new();
+                if discovery_root.as_ref() == Some(&home) {
+                    p.extend(
+                        t.sites
+                            .iter()
+                            .filter_map(|s| real(&s.root).parent().map(Path::to_path_buf)),
+                    );
+                } else {
+                    p.push(home);
+                }
                 p.extend(t.sites.iter().map(|s| real(&s.root)));
                 p.sort();
                 p.dedup();
@@ -119,6 +139,17 @@ impl Views {
         hidden.dedup();
         hidden_files.sort();
         hidden_files.dedup();
+        let mut all: Vec<(PathBuf, Option<usize>)> = self
+            .paths
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, p))| p.iter().map(move |p| (p.clone(), Some(i))))
+            .collect();
+        let tenants_paths: Vec<PathBuf> = all.iter().map(|(p, _)| p.clone()).collect();
+        all.extend(hidden.iter().chain(&hidden_files).map(|p| (p.clone(), None)));
+        all.sort();
+        self.all = all;
+        hidden.extend(view::common_hides(&tenants_paths));
         self.hidden = hidden;
         self.hidden_files = hidden_files;
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -126,7 +157,14 @@ impl Views {
 
     /// How an app of `tenant` with `settings` is isolated; None: not at all.
     /// Err: it must not start (its view is demanded and cannot be built).
-    pub fn isolate(&self, tenant: &str, settings: &Settings) -> Result<Option<Isolate>, String> {
+    /// `extra`: more paths bound read-write into the view (the directory an
+    /// app that binds its own socket binds it in).
+    pub fn isolate(
+        &self,
+        tenant: &str,
+        settings: &Settings,
+        extra: &[PathBuf],
+    ) -> Result<Option<Isolate>, String> {
         let seccomp = settings.seccomp.then(|| settings.allow.clone());
         let mut namespaces = settings.namespaces;
         let mut userns = None;
@@ -148,7 +186,7 @@ impl Views {
                 seccomp: Some(s),
             }));
         }
-        let mounts = self.mounts(tenant, settings)?;
+        let mounts = self.mounts(tenant, settings, extra)?;
         Ok(Some(Isolate {
             view: Some(View {
                 mounts,
@@ -159,12 +197,15 @@ impl Views {
         }))
     }
 
-    fn mounts(&self, tenant: &str, settings: &Settings) -> Result<Arc<Vec<Mount>>, String> {
-        let key = (
-            tenant.to_string(),
-            settings.bind.clone(),
-            settings.read_only.clone(),
-        );
+    fn mounts(
+        &self,
+        tenant: &str,
+        settings: &Settings,
+        extra: &[PathBuf],
+    ) -> Result<Arc<Vec<Mount>>, String> {
+        let mut bind = settings.bind.clone();
+        bind.extend(extra.iter().cloned());
+        let key = (tenant.to_string(), bind, settings.read_only.clone());
         let private = self.private(tenant)?;
         if let Some(m) = self
             .cache
@@ -174,21 +215,27 @@ impl Views {
         {
             return Ok(m.clone());
         }
-        let own = self
-            .paths
-            .iter()
-            .find(|(t, _)| t == tenant)
-            .map(|(_, p)| p.clone())
+        let index = self.paths.iter().position(|(t, _)| t == tenant);
+        let own = index
+            .map(|i| self.paths[i].1.clone())
             .unwrap_or_default();
-        let mut others: Vec<PathBuf> = self
-            .paths
-            .iter()
-            .filter(|(t, _)| t != tenant)
-            .flat_map(|(_, p)| p.iter().cloned())
-            .collect();
+        // What lies inside the tenant's own tree and is not its own: hidden
+        // on top of it (the common hides only cover it from outside).
+        let mut others: Vec<PathBuf> = Vec::new();
+        for o in &own {
+            let start = self.all.partition_point(|(p, _)| p < o);
+            for (p, owner) in self.all[start..].iter() {
+                if !p.starts_with(o) {
+                    break;
+                }
+                if *owner != index || owner.is_none() {
+                    others.push(p.clone());
+                }
+            }
+        }
         others.sort();
         others.dedup();
-        let bind: Vec<PathBuf> = settings.bind.iter().map(|p| real(p)).collect();
+        let bind: Vec<PathBuf> = key.1.iter().map(|p| real(p)).collect();
         let read_only: Vec<PathBuf> = settings.read_only.iter().map(|p| real(p)).collect();
         let m = Arc::new(view::mounts(&Inputs {
             own,

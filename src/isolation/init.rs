@@ -59,7 +59,7 @@ pub fn main() -> ! {
     }
     let plan = match read_plan() {
         Ok(p) => p,
-        Err(e) => fail(&format!("isolation: reading the plan: {e}")),
+        Err(e) => fail(&format!("reading the plan: {e}")),
     };
     outer(&plan)
 }
@@ -114,7 +114,7 @@ fn fail(msg: &str) -> ! {
 }
 
 fn errno(what: &str, e: impl std::fmt::Display) -> String {
-    format!("isolation: {what}: {e}")
+    format!("{what}: {e}")
 }
 
 fn block_all_signals() {
@@ -308,7 +308,7 @@ fn exec_app(plan: &Plan) -> ! {
         libc::fcntl(REPORT_FD, libc::F_SETFD, libc::FD_CLOEXEC);
     }
     let cstr = |b: &[u8], what: &str| {
-        CString::new(b).unwrap_or_else(|_| fail(&format!("isolation: NUL byte in {what}")))
+        CString::new(b).unwrap_or_else(|_| fail(&format!("NUL byte in {what}")))
     };
     let program = cstr(plan.program.as_os_str().as_bytes(), "the program");
     let dir = cstr(plan.dir.as_os_str().as_bytes(), "dir");
@@ -336,7 +336,7 @@ fn exec_app(plan: &Plan) -> ! {
     let filter = match &plan.seccomp {
         Some(allow) => match super::seccomp::Filter::new(allow) {
             Ok(f) => Some(f),
-            Err(e) => fail(&format!("isolation: seccomp: {e}")),
+            Err(e) => fail(&format!("seccomp: {e}")),
         },
         None => None,
     };
@@ -534,7 +534,6 @@ fn build_view(mounts: &[Mount]) -> Result<(), String> {
             }
         });
     }
-    let null = capture(Path::new("/dev/null"))?;
     mount_setattr(libc::AT_FDCWD, Path::new("/"), MOUNT_ATTR_RDONLY, true)
         .map_err(|e| errno("making the system read-only", e))?;
     let mut tmpfs: Vec<&Path> = Vec::new();
@@ -556,16 +555,12 @@ fn build_view(mounts: &[Mount]) -> Result<(), String> {
                     )
                     .map_err(|e| errno(&format!("hiding {}", path.display()), e))?;
                     tmpfs.push(path);
-                } else if let Some(null) = &null {
-                    let copy = rustix::mount::open_tree(
-                        null,
-                        "",
-                        OpenTreeFlags::OPEN_TREE_CLONE
-                            | OpenTreeFlags::OPEN_TREE_CLOEXEC
-                            | OpenTreeFlags::AT_EMPTY_PATH,
-                    )
-                    .map_err(|e| errno("copying /dev/null", e))?;
-                    attach(&copy, path)?;
+                } else {
+                    // A fresh copy each time: a detached copy cannot be
+                    // copied again.
+                    let null = capture(Path::new("/dev/null"))?
+                        .ok_or_else(|| errno("/dev/null", "No such file"))?;
+                    attach(&null, path)?;
                 }
             }
             Mount::Show {

@@ -151,15 +151,30 @@ fn hide_target(other: &Path, own: &[PathBuf]) -> PathBuf {
     }
 }
 
+/// The hides every view starts from, worked out once per configuration:
+/// what keeps each of `all` (every tenant's home and site roots) out of
+/// sight of a tenant that owns none of them, without those inside another.
+/// A tenant's own view adds, on top, the hides for what lies inside its own
+/// tree (see [`Inputs::others`]).
+pub fn common_hides(all: &[PathBuf]) -> Vec<PathBuf> {
+    let set: BTreeSet<PathBuf> = all.iter().map(|p| hide_target(p, &[])).collect();
+    set.iter()
+        .filter(|h| !h.ancestors().skip(1).any(|a| set.contains(a)))
+        .cloned()
+        .collect()
+}
+
 /// The paths that make one app's view, in the order to mount them.
 #[derive(Debug, Clone, Default)]
 pub struct Inputs<'a> {
     /// This tenant's home and site roots.
     pub own: Vec<PathBuf>,
-    /// Every other tenant's home and site roots.
+    /// Other tenants' homes and site roots: all of them, or (what the
+    /// supervisor gives, with [`common_hides`] in `hidden`) those inside this
+    /// tenant's own tree.
     pub others: Vec<PathBuf>,
     /// Directories hidden themselves: `state_dir`, `log_dir`, the
-    /// configuration's directories.
+    /// configuration's directories (and [`common_hides`]).
     pub hidden: Vec<PathBuf>,
     /// Files hidden one by one (configuration, keys, password files in a
     /// system directory).
@@ -477,6 +492,43 @@ mod tests {
             Mount::Show { path, required, .. } => *required == (path != Path::new("/home/alice")),
             _ => true,
         }));
+    }
+
+    #[test]
+    fn common_hides_and_the_nested_others_make_the_same_view_as_all_others() {
+        let all = [
+            p("/home/alice"),
+            p("/home/alice/public"),
+            p("/home/bob"),
+            p("/home/bob/public"),
+            p("/home/alice/x/carol"),
+            p("/var/www/dave"),
+            p("/srv/erin"),
+        ];
+        let alice = [p("/home/alice"), p("/home/alice/public")];
+        let others: Vec<PathBuf> = all.iter().filter(|o| !alice.contains(o)).cloned().collect();
+        let hidden = vec![p("/var/lib/berth")];
+        let whole = mounts(&Inputs {
+            own: alice.to_vec(),
+            others: others.clone(),
+            hidden: hidden.clone(),
+            ..Default::default()
+        });
+        let nested: Vec<PathBuf> = others
+            .iter()
+            .filter(|o| alice.iter().any(|a| o.starts_with(a)))
+            .cloned()
+            .collect();
+        let mut common = common_hides(&all);
+        common.extend(hidden);
+        let fast = mounts(&Inputs {
+            own: alice.to_vec(),
+            others: nested,
+            hidden: common,
+            ..Default::default()
+        });
+        assert_eq!(targets(&fast), targets(&whole));
+        assert!(targets(&whole).contains(&"hide /home/alice/x".to_string()), "{whole:?}");
     }
 
     #[test]

@@ -496,6 +496,8 @@ impl AppManager {
         let mut fds = Vec::new();
         let mut self_bound_socket = None;
         let mut probe = None;
+        // Where an app that binds its own socket binds it: in its view too.
+        let mut view_extra: Vec<PathBuf> = Vec::new();
         match app.bind {
             Bind::Berth => {
                 let socket = dir.join(format!("{}.{}.{slot}.sock", id.tenant, id.app));
@@ -552,6 +554,7 @@ impl AppManager {
                 let tenant_dir = bound_dir(&dir, &id.tenant, owner, front_gid)
                     .map_err(|e| format!("app {id}: socket directory: {e}"))?;
                 let socket = tenant_dir.join(format!("{}.{slot}.sock", id.app));
+                view_extra.push(tenant_dir.clone());
                 let _ = std::fs::remove_file(&socket);
                 env.push(("BERTH_SOCKET".into(), socket.to_string_lossy().into_owned()));
                 self_bound_socket = Some(socket.clone());
@@ -617,7 +620,7 @@ impl AppManager {
         };
         let isolate = self
             .views
-            .isolate(&id.tenant, &app.isolation)
+            .isolate(&id.tenant, &app.isolation, &view_extra)
             .map_err(|e| format!("app {id}: not started: {e}"))?;
         let spec = SpawnSpec {
             tenant: &id.tenant,
@@ -801,7 +804,7 @@ impl AppManager {
         };
         let isolate = self
             .views
-            .isolate(&id.tenant, &app.isolation)
+            .isolate(&id.tenant, &app.isolation, &[])
             .map_err(|e| format!("app {id}: not started: {e}"))?;
         let spec = SpawnSpec {
             tenant: &id.tenant,
@@ -1238,6 +1241,7 @@ fn same_program(a: &App, b: &App) -> bool {
         && a.dir == b.dir
         && a.env == b.env
         && a.bind == b.bind
+        && a.isolation == b.isolation
 }
 
 /// Waits (until `deadline`) for the app to bind its socket at `path`, then

@@ -279,7 +279,26 @@ impl Server {
     }
 
     pub fn spawn(config: &Path, port: u16, tls_port: u16, log_dir: PathBuf) -> Server {
-        let mut child = Command::new(BERTH)
+        Server::spawn_with(Command::new(BERTH), config, port, tls_port, log_dir)
+    }
+
+    /// [`Server::start`] with berth run by `cmd` (`setpriv ... BERTH`, to
+    /// start it as a normal user): `serve --config` is added.
+    pub fn start_with(cmd: Command, dir: &Dir, config: &str, port: u16, tls_port: u16) -> Server {
+        let path = dir.write("berth.toml", config);
+        let mut s = Server::spawn_with(cmd, &path, port, tls_port, dir.join("log"));
+        s.wait_ready();
+        s
+    }
+
+    fn spawn_with(
+        mut cmd: Command,
+        config: &Path,
+        port: u16,
+        tls_port: u16,
+        log_dir: PathBuf,
+    ) -> Server {
+        let mut child = cmd
             .args(["serve", "--config", config.to_str().unwrap()])
             .env("BERTH_LOG", "debug")
             .stdin(Stdio::null())
