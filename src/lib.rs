@@ -6,12 +6,13 @@
 //! accept → TLS/SNI → virtual host → route → handler → access log.
 #![deny(unsafe_code)]
 
+pub mod audit;
 pub mod backend;
 pub mod config;
 pub mod control;
 pub mod front;
-pub mod isolation;
 pub mod ipc;
+pub mod isolation;
 pub mod logging;
 pub mod supervisor;
 pub mod sys;
