@@ -63,7 +63,8 @@ enum Command {
         config: PathBuf,
         #[arg(long, value_enum, default_value_t = AuditFormat::Text)]
         format: AuditFormat,
-        /// The least severity that makes the exit status 1
+        /// The least severity that makes the exit status 1: critical, high,
+        /// medium, low or info
         #[arg(long, value_name = "SEVERITY", default_value = "high")]
         fail_on: berth::audit::Severity,
     },

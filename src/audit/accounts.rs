@@ -84,8 +84,14 @@ const PRIVILEGED_GROUPS: &[(&str, Severity, &str)] = &[
 
 /// The user and group databases, read once.
 pub struct Accounts {
-    users: Vec<User>,
-    groups: Vec<Group>,
+    /// uid → name, gid → name, gid → the users in it (listed as members,
+    /// or with it as their primary group).
+    users: HashMap<u32, String>,
+    groups: HashMap<u32, String>,
+    members: HashMap<u32, BTreeSet<String>>,
+    /// The privileged groups ([`PRIVILEGED_GROUPS`]) this system has:
+    /// (gid, name, severity, why).
+    privileged: Vec<(u32, &'static str, Severity, &'static str)>,
     /// User name → the password field of `/etc/shadow` (None: not readable).
     shadow: Option<HashMap<String, String>>,
     /// `UID_MIN` of `/etc/login.defs`.
@@ -106,9 +112,35 @@ impl Accounts {
             .ok()
             .and_then(|t| login_defs(&t, "UID_MIN"))
             .unwrap_or(DEFAULT_UID_MIN);
+        let mut members: HashMap<u32, BTreeSet<String>> = HashMap::new();
+        let mut users = HashMap::new();
+        for u in crate::sys::all_users() {
+            members
+                .entry(u.gid.as_raw())
+                .or_default()
+                .insert(u.name.clone());
+            users.entry(u.uid.as_raw()).or_insert(u.name);
+        }
+        let mut groups = HashMap::new();
+        for g in crate::sys::all_groups() {
+            members.entry(g.gid.as_raw()).or_default().extend(g.mem);
+            groups.entry(g.gid.as_raw()).or_insert(g.name);
+        }
+        let privileged = PRIVILEGED_GROUPS
+            .iter()
+            .filter_map(|(name, severity, why)| {
+                let gid = groups
+                    .iter()
+                    .find(|(_, n)| n.as_str() == *name)
+                    .map(|(gid, _)| *gid)?;
+                Some((gid, *name, *severity, *why))
+            })
+            .collect();
         Accounts {
-            users: crate::sys::all_users(),
-            groups: crate::sys::all_groups(),
+            users,
+            groups,
+            members,
+            privileged,
             shadow,
             uid_min,
         }
@@ -132,8 +164,8 @@ impl Accounts {
 
     /// `uid`'s name, or `uid N`.
     pub fn user_name(&self, uid: u32) -> String {
-        match self.users.iter().find(|u| u.uid.as_raw() == uid) {
-            Some(u) => u.name.clone(),
+        match self.users.get(&uid) {
+            Some(name) => name.clone(),
             None => match User::from_uid(uid.into()) {
                 Ok(Some(u)) => u.name,
                 _ => format!("uid {uid}"),
@@ -142,35 +174,29 @@ impl Accounts {
     }
 
     pub fn group_name(&self, gid: u32) -> Option<String> {
-        match self.groups.iter().find(|g| g.gid.as_raw() == gid) {
-            Some(g) => Some(g.name.clone()),
+        match self.groups.get(&gid) {
+            Some(name) => Some(name.clone()),
             None => Group::from_gid(gid.into()).ok().flatten().map(|g| g.name),
         }
     }
 
     /// The users in group `gid`: listed as members, or with it as their
-    /// primary group.
+    /// primary group (those the databases enumerate).
     pub fn members(&self, gid: u32) -> BTreeSet<String> {
-        let mut out: BTreeSet<String> = self
-            .users
-            .iter()
-            .filter(|u| u.gid.as_raw() == gid)
-            .map(|u| u.name.clone())
-            .collect();
-        if let Some(g) = self.groups.iter().find(|g| g.gid.as_raw() == gid) {
-            out.extend(g.mem.iter().cloned());
-        } else if let Ok(Some(g)) = Group::from_gid(gid.into()) {
-            out.extend(g.mem);
-        }
-        out
+        self.members.get(&gid).cloned().unwrap_or_default()
     }
 
     /// Whether group `gid` has no one in it but the user `uid` (a user
     /// private group, as `useradd` makes by default): its bits are then
     /// the owner's alone.
     pub fn private_to(&self, gid: u32, uid: u32) -> bool {
-        let name = self.user_name(uid);
-        self.members(gid).iter().all(|m| *m == name)
+        let Some(members) = self.members.get(&gid) else {
+            return true;
+        };
+        match self.users.get(&uid) {
+            Some(name) => members.iter().all(|m| m == name),
+            None => members.is_empty(),
+        }
     }
 
     /// "group G (members: a, b)" for messages.
@@ -267,7 +293,7 @@ pub(super) fn check(ctx: &Context<'_>, out: &mut Vec<Finding>) {
             ));
         }
         if let Some(p) = a.principal(&t.user) {
-            privileged_groups(&p, &format!("tenant {}'s user", t.name), |s, what, fix| {
+            privileged_groups(a, &p, &format!("tenant {}'s user", t.name), |s, what, fix| {
                 out.push(finding(s, "privileged-group", what, fix))
             });
         }
@@ -310,7 +336,7 @@ pub(super) fn check(ctx: &Context<'_>, out: &mut Vec<Finding>) {
         ctx.main_line(&["server", "user"]),
         "server.user",
     );
-    privileged_groups(front, "the front end's user", |s, what, fix| {
+    privileged_groups(a, front, "the front end's user", |s, what, fix| {
         out.push(Finding {
             severity: s,
             check: "privileged-group",
@@ -344,12 +370,14 @@ pub(super) fn check(ctx: &Context<'_>, out: &mut Vec<Finding>) {
 }
 
 /// Reports each privileged group `p` is in.
-fn privileged_groups(p: &Principal, who: &str, mut report: impl FnMut(Severity, String, String)) {
-    for (name, severity, why) in PRIVILEGED_GROUPS {
-        let Ok(Some(g)) = Group::from_name(name) else {
-            continue;
-        };
-        if p.groups.contains(&g.gid.as_raw()) {
+fn privileged_groups(
+    a: &Accounts,
+    p: &Principal,
+    who: &str,
+    mut report: impl FnMut(Severity, String, String),
+) {
+    for (gid, name, severity, why) in &a.privileged {
+        if p.groups.contains(gid) {
             report(
                 *severity,
                 format!(

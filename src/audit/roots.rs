@@ -71,6 +71,7 @@ pub(super) fn check(ctx: &Context<'_>, out: &mut Vec<Finding>) -> Walked {
             sites,
             programs: programs(sites),
             configured: &configured,
+            static_root: static_root(sites),
             listed: BTreeMap::new(),
             more: BTreeMap::new(),
             entries: 0,
@@ -184,6 +185,8 @@ struct Walk<'a> {
     sites: &'a [(&'a Tenant, &'a Site)],
     programs: BTreeSet<PathBuf>,
     configured: &'a BTreeMap<PathBuf, &'static str>,
+    /// The root as the front end opens it, for the static file rules.
+    static_root: Option<crate::front::static_files::Root>,
     /// Findings listed per (check, severity), and those past
     /// [`MAX_LISTED`].
     listed: BTreeMap<(&'static str, Severity), usize>,
@@ -640,12 +643,12 @@ impl<'a> Walk<'a> {
             return;
         };
         let target = PathBuf::from(OsStr::from_bytes(target.as_bytes()));
-        let Some(static_root) = self.static_root() else {
+        let Some(static_root) = &self.static_root else {
             return;
         };
         let head = http::Request::head("/").body(()).map(|r| r.into_parts().0);
         let Ok(head) = head else { return };
-        let verdict = crate::front::static_files::serve(&static_root, url, &head);
+        let verdict = crate::front::static_files::serve(static_root, url, &head);
         let Ok(resolved) = std::fs::canonicalize(&e.path) else {
             // Dangling: refused, and harmless until it points somewhere.
             return;
@@ -703,15 +706,15 @@ impl<'a> Walk<'a> {
         };
         self.push(severity, "root-symlink", Place::path(&e.path), what, fix);
     }
+}
 
-    /// The root as the front end opens it (a discovered site's without
-    /// following a link, and only if its owner's).
-    fn static_root(&self) -> Option<crate::front::static_files::Root> {
-        let site = self.sites.first()?.1;
-        match site.owner {
-            Some(uid) => crate::front::static_files::Root::open_owned(&site.root, uid).ok(),
-            None => crate::front::static_files::Root::open(&site.root).ok(),
-        }
+/// The root as the front end opens it (a discovered site's without
+/// following a link, and only if its owner's).
+fn static_root(sites: &[(&Tenant, &Site)]) -> Option<crate::front::static_files::Root> {
+    let site = sites.first()?.1;
+    match site.owner {
+        Some(uid) => crate::front::static_files::Root::open_owned(&site.root, uid).ok(),
+        None => crate::front::static_files::Root::open(&site.root).ok(),
     }
 }
 
