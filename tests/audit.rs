@@ -427,7 +427,12 @@ fn every_planted_problem_is_found_with_its_place_and_severity() {
     );
     expect(&all, "low", "root-service-file", &p("a/public/.htpasswd"));
     expect(&all, "low", "root-service-file", &p("a/public/.git"));
-    expect(&all, "high", "root-service-file", &p("a/public/backup.sql"));
+    expect(
+        &all,
+        "medium",
+        "root-service-file",
+        &p("a/public/backup.sql"),
+    );
     expect(
         &all,
         "medium",

@@ -293,9 +293,12 @@ pub(super) fn check(ctx: &Context<'_>, out: &mut Vec<Finding>) {
             ));
         }
         if let Some(p) = a.principal(&t.user) {
-            privileged_groups(a, &p, &format!("tenant {}'s user", t.name), |s, what, fix| {
-                out.push(finding(s, "privileged-group", what, fix))
-            });
+            privileged_groups(
+                a,
+                &p,
+                &format!("tenant {}'s user", t.name),
+                |s, what, fix| out.push(finding(s, "privileged-group", what, fix)),
+            );
         }
         if let Ok(Some(user)) = User::from_name(&t.user)
             && login_shell(&user.shell)

@@ -6,16 +6,15 @@
 //! It runs on a configuration loaded exactly as `berth check` loads it
 //! (what `check` refuses never gets here), reads what that configuration
 //! names on disk and in the user database, and changes nothing:
-//! - [`roots`]: every site root, walked without following links (bounded:
-//!   [`roots::MAX_ENTRIES`] entries, [`roots::MAX_DEPTH`] levels, one file
-//!   system): modes, set-id files, executables no route runs, service files
+//! - `roots`: every site root, walked without following links (bounded:
+//!   200,000 entries and 64 levels per root, one file system): modes, set-id files, executables no route runs, service files
 //!   inside the root, links the static file rules refuse;
-//! - [`files`]: the files berth itself reads as root (its configuration,
+//! - `files`: the files berth itself reads as root (its configuration,
 //!   TLS keys, htpasswd files) and what it writes (`state_dir`, `log_dir`);
-//! - [`tls`]: the sites' certificates: dates, host names, signatures;
-//! - [`exposure`]: listeners, the admin listener, passwords over plain
+//! - `tls`: the sites' certificates: dates, host names, signatures;
+//! - `exposure`: listeners, the admin listener, passwords over plain
 //!   HTTP, the control socket, and what apps without isolation can read;
-//! - [`accounts`]: the tenants' and the front end's users and groups.
+//! - `accounts`: the tenants' and the front end's users and groups.
 //!
 //! Run it as root, as berth runs: a normal user sees only part of it (said
 //! once, as an info finding).

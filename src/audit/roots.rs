@@ -72,6 +72,7 @@ pub(super) fn check(ctx: &Context<'_>, out: &mut Vec<Finding>) -> Walked {
             programs: programs(sites),
             configured: &configured,
             static_root: static_root(sites),
+            canonical_root: std::fs::canonicalize(root).unwrap_or_else(|_| root.clone()),
             listed: BTreeMap::new(),
             more: BTreeMap::new(),
             entries: 0,
@@ -132,6 +133,7 @@ fn programs(sites: &[(&Tenant, &Site)]) -> BTreeSet<PathBuf> {
 const HTPASSWD: &str = "an htpasswd file (password hashes)";
 const PRIVATE_KEY: &str = "a private key";
 const OWN_CONFIG: &str = "a berth configuration file";
+const SQL: &str = "an SQL file (a dump's data, or a schema's structure)";
 
 /// How a path of a site is answered, by the front end's route lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +189,8 @@ struct Walk<'a> {
     configured: &'a BTreeMap<PathBuf, &'static str>,
     /// The root as the front end opens it, for the static file rules.
     static_root: Option<crate::front::static_files::Root>,
+    /// The root with every link in its path resolved.
+    canonical_root: PathBuf,
     /// Findings listed per (check, severity), and those past
     /// [`MAX_LISTED`].
     listed: BTreeMap<(&'static str, Severity), usize>,
@@ -612,10 +616,11 @@ impl<'a> Walk<'a> {
         );
         match self.served(e) {
             Ok(how) => {
-                let severity = if what == PRIVATE_KEY {
-                    Severity::Critical
-                } else {
-                    Severity::High
+                // (An SQL file may be a schema an application ships.)
+                let severity = match what {
+                    PRIVATE_KEY => Severity::Critical,
+                    SQL => Severity::Medium,
+                    _ => Severity::High,
                 };
                 self.push(
                     severity,
@@ -646,19 +651,26 @@ impl<'a> Walk<'a> {
         let Some(static_root) = &self.static_root else {
             return;
         };
-        let head = http::Request::head("/").body(()).map(|r| r.into_parts().0);
-        let Ok(head) = head else { return };
-        let verdict = crate::front::static_files::serve(static_root, url, &head);
         let Ok(resolved) = std::fs::canonicalize(&e.path) else {
             // Dangling: refused, and harmless until it points somewhere.
             return;
+        };
+        // The front end's own rules: for a directory, what a request for
+        // it gets (a redirect when allowed); for a file, whether a script
+        // route could run it (the same resolution, without reading it).
+        let verdict = if resolved.is_dir() {
+            let head = http::Request::head("/").body(()).map(|r| r.into_parts().0);
+            let Ok(head) = head else { return };
+            crate::front::static_files::serve(static_root, url, &head).map(drop)
+        } else {
+            crate::front::static_files::script_path(static_root, url).map(drop)
         };
         let a = &self.ctx.accounts;
         let link_owner = a.user_name(e.owner.uid);
         let target_owner = std::fs::metadata(&resolved)
             .map(|m| Owner::of(&m).uid)
             .unwrap_or(e.owner.uid);
-        let root = std::fs::canonicalize(self.root).unwrap_or_else(|_| self.root.to_path_buf());
+        let root = &self.canonical_root;
         let shown = format!("the link to {}", target.display());
         let fix = format!(
             "rm {}, and copy what it should serve into the root",
@@ -674,7 +686,7 @@ impl<'a> Walk<'a> {
                     a.user_name(target_owner)
                 ),
             ),
-            Err(_) if !resolved.starts_with(&root) && target_owner != e.owner.uid => (
+            Err(_) if !resolved.starts_with(root) && target_owner != e.owner.uid => (
                 Severity::Medium,
                 format!(
                     "{shown} points out of the root to {} of {}: berth refuses it (404), but it is a door to another user's file for whatever the tenant runs (and for a front end without these rules)",
@@ -682,7 +694,7 @@ impl<'a> Walk<'a> {
                     a.user_name(target_owner)
                 ),
             ),
-            Err(_) if !resolved.starts_with(&root) => (
+            Err(_) if !resolved.starts_with(root) => (
                 Severity::Low,
                 format!(
                     "{shown} points out of the root to {}: berth refuses it (404)",
@@ -699,7 +711,7 @@ impl<'a> Walk<'a> {
             Err(_) => (
                 Severity::Low,
                 format!(
-                    "{shown} reaches a hidden name ({}): berth refuses it (404)",
+                    "{shown} reaches {} through a hidden name or above the root: berth refuses it (404); make it a relative link that stays inside",
                     resolved.display()
                 ),
             ),
@@ -742,7 +754,7 @@ fn service_name(name: &[u8]) -> Option<&'static str> {
     }
     const DUMPS: &[&str] = &[".sql", ".sql.gz", ".sql.bz2", ".sql.xz", ".sql.zst"];
     if DUMPS.iter().any(|s| name.ends_with(s)) {
-        return Some("a database dump");
+        return Some(SQL);
     }
     None
 }
@@ -824,7 +836,7 @@ mod tests {
                 "an environment file (where apps keep passwords and keys)",
             ),
             ("berth.toml", OWN_CONFIG),
-            ("shop.sql.gz", "a database dump"),
+            ("shop.sql.gz", SQL),
         ] {
             assert_eq!(service_name(name.as_bytes()), Some(what), "{name}");
         }
