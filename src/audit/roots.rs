@@ -1,7 +1,7 @@
 //! Every site root, walked: what in it someone other than its tenant may
 //! change, set-id files, executables no route runs, service files inside
 //! the root (htpasswd files, private keys, berth's configuration, `.env`,
-//! version control directories, database dumps, copies of scripts), app
+//! version control directories, SQL files, copies of scripts), app
 //! programs served as files, and links the static file rules refuse.
 //!
 //! The walk never follows a link: each directory is opened relative to
@@ -13,9 +13,10 @@
 //!
 //! Whether a file is served, and whether a link is refused, is decided by
 //! the front end's own code: the route lookup ([`crate::front::vhost::route`],
-//! [`crate::front::app_route::split_script`]) and the static file rules
-//! ([`crate::front::static_files::serve`], run for a `HEAD` of the link's
-//! path), plus the front end's user's permissions along the way.
+//! [`crate::front::app_route::split_script`]), the static file rules for a
+//! link ([`crate::front::static_files::script_path`] for one to a file,
+//! [`crate::front::static_files::serve`] of a `HEAD` for one to a
+//! directory), and the front end's user's permissions along the way.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CStr, OsStr};
@@ -307,7 +308,10 @@ impl<'a> Walk<'a> {
                 what: format!(
                     "the walk stopped after {MAX_ENTRIES} entries: the rest of this root was not audited"
                 ),
-                fix: "audit what is left by hand (find ROOT -perm -o+w ...), or split the site".into(),
+                fix: format!(
+                    "audit the rest by hand ({}), or split the site",
+                    find_hint("root-writable", &self.root.display().to_string())
+                ),
             });
         }
     }
@@ -422,8 +426,8 @@ impl<'a> Walk<'a> {
         }
     }
 
-    /// Whether any of the root's sites serves `e` as a static file, and
-    /// how: None when no site does (and why not).
+    /// Where one of the root's sites serves `e` as a static file, or why
+    /// none does.
     fn served(&self, e: &Entry<'_>) -> Result<String, String> {
         let Some(url) = &e.url else {
             return Err("its name is not UTF-8, so no URL reaches it".into());
