@@ -753,3 +753,22 @@ fn output_is_plain_text_without_a_terminal() {
     assert!(stdout.contains("\\x1b[2Jevil.sql"), "{stdout}");
     fs::remove_file(evil).unwrap();
 }
+
+#[test]
+fn a_reader_that_closes_early_changes_nothing_but_the_output() {
+    // `berth audit | head -1`: the pipe's reader is gone before the report
+    // is written; the exit status still says what was found, and nothing
+    // panics.
+    let (_dir, config) = clean("admin_listen = \"127.0.0.1:18081\"");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(BERTH)
+        .args(["audit", "--fail-on", "medium", "--config"])
+        .arg(&config)
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
