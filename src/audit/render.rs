@@ -19,12 +19,12 @@ pub fn text(report: &Report, config: &Path, fail_on: Severity, colour: bool) -> 
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "berth audit of {}: {} tenants, {} sites, {} entries in {} site roots",
+        "berth audit of {}: {}, {}, {} in {}",
         escape(&config.display().to_string()),
-        report.tenants,
-        report.sites,
-        report.entries,
-        report.roots
+        count(report.tenants, "tenant", "tenants"),
+        count(report.sites, "site", "sites"),
+        count(report.entries, "entry", "entries"),
+        count(report.roots, "site root", "site roots"),
     );
     for severity in Severity::ALL {
         let group: Vec<_> = report
@@ -63,6 +63,10 @@ pub fn text(report: &Report, config: &Path, fail_on: Severity, colour: bool) -> 
         if failing > 0 { "exit 1" } else { "exit 0" }
     );
     out
+}
+
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn colour_of(s: Severity) -> &'static str {
