@@ -17,7 +17,8 @@ fi
 # (tests/h2_conformance.rs), useradd (passwd), runuser/setpriv (util-linux),
 # mkfifo (coreutils), git and its git-http-backend (a real client pushing
 # through a CGI app), slowhttptest for slowloris and slow-body attacks
-# (tests/fairness.rs).
+# (tests/fairness.rs), openssl for certificates rcgen cannot make (SHA-1
+# signed, expiring in days: tests/audit.rs).
 need=()
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v php-cgi >/dev/null || need+=(php-cgi)
@@ -29,6 +30,7 @@ command -v useradd >/dev/null || need+=(passwd)
 command -v runuser >/dev/null || need+=(util-linux)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v slowhttptest >/dev/null || need+=(slowhttptest)
+command -v openssl >/dev/null || need+=(openssl)
 # The cgroup v2 tests (tests/cgroup_v2.rs, tests/vm) boot Debian's kernel under
 # qemu (TCG) with busybox-static in an initramfs the harness writes, and xz to
 # unpack the kernel once (and modules, where they are compressed). The kernel

@@ -6,6 +6,7 @@
 //! accept → TLS/SNI → virtual host → route → handler → access log.
 #![deny(unsafe_code)]
 
+pub mod audit;
 pub mod backend;
 pub mod config;
 pub mod control;

@@ -54,6 +54,20 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// The host's security checklist applied to what berth serves: modes and
+    /// owners in web roots, keys, certificates, listeners, identities. Exit
+    /// 0 when no finding is at or above --fail-on, 1 when one is, 2 when the
+    /// configuration does not load.
+    Audit {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t = AuditFormat::Text)]
+        format: AuditFormat,
+        /// The least severity that makes the exit status 1: critical, high,
+        /// medium, low or info
+        #[arg(long, value_name = "SEVERITY", default_value = "high")]
+        fail_on: berth::audit::Severity,
+    },
     /// Act on a running berth over its control socket: as root or a member
     /// of admin_group on any tenant (--tenant), as a tenant's user on its own.
     Ctl(berth::control::client::CtlArgs),
@@ -70,6 +84,50 @@ enum Format {
     Table,
     Csv,
     Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AuditFormat {
+    Text,
+    Json,
+}
+
+/// `berth audit`: the configuration loaded as `berth check` loads it (its
+/// problems printed as check prints them, exit 2), then the checklist.
+fn audit(
+    config: &std::path::Path,
+    format: AuditFormat,
+    fail_on: berth::audit::Severity,
+) -> ExitCode {
+    let cfg = match berth::config::load(config) {
+        Ok(cfg) => cfg,
+        Err(problems) => {
+            print!("{problems}");
+            eprintln!(
+                "berth audit: the configuration has {} problem(s) (see berth check); nothing audited",
+                problems.len()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let report = berth::audit::run(&cfg);
+    let text = match format {
+        AuditFormat::Text => {
+            use std::io::IsTerminal;
+            let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            report.text(config, fail_on, colour)
+        }
+        AuditFormat::Json => report.json() + "\n",
+    };
+    // (A reader that stops early, `berth audit | head`, changes nothing:
+    // the exit status still says what was found.)
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    if report.at_or_above(fail_on) > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// The default window of `berth usage`: the last 30 days.
@@ -233,6 +291,11 @@ fn main() -> ExitCode {
             app,
             format,
         } => usage(&config, since, until, tenant, app, format),
+        Command::Audit {
+            config,
+            format,
+            fail_on,
+        } => audit(&config, format, fail_on),
         Command::Ctl(args) => berth::control::client::main(args),
         Command::Front { log_level } => {
             let level = berth::logging::parse_level(&log_level)
