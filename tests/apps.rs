@@ -70,7 +70,9 @@ fn app(t: &str, name: &str, home: &Home, command: &[&str], extra: &str) -> Strin
 /// pool settings in `pool`.
 fn start_a(dir: &Dir, home: &Home, pool: &str) -> Server {
     let apps = app("ta", "php", home, &[PHP], pool);
-    start_tenants(dir, &[home], &tenant("ta", home, "a.test", &apps))
+    // The pool's tests tell processes apart by the pid php-cgi reports.
+    let tenants = format!("{}{HOST_PIDS}", tenant("ta", home, "a.test", &apps));
+    start_tenants(dir, &[home], &tenants)
 }
 
 // ---------------------------------------------------------------------------
@@ -125,8 +127,9 @@ fn php_runs_as_the_tenant_with_a_clean_environment() {
     home.page("x.php", INFO_PHP);
     home.own();
     let (block, port, _) = server(&dir);
+    // The process is found as the supervisor's child.
     let config = format!(
-        "{block}{}",
+        "{block}{}{HOST_PIDS}",
         tenant(
             "ta",
             &home,
@@ -264,8 +267,11 @@ fn another_tenant_cannot_reach_the_socket_or_the_processes() {
     home_b.page("probe.php", PROBE_PHP);
     let app_a = app("ta", "php", &home_a, &[PHP], "");
     let app_b = app("tb", "php", &home_b, &[PHP], "");
-    let tenants =
-        tenant("ta", &home_a, "a.test", &app_a) + &tenant("tb", &home_b, "b.test", &app_b);
+    // B aims at A's host pid (in its own view it could not even see it:
+    // tests/isolation.rs).
+    let tenants = tenant("ta", &home_a, "a.test", &app_a)
+        + &tenant("tb", &home_b, "b.test", &app_b)
+        + HOST_PIDS;
     let s = start_tenants(&dir, &[&home_a, &home_b], &tenants);
 
     let r = get(&s, "/x.php");
@@ -536,7 +542,11 @@ fn idle_processes_stop_and_min_processes_stay_warm() {
             "min_processes = 1\nidle_timeout = \"1s\""
         ),
     );
-    let s = start_tenants(&dir, &[&home], &tenant("ta", &home, "a.test", &apps));
+    let s = start_tenants(
+        &dir,
+        &[&home],
+        &(tenant("ta", &home, "a.test", &apps) + HOST_PIDS),
+    );
 
     // min_processes = 1: started without any request.
     let mut warm = Vec::new();
@@ -755,7 +765,11 @@ fn a_slow_starting_app_gets_503_after_start_timeout() {
         &[slow.to_str().unwrap()],
         "start_timeout = \"1s\"",
     );
-    let s = start_tenants(&dir, &[&home], &tenant("ta", &home, "a.test", &apps));
+    let s = start_tenants(
+        &dir,
+        &[&home],
+        &(tenant("ta", &home, "a.test", &apps) + HOST_PIDS),
+    );
 
     let t0 = Instant::now();
     let r = get(&s, "/pid.php");
@@ -843,7 +857,11 @@ fn a_refused_spawn_is_logged_and_answered_503() {
     home.page("pid.php", "<?php echo getmypid();");
     let wrapper = home.write("bin/php.sh", WRAPPER_SH, 0o755);
     let apps = app("ta", "php", &home, &[wrapper.to_str().unwrap()], "");
-    let s = start_tenants(&dir, &[&home], &tenant("ta", &home, "a.test", &apps));
+    let s = start_tenants(
+        &dir,
+        &[&home],
+        &(tenant("ta", &home, "a.test", &apps) + HOST_PIDS),
+    );
     // The program became group-writable after berth checked the config.
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o775)).unwrap();
     let t0 = Instant::now();
@@ -1041,7 +1059,11 @@ fn sigterm_stops_every_app_process() {
         "<?php exec('sleep 300 > /dev/null 2>&1 &'); echo getmypid();",
     );
     let apps = app("tc", "php", &home, &[PHP], "max_processes = 3");
-    let mut s = start_tenants(&dir, &[&home], &tenant("tc", &home, "c.test", &apps));
+    let mut s = start_tenants(
+        &dir,
+        &[&home],
+        &(tenant("tc", &home, "c.test", &apps) + HOST_PIDS),
+    );
     let results: Vec<Resp> = std::thread::scope(|scope| {
         let clients: Vec<_> = (0..3)
             .map(|_| scope.spawn(|| get_host(s.addr(), "c.test", "/slow.php")))
@@ -1079,7 +1101,11 @@ fn a_crash_loop_at_start_up_backs_off() {
         &[broken.to_str().unwrap()],
         "min_processes = 1",
     );
-    let s = start_tenants(&dir, &[&home], &tenant("ta", &home, "a.test", &apps));
+    let s = start_tenants(
+        &dir,
+        &[&home],
+        &(tenant("ta", &home, "a.test", &apps) + HOST_PIDS),
+    );
     assert!(
         s.wait_output("crashed 3 times in a row", Duration::from_secs(10)),
         "no back-off after repeated start-up crashes:\n{}",

@@ -448,7 +448,8 @@ fn what_a_script_leaves_in_its_group_ends_with_it() {
     let dir = Dir::new();
     let home = home_with_scripts(&dir, "home/tc", USER, ids);
     home.write("public/cgi/leaves.cgi", LEAVES_A_CHILD_CGI, 0o755);
-    let s = start(&dir, &home, "");
+    // The script reports the pid of what it leaves.
+    let s = start_tenants(&dir, &[&home], &(tenants(&home, "") + HOST_PIDS));
     let r = get_c(&s, "/cgi/leaves.cgi");
     assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
     let left: u32 = r.text().trim().parse().unwrap();

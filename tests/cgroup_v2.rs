@@ -20,7 +20,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::apps::{Home, alive, app_table, get_host, start_tenants, tenant_site};
+use common::apps::{HOST_PIDS, Home, alive, app_table, get_host, start_tenants, tenant_site};
 use common::{Dir, ensure_user, eventually, require_root};
 
 /// The value of the first `key=value` line of `out`.
@@ -630,8 +630,11 @@ max_processes = 4
 
 /// Starts berth with `tenants` and waits for its line saying it chose v2;
 /// returns it and its instance directory (from that line).
+/// These tests find app processes by the pids they report, so apps get no
+/// view of their own ([`HOST_PIDS`]); `berth_serves_from_the_guest_...`
+/// runs its app in one.
 fn start_v2(dir: &Dir, homes: &[&Home], tenants: &str) -> (common::Server, PathBuf) {
-    let s = start_tenants(dir, homes, tenants);
+    let s = start_tenants(dir, homes, &format!("{tenants}{HOST_PIDS}"));
     let instance = v2_instance(&s);
     (s, instance)
 }

@@ -62,6 +62,17 @@ impl Fixture {
         Fixture { dir, s, bin }
     }
 
+    /// [`Fixture::start`] with no view of their own for the apps
+    /// ([`HOST_PIDS`]): for tests that follow a process by the pid it reports.
+    fn start_host_pids() -> Fixture {
+        require_root();
+        let dir = Dir::new();
+        let (config, port, tls_port, _home) = make_config(&dir, "");
+        let s = Server::start(&dir, &(config + HOST_PIDS), port, tls_port);
+        let bin = ctl_binary(&dir);
+        Fixture { dir, s, bin }
+    }
+
     fn socket(&self) -> PathBuf {
         self.dir.join("state/control.sock")
     }
@@ -433,7 +444,7 @@ fn admin_group_members_act_on_every_tenant_and_name_the_one() {
 
 #[test]
 fn stop_holds_an_app_at_503_until_start_and_a_rolling_restart_gives_new_processes() {
-    let f = Fixture::start("");
+    let f = Fixture::start_host_pids();
     let pid = |r: &Resp| -> u32 {
         assert_eq!(r.status, 200, "{r:?}");
         r.text().trim().parse().unwrap_or_else(|_| panic!("{r:?}"))

@@ -324,6 +324,15 @@ fn start_a_with(dir: &Dir, home: &Home, pool: &str, tls: &str) -> Server {
     start_tenants(dir, &[home], &tenants)
 }
 
+/// [`start_a_with`] without the app's own view, for tests that tell its
+/// processes apart by the pid it reports (see [`HOST_PIDS`]).
+fn start_a_host_pids(dir: &Dir, home: &Home, pool: &str, tls: &str) -> Server {
+    let app_py = home.app_py();
+    let apps = http_app("ta", "py", home, &[app_py.to_str().unwrap()], pool);
+    let tenants = tenant("ta", home, "a.test", tls, &[("/py/", "py")], &apps) + HOST_PIDS;
+    start_tenants(dir, &[home], &tenants)
+}
+
 /// A certificate for a.test from a new test CA, as a site's `tls = {...}`.
 fn tls_line(dir: &Dir, pki: &Pki) -> String {
     let (cert, key) = pki.issue(dir, "a", &["a.test"]);
@@ -425,8 +434,9 @@ fn the_app_runs_as_the_tenant_socket_activated_with_a_clean_environment() {
         &[app_py.to_str().unwrap()],
         "env = { APP_ENV = \"production\" }",
     );
+    // Found as the supervisor's child.
     let config = format!(
-        "{block}{}",
+        "{block}{}{HOST_PIDS}",
         tenant("ta", &home, "a.test", "", &[("/py/", "py")], &apps)
     );
     // berth itself has the variable: the app must not inherit it.
@@ -884,7 +894,7 @@ fn a_websocket_upgrade_is_tunnelled_and_frees_the_process_after() {
     let dir = Dir::new();
     let home = Home::with_app(&dir, "home-a", USER_A, user_a());
     let pki = Pki::new();
-    let s = start_a_with(&dir, &home, "max_processes = 1", &tls_line(&dir, &pki));
+    let s = start_a_host_pids(&dir, &home, "max_processes = 1", &tls_line(&dir, &pki));
 
     let mut ws = connect(s.addr());
     ws.write_all(
@@ -1044,7 +1054,7 @@ fn a_crash_is_502_and_the_next_request_works() {
     require_root();
     let dir = Dir::new();
     let home = Home::with_app(&dir, "home-a", USER_A, user_a());
-    let s = start_a(&dir, &home, "max_processes = 1");
+    let s = start_a_host_pids(&dir, &home, "max_processes = 1", "");
 
     let r = get(&s, "/py/pid");
     assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
@@ -1180,7 +1190,7 @@ fn another_tenant_cannot_reach_the_socket_or_the_processes() {
             &http_app("tb", "py", &home_b, &[py_b.to_str().unwrap()], "")
         ),
     );
-    let s = start_tenants(&dir, &[&home_a, &home_b], &tenants);
+    let s = start_tenants(&dir, &[&home_a, &home_b], &(tenants + HOST_PIDS));
 
     let r = get(&s, "/py/pid");
     assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
@@ -1247,7 +1257,7 @@ fn sigterm_stops_every_process_of_the_tenant() {
         &[app_py.to_str().unwrap()],
         "max_processes = 3",
     );
-    let tenants = tenant("tc", &home, "c.test", "", &[("/py/", "py")], &apps);
+    let tenants = tenant("tc", &home, "c.test", "", &[("/py/", "py")], &apps) + HOST_PIDS;
     let mut s = start_tenants(&dir, &[&home], &tenants);
     // Three processes at once.
     let results: Vec<Resp> = std::thread::scope(|scope| {

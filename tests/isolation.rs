@@ -24,7 +24,10 @@ struct HomeUnderHome(Home);
 impl HomeUnderHome {
     fn new(user: &'static str) -> HomeUnderHome {
         let ids = ensure_user(user);
-        let path = PathBuf::from(format!("/home/{user}-{}", std::process::id()));
+        // Tests run in parallel in one process: a number of its own each.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = PathBuf::from(format!("/home/{user}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(path.join("public")).unwrap();
         for p in [&path, &path.join("public")] {
@@ -65,15 +68,15 @@ done
 pids=""
 for d in /proc/[0-9]*; do pids="$pids $(basename $d):$(cat $d/comm 2>/dev/null)"; done
 echo "processes=$pids"
-echo "$MARK" > /tmp/berth-tiso-mark
-echo "tmp_mark=$(cat /tmp/berth-tiso-mark)"
+echo "$MARK" > /tmp/berth-tiso-mark-$MARK
+echo "tmp_mark=$(cat /tmp/berth-tiso-mark-$MARK)"
 if touch /usr/berth-tiso-x 2>/dev/null; then echo "usr=written"; else echo "usr=refused"; fi
 "#;
 
 /// What tenant B's script sees of /tmp.
 const B_TMP_CGI: &str = r#"#!/bin/sh
 printf 'Content-Type: text/plain\r\n\r\n'
-if [ -e /tmp/berth-tiso-mark ]; then echo "b_sees=$(cat /tmp/berth-tiso-mark)"; else echo "b_sees=nothing"; fi
+if [ -e /tmp/berth-tiso-mark-$MARK ]; then echo "b_sees=$(cat /tmp/berth-tiso-mark-$MARK)"; else echo "b_sees=nothing"; fi
 "#;
 
 /// Lines `key=value` of a probe's answer.
@@ -131,10 +134,15 @@ fn an_app_sees_its_own_tree_and_nothing_of_the_other_tenants() {
         dir.join("log").display(),
         dir.join("berth.toml").display(),
     );
-    let cfg = config(&a, &b, "").replace(
-        "[tenant.ta.app.sh]\nprotocol = \"cgi\"\n",
-        &format!("[tenant.ta.app.sh]\nprotocol = \"cgi\"\n{env}"),
-    );
+    let cfg = config(&a, &b, "")
+        .replace(
+            "[tenant.ta.app.sh]\nprotocol = \"cgi\"\n",
+            &format!("[tenant.ta.app.sh]\nprotocol = \"cgi\"\n{env}"),
+        )
+        .replace(
+            "[tenant.tb.app.sh]\nprotocol = \"cgi\"\n",
+            &format!("[tenant.tb.app.sh]\nprotocol = \"cgi\"\nenv = {{ MARK = \"{mark}\" }}\n"),
+        );
     let s = start_tenants(&dir, &[&a, &b], &cfg);
 
     let r = get_from(&s, "a.test", "/probe.cgi");
@@ -166,13 +174,13 @@ fn an_app_sees_its_own_tree_and_nothing_of_the_other_tenants() {
     assert_eq!(value(&text, "tmp_mark"), mark, "{text}");
     // /tmp is the tenant's: not the host's, not B's.
     assert!(
-        !Path::new("/tmp/berth-tiso-mark").exists(),
+        !Path::new(&format!("/tmp/berth-tiso-mark-{mark}")).exists(),
         "the app's /tmp is the host's"
     );
     let r = get_from(&s, "b.test", "/tmp.cgi");
     assert_eq!(value(&r.text(), "b_sees"), "nothing", "{r:?}");
     // And it is kept: the next run of A sees what the last one left.
-    let private = dir.join("state/private/ta/tmp/berth-tiso-mark");
+    let private = dir.join(&format!("state/private/ta/tmp/berth-tiso-mark-{mark}"));
     assert_eq!(fs::read_to_string(&private).unwrap().trim(), mark);
 }
 
@@ -238,10 +246,21 @@ fn a_front_end_naming_a_script_outside_the_tenants_tree_runs_nothing() {
     let b = HomeUnderHome::new(USER_B);
     a.write("public/a.php", "<?php echo 'A RAN';", 0o644);
     a.write("public/php/start.php", "<?php echo 'started';", 0o644);
-    let b_php = b.write("public/b.php", "<?php echo 'B RAN as ', posix_getuid();", 0o644);
+    let b_php = b.write(
+        "public/b.php",
+        "<?php echo 'B RAN as ', posix_getuid();",
+        0o644,
+    );
     let extra = format!(
         "\n[[tenant.ta.site.route]]\npath = \"/php/\"\napp = \"php\"\nextensions = [\"php\"]\n{}",
-        app_table("ta", "php", "fastcgi", &a.public(), &["/usr/bin/php-cgi"], "")
+        app_table(
+            "ta",
+            "php",
+            "fastcgi",
+            &a.public(),
+            &["/usr/bin/php-cgi"],
+            ""
+        )
     );
     let s = start_tenants(&dir, &[&a, &b], &config(&a, &b, &extra));
     // A file the front end's user can write and anyone can read: in /tmp.
@@ -269,7 +288,12 @@ fn a_front_end_naming_a_script_outside_the_tenants_tree_runs_nothing() {
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("ta.php."))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("ta.php.")
+        })
         .expect("the php app's socket");
     // php-cgi serves one connection at a time and the front end keeps its
     // own open: the front end goes (it is restarted), as a compromised one
@@ -416,6 +440,7 @@ fn a_site_root_swapped_for_a_symlink_refuses_to_start_the_app_and_says_why() {
     b.write("public/secret.txt", "B's secret\n", 0o644);
     // A's second site has its root outside A's home, in a directory A owns.
     let outside = PathBuf::from(format!("/home/berth-tisor-{}", std::process::id()));
+    // (only this test makes it)
     let _ = fs::remove_dir_all(&outside);
     fs::create_dir_all(outside.join("public")).unwrap();
     struct Rm(PathBuf);
@@ -428,7 +453,14 @@ fn a_site_root_swapped_for_a_symlink_refuses_to_start_the_app_and_says_why() {
     let extra = format!(
         "\n[[tenant.ta.site]]\nhosts = [\"a2.test\"]\nroot = \"{root}\"\n\n[[tenant.ta.site.route]]\npath = \"/run/\"\napp = \"ran\"\n{app}",
         root = outside.join("public").display(),
-        app = app_table("ta", "ran", "cgi", &a.join("bin"), &[a.join("bin/ran.cgi").to_str().unwrap()], ""),
+        app = app_table(
+            "ta",
+            "ran",
+            "cgi",
+            &a.join("bin"),
+            &[a.join("bin/ran.cgi").to_str().unwrap()],
+            ""
+        ),
     );
     let cmd = Command::new("chown")
         .args(["-R", &format!("{}:{}", a.uid, a.gid)])
@@ -503,10 +535,6 @@ fn berth_started_as_a_normal_user_builds_the_view_in_a_user_namespace() {
     let procs = value(&text, "processes");
     assert!(procs.contains("1:berth-init"), "{procs}");
     assert!(procs.split_whitespace().count() <= 6, "{procs}");
-    assert!(!Path::new("/tmp/berth-tiso-mark").exists());
-    assert!(
-        !s.output().contains("isolation is off"),
-        "{}",
-        s.output()
-    );
+    assert!(!Path::new(&format!("/tmp/berth-tiso-mark-{mark}")).exists());
+    assert!(!s.output().contains("isolation is off"), "{}", s.output());
 }

@@ -6,6 +6,7 @@
 //! reopening, log files that a tenant could redirect (invariant 7), and running
 //! as a normal user.
 mod common;
+use common::apps::HOST_PIDS;
 use common::*;
 
 use std::fs;
@@ -700,7 +701,13 @@ fn app_process_leaves_nothing_running_in_its_group_when_it_exits() {
         "min_processes = 1",
     ));
     let (server, port, tls_port) = server_block(&dir, LIMITS);
-    let s = Server::start(&dir, &format!("{server}{config}"), port, tls_port);
+    // Processes are found by the pid the app reports.
+    let s = Server::start(
+        &dir,
+        &format!("{server}{config}{HOST_PIDS}"),
+        port,
+        tls_port,
+    );
     let mut first = 0;
     assert!(
         eventually(Duration::from_secs(10), || {
@@ -775,7 +782,13 @@ fn apps_get_the_tenants_open_files_not_berths_limit() {
         homes.push(home);
     }
     let (server, port, tls_port) = server_block(&dir, LIMITS);
-    let s = Server::start(&dir, &format!("{server}{config}"), port, tls_port);
+    // Processes are found by the pid the app reports.
+    let s = Server::start(
+        &dir,
+        &format!("{server}{config}{HOST_PIDS}"),
+        port,
+        tls_port,
+    );
     // berth's own limit, which its children used to inherit: set to a
     // value of its own (lowering needs no privilege).
     let berth = rustix::process::Pid::from_raw(s.pid() as i32);
@@ -1662,7 +1675,8 @@ fn start_with_many_sites(dir: &Dir, extra: &str) -> (Server, common::apps::Home)
         "min_processes = 1",
     ));
     let (server, port, tls_port) = server_block(dir, extra);
-    let s = Server::start(dir, &format!("{server}{config}"), port, tls_port);
+    // The warm php-cgi is found by its pid.
+    let s = Server::start(dir, &format!("{server}{config}{HOST_PIDS}"), port, tls_port);
     (s, home)
 }
 

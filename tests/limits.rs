@@ -290,7 +290,8 @@ fn what_apps_and_cgi_scripts_leave_running_is_gone_after_a_stop_a_run_and_sigter
     let d = home(&dir, "d", USER_D);
     let uid = ensure_user(USER_D).0;
     let cfg = tenant("td", &d, "d.test", "", "");
-    let mut s = start_tenants(&dir, &[&d], &cfg);
+    // Its processes are found by the pid they report.
+    let mut s = start_tenants(&dir, &[&d], &(cfg + HOST_PIDS));
 
     // A CGI script's child in a session of its own goes when the script ends.
     let r = get_host(s.addr(), "d.test", "/cgi/leave.cgi");
@@ -354,7 +355,8 @@ fn without_cgroups_memory_and_tasks_fall_back_to_rlimits_and_cores_are_off() {
         &dir,
         "keepalive_timeout = \"5s\"\ndrain_timeout = \"5s\"\ncgroups = \"none\"",
     );
-    let s = Server::start(&dir, &format!("{block}{cfg}"), port, tls_port);
+    // Its processes are found by the pid they report.
+    let s = Server::start(&dir, &format!("{block}{cfg}{HOST_PIDS}"), port, tls_port);
     assert!(
         s.wait_output(
             "cgroups: none (cgroups = \"none\" in [server])",
@@ -400,7 +402,8 @@ fn a_process_above_process_memory_is_recycled_after_its_request_and_named_once()
     let dir = Dir::new();
     let f = home(&dir, "f", USER_F);
     let cfg = tenant("tf", &f, "f.test", "process_memory = \"64MiB\"", "");
-    let s = start_tenants(&dir, &[&f], &cfg);
+    // Its processes are found by the pid they report.
+    let s = start_tenants(&dir, &[&f], &(cfg + HOST_PIDS));
     let pid_of = |s: &Server| -> String {
         let r = get_host(s.addr(), "f.test", "/hello");
         assert_eq!(r.status, 200, "{}", r.text());

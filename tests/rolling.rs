@@ -360,7 +360,8 @@ fn assert_gone(old: &BTreeSet<u32>, s: &Server) {
 // ---------------------------------------------------------------------------
 
 /// Tenant `ta` (a.test) whose `*.php` go to app `php`, which runs
-/// `command` with `pool` settings.
+/// `command` with `pool` settings. These tests tell old processes from new
+/// ones by the pid they report: no view of their own ([`HOST_PIDS`]).
 fn php_tenant(home: &Home, command: &str, pool: &str) -> String {
     format!(
         r#"{site}
@@ -368,14 +369,14 @@ fn php_tenant(home: &Home, command: &str, pool: &str) -> String {
 path = "/"
 extensions = ["php"]
 app = "php"
-{app}"#,
+{app}{HOST_PIDS}"#,
         site = tenant_site("ta", home, "a.test"),
         app = app_table("ta", "php", "fastcgi", &home.public(), &[command], pool),
     )
 }
 
 /// Tenant `ta` (a.test) with the Python app `py` at `/py/` (its directory
-/// `home/app`), with `pool` settings.
+/// `home/app`), with `pool` settings; no view of its own, as above.
 fn py_tenant(home: &Home, pool: &str) -> String {
     let program = home.join("app/app.py");
     format!(
@@ -383,7 +384,7 @@ fn py_tenant(home: &Home, pool: &str) -> String {
 [[tenant.ta.site.route]]
 path = "/py/"
 app = "py"
-{app}"#,
+{app}{HOST_PIDS}"#,
         site = tenant_site("ta", home, "a.test"),
         app = app_table(
             "ta",

@@ -32,6 +32,10 @@ pub struct View {
     pub userns: Option<(u32, u32)>,
 }
 
+/// What a view's mounts depend on besides the configuration: the tenant,
+/// and the app's read-write and read-only binds.
+type MountsKey = (String, Vec<PathBuf>, Vec<PathBuf>);
+
 /// Every tenant's paths and berth's own, from the configuration in use.
 pub struct Views {
     state_dir: PathBuf,
@@ -50,7 +54,7 @@ pub struct Views {
     /// Unprivileged berth: the user namespace's ids, or why there is none.
     unprivileged: Option<Result<(u32, u32), String>>,
     /// Mounts by tenant and the app's binds, until the next configuration.
-    cache: Mutex<HashMap<(String, Vec<PathBuf>, Vec<PathBuf>), Arc<Vec<Mount>>>>,
+    cache: Mutex<HashMap<MountsKey, Arc<Vec<Mount>>>>,
 }
 
 impl Views {
@@ -146,7 +150,12 @@ impl Views {
             .flat_map(|(i, (_, p))| p.iter().map(move |p| (p.clone(), Some(i))))
             .collect();
         let tenants_paths: Vec<PathBuf> = all.iter().map(|(p, _)| p.clone()).collect();
-        all.extend(hidden.iter().chain(&hidden_files).map(|p| (p.clone(), None)));
+        all.extend(
+            hidden
+                .iter()
+                .chain(&hidden_files)
+                .map(|p| (p.clone(), None)),
+        );
         all.sort();
         self.all = all;
         hidden.extend(view::common_hides(&tenants_paths));
@@ -216,9 +225,7 @@ impl Views {
             return Ok(m.clone());
         }
         let index = self.paths.iter().position(|(t, _)| t == tenant);
-        let own = index
-            .map(|i| self.paths[i].1.clone())
-            .unwrap_or_default();
+        let own = index.map(|i| self.paths[i].1.clone()).unwrap_or_default();
         // What lies inside the tenant's own tree and is not its own: hidden
         // on top of it (the common hides only cover it from outside).
         let mut others: Vec<PathBuf> = Vec::new();

@@ -131,10 +131,10 @@ fn outer(plan: &Plan) -> ! {
     block_all_signals();
     // What `ps` and /proc/PID/comm show (else "exe", from /proc/self/exe).
     let _ = rustix::thread::set_name(c"berth-init");
-    if let Some((uid, gid)) = plan.userns {
-        if let Err(e) = enter_user_namespace(uid, gid) {
-            fail(&e)
-        }
+    if let Some((uid, gid)) = plan.userns
+        && let Err(e) = enter_user_namespace(uid, gid)
+    {
+        fail(&e)
     }
     let mut flags =
         libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
@@ -151,10 +151,10 @@ fn outer(plan: &Plan) -> ! {
     if let Err(e) = rustix::system::sethostname(plan.hostname.as_bytes()) {
         fail(&errno("sethostname", e))
     }
-    if plan.network_none {
-        if let Err(e) = loopback_up() {
-            fail(&errno("bringing loopback up", e))
-        }
+    if plan.network_none
+        && let Err(e) = loopback_up()
+    {
+        fail(&errno("bringing loopback up", e))
     }
     let devnull = match std::fs::OpenOptions::new()
         .read(true)
@@ -367,10 +367,10 @@ fn exec_app(plan: &Plan) -> ! {
             fail(&errno("no_new_privs", io::Error::last_os_error()))
         }
     }
-    if let Some(f) = &filter {
-        if let Err(e) = f.install() {
-            fail(&errno("installing the seccomp filter", e))
-        }
+    if let Some(f) = &filter
+        && let Err(e) = f.install()
+    {
+        fail(&errno("installing the seccomp filter", e))
     }
     let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_p.push(std::ptr::null());

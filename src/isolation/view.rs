@@ -249,6 +249,12 @@ pub fn mounts(i: &Inputs<'_>) -> Vec<Mount> {
         }
     }
     for (source, target) in &i.private {
+        // What is hidden and not shown again needs no private copy.
+        let hidden = kept.iter().any(|h| target.starts_with(h))
+            && !i.own.iter().any(|o| target.starts_with(o));
+        if hidden {
+            continue;
+        }
         out.push(Mount::Private {
             source: source.clone(),
             target: target.clone(),
@@ -432,6 +438,23 @@ mod tests {
     }
 
     #[test]
+    fn a_writable_directory_inside_a_hidden_one_gets_no_private_copy() {
+        let i = Inputs {
+            own: vec![p("/home/alice")],
+            hidden: vec![p("/var/lib/berth")],
+            private: vec![
+                (p("/s/tmp"), p("/tmp")),
+                (p("/s/var-lib-berth-tmp"), p("/var/lib/berth/tmp")),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            targets(&mounts(&i)),
+            ["private /tmp", "show /home/alice", "hide /var/lib/berth"]
+        );
+    }
+
+    #[test]
     fn a_system_parent_is_never_hidden_whole() {
         let i = Inputs {
             own: vec![p("/srv/alice")],
@@ -528,7 +551,10 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(targets(&fast), targets(&whole));
-        assert!(targets(&whole).contains(&"hide /home/alice/x".to_string()), "{whole:?}");
+        assert!(
+            targets(&whole).contains(&"hide /home/alice/x".to_string()),
+            "{whole:?}"
+        );
     }
 
     #[test]

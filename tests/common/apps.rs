@@ -694,3 +694,10 @@ impl Drop for EnvServer {
         let _ = self.child.wait();
     }
 }
+
+/// `[defaults.isolation] namespaces = false`, for tests that tell app
+/// processes apart by the pid the app reports, or find them as the
+/// supervisor's children: in its own view every app is pid 2 under berth's
+/// init (see docs/isolation.md). Isolation itself is tested in
+/// tests/isolation.rs; every other test runs with it on, as berth does.
+pub const HOST_PIDS: &str = "\n[defaults.isolation]\nnamespaces = false\n";
