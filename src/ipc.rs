@@ -237,6 +237,10 @@ pub struct SitePlan {
     /// symlink and refused unless this uid owns it.
     #[serde(default)]
     pub root_owner: Option<u32>,
+    /// The tenant's own configuration files inside the root (its
+    /// `own_config`, the site's `berth.toml`): never served.
+    #[serde(default)]
+    pub private_files: Vec<PathBuf>,
 }
 
 /// What the front end knows of an app: how to talk to it and its pool limits.
@@ -856,6 +860,7 @@ mod tests {
                     routes: Vec::new(),
                     max_body: None,
                     root_owner: None,
+                    private_files: Vec::new(),
                 })
                 .collect(),
             apps: Vec::new(),

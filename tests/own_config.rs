@@ -890,3 +890,29 @@ fn an_own_file_across_a_mount_point_in_the_home_is_not_read() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("lies across a mount point"), "{out}");
 }
+
+#[test]
+fn an_own_file_inside_the_site_root_is_never_served_by_its_name_or_a_link() {
+    let dir = Dir::new();
+    let (o1, o2) = homes(&dir);
+    // A site whose root is the home itself, where the own file lives (the
+    // app's environment in it may hold a database password).
+    let own = "[app.x]\nprotocol = \"cgi\"\ncommand = [\"/bin/true\"]\ndir = \"/\"\nenv = { DB_PASSWORD = \"hunter2\" }\n";
+    o2.write("berth.toml", own, 0o644);
+    o2.write("index.html", "home page\n", 0o644);
+    std::os::unix::fs::symlink("berth.toml", o2.join("conf.txt")).unwrap();
+    o1.own();
+    o2.own();
+    let (config, port, tls_port) = two_tenants(&dir, &o1, &o2, "");
+    let config = config.replace(
+        &format!("root = \"{}/public\"", o2.path.display()),
+        &format!("root = \"{}\"", o2.path.display()),
+    );
+    let s = Server::start(&dir, &config, port, tls_port);
+    assert_eq!(get_host(s.addr(), "o2.test", "/index.html").status, 200);
+    for path in ["/berth.toml", "/conf.txt"] {
+        let r = get_host(s.addr(), "o2.test", path);
+        assert_eq!(r.status, 404, "{path}: {r:?}");
+        assert!(!r.text().contains("hunter2"), "{path}: {r:?}");
+    }
+}

@@ -503,9 +503,16 @@ fn build(plan: Plan, fds: Vec<OwnedFd>, previous: Option<&Generation>) -> anyhow
             }
         }
         let root = match (held.get(site.root.as_path()), site.root_owner) {
-            (Some(r), owner) if r.is_still(&site.root, owner) => Ok(Arc::clone(r)),
-            (_, None) => Root::open(&site.root).map(Arc::new),
-            (_, Some(uid)) => Root::open_owned(&site.root, uid).map(Arc::new),
+            (Some(r), owner)
+                if r.is_still(&site.root, owner) && r.private() == site.private_files =>
+            {
+                Ok(Arc::clone(r))
+            }
+            (_, None) => {
+                Root::open(&site.root).map(|r| Arc::new(r.with_private(site.private_files.clone())))
+            }
+            (_, Some(uid)) => Root::open_owned(&site.root, uid)
+                .map(|r| Arc::new(r.with_private(site.private_files.clone()))),
         };
         let root = root.map_err(|e| {
             let why = format!("cannot open root {}: {e}", site.root.display());

@@ -78,6 +78,9 @@ pub struct Root {
     path: PathBuf,
     /// Opened by [`Root::open_owned`] for this uid.
     owner: Option<u32>,
+    /// The tenant's own configuration files that lie inside the root: never
+    /// served, under their name or another (invariant 3).
+    private: Vec<PathBuf>,
 }
 
 impl Root {
@@ -93,6 +96,7 @@ impl Root {
             fd,
             path: path.to_path_buf(),
             owner: None,
+            private: Vec::new(),
         })
     }
 
@@ -122,6 +126,7 @@ impl Root {
             fd,
             path: path.to_path_buf(),
             owner: Some(uid),
+            private: Vec::new(),
         })
     }
 
@@ -151,6 +156,18 @@ impl Root {
     /// The path the root was opened from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The root with `files` (the tenant's own configuration inside it)
+    /// never served.
+    pub fn with_private(mut self, files: Vec<PathBuf>) -> Root {
+        self.private = files;
+        self
+    }
+
+    /// The files [`Root::with_private`] keeps from being served.
+    pub fn private(&self) -> &[PathBuf] {
+        &self.private
     }
 }
 
@@ -466,6 +483,21 @@ fn single_header(req: &HeaderMap, name: header::HeaderName) -> Option<&str> {
 /// returns it with its metadata. Symlinks are followed only if the link's owner
 /// owns the target.
 fn open(root: &Root, rel: &str) -> Result<(OwnedFd, Stat), Reject> {
+    let (fd, st) = open_any(root, rel)?;
+    // The tenant's own configuration, reached by its name or through a
+    // link: compared by inode, as it is now (a stat only for sites that
+    // have such a file in their root).
+    for p in &root.private {
+        let now = rustix::fs::statat(rustix::fs::CWD, p, rustix::fs::AtFlags::empty());
+        if now.is_ok_and(|now| (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)) {
+            return Err(Reject::NotFound);
+        }
+    }
+    Ok((fd, st))
+}
+
+/// [`open`] without the check on the tenant's own configuration.
+fn open_any(root: &Root, rel: &str) -> Result<(OwnedFd, Stat), Reject> {
     let err = |e: Errno| open_error(root, rel, e);
     let fd =
         match retry(|| rustix::fs::openat2(&root.fd, rel, READ_FLAGS, Mode::empty(), FAST_RESOLVE))

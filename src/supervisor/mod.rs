@@ -1074,6 +1074,14 @@ impl Supervisor {
                     routes: s.routes.clone(),
                     max_body: s.max_body,
                     root_owner: s.owner,
+                    private_files: t
+                        .own
+                        .iter()
+                        .map(|o| o.path.clone())
+                        .chain(s.own.iter().map(|o| o.path.clone()))
+                        .chain(s.own_config.clone())
+                        .filter(|p| p.starts_with(&s.root))
+                        .collect(),
                 })
             })
             .collect();
