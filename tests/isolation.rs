@@ -538,3 +538,94 @@ fn berth_started_as_a_normal_user_builds_the_view_in_a_user_namespace() {
     assert!(!Path::new(&format!("/tmp/berth-tiso-mark-{mark}")).exists());
     assert!(!s.output().contains("isolation is off"), "{}", s.output());
 }
+
+/// Runs `argv[3:]` as uid `argv[1]`, gid `argv[2]`, in a user namespace of
+/// its own that allows no further user namespace (`max_user_namespaces` 0
+/// there): a kernel that lets this user make none, for berth started as a
+/// normal user. A child left in the host's namespace writes the maps.
+const NO_USERNS_PY: &str = r#"
+import ctypes, os, sys
+uid, gid, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+libc = ctypes.CDLL(None, use_errno=True)
+r, w = os.pipe()
+child = os.fork()
+if child == 0:
+    os.close(w)
+    os.read(r, 1)
+    parent = os.getppid()
+    # root stays root (berth checks that the directories above its own
+    # are root's), the user stays itself.
+    for f, line in (('uid_map', f'0 0 1\n{uid} {uid} 1\n'), ('gid_map', f'0 0 1\n{gid} {gid} 1\n')):
+        with open(f'/proc/{parent}/{f}', 'w') as m:
+            m.write(line)
+    os._exit(0)
+os.close(r)
+if libc.unshare(0x10000000) != 0:
+    sys.exit('unshare: errno %d' % ctypes.get_errno())
+os.write(w, b'x')
+os.waitpid(child, 0)
+with open('/proc/sys/user/max_user_namespaces', 'w') as f:
+    f.write('0\n')
+os.setgroups([])
+os.setresgid(gid, gid, gid)
+os.setresuid(uid, uid, uid)
+os.execv(argv[0], argv)
+"#;
+
+#[test]
+fn where_no_user_namespace_is_allowed_isolation_is_said_off_once_or_refused_when_enforced() {
+    require_root();
+    let user = "berth-tisou";
+    let (uid, gid) = ensure_user(user);
+    for enforced in [false, true] {
+        let dir = Dir::new();
+        let home = Home::new(&dir, "home-u", user, (uid, gid));
+        home.write("public/probe.cgi", PROBE_CGI, 0o755);
+        let (block, port, tls_port) = server(&dir);
+        let enforce = if enforced {
+            "\n[enforce.isolation]\nnamespaces = true\n"
+        } else {
+            ""
+        };
+        let cfg = format!(
+            "{block}{site}\n[[tenant.tu.site.route]]\npath = \"/\"\napp = \"sh\"\nextensions = [\"cgi\"]\n\n[tenant.tu.app.sh]\nprotocol = \"cgi\"\nenv = {{ MARK = \"m\", OTHER_FILE = \"/nonexistent\" }}\n{enforce}",
+            site = tenant_site("tu", &home, "u.test"),
+        );
+        let st = Command::new("chown")
+            .args(["-R", &format!("{uid}:{gid}")])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let mut cmd = Command::new("python3");
+        cmd.args([
+            "-c",
+            NO_USERNS_PY,
+            &uid.to_string(),
+            &gid.to_string(),
+            BERTH,
+        ]);
+        let s = Server::start_with(cmd, &dir, &cfg, port, tls_port);
+        let r = get_from(&s, "u.test", "/probe.cgi");
+        let said = s.output().matches("isolation is off").count();
+        assert_eq!(said, 1, "said once at start-up:\n{}", s.output());
+        if enforced {
+            assert!(r.status >= 500, "{r:?}");
+            assert!(
+                s.wait_output(
+                    "isolation is required ([enforce.isolation] namespaces = true) and cannot be set up",
+                    Duration::from_secs(5)
+                ),
+                "{}",
+                s.output()
+            );
+        } else {
+            // It runs, without a view of its own: the host's name, its
+            // processes.
+            assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+            let text = r.text();
+            assert_eq!(value(&text, "uid"), uid.to_string(), "{text}");
+            assert_ne!(value(&text, "hostname"), "tu", "{text}");
+        }
+    }
+}
