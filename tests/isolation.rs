@@ -23,11 +23,16 @@ struct HomeUnderHome(Home);
 
 impl HomeUnderHome {
     fn new(user: &'static str) -> HomeUnderHome {
+        HomeUnderHome::under("/home", user)
+    }
+
+    /// A home at `PARENT/NAME-PID-N`.
+    fn under(parent: &str, user: &'static str) -> HomeUnderHome {
         let ids = ensure_user(user);
         // Tests run in parallel in one process: a number of its own each.
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = PathBuf::from(format!("/home/{user}-{}-{n}", std::process::id()));
+        let path = PathBuf::from(format!("{parent}/{user}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(path.join("public")).unwrap();
         for p in [&path, &path.join("public")] {
@@ -628,4 +633,82 @@ fn where_no_user_namespace_is_allowed_isolation_is_said_off_once_or_refused_when
             assert_ne!(value(&text, "hostname"), "tu", "{text}");
         }
     }
+}
+
+#[test]
+fn a_home_under_a_system_directory_is_writable_in_its_own_view() {
+    // /srv is the system's: each home under it is hidden from the others by
+    // itself, and its own view must not get it read-only.
+    require_root();
+    let dir = Dir::new();
+    let a = HomeUnderHome::under("/srv", USER_A);
+    let b = HomeUnderHome::under("/srv", USER_B);
+    a.write(
+        "public/write.cgi",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\nif touch \"$HOME/written\"; then echo written=yes; else echo written=no; fi\nif [ -e \"$OTHER/public\" ]; then echo other=seen; else echo other=hidden; fi\n",
+        0o755,
+    );
+    let cfg = config(&a, &b, "").replace(
+        "[tenant.ta.app.sh]\nprotocol = \"cgi\"\n",
+        &format!(
+            "[tenant.ta.app.sh]\nprotocol = \"cgi\"\nenv = {{ OTHER = \"{}\" }}\n",
+            b.path.display()
+        ),
+    );
+    let s = start_tenants(&dir, &[&a, &b], &cfg);
+    let r = get_from(&s, "a.test", "/write.cgi");
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+    assert_eq!(value(&r.text(), "written"), "yes", "{r:?}");
+    assert_eq!(value(&r.text(), "other"), "hidden", "{r:?}");
+    assert!(a.join("written").exists());
+}
+
+#[test]
+fn berths_init_stays_in_berths_cgroup_and_only_the_app_joins_the_tenants() {
+    // A tenant that had throttled its own CPU to nothing made the supervisor
+    // wait for seconds on every start: the init that builds its view ran in
+    // the tenant's cgroup, under its CPU limit, while the supervisor waited.
+    require_root();
+    let dir = Dir::new();
+    let a = HomeUnderHome::new(USER_A);
+    let b = HomeUnderHome::new(USER_B);
+    a.write(
+        "public/slow.cgi",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\ncat /proc/self/cgroup\nsleep 3\n",
+        0o755,
+    );
+    let s = start_tenants(&dir, &[&a, &b], &config(&a, &b, ""));
+    let addr = s.addr();
+    let request = std::thread::spawn(move || get_host(addr, "a.test", "/slow.cgi"));
+    // The init's outer process: the supervisor's child, `berth app-init ta`.
+    let sup = s.pid();
+    let mut outer = None;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            outer = live_processes().into_iter().find_map(|(pid, st)| {
+                (field(&st, "PPid") == [sup as u64]
+                    && cmdline(pid).starts_with("berth app-init ta"))
+                .then_some(pid)
+            });
+            outer.is_some()
+        }),
+        "no berth-init under the supervisor:\n{}",
+        s.output()
+    );
+    let outer_cgroup = fs::read_to_string(format!("/proc/{}/cgroup", outer.unwrap())).unwrap();
+    let r = request.join().unwrap();
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+    let app_cgroup = r.text();
+    if !app_cgroup.contains("ta.tenant") {
+        // Without cgroups (none here) there is nothing to compare.
+        assert!(
+            s.output().contains("cgroups: none") || !s.output().contains("cgroups: v"),
+            "{app_cgroup}"
+        );
+        return;
+    }
+    assert!(
+        !outer_cgroup.contains("ta.tenant"),
+        "berth's init is in the tenant's cgroup:\n{outer_cgroup}"
+    );
 }

@@ -120,6 +120,9 @@ PROBES = {
     "fspick": lambda nr, a: call(nr, AT_FDCWD, MISSING, 0),
     "mount_setattr": lambda nr, a: call(nr, AT_FDCWD, MISSING, 0, 0, 0),
     "open_by_handle_at": lambda nr, a: call(nr, -1, 0, 0),
+    "pidfd_getfd": lambda nr, a: call(nr, -1, 0, 0),
+    "modify_ldt": with_buffer(16, lambda nr, p: call(nr, 0, p, 16)),  # a read
+    "uselib": lambda nr, a: call(nr, MISSING),
     "acct": lambda nr, a: call(nr, MISSING + b"/acct"),
     "swapon": lambda nr, a: call(nr, MISSING, 0),
     "swapoff": lambda nr, a: call(nr, MISSING),
@@ -178,6 +181,11 @@ fn nr(name: &str) -> i64 {
         "fspick" => libc::SYS_fspick,
         "mount_setattr" => libc::SYS_mount_setattr,
         "open_by_handle_at" => libc::SYS_open_by_handle_at,
+        "pidfd_getfd" => libc::SYS_pidfd_getfd,
+        #[cfg(target_arch = "x86_64")]
+        "modify_ldt" => libc::SYS_modify_ldt,
+        #[cfg(target_arch = "x86_64")]
+        "uselib" => libc::SYS_uselib,
         "acct" => libc::SYS_acct,
         "swapon" => libc::SYS_swapon,
         "swapoff" => libc::SYS_swapoff,

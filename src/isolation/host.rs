@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use tracing::warn;
 
@@ -48,11 +48,10 @@ pub struct Views {
     /// [`view::common_hides`] and berth's own directories.
     hidden: Vec<PathBuf>,
     hidden_files: Vec<PathBuf>,
-    /// The front end's uid and groups (when berth switches users): the
-    /// directories it may write become private.
-    front: Option<(u32, Vec<u32>)>,
     /// Unprivileged berth: the user namespace's ids, or why there is none.
     unprivileged: Option<Result<(u32, u32), String>>,
+    /// The host's directories others may write, found once at start-up.
+    shared: view::Shared,
     /// Mounts by tenant and the app's binds, until the next configuration.
     cache: Mutex<HashMap<MountsKey, Arc<Vec<Mount>>>>,
 }
@@ -66,13 +65,21 @@ impl Views {
                 "isolation is off: {why}; apps run without their own view of the machine (only the seccomp filter), unless [enforce.isolation] demands it"
             );
         }
+        let shared = view::shared_writable(front.as_ref().map(|(u, g)| (*u, g.as_slice())));
+        if shared.left > 0 {
+            warn!(
+                "{} more directories that others may write were found than the {} that apps get a private copy of; apps see those as they are",
+                shared.left,
+                view::PRIVATE_MAX
+            );
+        }
         let mut v = Views {
+            shared,
             state_dir: PathBuf::new(),
             paths: Vec::new(),
             all: Vec::new(),
             hidden: Vec::new(),
             hidden_files: Vec::new(),
-            front,
             unprivileged,
             cache: Mutex::new(HashMap::new()),
         };
@@ -215,15 +222,17 @@ impl Views {
         let mut bind = settings.bind.clone();
         bind.extend(extra.iter().cloned());
         let key = (tenant.to_string(), bind, settings.read_only.clone());
-        let private = self.private(tenant)?;
-        if let Some(m) = self
+        let cached = self
             .cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-        {
-            return Ok(m.clone());
+            .cloned();
+        if let Some(m) = cached {
+            self.make_private(tenant, &m)?;
+            return Ok(m);
         }
+        let private = self.private(tenant);
         let index = self.paths.iter().position(|(t, _)| t == tenant);
         let own = index.map(|i| self.paths[i].1.clone()).unwrap_or_default();
         // What lies inside the tenant's own tree and is not its own: hidden
@@ -257,19 +266,26 @@ impl Views {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, m.clone());
+        self.make_private(tenant, &m)?;
         Ok(m)
     }
 
-    /// The tenant's private directories, made when missing: one per
-    /// directory others can write, in `state_dir/private/TENANT/` (root's,
-    /// mode 0700, so nobody reaches them but through the view), each with
-    /// the mode of the directory it stands for.
-    fn private(&self, tenant: &str) -> Result<Vec<(PathBuf, PathBuf)>, String> {
-        static TARGETS: OnceLock<Vec<PathBuf>> = OnceLock::new();
-        let targets = TARGETS.get_or_init(|| {
-            let front = self.front.as_ref().map(|(u, g)| (*u, g.as_slice()));
-            view::shared_writable(front, &[])
-        });
+    /// The tenant's private directories, by target: in
+    /// `state_dir/private/TENANT/` (root's, mode 0700, so nobody reaches them
+    /// but through the view). Made by [`Views::make_private`], only for the
+    /// ones the view mounts.
+    fn private(&self, tenant: &str) -> Vec<(PathBuf, PathBuf)> {
+        let dir = self.state_dir.join("private").join(tenant);
+        self.shared
+            .dirs
+            .iter()
+            .map(|t| (dir.join(view::private_name(t)), t.clone()))
+            .collect()
+    }
+
+    /// Makes the private directories `mounts` binds, when missing, each
+    /// with the mode of the directory it stands for.
+    fn make_private(&self, tenant: &str, mounts: &[Mount]) -> Result<(), String> {
         let base = self.state_dir.join("private");
         let dir = base.join(tenant);
         let mk = |d: &Path, mode: u32| -> std::io::Result<()> {
@@ -290,16 +306,16 @@ impl Views {
         let why = |d: &Path, e: std::io::Error| format!("private directory {}: {e}", d.display());
         mk(&base, 0o700).map_err(|e| why(&base, e))?;
         mk(&dir, 0o700).map_err(|e| why(&dir, e))?;
-        let mut out = Vec::with_capacity(targets.len());
-        for t in targets {
-            let Ok(md) = std::fs::metadata(t) else {
+        for m in mounts {
+            let Mount::Private { source, target } = m else {
                 continue;
             };
-            let source = dir.join(view::private_name(t));
-            mk(&source, md.mode() & 0o7777).map_err(|e| why(&source, e))?;
-            out.push((source, t.clone()));
+            let Ok(md) = std::fs::metadata(target) else {
+                continue;
+            };
+            mk(source, md.mode() & 0o7777).map_err(|e| why(source, e))?;
         }
-        Ok(out)
+        Ok(())
     }
 }
 

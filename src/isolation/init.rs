@@ -49,6 +49,9 @@ pub const REPORT_FD: RawFd = 101;
 /// The first four bytes of a text report (the supervisor's own reports are a
 /// step index, never this).
 pub const TEXT_REPORT: [u8; 4] = [0xff; 4];
+/// Where the app's `cgroup.procs` descriptors are placed (one per
+/// hierarchy, from here up).
+pub const CGROUP_FD: RawFd = 102;
 /// The largest plan the init reads.
 const PLAN_MAX: u64 = 16 << 20;
 
@@ -141,6 +144,16 @@ fn outer(plan: &Plan) -> ! {
     if plan.network_none {
         flags |= libc::CLONE_NEWNET;
     }
+    // Opened before the view exists: nothing mounted in it decides what
+    // this is.
+    let devnull = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        Ok(f) => OwnedFd::from(f),
+        Err(e) => fail(&errno("/dev/null", e)),
+    };
     // SAFETY: unshare on flags; this process is single-threaded.
     if unsafe { libc::unshare(flags) } != 0 {
         fail(&errno("unshare", io::Error::last_os_error()))
@@ -156,15 +169,12 @@ fn outer(plan: &Plan) -> ! {
     {
         fail(&errno("bringing loopback up", e))
     }
-    let devnull = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        Ok(f) => OwnedFd::from(f),
-        Err(e) => fail(&errno("/dev/null", e)),
-    };
     let (status_r, status_w) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => fail(&errno("pipe", e)),
+    };
+    // Held by this process until it ends: the init sees it end.
+    let (alive_r, alive_w) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
         Ok(p) => p,
         Err(e) => fail(&errno("pipe", e)),
     };
@@ -175,9 +185,12 @@ fn outer(plan: &Plan) -> ! {
     }
     if pid == 0 {
         drop(status_r);
-        init(plan, status_w, &devnull)
+        drop(alive_w);
+        init(plan, status_w, alive_r, &devnull)
     }
     drop(status_w);
+    drop(alive_r);
+    let _alive = alive_w;
     // Only the app keeps its descriptors (and the report pipe).
     release_fds(plan, &devnull);
     let mut status: libc::c_int = 0;
@@ -227,15 +240,33 @@ fn release_fds(plan: &Plan, devnull: &OwnedFd) {
         // SAFETY: dup2 onto numbers the plan names.
         unsafe { libc::dup2(devnull.as_raw_fd(), fd) };
     }
+    for &fd in &plan.cgroup_fds {
+        // SAFETY: our copies of the cgroup files.
+        unsafe { libc::close(fd) };
+    }
     // SAFETY: our copy of the report pipe.
     unsafe { libc::close(REPORT_FD) };
 }
 
 /// Pid 1 of the app's pid namespace.
-fn init(plan: &Plan, status_w: OwnedFd, devnull: &OwnedFd) -> ! {
+fn init(plan: &Plan, status_w: OwnedFd, alive_r: OwnedFd, devnull: &OwnedFd) -> ! {
     // Dies with the outer process (whose death the supervisor sees); its own
-    // death ends everything in the namespace.
+    // death ends everything in the namespace. Had the outer one died before
+    // this was set, its end of `alive` is closed already.
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    let mut pfd = [rustix::event::PollFd::new(
+        &alive_r,
+        rustix::event::PollFlags::IN,
+    )];
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    if rustix::event::poll(&mut pfd, Some(&zero)).is_ok_and(|n| n > 0) {
+        // SAFETY: ends the process.
+        unsafe { libc::_exit(1) }
+    }
+    drop(alive_r);
     if let Err(e) = rustix::mount::mount(
         "proc",
         "/proc",
@@ -340,6 +371,20 @@ fn exec_app(plan: &Plan) -> ! {
         },
         None => None,
     };
+    // Into the app's cgroup ("0": this process), still as root.
+    for &fd in &plan.cgroup_fds {
+        // SAFETY: a write of our own bytes to a descriptor the plan names,
+        // then its close (the app gets none of them).
+        unsafe {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                fail(&errno(
+                    "joining the app's cgroup",
+                    io::Error::last_os_error(),
+                ))
+            }
+            libc::close(fd);
+        }
+    }
     if let Some((uid, gid, groups)) = &plan.identity {
         // SAFETY: system calls on integers and our own array.
         unsafe {
@@ -483,36 +528,102 @@ fn capture(path: &Path) -> Result<Option<OwnedFd>, String> {
     .map_err(|e| errno(&format!("copying the mount of {}", path.display()), e))
 }
 
-/// Makes the mount point `target` (a directory, or a file when `file`)
-/// exist, creating what is missing (only ever inside a tmpfs the view made:
-/// the rest of the tree is read-only by then).
-fn mount_point(target: &Path, file: bool) -> Result<(), String> {
-    if target.exists() {
-        return Ok(());
+/// Opens `path` (`O_PATH`) without following any symlink on the way: the
+/// place a mount goes. None when it does not exist.
+fn open_nofollow(path: &Path) -> Result<Option<OwnedFd>, String> {
+    match rustix::fs::openat2(
+        rustix::fs::CWD,
+        path,
+        OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(rustix::io::Errno::LOOP) => Err(errno(
+            &path.display().to_string(),
+            "a symlink on the way (the view mounts on real paths only)",
+        )),
+        Err(e) => Err(errno(&path.display().to_string(), e)),
     }
-    let made = if file {
-        target
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| std::fs::File::create(target).map(drop))
-    } else {
-        std::fs::create_dir_all(target)
-    };
-    made.map_err(|e| errno(&format!("mount point {}", target.display()), e))
 }
 
-/// Builds the view, in this process's new mount namespace.
+/// The mount id of what `fd` is on.
+fn mount_id(fd: &OwnedFd) -> Option<u64> {
+    use rustix::fs::{AtFlags, StatxFlags};
+    rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)
+        .ok()
+        .map(|st| st.stx_mnt_id)
+}
+
+/// The mount point `target` (a directory, or a file when `file`), opened
+/// without following symlinks. What is missing is created, but only on a
+/// mount this view made (`ours`: a hiding tmpfs, or the tenant's private
+/// directory when its home lies under `/tmp`), one component at a time
+/// under a descriptor: anywhere else a missing mount point is an error, and
+/// root never creates anything elsewhere on the host.
+fn mount_point(target: &Path, file: bool, ours: &[u64]) -> Result<OwnedFd, String> {
+    if let Some(fd) = open_nofollow(target)? {
+        return Ok(fd);
+    }
+    let parent = target
+        .parent()
+        .ok_or_else(|| errno(&target.display().to_string(), "no parent"))?;
+    let dir = match open_nofollow(parent)? {
+        Some(fd) => fd,
+        None => mount_point(parent, false, ours)?,
+    };
+    // Reopened as a directory to create in (O_PATH descriptors cannot).
+    let dir = rustix::fs::openat(
+        &dir,
+        ".",
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| errno(&parent.display().to_string(), e))?;
+    if !mount_id(&dir).is_some_and(|id| ours.contains(&id)) {
+        return Err(errno(
+            &target.display().to_string(),
+            "No such file or directory (and not inside what the view hides)",
+        ));
+    }
+    let name = target
+        .file_name()
+        .ok_or_else(|| errno(&target.display().to_string(), "no name"))?;
+    let made = if file {
+        rustix::fs::openat(
+            &dir,
+            name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::from_raw_mode(0o644),
+        )
+        .map(drop)
+    } else {
+        rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755))
+    };
+    made.map_err(|e| errno(&format!("mount point {}", target.display()), e))?;
+    open_nofollow(target)?.ok_or_else(|| errno(&target.display().to_string(), "vanished"))
+}
+
+/// Builds the view, in this process's new mount namespace. Every mount goes
+/// onto a descriptor opened without following symlinks, so nothing a tenant
+/// links or swaps (a path under its home, a directory others may write)
+/// makes root mount, create or open anything elsewhere.
 fn build_view(mounts: &[Mount]) -> Result<(), String> {
     use rustix::mount::MountPropagationFlags as P;
     // Nothing mounted here reaches the host; the host's new mounts still
     // reach the view.
     rustix::mount::mount_change("/", P::DOWNSTREAM | P::REC)
         .map_err(|e| errno("making / a downstream mount", e))?;
-    // What is bound back is copied before anything is hidden.
+    // What is bound back is copied before anything is hidden, and so is a
+    // /dev/null for each file hidden.
     let mut copies: Vec<Option<OwnedFd>> = Vec::with_capacity(mounts.len());
     for m in mounts {
         copies.push(match m {
-            Mount::Hide(_) => None,
+            Mount::Hide(path) => match std::fs::symlink_metadata(path) {
+                Ok(md) if !md.is_dir() => capture(Path::new("/dev/null"))?,
+                _ => None,
+            },
             Mount::Show { path, required, .. } => match capture(path)? {
                 Some(fd) => Some(fd),
                 None if *required => {
@@ -523,68 +634,77 @@ fn build_view(mounts: &[Mount]) -> Result<(), String> {
                 }
                 None => None,
             },
-            Mount::Private { source, target } => {
-                if target.exists() {
-                    Some(capture(source)?.ok_or_else(|| {
-                        errno(&source.display().to_string(), "No such file or directory")
-                    })?)
-                } else {
-                    None
-                }
-            }
+            Mount::Private { source, .. } => Some(capture(source)?.ok_or_else(|| {
+                errno(&source.display().to_string(), "No such file or directory")
+            })?),
         });
     }
     mount_setattr(libc::AT_FDCWD, Path::new("/"), MOUNT_ATTR_RDONLY, true)
         .map_err(|e| errno("making the system read-only", e))?;
-    let mut tmpfs: Vec<&Path> = Vec::new();
+    // The tmpfs mounts made here: their descriptors (made read-only once
+    // everything is in place); and the mounts where mount points may be
+    // made.
+    let mut tmpfs: Vec<OwnedFd> = Vec::new();
+    let mut ours: Vec<u64> = Vec::new();
     for (m, copy) in mounts.iter().zip(copies) {
         match m {
             Mount::Hide(path) => {
-                let Ok(md) = std::fs::symlink_metadata(path) else {
+                let Some(at) = open_nofollow(path)? else {
                     continue;
                 };
-                if md.is_dir() {
-                    rustix::mount::mount(
-                        "tmpfs",
-                        path,
-                        "tmpfs",
-                        rustix::mount::MountFlags::NOSUID
-                            | rustix::mount::MountFlags::NODEV
-                            | rustix::mount::MountFlags::NOEXEC,
-                        Some(c"mode=0755,size=1m,nr_inodes=4096"),
-                    )
-                    .map_err(|e| errno(&format!("hiding {}", path.display()), e))?;
-                    tmpfs.push(path);
-                } else {
-                    // A fresh copy each time: a detached copy cannot be
-                    // copied again.
-                    let null = capture(Path::new("/dev/null"))?
-                        .ok_or_else(|| errno("/dev/null", "No such file"))?;
-                    attach(&null, path)?;
+                match copy {
+                    // A file: /dev/null over it.
+                    Some(null) => attach(&null, &at, path)?,
+                    None => {
+                        let fs = empty_tmpfs().map_err(|e| errno("a tmpfs", e))?;
+                        attach(&fs, &at, path)?;
+                        ours.extend(mount_id(&fs));
+                        tmpfs.push(fs);
+                    }
                 }
             }
             Mount::Show {
                 path, read_only, ..
             } => {
                 let Some(copy) = copy else { continue };
-                mount_point(path, !is_dir_fd(&copy))?;
+                let at = mount_point(path, !is_dir_fd(&copy), &ours)?;
                 if *read_only {
                     mount_setattr(copy.as_raw_fd(), Path::new(""), MOUNT_ATTR_RDONLY, true)
                         .map_err(|e| errno(&format!("read-only {}", path.display()), e))?;
                 }
-                attach(&copy, path)?;
+                attach(&copy, &at, path)?;
             }
             Mount::Private { target, .. } => {
-                let Some(copy) = copy else { continue };
-                attach(&copy, target)?;
+                let (Some(copy), Some(at)) = (copy, open_nofollow(target)?) else {
+                    continue;
+                };
+                attach(&copy, &at, target)?;
+                ours.extend(mount_id(&copy));
             }
         }
     }
-    for path in tmpfs {
-        mount_setattr(libc::AT_FDCWD, path, MOUNT_ATTR_RDONLY, false)
-            .map_err(|e| errno(&format!("read-only {}", path.display()), e))?;
+    for fs in &tmpfs {
+        mount_setattr(fs.as_raw_fd(), Path::new(""), MOUNT_ATTR_RDONLY, false)
+            .map_err(|e| errno("making a hiding tmpfs read-only", e))?;
     }
     Ok(())
+}
+
+/// A new, detached, empty tmpfs (root's, 0755, small), for hiding.
+fn empty_tmpfs() -> io::Result<OwnedFd> {
+    use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
+    let fs = rustix::mount::fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    rustix::mount::fsconfig_set_string(&fs, "mode", "0755")?;
+    rustix::mount::fsconfig_set_string(&fs, "size", "1m")?;
+    rustix::mount::fsconfig_set_string(&fs, "nr_inodes", "4096")?;
+    rustix::mount::fsconfig_create(&fs)?;
+    Ok(rustix::mount::fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_NOSUID
+            | MountAttrFlags::MOUNT_ATTR_NODEV
+            | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+    )?)
 }
 
 fn is_dir_fd(fd: &OwnedFd) -> bool {
@@ -593,14 +713,14 @@ fn is_dir_fd(fd: &OwnedFd) -> bool {
     })
 }
 
-/// Attaches a detached mount at `target`.
-fn attach(copy: &OwnedFd, target: &Path) -> Result<(), String> {
+/// Attaches a detached mount on `at` (`target` is for messages).
+fn attach(copy: &OwnedFd, at: &OwnedFd, target: &Path) -> Result<(), String> {
     rustix::mount::move_mount(
         copy,
         "",
-        rustix::fs::CWD,
-        target,
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        at,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )
     .map_err(|e| errno(&format!("mounting at {}", target.display()), e))
 }

@@ -16,7 +16,8 @@
 //! ([`is_denied`]).
 //!
 //! - **Tracing and reading other processes**: `ptrace`, `process_vm_readv`,
-//!   `process_vm_writev`. They read and write the memory of any process of
+//!   `process_vm_writev`, `pidfd_getfd` (takes another process's open
+//!   descriptors). They read and write the memory of any process of
 //!   the same user: another app of the tenant, its CGI scripts. Debuggers,
 //!   `strace` and crash reporters that inspect themselves need them.
 //! - **Kernel code**: `kexec_load`, `kexec_file_load` (boot another kernel),
@@ -50,7 +51,8 @@
 //!   are refused even when they only read (the mode is in memory), so
 //!   `ntp_gettime` and `adjtimex --print` fail under the filter.
 //! - **The machine**: `acct` (process accounting), `swapon`, `swapoff`,
-//!   `reboot`.
+//!   `reboot`; on x86, `modify_ldt` (16-bit code segments, an old exploit
+//!   aid) and `uselib` (an obsolete way to load a library).
 //! - **Personality**: only changes are refused, such as `ADDR_NO_RANDOMIZE`
 //!   (a child without address randomisation, for an exploit) or
 //!   `READ_IMPLIES_EXEC`. What Docker's default profile lets through passes:
@@ -116,6 +118,9 @@ pub const DENIED: &[&str] = &[
     "fspick",
     "mount_setattr",
     "open_by_handle_at",
+    "pidfd_getfd",
+    "modify_ldt",
+    "uselib",
     "acct",
     "swapon",
     "swapoff",
@@ -306,6 +311,14 @@ fn number(name: &str) -> Option<i64> {
         "fspick" => libc::SYS_fspick,
         "mount_setattr" => libc::SYS_mount_setattr,
         "open_by_handle_at" => libc::SYS_open_by_handle_at,
+        // Takes another process's descriptor: as much as ptrace gives.
+        "pidfd_getfd" => libc::SYS_pidfd_getfd,
+        // x86 only: local descriptor tables (old 16-bit code), and
+        // loading a library the old way.
+        #[cfg(target_arch = "x86_64")]
+        "modify_ldt" => libc::SYS_modify_ldt,
+        #[cfg(target_arch = "x86_64")]
+        "uselib" => libc::SYS_uselib,
         "acct" => libc::SYS_acct,
         "swapon" => libc::SYS_swapon,
         "swapoff" => libc::SYS_swapoff,

@@ -26,6 +26,8 @@
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
+#[cfg(test)]
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -89,6 +91,13 @@ pub struct Plan {
     /// own copies go to /dev/null once the app has them, so a pipe's reader
     /// sees end-of-file when the app closes its end.
     pub fds: Vec<i32>,
+    /// Descriptors of the app's `cgroup.procs` files: the app joins its
+    /// cgroup just before it drops root, and berth's init and the process
+    /// above it stay in berth's own (the tenant's CPU limit does not slow
+    /// the building of its view while the supervisor waits for it, and the
+    /// tenant is not billed for them).
+    #[serde(default)]
+    pub cgroup_fds: Vec<i32>,
 }
 
 /// Directories that are part of the system: never hidden whole (their
@@ -201,6 +210,8 @@ pub fn mounts(i: &Inputs<'_>) -> Vec<Mount> {
             hides.insert(h.clone());
         }
     }
+    // This tenant's own paths are never hidden (their parents may be).
+    hides.retain(|h| !i.own.contains(h));
     // A hide inside another is redundant unless one of this tenant's paths
     // lies between them (bound back, it would show the inner one again).
     let redundant = |h: &PathBuf| {
@@ -300,37 +311,49 @@ pub fn private_name(target: &Path) -> String {
 
 /// Where the host's directories that others may write are looked for, and
 /// how deep.
-const SCAN: &[&str] = &[
-    "/tmp",
-    "/var",
-    "/run",
-    "/dev",
-    "/srv",
-    "/opt",
-    "/etc",
-    "/usr/local",
-];
+const SCAN: &[&str] = &["/var", "/run", "/dev", "/srv", "/opt", "/etc", "/usr/local"];
 const SCAN_DEPTH: usize = 4;
 /// At most this many directories are read by one scan.
 const SCAN_BUDGET: usize = 20_000;
+/// At most this many directories are made private: each is a mount in
+/// every view.
+pub const PRIVATE_MAX: usize = 64;
+
+/// What [`shared_writable`] found.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub dirs: Vec<PathBuf>,
+    /// More were found than [`PRIVATE_MAX`]: the rest stay as they are.
+    pub left: usize,
+}
 
 /// Directories of the host that another user may write (others' write bit;
-/// the group's, for a group the front end is in; or owned by the front end),
-/// so a file planted there could be read or run by an app, and a /tmp race
-/// could be won against it: each becomes private to each tenant. Always
-/// `/tmp`, `/var/tmp` and `/dev/shm` (when they exist); then a bounded scan
-/// of the system's directories that does not follow symlinks, cross into
-/// /proc or /sys, or descend below a directory it already took. Paths under
-/// `skip` (what the view hides anyway) are left out.
-pub fn shared_writable(front: Option<(u32, &[u32])>, skip: &[PathBuf]) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = Vec::new();
+/// the group's, for a group the front end is in; or the front end's own),
+/// so that a file planted there could be read or run by an app, or a /tmp
+/// race won against it: each becomes private to each tenant. Always `/tmp`,
+/// `/var/tmp` and `/dev/shm` (when they exist); then a bounded scan of the
+/// system's directories that descends only into root's directories that
+/// nobody else may write, and takes only directories owned by root or the
+/// front end: every directory it takes is reached through root's alone, so
+/// no user can swap one for a symlink. (A directory a tenant owns is its
+/// own business, and `/run/user` holds the users' sessions.)
+pub fn shared_writable(front: Option<(u32, &[u32])>) -> Shared {
+    use std::collections::HashSet;
+    let mut taken: HashSet<PathBuf> = HashSet::new();
+    let mut out = Shared::default();
     for p in ["/tmp", "/var/tmp", "/dev/shm"] {
-        if Path::new(p).is_dir() {
-            out.push(PathBuf::from(p));
+        if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == 0) {
+            taken.insert(PathBuf::from(p));
+            out.dirs.push(PathBuf::from(p));
         }
     }
+    let safe = |md: &std::fs::Metadata| md.is_dir() && md.uid() == 0 && md.mode() & 0o022 == 0;
     let mut budget = SCAN_BUDGET;
-    let mut stack: Vec<(PathBuf, usize)> = SCAN.iter().map(|p| (PathBuf::from(p), 0)).collect();
+    let mut stack: Vec<(PathBuf, usize)> = SCAN
+        .iter()
+        .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| safe(&m)))
+        .map(|p| (PathBuf::from(p), 0))
+        .collect();
     while let Some((dir, d)) = stack.pop() {
         if budget == 0 {
             break;
@@ -340,34 +363,36 @@ pub fn shared_writable(front: Option<(u32, &[u32])>, skip: &[PathBuf]) -> Vec<Pa
             continue;
         };
         for e in entries.flatten() {
-            let Ok(ft) = e.file_type() else { continue };
-            if !ft.is_dir() {
-                continue;
-            }
             let path = e.path();
-            if skip.iter().any(|s| path.starts_with(s))
-                || out.iter().any(|o| path.starts_with(o))
-                || path.starts_with("/proc")
-                || path.starts_with("/sys")
-            {
+            if taken.contains(&path) || path.starts_with("/run/user") {
                 continue;
             }
-            let Ok(md) = e.metadata() else { continue };
+            let Ok(md) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if !md.is_dir() {
+                continue;
+            }
             let mode = md.mode();
             let writable = mode & 0o002 != 0
                 || front.is_some_and(|(uid, gids)| {
                     (md.uid() == uid && mode & 0o200 != 0)
                         || (gids.contains(&md.gid()) && mode & 0o020 != 0)
                 });
-            if writable {
-                out.push(path);
-            } else if d + 1 < SCAN_DEPTH {
+            let owner_ok = md.uid() == 0 || front.is_some_and(|(uid, _)| md.uid() == uid);
+            if writable && owner_ok {
+                if out.dirs.len() < PRIVATE_MAX {
+                    taken.insert(path.clone());
+                    out.dirs.push(path);
+                } else {
+                    out.left += 1;
+                }
+            } else if safe(&md) && d + 1 < SCAN_DEPTH {
                 stack.push((path, d + 1));
             }
         }
     }
-    out.sort();
-    out.dedup();
+    out.dirs.sort();
     out
 }
 
@@ -598,10 +623,13 @@ mod tests {
 
     #[test]
     fn the_scan_finds_world_writable_directories_and_not_below_them() {
-        let found = shared_writable(None, &[]);
+        let found = shared_writable(None).dirs;
         assert!(found.contains(&p("/tmp")), "{found:?}");
         for f in &found {
-            let md = std::fs::metadata(f).unwrap();
+            // (Another test's directories come and go meanwhile.)
+            let Ok(md) = std::fs::metadata(f) else {
+                continue;
+            };
             assert!(
                 md.mode() & 0o002 != 0
                     || ["/tmp", "/var/tmp", "/dev/shm"].contains(&f.to_str().unwrap()),
@@ -611,6 +639,38 @@ mod tests {
                 !found.iter().any(|o| o != f && f.starts_with(o)),
                 "{f:?} is below another private directory"
             );
+            // Reached through root's directories only, and root's itself.
+            assert_eq!(md.uid(), 0, "{f:?}");
+            for a in f.ancestors().skip(1) {
+                let Ok(m) = std::fs::symlink_metadata(a) else {
+                    continue;
+                };
+                assert!(m.is_dir() && m.uid() == 0, "{a:?} above {f:?}");
+            }
         }
+    }
+
+    #[test]
+    fn a_tenants_writable_directory_is_never_taken_and_never_descended_into() {
+        // A tenant's world-writable directory in a place the scan reads (as
+        // /run/user/UID/d was): were it a mount target in every view, the
+        // tenant could swap it for a symlink and have root follow it.
+        let base = PathBuf::from(format!("/run/berth-tscan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let mine = base.join("tenant/d");
+        std::fs::create_dir_all(&mine).unwrap();
+        std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::os::unix::fs::chown(base.join("tenant"), Some(54321), Some(54321)).unwrap();
+        std::os::unix::fs::chown(&mine, Some(54321), Some(54321)).unwrap();
+        let roots = base.join("roots");
+        std::fs::create_dir_all(&roots).unwrap();
+        std::fs::set_permissions(&roots, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let found = shared_writable(None).dirs;
+        let _ = std::fs::remove_dir_all(&base);
+        assert!(
+            !found.iter().any(|f| f.starts_with(base.join("tenant"))),
+            "{found:?}"
+        );
+        assert!(found.contains(&roots), "{found:?}");
     }
 }

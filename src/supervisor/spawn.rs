@@ -590,7 +590,7 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, SpawnError> {
     };
     // In its own view: berth's init builds it, then execs the app (see
     // crate::isolation::init), which gets the filter there.
-    use crate::isolation::init::{PLAN_FD, REPORT_FD};
+    use crate::isolation::init::{CGROUP_FD, PLAN_FD, REPORT_FD};
     use std::os::unix::ffi::OsStrExt;
     let mut targets: Vec<RawFd> = spec.fds.iter().map(|(_, at)| *at).collect();
     targets.extend(0..3);
@@ -618,10 +618,14 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, SpawnError> {
         }),
         seccomp: spec.isolate.and_then(|i| i.seccomp.clone()),
         fds: targets,
+        cgroup_fds: (0..spec.cgroup.len() as RawFd)
+            .map(|i| CGROUP_FD + i)
+            .collect(),
     };
     let memfd = plan_memfd(&plan).map_err(|e| fail(AppStep::Prepare, e))?;
     let mut fds = spec.fds;
     fds.push((memfd, PLAN_FD));
+    fds.extend(spec.cgroup.into_iter().zip(CGROUP_FD..));
     let argv = [
         "berth".to_string(),
         "app-init".to_string(),
@@ -635,7 +639,7 @@ pub fn spawn(spec: SpawnSpec) -> Result<Child, SpawnError> {
         fds,
         identity: None,
         open_files,
-        cgroup: spec.cgroup,
+        cgroup: Vec::new(),
         rlimits: spec.rlimits,
         report_at: Some(REPORT_FD),
         filter: None,
