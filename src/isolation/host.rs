@@ -50,8 +50,12 @@ pub struct Views {
     hidden_files: Vec<PathBuf>,
     /// Unprivileged berth: the user namespace's ids, or why there is none.
     unprivileged: Option<Result<(u32, u32), String>>,
-    /// The host's directories others may write, found once at start-up.
-    shared: view::Shared,
+    /// The host's directories others may write, found once, at the first
+    /// start of an app in its view (not before: a berth without one never
+    /// reads the tree).
+    shared: std::sync::OnceLock<view::Shared>,
+    /// The front end's uid and groups, for that scan.
+    front: Option<(u32, Vec<u32>)>,
     /// Mounts by tenant and the app's binds, until the next configuration.
     cache: Mutex<HashMap<MountsKey, Arc<Vec<Mount>>>>,
 }
@@ -65,16 +69,9 @@ impl Views {
                 "isolation is off: {why}; apps run without their own view of the machine (only the seccomp filter), unless [enforce.isolation] demands it"
             );
         }
-        let shared = view::shared_writable(front.as_ref().map(|(u, g)| (*u, g.as_slice())));
-        if shared.left > 0 {
-            warn!(
-                "{} more directories that others may write were found than the {} that apps get a private copy of; apps see those as they are",
-                shared.left,
-                view::PRIVATE_MAX
-            );
-        }
         let mut v = Views {
-            shared,
+            shared: std::sync::OnceLock::new(),
+            front,
             state_dir: PathBuf::new(),
             paths: Vec::new(),
             all: Vec::new(),
@@ -276,7 +273,18 @@ impl Views {
     /// ones the view mounts.
     fn private(&self, tenant: &str) -> Vec<(PathBuf, PathBuf)> {
         let dir = self.state_dir.join("private").join(tenant);
-        self.shared
+        let shared = self.shared.get_or_init(|| {
+            let found = view::shared_writable(self.front.as_ref().map(|(u, g)| (*u, g.as_slice())));
+            if found.left > 0 {
+                warn!(
+                    "{} more directories that others may write were found than the {} that apps get a private copy of; apps see those as they are",
+                    found.left,
+                    view::PRIVATE_MAX
+                );
+            }
+            found
+        });
+        shared
             .dirs
             .iter()
             .map(|t| (dir.join(view::private_name(t)), t.clone()))

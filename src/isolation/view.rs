@@ -314,7 +314,7 @@ pub fn private_name(target: &Path) -> String {
 const SCAN: &[&str] = &["/var", "/run", "/dev", "/srv", "/opt", "/etc", "/usr/local"];
 const SCAN_DEPTH: usize = 4;
 /// At most this many directories are read by one scan.
-const SCAN_BUDGET: usize = 20_000;
+const SCAN_BUDGET: usize = 5_000;
 /// At most this many directories are made private: each is a mount in
 /// every view.
 pub const PRIVATE_MAX: usize = 64;
