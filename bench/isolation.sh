@@ -108,6 +108,7 @@ need=()
 command -v wrk >/dev/null || need+=(wrk)
 command -v curl >/dev/null || need+=(curl)
 command -v php-cgi >/dev/null || need+=(php-cgi)
+command -v jq >/dev/null || need+=(jq)   # reads `berth ctl --json status`
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
