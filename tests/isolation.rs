@@ -716,3 +716,92 @@ fn berths_init_stays_in_berths_cgroup_and_only_the_app_joins_the_tenants() {
         "berth's init is in the tenant's cgroup:\n{outer_cgroup}"
     );
 }
+
+#[test]
+fn another_tenant_swapping_its_own_directory_for_a_symlink_does_not_stop_this_tenants_apps() {
+    // B's site root lies below a directory B owns: every other view hides
+    // the root's parent. B moved that directory away and put a symlink in
+    // its place; the other views failed on "a symlink on the way" and no
+    // app of theirs started.
+    require_root();
+    let dir = Dir::new();
+    let a = HomeUnderHome::new(USER_A);
+    let b = HomeUnderHome::new(USER_B);
+    a.write("public/ran.cgi", RAN_CGI, 0o755);
+    let b_sites = PathBuf::from(format!("/srv/berth-tisos-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&b_sites);
+    fs::create_dir_all(b_sites.join("sites/b2.test/public")).unwrap();
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(b_sites.clone());
+    let st = Command::new("chown")
+        .args(["-R", &format!("{}:{}", b.uid, b.gid)])
+        .arg(&b_sites)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let extra = format!(
+        "\n[[tenant.tb.site]]\nhosts = [\"b2.test\"]\nroot = \"{}\"\n",
+        b_sites.join("sites/b2.test/public").display()
+    );
+    let s = start_tenants(&dir, &[&a, &b], &config(&a, &b, &extra));
+    assert_eq!(get_from(&s, "a.test", "/ran.cgi").text(), "ran\n");
+    fs::rename(b_sites.join("sites"), b_sites.join("sites.old")).unwrap();
+    std::os::unix::fs::symlink("/", b_sites.join("sites")).unwrap();
+    let r = get_from(&s, "a.test", "/ran.cgi");
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.output());
+    assert_eq!(r.text(), "ran\n");
+}
+
+#[test]
+fn a_tenant_frozen_in_its_cgroup_does_not_hold_the_supervisor() {
+    // A tenant that throttled its own CPU to nothing held the supervisor
+    // for seconds on every start: it waited for the app's execve, and the
+    // app had joined the tenant's cgroup before it. A frozen cgroup (v1's
+    // freezer) is the limit case: the app stops as it joins.
+    require_root();
+    let dir = Dir::new();
+    let a = HomeUnderHome::new(USER_A);
+    let b = HomeUnderHome::new(USER_B);
+    a.write("public/ran.cgi", RAN_CGI, 0o755);
+    b.write("public/ran.cgi", RAN_CGI, 0o755);
+    let s = start_tenants(&dir, &[&a, &b], &config(&a, &b, ""));
+    assert_eq!(get_from(&s, "a.test", "/ran.cgi").text(), "ran\n");
+    let out = s.output();
+    let Some(freezer) = out
+        .split("freezer at ")
+        .nth(1)
+        .and_then(|rest| rest.split([')', ';']).next())
+        .map(|p| PathBuf::from(p.trim()))
+    else {
+        panic!("this test needs cgroup v1's freezer (CI has it):\n{out}");
+    };
+    let state = freezer.join("ta.tenant/freezer.state");
+    fs::write(&state, "FROZEN").unwrap();
+    struct Thaw(PathBuf);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            let _ = fs::write(&self.0, "THAWED");
+        }
+    }
+    let _thaw = Thaw(state);
+    // A's request: its script freezes as it joins A's cgroup.
+    let addr = s.addr();
+    let _frozen = std::thread::spawn(move || get_host(addr, "a.test", "/ran.cgi"));
+    std::thread::sleep(Duration::from_millis(300));
+    // B is answered meanwhile. (The bound is generous: B answers in well
+    // under a second; the supervisor held by A's start would answer it only
+    // after its 15 s wait.)
+    let started = std::time::Instant::now();
+    let r = get_from(&s, "b.test", "/ran.cgi");
+    assert_eq!(r.text(), "ran\n", "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "B waited {:?} behind A's frozen start",
+        started.elapsed()
+    );
+}

@@ -104,14 +104,18 @@ fn read_plan() -> io::Result<Plan> {
     serde_json::from_slice(&bytes).map_err(io::Error::other)
 }
 
-/// Writes `msg` to the report pipe and exits 127, running nothing else.
+/// Writes `msg` to the report pipe (once the app closed it, to its stderr,
+/// the tenant's error log) and exits 127, running nothing else.
 fn fail(msg: &str) -> ! {
     let mut buf = Vec::with_capacity(4 + msg.len());
     buf.extend_from_slice(&TEXT_REPORT);
     buf.extend_from_slice(msg.as_bytes());
-    // SAFETY: write and _exit on our own buffer and descriptor.
+    // SAFETY: write and _exit on our own buffer and descriptors.
     unsafe {
-        libc::write(REPORT_FD, buf.as_ptr().cast(), buf.len());
+        if libc::write(REPORT_FD, buf.as_ptr().cast(), buf.len()) < 0 {
+            let line = format!("berth: the app did not start: {msg}\n");
+            libc::write(2, line.as_ptr().cast(), line.len());
+        }
         libc::_exit(127)
     }
 }
@@ -371,6 +375,12 @@ fn exec_app(plan: &Plan) -> ! {
         },
         None => None,
     };
+    // The supervisor waits on the report pipe: it is done here, before
+    // anything runs in the tenant's cgroup, where a tenant that throttled
+    // its own CPU would make it wait. What fails from here on is said on
+    // the app's stderr (the tenant's error log) and ends it with 127.
+    // SAFETY: our copy of the report pipe.
+    unsafe { libc::close(REPORT_FD) };
     // Into the app's cgroup ("0": this process), still as root.
     for &fd in &plan.cgroup_fds {
         // SAFETY: a write of our own bytes to a descriptor the plan names,
@@ -615,15 +625,11 @@ fn build_view(mounts: &[Mount]) -> Result<(), String> {
     // reach the view.
     rustix::mount::mount_change("/", P::DOWNSTREAM | P::REC)
         .map_err(|e| errno("making / a downstream mount", e))?;
-    // What is bound back is copied before anything is hidden, and so is a
-    // /dev/null for each file hidden.
+    // What is bound back is copied before anything is hidden.
     let mut copies: Vec<Option<OwnedFd>> = Vec::with_capacity(mounts.len());
     for m in mounts {
         copies.push(match m {
-            Mount::Hide(path) => match std::fs::symlink_metadata(path) {
-                Ok(md) if !md.is_dir() => capture(Path::new("/dev/null"))?,
-                _ => None,
-            },
+            Mount::Hide(_) => None,
             Mount::Show { path, required, .. } => match capture(path)? {
                 Some(fd) => Some(fd),
                 None if *required => {
@@ -649,18 +655,35 @@ fn build_view(mounts: &[Mount]) -> Result<(), String> {
     for (m, copy) in mounts.iter().zip(copies) {
         match m {
             Mount::Hide(path) => {
-                let Some(at) = open_nofollow(path)? else {
-                    continue;
+                // Another tenant's path (or berth's) as it is now: gone,
+                // or made a symlink by the tenant whose it is (who moved
+                // its own files out of the way), there is nothing of it to
+                // hide, and no other tenant's view may fail for it.
+                let at = match rustix::fs::openat2(
+                    rustix::fs::CWD,
+                    path,
+                    OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                    Mode::empty(),
+                    ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+                ) {
+                    Ok(fd) => fd,
+                    Err(
+                        rustix::io::Errno::NOENT
+                        | rustix::io::Errno::LOOP
+                        | rustix::io::Errno::NOTDIR,
+                    ) => continue,
+                    Err(e) => return Err(errno(&path.display().to_string(), e)),
                 };
-                match copy {
-                    // A file: /dev/null over it.
-                    Some(null) => attach(&null, &at, path)?,
-                    None => {
-                        let fs = empty_tmpfs().map_err(|e| errno("a tmpfs", e))?;
-                        attach(&fs, &at, path)?;
-                        ours.extend(mount_id(&fs));
-                        tmpfs.push(fs);
-                    }
+                // What to put over it follows from what was opened.
+                if is_dir_fd(&at) {
+                    let fs = empty_tmpfs().map_err(|e| errno("a tmpfs", e))?;
+                    attach(&fs, &at, path)?;
+                    ours.extend(mount_id(&fs));
+                    tmpfs.push(fs);
+                } else {
+                    let null = capture(Path::new("/dev/null"))?
+                        .ok_or_else(|| errno("/dev/null", "No such file"))?;
+                    attach(&null, &at, path)?;
                 }
             }
             Mount::Show {
