@@ -509,22 +509,8 @@ const MOUNT_ATTR_RDONLY: u64 = 0x1;
 /// another tenant's home and have the view bind that). None when the path
 /// does not exist.
 fn capture(path: &Path) -> Result<Option<OwnedFd>, String> {
-    let fd = match rustix::fs::openat2(
-        rustix::fs::CWD,
-        path,
-        OFlags::PATH | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    ) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::NOENT) => return Ok(None),
-        Err(rustix::io::Errno::LOOP) => {
-            return Err(errno(
-                &path.display().to_string(),
-                "a symlink on the way (the view binds real paths only)",
-            ));
-        }
-        Err(e) => return Err(errno(&path.display().to_string(), e)),
+    let Some(fd) = open_nofollow(path)? else {
+        return Ok(None);
     };
     rustix::mount::open_tree(
         &fd,
@@ -538,21 +524,27 @@ fn capture(path: &Path) -> Result<Option<OwnedFd>, String> {
     .map_err(|e| errno(&format!("copying the mount of {}", path.display()), e))
 }
 
-/// Opens `path` (`O_PATH`) without following any symlink on the way: the
-/// place a mount goes. None when it does not exist.
-fn open_nofollow(path: &Path) -> Result<Option<OwnedFd>, String> {
-    match rustix::fs::openat2(
+/// `path` opened `O_PATH` through no symlink at all (the last component
+/// included): every source and target of the view's mounts.
+fn open_real(path: &Path) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat2(
         rustix::fs::CWD,
         path,
         OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::empty(),
         ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    ) {
+    )
+}
+
+/// [`open_real`], with None when `path` does not exist and a message
+/// otherwise.
+fn open_nofollow(path: &Path) -> Result<Option<OwnedFd>, String> {
+    match open_real(path) {
         Ok(fd) => Ok(Some(fd)),
         Err(rustix::io::Errno::NOENT) => Ok(None),
         Err(rustix::io::Errno::LOOP) => Err(errno(
             &path.display().to_string(),
-            "a symlink on the way (the view mounts on real paths only)",
+            "a symlink on the way (the view binds and mounts on real paths only)",
         )),
         Err(e) => Err(errno(&path.display().to_string(), e)),
     }
@@ -659,13 +651,7 @@ fn build_view(mounts: &[Mount]) -> Result<(), String> {
                 // or made a symlink by the tenant whose it is (who moved
                 // its own files out of the way), there is nothing of it to
                 // hide, and no other tenant's view may fail for it.
-                let at = match rustix::fs::openat2(
-                    rustix::fs::CWD,
-                    path,
-                    OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-                    Mode::empty(),
-                    ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-                ) {
+                let at = match open_real(path) {
                     Ok(fd) => fd,
                     Err(
                         rustix::io::Errno::NOENT
