@@ -128,28 +128,35 @@ pub fn shown(s: &Settings) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// `network`: "host" or "none".
-fn read_network(t: &mut TableReader<'_>) -> Option<At<Network>> {
-    let at = t.string("network")?;
-    let value = match at.value.as_str() {
-        "host" => Network::Host,
-        "none" => Network::None,
-        other => {
-            t.walk().problem(
-                at.line,
-                &at.key,
-                format!(
-                    "{other:?}: expected \"host\" (the machine's network) or \"none\" (loopback only)"
-                ),
-            );
-            return None;
-        }
+/// A key that takes one of a few words: the value of the word written, or
+/// a problem saying which words it takes (`expected`).
+fn read_word<T: Copy>(
+    t: &mut TableReader<'_>,
+    key: &'static str,
+    words: &[(&str, T)],
+    expected: &str,
+) -> Option<At<T>> {
+    let at = t.string(key)?;
+    let Some(&(_, value)) = words.iter().find(|(w, _)| *w == at.value) else {
+        let why = format!("{:?}: expected {expected}", at.value);
+        t.walk().problem(at.line, &at.key, why);
+        return None;
     };
     Some(At {
         value,
         line: at.line,
         key: at.key,
     })
+}
+
+/// `network`: "host" or "none".
+fn read_network(t: &mut TableReader<'_>) -> Option<At<Network>> {
+    read_word(
+        t,
+        "network",
+        &[("host", Network::Host), ("none", Network::None)],
+        "\"host\" (the machine's network) or \"none\" (loopback only)",
+    )
 }
 
 /// `seccomp`: "on" or "off" (a boolean is refused with what to write).
@@ -159,24 +166,12 @@ fn read_seccomp(t: &mut TableReader<'_>) -> Option<At<bool>> {
         t.skip("seccomp");
         return None;
     }
-    let at = t.string("seccomp")?;
-    let value = match at.value.as_str() {
-        "on" => true,
-        "off" => false,
-        other => {
-            t.walk().problem(
-                at.line,
-                &at.key,
-                format!("{other:?}: expected \"on\" or \"off\""),
-            );
-            return None;
-        }
-    };
-    Some(At {
-        value,
-        line: at.line,
-        key: at.key,
-    })
+    read_word(
+        t,
+        "seccomp",
+        &[("on", true), ("off", false)],
+        "\"on\" or \"off\"",
+    )
 }
 
 /// Reads an administrator's `isolation` table (`[defaults.isolation]`,
