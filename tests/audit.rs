@@ -16,17 +16,7 @@ use serde_json::Value;
 
 /// Runs `berth audit --config PATH ARGS`; returns (exit code, stdout, stderr).
 fn audit(config: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(BERTH)
-        .args(["audit", "--config"])
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("run berth audit");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    berth_run("audit", config, args)
 }
 
 /// The findings of `--format json`.

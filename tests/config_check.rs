@@ -8,16 +8,7 @@ use std::process::Command;
 
 /// Runs `berth check --config PATH`; returns (exit code, stdout, stderr).
 fn check(path: &Path) -> (Option<i32>, String, String) {
-    let out = Command::new(BERTH)
-        .args(["check", "--config"])
-        .arg(path)
-        .output()
-        .expect("run berth check");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    berth_check(path, &[])
 }
 
 /// Runs check and expects it to fail; returns the problem lines (stdout).

@@ -60,6 +60,29 @@ impl Drop for HomeUnderHome {
     }
 }
 
+/// Removes a file or a directory tree when dropped.
+struct Removed(PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        if self.0.is_dir() {
+            let _ = fs::remove_dir_all(&self.0);
+        } else {
+            let _ = fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// `chown -R uid:gid path` (without following symlinks).
+fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    let st = Command::new("chown")
+        .args(["-R", "-h", &format!("{uid}:{gid}")])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(st.success(), "chown -R {}", path.display());
+}
+
 /// What tenant A's shell script tries, one `key=value` line each.
 const PROBE_CGI: &str = r#"#!/bin/sh
 printf 'Content-Type: text/plain\r\n\r\n'
@@ -282,13 +305,7 @@ fn a_front_end_naming_a_script_outside_the_tenants_tree_runs_nothing() {
         .status()
         .unwrap();
     assert!(st.success());
-    struct Rm(String);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            let _ = fs::remove_file(&self.0);
-        }
-    }
-    let _rm = Rm(evil.clone());
+    let _rm = Removed(PathBuf::from(&evil));
 
     // Start the app through the front door, then find its socket.
     let r = get_from(&s, "a.test", "/php/start.php");
@@ -452,13 +469,7 @@ fn a_site_root_swapped_for_a_symlink_refuses_to_start_the_app_and_says_why() {
     // (only this test makes it)
     let _ = fs::remove_dir_all(&outside);
     fs::create_dir_all(outside.join("public")).unwrap();
-    struct Rm(PathBuf);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-    let _rm = Rm(outside.clone());
+    let _rm = Removed(outside.clone());
     let extra = format!(
         "\n[[tenant.ta.site]]\nhosts = [\"a2.test\"]\nroot = \"{root}\"\n\n[[tenant.ta.site.route]]\npath = \"/run/\"\napp = \"ran\"\n{app}",
         root = outside.join("public").display(),
@@ -471,12 +482,7 @@ fn a_site_root_swapped_for_a_symlink_refuses_to_start_the_app_and_says_why() {
             ""
         ),
     );
-    let cmd = Command::new("chown")
-        .args(["-R", &format!("{}:{}", a.uid, a.gid)])
-        .arg(&outside)
-        .status()
-        .unwrap();
-    assert!(cmd.success());
+    chown_tree(&outside, a.uid, a.gid);
     let s = start_tenants(&dir, &[&a, &b], &config(&a, &b, &extra));
     let r = get_from(&s, "a2.test", "/run/x");
     assert_eq!(r.text(), "ran\n", "{r:?}\n{}", s.output());
@@ -520,12 +526,7 @@ fn berth_started_as_a_normal_user_builds_the_view_in_a_user_namespace() {
         config = dir.join("berth.toml").display(),
     );
     // Everything of this berth is the user's.
-    let st = Command::new("chown")
-        .args(["-R", &format!("{uid}:{gid}")])
-        .arg(dir.path())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    chown_tree(dir.path(), uid, gid);
     let mut cmd = Command::new("setpriv");
     cmd.args([
         &format!("--reuid={uid}"),
@@ -600,12 +601,7 @@ fn where_no_user_namespace_is_allowed_isolation_is_said_off_once_or_refused_when
             "{block}{site}\n[[tenant.tu.site.route]]\npath = \"/\"\napp = \"sh\"\nextensions = [\"cgi\"]\n\n[tenant.tu.app.sh]\nprotocol = \"cgi\"\nenv = {{ MARK = \"m\", OTHER_FILE = \"/nonexistent\" }}\n{enforce}",
             site = tenant_site("tu", &home, "u.test"),
         );
-        let st = Command::new("chown")
-            .args(["-R", &format!("{uid}:{gid}")])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(st.success());
+        chown_tree(dir.path(), uid, gid);
         let mut cmd = Command::new("python3");
         cmd.args([
             "-c",
@@ -731,19 +727,8 @@ fn another_tenant_swapping_its_own_directory_for_a_symlink_does_not_stop_this_te
     let b_sites = PathBuf::from(format!("/srv/berth-tisos-{}", std::process::id()));
     let _ = fs::remove_dir_all(&b_sites);
     fs::create_dir_all(b_sites.join("sites/b2.test/public")).unwrap();
-    struct Rm(PathBuf);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-    let _rm = Rm(b_sites.clone());
-    let st = Command::new("chown")
-        .args(["-R", &format!("{}:{}", b.uid, b.gid)])
-        .arg(&b_sites)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let _rm = Removed(b_sites.clone());
+    chown_tree(&b_sites, b.uid, b.gid);
     let extra = format!(
         "\n[[tenant.tb.site]]\nhosts = [\"b2.test\"]\nroot = \"{}\"\n",
         b_sites.join("sites/b2.test/public").display()

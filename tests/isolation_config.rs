@@ -5,33 +5,8 @@
 //! `--explain` naming where each app's isolation comes from.
 mod common;
 use common::apps::*;
+use common::berth_check as check;
 use common::*;
-
-use std::path::Path;
-use std::process::Command;
-
-/// `berth check --config PATH ARGS...`: (exit code, stdout, stderr).
-fn check(config: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(BERTH)
-        .args(["check", "--config"])
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("run berth check");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// The 1-based line of the first line of `text` that contains `needle`.
-fn line_of(text: &str, needle: &str) -> usize {
-    text.lines()
-        .position(|l| l.contains(needle))
-        .unwrap_or_else(|| panic!("{needle:?} not in:\n{text}"))
-        + 1
-}
 
 /// Tenant `ti` (berth-tiso1, site i.test; `keys` in its table) with the
 /// FastCGI app `php` (php-cgi), then `extra`.

@@ -259,14 +259,6 @@ fn wait_exit(s: &mut Server, within: Duration) -> Option<std::process::ExitStatu
     }
 }
 
-/// The 1-based line of the first line of `text` containing `needle`.
-fn line_of(text: &str, needle: &str) -> usize {
-    text.lines()
-        .position(|l| l.contains(needle))
-        .unwrap_or_else(|| panic!("{needle:?} not in {text}"))
-        + 1
-}
-
 // ---------------------------------------------------------------------------
 // 1. Privileges
 // ---------------------------------------------------------------------------

@@ -4,36 +4,13 @@
 //! keeps its last good file), and `berth check --tenant --explain`.
 mod common;
 use common::apps::*;
+use common::berth_check as check;
 use common::*;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-/// `berth check --config PATH ARGS...`: (exit code, stdout, stderr).
-fn check(config: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(BERTH)
-        .args(["check", "--config"])
-        .arg(config)
-        .args(args)
-        .output()
-        .expect("run berth check");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// The 1-based line of the first line of `text` that contains `needle`.
-fn line_of(text: &str, needle: &str) -> usize {
-    text.lines()
-        .position(|l| l.contains(needle))
-        .unwrap_or_else(|| panic!("{needle:?} not in:\n{text}"))
-        + 1
-}
 
 /// A config with tenant o1 (berth-to1, site o1.test, an admin app `php` and
 /// an auth-protected `/admin` route, own file `~/berth.toml`) and tenant o2

@@ -52,6 +52,34 @@ pub fn ensure_any_user(name: &str) -> (u32, u32) {
     (u.uid.as_raw(), u.gid.as_raw())
 }
 
+/// `berth SUBCOMMAND --config CONFIG ARGS...`: (exit code, stdout, stderr).
+pub fn berth_run(subcommand: &str, config: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BERTH)
+        .args([subcommand, "--config"])
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run berth {subcommand}: {e}"));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `berth check --config CONFIG ARGS...` ([`berth_run`]).
+pub fn berth_check(config: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    berth_run("check", config, args)
+}
+
+/// The 1-based number of the first line of `text` that contains `needle`.
+pub fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not in:\n{text}"))
+        + 1
+}
+
 /// Waits for `cond` for up to `within`.
 pub fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
