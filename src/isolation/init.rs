@@ -524,13 +524,15 @@ fn capture(path: &Path) -> Result<Option<OwnedFd>, String> {
     .map_err(|e| errno(&format!("copying the mount of {}", path.display()), e))
 }
 
-/// `path` opened `O_PATH` through no symlink at all (the last component
-/// included): every source and target of the view's mounts.
+/// `path` opened `O_PATH` through no symlink at all: a symlink anywhere,
+/// the last component included, is ELOOP (no `O_NOFOLLOW`, with which
+/// `O_PATH` would open the link itself). Every source and target of the
+/// view's mounts.
 fn open_real(path: &Path) -> rustix::io::Result<OwnedFd> {
     rustix::fs::openat2(
         rustix::fs::CWD,
         path,
-        OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        OFlags::PATH | OFlags::CLOEXEC,
         Mode::empty(),
         ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
     )
