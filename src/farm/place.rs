@@ -285,7 +285,7 @@ mod tests {
                 .filter(|(n, _)| *n == name)
                 .map(|(_, v)| v.to_string())
         };
-        let mut rolls = rolls.to_vec().into_iter();
+        let mut rolls = rolls.iter().copied();
         let mut random = move |n: usize| rolls.next().unwrap_or(0) % n.max(1);
         let mut req = Request {
             cookie: &cookie_fn,
