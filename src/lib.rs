@@ -10,6 +10,7 @@ pub mod audit;
 pub mod backend;
 pub mod config;
 pub mod control;
+pub mod farm;
 pub mod front;
 pub mod ipc;
 pub mod isolation;
