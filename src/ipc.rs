@@ -202,6 +202,9 @@ pub struct Plan {
     /// The admin listener's htpasswd text (`admin_htpasswd`, read by the
     /// supervisor); None: no password is asked.
     pub admin_users: Option<String>,
+    /// `[cluster]`; with it, the gossip socket's fd follows the listeners'.
+    #[serde(default)]
+    pub cluster: Option<crate::farm::ClusterPlan>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -868,6 +871,7 @@ mod tests {
             default_tls_host: None,
             log_rate: 100,
             admin_users: None,
+            cluster: None,
         }))
     }
 

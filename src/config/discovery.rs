@@ -913,6 +913,7 @@ fn routes(d: &Discovery) -> Vec<Route> {
             },
             auth: None,
             max_body: None,
+            balance: None,
             app_at: None,
             line: 0,
             own: false,

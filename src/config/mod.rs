@@ -302,6 +302,10 @@ pub struct Route {
     pub auth: Option<Auth>,
     /// The route's own `max_body`, if it sets one.
     pub max_body: Option<u64>,
+    /// Placement over the farm (`balance`, `handover`, ...; else
+    /// `[cluster] balance`); None: served here.
+    #[serde(default)]
+    pub balance: Option<crate::farm::Balance>,
     /// Where `app` was written, for the check that the app exists.
     #[serde(skip)]
     pub app_at: Option<(usize, String)>,
@@ -1612,6 +1616,7 @@ fn read_route(mut t: TableReader<'_>, files: &dyn ReadFile) -> Option<Route> {
         action,
         auth: auth.flatten(),
         max_body,
+        balance: None,
         app_at,
         line,
         own: false,

@@ -393,6 +393,7 @@ mod tests {
             action,
             auth: None,
             max_body: None,
+            balance: None,
             app_at: None,
             line: 1,
             own: false,

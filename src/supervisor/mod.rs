@@ -1118,6 +1118,7 @@ impl Supervisor {
                 .as_ref()
                 .and_then(|a| a.htpasswd.as_ref())
                 .map(|(_, text)| text.clone()),
+            cluster: None,
         };
         (plan, fds)
     }
