@@ -2,11 +2,13 @@
 //! gossip, and mod_backhand's placement.
 //!
 //! - [`place`]: the candidacy functions, one pure function.
+//! - [`handover`]: mod_backhand's redirect names.
 //!
 //! The types here are what the parts share: what the supervisor hands the
 //! front end (`[cluster]` as [`ClusterPlan`], a route's [`Balance`]), and
 //! what gossip knows of every node ([`Peer`]).
 
+pub mod handover;
 pub mod place;
 
 use std::net::{IpAddr, SocketAddr};

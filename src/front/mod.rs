@@ -72,6 +72,9 @@ pub struct Generation {
     pub tmp: spool::TmpDir,
     /// Who may see the admin listener's pages (None: no admin listener).
     pub admin: Option<admin::AdminRt>,
+    /// `[cluster]` and the gossip socket (the supervisor's copy; the running
+    /// gossip keeps its own).
+    pub gossip: Option<(crate::farm::ClusterPlan, OwnedFd)>,
 }
 
 /// A site as the front end serves it.
@@ -461,7 +464,8 @@ type Built = (Generation, Vec<(ListenerSpec, OwnedFd)>, TenantLogs);
 /// Site roots still the same directories as in `previous` are kept.
 fn build(plan: Plan, fds: Vec<OwnedFd>, previous: Option<&Generation>) -> anyhow::Result<Built> {
     crate::logging::set_rate(plan.log_rate);
-    let expected = plan.listeners.len() + 2 * plan.logs.len() + 1;
+    let gossip = usize::from(plan.cluster.is_some());
+    let expected = plan.listeners.len() + gossip + 2 * plan.logs.len() + 1;
     if fds.len() != expected {
         bail!("plan came with {} fds, expected {expected}", fds.len());
     }
@@ -474,6 +478,11 @@ fn build(plan: Plan, fds: Vec<OwnedFd>, previous: Option<&Generation>) -> anyhow
         .iter()
         .map(|spec| (*spec, fds.next().expect("counted above")))
         .collect();
+    // The gossip socket, bound by the supervisor at `[cluster] bind`.
+    let gossip = plan
+        .cluster
+        .clone()
+        .map(|c| (c, fds.next().expect("counted above")));
     let logs = take_logs(&plan.logs, fds.collect(), Some(&plan.error_logs))?;
 
     let mut resolver = tls::SniResolver::default();
@@ -601,6 +610,7 @@ fn build(plan: Plan, fds: Vec<OwnedFd>, previous: Option<&Generation>) -> anyhow
         tmp,
         default_tls_host,
         admin,
+        gossip,
     };
     Ok((generation, listeners, logs))
 }
