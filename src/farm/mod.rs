@@ -3,12 +3,15 @@
 //!
 //! - [`place`]: the candidacy functions, one pure function.
 //! - [`handover`]: mod_backhand's redirect names.
+//! - [`mark`]: the signed mark on a request one node proxies to another, and
+//!   the sticky cookie.
 //!
 //! The types here are what the parts share: what the supervisor hands the
 //! front end (`[cluster]` as [`ClusterPlan`], a route's [`Balance`]), and
 //! what gossip knows of every node ([`Peer`]).
 
 pub mod handover;
+pub mod mark;
 pub mod place;
 
 use std::net::{IpAddr, SocketAddr};
