@@ -68,6 +68,9 @@ pub struct Forwarded<'a> {
     pub proto_https: bool,
     /// The host the client asked for (its `Host`, or the HTTP/2 authority).
     pub host: &'a str,
+    /// The farm's signed mark, on a request proxied to another node
+    /// ([`crate::farm::mark`]); never on a request to an app.
+    pub mark: Option<HeaderValue>,
 }
 
 /// A kept-alive connection to an app process.
@@ -107,6 +110,9 @@ pub struct Target<'a> {
     pub socket: &'a Path,
     /// It listens on 127.0.0.1 at this port.
     pub port: Option<u16>,
+    /// Another node of the farm, at this address (then `socket` and
+    /// `port` are unused, and no owner is checked).
+    pub node: Option<SocketAddr>,
     /// The app binds by itself: its listener must belong to this uid.
     pub owner: Option<u32>,
 }
@@ -118,6 +124,7 @@ impl Target<'_> {
         Target {
             socket,
             port: None,
+            node: None,
             owner: None,
         }
     }
@@ -141,7 +148,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// berth sets the first five itself. ([`never_forwarded`] matches them; a
 /// test holds the two together.)
 #[cfg(test)]
-const PROXY_HEADERS: [HeaderName; 13] = [
+const PROXY_HEADERS: [HeaderName; 14] = [
     header::FORWARDED,
     X_FORWARDED_FOR,
     X_FORWARDED_PROTO,
@@ -155,6 +162,7 @@ const PROXY_HEADERS: [HeaderName; 13] = [
     HeaderName::from_static("x-forwarded-server"),
     HeaderName::from_static("x-url-scheme"),
     HeaderName::from_static("front-end-https"),
+    crate::farm::mark::HEADER,
 ];
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -191,6 +199,7 @@ pub async fn request(
     let target = Target {
         socket: &socket,
         port: lease.port,
+        node: None,
         owner: lease.owner,
     };
     let timing = Timing {
@@ -200,6 +209,34 @@ pub async fn request(
         sent,
     };
     exchange(&target, lease, parts, body, forwarded, timing).await
+}
+
+/// Proxies one request to another node of the farm at `node`, like
+/// [`request`] (no upgrades: the caller serves those where they arrive).
+/// `guard` holds a kept connection to that node, if any, and gets it back
+/// when the response ends cleanly.
+pub async fn to_node<G: Held>(
+    node: SocketAddr,
+    guard: G,
+    parts: &Parts,
+    body: Option<hyper::body::Incoming>,
+    forwarded: &Forwarded<'_>,
+    first_byte: Duration,
+    idle: Duration,
+) -> Result<Response<Body>, (AppFailure, G)> {
+    let target = Target {
+        socket: Path::new(""),
+        port: None,
+        node: Some(node),
+        owner: None,
+    };
+    let timing = Timing {
+        first_byte,
+        fresh: false,
+        idle,
+        sent: None,
+    };
+    exchange(&target, guard, parts, body, forwarded, timing).await
 }
 
 struct Timing {
@@ -411,20 +448,20 @@ async fn connect(
     fresh: bool,
 ) -> Result<Box<dyn AppIo>, ConnectError> {
     loop {
-        let attempt = match target.port {
-            Some(port) => {
-                let at = SocketAddr::from(([127, 0, 0, 1], port));
-                match timeout_at(deadline, tokio::net::TcpStream::connect(at)).await {
-                    Ok(Ok(stream)) => {
-                        let _ = stream.set_nodelay(true);
-                        tcp_owner(&stream, target.owner)
-                            .await
-                            .map(|()| Box::new(stream) as Box<dyn AppIo>)
-                    }
-                    Ok(Err(e)) => Err(super::connect_failed(e)),
-                    Err(_) => return Err(ConnectError::Late),
+        let port = target
+            .node
+            .or_else(|| target.port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))));
+        let attempt = match port {
+            Some(at) => match timeout_at(deadline, tokio::net::TcpStream::connect(at)).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    tcp_owner(&stream, target.owner)
+                        .await
+                        .map(|()| Box::new(stream) as Box<dyn AppIo>)
                 }
-            }
+                Ok(Err(e)) => Err(super::connect_failed(e)),
+                Err(_) => return Err(ConnectError::Late),
+            },
             None => match timeout_at(deadline, UnixStream::connect(target.socket)).await {
                 Ok(Ok(stream)) => unix_owner(&stream, target.socket, target.owner)
                     .map(|()| Box::new(stream) as Box<dyn AppIo>),
@@ -602,6 +639,7 @@ fn never_forwarded(name: &HeaderName) -> bool {
         || matches!(
             name.as_str(),
             "expect"
+                | "berth-mark"
                 | "forwarded"
                 | "x-forwarded-for"
                 | "x-forwarded-proto"
@@ -667,6 +705,9 @@ fn set_proxy_headers(headers: &mut HeaderMap, forwarded: &Forwarded<'_>) {
     }
     if let Ok(value) = value(ip_end..forwarded_end) {
         headers.insert(header::FORWARDED, value);
+    }
+    if let Some(mark) = &forwarded.mark {
+        headers.insert(crate::farm::mark::HEADER, mark.clone());
     }
 }
 
@@ -913,6 +954,7 @@ mod tests {
             client: "[2001:db8::7]:40000".parse().unwrap(),
             proto_https: true,
             host: "alice.test",
+            mark: None,
         }
     }
 
@@ -1562,6 +1604,7 @@ mod tests {
             client: "[::ffff:192.0.2.1]:1234".parse().unwrap(),
             proto_https: false,
             host: "alice.test",
+            mark: None,
         };
         set_proxy_headers(&mut headers, &fwd);
         assert_eq!(headers["x-forwarded-for"], "192.0.2.1");
@@ -1592,6 +1635,7 @@ mod tests {
             client: "203.0.113.254:1".parse().unwrap(),
             proto_https: true,
             host: "Alice.test:8443",
+            mark: None,
         };
         set_proxy_headers(&mut headers, &fwd);
         assert_eq!(headers["x-forwarded-for"], "203.0.113.254");

@@ -136,7 +136,9 @@ pub fn verify(
     .verify_slice(&sig)
     .map_err(|_| Refused::BadSignature)?;
     // Signed by a node of the farm: the fields are as it wrote them.
-    let mut fields = head.split(';').map(|f| f.split_once('=').unwrap_or((f, "")));
+    let mut fields = head
+        .split(';')
+        .map(|f| f.split_once('=').unwrap_or((f, "")));
     let mut take = |name: &str| match fields.next() {
         Some((n, v)) if n == name => Ok(v),
         _ => Err(Refused::Malformed),
@@ -262,7 +264,10 @@ mod tests {
             "from=a;to=b;for=1.2.3.4:5;proto=http;t=1000;sig=!!",
             "from=a;to=b;for=1.2.3.4:5;proto=http;t=1000;sig=",
         ] {
-            assert!(verify(KEY, junk.as_bytes(), REQ, "b", 1000).is_err(), "{junk}");
+            assert!(
+                verify(KEY, junk.as_bytes(), REQ, "b", 1000).is_err(),
+                "{junk}"
+            );
         }
         assert_eq!(
             verify(KEY, b"\xff\xfe", REQ, "b", 1000),

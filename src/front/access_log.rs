@@ -7,7 +7,9 @@
 //!
 //! Line format (Apache's `%v %h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-agent}i" %D`):
 //! `alice.test 127.0.0.1 - bob [21/Nov/2026:20:51:49 +0000] "GET / HTTP/1.1" 200 512 "-" "curl/8" 153`
-//! with the duration in microseconds.
+//! with the duration in microseconds. In a farm (`[cluster]`), two more
+//! fields: the node that served the request and the node that placed it
+//! there (`-` when it came straight from the client): `... 153 node=b from=a`.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -43,6 +45,9 @@ pub struct Entry {
     pub status: u16,
     pub referer: Option<HeaderValue>,
     pub user_agent: Option<HeaderValue>,
+    /// In a farm: the node that served the request, and the node that
+    /// placed it here (if another did).
+    pub farm: Option<(Arc<str>, Option<Arc<str>>)>,
 }
 
 impl Entry {
@@ -99,6 +104,15 @@ impl Entry {
         }
         line.push(b' ');
         line.extend_from_slice(num.format(self.started.elapsed().as_micros()).as_bytes());
+        if let Some((node, from)) = &self.farm {
+            line.extend_from_slice(b" node=");
+            escape_into(line, node.as_bytes());
+            line.extend_from_slice(b" from=");
+            match from {
+                Some(from) => escape_into(line, from.as_bytes()),
+                None => line.push(b'-'),
+            }
+        }
         line.push(b'\n');
     }
 
@@ -368,10 +382,24 @@ mod tests {
             status: 200,
             referer: None,
             user_agent: Some(HeaderValue::from_bytes(b"ua\\\"x\xff").unwrap()),
+            farm: None,
         };
         let line = String::from_utf8(e.format(5)).unwrap();
         assert_eq!(line.matches('\n').count(), 1);
         let expected = r#"a.test 127.0.0.1 - bob\"x [01/Jan/1970:00:00:00 +0000] "GET /a%22b?q=x HTTP/1.1" 200 5 "-" "ua\\\"x\xff" "#;
         assert!(line.starts_with(expected), "{line}");
+        // In a farm: which node served it, and which placed it there.
+        let e = Entry {
+            farm: Some(("b".into(), Some("a\nx".into()))),
+            ..e
+        };
+        let line = String::from_utf8(e.format(5)).unwrap();
+        assert!(line.ends_with(" node=b from=a\\x0ax\n"), "{line}");
+        let e = Entry {
+            farm: Some(("b".into(), None)),
+            ..e
+        };
+        let line = String::from_utf8(e.format(5)).unwrap();
+        assert!(line.ends_with(" node=b from=-\n"), "{line}");
     }
 }

@@ -114,6 +114,7 @@ pub async fn serve(req: AppRequest<'_>) -> Option<Result<Response<Body>, Reject>
             client: req.remote,
             proto_https: req.tls,
             host: req.raw_host,
+            mark: None,
         };
         // The body whole before a process is taken (a slow client holds
         // none), unless the app wants it as it comes (`request_buffering =

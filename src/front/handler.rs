@@ -15,6 +15,7 @@ use super::access_log::{Counted, Done, Entry};
 use super::body::{self, Body};
 use super::buffer::BufferLimits;
 use super::conn::{Activity, ConnInfo};
+use super::farm::{Decision, FarmRt, Handed};
 use super::request_body::BodyLimits;
 use super::respond::Reject;
 use super::usage::TenantUsage;
@@ -35,7 +36,7 @@ pub async fn handle(
 /// Answers a request given by its head (the HTTP/1.1 fast lane calls this
 /// directly; it only takes requests without a body).
 pub async fn respond(
-    parts: Parts,
+    mut parts: Parts,
     body: Option<Incoming>,
     conn: &ConnInfo,
     shared: &Shared,
@@ -46,11 +47,47 @@ pub async fn respond(
     activity.begin();
     let generation = shared.current.load_full();
     let mut body = body;
+    let mut note = FarmNote::default();
+    // The farm's mark is removed from every request before anything reads
+    // it, and taken only when it verifies: then another node placed the
+    // request here, and vouches for the client's address.
+    let farm = shared.farm.load_full();
+    let mark = parts.headers.remove(&crate::farm::mark::HEADER);
+    let marked = match (&farm, mark) {
+        (Some(farm), Some(value)) if !conn.admin => request_host(&parts)
+            .ok()
+            .and_then(|host| farm.verify(&value, &parts, &host)),
+        _ => None,
+    };
+    let marked_conn;
+    let conn = match &marked {
+        Some(m) => {
+            marked_conn = ConnInfo {
+                peer: m.client,
+                local: conn.local,
+                peer_ip: m.client.ip().to_canonical().to_string().into(),
+                tls: m.https,
+                // The node that placed it checked the client's SNI.
+                sni: request_host(&parts).ok().map(|h| h.into_owned()),
+                admin: false,
+            };
+            note.from = Some(m.from.as_str().into());
+            &marked_conn
+        }
+        None => conn,
+    };
     let (site, user, result) = if conn.admin {
         let page = super::admin::serve(&parts, conn, shared, &generation).await;
         (None, None, page)
     } else {
-        route(&parts, &mut body, conn, shared, &generation, &activity).await
+        let farm = farm.as_deref().filter(|_| marked.is_none());
+        let at = Here {
+            conn,
+            shared,
+            generation: &generation,
+            activity: &activity,
+        };
+        route(&parts, &mut body, at, farm, &mut note).await
     };
     let logs = shared.logs.load();
     let tenant_usage = site.and_then(|i| logs.usage.get(generation.router.sites()[i].log));
@@ -58,7 +95,14 @@ pub async fn respond(
         read_rest(body, &parts, generation.limits.header_timeout, tenant_usage).await;
     }
     let response = result.unwrap_or_else(Reject::into_response);
-    let (head, body) = response.into_parts();
+    let (mut head, body) = response.into_parts();
+    if let Some(cookie) = note.cookie.take() {
+        head.headers.append(header::SET_COOKIE, cookie);
+    }
+    let farm_log = farm.as_deref().map(|f| {
+        let served: Arc<str> = note.served_by.take().unwrap_or_else(|| f.name().into());
+        (served, note.from.take())
+    });
 
     let usage = tenant_usage.map(|u| (u.clone(), head.status.as_u16(), started));
     let log = site.and_then(|i| {
@@ -76,6 +120,7 @@ pub async fn respond(
             status: head.status.as_u16(),
             referer: parts.headers.get(header::REFERER).cloned(),
             user_agent: parts.headers.get(header::USER_AGENT).cloned(),
+            farm: farm_log,
         };
         Some((file, entry))
     });
@@ -141,21 +186,47 @@ async fn read_rest(
     .await;
 }
 
+/// What the farm did with a request, for the response and the access log.
+#[derive(Default)]
+struct FarmNote {
+    /// The node that served it (None: this one).
+    served_by: Option<Arc<str>>,
+    /// The node that placed it here (it came with a valid mark).
+    from: Option<Arc<str>>,
+    /// The sticky cookie to set.
+    cookie: Option<HeaderValue>,
+}
+
+/// Where a request is answered: its connection and this node's state.
+#[derive(Clone, Copy)]
+struct Here<'a> {
+    conn: &'a ConnInfo,
+    shared: &'a Shared,
+    generation: &'a Generation,
+    activity: &'a Arc<Activity>,
+}
+
 /// Finds the site and route and runs the handler; a handler that reads the
 /// request body takes it from `body`. Returns the site's index (for the access
-/// log, once the host is known) and the authenticated user.
+/// log, once the host is known) and the authenticated user. With `farm`, a
+/// route with `balance` may be placed on another node first.
 async fn route(
     parts: &Parts,
     body: &mut Option<Incoming>,
-    conn: &ConnInfo,
-    shared: &Shared,
-    generation: &Generation,
-    activity: &Arc<Activity>,
+    at: Here<'_>,
+    farm: Option<&FarmRt>,
+    note: &mut FarmNote,
 ) -> (
     Option<usize>,
     Option<String>,
     Result<Response<Body>, Reject>,
 ) {
+    let Here {
+        conn,
+        shared,
+        generation,
+        activity,
+    } = at;
     let host = match request_host(parts) {
         Ok(host) => host,
         Err(e) => return (None, None, Err(e)),
@@ -180,6 +251,34 @@ async fn route(
         Err(e) => return (Some(index), None, Err(e)),
     };
     let route = site_route(site, &path);
+    if let Some(farm) = farm
+        && let Some(placement) = route.and_then(|r| r.balance.as_deref())
+        // Upgrades (WebSocket) stay where they arrive.
+        && !parts.headers.contains_key(header::UPGRADE)
+    {
+        match farm.decide(placement, parts, &host) {
+            Decision::Here => {}
+            Decision::Redirect(to) => {
+                return (Some(index), None, Ok(redirect(&to, 302, "/", "", None)));
+            }
+            Decision::Proxy(candidates) => {
+                let raw = raw_host(parts).unwrap_or(&host);
+                let handed = farm
+                    .hand_over(placement, candidates, parts, body.take(), conn, &host, raw)
+                    .await;
+                match handed {
+                    Handed::Served(resp, node) => {
+                        note.cookie = farm.sticky_cookie(placement, parts, &node, conn.tls);
+                        note.served_by = Some(node);
+                        return (Some(index), None, Ok(resp));
+                    }
+                    Handed::Here(back) => *body = back,
+                    Handed::Failed(reject) => return (Some(index), None, Err(reject)),
+                }
+            }
+        }
+        note.cookie = farm.sticky_cookie(placement, parts, farm.name(), conn.tls);
+    }
     let mut user = None;
     if let Some((realm, users)) = route.and_then(|r| r.auth.as_ref()) {
         let authorization = parts

@@ -20,6 +20,7 @@ pub mod auth;
 pub mod body;
 pub mod buffer;
 mod conn;
+pub mod farm;
 pub mod file_cache;
 mod h1;
 mod handler;
@@ -105,6 +106,8 @@ pub struct RouteRt {
     /// For an app route, the app's name, made once here (its pool is found
     /// by it on every request).
     pub app: Option<crate::ipc::AppId>,
+    /// Placement over the farm (`balance`), parsed once here.
+    pub balance: Option<Arc<farm::Placement>>,
 }
 
 /// State shared by every connection.
@@ -124,6 +127,8 @@ pub struct Shared {
     pub drain: watch::Receiver<bool>,
     /// The supervisor's last figures for the admin pages.
     pub status: arc_swap::ArcSwapOption<ipc::StatusSnapshot>,
+    /// The farm, when `[cluster]` is configured and its gossip runs.
+    pub farm: arc_swap::ArcSwapOption<farm::FarmRt>,
 }
 
 /// Runs the front end until told to stop.
@@ -251,6 +256,7 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
         max_connections: max.into(),
         drain: drain_rx,
         status: arc_swap::ArcSwapOption::empty(),
+        farm: arc_swap::ArcSwapOption::empty(),
     });
     shared.apps.update(&app_plans);
     shared.tenants.update(&tenant_limits.0, &tenant_limits.1);
@@ -545,8 +551,22 @@ fn build(plan: Plan, fds: Vec<OwnedFd>, previous: Option<&Generation>) -> anyhow
                     }),
                     _ => None,
                 };
+                let balance = r
+                    .balance
+                    .as_ref()
+                    .and_then(|b| match farm::Placement::new(b) {
+                        Ok(p) => Some(Arc::new(p)),
+                        Err(e) => {
+                            error!(
+                                "site {} route {}: balance: {e}; served here",
+                                site.hosts[0], r.path
+                            );
+                            None
+                        }
+                    });
                 RouteRt {
                     app,
+                    balance,
                     path: r.path,
                     action: r.action,
                     auth,
