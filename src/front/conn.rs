@@ -106,7 +106,17 @@ pub async fn accept_loop(listener: TcpListener, spec: ListenerSpec, shared: Arc<
                 continue;
             }
         };
-        let per_ip = shared.current.load().limits.max_connections_per_ip;
+        let mut per_ip = shared.current.load().limits.max_connections_per_ip;
+        // Another node of the farm proxies many clients' requests over its
+        // connections: they count against the total, not one address's share.
+        if shared
+            .farm
+            .load()
+            .as_deref()
+            .is_some_and(|f| f.is_node(peer.ip()))
+        {
+            per_ip = usize::MAX;
+        }
         let activity = Arc::new(Activity::new());
         let Some(registered) = shared.conns.admit(peer.ip(), &activity, per_ip) else {
             debug!(
