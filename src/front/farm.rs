@@ -85,13 +85,16 @@ const HOP_IDLE: Duration = Duration::from_secs(300);
 /// Idle connections kept per node.
 const POOL_PER_NODE: usize = 64;
 
-/// Where the node's figures come from (gossip).
+/// Where the nodes' figures come from (gossip).
 pub type PeerSource = Box<dyn Fn() -> Arc<Vec<Peer>> + Send + Sync>;
+/// Gossip datagrams dropped, by reason.
+pub type DroppedSource = Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
 
 /// The farm as the front end runs it.
 pub struct FarmRt {
     pub plan: ClusterPlan,
     peers: PeerSource,
+    dropped: DroppedSource,
     /// Requests in flight from here to each node, by name.
     flights: Mutex<HashMap<String, Arc<AtomicU32>>>,
     /// Requests placed on each node (this one included), by name.
@@ -133,10 +136,11 @@ pub enum Handed {
 }
 
 impl FarmRt {
-    pub fn new(plan: ClusterPlan, peers: PeerSource) -> FarmRt {
+    pub fn new(plan: ClusterPlan, peers: PeerSource, dropped: DroppedSource) -> FarmRt {
         FarmRt {
             plan,
             peers,
+            dropped,
             flights: Mutex::default(),
             placed: Mutex::default(),
             marks_refused: AtomicU64::new(0),
@@ -152,6 +156,11 @@ impl FarmRt {
     /// Every node known, this one included.
     pub fn peers(&self) -> Arc<Vec<Peer>> {
         (self.peers)()
+    }
+
+    /// Gossip datagrams dropped so far, by reason.
+    pub fn dropped(&self) -> Vec<(&'static str, u64)> {
+        (self.dropped)()
     }
 
     /// Requests placed per node so far.

@@ -34,7 +34,7 @@ struct Metrics(View);
 
 /// One metric family: a descriptor, then one sample per label set that
 /// has a value.
-fn family<L, V>(
+pub(super) fn family<L, V>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -358,6 +358,9 @@ impl Collector for Metrics {
             "Requests the app's processes served (CGI: scripts started).",
             |a| Some(a.requests),
         )?;
+        if let Some(c) = &v.cluster {
+            super::cluster::metrics(e, c)?;
+        }
         Ok(())
     }
 }

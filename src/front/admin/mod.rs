@@ -18,6 +18,7 @@
 //! and rendering run on a blocking thread, so a page of 1,000 tenants does
 //! not hold up a worker's other connections.
 
+mod cluster;
 mod metrics;
 mod page;
 mod view;

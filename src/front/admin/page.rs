@@ -32,6 +32,7 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 .bar{display:inline-block;width:8em;height:.8em;background:#e6e6e6;vertical-align:middle;margin-right:.4em}
 .bar span{display:block;height:100%;background:#3a7bd5}
 .bar.hot span{background:#d53a3a}
+.bad{color:#b00;font-weight:600}
 .problem{color:#a33}
 .muted{color:#888}
 svg{display:block}
@@ -52,6 +53,9 @@ pub fn render(v: &View) -> String {
     out.push_str(STYLE);
     out.push_str("</style></head><body>\n<h1>berth status</h1>\n");
     header(&mut out, v);
+    if let Some(c) = &v.cluster {
+        super::cluster::render(&mut out, c);
+    }
     tenants(&mut out, v);
     apps(&mut out, v);
     events(&mut out, v);
@@ -478,6 +482,30 @@ mod tests {
                     text: MARKUP.into(),
                 },
             }],
+            // What another node announces is its own to say: a node with
+            // the secret may publish anything as its name or version.
+            cluster: Some(super::super::cluster::ClusterView {
+                node: "a".into(),
+                version: "0.1.0".into(),
+                fingerprint: "f00".into(),
+                nodes: vec![super::super::cluster::NodeView {
+                    name: MARKUP.into(),
+                    local: false,
+                    live: true,
+                    proxy: "127.0.0.2:80".into(),
+                    age_seconds: 1.0,
+                    figures: Default::default(),
+                    version: MARKUP.into(),
+                    fingerprint: MARKUP.into(),
+                    version_differs: true,
+                    config_differs: true,
+                    placed: 1,
+                    in_flight: 0,
+                }],
+                dropped: vec![(MARKUP.into(), 1)],
+                marks_refused: 0,
+                handovers_failed: 0,
+            }),
         }
     }
 
@@ -489,7 +517,8 @@ mod tests {
         let escaped = "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&quot;&amp;";
         // Name (link, anchor, heading, app, event), user, cgroups, the
         // problem's text and the event's.
-        assert!(html.matches(escaped).count() >= 9, "{html}");
+        assert!(html.matches(escaped).count() >= 9 + 5, "{html}");
+        assert!(html.contains("Not the same configuration"), "{html}");
         assert!(html.contains(&format!("href=\"#t-{escaped}\"")), "{html}");
         assert!(html.contains("<polyline class=\"mem\" points=\""), "{html}");
         assert!(html.contains("<polyline class=\"cpu\" points=\""), "{html}");

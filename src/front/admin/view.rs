@@ -36,6 +36,8 @@ pub struct View {
     pub tenants: Vec<TenantView>,
     /// Newest first.
     pub events: Vec<EventView>,
+    /// The farm (`[cluster]`); None on a node of its own.
+    pub cluster: Option<super::cluster::ClusterView>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -274,6 +276,11 @@ impl View {
                         .collect()
                 })
                 .unwrap_or_default(),
+            cluster: shared
+                .farm
+                .load()
+                .as_deref()
+                .map(super::cluster::ClusterView::build),
         }
     }
 }
