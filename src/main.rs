@@ -245,6 +245,14 @@ fn check(config: &std::path::Path, tenant: Option<&str>, explain: bool) -> ExitC
         cfg.tenants.len(),
         sites
     );
+    if let Some(c) = &cfg.cluster {
+        // What every node of the farm must show alike.
+        println!(
+            "cluster: node {}, configuration fingerprint {}",
+            c.name,
+            berth::supervisor::cluster::fingerprint(&cfg)
+        );
+    }
     ExitCode::SUCCESS
 }
 

@@ -868,7 +868,7 @@ pub(super) fn merge(
                 tenant.apps.push(app);
             }
         }
-        site.routes = routes(d);
+        site.routes = routes(d, defaults);
         tenant.sites.push(site);
     }
     let mut isolation = Isolation::new(server, tenants);
@@ -885,7 +885,7 @@ pub(super) fn merge(
             continue;
         }
         for s in &mut tenant.sites {
-            s.routes = routes(d);
+            s.routes = routes(d, defaults);
         }
         sites += tenant.sites.len();
         kept += 1;
@@ -900,8 +900,10 @@ pub(super) fn merge(
     }
 }
 
-/// The routes of a discovered site: one per handler, longest path first.
-fn routes(d: &Discovery) -> Vec<Route> {
+/// The routes of a discovered site: one per handler, longest path first,
+/// placed over the farm as `[cluster]` says.
+fn routes(d: &Discovery, defaults: &Defaults) -> Vec<Route> {
+    let balance = defaults.placement.as_ref().and_then(|p| p.balance());
     let mut routes: Vec<Route> = d
         .handlers
         .iter()
@@ -913,7 +915,7 @@ fn routes(d: &Discovery) -> Vec<Route> {
             },
             auth: None,
             max_body: None,
-            balance: None,
+            balance: balance.clone(),
             app_at: None,
             line: 0,
             own: false,

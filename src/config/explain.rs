@@ -230,6 +230,10 @@ pub fn explain(config: &Config, name: &str) -> Result<String, String> {
                 ),
                 None => what,
             };
+            let what = match &r.balance {
+                Some(b) => format!("{what}, {}", super::cluster::describe(b)),
+                None => what,
+            };
             let origin = match (&site.own, &t.own, r.own) {
                 (Some(o), _, true) => format!("site file {}:{}", o.path.display(), r.line),
                 (None, Some(o), true) => format!("own file {}:{}", o.path.display(), r.line),

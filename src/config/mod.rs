@@ -13,12 +13,14 @@
 //! `[defaults.app]` / `[defaults.limits]` → the app's or tenant's own table
 //! (`app.rs`, `limits.rs`), a tenant's error log limits built-in defaults →
 //! `[server]` → its block, an app's isolation built-in → `[defaults.isolation]`
-//! → the tenant's → the app's (`isolation.rs`).
+//! → the tenant's → the app's (`isolation.rs`), a route's placement over a
+//! farm `[cluster]`'s keys → the route's, key by key (`cluster.rs`).
 //!
 //! Disk checks (roots, certificates, htpasswd files, users) happen here too, so
 //! `berth check` and `berth serve` agree on what is valid.
 
 mod app;
+pub mod cluster;
 mod control;
 pub mod discovery;
 pub mod explain;
@@ -61,6 +63,8 @@ pub struct Config {
     pub layers: std::sync::Arc<own::Layers>,
     /// `[discovery]`, and what it found (None: no `[discovery]`).
     pub discovery: Option<discovery::Discovered>,
+    /// `[cluster]`: this node in a farm (None: not in one).
+    pub cluster: Option<cluster::Cluster>,
 }
 
 /// `[server]`: process-wide settings.
@@ -418,6 +422,7 @@ pub fn load_with(path: &Path, previous: Option<&Config>) -> Result<Config, Probl
     let mut enforced = isolation::Enforce::default();
     let mut locks = Vec::new();
     let mut discovery = None;
+    let mut cluster = None;
 
     match read_source(path) {
         Ok(src) => {
@@ -441,6 +446,13 @@ pub fn load_with(path: &Path, previous: Option<&Config>) -> Result<Config, Probl
                         "server",
                         "missing: berth needs a [server] table with `listen` or `tls_listen`",
                     ),
+                }
+                // Before any tenant: its placement is every route's default.
+                if let Some(t) = top.table("cluster") {
+                    let (c, placement) =
+                        cluster::read(t, server.as_ref().unwrap_or(&Server::default()));
+                    cluster = c;
+                    defaults.placement = Some(placement);
                 }
                 if let Some(mut d) = top.table("defaults") {
                     if let Some(t) = d.table("app") {
@@ -536,6 +548,7 @@ pub fn load_with(path: &Path, previous: Option<&Config>) -> Result<Config, Probl
         root: rustix::process::geteuid().is_root(),
         min_uid: server.min_uid,
         max_body: server.limits.max_body,
+        placement: defaults.placement.clone(),
     });
     let mut notes = discovery_notes;
     if problems.is_empty() {
@@ -571,6 +584,7 @@ pub fn load_with(path: &Path, previous: Option<&Config>) -> Result<Config, Probl
             notes,
             layers,
             discovery: discovered,
+            cluster,
         })
     } else {
         Err(problems)
@@ -615,6 +629,9 @@ struct Defaults {
     allowed_commands: Vec<PathBuf>,
     /// `[defaults.isolation]` over the built-in settings.
     isolation: isolation::Layered,
+    /// `[cluster]`'s placement, every route's default (None: there is no
+    /// `[cluster]`).
+    placement: Option<cluster::Placement>,
 }
 
 /// An included file may only define tenants.
@@ -1268,7 +1285,7 @@ fn read_tenants(t: TableReader<'_>, defaults: &Defaults, tenants: &mut Vec<Tenan
         let sites: Vec<Site> = tt
             .tables("site")
             .into_iter()
-            .filter_map(read_site)
+            .filter_map(|s| read_site(s, defaults.placement.as_ref()))
             .collect();
         tt.finish();
         // Routes may only name this tenant's own apps; a CGI app without a
@@ -1366,7 +1383,7 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
-fn read_site(mut t: TableReader<'_>) -> Option<Site> {
+fn read_site(mut t: TableReader<'_>, placement: Option<&cluster::Placement>) -> Option<Site> {
     let walk = t.walk();
     let hosts = t.strings("hosts");
     let root = t.string("root");
@@ -1376,7 +1393,7 @@ fn read_site(mut t: TableReader<'_>) -> Option<Site> {
     for r in t.tables("route") {
         let line = r.line();
         let key = r.key().to_string();
-        if let Some(route) = read_route(r, &AdminFiles) {
+        if let Some(route) = read_route(r, &AdminFiles, &cluster::RouteKeys::Admin(placement)) {
             if routes.iter().any(|x| x.path == route.path) {
                 walk.problem(line, &key, format!("path {:?} is routed twice", route.path));
             } else {
@@ -1519,7 +1536,11 @@ impl ReadFile for AdminFiles {
     }
 }
 
-fn read_route(mut t: TableReader<'_>, files: &dyn ReadFile) -> Option<Route> {
+fn read_route(
+    mut t: TableReader<'_>,
+    files: &dyn ReadFile,
+    placement: &cluster::RouteKeys<'_>,
+) -> Option<Route> {
     let walk = t.walk();
     let line = t.line();
     let path = t.string("path");
@@ -1529,6 +1550,7 @@ fn read_route(mut t: TableReader<'_>, files: &dyn ReadFile) -> Option<Route> {
     let extensions = t.strings("extensions");
     let auth = t.table("auth").map(|a| read_auth(a, files));
     let max_body = size_in(walk, t.size("max_body"), 0, MAX_SIZE);
+    let balance = placement.read(&mut t);
     t.finish();
     let Some(path) = path else {
         t_problem(
@@ -1616,7 +1638,7 @@ fn read_route(mut t: TableReader<'_>, files: &dyn ReadFile) -> Option<Route> {
         action,
         auth: auth.flatten(),
         max_body,
-        balance: None,
+        balance,
         app_at,
         line,
         own: false,

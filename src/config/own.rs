@@ -183,6 +183,9 @@ pub struct Layers {
     pub min_uid: u32,
     /// `[server] max_body`: no route of an own file takes more.
     pub max_body: u64,
+    /// `[cluster]`'s placement, which the routes of own files get (they
+    /// may not set their own); None: there is no `[cluster]`.
+    pub placement: Option<super::cluster::Placement>,
 }
 
 impl Layers {
@@ -763,7 +766,8 @@ impl Layers {
         };
         let line = rt.line();
         let key = rt.key().to_string();
-        let Some(mut route) = super::read_route(rt, files) else {
+        let keys = super::cluster::RouteKeys::Tenant(self.placement.as_ref());
+        let Some(mut route) = super::read_route(rt, files, &keys) else {
             return;
         };
         let Some(i) = site else {

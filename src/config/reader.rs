@@ -281,6 +281,51 @@ impl<'a> TableReader<'a> {
         })
     }
 
+    /// An array of strings, each with its own line and key (`k[i]`), for
+    /// lists whose entries are checked one by one. A single string is a
+    /// one-element list.
+    pub fn string_items(&mut self, k: &'static str) -> Option<At<Vec<At<String>>>> {
+        let (item, line, key) = self.item(k)?;
+        if let Some(s) = item.as_str() {
+            let one = At {
+                value: s.to_string(),
+                line,
+                key: key.clone(),
+            };
+            return Some(At {
+                value: vec![one],
+                line,
+                key,
+            });
+        }
+        let Some(array) = item.as_array() else {
+            self.wrong_type(line, &key, "an array of strings", item);
+            return None;
+        };
+        let mut out = Vec::with_capacity(array.len());
+        for (i, v) in array.iter().enumerate() {
+            let at = self.walk.src.line(v.span()).unwrap_or(line);
+            let k = format!("{key}[{i}]");
+            match v.as_str() {
+                Some(s) => out.push(At {
+                    value: s.to_string(),
+                    line: at,
+                    key: k,
+                }),
+                None => self.walk.problem(
+                    at,
+                    &k,
+                    format!("expected a string, found {}", v.type_name()),
+                ),
+            }
+        }
+        Some(At {
+            value: out,
+            line,
+            key,
+        })
+    }
+
     /// A sub-table, written as `[a.b]` or inline `b = { ... }`.
     pub fn table(&mut self, k: &'static str) -> Option<TableReader<'a>> {
         let (item, line, key) = self.item(k)?;

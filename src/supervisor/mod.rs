@@ -27,6 +27,7 @@ use tracing_subscriber::filter::LevelFilter;
 
 mod apps;
 pub mod cgroup;
+pub mod cluster;
 mod control;
 mod discovery;
 mod events;
@@ -45,6 +46,8 @@ pub enum Error {
     Config(Problems),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
+    #[error("cannot bind the gossip socket (UDP) at {addr}: {source}")]
+    Gossip { addr: SocketAddr, source: io::Error },
     #[error("log file {path}: {source}")]
     Log { path: PathBuf, source: io::Error },
     #[error("directory {path}: {why}")]
@@ -101,6 +104,7 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
         root,
         level,
         listeners: Listeners::default(),
+        gossip: cluster::Gossip::default(),
         generation: 0,
         apps,
         meter,
@@ -121,6 +125,7 @@ pub fn run(path: &Path, level: LevelFilter) -> Result<(), Error> {
     crate::logging::set_file(File::from(logs.error.try_clone()?));
     report_own_files(&sup.config, None);
     sup.listeners.sync(&sup.config)?;
+    sup.gossip = sup.gossip.next(&sup.config)?;
     sup.control.sync(&sup.config, &sup.path, root);
     raise_nofile_limit();
 
@@ -315,6 +320,8 @@ struct Supervisor {
     root: bool,
     level: LevelFilter,
     listeners: Listeners,
+    /// The gossip socket (`[cluster] bind`).
+    gossip: cluster::Gossip,
     generation: u64,
     apps: apps::AppManager,
     /// Usage metering into `state_dir/usage.db`, and the status page's
@@ -925,12 +932,15 @@ impl Supervisor {
             let front = self.front_identity()?;
             tmp_dir(&state, front.as_ref())?;
             let logs = self.open_logs()?;
+            // Bound before the listeners change: a failure leaves both.
+            let gossip = self.gossip.next(&self.config)?;
             self.listeners.sync(&self.config)?;
             self.use_logs(&logs)?;
-            Ok(logs)
+            Ok((logs, gossip))
         })();
         match result {
-            Ok(logs) => {
+            Ok((logs, gossip)) => {
+                self.gossip = gossip;
                 crate::logging::set_rate(self.config.server.log_rate);
                 info!("configuration reloaded from {}", self.path.display());
                 report_own_files(&self.config, Some(&old));
@@ -1059,6 +1069,14 @@ impl Supervisor {
             listeners.push(*spec);
             fds.push(fd.as_fd());
         }
+        // The gossip socket right after the listeners.
+        let cluster = match (cluster::plan(cfg), self.gossip.fd()) {
+            (Some(plan), Some(fd)) => {
+                fds.push(fd);
+                Some(plan)
+            }
+            _ => None,
+        };
         let sites = cfg
             .tenants
             .iter()
@@ -1118,7 +1136,7 @@ impl Supervisor {
                 .as_ref()
                 .and_then(|a| a.htpasswd.as_ref())
                 .map(|(_, text)| text.clone()),
-            cluster: None,
+            cluster,
         };
         (plan, fds)
     }
