@@ -79,7 +79,8 @@ impl Cidr {
 
 /// `[cluster]` as the front end runs it. The gossip socket (bound by the
 /// supervisor at `bind`) comes with the plan, right after the listeners.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// (Its `Debug` leaves the secret out.)
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterPlan {
     /// This node's name (`name`, default: the host name).
     pub name: String,
@@ -99,6 +100,21 @@ pub struct ClusterPlan {
     /// A fingerprint of the effective configuration: every node of a farm
     /// should show the same.
     pub fingerprint: String,
+}
+
+impl std::fmt::Debug for ClusterPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterPlan")
+            .field("name", &self.name)
+            .field("advertise", &self.advertise)
+            .field("proxy", &self.proxy)
+            .field("seeds", &self.seeds)
+            .field("interval", &self.interval)
+            .field("secret", &format_args!("({} bytes)", self.secret.len()))
+            .field("accept_from", &self.accept_from)
+            .field("fingerprint", &self.fingerprint)
+            .finish()
+    }
 }
 
 /// What a node announces about itself.
@@ -166,5 +182,25 @@ mod tests {
         };
         assert!(one.contains("fd00::1".parse().unwrap()));
         assert!(!one.contains("fd00::2".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_plans_debug_leaves_the_secret_out() {
+        let plan = ClusterPlan {
+            name: "a".into(),
+            advertise: "127.0.0.1:7946".parse().unwrap(),
+            proxy: "127.0.0.1:80".parse().unwrap(),
+            seeds: Vec::new(),
+            interval: Duration::from_secs(1),
+            secret: b"very secret text".to_vec(),
+            accept_from: Vec::new(),
+            fingerprint: "f".into(),
+        };
+        let shown = format!("{plan:?}");
+        assert!(
+            !shown.contains("very secret") && !shown.contains("118, 101"),
+            "{shown}"
+        );
+        assert!(shown.contains("(16 bytes)"), "{shown}");
     }
 }
