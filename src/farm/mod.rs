@@ -1,6 +1,8 @@
 //! A farm of berth nodes (issue 11): membership and load statistics over
 //! gossip, and mod_backhand's placement.
 //!
+//! - [`transport`]: chitchat's messages in datagrams signed with the
+//!   cluster secret.
 //! - [`place`]: the candidacy functions, one pure function.
 //! - [`handover`]: mod_backhand's redirect names.
 //!
@@ -10,6 +12,7 @@
 
 pub mod handover;
 pub mod place;
+pub mod transport;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
