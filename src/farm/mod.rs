@@ -2,7 +2,7 @@
 //! gossip, and mod_backhand's placement.
 //!
 //! - [`transport`]: chitchat's messages in datagrams signed with the
-//!   cluster secret.
+//!   cluster secret; [`figures`]: this node's own figures.
 //! - [`place`]: the candidacy functions, one pure function.
 //! - [`handover`]: mod_backhand's redirect names.
 //!
@@ -10,6 +10,7 @@
 //! front end (`[cluster]` as [`ClusterPlan`], a route's [`Balance`]), and
 //! what gossip knows of every node ([`Peer`]).
 
+pub mod figures;
 pub mod handover;
 pub mod place;
 pub mod transport;
