@@ -1,8 +1,9 @@
 //! A farm of berth nodes (issue 11): membership and load statistics over
 //! gossip, and mod_backhand's placement.
 //!
-//! - [`transport`]: chitchat's messages in datagrams signed with the
-//!   cluster secret; [`figures`]: this node's own figures.
+//! - [`gossip`]: membership and every node's figures, over [`transport`]
+//!   (chitchat in datagrams signed with the cluster secret); [`figures`]:
+//!   this node's own.
 //! - [`place`]: the candidacy functions, one pure function.
 //! - [`handover`]: mod_backhand's redirect names.
 //!
@@ -11,6 +12,7 @@
 //! what gossip knows of every node ([`Peer`]).
 
 pub mod figures;
+pub mod gossip;
 pub mod handover;
 pub mod place;
 pub mod transport;
