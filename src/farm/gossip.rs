@@ -307,7 +307,7 @@ async fn renew(
     loop {
         tick.tick().await;
         let figures = sampler.sample(slots());
-        let fingerprint = fingerprint.load();
+        let fingerprint = fingerprint.load_full();
         let mut guard = chitchat.lock().await;
         let state = guard.self_node_state();
         for (k, v) in published(&me, &figures, unix_ms(), &fingerprint) {

@@ -620,6 +620,34 @@ mod tests {
     }
 
     #[test]
+    fn each_reason_is_counted_under_its_own_name() {
+        let c = Counters::default();
+        let reasons = [
+            Reason::NotAccepted,
+            Reason::Malformed,
+            Reason::BadMac,
+            Reason::Stale,
+            Reason::Replayed,
+        ];
+        for (i, r) in reasons.iter().enumerate() {
+            for _ in 0..=i {
+                c.count(*r);
+            }
+        }
+        assert_eq!(
+            c.snapshot(),
+            Dropped {
+                not_accepted: 1,
+                malformed: 2,
+                bad_mac: 3,
+                stale: 4,
+                replayed: 5,
+                too_big: 0,
+            }
+        );
+    }
+
+    #[test]
     fn the_stale_bound_follows_a_long_interval() {
         let s = Seal::new(b"k", Vec::new(), Duration::from_secs(10));
         let d = sealed(&s, &mut Sender::new(7), NOW - 90_000, b"x");
