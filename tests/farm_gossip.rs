@@ -178,6 +178,7 @@ async fn three_nodes_find_each_other_and_drop_what_they_cannot_trust() {
         .unwrap();
     assert_eq!(from, a1);
     let genuine = buf[..len].to_vec();
+    eprintln!("a SYN from node 1 in a farm of three: {len} bytes");
     assert!(len > HEADER_LEN + MAC_LEN);
     let message = &genuine[HEADER_LEN..len - MAC_LEN];
 
