@@ -1,6 +1,9 @@
 //! A farm of berth nodes (issue 11): membership and load statistics over
 //! gossip, and mod_backhand's placement.
 //!
+//! - [`gossip`]: membership and every node's figures, over [`transport`]
+//!   (chitchat in datagrams signed with the cluster secret); [`figures`]:
+//!   this node's own.
 //! - [`place`]: the candidacy functions, one pure function.
 //! - [`handover`]: mod_backhand's redirect names.
 //! - [`mark`]: the signed mark on a request one node proxies to another, and
@@ -10,9 +13,12 @@
 //! front end (`[cluster]` as [`ClusterPlan`], a route's [`Balance`]), and
 //! what gossip knows of every node ([`Peer`]).
 
+pub mod figures;
+pub mod gossip;
 pub mod handover;
 pub mod mark;
 pub mod place;
+pub mod transport;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
