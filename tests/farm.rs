@@ -181,9 +181,9 @@ root = "{root}"
             if try_raw(addr, probe).is_ok_and(|r| r.starts_with("HTTP/1.1")) {
                 return;
             }
-            let s = &mut self.nodes[node].server;
-            if let Some(st) = s.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("node {} exited ({st}):\n{}", self.nodes[node].name, s.output());
+            let Node { name, server, .. } = &mut self.nodes[node];
+            if let Some(st) = server.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("node {name} exited ({st}):\n{}", server.output());
             }
             assert!(Instant::now() < deadline, "node {node} not ready");
             std::thread::sleep(Duration::from_millis(50));
@@ -222,7 +222,11 @@ root = "{root}"
                     .all(|n| seen.get(*n).is_some_and(|v| v["live"] == true))
             })
         });
-        assert!(ok, "the nodes did not find each other: {:#}", self.status(0));
+        assert!(
+            ok,
+            "the nodes did not find each other: {:#}",
+            self.status(0)
+        );
     }
 }
 
@@ -270,7 +274,10 @@ fn three_nodes_find_each_other_spread_a_stream_and_lose_no_request_when_one_dies
     let seen = farm.seen_by(1);
     for n in ["a", "c"] {
         assert!(seen[n]["age_seconds"].as_f64().unwrap() < 3.0, "{seen:?}");
-        assert!(seen[n]["figures"]["cpus"].as_u64().unwrap() >= 1, "{seen:?}");
+        assert!(
+            seen[n]["figures"]["cpus"].as_u64().unwrap() >= 1,
+            "{seen:?}"
+        );
         assert_eq!(seen[n]["config_differs"], false, "{seen:?}");
     }
 
@@ -350,7 +357,10 @@ fn sticky_sessions_pinned_paths_and_redirect_names() {
     let first = field(&body, "node").to_string();
     let cookie = head
         .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: ").or(l.strip_prefix("Set-Cookie: ")))
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or(l.strip_prefix("Set-Cookie: "))
+        })
         .unwrap_or_else(|| panic!("no cookie in {head}"))
         .split(';')
         .next()
@@ -358,13 +368,20 @@ fn sticky_sessions_pinned_paths_and_redirect_names() {
         .to_string();
     assert!(cookie.starts_with("berth_node="), "{cookie}");
     for node in [0, 1, 2, 0, 1, 2] {
-        let (_, head, body) = get(farm.addr(node), "/sticky/who.cgi", &format!("Cookie: {cookie}\r\n"));
+        let (_, head, body) = get(
+            farm.addr(node),
+            "/sticky/who.cgi",
+            &format!("Cookie: {cookie}\r\n"),
+        );
         assert_eq!(field(&body, "node"), first, "with {cookie}");
         assert!(!head.to_ascii_lowercase().contains("set-cookie"), "{head}");
     }
     // A cookie naming a node without the signature is no cookie at all:
     // the requests spread again.
-    let forged = format!("Cookie: berth_node={}\r\n", if first == "127.0.0.1" { "b" } else { "a" });
+    let forged = format!(
+        "Cookie: berth_node={}\r\n",
+        if first == "127.0.0.1" { "b" } else { "a" }
+    );
     let mut nodes = std::collections::HashSet::new();
     for _ in 0..24 {
         let (_, _, body) = get(farm.addr(0), "/sticky/who.cgi", &forged);
@@ -411,7 +428,11 @@ fn the_clients_address_survives_the_hop_and_spoofed_proxy_headers_and_marks_do_n
     assert_eq!(field(&body, "node"), "127.0.0.3");
     assert_eq!(field(&body, "remote"), "127.0.0.9");
     assert_eq!(field(&body, "forwarded"), "127.0.0.9");
-    assert_eq!(field(&body, "marks"), "0", "the mark reached the app: {body}");
+    assert_eq!(
+        field(&body, "marks"),
+        "0",
+        "the mark reached the app: {body}"
+    );
     let log_c = farm.nodes[2].server.access_log("tf");
     assert!(
         log_c
@@ -445,7 +466,11 @@ fn the_clients_address_survives_the_hop_and_spoofed_proxy_headers_and_marks_do_n
     let spoof: SocketAddr = "6.6.6.6:1".parse().unwrap();
     for (to, t) in [("b", now), ("a", now - 600)] {
         let mark = berth::farm::mark::sign(secret, bound, "c", to, spoof, true, t);
-        let (_, _, body) = get(farm.addr(0), "/local/who.cgi", &format!("berth-mark: {mark}\r\n"));
+        let (_, _, body) = get(
+            farm.addr(0),
+            "/local/who.cgi",
+            &format!("berth-mark: {mark}\r\n"),
+        );
         assert_eq!(field(&body, "remote"), "127.0.0.1", "{mark}");
         assert_eq!(field(&body, "https"), "", "{mark}");
         assert_eq!(field(&body, "marks"), "0");
@@ -453,7 +478,11 @@ fn the_clients_address_survives_the_hop_and_spoofed_proxy_headers_and_marks_do_n
     // The same mark made for a, fresh, is taken (this is what node c would
     // send): the test holds the secret, as every node does.
     let mark = berth::farm::mark::sign(secret, bound, "c", "a", spoof, true, now);
-    let (_, _, body) = get(farm.addr(0), "/local/who.cgi", &format!("berth-mark: {mark}\r\n"));
+    let (_, _, body) = get(
+        farm.addr(0),
+        "/local/who.cgi",
+        &format!("berth-mark: {mark}\r\n"),
+    );
     assert_eq!(field(&body, "remote"), "6.6.6.6");
     assert_eq!(field(&body, "https"), "on");
     let refused = farm.status(0)["cluster"]["marks_refused"].as_u64().unwrap();
@@ -491,7 +520,8 @@ fn forged_unsigned_and_replayed_datagrams_are_dropped_and_counted() {
     *forged.last_mut().unwrap() ^= 1;
     trap.send_to(&forged, b_gossip).unwrap();
     // Unsigned: bytes that are no envelope at all.
-    trap.send_to(b"\x00\x01hello, I am a node", b_gossip).unwrap();
+    trap.send_to(b"\x00\x01hello, I am a node", b_gossip)
+        .unwrap();
     // Replayed: the genuine one, twice (b never got it: it went to the
     // trap; the first copy may pass, the second is a replay).
     trap.send_to(genuine, b_gossip).unwrap();
@@ -516,12 +546,18 @@ fn a_node_with_another_configuration_is_flagged_on_the_status_page() {
     assert_eq!(seen["b"]["config_differs"], false, "{seen:?}");
     assert_eq!(seen["c"]["config_differs"], true, "{seen:?}");
     let addr = SocketAddr::from((farm.nodes[0].ip, farm.admin));
-    let html = raw(addr, "GET /status HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    let html = raw(
+        addr,
+        "GET /status HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    );
     assert!(
         html.contains("Not the same configuration or version as this node: c "),
         "{html}"
     );
-    let metrics = raw(addr, "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    let metrics = raw(
+        addr,
+        "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    );
     assert!(
         metrics.contains("berth_cluster_node_config_differs{node=\"c\"} 1"),
         "{metrics}"

@@ -232,12 +232,20 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
+impl Cluster {
+    /// Stops gossiping at once: the socket closes as its task ends (the
+    /// front end's way when a new configuration moves or ends the farm).
+    pub fn abort(&self) {
         self.renew.abort();
         if let Some(handle) = &self.chitchat {
             handle.abort();
         }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.abort();
     }
 }
 

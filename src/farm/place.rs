@@ -24,8 +24,9 @@
 //!   δ the share one request takes of that node (one busy slot of its
 //!   slots, for both; see [`marginal_cost`]). Ascending Δ.
 //! - `byHostname REGEX`: keeps nodes whose name matches.
-//! - `bySession [COOKIE]`: the node the cookie names, if it is a candidate
-//!   (first), else the list as it is.
+//! - `bySession [COOKIE]`: only the node the cookie names, if it is still
+//!   a candidate (mod_backhand's "reduces the list"), else the list as it
+//!   is. berth reads only cookies it signed (`sticky = true`).
 //! - `addSelf` / `removeSelf`: puts the local node in front / takes it out.
 //! - `byInFlight`: ascending by this node's own count of requests in flight
 //!   to each node (fresh, unlike every node's figures, which are up to a
@@ -203,8 +204,7 @@ fn apply(nodes: &[Node], f: &Func, mut list: Vec<usize>, req: &mut Request<'_>) 
             if let Some(name) = (req.cookie)(cookie)
                 && let Some(pos) = list.iter().position(|&i| nodes[i].name == name)
             {
-                let chosen = list.remove(pos);
-                list.insert(0, chosen);
+                list = vec![list[pos]];
             }
         }
         Func::AddSelf => {
@@ -423,11 +423,18 @@ mod tests {
     }
 
     #[test]
-    fn by_session_puts_the_named_node_first_only_if_it_is_still_a_candidate() {
+    fn by_session_keeps_only_the_named_node_if_it_is_still_a_candidate() {
         let f = ["byLoad", "bySession"];
+        assert_eq!(run(&three(), &f, Some(("berth_node", "c")), &[]), ["c"]);
+        // Functions after it see the one node only.
         assert_eq!(
-            run(&three(), &f, Some(("berth_node", "c")), &[]),
-            ["c", "b", "a"]
+            run(
+                &three(),
+                &["bySession", "byRandom"],
+                Some(("berth_node", "b")),
+                &[0, 0, 0]
+            ),
+            ["b"]
         );
         assert_eq!(
             run(&three(), &f, Some(("berth_node", "zz")), &[]),
@@ -443,8 +450,8 @@ mod tests {
             ["b", "c"]
         );
         assert_eq!(
-            run(&three(), &["bySession sid"], Some(("sid", "c")), &[])[0],
-            "c"
+            run(&three(), &["bySession sid"], Some(("sid", "c")), &[]),
+            ["c"]
         );
     }
 

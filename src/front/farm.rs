@@ -34,6 +34,7 @@ use super::body::Body;
 use super::conn::ConnInfo;
 use super::respond::Reject;
 use crate::backend::http_proxy::{self, AppConn, Forwarded, Held};
+use crate::farm::gossip::Cluster;
 use crate::farm::place::{self, Func};
 use crate::farm::{Balance, ClusterPlan, Handover, Peer, handover, mark};
 
@@ -85,16 +86,11 @@ const HOP_IDLE: Duration = Duration::from_secs(300);
 /// Idle connections kept per node.
 const POOL_PER_NODE: usize = 64;
 
-/// Where the nodes' figures come from (gossip).
-pub type PeerSource = Box<dyn Fn() -> Arc<Vec<Peer>> + Send + Sync>;
-/// Gossip datagrams dropped, by reason.
-pub type DroppedSource = Box<dyn Fn() -> Vec<(&'static str, u64)> + Send + Sync>;
-
 /// The farm as the front end runs it.
 pub struct FarmRt {
     pub plan: ClusterPlan,
-    peers: PeerSource,
-    dropped: DroppedSource,
+    /// Gossip: every node's figures.
+    cluster: Cluster,
     /// Requests in flight from here to each node, by name.
     flights: Mutex<HashMap<String, Arc<AtomicU32>>>,
     /// Requests placed on each node (this one included), by name.
@@ -136,11 +132,10 @@ pub enum Handed {
 }
 
 impl FarmRt {
-    pub fn new(plan: ClusterPlan, peers: PeerSource, dropped: DroppedSource) -> FarmRt {
+    pub fn new(plan: ClusterPlan, cluster: Cluster) -> FarmRt {
         FarmRt {
             plan,
-            peers,
-            dropped,
+            cluster,
             flights: Mutex::default(),
             placed: Mutex::default(),
             marks_refused: AtomicU64::new(0),
@@ -155,12 +150,30 @@ impl FarmRt {
 
     /// Every node known, this one included.
     pub fn peers(&self) -> Arc<Vec<Peer>> {
-        (self.peers)()
+        self.cluster.peers()
     }
 
     /// Gossip datagrams dropped so far, by reason.
     pub fn dropped(&self) -> Vec<(&'static str, u64)> {
-        (self.dropped)()
+        let d = self.cluster.dropped();
+        vec![
+            ("not_accepted", d.not_accepted),
+            ("malformed", d.malformed),
+            ("bad_mac", d.bad_mac),
+            ("stale", d.stale),
+            ("replayed", d.replayed),
+            ("too_big", d.too_big),
+        ]
+    }
+
+    /// A new configuration's fingerprint (the same farm otherwise).
+    pub fn set_fingerprint(&self, fingerprint: &str) {
+        self.cluster.set_fingerprint(fingerprint);
+    }
+
+    /// Stops gossip now (the configuration moved or ended the farm).
+    pub fn stop(&self) {
+        self.cluster.abort();
     }
 
     /// Requests placed per node so far.

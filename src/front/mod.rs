@@ -260,6 +260,7 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
     });
     shared.apps.update(&app_plans);
     shared.tenants.update(&tenant_limits.0, &tenant_limits.1);
+    sync_farm(&shared);
 
     // The supervisor's messages, read on a thread of their own; plans are
     // built there too.
@@ -436,12 +437,63 @@ fn on_plan(
                 .name("old-generation".into())
                 .spawn(move || drop(old));
             shared.logs.store(Arc::new(logs));
+            sync_farm(shared);
             dispatch_listeners(workers, listener_fds);
             applied(sock, shared);
         }
         Err(e) => error!("new configuration not applied: {e:#}"),
     }
     Flow::Continue
+}
+
+/// Starts, moves or stops the farm's gossip to match the generation in
+/// effect: the same `[cluster]` keeps it running (a new fingerprint is
+/// published), another one (a moved `bind`, a new secret, ...) starts gossip
+/// anew on the new socket and stops the old at once.
+fn sync_farm(shared: &Arc<Shared>) {
+    let generation = shared.current.load_full();
+    let running = shared.farm.load_full();
+    let Some((plan, fd)) = &generation.gossip else {
+        if let Some(old) = shared.farm.swap(None) {
+            old.stop();
+            info!("farm: no [cluster] any more; gossip stopped");
+        }
+        return;
+    };
+    if let Some(farm) = &running {
+        let mut same = farm.plan.clone();
+        same.fingerprint.clone_from(&plan.fingerprint);
+        if same == *plan {
+            farm.set_fingerprint(&plan.fingerprint);
+            return;
+        }
+    }
+    let socket = match fd.try_clone() {
+        Ok(fd) => std::net::UdpSocket::from(fd),
+        Err(e) => {
+            error!("farm: the gossip socket: {e}; not in the farm");
+            return;
+        }
+    };
+    let plan = plan.clone();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let tenants = shared.clone();
+        let slots: crate::farm::gossip::Slots = Arc::new(move || tenants.tenants.slots());
+        match crate::farm::gossip::Cluster::start(&plan, socket, slots).await {
+            Ok(cluster) => {
+                info!(
+                    "farm: node {} gossips on {}, takes proxied requests on {}",
+                    plan.name, plan.advertise, plan.proxy
+                );
+                let farm = Arc::new(farm::FarmRt::new(plan, cluster));
+                if let Some(old) = shared.farm.swap(Some(farm)) {
+                    old.stop();
+                }
+            }
+            Err(e) => error!("farm: gossip cannot start: {e:#}; not in the farm"),
+        }
+    });
 }
 
 fn applied(sock: &OwnedFd, shared: &Shared) {

@@ -87,6 +87,20 @@ impl Tenants {
         self.gates.load().get(tenant).cloned()
     }
 
+    /// Requests in the tenants' apps now, and how many more their
+    /// `concurrency` allows (what a farm's node announces as its busy and
+    /// free slots). Once an interval: takes each gate's lock briefly.
+    pub fn slots(&self) -> (u32, u32) {
+        let (mut busy, mut free) = (0u32, 0u32);
+        for gate in self.gates.load().values() {
+            let in_flight = gate.counters.in_flight();
+            let places = gate.lock().limits.concurrency;
+            busy = busy.saturating_add(in_flight);
+            free = free.saturating_add(places.saturating_sub(in_flight));
+        }
+        (busy, free)
+    }
+
     /// Every tenant's counters, for metering: the same `Arc` for as long as
     /// the tenant stays in the configuration, so a reader may keep them.
     pub fn counters(&self) -> Vec<(String, Arc<TenantCounters>)> {
