@@ -174,7 +174,7 @@ fn simulate(opts: &Options, funcs: &[Func], fronts: usize) -> Outcome {
     // Requests (when, how long, to which front end) and placement's random
     // numbers come from separate streams: every policy gets the same requests.
     let mut requests = Rng(opts.seed);
-    let mut choices = Rng(opts.seed ^ 0x5eed_0f_c401_ce5);
+    let mut choices = Rng(opts.seed ^ 0x5eed_0fc4_01ce_5eed);
     let mut queues: Vec<VecDeque<Job>> = (0..NODES).map(|_| VecDeque::new()).collect();
     let mut done_at = [f64::INFINITY; NODES];
     let mut in_flight = vec![[0u32; NODES]; fronts];
@@ -220,7 +220,7 @@ fn simulate(opts: &Options, funcs: &[Func], fronts: usize) -> Outcome {
             tick += 1;
             for (i, node) in nodes.iter_mut().enumerate() {
                 let held = queues[i].len();
-                if tick % 5 == 0 {
+                if tick.is_multiple_of(5) {
                     // Linux's calc_load: every 5 s, with exp(-5/60) for 1 min.
                     let e = (-5.0f64 / 60.0).exp();
                     loadavg[i] = loadavg[i] * e + held as f64 * (1.0 - e);
@@ -413,7 +413,8 @@ fn main() {
         let p99_found = ((0.01f64).ln() / rho.ln()).ceil() - 1.0;
         println!(
             "\ncheck, byRandom against M/M/1 at {rho}: queue mean {:.2}, p99 {p99_found:.0}; \
-             response mean {:.2}, p99 {:.2}",
+             response mean {:.2}, p99 {:.2}\n(a queue at 90% drifts for minutes: byRandom's \
+             figures move by about 10% from seed to seed at 20000 s, the others' far less)",
             rho / (1.0 - rho),
             1.0 / (1.0 - rho),
             (100.0f64).ln() / (1.0 - rho),
