@@ -40,6 +40,13 @@ echo \"marks=$(env | grep -ci mark)\"
 echo \"forwarded=$HTTP_X_FORWARDED_FOR\"
 ";
 
+/// [`WHO_CGI`] after a second's work.
+const SLOW_CGI: &str = "#!/bin/sh
+sleep 1
+printf 'Content-Type: text/plain\\r\\n\\r\\n'
+echo \"node=$SERVER_ADDR\"
+";
+
 /// The routes every node serves (each under its own directory of the root).
 const ROUTES: &str = r#"
 [[tenant.tf.site.route]]
@@ -98,8 +105,10 @@ impl Farm {
         ensure_user("berth-tfront");
         let dir = Dir::new();
         for sub in ["spread", "pinned", "sticky", "redirect", "local"] {
-            let script = dir.write(&format!("site/{sub}/who.cgi"), WHO_CGI);
-            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+            for (name, text) in [("who.cgi", WHO_CGI), ("slow.cgi", SLOW_CGI)] {
+                let script = dir.write(&format!("site/{sub}/{name}"), text);
+                std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
         }
         chown_tree(&dir.join("site"), uid, gid);
         let key = dir.write("cluster.key", SECRET);
@@ -331,6 +340,34 @@ fn three_nodes_find_each_other_spread_a_stream_and_lose_no_request_when_one_dies
             .is_none_or(|c| c["age_seconds"].as_f64().unwrap() > 3.0),
         "{seen:?}"
     );
+}
+
+#[test]
+fn requests_in_flight_spread_a_burst_that_stale_load_figures_would_keep_on_one_node() {
+    // byLoad with a bias keeps requests here while the figures (a second
+    // old, the same machine) say all nodes are alike; byInFlight, this
+    // node's own fresh count, sends the burst on once it has some here.
+    let farm = Farm::start(
+        r#"["byAge 3", "byLoad 0.5", "byInFlight"]"#,
+        ["", "", ""],
+        &[],
+    );
+    farm.wait_joined();
+    let addr = farm.addr(0);
+    let burst: Vec<_> = (0..9)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let (status, _, body) = get(addr, "/spread/slow.cgi", "");
+                assert_eq!(status, 200, "{body}");
+                field(&body, "node").to_string()
+            })
+        })
+        .collect();
+    let mut by_node: HashMap<String, u32> = HashMap::new();
+    for t in burst {
+        *by_node.entry(t.join().unwrap()).or_default() += 1;
+    }
+    assert_eq!(by_node.len(), 3, "{by_node:?}");
 }
 
 #[test]

@@ -93,6 +93,9 @@ pub struct FarmRt {
     cluster: Cluster,
     /// Requests in flight from here to each node, by name.
     flights: Mutex<HashMap<String, Arc<AtomicU32>>>,
+    /// Requests being answered here (this node's own in flight, for
+    /// `byInFlight` and `byTwoChoices`: 0 would keep every request here).
+    here: Arc<AtomicU32>,
     /// Requests placed on each node (this one included), by name.
     placed: Mutex<HashMap<String, u64>>,
     /// Marks that did not verify (removed and ignored).
@@ -137,6 +140,7 @@ impl FarmRt {
             plan,
             cluster,
             flights: Mutex::default(),
+            here: Arc::default(),
             placed: Mutex::default(),
             marks_refused: AtomicU64::new(0),
             handovers_failed: AtomicU64::new(0),
@@ -223,6 +227,12 @@ impl FarmRt {
         }
     }
 
+    /// Counts a request as answered here until the guard is dropped.
+    pub fn answering(&self) -> Answering {
+        self.here.fetch_add(1, Ordering::Relaxed);
+        Answering(self.here.clone())
+    }
+
     fn flight(&self, node: &str) -> Arc<AtomicU32> {
         lock(&self.flights)
             .entry(node.to_string())
@@ -277,7 +287,13 @@ impl FarmRt {
             return Decision::Here;
         }
         let peers = self.peers();
-        let live: Vec<&Peer> = peers.iter().filter(|n| n.live || n.local).collect();
+        let mut live: Vec<&Peer> = peers.iter().filter(|n| n.live || n.local).collect();
+        // In an order of its own for each request: every function is a
+        // stable sort, so ties would otherwise go to the same node from
+        // every front end (the list is in the same order everywhere).
+        for i in (1..live.len()).rev() {
+            live.swap(i, random_below(i + 1));
+        }
         let nodes: Vec<place::Node> = live
             .iter()
             .map(|n| place::Node {
@@ -291,8 +307,9 @@ impl FarmRt {
                 free_slots: n.figures.free_slots,
                 mem_total: n.figures.mem_total,
                 mem_available: n.figures.mem_available,
+                // (Less the request being placed, counted since it came.)
                 in_flight: if n.local {
-                    0
+                    self.here.load(Ordering::Relaxed).saturating_sub(1)
                 } else {
                     self.flight(&n.name).load(Ordering::Relaxed)
                 },
@@ -488,6 +505,15 @@ fn random_below(n: usize) -> usize {
         s.set(x);
         (x.wrapping_mul(0x2545_F491_4F6C_DD1D) % n as u64) as usize
     })
+}
+
+/// A request answered here (see [`FarmRt::answering`]).
+pub struct Answering(Arc<AtomicU32>);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Kept-alive connections to other nodes, by address.

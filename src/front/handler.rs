@@ -15,7 +15,7 @@ use super::access_log::{Counted, Done, Entry};
 use super::body::{self, Body};
 use super::buffer::BufferLimits;
 use super::conn::{Activity, ConnInfo};
-use super::farm::{Decision, FarmRt, Handed};
+use super::farm::{Answering, Decision, FarmRt, Handed};
 use super::request_body::BodyLimits;
 use super::respond::Reject;
 use super::usage::TenantUsage;
@@ -80,6 +80,8 @@ pub async fn respond(
         let page = super::admin::serve(&parts, conn, shared, &generation).await;
         (None, None, page)
     } else {
+        // Until its response head: this node's own requests in flight.
+        note.answering = farm.as_deref().map(FarmRt::answering);
         let farm = farm.as_deref().filter(|_| marked.is_none());
         let at = Here {
             conn,
@@ -195,6 +197,9 @@ struct FarmNote {
     from: Option<Arc<str>>,
     /// The sticky cookie to set.
     cookie: Option<HeaderValue>,
+    /// Counts the request among those answered here (not while another
+    /// node answers it).
+    answering: Option<Answering>,
 }
 
 /// Where a request is answered: its connection and this node's state.
@@ -263,6 +268,7 @@ async fn route(
             }
             Decision::Proxy(candidates) => {
                 let raw = raw_host(parts).unwrap_or(&host);
+                note.answering = None;
                 let handed = farm
                     .hand_over(placement, candidates, parts, body.take(), conn, &host, raw)
                     .await;
@@ -272,7 +278,10 @@ async fn route(
                         note.served_by = Some(node);
                         return (Some(index), None, Ok(resp));
                     }
-                    Handed::Here(back) => *body = back,
+                    Handed::Here(back) => {
+                        note.answering = Some(farm.answering());
+                        *body = back;
+                    }
                     Handed::Failed(reject) => return (Some(index), None, Err(reject)),
                 }
             }
