@@ -251,33 +251,11 @@ impl<'a> TableReader<'a> {
 
     /// An array of strings. A single string is accepted as a one-element list.
     pub fn strings(&mut self, k: &'static str) -> Option<At<Vec<String>>> {
-        let (item, line, key) = self.item(k)?;
-        if let Some(s) = item.as_str() {
-            return Some(At {
-                value: vec![s.to_string()],
-                line,
-                key,
-            });
-        }
-        let Some(array) = item.as_array() else {
-            self.wrong_type(line, &key, "an array of strings", item);
-            return None;
-        };
-        let mut out = Vec::with_capacity(array.len());
-        for (i, v) in array.iter().enumerate() {
-            match v.as_str() {
-                Some(s) => out.push(s.to_string()),
-                None => self.walk.problem(
-                    self.walk.src.line(v.span()).unwrap_or(line),
-                    &format!("{key}[{i}]"),
-                    format!("expected a string, found {}", v.type_name()),
-                ),
-            }
-        }
+        let items = self.string_items(k)?;
         Some(At {
-            value: out,
-            line,
-            key,
+            value: items.value.into_iter().map(|i| i.value).collect(),
+            line: items.line,
+            key: items.key,
         })
     }
 

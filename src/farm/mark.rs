@@ -66,6 +66,17 @@ pub struct Marked {
     pub https: bool,
 }
 
+/// The MAC of a mark: over the request it is bound to and its fields.
+fn mark_mac(secret: &[u8], req: Bound<'_>, head: &str) -> HmacSha256 {
+    let parts = [
+        req.method.as_bytes(),
+        req.host.as_bytes(),
+        req.target.as_bytes(),
+        head.as_bytes(),
+    ];
+    mac(secret, "berth-mark-v1", &parts)
+}
+
 fn head(from: &str, to: &str, client: SocketAddr, https: bool, time: u64) -> String {
     let proto = if https { "https" } else { "http" };
     format!("from={from};to={to};for={client};proto={proto};t={time}")
@@ -82,18 +93,7 @@ pub fn sign(
     now: u64,
 ) -> String {
     let head = head(from, to, client, https, now);
-    let sig = mac(
-        secret,
-        "berth-mark-v1",
-        &[
-            req.method.as_bytes(),
-            req.host.as_bytes(),
-            req.target.as_bytes(),
-            head.as_bytes(),
-        ],
-    )
-    .finalize()
-    .into_bytes();
+    let sig = mark_mac(secret, req, &head).finalize().into_bytes();
     format!("{head};sig={}", URL_SAFE_NO_PAD.encode(sig))
 }
 
@@ -123,18 +123,9 @@ pub fn verify(
     let sig = URL_SAFE_NO_PAD
         .decode(sig)
         .map_err(|_| Refused::Malformed)?;
-    mac(
-        secret,
-        "berth-mark-v1",
-        &[
-            req.method.as_bytes(),
-            req.host.as_bytes(),
-            req.target.as_bytes(),
-            head.as_bytes(),
-        ],
-    )
-    .verify_slice(&sig)
-    .map_err(|_| Refused::BadSignature)?;
+    mark_mac(secret, req, head)
+        .verify_slice(&sig)
+        .map_err(|_| Refused::BadSignature)?;
     // Signed by a node of the farm: the fields are as it wrote them.
     let mut fields = head
         .split(';')

@@ -69,23 +69,12 @@ impl Gossip {
 /// an IPv6 address (as the listeners), no `SO_REUSEADDR` (see the module
 /// doc).
 fn bind(addr: SocketAddr) -> Result<OwnedFd, Error> {
-    use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
-    let fail = |e: rustix::io::Errno| Error::Gossip {
+    use rustix::net::{SocketFlags, SocketType};
+    let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+    super::socket_at(addr, SocketType::DGRAM, flags, false).map_err(|e| Error::Gossip {
         addr,
         source: e.into(),
-    };
-    let family = if addr.is_ipv4() {
-        AddressFamily::INET
-    } else {
-        AddressFamily::INET6
-    };
-    let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
-    let fd = rustix::net::socket_with(family, SocketType::DGRAM, flags, None).map_err(fail)?;
-    if addr.is_ipv6() {
-        sockopt::set_ipv6_v6only(&fd, true).map_err(fail)?;
-    }
-    rustix::net::bind(&fd, &addr).map_err(fail)?;
-    Ok(fd)
+    })
 }
 
 /// `[cluster]` as the front end runs it (None without one).

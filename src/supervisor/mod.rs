@@ -1503,24 +1503,38 @@ impl Listeners {
 }
 
 fn bind(addr: SocketAddr) -> Result<OwnedFd, Error> {
-    use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
+    use rustix::net::{SocketFlags, SocketType};
     let fail = |e: rustix::io::Errno| Error::Listen {
         addr,
         source: e.into(),
     };
+    let fd = socket_at(addr, SocketType::STREAM, SocketFlags::CLOEXEC, true).map_err(fail)?;
+    rustix::net::listen(&fd, 4096).map_err(fail)?;
+    Ok(fd)
+}
+
+/// A socket of `kind` bound at `addr` (listeners and the gossip socket):
+/// IPv6 only for an IPv6 address, `SO_REUSEADDR` when `reuse_addr`.
+pub(super) fn socket_at(
+    addr: SocketAddr,
+    kind: rustix::net::SocketType,
+    flags: rustix::net::SocketFlags,
+    reuse_addr: bool,
+) -> rustix::io::Result<OwnedFd> {
+    use rustix::net::{AddressFamily, sockopt};
     let family = if addr.is_ipv4() {
         AddressFamily::INET
     } else {
         AddressFamily::INET6
     };
-    let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)
-        .map_err(fail)?;
-    sockopt::set_socket_reuseaddr(&fd, true).map_err(fail)?;
-    if addr.is_ipv6() {
-        sockopt::set_ipv6_v6only(&fd, true).map_err(fail)?;
+    let fd = rustix::net::socket_with(family, kind, flags, None)?;
+    if reuse_addr {
+        sockopt::set_socket_reuseaddr(&fd, true)?;
     }
-    rustix::net::bind(&fd, &addr).map_err(fail)?;
-    rustix::net::listen(&fd, 4096).map_err(fail)?;
+    if addr.is_ipv6() {
+        sockopt::set_ipv6_v6only(&fd, true)?;
+    }
+    rustix::net::bind(&fd, &addr)?;
     Ok(fd)
 }
 
