@@ -16,7 +16,6 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -599,5 +598,18 @@ fn a_node_with_another_configuration_is_flagged_on_the_status_page() {
         metrics.contains("berth_cluster_node_config_differs{node=\"c\"} 1"),
         "{metrics}"
     );
-    let _ = PathBuf::new();
+
+    // c reloads the farm's configuration: the same gossip goes on (the
+    // node is not restarted in the farm) with the new fingerprint, and the
+    // flag goes.
+    let c_file = farm.dir.join("c.toml");
+    let text = std::fs::read_to_string(&c_file).unwrap().replace(extra, "");
+    std::fs::write(&c_file, text).unwrap();
+    farm.nodes[2]
+        .server
+        .signal(nix::sys::signal::Signal::SIGHUP);
+    let agreed = eventually(WITHIN, || farm.seen_by(0)["c"]["config_differs"] == false);
+    assert!(agreed, "{:#}", farm.status(0)["cluster"]);
+    let out = farm.nodes[2].server.output();
+    assert_eq!(out.matches("farm: node c gossips").count(), 1, "{out}");
 }

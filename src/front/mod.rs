@@ -129,6 +129,9 @@ pub struct Shared {
     pub status: arc_swap::ArcSwapOption<ipc::StatusSnapshot>,
     /// The farm, when `[cluster]` is configured and its gossip runs.
     pub farm: arc_swap::ArcSwapOption<farm::FarmRt>,
+    /// The `[cluster]` the latest plan wants (running or starting), and a
+    /// count of the changes to it.
+    pub farm_wanted: std::sync::Mutex<(u64, Option<crate::farm::ClusterPlan>)>,
 }
 
 /// Runs the front end until told to stop.
@@ -257,6 +260,7 @@ async fn serve(sock: Arc<OwnedFd>, plan: Plan, fds: Vec<OwnedFd>) -> anyhow::Res
         drain: drain_rx,
         status: arc_swap::ArcSwapOption::empty(),
         farm: arc_swap::ArcSwapOption::empty(),
+        farm_wanted: std::sync::Mutex::default(),
     });
     shared.apps.update(&app_plans);
     shared.tenants.update(&tenant_limits.0, &tenant_limits.1);
@@ -449,24 +453,32 @@ fn on_plan(
 /// Starts, moves or stops the farm's gossip to match the generation in
 /// effect: the same `[cluster]` keeps it running (a new fingerprint is
 /// published), another one (a moved `bind`, a new secret, ...) starts gossip
-/// anew on the new socket and stops the old at once.
+/// anew on the new socket and stops the old at once. Starting takes a
+/// moment (seeds are resolved); what a later plan wants wins over a start
+/// still under way.
 fn sync_farm(shared: &Arc<Shared>) {
     let generation = shared.current.load_full();
-    let running = shared.farm.load_full();
+    let mut wanted = shared.farm_wanted.lock().unwrap_or_else(|e| e.into_inner());
     let Some((plan, fd)) = &generation.gossip else {
+        wanted.0 += 1;
+        wanted.1 = None;
         if let Some(old) = shared.farm.swap(None) {
             old.stop();
             info!("farm: no [cluster] any more; gossip stopped");
         }
         return;
     };
-    if let Some(farm) = &running {
-        let mut same = farm.plan.clone();
+    let same_farm = |other: &crate::farm::ClusterPlan| {
+        let mut same = other.clone();
         same.fingerprint.clone_from(&plan.fingerprint);
-        if same == *plan {
+        same == *plan
+    };
+    if wanted.1.as_ref().is_some_and(same_farm) {
+        wanted.1 = Some(plan.clone());
+        if let Some(farm) = shared.farm.load().as_deref() {
             farm.set_fingerprint(&plan.fingerprint);
-            return;
         }
+        return;
     }
     let socket = match fd.try_clone() {
         Ok(fd) => std::net::UdpSocket::from(fd),
@@ -475,23 +487,33 @@ fn sync_farm(shared: &Arc<Shared>) {
             return;
         }
     };
+    wanted.0 += 1;
+    wanted.1 = Some(plan.clone());
+    let epoch = wanted.0;
     let plan = plan.clone();
     let shared = shared.clone();
     tokio::spawn(async move {
         let tenants = shared.clone();
         let slots: crate::farm::gossip::Slots = Arc::new(move || tenants.tenants.slots());
-        match crate::farm::gossip::Cluster::start(&plan, socket, slots).await {
-            Ok(cluster) => {
-                info!(
-                    "farm: node {} gossips on {}, takes proxied requests on {}",
-                    plan.name, plan.advertise, plan.proxy
-                );
-                let farm = Arc::new(farm::FarmRt::new(plan, cluster));
-                if let Some(old) = shared.farm.swap(Some(farm)) {
-                    old.stop();
-                }
-            }
-            Err(e) => error!("farm: gossip cannot start: {e:#}; not in the farm"),
+        let cluster = match crate::farm::gossip::Cluster::start(&plan, socket, slots).await {
+            Ok(cluster) => cluster,
+            Err(e) => return error!("farm: gossip cannot start: {e:#}; not in the farm"),
+        };
+        let wanted = shared.farm_wanted.lock().unwrap_or_else(|e| e.into_inner());
+        if wanted.0 != epoch {
+            // A later plan moved or ended the farm meanwhile.
+            return cluster.abort();
+        }
+        if let Some(latest) = &wanted.1 {
+            cluster.set_fingerprint(&latest.fingerprint);
+        }
+        info!(
+            "farm: node {} gossips on {}, takes proxied requests on {}",
+            plan.name, plan.advertise, plan.proxy
+        );
+        let farm = Arc::new(farm::FarmRt::new(plan, cluster));
+        if let Some(old) = shared.farm.swap(Some(farm)) {
+            old.stop();
         }
     });
 }
