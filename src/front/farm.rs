@@ -263,8 +263,9 @@ impl FarmRt {
     /// Places a request for `host` (as berth routes it).
     pub fn decide(&self, p: &Placement, parts: &Parts, host: &str) -> Decision {
         // A redirect name already made for this node: it came by redirect.
+        // (`host` is lowercased; a node's name may have capitals.)
         if let Handover::RedirectName(format) = &p.handover
-            && handover::redirect_name(format, self.name(), host) == host
+            && handover::redirect_name(format, self.name(), host).eq_ignore_ascii_case(host)
         {
             return Decision::Here;
         }

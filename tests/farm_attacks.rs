@@ -1,0 +1,421 @@
+//! Attacks on a farm of three berth nodes (issue 11), each tried for real
+//! against running nodes on 127.0.0.1, 127.0.0.2 and 127.0.0.3, as root
+//! with a real tenant and shell CGI scripts: a client steering or looping
+//! requests, a node that fails or hangs mid-request, and a node that holds
+//! the secret but announces figures or a name no honest node would. The
+//! hostile nodes are berth's own gossip run in this process (berth as a
+//! library) with a plan of the test's making, and a TCP listener of the
+//! test as their proxy address.
+//!
+//! Which node served a request is what its script says: `SERVER_ADDR` is
+//! the address of the listener that ran it (127.0.0.N).
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The tenant.
+const USER: &str = "berth-tfatk1";
+const SECRET: &str = "the-secret-of-the-attacked-farm-0123456789\n";
+/// Generous bounds for a loaded 2-core machine running other tests: gossip
+/// every 300 ms finds a node in about a second.
+const WITHIN: Duration = Duration::from_secs(20);
+const INTERVAL: Duration = Duration::from_millis(300);
+
+/// Says which node ran it, whom it believes the client is, and whether it
+/// came over TLS.
+const WHO_CGI: &str = "#!/bin/sh
+printf 'Content-Type: text/plain\\r\\n\\r\\n'
+echo \"node=$SERVER_ADDR\"
+echo \"remote=$REMOTE_ADDR\"
+echo \"https=$HTTPS\"
+";
+
+/// The directories of the site's root with a `who.cgi` each.
+const DIRS: [&str; 6] = ["pinned", "redirect", "hop", "cost", "sticky", "spread"];
+
+struct Node {
+    name: &'static str,
+    ip: Ipv4Addr,
+    server: Server,
+}
+
+struct Farm {
+    dir: Dir,
+    port: u16,
+    tls_port: u16,
+    admin: u16,
+    gossip: u16,
+    nodes: Vec<Node>,
+    ca: Option<String>,
+}
+
+impl Farm {
+    /// Three nodes named `names` on 127.0.0.1-3, each serving `routes` (of
+    /// the site `farm.test`, with `a`, `b`, `c`, `www` and the nodes' own
+    /// names lowercased as its other names, under `farm.test`); `balance` is
+    /// `[cluster] balance`. With `tls`, each node also has a TLS listener
+    /// and the site a certificate for all those names.
+    fn start(names: [&'static str; 3], balance: &str, routes: &str, tls: bool) -> Farm {
+        require_root();
+        let (uid, gid) = ensure_user(USER);
+        ensure_user("berth-tfront");
+        let dir = Dir::new();
+        for sub in DIRS {
+            let script = dir.write(&format!("site/{sub}/who.cgi"), WHO_CGI);
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        chown_tree(&dir.join("site"), uid, gid);
+        let key = dir.write("cluster.key", SECRET);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut hosts: Vec<String> = ["farm.test", "a.farm.test", "b.farm.test", "c.farm.test"]
+            .map(String::from)
+            .to_vec();
+        for n in names {
+            let h = format!("{}.farm.test", n.to_ascii_lowercase());
+            if !hosts.contains(&h) {
+                hosts.push(h);
+            }
+        }
+        let (ca, site_tls) = if tls {
+            let pki = Pki::new();
+            let refs: Vec<&str> = hosts.iter().map(String::as_str).collect();
+            let (cert, key) = pki.issue(&dir, "farm", &refs);
+            (
+                Some(pki.ca_pem.clone()),
+                format!(
+                    "tls = {{ cert = \"{}\", key = \"{}\" }}",
+                    cert.display(),
+                    key.display()
+                ),
+            )
+        } else {
+            (None, String::new())
+        };
+        let (port, tls_port, admin, gossip) = (free_port(), free_port(), free_port(), free_port());
+        let mut farm = Farm {
+            dir,
+            port,
+            tls_port,
+            admin,
+            gossip,
+            nodes: Vec::new(),
+            ca,
+        };
+        let hosts: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
+        for (i, name) in names.into_iter().enumerate() {
+            let ip = Ipv4Addr::new(127, 0, 0, i as u8 + 1);
+            let seeds: Vec<String> = (1..=3)
+                .filter(|&j| j != i + 1)
+                .map(|j| format!("\"127.0.0.{j}:{gossip}\""))
+                .collect();
+            let tls_listen = if tls {
+                format!("tls_listen = [\"{ip}:{tls_port}\"]")
+            } else {
+                String::new()
+            };
+            let config = format!(
+                r#"[server]
+listen = ["{ip}:{port}"]
+{tls_listen}
+admin_listen = "{ip}:{admin}"
+user = "berth-tfront"
+state_dir = "{d}/state"
+log_dir = "{d}/log"
+control_socket = "{d}/state/control.sock"
+log_rotate = "off"
+
+[cluster]
+name = "{name}"
+bind = "{ip}:{gossip}"
+seeds = [{seeds}]
+interval = "300ms"
+secret_file = "{key}"
+balance = {balance}
+
+[tenant.tf]
+user = "{USER}"
+home = "{root}"
+
+[tenant.tf.app.scripts]
+protocol = "cgi"
+
+[[tenant.tf.site]]
+hosts = [{hosts}]
+root = "{root}"
+{site_tls}
+{routes}
+"#,
+                d = farm.dir.join(name).display(),
+                seeds = seeds.join(", "),
+                key = key.display(),
+                root = farm.dir.join("site").display(),
+                hosts = hosts.join(", "),
+            );
+            let path = farm.dir.write(&format!("{name}.toml"), config);
+            let server = Server::spawn(&path, port, tls_port, farm.dir.join(name).join("log"));
+            farm.nodes.push(Node { name, ip, server });
+        }
+        for n in 0..3 {
+            farm.wait_ready(n);
+        }
+        farm
+    }
+
+    fn addr(&self, node: usize) -> SocketAddr {
+        SocketAddr::from((self.nodes[node].ip, self.port))
+    }
+
+    fn gossip_addr(&self, node: usize) -> SocketAddr {
+        SocketAddr::from((self.nodes[node].ip, self.gossip))
+    }
+
+    fn wait_ready(&mut self, node: usize) {
+        let addr = self.addr(node);
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            let probe = b"GET / HTTP/1.1\r\nHost: ready.invalid\r\nConnection: close\r\n\r\n";
+            if try_raw(addr, probe).is_ok_and(|r| r.starts_with("HTTP/1.1")) {
+                return;
+            }
+            let Node { name, server, .. } = &mut self.nodes[node];
+            if let Some(st) = server.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("node {name} exited ({st}):\n{}", server.output());
+            }
+            assert!(Instant::now() < deadline, "node {node} not ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `status.json` of a node.
+    fn status(&self, node: usize) -> serde_json::Value {
+        let addr = SocketAddr::from((self.nodes[node].ip, self.admin));
+        let resp = raw(
+            addr,
+            "GET /status.json HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        );
+        let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {resp}"))
+    }
+
+    /// The cluster as `node` sees it: name → node object.
+    fn seen_by(&self, node: usize) -> HashMap<String, serde_json::Value> {
+        let status = self.status(node);
+        status["cluster"]["nodes"]
+            .as_array()
+            .unwrap_or(&Vec::new())
+            .iter()
+            .map(|n| (n["name"].as_str().unwrap().to_string(), n.clone()))
+            .collect()
+    }
+
+    /// Waits until every node sees every node of `names` alive.
+    fn wait_seen(&self, names: &[&str]) {
+        let ok = eventually(WITHIN, || {
+            (0..self.nodes.len()).all(|i| {
+                let seen = self.seen_by(i);
+                names
+                    .iter()
+                    .all(|n| seen.get(*n).is_some_and(|v| v["live"] == true))
+            })
+        });
+        assert!(ok, "the nodes did not see {names:?}: {:#}", self.status(0));
+    }
+
+    fn wait_joined(&self) {
+        let names: Vec<&str> = self.nodes.iter().map(|n| n.name).collect();
+        self.wait_seen(&names);
+    }
+}
+
+/// `GET path` with `host` at `addr`, with `headers`; (status, head, body).
+fn get(addr: SocketAddr, host: &str, path: &str, headers: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    request_on(
+        &mut s,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}"),
+    )
+}
+
+/// Sends `head` (without its closing `Connection: close` and empty line)
+/// and reads the answer to the end.
+fn request_on(s: &mut TcpStream, head: &str) -> (u16, String, String) {
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(s, "{head}Connection: close\r\n\r\n").unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    (status_of(&resp), head.to_string(), body.to_string())
+}
+
+/// The `key=` line of a script's answer.
+fn field<'a>(body: &'a str, key: &str) -> &'a str {
+    body.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key} in {body:?}"))
+}
+
+/// The value of header `name` in a response head (any case).
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn chown_tree(path: &std::path::Path, uid: u32, gid: u32) {
+    let st = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// What a hostile node's proxy listener does with a request.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    /// Reads the request head and closes the connection: a node that dies
+    /// with the request in hand.
+    Close,
+}
+
+/// A node of the farm that holds the secret but is not berth: berth's own
+/// gossip in this process with a plan of the test's, and a TCP listener of
+/// the test as its proxy address.
+struct Rogue {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The request heads its listener got.
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Rogue {
+    /// Joins the farm through `seed` as `name`, announcing `slots` (busy,
+    /// free); its proxy listener (on 127.0.0.4) does `behaviour`.
+    fn start(name: &str, seed: SocketAddr, slots: (u32, u32), behaviour: Behaviour) -> Rogue {
+        let listener = TcpListener::bind("127.0.0.4:0").unwrap();
+        let proxy = listener.local_addr().unwrap();
+        let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+        {
+            let heads = heads.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(mut stream) = stream else { continue };
+                    let heads = heads.clone();
+                    std::thread::spawn(move || {
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                        let mut got = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut buf) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        heads
+                            .lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&got).into_owned());
+                        match behaviour {
+                            Behaviour::Close => drop(stream),
+                        }
+                    });
+                }
+            });
+        }
+        let socket = std::net::UdpSocket::bind("127.0.0.4:0").unwrap();
+        let plan = berth::farm::ClusterPlan {
+            name: name.into(),
+            advertise: socket.local_addr().unwrap(),
+            proxy,
+            seeds: vec![seed.to_string()],
+            interval: INTERVAL,
+            secret: SECRET.trim_end().as_bytes().to_vec(),
+            accept_from: Vec::new(),
+            fingerprint: "rogue".into(),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let cluster =
+                    berth::farm::gossip::Cluster::start(&plan, socket, Arc::new(move || slots))
+                        .await
+                        .unwrap();
+                let _ = stopped.await;
+                cluster.shutdown().await;
+            });
+        });
+        Rogue {
+            stop: Some(stop),
+            thread: Some(thread),
+            heads,
+        }
+    }
+}
+
+impl Drop for Rogue {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_request_redirected_to_a_node_whose_name_has_capitals_is_served_there() {
+    // Host names are case-blind and berth routes them lowercased; a node
+    // name (by default the host name) may have capitals. With removeSelf no
+    // node ever chooses itself: a redirected request must be known by its
+    // name, or it is redirected on and on.
+    let routes = r#"
+[[tenant.tf.site.route]]
+path = "/redirect/"
+app = "scripts"
+extensions = ["cgi"]
+balance = ["removeSelf", "byRandom"]
+handover = "redirect name %1S.%-2H"
+"#;
+    let farm = Farm::start(["A", "B", "C"], r#""off""#, routes, false);
+    farm.wait_joined();
+    // Node A sends the client on to B or C, by a lowercase name or not.
+    let (status, head, _) = get(farm.addr(0), "farm.test", "/redirect/who.cgi", "");
+    assert_eq!(status, 302, "{head}");
+    let location = header(&head, "location").unwrap().to_ascii_lowercase();
+    let (node, host) = if location.starts_with("http://b.farm.test/") {
+        (1, "b.farm.test")
+    } else {
+        assert!(location.starts_with("http://c.farm.test/"), "{head}");
+        (2, "c.farm.test")
+    };
+    // There (as DNS would send the client), it is served, not sent on.
+    for host in [host, &host.to_ascii_uppercase()] {
+        let (status, head, body) = get(farm.addr(node), host, "/redirect/who.cgi", "");
+        assert_eq!(status, 200, "{host} redirected again: {head}");
+        assert_eq!(field(&body, "node"), farm.nodes[node].ip.to_string());
+    }
+}
