@@ -419,3 +419,64 @@ handover = "redirect name %1S.%-2H"
         assert_eq!(field(&body, "node"), farm.nodes[node].ip.to_string());
     }
 }
+
+/// A client over TLS trusting `ca` that resolves `host` to `addr` and
+/// speaks only `alpn` (b"http/1.1" or b"h2").
+fn tls_client(ca: &str, host: &str, addr: SocketAddr, alpn: &[u8]) -> reqwest::blocking::Client {
+    use rustls_pki_types::pem::PemObject;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    let b = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .no_proxy()
+        .resolve(host, addr)
+        .tls_backend_preconfigured(cfg);
+    let b = if alpn == b"h2" {
+        b.http2_prior_knowledge()
+    } else {
+        b.http1_only()
+    };
+    b.build().unwrap()
+}
+
+#[test]
+fn a_tls_client_is_redirected_to_another_node_over_tls() {
+    let routes = r#"
+[[tenant.tf.site.route]]
+path = "/redirect/"
+app = "scripts"
+extensions = ["cgi"]
+balance = ["byHostname ^b$"]
+handover = "redirect name %1S.%-2H"
+"#;
+    let farm = Farm::start(["a", "b", "c"], r#""off""#, routes, true);
+    farm.wait_joined();
+    let ca = farm.ca.as_deref().unwrap();
+    let a = SocketAddr::from((farm.nodes[0].ip, farm.tls_port));
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let client = tls_client(ca, "farm.test", a, alpn);
+        let resp = client
+            .get(format!(
+                "https://farm.test:{}/redirect/who.cgi?x=1",
+                farm.tls_port
+            ))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 302, "{alpn:?}");
+        let location = resp.headers()["location"].to_str().unwrap();
+        assert_eq!(
+            location,
+            "https://b.farm.test/redirect/who.cgi?x=1",
+            "over {}",
+            String::from_utf8_lossy(alpn)
+        );
+    }
+}

@@ -17,7 +17,9 @@
 //!   one that fails after the request went out is tried on the next only
 //!   for GET and HEAD without a body. When every candidate failed, the
 //!   request is served here: none is lost.
-//! - **Redirect** (`redirect ip`, `redirect name FORMAT`): a 302 to the node.
+//! - **Redirect** (`redirect ip`, `redirect name FORMAT`): a 302 to the node:
+//!   `redirect name` with the scheme the client came by (https after TLS),
+//!   `redirect ip` to its proxy address, a plain listener (http).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -260,8 +262,9 @@ impl FarmRt {
         .ok()
     }
 
-    /// Places a request for `host` (as berth routes it).
-    pub fn decide(&self, p: &Placement, parts: &Parts, host: &str) -> Decision {
+    /// Places a request for `host` (as berth routes it) that came over TLS
+    /// or not (`https`).
+    pub fn decide(&self, p: &Placement, parts: &Parts, host: &str, https: bool) -> Decision {
         // A redirect name already made for this node: it came by redirect.
         // (`host` is lowercased; a node's name may have capitals.)
         if let Handover::RedirectName(format) = &p.handover
@@ -326,14 +329,19 @@ impl FarmRt {
                     })
                     .collect(),
             ),
+            // The proxy address is a plain listener (the nodes' hop).
             Handover::RedirectIp => Decision::Redirect(location(
+                "http",
                 parts,
                 &match chosen.proxy {
                     SocketAddr::V4(a) => a.to_string(),
                     SocketAddr::V6(a) => a.to_string(),
                 },
             )),
+            // The site under another name: as the client came, over TLS or
+            // not (an HTTP/1.1 request's target has no scheme to go by).
             Handover::RedirectName(format) => Decision::Redirect(location(
+                if https { "https" } else { "http" },
                 parts,
                 &handover::redirect_name(format, &chosen.name, host),
             )),
@@ -448,8 +456,7 @@ fn bound<'a>(parts: &'a Parts, host: &'a str) -> mark::Bound<'a> {
 }
 
 /// `scheme://authority/target` of a redirect to another node.
-fn location(parts: &Parts, authority: &str) -> String {
-    let scheme = parts.uri.scheme_str().unwrap_or("http");
+fn location(scheme: &str, parts: &Parts, authority: &str) -> String {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     format!("{scheme}://{authority}{target}")
 }

@@ -256,7 +256,7 @@ async fn route(
         // Upgrades (WebSocket) stay where they arrive.
         && !parts.headers.contains_key(header::UPGRADE)
     {
-        match farm.decide(placement, parts, &host) {
+        match farm.decide(placement, parts, &host, conn.tls) {
             Decision::Here => {}
             Decision::Redirect(to) => {
                 return (Some(index), None, Ok(redirect(&to, 302, "/", "", None)));
