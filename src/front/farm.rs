@@ -355,11 +355,14 @@ impl FarmRt {
         p: &Placement,
         candidates: Vec<Candidate>,
         parts: &Parts,
-        mut body: Option<Incoming>,
+        body: Option<Incoming>,
         conn: &ConnInfo,
         host: &str,
         raw_host: &str,
     ) -> Handed {
+        // A body already at its end is none: hyper gives every request one
+        // (HTTP/2, and HTTP/1.1 off the fast lane), empty or not.
+        let mut body = body.filter(|b| !http_body::Body::is_end_stream(b));
         let retry_after_send =
             body.is_none() && matches!(parts.method, http::Method::GET | http::Method::HEAD);
         for c in candidates {
