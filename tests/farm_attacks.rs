@@ -521,3 +521,55 @@ balance = ["byHostname ^(a0|c)$"]
     // a0 did get each of them first.
     assert!(rogue.heads.lock().unwrap().len() >= 3);
 }
+
+#[test]
+fn a_request_a_node_placed_here_is_not_placed_again_when_its_mark_is_refused() {
+    // Node c's clock is 40 s behind (gossip still brings its figures
+    // through the other nodes, or directly when the interval is long): its
+    // marks are stale where they arrive. Placed again, the request went
+    // back to c, whose own clock refuses a's mark the other way: where c
+    // places it on a again (removeSelf, byRandom, byLoad), for ever. A mark
+    // signed by a node of the farm but refused (stale, or for another
+    // node) means only that a node placed the request here: it is served
+    // here, and the client's address in it is not taken.
+    let routes = r#"
+[[tenant.tf.site.route]]
+path = "/pinned/"
+app = "scripts"
+extensions = ["cgi"]
+balance = ["byHostname ^c$"]
+"#;
+    let farm = Farm::start(["a", "b", "c"], r#""off""#, routes, false);
+    farm.wait_joined();
+    let secret = SECRET.trim_end().as_bytes();
+    let bound = berth::farm::mark::Bound {
+        method: "GET",
+        host: "farm.test",
+        target: "/pinned/who.cgi",
+    };
+    let spoof: SocketAddr = "6.6.6.6:1".parse().unwrap();
+    let refused_before = farm.status(0)["cluster"]["marks_refused"].as_u64().unwrap();
+    for (to, t) in [("a", unix_now() - 40), ("b", unix_now())] {
+        let mark = berth::farm::mark::sign(secret, bound, "c", to, spoof, true, t);
+        let mut s = connect_from(Ipv4Addr::new(127, 0, 0, 9), farm.addr(0));
+        let (status, _, body) = request_on(
+            &mut s,
+            &format!("GET /pinned/who.cgi HTTP/1.1\r\nHost: farm.test\r\nberth-mark: {mark}\r\n"),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(field(&body, "node"), "127.0.0.1", "placed again: {mark}");
+        assert_eq!(field(&body, "remote"), "127.0.0.9", "{mark}");
+        assert_eq!(field(&body, "https"), "", "{mark}");
+    }
+    let refused = farm.status(0)["cluster"]["marks_refused"].as_u64().unwrap();
+    assert_eq!(refused, refused_before + 2);
+    // A mark no node signed is still no more than no mark: placed (on c).
+    let mut s = connect_from(Ipv4Addr::new(127, 0, 0, 9), farm.addr(0));
+    let forged = "from=c;to=a;for=6.6.6.6:1;proto=https;t=1;sig=AAAA";
+    let (_, _, body) = request_on(
+        &mut s,
+        &format!("GET /pinned/who.cgi HTTP/1.1\r\nHost: farm.test\r\nberth-mark: {forged}\r\n"),
+    );
+    assert_eq!(field(&body, "node"), "127.0.0.3");
+    assert_eq!(field(&body, "remote"), "127.0.0.9");
+}

@@ -9,7 +9,11 @@
 //!   of requests in flight to each, the request's sticky cookie and a
 //!   random source. Nothing is placed twice: a request that carries a
 //!   valid mark from another node is served where it arrives, and so is
-//!   one that a redirect name already sent to this node.
+//!   one that a redirect name already sent to this node. So is one whose
+//!   mark a node of the farm signed but that is refused here (stale: the
+//!   two clocks differ; or made for another name): another node placed
+//!   it, and placed again it could go back there, and back, for ever. Its
+//!   client's address is not taken from such a mark.
 //! - **Proxy** (the default): over kept-alive connections to the node's
 //!   proxy address, with the client's address in `Forwarded` and the signed
 //!   mark ([`mark`]). A node that cannot be reached is skipped before any of
@@ -207,22 +211,25 @@ impl FarmRt {
     }
 
     /// Checks the mark a request came with (already removed from it).
-    pub fn verify(&self, value: &HeaderValue, parts: &Parts, host: &str) -> Option<mark::Marked> {
+    pub fn verify(
+        &self,
+        value: &HeaderValue,
+        parts: &Parts,
+        host: &str,
+    ) -> Result<mark::Marked, mark::Refused> {
         let bound = bound(parts, host);
-        match mark::verify(
+        let checked = mark::verify(
             &self.plan.secret,
             value.as_bytes(),
             bound,
             self.name(),
             now(),
-        ) {
-            Ok(m) => Some(m),
-            Err(why) => {
-                self.marks_refused.fetch_add(1, Ordering::Relaxed);
-                debug!("{} {}: farm mark ignored ({why:?})", parts.method, host);
-                None
-            }
+        );
+        if let Err(why) = checked {
+            self.marks_refused.fetch_add(1, Ordering::Relaxed);
+            debug!("{} {}: farm mark ignored ({why:?})", parts.method, host);
         }
+        checked
     }
 
     fn flight(&self, node: &str) -> Arc<AtomicU32> {

@@ -50,15 +50,24 @@ pub async fn respond(
     let mut note = FarmNote::default();
     // The farm's mark is removed from every request before anything reads
     // it, and taken only when it verifies: then another node placed the
-    // request here, and vouches for the client's address.
+    // request here, and vouches for the client's address. One that a node
+    // signed but that is refused (stale, for another node) still says that
+    // a node placed it: it is not placed again (see `farm`).
     let farm = shared.farm.load_full();
     let mark = parts.headers.remove(&crate::farm::mark::HEADER);
-    let marked = match (&farm, mark) {
+    let checked = match (&farm, mark) {
         (Some(farm), Some(value)) if !conn.admin => request_host(&parts)
             .ok()
-            .and_then(|host| farm.verify(&value, &parts, &host)),
+            .map(|host| farm.verify(&value, &parts, &host)),
         _ => None,
     };
+    let placed_by_node = checked.as_ref().is_some_and(|c| {
+        matches!(
+            c,
+            Ok(_) | Err(crate::farm::mark::Refused::Stale | crate::farm::mark::Refused::NotForUs)
+        )
+    });
+    let marked = checked.and_then(Result::ok);
     let marked_conn;
     let conn = match &marked {
         Some(m) => {
@@ -80,7 +89,7 @@ pub async fn respond(
         let page = super::admin::serve(&parts, conn, shared, &generation).await;
         (None, None, page)
     } else {
-        let farm = farm.as_deref().filter(|_| marked.is_none());
+        let farm = farm.as_deref().filter(|_| !placed_by_node);
         let at = Here {
             conn,
             shared,
