@@ -573,3 +573,35 @@ balance = ["byHostname ^c$"]
     assert_eq!(field(&body, "node"), "127.0.0.3");
     assert_eq!(field(&body, "remote"), "127.0.0.9");
 }
+
+#[test]
+fn slot_figures_that_overflow_when_added_do_not_break_by_cost() {
+    // A node announces u32::MAX busy slots and one free: byCost adds the
+    // two for its share of one request.
+    let routes = r#"
+[[tenant.tf.site.route]]
+path = "/cost/"
+app = "scripts"
+extensions = ["cgi"]
+balance = ["byCost", "byHostname ^[abc]$"]
+"#;
+    let farm = Farm::start(["a", "b", "c"], r#""off""#, routes, false);
+    let _rogue = Rogue::start("z", farm.gossip_addr(0), (u32::MAX, 1), Behaviour::Close);
+    farm.wait_seen(&["a", "b", "c", "z"]);
+    assert_eq!(
+        farm.seen_by(0)["z"]["figures"]["busy_slots"],
+        u64::from(u32::MAX)
+    );
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(farm.addr(0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        write!(
+            s,
+            "GET /cost/who.cgi HTTP/1.1\r\nHost: farm.test\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp:?}");
+    }
+}
