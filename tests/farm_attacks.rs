@@ -295,6 +295,8 @@ enum Behaviour {
     /// Reads the request head and closes the connection: a node that dies
     /// with the request in hand.
     Close,
+    /// Answers 200 with `rogue` as the body.
+    Answer,
 }
 
 /// A node of the farm that holds the secret but is not berth: berth's own
@@ -336,6 +338,11 @@ impl Rogue {
                             .push(String::from_utf8_lossy(&got).into_owned());
                         match behaviour {
                             Behaviour::Close => drop(stream),
+                            Behaviour::Answer => {
+                                let _ = stream.write_all(
+                                    b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nrogue\n",
+                                );
+                            }
                         }
                     });
                 }
@@ -604,4 +611,47 @@ balance = ["byCost", "byHostname ^[abc]$"]
         let _ = s.read_to_string(&mut resp);
         assert!(resp.starts_with("HTTP/1.1 200"), "{resp:?}");
     }
+}
+
+#[test]
+fn a_node_whose_name_is_no_host_name_is_left_out() {
+    // Every honest node's name is a host name (`berth check` refuses
+    // anything else). One that announces another is not taken: its name
+    // would go into redirects (here, to a host of its choosing), sticky
+    // cookies and access logs as it is.
+    let routes = r#"
+[[tenant.tf.site.route]]
+path = "/redirect/"
+app = "scripts"
+extensions = ["cgi"]
+balance = ["byHostname ^evil"]
+handover = "redirect name %-1S.%-2H"
+
+[[tenant.tf.site.route]]
+path = "/sticky/"
+app = "scripts"
+extensions = ["cgi"]
+balance = ["byHostname ^x"]
+sticky = true
+"#;
+    let farm = Farm::start(["a", "b", "c"], r#""off""#, routes, false);
+    let evil = "evil.test/x.q";
+    let cookie = "x; Domain=farm.test; Max-Age=99999999";
+    let _r1 = Rogue::start(evil, farm.gossip_addr(0), (0, 10), Behaviour::Close);
+    let _r2 = Rogue::start(cookie, farm.gossip_addr(0), (0, 10), Behaviour::Answer);
+    // A node with a good name that joins with them: once it is seen, they
+    // would have been too.
+    let _r3 = Rogue::start("zz", farm.gossip_addr(0), (0, 10), Behaviour::Close);
+    farm.wait_seen(&["a", "b", "c", "zz"]);
+    let seen = farm.seen_by(0);
+    assert!(!seen.contains_key(evil), "{seen:?}");
+    assert!(!seen.contains_key(cookie), "{seen:?}");
+    // Taken, the first was sent a client to http://evil.test/x.farm.test/...
+    let (status, head, _) = get(farm.addr(0), "farm.test", "/redirect/who.cgi", "");
+    assert_eq!(status, 200, "{head}");
+    // ... and the second set a cookie for every site under farm.test.
+    let (status, head, body) = get(farm.addr(0), "farm.test", "/sticky/who.cgi", "");
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(field(&body, "node"), "127.0.0.1");
+    assert!(!head.contains("Domain"), "{head}");
 }

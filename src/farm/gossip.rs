@@ -44,6 +44,7 @@
 //! - A dead node stays in the list (`live: false`, for the status page)
 //!   until 300 intervals after its death, then is forgotten. A node that
 //!   came back under a newer generation replaces its earlier self at once.
+//!   A node whose name is no host name is left out.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -355,8 +356,13 @@ fn snapshot(
         },
     )];
     for (id, state) in states {
-        // Not yet heard from beyond its heartbeat: nothing to show.
-        if *id == me.id || state.get(key::FIGURES_AT).is_none() {
+        // Not yet heard from beyond its heartbeat: nothing to show. A name
+        // that is no host name (which `berth check` refuses) is no node's:
+        // it would go into redirects, cookies and logs as it is.
+        if *id == me.id
+            || state.get(key::FIGURES_AT).is_none()
+            || crate::config::cluster::check_name(&id.node_id).is_err()
+        {
             continue;
         }
         let since = *seen.entry(id.clone()).or_insert(now);
