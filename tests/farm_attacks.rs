@@ -655,3 +655,70 @@ sticky = true
     assert_eq!(field(&body, "node"), "127.0.0.1");
     assert!(!head.contains("Domain"), "{head}");
 }
+
+#[test]
+fn a_node_cannot_take_the_name_of_a_live_node() {
+    // A node that calls itself c (a clone of c's machine, or a hostile
+    // one) joins after c: the real c stays in every list, requests pinned
+    // to c go to c; one that calls itself a does not replace a in a's own
+    // list.
+    let routes = r#"
+[[tenant.tf.site.route]]
+path = "/pinned/"
+app = "scripts"
+extensions = ["cgi"]
+balance = ["byHostname ^c$"]
+"#;
+    let farm = Farm::start(["a", "b", "c"], r#""off""#, routes, false);
+    farm.wait_joined();
+    let fake_c = Rogue::start("c", farm.gossip_addr(0), (0, 10), Behaviour::Close);
+    let fake_a = Rogue::start("a", farm.gossip_addr(1), (0, 10), Behaviour::Close);
+    // Both are known to every node once a third newcomer is.
+    let _r3 = Rogue::start("zz", farm.gossip_addr(0), (0, 10), Behaviour::Close);
+    farm.wait_seen(&["a", "b", "c", "zz"]);
+    std::thread::sleep(INTERVAL * 4);
+    for node in 0..3 {
+        let seen = farm.seen_by(node);
+        assert!(
+            seen["c"]["proxy"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.3:"),
+            "{seen:?}"
+        );
+        assert!(
+            seen["a"]["proxy"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:"),
+            "{seen:?}"
+        );
+    }
+    assert_eq!(farm.seen_by(0)["a"]["local"], true);
+    for node in 0..3 {
+        let (status, _, body) = get(farm.addr(node), "farm.test", "/pinned/who.cgi", "");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(field(&body, "node"), "127.0.0.3");
+    }
+    assert!(fake_c.heads.lock().unwrap().is_empty());
+    assert!(fake_a.heads.lock().unwrap().is_empty());
+
+    // The real c restarted (a newer generation) gets its name back once
+    // its earlier self is dead, and no request pinned to it fails meanwhile.
+    drop((fake_c, fake_a));
+    let mut farm = farm;
+    farm.nodes[2].server.stop();
+    let path = farm.dir.join("c.toml");
+    let log = farm.dir.join("c").join("log");
+    farm.nodes[2].server = Server::spawn(&path, farm.port, farm.tls_port, log);
+    farm.wait_ready(2);
+    let back = eventually(WITHIN, || {
+        let (status, _, body) = get(farm.addr(0), "farm.test", "/pinned/who.cgi", "");
+        assert_eq!(status, 200, "{body}");
+        let seen = farm.seen_by(0);
+        field(&body, "node") == "127.0.0.3"
+            && seen["c"]["live"] == true
+            && seen["c"]["age_seconds"].as_f64().unwrap() < 1.0
+    });
+    assert!(back, "{:#}", farm.status(0));
+}

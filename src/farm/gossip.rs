@@ -43,8 +43,12 @@
 //!   interval.
 //! - A dead node stays in the list (`live: false`, for the status page)
 //!   until 300 intervals after its death, then is forgotten. A node that
-//!   came back under a newer generation replaces its earlier self at once.
-//!   A node whose name is no host name is left out.
+//!   came back under a newer generation replaces its earlier self once the
+//!   failure detector holds that dead (both have the same name, and most
+//!   often the same proxy address); while a node with a name is alive, a
+//!   newer one with that name is left out, and this node's own name is
+//!   always its own (a clone's, or a hostile node's, claim to a name is
+//!   not taken). A node whose name is no host name is left out.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -369,16 +373,23 @@ fn snapshot(
         let age = now.saturating_duration_since(since).as_secs_f64();
         list.push((id.generation_id, peer_of(id, state, live.contains(id), age)));
     }
-    // A node that came back under a newer generation replaces its earlier
-    // self (this node's earlier self too).
-    let newest: HashMap<&str, u64> = list.iter().fold(HashMap::new(), |mut m, (g, p)| {
-        let e = m.entry(p.name.as_str()).or_insert(*g);
-        *e = (*e).max(*g);
-        m
-    });
+    // One node per name. This node keeps its own. Otherwise the oldest
+    // generation that is alive keeps it: a node that came back under a
+    // newer generation replaces its earlier self once that is dead, and one
+    // that calls itself by the name of a live node (a clone of its machine,
+    // or a hostile one) does not take its requests. With none alive, the
+    // newest.
+    let rank = |g: u64, p: &Peer| (p.local, p.live, if p.live { u64::MAX - g } else { g });
+    let mut best: HashMap<&str, (bool, bool, u64)> = HashMap::new();
+    for (g, p) in &list {
+        let r = rank(*g, p);
+        let e = best.entry(p.name.as_str()).or_insert(r);
+        *e = (*e).max(r);
+    }
+    let mut taken: HashSet<&str> = HashSet::new();
     let keep: Vec<bool> = list
         .iter()
-        .map(|(g, p)| newest[p.name.as_str()] == *g)
+        .map(|(g, p)| best[p.name.as_str()] == rank(*g, p) && taken.insert(p.name.as_str()))
         .collect();
     let mut keep = keep.into_iter();
     list.retain(|_| keep.next().unwrap_or(false));
