@@ -722,3 +722,71 @@ balance = ["byHostname ^c$"]
     });
     assert!(back, "{:#}", farm.status(0));
 }
+
+/// Stops a process (SIGSTOP) until dropped (SIGCONT).
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> Stopped {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        Stopped(pid.as_raw() as u32)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0 as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+#[test]
+fn a_node_that_hangs_holds_a_request_only_until_gossip_holds_it_dead() {
+    // Node b's front end stops (SIGSTOP: a machine swapping, a process
+    // frozen): the kernel still takes connections into its backlog, and
+    // its answer never comes. Requests placed on it were held for the hop's
+    // five minutes; they end when gossip finds b dead (a few intervals):
+    // a GET then goes to the next candidate (c), a POST is answered 502.
+    let routes = r#"
+[[tenant.tf.site.route]]
+path = "/hop/"
+app = "scripts"
+extensions = ["cgi"]
+balance = ["byHostname ^[bc]$"]
+"#;
+    let farm = Farm::start(["a", "b", "c"], r#""off""#, routes, false);
+    farm.wait_joined();
+    let (status, _, body) = get(farm.addr(0), "farm.test", "/hop/who.cgi", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(field(&body, "node"), "127.0.0.2");
+    let _stopped = Stopped::new(farm.nodes[1].server.front_pid());
+    // Both sent at once: b is still alive as far as gossip knows. The
+    // read timeout (60 s, in `request_on`) is the bound: a few seconds are
+    // enough, five minutes are what it was.
+    let a = farm.addr(0);
+    let post = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(a).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        write!(
+            s,
+            "POST /hop/who.cgi HTTP/1.1\r\nHost: farm.test\r\nContent-Length: 5\r\n\
+             Connection: close\r\n\r\nhello"
+        )
+        .unwrap();
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        String::from_utf8_lossy(&resp).into_owned()
+    });
+    let (status, _, body) = get(a, "farm.test", "/hop/who.cgi", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(field(&body, "node"), "127.0.0.3");
+    let post = post.join().unwrap();
+    assert!(post.starts_with("HTTP/1.1 502"), "{post:?}");
+    assert!(
+        farm.status(0)["cluster"]["handovers_failed"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
+}

@@ -19,8 +19,10 @@
 //!   mark ([`mark`]). A node that cannot be reached is skipped before any of
 //!   the request was sent, so every request goes to the next candidate;
 //!   one that fails after the request went out is tried on the next only
-//!   for GET and HEAD without a body. When every candidate failed, the
-//!   request is served here: none is lost.
+//!   for GET and HEAD without a body. A node that hangs fails a request
+//!   when gossip holds it dead (it still takes connections into its
+//!   backlog). When every candidate failed, the request is served here:
+//!   none is lost.
 //! - **Redirect** (`redirect ip`, `redirect name FORMAT`): a 302 to the node:
 //!   `redirect name` with the scheme the client came by (https after TLS),
 //!   `redirect ip` to its proxy address, a plain listener (http).
@@ -399,7 +401,7 @@ impl FarmRt {
                 host: raw_host,
                 mark: HeaderValue::from_str(&signed).ok(),
             };
-            let answer = http_proxy::to_node(
+            let sent = http_proxy::to_node(
                 c.addr,
                 lease,
                 parts,
@@ -407,11 +409,17 @@ impl FarmRt {
                 &forwarded,
                 HOP_FIRST_BYTE,
                 HOP_IDLE,
-            )
-            .await;
+            );
+            // A node that hangs (stopped, swapping) still takes connections
+            // into its backlog: its answer is waited for only while gossip
+            // holds it alive, not for HOP_FIRST_BYTE.
+            let answer = tokio::select! {
+                answer = sent => answer.map_err(|(failure, _lease)| failure.to_string()),
+                () = self.dead(&c.name) => Err("held dead by gossip before it answered".into()),
+            };
             match answer {
                 Ok(resp) => return Handed::Served(resp, c.name),
-                Err((failure, _lease)) => {
+                Err(failure) => {
                     self.handovers_failed.fetch_add(1, Ordering::Relaxed);
                     warn!(
                         "farm: node {} ({}) failed a request: {failure}",
@@ -427,6 +435,20 @@ impl FarmRt {
             }
         }
         Handed::Here(body)
+    }
+
+    /// Returns once gossip no longer holds `node` alive (looked at once an
+    /// interval; this node is always alive).
+    async fn dead(&self, node: &str) {
+        let mut tick = tokio::time::interval(self.plan.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let peers = self.peers();
+            if !peers.iter().any(|p| p.name == node && (p.live || p.local)) {
+                return;
+            }
+        }
     }
 
     /// A connection to `c`, kept or new (connected before any of the
