@@ -790,3 +790,50 @@ balance = ["byHostname ^[bc]$"]
             >= 2
     );
 }
+
+#[test]
+fn a_response_with_many_headers_crosses_the_hop_and_runs_once() {
+    // A CGI answer of 120 header lines is served by a node to its own
+    // clients; handed over, the node that placed it refused the answer
+    // (hyper's 100 headers), ran the script a second time itself, and
+    // answered with that.
+    let routes = r#"
+[[tenant.tf.site.route]]
+path = "/hop/"
+app = "scripts"
+extensions = ["cgi"]
+balance = ["byHostname ^b$"]
+"#;
+    let farm = Farm::start(["a", "b", "c"], r#""off""#, routes, false);
+    let many = "#!/bin/sh
+printf 'Content-Type: text/plain\\r\\n'
+i=0
+while [ $i -lt 120 ]; do printf 'X-N%s: v\\r\\n' $i; i=$((i+1)); done
+printf '\\r\\n'
+echo \"node=$SERVER_ADDR\"
+";
+    let script = farm.dir.write("site/hop/many.cgi", many);
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (uid, gid) = ensure_user(USER);
+    chown_tree(&farm.dir.join("site"), uid, gid);
+    farm.wait_joined();
+    // HTTP/1.0: the body is not chunked (and reqwest takes 100 headers).
+    let mut s = TcpStream::connect(farm.addr(0)).unwrap();
+    let (status, head, body) =
+        request_on(&mut s, "GET /hop/many.cgi HTTP/1.0\r\nHost: farm.test\r\n");
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(head.lines().filter(|l| l.starts_with("x-n")).count(), 120);
+    assert_eq!(field(&body, "node"), "127.0.0.2");
+    let ran = |node: usize| {
+        farm.nodes[node]
+            .server
+            .access_log("tf")
+            .lines()
+            .filter(|l| {
+                l.contains("/hop/many.cgi")
+                    && l.contains(&format!(" node={} ", ["a", "b", "c"][node]))
+            })
+            .count()
+    };
+    assert_eq!((ran(0), ran(1)), (0, 1));
+}

@@ -566,10 +566,11 @@ async fn connect(addr: SocketAddr) -> std::io::Result<AppConn> {
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     let _ = stream.set_nodelay(true);
-    let (sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_headers(http_proxy::NODE_MAX_HEADERS)
+        .handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             debug!("connection to a node: {e}");
