@@ -37,6 +37,8 @@ printf 'Content-Type: text/plain\\r\\n\\r\\n'
 echo \"node=$SERVER_ADDR\"
 echo \"remote=$REMOTE_ADDR\"
 echo \"https=$HTTPS\"
+echo \"marks=$(env | grep -ci mark)\"
+echo \"forwarded=$HTTP_X_FORWARDED_FOR\"
 ";
 
 /// The directories of the site's root with a `who.cgi` each.
@@ -836,4 +838,50 @@ echo \"node=$SERVER_ADDR\"
             .count()
     };
     assert_eq!((ran(0), ran(1)), (0, 1));
+}
+
+#[test]
+fn a_clients_mark_in_any_form_is_removed_and_ignored() {
+    // Made-up marks in every spelling and number, over HTTP/1.1 and
+    // HTTP/2, in a request that is handed over (pinned to c): it is placed
+    // as any other, the client is who it is, and no app sees a mark.
+    let routes = r#"
+[[tenant.tf.site.route]]
+path = "/pinned/"
+app = "scripts"
+extensions = ["cgi"]
+balance = ["byHostname ^c$"]
+"#;
+    let farm = Farm::start(["a", "b", "c"], r#""off""#, routes, false);
+    farm.wait_joined();
+    let made_up = "from=c;to=a;for=6.6.6.6:1;proto=https;t=1;sig=AAAA";
+    let forms = [
+        format!("berth-mark: {made_up}\r\n"),
+        format!("BERTH-MARK: {made_up}\r\nBerth-Mark: {made_up}\r\n"),
+        format!("berth-mark: {made_up}\r\nberth-mark: \r\n"),
+    ];
+    for form in &forms {
+        let mut s = connect_from(Ipv4Addr::new(127, 0, 0, 9), farm.addr(0));
+        let (status, _, body) = request_on(
+            &mut s,
+            &format!("GET /pinned/who.cgi HTTP/1.1\r\nHost: farm.test\r\n{form}"),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(field(&body, "node"), "127.0.0.3", "{form:?}");
+        assert_eq!(field(&body, "remote"), "127.0.0.9", "{form:?}");
+        assert_eq!(field(&body, "https"), "", "{form:?}");
+        assert_eq!(field(&body, "marks"), "0", "{form:?}");
+    }
+    let h2 = client(true, None, &["farm.test"], farm.port);
+    let resp = h2
+        .get(format!("http://farm.test:{}/pinned/who.cgi", farm.port))
+        .header("berth-mark", made_up)
+        .header("Berth-Mark", made_up)
+        .send()
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let body = resp.text().unwrap();
+    assert_eq!(field(&body, "node"), "127.0.0.3");
+    assert_eq!(field(&body, "remote"), "127.0.0.1");
+    assert_eq!(field(&body, "marks"), "0");
 }
