@@ -42,7 +42,9 @@ echo \"forwarded=$HTTP_X_FORWARDED_FOR\"
 ";
 
 /// The directories of the site's root with a `who.cgi` each.
-const DIRS: [&str; 6] = ["pinned", "redirect", "hop", "cost", "sticky", "spread"];
+const DIRS: [&str; 7] = [
+    "pinned", "redirect", "hop", "cost", "sticky", "spread", "local",
+];
 
 struct Node {
     name: &'static str,
@@ -67,6 +69,17 @@ impl Farm {
     /// `[cluster] balance`. With `tls`, each node also has a TLS listener
     /// and the site a certificate for all those names.
     fn start(names: [&'static str; 3], balance: &str, routes: &str, tls: bool) -> Farm {
+        Farm::start_with(names, balance, routes, tls, "")
+    }
+
+    /// [`Farm::start`] with `server` lines in each node's `[server]`.
+    fn start_with(
+        names: [&'static str; 3],
+        balance: &str,
+        routes: &str,
+        tls: bool,
+        server: &str,
+    ) -> Farm {
         require_root();
         let (uid, gid) = ensure_user(USER);
         ensure_user("berth-tfront");
@@ -134,6 +147,7 @@ state_dir = "{d}/state"
 log_dir = "{d}/log"
 control_socket = "{d}/state/control.sock"
 log_rotate = "off"
+{server}
 
 [cluster]
 name = "{name}"
@@ -884,4 +898,99 @@ balance = ["byHostname ^c$"]
     assert_eq!(field(&body, "node"), "127.0.0.3");
     assert_eq!(field(&body, "remote"), "127.0.0.1");
     assert_eq!(field(&body, "marks"), "0");
+}
+
+/// Sends `GET path` for farm.test to `to` from `from` and says whether it
+/// was answered 200 and by which node (within 60 s).
+fn answered(from: Ipv4Addr, to: SocketAddr, path: &str) -> Option<String> {
+    let mut s = connect_from(from, to);
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: farm.test\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp.starts_with("HTTP/1.1 200")
+        .then(|| field(&resp, "node").to_string())
+}
+
+#[test]
+fn a_process_at_another_nodes_address_is_held_to_max_connections_per_ip() {
+    // Connections from another node's address count against no address's
+    // share: that node hands many clients' requests over them. But a
+    // tenant's app on that machine connects from the same address. Past
+    // the share, a connection must carry requests another node placed
+    // (marked), or it is refused; handed-over requests still all pass.
+    let routes = r#"
+[[tenant.tf.site.route]]
+path = "/local/"
+app = "scripts"
+extensions = ["cgi"]
+balance = "off"
+
+[[tenant.tf.site.route]]
+path = "/hop/"
+app = "scripts"
+extensions = ["cgi"]
+balance = ["byHostname ^b$"]
+"#;
+    let farm = Farm::start_with(
+        ["a", "b", "c"],
+        r#""off""#,
+        routes,
+        false,
+        "max_connections_per_ip = 3",
+    );
+    let slow = "#!/bin/sh
+sleep 2
+printf 'Content-Type: text/plain\\r\\n\\r\\n'
+echo \"node=$SERVER_ADDR\"
+";
+    for dir in ["local", "hop"] {
+        let p = farm.dir.write(&format!("site/{dir}/slow.cgi"), slow);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let (uid, gid) = ensure_user(USER);
+    chown_tree(&farm.dir.join("site"), uid, gid);
+    farm.wait_joined();
+
+    // From 127.0.0.1 (node a's address: on loopback every node connects to
+    // the others from it), three slow requests to b take the share ...
+    let b = farm.addr(1);
+    let tenant: Vec<_> = (0..3)
+        .map(|_| std::thread::spawn(move || answered(Ipv4Addr::LOCALHOST, b, "/local/slow.cgi")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // ... and a fourth connection's requests, kept alive, over the fast lane
+    // and hyper's path, are refused, and the connection closed.
+    for target in [
+        "/local/who.cgi".to_string(),
+        "http://farm.test/local/who.cgi".to_string(),
+    ] {
+        let mut s = connect_from(Ipv4Addr::LOCALHOST, b);
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(s, "GET {target} HTTP/1.1\r\nHost: farm.test\r\n\r\n").unwrap();
+        let mut resp = Vec::new();
+        let closed = s.read_to_end(&mut resp).is_ok();
+        let resp = String::from_utf8_lossy(&resp);
+        assert!(resp.starts_with("HTTP/1.1 503"), "{target}: {resp:?}");
+        assert!(closed, "{target}: left open: {resp:?}");
+    }
+    for t in tenant {
+        assert_eq!(t.join().unwrap().as_deref(), Some("127.0.0.2"));
+    }
+
+    // Eight clients (other addresses) ask a for what is pinned to b: a hands
+    // them over on eight connections at once, all from 127.0.0.1.
+    let a = farm.addr(0);
+    let clients: Vec<_> = (10..18)
+        .map(|i| {
+            std::thread::spawn(move || answered(Ipv4Addr::new(127, 0, 0, i), a, "/hop/slow.cgi"))
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap().as_deref(), Some("127.0.0.2"));
+    }
 }

@@ -68,6 +68,13 @@ pub async fn respond(
         )
     });
     let marked = checked.and_then(Result::ok);
+    // Let in past its address's share only as another node's connection
+    // (conn.rs): a request no node placed is refused, and the connection
+    // closed once it is answered.
+    let refused = conn.node_only && !placed_by_node;
+    if refused {
+        activity.close_when_done();
+    }
     let marked_conn;
     let conn = match &marked {
         Some(m) => {
@@ -79,6 +86,7 @@ pub async fn respond(
                 // The node that placed it checked the client's SNI.
                 sni: request_host(&parts).ok().map(|h| h.into_owned()),
                 admin: false,
+                node_only: false,
             };
             note.from = Some(m.from.as_str().into());
             &marked_conn
@@ -88,6 +96,19 @@ pub async fn respond(
     let (site, user, result) = if conn.admin {
         let page = super::admin::serve(&parts, conn, shared, &generation).await;
         (None, None, page)
+    } else if refused {
+        let why = format!(
+            "{}: past max_connections_per_ip, and not placed by another node",
+            conn.peer
+        );
+        (
+            None,
+            None,
+            Err(Reject::Unavailable {
+                why,
+                retry_after: 1,
+            }),
+        )
     } else {
         let farm = farm.as_deref().filter(|_| !placed_by_node);
         let at = Here {
