@@ -71,7 +71,7 @@ pub async fn respond(
     // Let in past its address's share only as another node's connection
     // (conn.rs): a request no node placed is refused, and the connection
     // closed once it is answered.
-    let refused = conn.node_only && !placed_by_node;
+    let refused = conn.node_only && !conn.admin && !placed_by_node;
     if refused {
         activity.close_when_done();
     }
