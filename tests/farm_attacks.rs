@@ -211,13 +211,16 @@ root = "{root}"
         }
     }
 
-    /// `status.json` of a node.
+    /// `status.json` of a node, asked from 127.0.0.254 (an address no test
+    /// counts the connections of).
     fn status(&self, node: usize) -> serde_json::Value {
         let addr = SocketAddr::from((self.nodes[node].ip, self.admin));
-        let resp = raw(
-            addr,
-            "GET /status.json HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-        );
+        let mut s = connect_from(Ipv4Addr::new(127, 0, 0, 254), addr);
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(b"GET /status.json HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
         let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
         serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {resp}"))
     }
@@ -944,7 +947,7 @@ balance = ["byHostname ^b$"]
         "max_connections_per_ip = 3",
     );
     let slow = "#!/bin/sh
-sleep 2
+sleep 6
 printf 'Content-Type: text/plain\\r\\n\\r\\n'
 echo \"node=$SERVER_ADDR\"
 ";
@@ -957,18 +960,27 @@ echo \"node=$SERVER_ADDR\"
     farm.wait_joined();
 
     // From 127.0.0.1 (node a's address: on loopback every node connects to
-    // the others from it), three slow requests to b take the share ...
+    // the others from it), three slow requests to b take the share, one
+    // after the other ...
     let b = farm.addr(1);
-    let tenant: Vec<_> = (0..3)
-        .map(|_| std::thread::spawn(move || answered(Ipv4Addr::LOCALHOST, b, "/local/slow.cgi")))
-        .collect();
-    std::thread::sleep(Duration::from_millis(500));
-    // ... and a fourth connection's requests, kept alive, over the fast lane
-    // and hyper's path, are refused, and the connection closed.
-    for target in [
-        "/local/who.cgi".to_string(),
-        "http://farm.test/local/who.cgi".to_string(),
-    ] {
+    let in_flight = || {
+        farm.status(1)["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "tf")
+            .map_or(0, |t| t["in_flight"].as_u64().unwrap())
+    };
+    let mut tenant = Vec::new();
+    for n in 1..=3 {
+        tenant.push(std::thread::spawn(move || {
+            answered(Ipv4Addr::LOCALHOST, b, "/local/slow.cgi")
+        }));
+        assert!(eventually(WITHIN, || in_flight() >= n), "{n} not in flight");
+    }
+    // ... and a fourth connection's request, kept alive, over the fast lane
+    // and hyper's path, is refused, and the connection closed.
+    for target in ["/local/who.cgi", "http://farm.test/local/who.cgi"] {
         let mut s = connect_from(Ipv4Addr::LOCALHOST, b);
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         write!(s, "GET {target} HTTP/1.1\r\nHost: farm.test\r\n\r\n").unwrap();
