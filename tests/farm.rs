@@ -487,8 +487,8 @@ fn the_clients_address_survives_the_hop_and_spoofed_proxy_headers_and_marks_do_n
     assert_eq!(field(&body, "marks"), "0");
 
     // A mark signed with the farm's secret but for another node, or too
-    // old, is refused the same way: it does not keep c from placing the
-    // request (to itself), nor name the client.
+    // old, is refused: it does not name the client (a node placed the
+    // request, so it is served here: tests/farm_attacks.rs).
     let secret = SECRET.trim_end().as_bytes();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

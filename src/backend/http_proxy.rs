@@ -211,6 +211,14 @@ pub async fn request(
     exchange(&target, lease, parts, body, forwarded, timing).await
 }
 
+/// The most header lines an answer from another node of the farm may have
+/// (hyper's default is 100). That node passes on what its CGI and FastCGI
+/// apps write, up to 64 KiB of head with no count of lines: an answer it
+/// serves its own clients must not fail the hop, where the request would
+/// run again on the next node. (hyper then takes room for that many lines,
+/// 64 KiB of heap, for each answer it reads.)
+pub const NODE_MAX_HEADERS: usize = 1024;
+
 /// Proxies one request to another node of the farm at `node`, like
 /// [`request`] (no upgrades: the caller serves those where they arrive).
 /// `guard` holds a kept connection to that node, if any, and gets it back
@@ -341,11 +349,14 @@ where
                 Err(ConnectError::Late) => return Err((late(), guard)),
                 Err(ConnectError::Failed(f)) => return Err((f, guard)),
             };
-            let (mut sender, conn) =
-                match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-                    Ok(pair) => pair,
-                    Err(e) => return Err((failure(e), guard)),
-                };
+            let mut builder = hyper::client::conn::http1::Builder::new();
+            if target.node.is_some() {
+                builder.max_headers(NODE_MAX_HEADERS);
+            }
+            let (mut sender, conn) = match builder.handshake(TokioIo::new(stream)).await {
+                Ok(pair) => pair,
+                Err(e) => return Err((failure(e), guard)),
+            };
             tokio::spawn(async move {
                 // Ends when the sender is dropped and the connection is idle,
                 // or hands the socket over to the tunnel on an upgrade.

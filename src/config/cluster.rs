@@ -336,8 +336,8 @@ pub(super) fn read(mut t: TableReader<'_>, server: &Server) -> (Option<Cluster>,
 
 /// A node's name: what `byHostname` matches, `bySession`'s cookie and a
 /// redirect name (`%NS`) are made of, so a host name (letters, digits, '-',
-/// '_' and dot-separated labels).
-fn check_name(name: &str) -> Result<(), String> {
+/// '_' and dot-separated labels). Gossip holds other nodes' names to it too.
+pub fn check_name(name: &str) -> Result<(), String> {
     if valid_host(&name.to_ascii_lowercase()) {
         Ok(())
     } else {

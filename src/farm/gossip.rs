@@ -43,7 +43,15 @@
 //!   interval.
 //! - A dead node stays in the list (`live: false`, for the status page)
 //!   until 300 intervals after its death, then is forgotten. A node that
-//!   came back under a newer generation replaces its earlier self at once.
+//!   came back under a newer generation replaces its earlier self once the
+//!   failure detector holds that dead (both have the same name, and most
+//!   often the same proxy address); while a node with a name is alive, a
+//!   newer one with that name is left out, and this node's own name is
+//!   always its own (a clone's, or a hostile node's, claim to a name is
+//!   not taken). A node whose name is no host name is left out, and so is
+//!   one whose proxy address this node would not send requests to
+//!   (`proxy_allowed`: loopback or link-local only in a farm on one
+//!   machine).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -355,29 +363,66 @@ fn snapshot(
         },
     )];
     for (id, state) in states {
-        // Not yet heard from beyond its heartbeat: nothing to show.
-        if *id == me.id || state.get(key::FIGURES_AT).is_none() {
+        // Not yet heard from beyond its heartbeat: nothing to show. A name
+        // that is no host name (which `berth check` refuses) is no node's:
+        // it would go into redirects, cookies and logs as it is.
+        if *id == me.id
+            || state.get(key::FIGURES_AT).is_none()
+            || crate::config::cluster::check_name(&id.node_id).is_err()
+        {
             continue;
         }
         let since = *seen.entry(id.clone()).or_insert(now);
         let age = now.saturating_duration_since(since).as_secs_f64();
-        list.push((id.generation_id, peer_of(id, state, live.contains(id), age)));
+        let peer = peer_of(id, state, live.contains(id), age);
+        if !proxy_allowed(peer.proxy, me.proxy) {
+            continue;
+        }
+        list.push((id.generation_id, peer));
     }
-    // A node that came back under a newer generation replaces its earlier
-    // self (this node's earlier self too).
-    let newest: HashMap<&str, u64> = list.iter().fold(HashMap::new(), |mut m, (g, p)| {
-        let e = m.entry(p.name.as_str()).or_insert(*g);
-        *e = (*e).max(*g);
-        m
-    });
+    // One node per name. This node keeps its own. Otherwise the oldest
+    // generation that is alive keeps it: a node that came back under a
+    // newer generation replaces its earlier self once that is dead, and one
+    // that calls itself by the name of a live node (a clone of its machine,
+    // or a hostile one) does not take its requests. With none alive, the
+    // newest.
+    let rank = |g: u64, p: &Peer| (p.local, p.live, if p.live { u64::MAX - g } else { g });
+    let mut best: HashMap<&str, (bool, bool, u64)> = HashMap::new();
+    for (g, p) in &list {
+        let r = rank(*g, p);
+        let e = best.entry(p.name.as_str()).or_insert(r);
+        *e = (*e).max(r);
+    }
+    let mut taken: HashSet<&str> = HashSet::new();
     let keep: Vec<bool> = list
         .iter()
-        .map(|(g, p)| newest[p.name.as_str()] == *g)
+        .map(|(g, p)| best[p.name.as_str()] == rank(*g, p) && taken.insert(p.name.as_str()))
         .collect();
     let mut keep = keep.into_iter();
     list.retain(|_| keep.next().unwrap_or(false));
     list.sort_by(|(ga, a), (gb, b)| a.name.cmp(&b.name).then(ga.cmp(gb)));
     list.into_iter().map(|(_, p)| p).collect()
+}
+
+/// Whether this node (whose own proxy address is `own`) sends requests to
+/// another node at `proxy`. Requests go where a node says it takes them:
+/// not to an address no node can have (unspecified, multicast, port 0), and
+/// to a loopback or link-local one only when this node's own is such too (a
+/// farm on one machine): else a node could point the others at their own
+/// loopback services (the admin listener, tenants' app ports) or the cloud's
+/// metadata address (169.254.169.254), and read them through any site.
+fn proxy_allowed(proxy: SocketAddr, own: SocketAddr) -> bool {
+    let (ip, own) = (proxy.ip().to_canonical(), own.ip().to_canonical());
+    let link_local = |ip: std::net::IpAddr| match ip {
+        std::net::IpAddr::V4(v4) => v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    };
+    proxy.port() != 0
+        && !ip.is_unspecified()
+        && !ip.is_multicast()
+        && ip != std::net::IpAddr::V4(Ipv4Addr::BROADCAST)
+        && (!ip.is_loopback() || own.is_loopback())
+        && (!link_local(ip) || link_local(own))
 }
 
 /// Another node as its published state says, every value that does not
@@ -522,10 +567,12 @@ mod tests {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let c = chitchat_with(&[(id, kvs)]);
-        let list = snapshot(&c, &me(), &figures(), "fp", &Mutex::default());
-        let p = list.iter().find(|p| p.name == "odd").unwrap();
+        let c = chitchat_with(&[(id.clone(), kvs)]);
+        let p = peer_of(&id, &c.node_states()[&id], false, 0.0);
         assert_eq!(p.proxy, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+        // (Such a node is not listed: nothing can be sent to it.)
+        let list = snapshot(&c, &me(), &figures(), "fp", &Mutex::default());
+        assert!(list.iter().all(|p| p.name != "odd"));
         assert_eq!(
             p.figures,
             Figures {
@@ -534,6 +581,39 @@ mod tests {
             }
         );
         assert_eq!((p.version.as_str(), p.fingerprint.as_str()), ("", ""));
+    }
+
+    #[test]
+    fn a_node_cannot_point_this_one_at_its_own_loopback_or_the_clouds_metadata() {
+        let at = |name: &str, proxy: &str| {
+            let m = Me {
+                id: ChitchatId::new(name, 1, "10.0.0.7:7946".parse().unwrap()),
+                name: name.into(),
+                proxy: proxy.parse().unwrap(),
+            };
+            let kvs = published(&m, &figures(), 1, "fp");
+            (m.id, kvs)
+        };
+        let c = chitchat_with(&[
+            at("admin", "127.0.0.1:8081"),
+            at("v6admin", "[::1]:8081"),
+            at("mapped", "[::ffff:127.0.0.1]:8081"),
+            at("metadata", "169.254.169.254:80"),
+            at("linklocal", "[fe80::1]:80"),
+            at("nowhere", "0.0.0.0:8080"),
+            at("portless", "10.0.0.8:0"),
+            at("good", "10.0.0.9:8080"),
+        ]);
+        // This node (me(): 10.0.0.1:8080) is on a network.
+        let list = snapshot(&c, &me(), &figures(), "fp", &Mutex::default());
+        let names: Vec<&str> = list.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["good", "www1"]);
+        // A farm on one machine: loopback is where the others are.
+        let mut local = me();
+        local.proxy = "127.0.0.2:8080".parse().unwrap();
+        let list = snapshot(&c, &local, &figures(), "fp", &Mutex::default());
+        let names: Vec<&str> = list.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["admin", "good", "mapped", "v6admin", "www1"]);
     }
 
     #[test]

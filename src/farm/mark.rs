@@ -9,7 +9,10 @@
 //! node, and good for [`WINDOW`] seconds either way of the receiver's clock:
 //! captured, it can only make the same node serve the same request again,
 //! which any client can ask for. A mark that does not verify is removed
-//! and ignored (counted): the request is served as any client's would be.
+//! and ignored (counted): the request is served as any client's would be,
+//! but for one whose signature holds and is only stale or for another node
+//! ([`Refused::Stale`], [`Refused::NotForUs`]): a node placed it, so it is
+//! served where it arrives, not placed again (`front::farm`).
 //! The front end removes the header from every request before anything else
 //! reads it, so apps never see it.
 //!

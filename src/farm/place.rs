@@ -63,8 +63,9 @@ impl Node {
         self.load / f64::from(self.cpus.max(1))
     }
 
+    /// (Saturating: the two come from another node, any u32 each.)
     fn slots(&self) -> u32 {
-        self.busy_slots + self.free_slots
+        self.busy_slots.saturating_add(self.free_slots)
     }
 }
 

@@ -29,6 +29,11 @@
 //! cap before a new connection of that address is refused. A request in
 //! flight is never cut: its connection is closed only between requests, and
 //! only when the bytes of its last response have been taken by the kernel.
+//! In a farm, a connection from another node's proxy address is let in past
+//! its address's cap (that node hands many clients' requests over), but
+//! only for requests that node placed (`ConnInfo::node_only`): any other is
+//! answered 503 and its connection closed, since a tenant's app on that
+//! machine connects from the same address.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -69,6 +74,10 @@ pub struct ConnInfo {
     /// It came on the admin listener: only berth's status pages are
     /// served on it (`admin`), never a site.
     pub admin: bool,
+    /// It was let in past `max_connections_per_ip` only because its address
+    /// is another node's: its requests must come from that node (a tenant's
+    /// app on that machine shares the address), or it is closed.
+    pub node_only: bool,
 }
 
 /// Turns a listening socket fd from the supervisor into a tokio listener.
@@ -106,23 +115,32 @@ pub async fn accept_loop(listener: TcpListener, spec: ListenerSpec, shared: Arc<
                 continue;
             }
         };
-        let mut per_ip = shared.current.load().limits.max_connections_per_ip;
-        // Another node of the farm proxies many clients' requests over its
-        // connections: they count against the total, not one address's share.
-        if shared
-            .farm
-            .load()
-            .as_deref()
-            .is_some_and(|f| f.is_node(peer.ip()))
-        {
-            per_ip = usize::MAX;
-        }
+        let per_ip = shared.current.load().limits.max_connections_per_ip;
         let activity = Arc::new(Activity::new());
-        let Some(registered) = shared.conns.admit(peer.ip(), &activity, per_ip) else {
-            debug!(
-                "{peer}: its address has {per_ip} connections open (max_connections_per_ip); closing"
-            );
-            continue;
+        // Another node of the farm proxies many clients' requests over its
+        // connections: past its address's share they still count against
+        // the total, but each must carry requests that node placed (the
+        // handler checks the mark: `node_only`).
+        let (registered, node_only) = match shared.conns.admit(peer.ip(), &activity, per_ip) {
+            Some(registered) => (registered, false),
+            None if shared
+                .farm
+                .load()
+                .as_deref()
+                .is_some_and(|f| f.is_node(peer.ip())) =>
+            {
+                let registered = shared
+                    .conns
+                    .admit(peer.ip(), &activity, usize::MAX)
+                    .expect("no cap");
+                (registered, true)
+            }
+            None => {
+                debug!(
+                    "{peer}: its address has {per_ip} connections open (max_connections_per_ip); closing"
+                );
+                continue;
+            }
         };
         // The permit is taken after accept, so idle listeners hold none; at the
         // cap this loop makes room or stops accepting (then further clients
@@ -136,7 +154,7 @@ pub async fn accept_loop(listener: TcpListener, spec: ListenerSpec, shared: Arc<
             // Closing a connection to make room is dropping it here, which
             // `shed_asked` allows only between requests.
             tokio::select! {
-                () = connection(stream, peer, spec, shared, activity.clone()) => {}
+                () = connection(stream, peer, spec, shared, activity.clone(), node_only) => {}
                 () = activity.shed_asked() => debug!("{peer}: closed to make room"),
             }
             drop(registered);
@@ -376,6 +394,7 @@ async fn connection(
     spec: ListenerSpec,
     shared: Arc<Shared>,
     activity: Arc<Activity>,
+    node_only: bool,
 ) {
     let _ = stream.set_nodelay(true);
     let limits = shared.current.load().limits.clone();
@@ -388,6 +407,7 @@ async fn connection(
             tls: false,
             sni: None,
             admin: spec.kind == ListenerKind::Admin,
+            node_only,
         });
         return super::h1::serve(stream, info, activity, limits, shared).await;
     }
@@ -423,6 +443,7 @@ async fn connection(
         tls: true,
         sni,
         admin: false,
+        node_only,
     });
     if !h2 {
         return serve(tls, info, activity, &limits, shared).await;
@@ -529,6 +550,8 @@ pub struct Activity {
     shed_state: AtomicU8,
     /// Wakes the connection's task when it is asked to close.
     shed: Notify,
+    /// Close it once no request is in flight ([`Activity::close_when_done`]).
+    closing: AtomicBool,
 }
 
 /// Counted, but not served yet (waiting for room under the global cap).
@@ -574,6 +597,7 @@ impl Activity {
             changed: Notify::new(),
             shed_state: AtomicU8::new(STARTING),
             shed: Notify::new(),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -690,8 +714,17 @@ impl Activity {
         let now = self.base.elapsed().as_millis() as u64;
         self.idle_since_ms.store(now, Ordering::Release);
         self.served.store(true, Ordering::Release);
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let last = self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1;
         self.changed.notify_one();
+        if last && self.closing.load(Ordering::Acquire) {
+            self.ask_shed();
+        }
+    }
+
+    /// Closes the connection once its requests are answered, as if to make
+    /// room (between requests, its last response taken by the kernel).
+    pub fn close_when_done(&self) {
+        self.closing.store(true, Ordering::Release);
     }
 
     /// The client's address's share of the body budgets.

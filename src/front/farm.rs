@@ -9,15 +9,23 @@
 //!   of requests in flight to each, the request's sticky cookie and a
 //!   random source. Nothing is placed twice: a request that carries a
 //!   valid mark from another node is served where it arrives, and so is
-//!   one that a redirect name already sent to this node.
+//!   one that a redirect name already sent to this node. So is one whose
+//!   mark a node of the farm signed but that is refused here (stale: the
+//!   two clocks differ; or made for another name): another node placed
+//!   it, and placed again it could go back there, and back, for ever. Its
+//!   client's address is not taken from such a mark.
 //! - **Proxy** (the default): over kept-alive connections to the node's
 //!   proxy address, with the client's address in `Forwarded` and the signed
 //!   mark ([`mark`]). A node that cannot be reached is skipped before any of
 //!   the request was sent, so every request goes to the next candidate;
 //!   one that fails after the request went out is tried on the next only
-//!   for GET and HEAD without a body. When every candidate failed, the
-//!   request is served here: none is lost.
-//! - **Redirect** (`redirect ip`, `redirect name FORMAT`): a 302 to the node.
+//!   for GET and HEAD without a body. A node that hangs fails a request
+//!   when gossip holds it dead (it still takes connections into its
+//!   backlog). When every candidate failed, the request is served here:
+//!   none is lost.
+//! - **Redirect** (`redirect ip`, `redirect name FORMAT`): a 302 to the node:
+//!   `redirect name` with the scheme the client came by (https after TLS),
+//!   `redirect ip` to its proxy address, a plain listener (http).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -209,22 +217,25 @@ impl FarmRt {
     }
 
     /// Checks the mark a request came with (already removed from it).
-    pub fn verify(&self, value: &HeaderValue, parts: &Parts, host: &str) -> Option<mark::Marked> {
+    pub fn verify(
+        &self,
+        value: &HeaderValue,
+        parts: &Parts,
+        host: &str,
+    ) -> Result<mark::Marked, mark::Refused> {
         let bound = bound(parts, host);
-        match mark::verify(
+        let checked = mark::verify(
             &self.plan.secret,
             value.as_bytes(),
             bound,
             self.name(),
             now(),
-        ) {
-            Ok(m) => Some(m),
-            Err(why) => {
-                self.marks_refused.fetch_add(1, Ordering::Relaxed);
-                debug!("{} {}: farm mark ignored ({why:?})", parts.method, host);
-                None
-            }
+        );
+        if let Err(why) = checked {
+            self.marks_refused.fetch_add(1, Ordering::Relaxed);
+            debug!("{} {}: farm mark ignored ({why:?})", parts.method, host);
         }
+        checked
     }
 
     /// Counts a request as answered here until the guard is dropped.
@@ -270,11 +281,13 @@ impl FarmRt {
         .ok()
     }
 
-    /// Places a request for `host` (as berth routes it).
-    pub fn decide(&self, p: &Placement, parts: &Parts, host: &str) -> Decision {
+    /// Places a request for `host` (as berth routes it) that came over TLS
+    /// or not (`https`).
+    pub fn decide(&self, p: &Placement, parts: &Parts, host: &str, https: bool) -> Decision {
         // A redirect name already made for this node: it came by redirect.
+        // (`host` is lowercased; a node's name may have capitals.)
         if let Handover::RedirectName(format) = &p.handover
-            && handover::redirect_name(format, self.name(), host) == host
+            && handover::redirect_name(format, self.name(), host).eq_ignore_ascii_case(host)
         {
             return Decision::Here;
         }
@@ -342,14 +355,19 @@ impl FarmRt {
                     })
                     .collect(),
             ),
+            // The proxy address is a plain listener (the nodes' hop).
             Handover::RedirectIp => Decision::Redirect(location(
+                "http",
                 parts,
                 &match chosen.proxy {
                     SocketAddr::V4(a) => a.to_string(),
                     SocketAddr::V6(a) => a.to_string(),
                 },
             )),
+            // The site under another name: as the client came, over TLS or
+            // not (an HTTP/1.1 request's target has no scheme to go by).
             Handover::RedirectName(format) => Decision::Redirect(location(
+                if https { "https" } else { "http" },
                 parts,
                 &handover::redirect_name(format, &chosen.name, host),
             )),
@@ -363,11 +381,14 @@ impl FarmRt {
         p: &Placement,
         candidates: Vec<Candidate>,
         parts: &Parts,
-        mut body: Option<Incoming>,
+        body: Option<Incoming>,
         conn: &ConnInfo,
         host: &str,
         raw_host: &str,
     ) -> Handed {
+        // A body already at its end is none: hyper gives every request one
+        // (HTTP/2, and HTTP/1.1 off the fast lane), empty or not.
+        let mut body = body.filter(|b| !http_body::Body::is_end_stream(b));
         let retry_after_send =
             body.is_none() && matches!(parts.method, http::Method::GET | http::Method::HEAD);
         for c in candidates {
@@ -397,7 +418,7 @@ impl FarmRt {
                 host: raw_host,
                 mark: HeaderValue::from_str(&signed).ok(),
             };
-            let answer = http_proxy::to_node(
+            let sent = http_proxy::to_node(
                 c.addr,
                 lease,
                 parts,
@@ -405,11 +426,17 @@ impl FarmRt {
                 &forwarded,
                 HOP_FIRST_BYTE,
                 HOP_IDLE,
-            )
-            .await;
+            );
+            // A node that hangs (stopped, swapping) still takes connections
+            // into its backlog: its answer is waited for only while gossip
+            // holds it alive, not for HOP_FIRST_BYTE.
+            let answer = tokio::select! {
+                answer = sent => answer.map_err(|(failure, _lease)| failure.to_string()),
+                () = self.dead(&c.name) => Err("held dead by gossip before it answered".into()),
+            };
             match answer {
                 Ok(resp) => return Handed::Served(resp, c.name),
-                Err((failure, _lease)) => {
+                Err(failure) => {
                     self.handovers_failed.fetch_add(1, Ordering::Relaxed);
                     warn!(
                         "farm: node {} ({}) failed a request: {failure}",
@@ -425,6 +452,20 @@ impl FarmRt {
             }
         }
         Handed::Here(body)
+    }
+
+    /// Returns once gossip no longer holds `node` alive (looked at once an
+    /// interval; this node is always alive).
+    async fn dead(&self, node: &str) {
+        let mut tick = tokio::time::interval(self.plan.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let peers = self.peers();
+            if !peers.iter().any(|p| p.name == node && (p.live || p.local)) {
+                return;
+            }
+        }
     }
 
     /// A connection to `c`, kept or new (connected before any of the
@@ -464,8 +505,7 @@ fn bound<'a>(parts: &'a Parts, host: &'a str) -> mark::Bound<'a> {
 }
 
 /// `scheme://authority/target` of a redirect to another node.
-fn location(parts: &Parts, authority: &str) -> String {
-    let scheme = parts.uri.scheme_str().unwrap_or("http");
+fn location(scheme: &str, parts: &Parts, authority: &str) -> String {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     format!("{scheme}://{authority}{target}")
 }
@@ -552,10 +592,11 @@ async fn connect(addr: SocketAddr) -> std::io::Result<AppConn> {
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     let _ = stream.set_nodelay(true);
-    let (sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(std::io::Error::other)?;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_headers(http_proxy::NODE_MAX_HEADERS)
+        .handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             debug!("connection to a node: {e}");

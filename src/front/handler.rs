@@ -50,15 +50,31 @@ pub async fn respond(
     let mut note = FarmNote::default();
     // The farm's mark is removed from every request before anything reads
     // it, and taken only when it verifies: then another node placed the
-    // request here, and vouches for the client's address.
+    // request here, and vouches for the client's address. One that a node
+    // signed but that is refused (stale, for another node) still says that
+    // a node placed it: it is not placed again (see `farm`).
     let farm = shared.farm.load_full();
     let mark = parts.headers.remove(&crate::farm::mark::HEADER);
-    let marked = match (&farm, mark) {
+    let checked = match (&farm, mark) {
         (Some(farm), Some(value)) if !conn.admin => request_host(&parts)
             .ok()
-            .and_then(|host| farm.verify(&value, &parts, &host)),
+            .map(|host| farm.verify(&value, &parts, &host)),
         _ => None,
     };
+    let placed_by_node = checked.as_ref().is_some_and(|c| {
+        matches!(
+            c,
+            Ok(_) | Err(crate::farm::mark::Refused::Stale | crate::farm::mark::Refused::NotForUs)
+        )
+    });
+    let marked = checked.and_then(Result::ok);
+    // Let in past its address's share only as another node's connection
+    // (conn.rs): a request no node placed is refused, and the connection
+    // closed once it is answered.
+    let refused = conn.node_only && !conn.admin && !placed_by_node;
+    if refused {
+        activity.close_when_done();
+    }
     let marked_conn;
     let conn = match &marked {
         Some(m) => {
@@ -70,6 +86,7 @@ pub async fn respond(
                 // The node that placed it checked the client's SNI.
                 sni: request_host(&parts).ok().map(|h| h.into_owned()),
                 admin: false,
+                node_only: false,
             };
             note.from = Some(m.from.as_str().into());
             &marked_conn
@@ -79,10 +96,23 @@ pub async fn respond(
     let (site, user, result) = if conn.admin {
         let page = super::admin::serve(&parts, conn, shared, &generation).await;
         (None, None, page)
+    } else if refused {
+        let why = format!(
+            "{}: past max_connections_per_ip, and not placed by another node",
+            conn.peer
+        );
+        (
+            None,
+            None,
+            Err(Reject::Unavailable {
+                why,
+                retry_after: 1,
+            }),
+        )
     } else {
         // Until its response head: this node's own requests in flight.
         note.answering = farm.as_deref().map(FarmRt::answering);
-        let farm = farm.as_deref().filter(|_| marked.is_none());
+        let farm = farm.as_deref().filter(|_| !placed_by_node);
         let at = Here {
             conn,
             shared,
@@ -261,7 +291,7 @@ async fn route(
         // Upgrades (WebSocket) stay where they arrive.
         && !parts.headers.contains_key(header::UPGRADE)
     {
-        match farm.decide(placement, parts, &host) {
+        match farm.decide(placement, parts, &host, conn.tls) {
             Decision::Here => {}
             Decision::Redirect(to) => {
                 return (Some(index), None, Ok(redirect(&to, 302, "/", "", None)));
