@@ -509,8 +509,7 @@ handover = "redirect name %1S.%-2H"
 
 #[test]
 fn a_get_that_a_node_dropped_goes_to_the_next_node_over_every_path() {
-    // The node a0 (listed before c) takes requests and dies with them in
-    // hand. A GET goes to the next candidate, c: over the HTTP/1.1 fast
+    // The node a0 takes requests and dies with them in hand. A GET goes to the next candidate, c: over the HTTP/1.1 fast
     // lane, and just as well over hyper's path (an absolute-form target)
     // and HTTP/2, where the request has a body that is empty.
     let routes = r#"
@@ -524,27 +523,32 @@ balance = ["byHostname ^(a0|c)$"]
     let rogue = Rogue::start("a0", farm.gossip_addr(0), (0, 10), Behaviour::Close);
     farm.wait_seen(&["a", "a0", "b", "c"]);
     let a = farm.addr(0);
-    let (status, _, body) = get(a, "farm.test", "/hop/who.cgi", "");
-    assert_eq!(status, 200, "fast lane: {body}");
-    assert_eq!(field(&body, "node"), "127.0.0.3");
-    let mut s = TcpStream::connect(a).unwrap();
-    let (status, _, body) = request_on(
-        &mut s,
-        &format!(
-            "GET http://farm.test:{}/hop/who.cgi HTTP/1.1\r\nHost: farm.test\r\n",
-            farm.port
-        ),
-    );
-    assert_eq!(status, 200, "absolute form: {body}");
-    assert_eq!(field(&body, "node"), "127.0.0.3");
+    // The list is in a random order per request: a0 comes first about half
+    // the time, and then c answers all the same.
     let h2 = client(true, None, &["farm.test"], farm.port);
-    let resp = h2
-        .get(format!("http://farm.test:{}/hop/who.cgi", farm.port))
-        .send()
-        .unwrap();
-    assert_eq!(resp.status(), 200, "HTTP/2");
-    assert_eq!(field(&resp.text().unwrap(), "node"), "127.0.0.3");
-    // a0 did get each of them first.
+    for _ in 0..8 {
+        let (status, _, body) = get(a, "farm.test", "/hop/who.cgi", "");
+        assert_eq!(status, 200, "fast lane: {body}");
+        assert_eq!(field(&body, "node"), "127.0.0.3");
+        let mut s = TcpStream::connect(a).unwrap();
+        let (status, _, body) = request_on(
+            &mut s,
+            &format!(
+                "GET http://farm.test:{}/hop/who.cgi HTTP/1.1\r\nHost: farm.test\r\n",
+                farm.port
+            ),
+        );
+        assert_eq!(status, 200, "absolute form: {body}");
+        assert_eq!(field(&body, "node"), "127.0.0.3");
+        let resp = h2
+            .get(format!("http://farm.test:{}/hop/who.cgi", farm.port))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200, "HTTP/2");
+        assert_eq!(field(&resp.text().unwrap(), "node"), "127.0.0.3");
+    }
+    // a0 got a good part of them first (12 of 24 on average; fewer than 3
+    // has a chance of about 1 in 50,000).
     assert!(rogue.heads.lock().unwrap().len() >= 3);
 }
 
