@@ -15,36 +15,10 @@ mod common;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::farm::*;
 use common::*;
-
-/// The tenant.
-const USER: &str = "berth-tfarm1";
-const SECRET: &str = "a-secret-for-the-test-farm-0123456789\n";
-/// Generous bounds for a loaded 2-core machine running other tests: gossip
-/// every 300 ms finds a node in about a second.
-const WITHIN: Duration = Duration::from_secs(20);
-
-/// Says which node ran it, whom it believes the client is, and whether a
-/// mark reached it.
-const WHO_CGI: &str = "#!/bin/sh
-printf 'Content-Type: text/plain\\r\\n\\r\\n'
-echo \"node=$SERVER_ADDR\"
-echo \"remote=$REMOTE_ADDR\"
-echo \"https=$HTTPS\"
-echo \"marks=$(env | grep -ci mark)\"
-echo \"forwarded=$HTTP_X_FORWARDED_FOR\"
-";
-
-/// [`WHO_CGI`] after a second's work.
-const SLOW_CGI: &str = "#!/bin/sh
-sleep 1
-printf 'Content-Type: text/plain\\r\\n\\r\\n'
-echo \"node=$SERVER_ADDR\"
-";
 
 /// The routes every node serves (each under its own directory of the root).
 const ROUTES: &str = r#"
@@ -80,203 +54,13 @@ extensions = ["cgi"]
 balance = "off"
 "#;
 
-struct Node {
-    name: &'static str,
-    ip: Ipv4Addr,
-    server: Server,
-}
-
-struct Farm {
-    dir: Dir,
-    port: u16,
-    admin: u16,
-    gossip: u16,
-    nodes: Vec<Node>,
-}
-
-impl Farm {
-    /// Three nodes a, b, c; `balance` is `[cluster] balance`; `extra[i]`
-    /// goes at the end of node i's file (another route: another
-    /// configuration); `seeds_extra` are more seeds for node a.
-    fn start(balance: &str, extra: [&str; 3], seeds_extra: &[SocketAddr]) -> Farm {
-        require_root();
-        let (uid, gid) = ensure_user(USER);
-        ensure_user("berth-tfront");
-        let dir = Dir::new();
-        for sub in ["spread", "pinned", "sticky", "redirect", "local"] {
-            for (name, text) in [("who.cgi", WHO_CGI), ("slow.cgi", SLOW_CGI)] {
-                let script = dir.write(&format!("site/{sub}/{name}"), text);
-                std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-            }
-        }
-        chown_tree(&dir.join("site"), uid, gid);
-        let key = dir.write("cluster.key", SECRET);
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        // One port for each purpose: each node listens on its own address.
-        let (port, admin, gossip) = (free_port(), free_port(), free_port());
-        let mut farm = Farm {
-            dir,
-            port,
-            admin,
-            gossip,
-            nodes: Vec::new(),
-        };
-        for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
-            let ip = Ipv4Addr::new(127, 0, 0, i as u8 + 1);
-            let mut seeds: Vec<String> = (1..=3)
-                .filter(|&j| j != i + 1)
-                .map(|j| format!("\"127.0.0.{j}:{gossip}\""))
-                .collect();
-            if i == 0 {
-                seeds.extend(seeds_extra.iter().map(|s| format!("\"{s}\"")));
-            }
-            let config = format!(
-                r#"[server]
-listen = ["{ip}:{port}"]
-admin_listen = "{ip}:{admin}"
-user = "berth-tfront"
-state_dir = "{d}/state"
-log_dir = "{d}/log"
-control_socket = "{d}/state/control.sock"
-log_rotate = "off"
-
-[cluster]
-name = "{name}"
-bind = "{ip}:{gossip}"
-seeds = [{seeds}]
-interval = "300ms"
-secret_file = "{key}"
-balance = {balance}
-
-[tenant.tf]
-user = "{USER}"
-home = "{root}"
-
-[tenant.tf.app.scripts]
-protocol = "cgi"
-
-[[tenant.tf.site]]
-hosts = ["farm.test", "a.farm.test", "b.farm.test", "c.farm.test"]
-root = "{root}"
-{ROUTES}
-{extra}
-"#,
-                d = farm.dir.join(name).display(),
-                seeds = seeds.join(", "),
-                key = key.display(),
-                root = farm.dir.join("site").display(),
-                extra = extra[i],
-            );
-            let path = farm.dir.write(&format!("{name}.toml"), config);
-            let server = Server::spawn(&path, port, 0, farm.dir.join(name).join("log"));
-            farm.nodes.push(Node { name, ip, server });
-        }
-        for n in 0..3 {
-            farm.wait_ready(n);
-        }
-        farm
-    }
-
-    fn addr(&self, node: usize) -> SocketAddr {
-        SocketAddr::from((self.nodes[node].ip, self.port))
-    }
-
-    fn wait_ready(&mut self, node: usize) {
-        let addr = self.addr(node);
-        let deadline = Instant::now() + WITHIN;
-        loop {
-            let probe = b"GET / HTTP/1.1\r\nHost: ready.invalid\r\nConnection: close\r\n\r\n";
-            if try_raw(addr, probe).is_ok_and(|r| r.starts_with("HTTP/1.1")) {
-                return;
-            }
-            let Node { name, server, .. } = &mut self.nodes[node];
-            if let Some(st) = server.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("node {name} exited ({st}):\n{}", server.output());
-            }
-            assert!(Instant::now() < deadline, "node {node} not ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// `status.json` of a node.
-    fn status(&self, node: usize) -> serde_json::Value {
-        let addr = SocketAddr::from((self.nodes[node].ip, self.admin));
-        let resp = raw(
-            addr,
-            "GET /status.json HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-        );
-        let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {resp}"))
-    }
-
-    /// The cluster as `node` sees it: name → node object.
-    fn seen_by(&self, node: usize) -> HashMap<String, serde_json::Value> {
-        let status = self.status(node);
-        status["cluster"]["nodes"]
-            .as_array()
-            .unwrap_or(&Vec::new())
-            .iter()
-            .map(|n| (n["name"].as_str().unwrap().to_string(), n.clone()))
-            .collect()
-    }
-
-    /// Waits until every node sees every other alive.
-    fn wait_joined(&self) {
-        let ok = eventually(WITHIN, || {
-            (0..3).all(|i| {
-                let seen = self.seen_by(i);
-                ["a", "b", "c"]
-                    .iter()
-                    .all(|n| seen.get(*n).is_some_and(|v| v["live"] == true))
-            })
-        });
-        assert!(
-            ok,
-            "the nodes did not find each other: {:#}",
-            self.status(0)
-        );
-    }
-}
-
-/// `GET path` on `farm.test` at `addr`, with `headers`; (status, head, body).
-fn get(addr: SocketAddr, path: &str, headers: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    request_on(&mut s, path, headers)
-}
-
-fn request_on(s: &mut TcpStream, path: &str, headers: &str) -> (u16, String, String) {
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: farm.test\r\n{headers}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-    (status_of(&resp), head.to_string(), body.to_string())
-}
-
-/// The `key=` line of a script's answer.
-fn field<'a>(body: &'a str, key: &str) -> &'a str {
-    body.lines()
-        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-        .unwrap_or_else(|| panic!("no {key} in {body:?}"))
-}
-
-fn chown_tree(path: &std::path::Path, uid: u32, gid: u32) {
-    let st = Command::new("chown")
-        .arg("-R")
-        .arg(format!("{uid}:{gid}"))
-        .arg(path)
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
-
 #[test]
 fn three_nodes_find_each_other_spread_a_stream_and_lose_no_request_when_one_dies() {
-    let farm = Farm::start(r#"["byAge 3", "byRandom"]"#, ["", "", ""], &[]);
+    let farm = Farm::start_spec(Spec {
+        balance: r#"["byAge 3", "byRandom"]"#,
+        routes: ROUTES,
+        ..Spec::default()
+    });
     farm.wait_joined();
     // Every node shows the other two with fresh figures.
     let seen = farm.seen_by(1);
@@ -292,7 +76,7 @@ fn three_nodes_find_each_other_spread_a_stream_and_lose_no_request_when_one_dies
     // A constant stream to node a spreads over all three.
     let mut by_node: HashMap<String, u32> = HashMap::new();
     for _ in 0..45 {
-        let (status, _, body) = get(farm.addr(0), "/spread/who.cgi", "");
+        let (status, _, body) = get(farm.addr(0), "farm.test", "/spread/who.cgi", "");
         assert_eq!(status, 200, "{body}");
         *by_node.entry(field(&body, "node").to_string()).or_default() += 1;
     }
@@ -319,7 +103,7 @@ fn three_nodes_find_each_other_spread_a_stream_and_lose_no_request_when_one_dies
     let mut after_age = 0;
     let mut placed_on_c_late = None;
     while died.elapsed() < Duration::from_secs(7) {
-        let (status, _, body) = get(farm.addr(0), "/spread/who.cgi", "");
+        let (status, _, body) = get(farm.addr(0), "farm.test", "/spread/who.cgi", "");
         assert_eq!(status, 200, "a request failed after c died: {body}");
         assert_ne!(field(&body, "node"), "127.0.0.3");
         if died.elapsed() > Duration::from_secs(4) {
@@ -346,17 +130,17 @@ fn requests_in_flight_spread_a_burst_that_stale_load_figures_would_keep_on_one_n
     // byLoad with a bias keeps requests here while the figures (a second
     // old, the same machine) say all nodes are alike; byInFlight, this
     // node's own fresh count, sends the burst on once it has some here.
-    let farm = Farm::start(
-        r#"["byAge 3", "byLoad 0.5", "byInFlight"]"#,
-        ["", "", ""],
-        &[],
-    );
+    let farm = Farm::start_spec(Spec {
+        balance: r#"["byAge 3", "byLoad 0.5", "byInFlight"]"#,
+        routes: ROUTES,
+        ..Spec::default()
+    });
     farm.wait_joined();
     let addr = farm.addr(0);
     let burst: Vec<_> = (0..9)
         .map(|_| {
             std::thread::spawn(move || {
-                let (status, _, body) = get(addr, "/spread/slow.cgi", "");
+                let (status, _, body) = get(addr, "farm.test", "/spread/slow.cgi", "");
                 assert_eq!(status, 200, "{body}");
                 field(&body, "node").to_string()
             })
@@ -371,24 +155,27 @@ fn requests_in_flight_spread_a_burst_that_stale_load_figures_would_keep_on_one_n
 
 #[test]
 fn sticky_sessions_pinned_paths_and_redirect_names() {
-    let farm = Farm::start(r#""off""#, ["", "", ""], &[]);
+    let farm = Farm::start_spec(Spec {
+        routes: ROUTES,
+        ..Spec::default()
+    });
     farm.wait_joined();
 
     // byHostname pins /pinned/ to c, whichever node the client asks.
     for node in 0..3 {
         for _ in 0..3 {
-            let (status, _, body) = get(farm.addr(node), "/pinned/who.cgi", "");
+            let (status, _, body) = get(farm.addr(node), "farm.test", "/pinned/who.cgi", "");
             assert_eq!(status, 200, "{body}");
             assert_eq!(field(&body, "node"), "127.0.0.3");
         }
     }
     // A route with balance = "off" is served where it arrives.
-    let (_, _, body) = get(farm.addr(1), "/local/who.cgi", "");
+    let (_, _, body) = get(farm.addr(1), "farm.test", "/local/who.cgi", "");
     assert_eq!(field(&body, "node"), "127.0.0.2");
 
     // sticky: the first answer names its node in a signed cookie; with it,
     // every request goes there.
-    let (status, head, body) = get(farm.addr(0), "/sticky/who.cgi", "");
+    let (status, head, body) = get(farm.addr(0), "farm.test", "/sticky/who.cgi", "");
     assert_eq!(status, 200, "{body}");
     let first = field(&body, "node").to_string();
     let cookie = head
@@ -406,6 +193,7 @@ fn sticky_sessions_pinned_paths_and_redirect_names() {
     for node in [0, 1, 2, 0, 1, 2] {
         let (_, head, body) = get(
             farm.addr(node),
+            "farm.test",
             "/sticky/who.cgi",
             &format!("Cookie: {cookie}\r\n"),
         );
@@ -420,13 +208,13 @@ fn sticky_sessions_pinned_paths_and_redirect_names() {
     );
     let mut nodes = std::collections::HashSet::new();
     for _ in 0..24 {
-        let (_, _, body) = get(farm.addr(0), "/sticky/who.cgi", &forged);
+        let (_, _, body) = get(farm.addr(0), "farm.test", "/sticky/who.cgi", &forged);
         nodes.insert(field(&body, "node").to_string());
     }
     assert!(nodes.len() >= 2, "{nodes:?}");
 
     // redirect name: %1S.%-2H for node b and host farm.test is b.farm.test.
-    let (status, head, _) = get(farm.addr(0), "/redirect/who.cgi?x=1", "");
+    let (status, head, _) = get(farm.addr(0), "farm.test", "/redirect/who.cgi?x=1", "");
     assert_eq!(status, 302, "{head}");
     assert!(
         head.to_ascii_lowercase()
@@ -449,7 +237,10 @@ fn sticky_sessions_pinned_paths_and_redirect_names() {
 
 #[test]
 fn the_clients_address_survives_the_hop_and_spoofed_proxy_headers_and_marks_do_not() {
-    let farm = Farm::start(r#""off""#, ["", "", ""], &[]);
+    let farm = Farm::start_spec(Spec {
+        routes: ROUTES,
+        ..Spec::default()
+    });
     farm.wait_joined();
 
     // From 127.0.0.9 to a, pinned to c: c's script sees 127.0.0.9 as the
@@ -457,8 +248,8 @@ fn the_clients_address_survives_the_hop_and_spoofed_proxy_headers_and_marks_do_n
     let mut s = connect_from(Ipv4Addr::new(127, 0, 0, 9), farm.addr(0));
     let (status, _, body) = request_on(
         &mut s,
-        "/pinned/who.cgi",
-        "X-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n",
+        "GET /pinned/who.cgi HTTP/1.1\r\nHost: farm.test\r\n\
+         X-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n",
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(field(&body, "node"), "127.0.0.3");
@@ -481,7 +272,10 @@ fn the_clients_address_survives_the_hop_and_spoofed_proxy_headers_and_marks_do_n
     // placed as any other (pinned to c), the client is who it is.
     let made_up = "Berth-Mark: from=x;to=a;for=6.6.6.6:1;proto=https;t=1;sig=AAAA\r\n";
     let mut s = connect_from(Ipv4Addr::new(127, 0, 0, 9), farm.addr(0));
-    let (_, _, body) = request_on(&mut s, "/pinned/who.cgi", made_up);
+    let (_, _, body) = request_on(
+        &mut s,
+        &format!("GET /pinned/who.cgi HTTP/1.1\r\nHost: farm.test\r\n{made_up}"),
+    );
     assert_eq!(field(&body, "node"), "127.0.0.3");
     assert_eq!(field(&body, "remote"), "127.0.0.9");
     assert_eq!(field(&body, "marks"), "0");
@@ -504,6 +298,7 @@ fn the_clients_address_survives_the_hop_and_spoofed_proxy_headers_and_marks_do_n
         let mark = berth::farm::mark::sign(secret, bound, "c", to, spoof, true, t);
         let (_, _, body) = get(
             farm.addr(0),
+            "farm.test",
             "/local/who.cgi",
             &format!("berth-mark: {mark}\r\n"),
         );
@@ -516,6 +311,7 @@ fn the_clients_address_survives_the_hop_and_spoofed_proxy_headers_and_marks_do_n
     let mark = berth::farm::mark::sign(secret, bound, "c", "a", spoof, true, now);
     let (_, _, body) = get(
         farm.addr(0),
+        "farm.test",
         "/local/who.cgi",
         &format!("berth-mark: {mark}\r\n"),
     );
@@ -531,7 +327,11 @@ fn forged_unsigned_and_replayed_datagrams_are_dropped_and_counted() {
     // it gets is a genuine datagram to replay.
     let trap = UdpSocket::bind("127.0.0.1:0").unwrap();
     trap.set_read_timeout(Some(WITHIN)).unwrap();
-    let farm = Farm::start(r#""off""#, ["", "", ""], &[trap.local_addr().unwrap()]);
+    let farm = Farm::start_spec(Spec {
+        routes: ROUTES,
+        seeds_extra: &[trap.local_addr().unwrap()],
+        ..Spec::default()
+    });
     farm.wait_joined();
     let mut genuine = [0u8; 65536];
     let (len, from) = trap.recv_from(&mut genuine).unwrap();
@@ -576,7 +376,11 @@ fn forged_unsigned_and_replayed_datagrams_are_dropped_and_counted() {
 #[test]
 fn a_node_with_another_configuration_is_flagged_on_the_status_page() {
     let extra = "\n[[tenant.tf.site.route]]\npath = \"/only-on-c/\"\n";
-    let farm = Farm::start(r#""off""#, ["", "", extra], &[]);
+    let farm = Farm::start_spec(Spec {
+        routes: ROUTES,
+        extra: ["", "", extra],
+        ..Spec::default()
+    });
     farm.wait_joined();
     let seen = farm.seen_by(0);
     assert_eq!(seen["b"]["config_differs"], false, "{seen:?}");

@@ -5,6 +5,7 @@
 
 pub mod apps;
 pub mod cgroups;
+pub mod farm;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
