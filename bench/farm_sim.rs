@@ -41,6 +41,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use berth::farm::Figures;
 use berth::farm::place::{self, Func, Node, Request};
 
 const NODES: usize = 16;
@@ -179,18 +180,22 @@ fn simulate(opts: &Options, funcs: &[Func], fronts: usize) -> Outcome {
     let mut done_at = [f64::INFINITY; NODES];
     let mut in_flight = vec![[0u32; NODES]; fronts];
     let mut loadavg = [0.0f64; NODES];
+    let names: Vec<String> = (0..NODES).map(|i| format!("n{i:02}")).collect();
     let mut nodes: Vec<Node> = (0..NODES)
         .map(|i| Node {
-            name: format!("n{i:02}"),
+            name: &names[i],
             local: false,
             age: 0.0,
-            cpus: 1,
-            load: 0.0,
-            cpu_idle: 1.0,
-            busy_slots: 0,
-            free_slots: 1,
-            mem_total: 1 << 30,
-            mem_available: 1 << 29,
+            figures: Figures {
+                cpus: 1,
+                load: 0.0,
+                cpu_idle: 1.0,
+                busy_slots: 0,
+                free_slots: 1,
+                mem_total: 1 << 30,
+                mem_available: 1 << 29,
+                arriba: 0,
+            },
             in_flight: 0,
         })
         .collect();
@@ -225,13 +230,13 @@ fn simulate(opts: &Options, funcs: &[Func], fronts: usize) -> Outcome {
                     let e = (-5.0f64 / 60.0).exp();
                     loadavg[i] = loadavg[i] * e + held as f64 * (1.0 - e);
                 }
-                node.load = match opts.load {
+                node.figures.load = match opts.load {
                     LoadFigure::Queue => held as f64,
                     LoadFigure::LoadAvg => loadavg[i],
                 };
-                node.busy_slots = held.min(1) as u32;
-                node.free_slots = 1 - node.busy_slots;
-                node.cpu_idle = if held == 0 { 1.0 } else { 0.0 };
+                node.figures.busy_slots = held.min(1) as u32;
+                node.figures.free_slots = 1 - node.figures.busy_slots;
+                node.figures.cpu_idle = if held == 0 { 1.0 } else { 0.0 };
             }
             next_tick += 1.0;
         } else if now == dt {

@@ -178,7 +178,7 @@ impl Sampler {
         }
         self.last.busy_slots = busy;
         self.last.free_slots = free;
-        self.last.clone()
+        self.last
     }
 }
 

@@ -357,7 +357,7 @@ fn snapshot(
             gossip: me.id.gossip_advertise_addr,
             live: true,
             age: 0.0,
-            figures: figures.clone(),
+            figures: *figures,
             version: env!("CARGO_PKG_VERSION").to_string(),
             fingerprint: fingerprint.to_string(),
         },

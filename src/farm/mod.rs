@@ -124,7 +124,7 @@ impl std::fmt::Debug for ClusterPlan {
 }
 
 /// What a node announces about itself.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Figures {
     pub cpus: u32,
     /// 1-minute load average.

@@ -36,36 +36,32 @@
 
 use std::cmp::Ordering;
 
+use super::Figures;
+
 /// What one node last announced, and what this node knows of it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Node {
-    pub name: String,
+pub struct Node<'a> {
+    pub name: &'a str,
     /// Whether it is this node.
     pub local: bool,
     /// Seconds since its figures were made (as this node reckons).
     pub age: f64,
-    pub cpus: u32,
-    /// 1-minute load average.
-    pub load: f64,
-    /// Fraction of CPU idle, 0..=1.
-    pub cpu_idle: f64,
-    pub busy_slots: u32,
-    pub free_slots: u32,
-    pub mem_total: u64,
-    pub mem_available: u64,
+    pub figures: Figures,
     /// Requests this node has in flight to it now.
     pub in_flight: u32,
 }
 
-impl Node {
+impl Node<'_> {
     /// Load per CPU.
     fn load_per_cpu(&self) -> f64 {
-        self.load / f64::from(self.cpus.max(1))
+        self.figures.load / f64::from(self.figures.cpus.max(1))
     }
 
     /// (Saturating: the two come from another node, any u32 each.)
     fn slots(&self) -> u32 {
-        self.busy_slots.saturating_add(self.free_slots)
+        self.figures
+            .busy_slots
+            .saturating_add(self.figures.free_slots)
     }
 }
 
@@ -179,9 +175,9 @@ fn apply(nodes: &[Node], f: &Func, mut list: Vec<usize>, req: &mut Request<'_>) 
             n.load_per_cpu() - if n.local { *bias } else { 0.0 }
         }),
         Func::ByBusyChildren(bias) => by(&mut list, &|n| {
-            f64::from(n.busy_slots) - if n.local { *bias } else { 0.0 }
+            f64::from(n.figures.busy_slots) - if n.local { *bias } else { 0.0 }
         }),
-        Func::ByCpu => by(&mut list, &|n| -n.cpu_idle),
+        Func::ByCpu => by(&mut list, &|n| -n.figures.cpu_idle),
         Func::ByRandom => {
             // Fisher-Yates with the caller's numbers.
             for i in (1..list.len()).rev() {
@@ -200,7 +196,7 @@ fn apply(nodes: &[Node], f: &Func, mut list: Vec<usize>, req: &mut Request<'_>) 
             let n = nodes.len().max(2) as f64;
             by(&mut list, &|node| marginal_cost(node, n));
         }
-        Func::ByHostname(re) => list.retain(|&i| re.is_match(&nodes[i].name)),
+        Func::ByHostname(re) => list.retain(|&i| re.is_match(nodes[i].name)),
         Func::BySession(cookie) => {
             if let Some(name) = (req.cookie)(cookie)
                 && let Some(pos) = list.iter().position(|&i| nodes[i].name == name)
@@ -243,11 +239,11 @@ fn apply(nodes: &[Node], f: &Func, mut list: Vec<usize>, req: &mut Request<'_>) 
 pub fn marginal_cost(node: &Node, n: f64) -> f64 {
     let slots = f64::from(node.slots().max(1));
     let share = 1.0 / slots;
-    let u_cpu = (1.0 - node.cpu_idle).clamp(0.0, 1.0);
-    let u_mem = if node.mem_total == 0 {
+    let u_cpu = (1.0 - node.figures.cpu_idle).clamp(0.0, 1.0);
+    let u_mem = if node.figures.mem_total == 0 {
         1.0
     } else {
-        1.0 - node.mem_available as f64 / node.mem_total as f64
+        1.0 - node.figures.mem_available as f64 / node.figures.mem_total as f64
     }
     .clamp(0.0, 1.0);
     let rise = |u: f64| n.powf(u + share) - n.powf(u);
@@ -258,18 +254,21 @@ pub fn marginal_cost(node: &Node, n: f64) -> f64 {
 mod tests {
     use super::*;
 
-    fn node(name: &str, local: bool) -> Node {
+    fn node(name: &str, local: bool) -> Node<'_> {
         Node {
-            name: name.into(),
+            name,
             local,
             age: 1.0,
-            cpus: 2,
-            load: 1.0,
-            cpu_idle: 0.5,
-            busy_slots: 4,
-            free_slots: 12,
-            mem_total: 1 << 30,
-            mem_available: 1 << 29,
+            figures: Figures {
+                cpus: 2,
+                load: 1.0,
+                cpu_idle: 0.5,
+                busy_slots: 4,
+                free_slots: 12,
+                mem_total: 1 << 30,
+                mem_available: 1 << 29,
+                arriba: 0,
+            },
             in_flight: 0,
         }
     }
@@ -294,17 +293,17 @@ mod tests {
         };
         place(nodes, &funcs, &mut req)
             .into_iter()
-            .map(|i| nodes[i].name.clone())
+            .map(|i| nodes[i].name.to_string())
             .collect()
     }
 
-    fn three() -> Vec<Node> {
+    fn three() -> Vec<Node<'static>> {
         let mut a = node("a", true);
         let mut b = node("b", false);
         let mut c = node("c", false);
-        a.load = 2.0;
-        b.load = 1.0;
-        c.load = 3.0;
+        a.figures.load = 2.0;
+        b.figures.load = 1.0;
+        c.figures.load = 3.0;
         vec![a, b, c]
     }
 
@@ -375,21 +374,21 @@ mod tests {
         // ahead (stable); 0.6 puts it first outright.
         assert_eq!(run(&three(), &["byLoad 0.6"], None, &[]), ["a", "b", "c"]);
         let mut n = three();
-        n[1].cpus = 0; // never divide by zero
+        n[1].figures.cpus = 0; // never divide by zero
         assert_eq!(run(&n, &["byLoad"], None, &[])[0], "a");
     }
 
     #[test]
     fn by_busy_children_by_cpu_and_by_in_flight() {
         let mut n = three();
-        n[0].busy_slots = 5;
-        n[1].busy_slots = 9;
-        n[2].busy_slots = 1;
+        n[0].figures.busy_slots = 5;
+        n[1].figures.busy_slots = 9;
+        n[2].figures.busy_slots = 1;
         assert_eq!(run(&n, &["byBusyChildren"], None, &[]), ["c", "a", "b"]);
         assert_eq!(run(&n, &["byBusyChildren 10"], None, &[]), ["a", "c", "b"]);
-        n[0].cpu_idle = 0.1;
-        n[1].cpu_idle = 0.9;
-        n[2].cpu_idle = 0.5;
+        n[0].figures.cpu_idle = 0.1;
+        n[1].figures.cpu_idle = 0.9;
+        n[2].figures.cpu_idle = 0.5;
         assert_eq!(run(&n, &["byCPU"], None, &[]), ["b", "c", "a"]);
         n[0].in_flight = 3;
         n[1].in_flight = 0;
@@ -399,7 +398,12 @@ mod tests {
 
     #[test]
     fn by_log_window_keeps_floor_log2_n_at_least_one() {
-        let names: Vec<Node> = (0..16).map(|i| node(&format!("n{i}"), i == 0)).collect();
+        let labels: Vec<String> = (0..16).map(|i| format!("n{i}")).collect();
+        let names: Vec<Node> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| node(l, i == 0))
+            .collect();
         for (n, keep) in [(1, 1), (2, 1), (3, 1), (4, 2), (7, 2), (8, 3), (16, 4)] {
             assert_eq!(
                 run(&names[..n], &["byLogWindow"], None, &[]).len(),
@@ -482,14 +486,14 @@ mod tests {
     fn by_cost_prefers_the_node_whose_cost_rises_least() {
         let mut n = three();
         // b is busy on CPU, c nearly full of memory, a in between.
-        n[1].cpu_idle = 0.05;
-        n[2].mem_available = n[2].mem_total / 20;
-        n[0].cpu_idle = 0.6;
+        n[1].figures.cpu_idle = 0.05;
+        n[2].figures.mem_available = n[2].figures.mem_total / 20;
+        n[0].figures.cpu_idle = 0.6;
         assert_eq!(run(&n, &["byCost"], None, &[])[0], "a");
         // The rise is convex: the same share costs more on a busier node.
         let idle = node("x", false);
         let mut busy = node("y", false);
-        busy.cpu_idle = 0.1;
+        busy.figures.cpu_idle = 0.1;
         assert!(marginal_cost(&busy, 3.0) > marginal_cost(&idle, 3.0));
     }
 }

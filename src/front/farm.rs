@@ -245,14 +245,21 @@ impl FarmRt {
     }
 
     fn flight(&self, node: &str) -> Arc<AtomicU32> {
-        lock(&self.flights)
-            .entry(node.to_string())
-            .or_default()
-            .clone()
+        let mut flights = lock(&self.flights);
+        if let Some(f) = flights.get(node) {
+            return f.clone();
+        }
+        flights.entry(node.to_string()).or_default().clone()
     }
 
     fn count_placed(&self, node: &str) {
-        *lock(&self.placed).entry(node.to_string()).or_default() += 1;
+        let mut placed = lock(&self.placed);
+        match placed.get_mut(node) {
+            Some(n) => *n += 1,
+            None => {
+                placed.insert(node.to_string(), 1);
+            }
+        }
     }
 
     /// The node the request's sticky cookie names, if its signature holds.
@@ -307,27 +314,25 @@ impl FarmRt {
         for i in (1..live.len()).rev() {
             live.swap(i, random_below(i + 1));
         }
+        let flights = lock(&self.flights);
         let nodes: Vec<place::Node> = live
             .iter()
             .map(|n| place::Node {
-                name: n.name.clone(),
+                name: &n.name,
                 local: n.local,
                 age: n.age,
-                cpus: n.figures.cpus,
-                load: n.figures.load,
-                cpu_idle: n.figures.cpu_idle,
-                busy_slots: n.figures.busy_slots,
-                free_slots: n.figures.free_slots,
-                mem_total: n.figures.mem_total,
-                mem_available: n.figures.mem_available,
+                figures: n.figures,
                 // (Less the request being placed, counted since it came.)
                 in_flight: if n.local {
                     self.here.load(Ordering::Relaxed).saturating_sub(1)
                 } else {
-                    self.flight(&n.name).load(Ordering::Relaxed)
+                    flights
+                        .get(n.name.as_str())
+                        .map_or(0, |f| f.load(Ordering::Relaxed))
                 },
             })
             .collect();
+        drop(flights);
         let cookie = |name: &str| self.cookie_node(parts, name);
         let mut random = |n: usize| random_below(n);
         let mut req = place::Request {

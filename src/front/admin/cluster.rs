@@ -68,7 +68,7 @@ impl ClusterView {
                 live: p.live || p.local,
                 proxy: p.proxy.to_string(),
                 age_seconds: p.age,
-                figures: p.figures.clone(),
+                figures: p.figures,
                 version_differs: p.version != version,
                 config_differs: p.fingerprint != fingerprint,
                 version: p.version.clone(),
